@@ -1,0 +1,35 @@
+"""CallSpec: what an adapter knows about a call before it is made."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class CallSpec:
+    """A provider call described neutrally, for estimating and guarding it.
+
+    ``messages`` keep the provider's own shape (OpenAI chat messages, Anthropic
+    messages, Gemini contents); ``prompt`` is plain input text (completions,
+    embeddings). ``max_output_tokens`` is what the request asks for, or ``None``.
+    ``input_tokens`` lets an adapter that already counted the input skip the estimate.
+
+    >>> CallSpec(provider="openai", model="gpt-4o",
+    ...          messages=[{"role": "user", "content": "Hi"}], max_output_tokens=256).model
+    'gpt-4o'
+    """
+
+    provider: str
+    model: str
+    messages: Sequence[Any] | None = None
+    prompt: str | Sequence[str] | None = None
+    system: Any = None
+    tools: Sequence[Any] | None = None
+    max_output_tokens: int | None = None
+    operation: str = "chat"
+    agent: str | None = None
+    run_id: str | None = None
+    tags: Mapping[str, str] = field(default_factory=dict)
+    input_tokens: int | None = None

@@ -1,0 +1,63 @@
+"""What a call consumed, in tokens, by kind.
+
+Conventions (those of genai-prices and OpenAI, so pricing needs no special
+cases): ``input_tokens`` counts *all* input tokens, including the cache reads
+and cache writes also reported in their own fields; ``output_tokens`` counts
+all output tokens, including ``reasoning_tokens``. Adapters for providers that
+report cache tokens beside the input count (Anthropic) add them in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token counts of one call (or of a stream so far).
+
+    >>> Usage(input_tokens=1200, output_tokens=300, cache_read_tokens=1000).uncached_input_tokens
+    200
+    """
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    """Cache writes at the default (5-minute) lifetime."""
+    cache_write_1h_tokens: int = 0
+    """Anthropic's 1-hour cache writes, priced higher than 5-minute ones."""
+    reasoning_tokens: int = 0
+    input_audio_tokens: int = 0
+    output_audio_tokens: int = 0
+    cache_audio_read_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    @property
+    def uncached_input_tokens(self) -> int:
+        return max(
+            0,
+            self.input_tokens
+            - self.cache_read_tokens
+            - self.cache_write_tokens
+            - self.cache_write_1h_tokens,
+        )
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            input_tokens=self.input_tokens + other.input_tokens,
+            output_tokens=self.output_tokens + other.output_tokens,
+            cache_read_tokens=self.cache_read_tokens + other.cache_read_tokens,
+            cache_write_tokens=self.cache_write_tokens + other.cache_write_tokens,
+            cache_write_1h_tokens=self.cache_write_1h_tokens + other.cache_write_1h_tokens,
+            reasoning_tokens=self.reasoning_tokens + other.reasoning_tokens,
+            input_audio_tokens=self.input_audio_tokens + other.input_audio_tokens,
+            output_audio_tokens=self.output_audio_tokens + other.output_audio_tokens,
+            cache_audio_read_tokens=self.cache_audio_read_tokens + other.cache_audio_read_tokens,
+        )
+
+
+ZERO_USAGE = Usage()

@@ -1,0 +1,1 @@
+"""Adapters that put kavach between an application and its LLM providers."""
