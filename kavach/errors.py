@@ -86,16 +86,16 @@ class BudgetExceededError(KavachError):
         fmt = fmt_usd if unit == "usd" else (lambda n: f"{n:,} {unit}")
         over = spent + reserved + requested - limit
         when = (
-            f"it resets at {resets_at.isoformat()}"
+            f"It resets at {resets_at:%Y-%m-%d %H:%M} UTC"
             if resets_at is not None
-            else "it does not reset"
+            else "It does not reset"
         )
         super().__init__(
             f"{budget} budget exceeded: spent {fmt(spent)}"
             + (f" + {fmt(reserved)} held by calls in flight" if reserved else "")
             + f" of {fmt(limit)} ({period}); this call needs up to {fmt(requested)}"
             + (f", {fmt(over)} over" if over > 0 else "")
-            + f". {detail + ' ' if detail else ''}{when.capitalize()}; raise the limit, "
+            + f". {detail + ' ' if detail else ''}{when}; raise the limit, "
             "lower max output tokens, or wait."
         )
 
