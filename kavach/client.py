@@ -111,6 +111,7 @@ class AgentKavach:
         ledger: where spend lives; in-process memory by default.
         enabled: ``False`` (or ``AGENTKAVACH_DISABLED=1``) makes the guard a passthrough.
         save_prompts: keep prompt text in call events (off by default).
+        clock: returns the current aware datetime; for simulations and tests of period resets.
     """
 
     def __init__(
@@ -137,6 +138,7 @@ class AgentKavach:
         enabled: bool = True,
         save_prompts: bool = False,
         observers: Sequence[GuardObserver] = (),
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
         if not agent_name or ":" in agent_name:
             raise KavachConfigError(f"agent_name must be non-empty without ':', got {agent_name!r}")
@@ -181,6 +183,7 @@ class AgentKavach:
         self.kill_switch = KillSwitch(agent_name, on_kill)
         self._observers: list[GuardObserver] = list(observers)
         self._session_run = f"{agent_name}-{uuid.uuid4().hex[:12]}"
+        self._clock = clock or _utcnow
 
     # -- observers ----------------------------------------------------------------------
 
@@ -274,7 +277,7 @@ class AgentKavach:
         return self._admit(prepared, result)
 
     def _prepare(self, spec: CallSpec) -> _Prepared | Reservation:
-        now = datetime.now(timezone.utc)
+        now = self._clock()
         run_id = spec.run_id or self.current_run
         if not self.enabled:
             return Reservation(self, spec, None, None, None, run_id, None, now)
@@ -433,7 +436,7 @@ class AgentKavach:
     ) -> None:
         # Each settle moves spent over a disjoint interval (before, after], so a threshold
         # is crossed by exactly one settle, across threads and (with Redis) processes.
-        now = datetime.now(timezone.utc)
+        now = self._clock()
         for line, info, amount, spent in zip(plan.lines, plan.info, amounts, after, strict=True):
             if info.kind != "budget" or amount <= 0:
                 continue
@@ -521,7 +524,7 @@ class AgentKavach:
 
     def status(self) -> list[BudgetStatus]:
         """Each budget's spent, reserved and limit right now (this agent's view)."""
-        now = datetime.now(timezone.utc)
+        now = self._clock()
         out = []
         for budget in self.budgets:
             if budget.period is Period.PER_RUN:
@@ -577,6 +580,10 @@ class _Prepared:
     run_id: str
     fingerprint: int | None
     now: datetime
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
 
 
 def _fingerprint(spec: CallSpec) -> int:
