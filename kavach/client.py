@@ -327,6 +327,7 @@ class AgentKavach:
                 mode=self.mode,
                 default_max_output=self.default_max_output_tokens,
                 min_output=self.min_output_tokens,
+                cache_writes=spec.cache_writes,
             )
         except GuardrailError as exc:
             self.guardrails.forget_request(run_id, fingerprint)
