@@ -681,3 +681,17 @@ def test_real_anthropic_sdk_blocks() -> None:
 def test_docstring_examples() -> None:
     result = doctest.testmod(tokens)
     assert result.attempted > 0 and result.failed == 0
+
+
+@pytest.mark.parametrize("name", ["o200k_base", "cl100k_base"])
+def test_packaged_ranks_parse_like_tiktoken(name: str) -> None:
+    import gzip
+
+    path = ROOT / "kavach" / "_encodings" / f"{name}.tiktoken.gz"
+    data = gzip.decompress(path.read_bytes())
+    # tiktoken.load.load_tiktoken_bpe's parse, without its download cache.
+    expected = {
+        base64.b64decode(token): int(rank)
+        for token, rank in (line.split() for line in data.splitlines() if line)
+    }
+    assert tokens._load_ranks(name) == expected
