@@ -272,7 +272,7 @@ def _provider_kind(provider: str, model: str) -> ProviderKind:
         return _ANTHROPIC
     if bare.startswith(("gemini", "gemma")):
         return _GOOGLE
-    if _MISTRAL_MODEL.match(bare):
+    if _MISTRAL_MODEL.search(bare):
         return _MISTRAL
     kind = _PROVIDER_ALIASES.get(provider.strip().lower().replace("-", "_"), _OTHER)
     # An OpenAI-compatible server (vLLM, Ollama, ...) behind provider "openai" runs a
@@ -631,6 +631,8 @@ def estimate_input_tokens(
     - Gemini ``contents``: a string, a list of strings, or ``{"role", "parts"}``
       contents whose parts hold text, inline_data, file_data, function_call ...
 
+    A single message or content object is accepted as well as a list.
+
     ``prompt`` is plain input text (completions, embeddings); ``system`` is the system
     prompt (OpenAI instructions, Anthropic ``system``, Gemini ``system_instruction``);
     ``tools`` are tool or function definitions in the provider's shape.
@@ -683,7 +685,10 @@ def estimate_input_tokens(
     chat = tally.messages > 0
     if prompt is not None:
         for text in [prompt] if isinstance(prompt, str) else prompt:
-            tally.add_text(text)
+            if isinstance(text, str):
+                tally.add_text(text)
+            else:  # embeddings also take token ids: one int, or a list of them
+                tally.text += len(text) if isinstance(text, Sequence) else 1
 
     if kind == _OPENAI:
         total = tally.text + tally.media + 3 * tally.messages + tally.names + 3 * tally.calls

@@ -457,6 +457,16 @@ def test_responses_input_shapes() -> None:
 def test_prompt_counts_plain_text_without_chat_overhead() -> None:
     assert estimate_input_tokens("openai", "text-embedding-3-small", prompt="hello world") == 2
     assert estimate_input_tokens("openai", "text-embedding-3-small", prompt=["a b", "c"]) == 3
+    token_ids: Any = [[15339, 1917], [15339]]
+    assert estimate_input_tokens("openai", "text-embedding-3-small", prompt=token_ids) == 3
+
+
+def test_single_message_object_is_accepted() -> None:
+    one = {"role": "user", "parts": [{"text": "hello world"}]}
+    many = [one]
+    assert estimate_input_tokens("google", "gemini-2.5-flash", messages=one) == (
+        estimate_input_tokens("google", "gemini-2.5-flash", messages=many)
+    )
 
 
 def test_real_openai_sdk_objects() -> None:
@@ -621,6 +631,10 @@ def test_model_name_decides_the_rules() -> None:
     proxied = estimate_input_tokens("openrouter", "anthropic/claude-sonnet-4-5", messages=msgs)
     assert proxied == estimate_input_tokens("anthropic", "claude-sonnet-4-5", messages=msgs)
     assert estimate_input_tokens("azure", "openai/gpt-4o", messages=msgs) == exact
+    mistral = estimate_input_tokens("mistral", "mistral-large-latest", messages=msgs)
+    assert estimate_input_tokens("openrouter", "mistralai/open-mistral-nemo", messages=msgs) == (
+        mistral
+    )
 
 
 def test_gemini_content_shapes() -> None:
