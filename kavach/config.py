@@ -416,8 +416,9 @@ class _Document:
             if text != node.value:
                 self.from_env.add(path)
             # An unquoted value is typed after substitution, as if it had been written out.
+            resolver: Any = loader  # PyYAML's resolve() is untyped
             tag = (
-                loader.resolve(yaml.ScalarNode, text, (True, False))
+                resolver.resolve(yaml.ScalarNode, text, (True, False))
                 if node.style is None
                 else _STR_TAG
             )
@@ -514,9 +515,11 @@ def _describe(doc: _Document, error: Mapping[str, Any]) -> tuple[FieldPath, str]
         message = f"unknown key {key!r}"
         if expected:
             close = difflib.get_close_matches(key, expected, n=1)
-            if close:
-                message += f"; did you mean {close[0]!r}?"
-            message += f" Expected one of: {', '.join(expected)}"
+            message += (
+                f"; did you mean {close[0]!r}?"
+                if close
+                else f"; expected one of: {', '.join(expected)}"
+            )
         return path, message
     message = message.removeprefix("Value error, ")
     value = error.get("input")
@@ -583,7 +586,10 @@ def _budgets(
             amount = getattr(limit, unit)
             if amount is None:
                 continue
-            with _at(doc, (*path, period, unit)):
+            where = (*path, period, unit)
+            if where not in doc.lines:  # written as the dollar shorthand, ``daily: 50``
+                where = where[:-1]
+            with _at(doc, where):
                 make = getattr(Budget, period)
                 kw: dict[str, Any] = {"thresholds": spec.thresholds}
                 if unit != "dollars":
