@@ -125,7 +125,7 @@ __all__ = [
 ]
 
 FieldPath = tuple[str | int, ...]
-_SECRET_WORDS = ("key", "secret", "token", "password", "url", "webhook")
+_SECRET_SUFFIXES = ("key", "secret", "password", "url", "endpoint")
 
 
 class ConfigFileError(KavachConfigError):
@@ -426,7 +426,8 @@ class _Document:
         try:
             return loader.construct_object(node, deep=True)
         except ValueError as exc:  # e.g. a date that does not exist
-            raise self.error(path, f"cannot read {node.value!r}: {exc}") from None
+            shown = "a value from the environment" if path in self.from_env else repr(node.value)
+            raise self.error(path, f"cannot read {shown}: {exc}") from None
 
     def _interpolate(self, text: str, path: FieldPath) -> str:
         def substitute(match: re.Match[str]) -> str:
@@ -454,7 +455,7 @@ class _Document:
 
 
 def _is_secret(path: FieldPath) -> bool:
-    return any(isinstance(p, str) and any(w in p.lower() for w in _SECRET_WORDS) for p in path)
+    return any(isinstance(p, str) and p.lower().endswith(_SECRET_SUFFIXES) for p in path)
 
 
 def _expected_keys(loc: Sequence[str | int]) -> list[str] | None:
