@@ -7,6 +7,7 @@ import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,6 +18,7 @@ from kavach import (
     CallLimitError,
     CallSpec,
     KavachConfigError,
+    Ledger,
     ModelPrice,
     Usage,
 )
@@ -454,3 +456,78 @@ def test_import_kavach_does_not_load_the_config_machinery() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert out.split() == ["False", "False"]
+
+
+class FutureGuard(AgentKavach):
+    """A guard that takes the options later issues add, to check the loader hands them on."""
+
+    def __init__(
+        self,
+        agent_name: str = "default",
+        budget: Budget | list[Budget] | None = None,
+        *,
+        ledger: Ledger | str | None = None,
+        channels: list[object] | None = None,
+        provider: str | None = None,
+        llm_key: str | None = None,
+        api_key: str | None = None,
+        endpoint: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(agent_name, budget, **kwargs)
+        self.received = {
+            "ledger": ledger,
+            "channels": channels,
+            "provider": provider,
+            "llm_key": llm_key,
+            "api_key": api_key,
+            "endpoint": endpoint,
+        }
+
+    @classmethod
+    def channel(cls, kind: str, *, threshold: float, **settings: Any) -> tuple[Any, ...]:
+        return (kind, threshold, settings)
+
+
+def test_options_are_handed_on_when_the_guard_accepts_them(
+    write: Write, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KAVACH_T_HOOK", "https://hooks.example/T0")
+    path = write(
+        """
+        ledger: redis://127.0.0.1:6379/0
+        api_key: ak_123
+        endpoint: http://127.0.0.1:8000
+        channels:
+          slack: {type: slack, webhook_url: "${KAVACH_T_HOOK}"}
+          stop: {type: kill}
+        defaults:
+          provider: anthropic
+        agents:
+          bot:
+            llm_key: sk-test
+            alerts:
+              - {threshold: 0.9, channels: [slack]}
+              - {threshold: 1.0, channels: [slack, stop]}
+          quiet:
+            alerts: [{threshold: 0.5, channels: [pager]}]
+        """
+    )
+    bot = FutureGuard.from_yaml(path, agent="bot")
+    assert isinstance(bot, FutureGuard)
+    assert bot.received == {
+        "ledger": "redis://127.0.0.1:6379/0",
+        "channels": [
+            ("slack", 0.9, {"webhook_url": "https://hooks.example/T0"}),
+            ("slack", 1.0, {"webhook_url": "https://hooks.example/T0"}),
+            ("kill", 1.0, {}),
+        ],
+        "provider": "anthropic",
+        "llm_key": "sk-test",
+        "api_key": "ak_123",
+        "endpoint": "http://127.0.0.1:8000",
+    }
+    with pytest.raises(ConfigFileError) as info:
+        FutureGuard.from_yaml(path)
+    assert (info.value.line, info.value.field) == (16, "agents.quiet.alerts[0].channels[0]")
+    assert "no channel 'pager'" in str(info.value)
