@@ -64,8 +64,9 @@ Rules:
   literal ``${...}``. An unquoted value is typed after substitution (``${N}`` with ``N=40``
   is the number 40); a quoted one stays a string. Keys are not interpolated.
 - Types are strict: ``max_calls_per_run: "40"`` (a string) is an error, not 40.
-- Every guard built from one file shares one ledger, so shared and org budgets hold across
-  the file's agents in this process (across processes with a Redis ledger).
+- The guards one ``from_yaml`` call builds share one ledger, so shared and org budgets hold
+  across the file's agents in this process (across processes with a Redis ledger). Guards
+  built one at a time with ``agent=`` share it only if you pass the same ``ledger=``.
 - Channels, alerts, ``provider``, ``llm_key``, ``api_key``, ``endpoint`` and a ledger URL are
   passed to ``AgentKavach`` when this version accepts them; otherwise loading fails saying
   so. No key is ever ignored.

@@ -531,3 +531,25 @@ def test_options_are_handed_on_when_the_guard_accepts_them(
         FutureGuard.from_yaml(path)
     assert (info.value.line, info.value.field) == (16, "agents.quiet.alerts[0].channels[0]")
     assert "no channel 'pager'" in str(info.value)
+
+
+def test_the_documented_example_loads(write: Write, monkeypatch: pytest.MonkeyPatch) -> None:
+    import kavach.config
+
+    doc = kavach.config.__doc__ or ""
+    example = doc.split("The file, in full")[1].split("::\n", 1)[1].split("\nRules:")[0]
+    monkeypatch.setenv("SLACK_URL", "https://hooks.example/T0")
+    monkeypatch.setenv("PD_KEY", "R0123456789abcdef0123456789abcdef")
+    monkeypatch.delenv("AGENTKAVACH_API_KEY", raising=False)
+    guard = FutureGuard.from_yaml(write(example), agent="research-bot")
+    assert guard.mode == "reserve" and guard.guardrail_config.max_calls_per_run == 40
+    assert [b.label for b in guard.budgets] == [
+        "daily",
+        "monthly",
+        "monthly tokens",
+        "per_run calls",
+        "shared:research-team daily",
+        "org monthly",
+    ]
+    assert guard.received["provider"] == "openai" and guard.received["api_key"] is None
+    assert len(guard.received["channels"] or []) == 2
