@@ -349,6 +349,7 @@ class _Document:
         self.env = env
         self.lines: dict[FieldPath, int] = {(): 1}
         self.from_env: set[FieldPath] = set()
+        self._open: set[int] = set()  # nodes being walked, to refuse a recursive alias
         loader = yaml.SafeLoader(text)
         try:
             node = loader.get_single_node()
@@ -380,6 +381,15 @@ class _Document:
         return self.lines[path]
 
     def _value(self, loader: yaml.SafeLoader, node: yaml.Node, path: FieldPath) -> Any:
+        if id(node) in self._open:
+            raise self.error(path, "an alias refers to a node that contains it")
+        self._open.add(id(node))
+        try:
+            return self._node_value(loader, node, path)
+        finally:
+            self._open.discard(id(node))
+
+    def _node_value(self, loader: yaml.SafeLoader, node: yaml.Node, path: FieldPath) -> Any:
         if isinstance(node, yaml.MappingNode):
             seen: dict[Any, int] = {}
             for key_node, _ in node.value:
@@ -536,8 +546,14 @@ def _describe(doc: _Document, error: Mapping[str, Any]) -> tuple[FieldPath, str]
 
 def load_config(
     path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None
-) -> tuple[KavachFileConfig, _Document]:
+) -> KavachFileConfig:
     """Read and validate a file; ``env`` (default ``os.environ``) feeds ``${VAR}``."""
+    return _load(path, env)[0]
+
+
+def _load(
+    path: str | os.PathLike[str], env: Mapping[str, str] | None
+) -> tuple[KavachFileConfig, _Document]:
     file = os.fspath(path)
     try:
         text = Path(file).read_text(encoding="utf-8")
@@ -666,7 +682,7 @@ def guards_from_yaml(
         from kavach.client import AgentKavach
 
         guard_class = AgentKavach
-    config, doc = load_config(path, env=env)
+    config, doc = _load(path, env)
     names = list(config.agents)
     if agent is not None:
         if agent not in config.agents:

@@ -228,7 +228,7 @@ def test_interpolated_strings_and_the_literal_escape(
           bot: {}
         """
     )
-    config, _ = load_config(path)
+    config = load_config(path)
     assert config.channels["slack"].settings == {"webhook_url": "https://hooks.example/T0/services"}
     assert config.channels["relay"].settings["url"] == "http://127.0.0.1/${NOT_A_VAR}"
     assert config.channels["relay"].settings["secret"] == "a$b$$c"
@@ -553,3 +553,32 @@ def test_the_documented_example_loads(write: Write, monkeypatch: pytest.MonkeyPa
     ]
     assert guard.received["provider"] == "openai" and guard.received["api_key"] is None
     assert len(guard.received["channels"] or []) == 2
+
+
+def test_anchors_and_merge_keys_work_and_a_recursive_alias_is_refused(write: Write) -> None:
+    path = write(
+        """
+        x-base: &base {max_calls_per_run: 5, loop_threshold: 3}
+        agents:
+          a: {<<: *base, loop_threshold: 4}
+        """
+    )
+    error = error_from(path)  # x-base itself is not a key of the file
+    assert (error.line, error.field) == (1, "x-base")
+
+    guard = AgentKavach.from_yaml(
+        write(
+            """
+            agents:
+              a: &a {max_calls_per_run: 5, loop_threshold: 3}
+              b: {<<: *a, loop_threshold: 4}
+            """
+        ),
+        agent="b",
+    )
+    assert (guard.guardrail_config.max_calls_per_run, guard.guardrail_config.loop_threshold) == (
+        5,
+        4,
+    )
+    error = error_from(write("agents: &x\n  bot: {shared: *x}\n"))
+    assert error.line == 2
