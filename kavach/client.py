@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, overload
 
 from kavach import tokens
 from kavach._money import to_dollars, to_nanos
@@ -198,6 +198,37 @@ class AgentKavach:
             or max_calls_per_run
             or any(b.period is Period.PER_RUN for b in budgets)
         )
+
+    # -- from a file --------------------------------------------------------------------
+
+    @overload
+    @classmethod
+    def from_yaml(
+        cls, path: str | os.PathLike[str], agent: None = None, **overrides: Any
+    ) -> dict[str, AgentKavach]: ...
+
+    @overload
+    @classmethod
+    def from_yaml(
+        cls, path: str | os.PathLike[str], agent: str, **overrides: Any
+    ) -> AgentKavach: ...
+
+    @classmethod
+    def from_yaml(
+        cls, path: str | os.PathLike[str], agent: str | None = None, **overrides: Any
+    ) -> dict[str, AgentKavach] | AgentKavach:
+        """Guards by agent name from a YAML file (one guard with ``agent=``); see ``kavach.config``.
+
+        The guards share one ledger, so shared and org budgets hold across them. ``overrides``
+        (``on_kill=``, ``observers=``, ``ledger=``) apply to every guard.
+
+        >>> guards = AgentKavach.from_yaml("kavach.yaml")          # doctest: +SKIP
+        >>> bot = AgentKavach.from_yaml("kavach.yaml", agent="research-bot")  # doctest: +SKIP
+        """
+        from kavach.config import guards_from_yaml  # pyyaml and pydantic only when used
+
+        guards = guards_from_yaml(path, agent, guard_class=cls, **overrides)
+        return guards if agent is None else guards[agent]
 
     # -- observers ----------------------------------------------------------------------
 
