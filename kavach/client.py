@@ -161,6 +161,7 @@ class AgentKavach:
                 raise KavachConfigError(f"budget must be a Budget, got {type(b).__name__}")
         self.agent_name = agent_name
         self.budgets = budgets
+        self._code_budgets = budgets
         self.mode: Mode = mode
         self.default_max_output_tokens = default_max_output_tokens
         self.min_output_tokens = min_output_tokens
@@ -190,9 +191,9 @@ class AgentKavach:
         self._clock = clock or _utcnow
         self._ids = itertools.count(1)
         self._id_prefix = uuid.uuid4().hex[:20]
-        self._period_slots: tuple[Slot, ...] = ()
-        self._slots_until: datetime | None = None
-        self._slots_ready = False
+        # (budgets they were made from, slots, valid until): replaced whole, never mutated,
+        # so a budget change from the control channel cannot leave stale keys behind.
+        self._slot_cache: tuple[tuple[Budget, ...], tuple[Slot, ...], datetime | None] | None = None
         self._has_run_slots = bool(
             max_tokens_per_run
             or max_calls_per_run
@@ -370,17 +371,26 @@ class AgentKavach:
             raise
         return _Prepared(spec, plan, price, run_id, fingerprint, now)
 
+    def set_remote_budgets(self, budgets: Sequence[Budget]) -> None:
+        """Enforce budgets set in the dashboard next to the ones given in code.
+
+        Called by the control channel when a budget changes; takes effect on the next call.
+        """
+        self._has_run_slots = self._has_run_slots or any(
+            b.period is Period.PER_RUN for b in budgets
+        )
+        self.budgets = self._code_budgets + tuple(budgets)
+
     def _slots(self, run_id: str, now: datetime) -> tuple[Slot, ...]:
         # Period keys change only when a period resets: compute them once per period.
-        until = self._slots_until
-        if not self._slots_ready or (until is not None and now >= until):
-            self._period_slots, self._slots_until = period_slots(self.agent_name, self.budgets, now)
-            self._slots_ready = True
+        budgets = self.budgets
+        cache = self._slot_cache
+        if cache is None or cache[0] is not budgets or (cache[2] is not None and now >= cache[2]):
+            slots, until = period_slots(self.agent_name, budgets, now)
+            cache = self._slot_cache = (budgets, slots, until)
         if not self._has_run_slots:
-            return self._period_slots
-        return self._period_slots + run_slots(
-            self.agent_name, run_id, self.budgets, self.guardrail_config
-        )
+            return cache[1]
+        return cache[1] + run_slots(self.agent_name, run_id, budgets, self.guardrail_config)
 
     def _admit(self, prepared: _Prepared, result: Hold | Refusal) -> Reservation:
         if isinstance(result, Refusal):

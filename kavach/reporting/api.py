@@ -47,9 +47,7 @@ class BackendError(Exception):
 
 
 class BackendAPI:
-    def __init__(
-        self, config: BackendConfig, transport: httpx.BaseTransport | None = None
-    ) -> None:
+    def __init__(self, config: BackendConfig, transport: httpx.BaseTransport | None = None) -> None:
         self.config = config
         self._client = httpx.Client(
             base_url=config.endpoint.rstrip("/"),

@@ -36,8 +36,9 @@ def budgets_from_backend(items: list[dict[str, Any]]) -> tuple[Budget, ...]:
         if period is None or unit not in _UNITS or not isinstance(limit, int) or limit < 0:
             logger.warning("kavach: ignoring a budget from the backend it cannot apply: %r", item)
             continue
-        budgets.append(Budget(limit=limit, period=period, unit=unit,
-                              org=item.get("scope") == "org"))
+        budgets.append(
+            Budget(limit=limit, period=period, unit=unit, org=item.get("scope") == "org")
+        )
     return tuple(budgets)
 
 
@@ -121,17 +122,21 @@ class ControlChannel:
                         data = []
             except BackendError as exc:
                 if exc.status in (401, 403):
-                    logger.warning("kavach: the backend refused the API key on the control "
-                                   "channel (%s); stops from the dashboard will arrive only with "
-                                   "ingest answers", exc)
+                    logger.warning(
+                        "kavach: the backend refused the API key on the control "
+                        "channel (%s); stops from the dashboard will arrive only with "
+                        "ingest answers",
+                        exc,
+                    )
                     return
                 if not warned:
                     logger.warning("kavach: control channel: %s; reconnecting", exc)
                     warned = True
             except httpx.HTTPError as exc:
                 if not warned:
-                    logger.warning("kavach: control channel lost (%s); reconnecting",
-                                   type(exc).__name__)
+                    logger.warning(
+                        "kavach: control channel lost (%s); reconnecting", type(exc).__name__
+                    )
                     warned = True
             except Exception:
                 logger.exception("kavach: control channel error")

@@ -141,7 +141,9 @@ class Reporter(NullObserver):
         if self._spool.pending:
             logger.warning(
                 "kavach: %d events could not reach the backend yet; they are kept in %s and "
-                "will be sent by the next process", self._spool.pending, self._spool.root,
+                "will be sent by the next process",
+                self._spool.pending,
+                self._spool.root,
             )
 
     # -- the sender thread --------------------------------------------------------------
@@ -164,8 +166,10 @@ class Reporter(NullObserver):
                     self._spill_locked()  # later events queue behind the spooled ones
                     batch: list[dict[str, Any]] = []
                 else:
-                    batch = [self._queue.popleft() for _ in range(min(self._batch_size,
-                                                                       len(self._queue)))]
+                    batch = [
+                        self._queue.popleft()
+                        for _ in range(min(self._batch_size, len(self._queue)))
+                    ]
             try:
                 if batch:
                     self._send(batch)
@@ -203,8 +207,11 @@ class Reporter(NullObserver):
                 return False
             if exc.status in (401, 403):
                 self._auth_refused = True
-                self._warn_once("auth", f"kavach: the backend refused the API key ({exc}); "
-                                "events are kept on disk and reporting is paused. Check api_key.")
+                self._warn_once(
+                    "auth",
+                    f"kavach: the backend refused the API key ({exc}); "
+                    "events are kept on disk and reporting is paused. Check api_key.",
+                )
                 return False
             if exc.status in (400, 413, 422):
                 return self._split(batch, exc)
@@ -227,8 +234,11 @@ class Reporter(NullObserver):
         self.stats.rejected += 1
         with open(self._spool.dir / "rejected.jsonl", "a", encoding="utf-8") as handle:
             handle.write(json.dumps({"reason": str(exc), "event": batch[0]}) + "\n")
-        self._warn_once("rejected", f"kavach: the backend rejected an event ({exc}); it is kept "
-                        f"in {self._spool.dir / 'rejected.jsonl'}")
+        self._warn_once(
+            "rejected",
+            f"kavach: the backend rejected an event ({exc}); it is kept "
+            f"in {self._spool.dir / 'rejected.jsonl'}",
+        )
         return True
 
     def _fail(self, reason: str, retry_after: float | None = None) -> None:
