@@ -458,7 +458,8 @@ def from_params(
     """Merge the guard's alert parameters, ``channels=[...]`` and the environment.
 
     The environment (``AGENTKAVACH_SLACK_WEBHOOK_URL``, ``AGENTKAVACH_PAGERDUTY_ROUTING_KEY``
-    or ``AGENTKAVACH_PD_ROUTING_KEY``, ``AGENTKAVACH_ALERT_EMAIL`` with ``AGENTKAVACH_SMTP_*``
+    or ``AGENTKAVACH_PD_ROUTING_KEY``, with ``AGENTKAVACH_PAGERDUTY_API_URL`` for another
+    region, ``AGENTKAVACH_ALERT_EMAIL`` with ``AGENTKAVACH_SMTP_*``
     or ``AGENTKAVACH_RESEND_API_KEY``, ``AGENTKAVACH_WEBHOOK_URL`` and
     ``AGENTKAVACH_WEBHOOK_SECRET``, ``AGENTKAVACH_DASHBOARD_URL``) turns a channel type on only
     when neither a parameter nor ``channels=`` configured that type.
@@ -491,7 +492,10 @@ def from_params(
         else get("AGENTKAVACH_PAGERDUTY_ROUTING_KEY", "AGENTKAVACH_PD_ROUTING_KEY")
     )
     if pd:
-        extra.append(channel("pagerduty", routing_key=pd))
+        pd_url = get("AGENTKAVACH_PAGERDUTY_API_URL")  # e.g. the EU service region
+        extra.append(
+            channel("pagerduty", routing_key=pd, **({"api_url": pd_url} if pd_url else {}))
+        )
     email = alert_email or (None if "email" in kinds else get("AGENTKAVACH_ALERT_EMAIL"))
     if email:
         extra.append(channel("email", **_email_env(email, get)))
