@@ -240,6 +240,8 @@ class ChannelConfig(BaseModel):
         if missing:
             raise ValueError(f"a {self.type} channel needs {', '.join(missing)}")
         for key, value in settings.items():
+            if key in ("template", "headers") and isinstance(value, dict):
+                continue  # a custom payload template or extra headers: checked by the channel
             items = value if isinstance(value, list) else [value]
             if not all(isinstance(v, (str, int, float, bool)) for v in items):
                 raise ValueError(
@@ -260,6 +262,13 @@ class AlertRuleConfig(_Model):
 
     threshold: Annotated[float, Field(gt=0, le=1)]
     channels: Annotated[list[str], Field(min_length=1)]
+    budgets: list[str] | None = None
+    """Budget labels the rule covers (``daily``, ``shared:team daily`` ...); all when omitted."""
+    units: list[Literal["usd", "tokens", "calls"]] | None = None
+    guardrails: bool | None = None
+    """Also alert on guardrail trips."""
+    cooldown: Annotated[float, Field(ge=0)] | None = None
+    """Seconds before the same alert may be sent again (default 300)."""
 
 
 class AgentSettings(_Model):
@@ -789,8 +798,15 @@ def _channels(
                     f"no channel {name!r} under channels: ({known})",
                 )
             with _at(doc, ("channels", name)):
+                extra = {
+                    key: value
+                    for key in ("budgets", "units", "guardrails", "cooldown")
+                    if (value := getattr(rule, key)) is not None
+                }
                 if make is not None:
-                    out.append(make(channel.type, threshold=rule.threshold, **channel.settings))
+                    out.append(
+                        make(channel.type, threshold=rule.threshold, **extra, **channel.settings)
+                    )
                 else:
                     out.append(
                         {"type": channel.type, "threshold": rule.threshold, **channel.settings}

@@ -50,7 +50,8 @@ def seed_from_backend(guard: AgentKavach, api: BackendAPI, timeout: float = 3.0)
     except (httpx.HTTPError, BackendError) as exc:
         logger.warning(
             "kavach: could not read this agent's spend from the backend (%s); budgets start "
-            "from what this process spends", exc,
+            "from what this process spends",
+            exc,
         )
         return 0
     now = guard._clock()

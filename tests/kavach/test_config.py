@@ -404,7 +404,6 @@ def test_references_to_undefined_pools_and_bad_pools(write: Write) -> None:
 
 def test_options_this_version_cannot_honour_are_refused_not_ignored(write: Write) -> None:
     for text, line, name in [
-        ("channels:\n  s: {type: kill}\nagents:\n  bot: {}\n", 1, "channels"),
         ("agents:\n  bot:\n    provider: openai\n", 3, "provider"),
         ("api_key: ak_123\nagents:\n  bot: {}\n", 1, "api_key"),
         ("ledger: redis://127.0.0.1:6379/0\nagents:\n  bot: {}\n", 1, "ledger"),
@@ -413,6 +412,30 @@ def test_options_this_version_cannot_honour_are_refused_not_ignored(write: Write
         assert error.line == line, text
         assert "not supported yet" in str(error) and name in str(error)
         assert "ak_123" not in str(error)
+
+
+def test_yaml_channels_and_alerts_build_alerting_guards(
+    write: Write, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SLACK_URL", "https://hooks.slack.com/services/T0/B0/secret")
+    path = write(
+        """
+        channels:
+          slack: {type: slack, webhook_url: "${SLACK_URL}"}
+          stop: {type: kill}
+        agents:
+          bot:
+            budget: {daily: 5}
+            alerts:
+              - {threshold: 0.7, channels: [slack], cooldown: 60}
+              - {threshold: 1.0, channels: [stop]}
+        """
+    )
+    guard = AgentKavach.from_yaml(path, agent="bot")
+    assert guard.alerts is not None
+    assert 0.7 in guard.budgets[0].thresholds
+    assert "secret" not in repr(guard.alerts)
+    guard.close()
 
 
 def test_channel_and_alert_shapes_are_validated(write: Write) -> None:

@@ -28,8 +28,9 @@ class FakeBackend:
             def log_message(self, *args: Any) -> None:
                 pass
 
-            def _json(self, status: int, body: dict[str, Any],
-                      headers: dict[str, str] | None = None) -> None:
+            def _json(
+                self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+            ) -> None:
                 data = json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")

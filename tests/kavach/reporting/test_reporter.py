@@ -31,8 +31,15 @@ def make(backend: FakeBackend, tmp_path: Path, **kw: Any) -> Reporter:
 
 
 def event(i: int) -> dict[str, Any]:
-    return {"id": f"e{i:05d}", "agent": "bot", "provider": "openai", "model": "gpt-4o",
-            "status": "ok", "started_at": "2026-11-28T12:00:00+00:00", "cost_nanos": i}
+    return {
+        "id": f"e{i:05d}",
+        "agent": "bot",
+        "provider": "openai",
+        "model": "gpt-4o",
+        "status": "ok",
+        "started_at": "2026-11-28T12:00:00+00:00",
+        "cost_nanos": i,
+    }
 
 
 def test_events_arrive_in_batches(backend: FakeBackend, tmp_path: Path) -> None:
@@ -117,8 +124,7 @@ def test_events_left_by_a_dead_process_are_sent_by_the_next(
         os._exit(0)  # dies without closing: no flush, no cleanup
     """
     root = Path(__file__).resolve().parents[3]
-    subprocess.run([sys.executable, "-c", textwrap.dedent(code)], check=True, cwd=root,
-                   timeout=60)
+    subprocess.run([sys.executable, "-c", textwrap.dedent(code)], check=True, cwd=root, timeout=60)
     reporter = make(backend, tmp_path)
     assert reporter.pending == 40
     assert reporter.flush(5)
@@ -143,8 +149,10 @@ def test_a_bad_event_is_set_aside_and_the_rest_delivered(
         received.extend(e["id"] for e in events)
         return httpx.Response(202, json={"accepted": len(events)})
 
-    api = BackendAPI(BackendConfig(api_key="ak_test_x", endpoint="http://backend.test"),
-                     transport=httpx.MockTransport(handler))
+    api = BackendAPI(
+        BackendConfig(api_key="ak_test_x", endpoint="http://backend.test"),
+        transport=httpx.MockTransport(handler),
+    )
     reporter = Reporter(api, spool_root=tmp_path, flush_interval=0.01)
     for name in ["a", "b", "bad", "c"]:
         reporter.enqueue({"id": name})
