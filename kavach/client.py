@@ -59,6 +59,7 @@ from kavach.usage import ZERO_USAGE, Usage
 
 if TYPE_CHECKING:
     from kavach.alerts import AlertDispatcher, ChannelRule, DedupStore
+    from kavach.reporting.link import BackendLink
 
 logger = logging.getLogger("kavach")
 Closer = Callable[[float], object]
@@ -133,6 +134,10 @@ class AgentKavach:
             ``AGENTKAVACH_SLACK_WEBHOOK_URL``, ``AGENTKAVACH_PAGERDUTY_ROUTING_KEY`` (...)
             environment variables do the same. ``alert_dedup_store`` shares alert
             de-duplication across processes. See ``kavach.alerts``.
+        api_key, endpoint: an AgentKavach SDK key (``ak_live_...``) and the backend URL (or
+            ``AGENTKAVACH_API_KEY`` and ``AGENTKAVACH_BACKEND_URL``) turn on reporting, the
+            control channel (Stop and Resume from the dashboard) and seeding of this period's
+            spend after a restart; ``spool_dir`` is where events wait while the backend is away.
         clock: returns the current aware datetime; for simulations and tests of period resets.
     """
 
@@ -169,6 +174,9 @@ class AgentKavach:
         channels: Sequence[ChannelRule] = (),
         dashboard_url: str | None = None,
         alert_dedup_store: DedupStore | None = None,
+        api_key: str | None = None,
+        endpoint: str | None = None,
+        spool_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         if not agent_name or ":" in agent_name:
             raise KavachConfigError(f"agent_name must be non-empty without ':', got {agent_name!r}")
@@ -246,6 +254,31 @@ class AgentKavach:
                 dashboard_url=dashboard_url,
                 dedup=alert_dedup_store,
             )
+        self.backend: BackendLink | None = None
+        api_key = api_key or os.environ.get("AGENTKAVACH_API_KEY") or None
+        if api_key and self.enabled:
+            self._connect_backend(api_key, endpoint, spool_dir)
+
+    def _connect_backend(
+        self, api_key: str, endpoint: str | None, spool_dir: str | os.PathLike[str] | None
+    ) -> None:
+        from pathlib import Path
+
+        from kavach.reporting.api import BackendConfig
+        from kavach.reporting.link import connect_backend
+
+        endpoint = endpoint or os.environ.get("AGENTKAVACH_BACKEND_URL")
+        if not endpoint:
+            raise KavachConfigError(
+                "api_key is set but no backend endpoint: pass endpoint='https://your-backend' "
+                "or set AGENTKAVACH_BACKEND_URL (budgets are enforced locally either way)"
+            )
+        self.backend = connect_backend(
+            self,
+            BackendConfig(api_key=api_key, endpoint=endpoint),
+            spool_dir=Path(spool_dir) if spool_dir is not None else None,
+        )
+        self.add_closer(self.backend.close)
 
     # -- alerts and shutdown ------------------------------------------------------------
 

@@ -101,8 +101,10 @@ class ControlChannel:
         self._thread = threading.Thread(target=self._run, name="kavach-control", daemon=True)
         self._thread.start()
 
-    def close(self) -> None:
+    def close(self, timeout: float = 1.0) -> None:
         self._stop.set()
+        self.api.close()  # closes the open stream's connection, which ends the read
+        self._thread.join(timeout)
 
     def _run(self) -> None:
         backoff = 0.25
@@ -133,12 +135,16 @@ class ControlChannel:
                     logger.warning("kavach: control channel: %s; reconnecting", exc)
                     warned = True
             except httpx.HTTPError as exc:
+                if self._stop.is_set():
+                    return
                 if not warned:
                     logger.warning(
                         "kavach: control channel lost (%s); reconnecting", type(exc).__name__
                     )
                     warned = True
             except Exception:
+                if self._stop.is_set():
+                    return
                 logger.exception("kavach: control channel error")
             self.connected.clear()
             self._stop.wait(backoff)
