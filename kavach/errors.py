@@ -86,16 +86,16 @@ class BudgetExceededError(KavachError):
         fmt = fmt_usd if unit == "usd" else (lambda n: f"{n:,} {unit}")
         over = spent + reserved + requested - limit
         when = (
-            f"it resets at {resets_at.isoformat()}"
+            f"It resets at {resets_at:%Y-%m-%d %H:%M} UTC"
             if resets_at is not None
-            else "it does not reset"
+            else "It does not reset"
         )
         super().__init__(
             f"{budget} budget exceeded: spent {fmt(spent)}"
             + (f" + {fmt(reserved)} held by calls in flight" if reserved else "")
             + f" of {fmt(limit)} ({period}); this call needs up to {fmt(requested)}"
             + (f", {fmt(over)} over" if over > 0 else "")
-            + f". {detail + ' ' if detail else ''}{when.capitalize()}; raise the limit, "
+            + f". {detail + ' ' if detail else ''}{when}; raise the limit, "
             "lower max output tokens, or wait."
         )
 
@@ -154,16 +154,18 @@ class UnknownModelPriceError(KavachError):
 
     reason = "unknown_model_price"
 
-    def __init__(self, model: str, provider: str | None) -> None:
+    def __init__(self, model: str, provider: str | None, detail: str = "") -> None:
         self.model = model
         self.provider = provider
         super().__init__(
             f"no price known for model {model!r}"
             + (f" (provider {provider!r})" if provider else "")
-            + "; the call was refused because its cost cannot be bounded. Add a price, e.g. "
+            + (f": {detail}" if detail else "")
+            + "; the call was refused because its cost cannot be bounded. Add a price in "
+            "dollars per million tokens, keyed by model name or 'provider/model', e.g. "
             f"AgentKavach(..., prices={{{model!r}: ModelPrice(input_per_mtok=1.0, "
-            "output_per_mtok=4.0)}}), or allow unknown models with "
-            "AgentKavach(..., unknown_model_price=ModelPrice(...))"
+            "output_per_mtok=4.0)}) (Pricing(overrides=...) when pricing directly), or allow "
+            "unknown models with unknown_model_price=ModelPrice(...)"
         )
 
 

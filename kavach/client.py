@@ -1,0 +1,607 @@
+"""The AgentKavach facade: configuration in, a guard that reserves, settles and reports out.
+
+>>> guard = AgentKavach(agent_name="research-bot", budget=Budget.daily(50))   # doctest: +SKIP
+>>> with guard.reserve(CallSpec(provider="openai", model="gpt-4o", messages=msgs)) as r:
+...     ...  # make the call with max_tokens=r.max_output_tokens, then:
+...     r.commit(usage)
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import os
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from kavach import tokens
+from kavach._money import to_dollars, to_nanos
+from kavach.budget import Budget, Period
+from kavach.engine import (
+    Mode,
+    Plan,
+    actual_amounts,
+    crossed_thresholds,
+    plan_call,
+    refusal_error,
+)
+from kavach.errors import (
+    AgentKilledError,
+    GuardrailError,
+    KavachConfigError,
+    KavachError,
+    LedgerUnavailableError,
+)
+from kavach.events import (
+    CallEvent,
+    CallStatus,
+    GuardObserver,
+    GuardrailTrip,
+    ThresholdCrossing,
+)
+from kavach.guardrails import GuardrailConfig, Guardrails
+from kavach.killswitch import KillSwitch
+from kavach.ledger.base import Hold, Ledger, Refusal
+from kavach.ledger.memory import MemoryLedger
+from kavach.pricing import ModelPrice, Pricing
+from kavach.reservation import Reservation
+from kavach.spec import CallSpec
+from kavach.usage import ZERO_USAGE, Usage
+
+logger = logging.getLogger("kavach")
+
+_current_run: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "kavach_run", default=None
+)
+_PROMPT_CAP = 32_000
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetStatus:
+    """Where one budget stands now. Amounts in the budget's unit (nano-dollars for cost)."""
+
+    label: str
+    unit: str
+    key: str
+    spent: int
+    reserved: int
+    limit: int
+    period: str
+    period_id: str
+    resets_at: datetime | None
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.limit - self.spent - self.reserved)
+
+    @property
+    def utilization(self) -> float:
+        return self.spent / self.limit if self.limit else 1.0
+
+
+def _env_disabled() -> bool:
+    return os.environ.get("AGENTKAVACH_DISABLED", "").strip().lower() in {"1", "true", "yes"}
+
+
+class AgentKavach:
+    """A budget guard for one agent.
+
+    Every call is reserved at its worst-case cost before it leaves the process and settled at
+    its actual cost when it returns, so budgets hold under any concurrency.
+
+    Parameters (money in dollars):
+        agent_name: the agent's name in ledger keys, events and the dashboard.
+        budget: one ``Budget`` or a list (the agent's, shared ones, the org's); a call must fit
+            every one of them.
+        on_kill: called once with the reason when the agent is stopped (sync or async).
+        mode: ``"reserve"`` reserves the call's max output tokens (or
+            ``default_max_output_tokens`` when the call gives none); ``"strict"`` also sets the
+            call's max output tokens to what the budget left can pay, so spend can never pass a
+            limit.
+        max_tokens_per_run, max_calls_per_run, max_runtime_seconds, max_cost_per_call,
+        detect_loops, loop_threshold, max_spend_per_minute: guardrails, see ``GuardrailConfig``.
+        kill_on_guardrail: a guardrail trip also stops the agent (default ``True``).
+        prices: extra or overriding model prices; ``unknown_model_price`` lets models with no
+            known price through at that worst-case price (otherwise they are refused).
+        ledger: where spend lives; in-process memory by default.
+        enabled: ``False`` (or ``AGENTKAVACH_DISABLED=1``) makes the guard a passthrough.
+        save_prompts: keep prompt text in call events (off by default).
+        clock: returns the current aware datetime; for simulations and tests of period resets.
+    """
+
+    def __init__(
+        self,
+        agent_name: str = "default",
+        budget: Budget | Sequence[Budget] | None = None,
+        *,
+        on_kill: Callable[[str], Any] | Callable[[str], Awaitable[Any]] | None = None,
+        mode: Mode = "reserve",
+        default_max_output_tokens: int = 4096,
+        min_output_tokens: int = 16,
+        max_tokens_per_run: int | None = None,
+        max_calls_per_run: int | None = None,
+        max_runtime_seconds: float | None = None,
+        max_cost_per_call: float | None = None,
+        detect_loops: bool = True,
+        loop_threshold: int = 5,
+        max_spend_per_minute: float | None = None,
+        velocity_window_seconds: float = 60.0,
+        kill_on_guardrail: bool = True,
+        prices: Mapping[str, ModelPrice] | None = None,
+        unknown_model_price: ModelPrice | None = None,
+        ledger: Ledger | None = None,
+        enabled: bool = True,
+        save_prompts: bool = False,
+        observers: Sequence[GuardObserver] = (),
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        if not agent_name or ":" in agent_name:
+            raise KavachConfigError(f"agent_name must be non-empty without ':', got {agent_name!r}")
+        if mode not in ("reserve", "strict"):
+            raise KavachConfigError(f"mode must be 'reserve' or 'strict', got {mode!r}")
+        if default_max_output_tokens < 1 or min_output_tokens < 1:
+            raise KavachConfigError("default_max_output_tokens and min_output_tokens must be >= 1")
+        if budget is None:
+            budgets: tuple[Budget, ...] = ()
+        elif isinstance(budget, Budget):
+            budgets = (budget,)
+        else:
+            budgets = tuple(budget)
+        for b in budgets:
+            if not isinstance(b, Budget):
+                raise KavachConfigError(f"budget must be a Budget, got {type(b).__name__}")
+        self.agent_name = agent_name
+        self.budgets = budgets
+        self.mode: Mode = mode
+        self.default_max_output_tokens = default_max_output_tokens
+        self.min_output_tokens = min_output_tokens
+        self.kill_on_guardrail = kill_on_guardrail
+        self.save_prompts = save_prompts
+        self.enabled = enabled and not _env_disabled()
+        self.guardrail_config = GuardrailConfig(
+            max_tokens_per_run=max_tokens_per_run,
+            max_calls_per_run=max_calls_per_run,
+            max_runtime_seconds=max_runtime_seconds,
+            max_cost_per_call=to_nanos(max_cost_per_call)
+            if max_cost_per_call is not None
+            else None,
+            detect_loops=detect_loops,
+            loop_threshold=loop_threshold,
+            max_spend_per_minute=(
+                to_nanos(max_spend_per_minute) if max_spend_per_minute is not None else None
+            ),
+            velocity_window_seconds=velocity_window_seconds,
+        )
+        self.guardrails = Guardrails(self.guardrail_config)
+        self.pricing = Pricing(prices, unknown_model_price=unknown_model_price)
+        self.ledger: Ledger = ledger if ledger is not None else MemoryLedger()
+        self.kill_switch = KillSwitch(agent_name, on_kill)
+        self._observers: list[GuardObserver] = list(observers)
+        self._session_run = f"{agent_name}-{uuid.uuid4().hex[:12]}"
+        self._clock = clock or _utcnow
+
+    # -- observers ----------------------------------------------------------------------
+
+    def add_observer(self, observer: GuardObserver) -> None:
+        """Receive this guard's events (calls, thresholds, guardrail trips, kill, resume)."""
+        self._observers.append(observer)
+
+    def remove_observer(self, observer: GuardObserver) -> None:
+        self._observers.remove(observer)
+
+    def _emit(self, method: str, *args: Any) -> None:
+        for observer in self._observers:
+            try:
+                getattr(observer, method)(*args)
+            except Exception:
+                logger.exception("kavach observer %r failed in %s", observer, method)
+
+    # -- runs ---------------------------------------------------------------------------
+
+    @contextmanager
+    def run(self, run_id: str | None = None) -> Iterator[str]:
+        """Scope per-run guardrails and budgets to one agent invocation (sync or async code).
+
+        >>> with guard.run() as run_id:      # doctest: +SKIP
+        ...     agent.invoke(task)
+        """
+        rid = run_id or uuid.uuid4().hex
+        self.guardrails.start_run(rid)
+        token = _current_run.set(rid)
+        try:
+            yield rid
+        finally:
+            _current_run.reset(token)
+
+    @property
+    def current_run(self) -> str:
+        return _current_run.get() or self._session_run
+
+    # -- kill switch --------------------------------------------------------------------
+
+    def kill(self, reason: str = "stopped by guard.kill()", until: datetime | None = None) -> bool:
+        """Stop the agent: later calls raise AgentKilledError. Runs on_kill once."""
+        if self.kill_switch.kill(reason, until):
+            logger.warning("kavach: agent %r stopped: %s", self.agent_name, reason)
+            self._emit("on_kill", self.agent_name, reason)
+            return True
+        return False
+
+    def resume(self) -> bool:
+        """Lift a stop. Returns True if the agent was stopped."""
+        if self.kill_switch.resume():
+            logger.warning("kavach: agent %r resumed", self.agent_name)
+            self._emit("on_resume", self.agent_name)
+            return True
+        return False
+
+    @property
+    def killed(self) -> bool:
+        return self.kill_switch.killed
+
+    # -- reserve ------------------------------------------------------------------------
+
+    def reserve(self, spec: CallSpec) -> Reservation:
+        """Hold the worst-case cost of ``spec`` in every budget, or raise why it cannot run."""
+        prepared = self._prepare(spec)
+        if isinstance(prepared, Reservation):
+            return prepared
+        try:
+            result = self.ledger.reserve(
+                prepared.plan.lines, prepared.plan.min_units, prepared.plan.max_units
+            )
+        except KavachError:
+            raise
+        except Exception as exc:
+            raise self._ledger_down(prepared, exc) from exc
+        return self._admit(prepared, result)
+
+    async def areserve(self, spec: CallSpec) -> Reservation:
+        """``reserve`` for async code (awaits the ledger when it does I/O)."""
+        prepared = self._prepare(spec)
+        if isinstance(prepared, Reservation):
+            return prepared
+        try:
+            result = await self.ledger.areserve(
+                prepared.plan.lines, prepared.plan.min_units, prepared.plan.max_units
+            )
+        except KavachError:
+            raise
+        except Exception as exc:
+            raise self._ledger_down(prepared, exc) from exc
+        return self._admit(prepared, result)
+
+    def _prepare(self, spec: CallSpec) -> _Prepared | Reservation:
+        now = self._clock()
+        run_id = spec.run_id or self.current_run
+        if not self.enabled:
+            return Reservation(self, spec, None, None, None, run_id, None, now)
+        try:
+            self.kill_switch.check(now)
+        except AgentKilledError as exc:
+            self._refused(spec, run_id, now, exc)
+            raise
+        fingerprint = _fingerprint(spec) if self.guardrail_config.detect_loops else None
+        try:
+            self.guardrails.check(run_id, fingerprint)
+        except GuardrailError as exc:
+            self._guardrail_tripped(spec, run_id, now, exc)
+            raise
+        try:
+            price = self.pricing.resolve(spec.provider, spec.model, now)
+            input_tokens = spec.input_tokens
+            if input_tokens is None:
+                input_tokens = tokens.estimate_input_tokens(
+                    spec.provider,
+                    spec.model,
+                    messages=spec.messages,
+                    prompt=spec.prompt,
+                    system=spec.system,
+                    tools=spec.tools,
+                )
+            plan = plan_call(
+                agent=self.agent_name,
+                run_id=run_id,
+                budgets=self.budgets,
+                guardrails=self.guardrail_config,
+                price=price,
+                input_tokens=input_tokens,
+                requested_max_output=spec.max_output_tokens,
+                mode=self.mode,
+                default_max_output=self.default_max_output_tokens,
+                min_output=self.min_output_tokens,
+                now=now,
+            )
+        except GuardrailError as exc:
+            self.guardrails.forget_request(run_id, fingerprint)
+            self._guardrail_tripped(spec, run_id, now, exc)
+            raise
+        except KavachError as exc:
+            self.guardrails.forget_request(run_id, fingerprint)
+            self._refused(spec, run_id, now, exc)
+            raise
+        return _Prepared(spec, plan, price, run_id, fingerprint, now)
+
+    def _admit(self, prepared: _Prepared, result: Hold | Refusal) -> Reservation:
+        if isinstance(result, Refusal):
+            self.guardrails.forget_request(prepared.run_id, prepared.fingerprint)
+            error = refusal_error(prepared.plan, result, prepared.run_id, self.mode)
+            if isinstance(error, GuardrailError):
+                self._guardrail_tripped(prepared.spec, prepared.run_id, prepared.now, error)
+            else:
+                self._refused(prepared.spec, prepared.run_id, prepared.now, error)
+            raise error
+        return Reservation(
+            self,
+            prepared.spec,
+            prepared.plan,
+            result,
+            prepared.price,
+            prepared.run_id,
+            prepared.fingerprint,
+            prepared.now,
+        )
+
+    def _ledger_down(self, prepared: _Prepared, exc: Exception) -> LedgerUnavailableError:
+        error = LedgerUnavailableError(
+            f"the ledger could not be reached ({type(exc).__name__}: {exc}); the call was refused "
+            "so no budget can be broken. Fix the ledger connection, or choose fail-open "
+            "explicitly on the ledger"
+        )
+        self.guardrails.forget_request(prepared.run_id, prepared.fingerprint)
+        self._refused(prepared.spec, prepared.run_id, prepared.now, error)
+        return error
+
+    # -- settle (called by Reservation) -------------------------------------------------
+
+    def _amounts(self, r: Reservation, usage: Usage) -> tuple[tuple[int, ...], int]:
+        if r.plan is None:
+            return (), 0
+        cost = r.cost_of(usage)
+        return actual_amounts(r.plan, usage, cost), cost
+
+    def _ledger_settle(self, r: Reservation, amounts: tuple[int, ...]) -> tuple[int, ...]:
+        if r.hold is None:
+            return ()
+        try:
+            return self.ledger.settle(r.hold, amounts)
+        except Exception:
+            # The provider already billed this call: never raise into the caller's success.
+            logger.exception("kavach: could not settle %s on the ledger; spend kept locally", r)
+            return ()
+
+    async def _aledger_settle(self, r: Reservation, amounts: tuple[int, ...]) -> tuple[int, ...]:
+        if r.hold is None:
+            return ()
+        try:
+            return await self.ledger.asettle(r.hold, amounts)
+        except Exception:
+            logger.exception("kavach: could not settle %s on the ledger; spend kept locally", r)
+            return ()
+
+    def _ledger_release(self, r: Reservation) -> None:
+        if r.hold is None:
+            return
+        try:
+            self.ledger.release(r.hold)
+        except Exception:
+            logger.exception("kavach: could not release %s on the ledger", r)
+
+    async def _aledger_release(self, r: Reservation) -> None:
+        if r.hold is None:
+            return
+        try:
+            await self.ledger.arelease(r.hold)
+        except Exception:
+            logger.exception("kavach: could not release %s on the ledger", r)
+
+    def _settled(
+        self,
+        r: Reservation,
+        usage: Usage,
+        cost: int,
+        amounts: tuple[int, ...],
+        after: tuple[int, ...],
+        status: CallStatus,
+        response_model: str | None,
+        finish_reasons: Sequence[str],
+        tool_calls: Sequence[str],
+        error: str | None,
+    ) -> CallEvent | None:
+        if r.plan is None:
+            return None
+        self.guardrails.record(r.run_id, cost, tuple(tool_calls))
+        event = self._event(
+            r, status, usage, cost, error, response_model, tuple(finish_reasons), tuple(tool_calls)
+        )
+        self._emit("on_call", event)
+        if after:
+            self._check_thresholds(r.plan, amounts, after)
+        return event
+
+    def _released(self, r: Reservation, status: CallStatus, error: str | None) -> CallEvent | None:
+        if r.plan is None:
+            return None
+        event = self._event(r, status, ZERO_USAGE, 0, error, None, (), ())
+        self._emit("on_call", event)
+        return event
+
+    def _check_thresholds(
+        self, plan: Plan, amounts: tuple[int, ...], after: tuple[int, ...]
+    ) -> None:
+        # Each settle moves spent over a disjoint interval (before, after], so a threshold
+        # is crossed by exactly one settle, across threads and (with Redis) processes.
+        now = self._clock()
+        for line, info, amount, spent in zip(plan.lines, plan.info, amounts, after, strict=True):
+            if info.kind != "budget" or amount <= 0:
+                continue
+            before = spent - amount
+            for threshold in crossed_thresholds(info.thresholds, line.limit, before, spent):
+                self._emit(
+                    "on_threshold",
+                    ThresholdCrossing(
+                        agent=self.agent_name,
+                        budget=info.label,
+                        budget_key=line.key,
+                        unit=info.unit,
+                        period=info.period,
+                        period_id=info.period_id,
+                        threshold=threshold,
+                        spent=spent,
+                        limit=line.limit,
+                        resets_at=info.resets_at,
+                        at=now,
+                    ),
+                )
+            if before < line.limit <= spent and info.period != Period.PER_RUN.value:
+                self.kill(f"{info.label} budget reached 100%", until=info.resets_at)
+
+    # -- events -------------------------------------------------------------------------
+
+    def _event(
+        self,
+        r: Reservation,
+        status: CallStatus,
+        usage: Usage,
+        cost: int,
+        error: str | None,
+        response_model: str | None,
+        finish_reasons: tuple[str, ...],
+        tool_calls: tuple[str, ...],
+        refusal_reason: str | None = None,
+    ) -> CallEvent:
+        spec = r.spec
+        return CallEvent(
+            id=uuid.uuid4().hex,
+            agent=self.agent_name,
+            run_id=r.run_id,
+            provider=spec.provider,
+            model=spec.model,
+            operation=spec.operation,
+            status=status,
+            started_at=r.started_at,
+            duration_ms=(time.perf_counter() - r.started) * 1000.0,
+            usage=usage,
+            cost_nanos=cost,
+            reserved_nanos=r.reserved_nanos,
+            refusal_reason=refusal_reason,
+            error=error,
+            prompt=_prompt_text(spec) if self.save_prompts else None,
+            response_model=response_model,
+            finish_reasons=finish_reasons,
+            max_output_tokens=r.max_output_tokens,
+            tool_calls=tool_calls,
+            tags=dict(spec.tags),
+        )
+
+    def _refused(self, spec: CallSpec, run_id: str, now: datetime, exc: KavachError) -> None:
+        if not self._observers:
+            return
+        r = Reservation(self, spec, None, None, None, run_id, None, now)
+        self._emit(
+            "on_call",
+            self._event(
+                r, "refused", ZERO_USAGE, 0, str(exc), None, (), (), refusal_reason=exc.reason
+            ),
+        )
+
+    def _guardrail_tripped(
+        self, spec: CallSpec, run_id: str, now: datetime, exc: GuardrailError
+    ) -> None:
+        self._refused(spec, run_id, now, exc)
+        self._emit(
+            "on_guardrail", GuardrailTrip(self.agent_name, run_id, exc.reason, str(exc), now)
+        )
+        if self.kill_on_guardrail:
+            self.kill(f"guardrail {exc.reason}: {exc}")
+
+    # -- status -------------------------------------------------------------------------
+
+    def status(self) -> list[BudgetStatus]:
+        """Each budget's spent, reserved and limit right now (this agent's view)."""
+        now = self._clock()
+        out = []
+        for budget in self.budgets:
+            if budget.period is Period.PER_RUN:
+                run_id = self.current_run
+                key, resets_at = budget.key(self.agent_name, now, run_id)
+            else:
+                key, resets_at = budget.key(self.agent_name, now)
+            balance = self.ledger.read(key)
+            out.append(
+                BudgetStatus(
+                    label=budget.label,
+                    unit=budget.unit,
+                    key=key,
+                    spent=balance.spent,
+                    reserved=balance.reserved,
+                    limit=budget.limit,
+                    period=budget.period.value,
+                    period_id=key.rsplit(":", 1)[1],
+                    resets_at=resets_at,
+                )
+            )
+        return out
+
+    def _primary(self) -> BudgetStatus | None:
+        statuses = [s for s in self.status() if s.unit == "usd"]
+        for s in statuses:
+            if not s.key.startswith(("shared:", "org:")):
+                return s
+        return statuses[0] if statuses else None
+
+    @property
+    def spent(self) -> float:
+        """Dollars spent in the current period of the guard's (first cost) budget."""
+        primary = self._primary()
+        return to_dollars(primary.spent) if primary else 0.0
+
+    @property
+    def remaining(self) -> float | None:
+        """Dollars left in the current period of the guard's budget (``None`` without one)."""
+        primary = self._primary()
+        return to_dollars(primary.remaining) if primary else None
+
+    def __repr__(self) -> str:
+        budgets = ", ".join(b.label for b in self.budgets) or "no budget"
+        return f"<AgentKavach agent={self.agent_name!r} mode={self.mode} budgets=[{budgets}]>"
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    spec: CallSpec
+    plan: Plan
+    price: Any
+    run_id: str
+    fingerprint: int | None
+    now: datetime
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _fingerprint(spec: CallSpec) -> int:
+    # repr is content-based for dicts, lists, strings and pydantic models, and runs in C.
+    return hash(repr((spec.model, spec.messages, spec.prompt, spec.system, spec.tools)))
+
+
+def _prompt_text(spec: CallSpec) -> str | None:
+    parts: list[str] = []
+    if spec.system is not None:
+        parts.append(f"system: {spec.system}")
+    if spec.messages is not None:
+        for message in spec.messages:
+            if isinstance(message, Mapping):
+                parts.append(f"{message.get('role', '?')}: {message.get('content', '')}")
+            else:
+                parts.append(str(message))
+    if spec.prompt is not None:
+        parts.append(spec.prompt if isinstance(spec.prompt, str) else "\n".join(spec.prompt))
+    text = "\n".join(parts)
+    return text[:_PROMPT_CAP] if text else None

@@ -1,0 +1,227 @@
+"""Sans-I/O decisions: plan a call's reservation and turn ledger answers into errors.
+
+Everything here is a function of values; the guard wraps it with ledger calls (sync or
+async), so both paths share one decision logic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+from kavach._money import fmt_usd
+from kavach.budget import Budget, Period, Unit
+from kavach.errors import (
+    BudgetExceededError,
+    CallLimitError,
+    CostPerCallError,
+    KavachError,
+    TokenLimitError,
+)
+from kavach.guardrails import GuardrailConfig
+from kavach.ledger.base import LedgerLine, Refusal
+from kavach.pricing import CompiledPrice
+from kavach.usage import Usage
+
+Mode = Literal["reserve", "strict"]
+LineKind = Literal["budget", "run_tokens", "run_calls"]
+
+_KEY_SLACK_SECONDS = 86_400
+_RUN_KEY_TTL_SECONDS = 7 * 86_400
+
+
+@dataclass(frozen=True, slots=True)
+class LineInfo:
+    """What a ledger line stands for, to word errors and threshold events."""
+
+    label: str
+    unit: Unit
+    kind: LineKind
+    period: str
+    period_id: str
+    resets_at: datetime | None
+    thresholds: tuple[float, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A call's reservation request: the ledger lines and the output-token range."""
+
+    lines: tuple[LedgerLine, ...]
+    info: tuple[LineInfo, ...]
+    min_units: int
+    max_units: int
+    input_tokens: int
+    input_cost: int
+    output_per_token: int
+
+    def worst_case(self, units: int) -> int:
+        return self.input_cost + self.output_per_token * units
+
+
+def _ttl(now: datetime, resets_at: datetime | None, period: Period) -> int | None:
+    if period is Period.PER_RUN:
+        return _RUN_KEY_TTL_SECONDS
+    if resets_at is None:
+        return None
+    return int((resets_at - now).total_seconds()) + _KEY_SLACK_SECONDS
+
+
+def _line(
+    unit: Unit,
+    key: str,
+    limit: int,
+    input_tokens: int,
+    input_cost: int,
+    out_per_token: int,
+    ttl: int | None,
+) -> LedgerLine:
+    if unit == "usd":
+        return LedgerLine(key, limit, input_cost, out_per_token, ttl)
+    if unit == "tokens":
+        return LedgerLine(key, limit, input_tokens, 1, ttl)
+    return LedgerLine(key, limit, 1, 0, ttl)
+
+
+def plan_call(
+    *,
+    agent: str,
+    run_id: str,
+    budgets: Sequence[Budget],
+    guardrails: GuardrailConfig,
+    price: CompiledPrice,
+    input_tokens: int,
+    requested_max_output: int | None,
+    mode: Mode,
+    default_max_output: int,
+    min_output: int,
+    now: datetime,
+) -> Plan:
+    """Plan the ledger lines for one call; raises CostPerCallError before touching a ledger."""
+    input_cost = price.worst_case_input_cost(input_tokens)
+    per_token = price.output_nanos_per_token_ceil(input_tokens)
+    max_units = requested_max_output if requested_max_output is not None else default_max_output
+    min_units = max_units if mode == "reserve" else min(min_output, max_units)
+
+    cap = guardrails.max_cost_per_call
+    if cap is not None:
+        fits = (cap - input_cost) // per_token if per_token else max_units
+        worst = input_cost + per_token * min_units
+        if cap < input_cost or fits < min_units:
+            raise CostPerCallError(
+                f"this call could cost up to {fmt_usd(worst)} ({input_tokens:,} input tokens, "
+                f"{min_units:,} output tokens), over max_cost_per_call={fmt_usd(cap)}; "
+                "shorten the input, lower max output tokens, or raise the limit",
+                limit=cap,
+                observed=worst,
+            )
+        max_units = min(max_units, fits)
+
+    lines: list[LedgerLine] = []
+    info: list[LineInfo] = []
+    for budget in budgets:
+        key, resets_at = budget.key(agent, now, run_id)
+        period_id = key.rsplit(":", 1)[1] if budget.period is not Period.PER_RUN else run_id
+        lines.append(
+            _line(
+                budget.unit,
+                key,
+                budget.limit,
+                input_tokens,
+                input_cost,
+                per_token,
+                _ttl(now, resets_at, budget.period),
+            )
+        )
+        info.append(
+            LineInfo(
+                budget.label,
+                budget.unit,
+                "budget",
+                budget.period.value,
+                period_id,
+                resets_at,
+                budget.thresholds,
+            )
+        )
+    run_limits: tuple[tuple[LineKind, Unit, int | None], ...] = (
+        ("run_tokens", "tokens", guardrails.max_tokens_per_run),
+        ("run_calls", "calls", guardrails.max_calls_per_run),
+    )
+    for kind, unit, limit in run_limits:
+        if limit is None:
+            continue
+        key = f"agent:{agent}:guard:{unit}:run:{run_id}"
+        lines.append(
+            _line(unit, key, limit, input_tokens, input_cost, per_token, _RUN_KEY_TTL_SECONDS)
+        )
+        info.append(LineInfo(f"per-run {unit}", unit, kind, "per_run", run_id, None, ()))
+    return Plan(
+        lines=tuple(lines),
+        info=tuple(info),
+        min_units=min_units,
+        max_units=max_units,
+        input_tokens=input_tokens,
+        input_cost=input_cost,
+        output_per_token=per_token,
+    )
+
+
+def refusal_error(plan: Plan, refusal: Refusal, run_id: str, mode: Mode) -> KavachError:
+    """The error a ledger refusal means for the caller."""
+    line = plan.lines[refusal.index]
+    info = plan.info[refusal.index]
+    if info.kind == "run_tokens":
+        used = refusal.spent + refusal.reserved
+        return TokenLimitError(
+            f"run {run_id!r} has used {used:,} tokens (with calls in flight); this call needs up "
+            f"to {refusal.needed:,} more, over max_tokens_per_run={line.limit:,}. Start a new "
+            "run or raise the limit",
+            limit=line.limit,
+            observed=used + refusal.needed,
+        )
+    if info.kind == "run_calls":
+        return CallLimitError(
+            f"run {run_id!r} has made {refusal.spent + refusal.reserved:,} calls, "
+            f"max_calls_per_run={line.limit:,}. Start a new run or raise the limit",
+            limit=line.limit,
+            observed=refusal.spent + refusal.reserved + 1,
+        )
+    detail = ""
+    if mode == "strict" and info.unit == "usd":
+        detail = f"Strict mode needs room for at least {plan.min_units:,} output tokens."
+    return BudgetExceededError(
+        budget=info.label,
+        unit=info.unit,
+        spent=refusal.spent,
+        reserved=refusal.reserved,
+        limit=line.limit,
+        requested=refusal.needed,
+        period=info.period if info.period != "per_run" else f"run {info.period_id}",
+        resets_at=info.resets_at,
+        detail=detail,
+    )
+
+
+def actual_amounts(plan: Plan, usage: Usage, cost: int) -> tuple[int, ...]:
+    """What a settled call adds to each line, in the line's unit."""
+    out = []
+    for info in plan.info:
+        if info.unit == "usd":
+            out.append(cost)
+        elif info.unit == "tokens":
+            out.append(usage.total_tokens)
+        else:
+            out.append(1)
+    return tuple(out)
+
+
+def crossed_thresholds(
+    thresholds: Sequence[float], limit: int, before: int, after: int
+) -> list[float]:
+    """Thresholds passed going from ``before`` to ``after`` spent (both inclusive of this call)."""
+    if limit <= 0:
+        return [t for t in thresholds if after > before] if after > before else []
+    return [t for t in thresholds if before < t * limit <= after]

@@ -1,0 +1,102 @@
+"""The kill switch: once on, every call is refused until resume or the period resets."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import threading
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timezone
+from typing import Any
+
+from kavach.errors import AgentKilledError
+
+logger = logging.getLogger("kavach")
+
+OnKill = Callable[[str], Any] | Callable[[str], Awaitable[Any]]
+
+
+class KillSwitch:
+    """Holds whether an agent is stopped, and runs ``on_kill(reason)`` once per stop."""
+
+    def __init__(self, agent: str, on_kill: OnKill | None = None) -> None:
+        self.agent = agent
+        self._on_kill = on_kill
+        self._lock = threading.Lock()
+        self._reason: str | None = None
+        self._until: datetime | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    @property
+    def killed(self) -> bool:
+        return self._reason is not None
+
+    @property
+    def reason(self) -> str | None:
+        return self._reason
+
+    def check(self, now: datetime) -> None:
+        """Raise AgentKilledError while stopped; lift a budget stop once its period resets."""
+        reason = self._reason
+        if reason is None:
+            return
+        until = self._until
+        if until is not None and now >= until:
+            with self._lock:
+                if self._until is not None and now >= self._until:
+                    self._reason = None
+                    self._until = None
+                    return
+        raise AgentKilledError(self.agent, reason)
+
+    def kill(self, reason: str, until: datetime | None = None) -> bool:
+        """Stop the agent. Returns True (and runs on_kill) only if it was not already stopped."""
+        with self._lock:
+            if self._reason is not None:
+                return False
+            self._reason = reason
+            self._until = until
+        self._run_callback(reason)
+        return True
+
+    def resume(self) -> bool:
+        """Let calls through again. Returns True if the agent was stopped."""
+        with self._lock:
+            was = self._reason is not None
+            self._reason = None
+            self._until = None
+        return was
+
+    def _run_callback(self, reason: str) -> None:
+        callback = self._on_kill
+        if callback is None:
+            return
+        try:
+            result = callback(reason)
+            if inspect.isawaitable(result):
+                self._await(result)
+        except Exception:
+            logger.exception("on_kill callback for agent %r raised", self.agent)
+
+    def _await(self, awaitable: Awaitable[Any]) -> None:
+        async def run() -> None:
+            try:
+                await awaitable
+            except Exception:
+                logger.exception("async on_kill callback for agent %r raised", self.agent)
+
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            # A sync program: no loop to schedule on. Killing is rare, so one short-lived
+            # loop here does not break the rule against a loop per call.
+            asyncio.run(run())
+            return
+        task = loop.create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)

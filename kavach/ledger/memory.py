@@ -1,0 +1,112 @@
+"""The default ledger: in process, one lock, no I/O, no await on the hot path."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Sequence
+
+from kavach.ledger.base import Balance, Hold, LedgerLine, Refusal, grantable_units
+
+_PRUNE_EVERY = 4096
+
+
+class MemoryLedger:
+    """Balances in a dict guarded by a ``threading.Lock``: safe across threads and tasks.
+
+    The async methods call the sync ones directly; holding the lock takes microseconds,
+    so it never blocks an event loop in a way that matters.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._spent: dict[str, int] = {}
+        self._reserved: dict[str, int] = {}
+        self._expires: dict[str, float] = {}
+        self._holds: set[str] = set()
+        self._ids = itertools.count(1)
+        self._writes = 0
+
+    def reserve(
+        self, lines: Sequence[LedgerLine], min_units: int, max_units: int
+    ) -> Hold | Refusal:
+        spent, reserved = self._spent, self._reserved
+        with self._lock:
+            balances = [(spent.get(line.key, 0), reserved.get(line.key, 0)) for line in lines]
+            granted = grantable_units(lines, balances, min_units, max_units)
+            if isinstance(granted, Refusal):
+                return granted
+            amounts = tuple(line.fixed + line.per_unit * granted for line in lines)
+            for line, amount in zip(lines, amounts, strict=True):
+                reserved[line.key] = reserved.get(line.key, 0) + amount
+                self._touch(line.key, line.ttl_seconds)
+            hold_id = f"m{next(self._ids)}"
+            self._holds.add(hold_id)
+        return Hold(
+            id=hold_id, keys=tuple(line.key for line in lines), amounts=amounts, units=granted
+        )
+
+    def settle(self, hold: Hold, actual: Sequence[int]) -> tuple[int, ...]:
+        spent, reserved = self._spent, self._reserved
+        with self._lock:
+            if hold.id not in self._holds:
+                return tuple(spent.get(key, 0) for key in hold.keys)
+            self._holds.discard(hold.id)
+            after = []
+            for key, held, amount in zip(hold.keys, hold.amounts, actual, strict=True):
+                reserved[key] = reserved.get(key, 0) - held
+                spent[key] = spent.get(key, 0) + amount
+                after.append(spent[key])
+        return tuple(after)
+
+    def release(self, hold: Hold) -> None:
+        with self._lock:
+            if hold.id not in self._holds:
+                return
+            self._holds.discard(hold.id)
+            for key, held in zip(hold.keys, hold.amounts, strict=True):
+                self._reserved[key] = self._reserved.get(key, 0) - held
+
+    def read(self, key: str) -> Balance:
+        with self._lock:
+            return Balance(self._spent.get(key, 0), self._reserved.get(key, 0))
+
+    def add_spent(self, key: str, amount: int, ttl_seconds: int | None = None) -> int:
+        with self._lock:
+            self._spent[key] = self._spent.get(key, 0) + amount
+            self._touch(key, ttl_seconds)
+            return self._spent[key]
+
+    async def areserve(
+        self, lines: Sequence[LedgerLine], min_units: int, max_units: int
+    ) -> Hold | Refusal:
+        return self.reserve(lines, min_units, max_units)
+
+    async def asettle(self, hold: Hold, actual: Sequence[int]) -> tuple[int, ...]:
+        return self.settle(hold, actual)
+
+    async def arelease(self, hold: Hold) -> None:
+        self.release(hold)
+
+    async def aread(self, key: str) -> Balance:
+        return self.read(key)
+
+    @property
+    def open_holds(self) -> int:
+        """Holds not yet settled or released (for tests and diagnostics)."""
+        return len(self._holds)
+
+    def _touch(self, key: str, ttl_seconds: int | None) -> None:
+        # Called with the lock held. Keys of past periods are dropped now and then so a
+        # long-lived process does not grow without bound.
+        if ttl_seconds is not None:
+            self._expires[key] = time.monotonic() + ttl_seconds
+        self._writes += 1
+        if self._writes % _PRUNE_EVERY == 0:
+            now = time.monotonic()
+            for old in [k for k, t in self._expires.items() if t < now]:
+                if self._reserved.get(old, 0) == 0:
+                    self._spent.pop(old, None)
+                    self._reserved.pop(old, None)
+                    del self._expires[old]

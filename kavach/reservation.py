@@ -1,0 +1,235 @@
+"""The reservation lifecycle: reserve -> commit(usage) | release(), exactly once.
+
+Every adapter (raw client wrapper, LangChain handler, LlamaIndex hook, stream wrapper)
+drives this one object and adds nothing of its own to the accounting.
+
+>>> with guard.reserve(spec) as r:                        # doctest: +SKIP
+...     response = client.chat.completions.create(..., max_tokens=r.max_output_tokens)
+...     r.commit(Usage(input_tokens=12, output_tokens=40))
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Awaitable, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+import anyio
+
+from kavach.events import CallEvent, CallStatus
+from kavach.usage import ZERO_USAGE, Usage
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from kavach.client import AgentKavach
+    from kavach.engine import Plan
+    from kavach.ledger.base import Hold
+    from kavach.pricing import CompiledPrice
+    from kavach.spec import CallSpec
+
+
+class Reservation:
+    """Budget held for one call. Settle it once with ``commit(usage)`` or ``release()``.
+
+    ``max_output_tokens`` is what the call may produce: in strict mode the adapter sets the
+    request's limit to it. Used as a context manager, an exception (or task cancellation)
+    inside the block releases the hold; a block that ends without a commit releases too.
+    """
+
+    __slots__ = (
+        "_claim",
+        "_event",
+        "_guard",
+        "_price",
+        "fingerprint",
+        "hold",
+        "plan",
+        "run_id",
+        "spec",
+        "started",
+        "started_at",
+    )
+
+    def __init__(
+        self,
+        guard: AgentKavach,
+        spec: CallSpec,
+        plan: Plan | None,
+        hold: Hold | None,
+        price: CompiledPrice | None,
+        run_id: str,
+        fingerprint: int | None,
+        started_at: datetime,
+    ) -> None:
+        self._guard = guard
+        self.spec = spec
+        self.plan = plan
+        self.hold = hold
+        self._price = price
+        self.run_id = run_id
+        self.fingerprint = fingerprint
+        self.started = time.perf_counter()
+        self.started_at = started_at
+        self._claim = threading.Lock()
+        self._event: CallEvent | None = None
+
+    # -- what the adapter reads ---------------------------------------------------------
+
+    @property
+    def max_output_tokens(self) -> int | None:
+        """Output tokens this reservation pays for (``None`` when the guard is disabled)."""
+        return self.hold.units if self.hold is not None else None
+
+    @property
+    def reserved_nanos(self) -> int:
+        """The worst-case cost held, in nano-dollars."""
+        if self.plan is None or self.hold is None:
+            return 0
+        return self.plan.worst_case(self.hold.units)
+
+    @property
+    def settled(self) -> bool:
+        return self._claim.locked()
+
+    @property
+    def event(self) -> CallEvent | None:
+        """The call's event once settled."""
+        return self._event
+
+    def cost_of(self, usage: Usage) -> int:
+        """What ``usage`` costs at this call's price, in nano-dollars."""
+        return self._price.cost(usage) if self._price is not None else 0
+
+    def exceeds(self, output_tokens: int) -> bool:
+        """True once a stream has produced more output than this reservation pays for."""
+        units = self.max_output_tokens
+        return units is not None and output_tokens > units
+
+    # -- settlement ---------------------------------------------------------------------
+
+    def commit(
+        self,
+        usage: Usage,
+        *,
+        status: CallStatus = "ok",
+        response_model: str | None = None,
+        finish_reasons: Sequence[str] = (),
+        tool_calls: Sequence[str] = (),
+        error: str | None = None,
+    ) -> CallEvent | None:
+        """Settle with what the call actually used. A second settlement is a no-op."""
+        if not self._claim.acquire(blocking=False):
+            return self._event
+        amounts, cost = self._guard._amounts(self, usage)
+        after = self._guard._ledger_settle(self, amounts)
+        self._event = self._guard._settled(
+            self,
+            usage,
+            cost,
+            amounts,
+            after,
+            status,
+            response_model,
+            finish_reasons,
+            tool_calls,
+            error,
+        )
+        return self._event
+
+    async def acommit(
+        self,
+        usage: Usage,
+        *,
+        status: CallStatus = "ok",
+        response_model: str | None = None,
+        finish_reasons: Sequence[str] = (),
+        tool_calls: Sequence[str] = (),
+        error: str | None = None,
+    ) -> CallEvent | None:
+        """``commit`` for async code (awaits the ledger when it does I/O)."""
+        if not self._claim.acquire(blocking=False):
+            return self._event
+        amounts, cost = self._guard._amounts(self, usage)
+        after = await self._guard._aledger_settle(self, amounts)
+        self._event = self._guard._settled(
+            self,
+            usage,
+            cost,
+            amounts,
+            after,
+            status,
+            response_model,
+            finish_reasons,
+            tool_calls,
+            error,
+        )
+        return self._event
+
+    def release(self, *, status: CallStatus = "error", error: str | None = None) -> None:
+        """Give the hold back: the call failed before anything was billed."""
+        if not self._claim.acquire(blocking=False):
+            return
+        self._guard._ledger_release(self)
+        self._event = self._guard._released(self, status, error)
+
+    async def arelease(self, *, status: CallStatus = "error", error: str | None = None) -> None:
+        if not self._claim.acquire(blocking=False):
+            return
+        await self._guard._aledger_release(self)
+        self._event = self._guard._released(self, status, error)
+
+    # -- context managers ---------------------------------------------------------------
+
+    def __enter__(self) -> Reservation:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if not self.settled:
+            status, error = _exit_status(exc)
+            self.release(status=status, error=error)
+
+    async def __aenter__(self) -> Reservation:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if not self.settled:
+            status, error = _exit_status(exc)
+            # Shielded so a cancelled task still gives its hold back.
+            await _shielded(self.arelease(status=status, error=error))
+
+    def __repr__(self) -> str:
+        state = "settled" if self.settled else "open"
+        return (
+            f"<Reservation {self.spec.provider}/{self.spec.model} run={self.run_id!r} "
+            f"max_output_tokens={self.max_output_tokens} reserved={self.reserved_nanos}n {state}>"
+        )
+
+
+def _exit_status(exc: BaseException | None) -> tuple[CallStatus, str | None]:
+    if exc is None:
+        return "error", "reservation closed without a commit"
+    if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | GeneratorExit):
+        return "cancelled", type(exc).__name__
+    return "error", f"{type(exc).__name__}: {exc}"[:500]
+
+
+async def _shielded(awaitable: Awaitable[None]) -> None:
+    with anyio.CancelScope(shield=True):
+        await awaitable
+
+
+__all__ = ["ZERO_USAGE", "Reservation"]
