@@ -92,6 +92,8 @@ class Settings:
     keepalive_seconds: float = 15.0
     long_poll_max_seconds: float = 30.0
     static_dir: str | None = None
+    auto_migrate: bool = True
+    pool_size: int = 20
     database: DatabaseURL = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -122,6 +124,8 @@ class Settings:
             problems.append("AGENTKAVACH_MAX_BODY_BYTES must be between 1024 and 536870912")
         if not 1 <= self.max_events_per_batch <= 100_000:
             problems.append("AGENTKAVACH_MAX_EVENTS_PER_BATCH must be between 1 and 100000")
+        if not 1 <= self.pool_size <= 1000:
+            problems.append("AGENTKAVACH_POOL_SIZE must be between 1 and 1000")
         if problems:
             raise SettingsError(problems)
 
@@ -166,6 +170,8 @@ class Settings:
         max_events = integer("AGENTKAVACH_MAX_EVENTS_PER_BATCH", cls.max_events_per_batch)
         cookie_secure = boolean("AGENTKAVACH_COOKIE_SECURE", cls.cookie_secure)
         static_dir = env.get("AGENTKAVACH_STATIC_DIR", "").strip() or None
+        auto_migrate = boolean("AGENTKAVACH_AUTO_MIGRATE", cls.auto_migrate)
+        pool_size = integer("AGENTKAVACH_POOL_SIZE", cls.pool_size)
 
         if not secret_key:
             try:
@@ -189,6 +195,8 @@ class Settings:
                 max_events_per_batch=max_events,
                 cookie_secure=cookie_secure,
                 static_dir=static_dir,
+                auto_migrate=auto_migrate,
+                pool_size=pool_size,
             )
         except SettingsError as exc:
             problems.extend(exc.problems)
