@@ -56,7 +56,12 @@ class KeyPrincipal:
     org_id: int
 
 
-Principal = UserPrincipal | KeyPrincipal
+@dataclass(frozen=True)
+class Principal:
+    """Either kind of caller, reduced to what endpoints open to both need."""
+
+    org_id: int
+    is_key: bool
 
 
 def _settings(request: Request[Any, Any, Any]) -> Settings:
@@ -118,7 +123,7 @@ async def _resolve_user(request: Request[Any, Any, Any]) -> UserPrincipal | None
 
 # Updating last_used_at on every ingest would add a write per batch; once a minute is enough.
 _LAST_USED_EVERY = 60.0
-_last_used_written: dict[int, float] = {}
+_last_used_written: dict[str, float] = {}
 
 
 async def _resolve_key(request: Request[Any, Any, Any]) -> KeyPrincipal | None:
@@ -127,16 +132,17 @@ async def _resolve_key(request: Request[Any, Any, Any]) -> KeyPrincipal | None:
         return None
     if not key.startswith(API_KEY_PREFIXES):
         raise NotAuthorizedException("invalid API key")
+    digest = hash_api_key(key)
     row = (
         await ApiKey.select(ApiKey.id, ApiKey.org, ApiKey.revoked_at)
-        .where(ApiKey.key_hash == hash_api_key(key))
+        .where(ApiKey.key_hash == digest)
         .first()
     )
     if row is None or row["revoked_at"] is not None:
         raise NotAuthorizedException("invalid or revoked API key")
     now = time.monotonic()
-    if now - _last_used_written.get(row["id"], -_LAST_USED_EVERY) >= _LAST_USED_EVERY:
-        _last_used_written[row["id"]] = now
+    if now - _last_used_written.get(digest, -_LAST_USED_EVERY) >= _LAST_USED_EVERY:
+        _last_used_written[digest] = now
         await ApiKey.update(
             {ApiKey.last_used_at: datetime.datetime.now(datetime.timezone.utc)}
         ).where(ApiKey.id == row["id"])
@@ -159,8 +165,8 @@ async def key_principal(request: Request[Any, Any, Any]) -> KeyPrincipal:
 
 async def any_principal(request: Request[Any, Any, Any]) -> Principal:
     if _api_key_from(request) is not None:
-        return await key_principal(request)
-    return await user_principal(request)
+        return Principal(org_id=(await key_principal(request)).org_id, is_key=True)
+    return Principal(org_id=(await user_principal(request)).org_id, is_key=False)
 
 
 def require_admin(user: UserPrincipal) -> None:

@@ -15,7 +15,7 @@ from litestar.params import FromPath, QueryParameter
 import kavach
 from backend import db
 from backend.agent_state import control_states, find_agent
-from backend.auth import KeyPrincipal, Principal, UserPrincipal
+from backend.auth import Principal, UserPrincipal
 from backend.deps import ANY, USER
 from backend.pricing import search_prices
 from backend.spend import agent_spend, utc_now
@@ -115,7 +115,7 @@ async def get_agent_spend(
     try:
         agent_id: int | None = (await find_agent(principal.org_id, name))["id"]
     except NotFoundException:
-        if isinstance(principal, KeyPrincipal):
+        if principal.is_key:
             agent_id = None
         else:
             raise

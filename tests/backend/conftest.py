@@ -8,6 +8,7 @@ are skipped with the reason, unless ``CI`` is set, in which case they fail.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import os
 import socket
 import threading
@@ -186,7 +187,7 @@ def event(**overrides: Any) -> dict[str, Any]:
         "status": "ok",
         "refusal_reason": None,
         "error": None,
-        "started_at": "2026-11-28T13:00:00.123+00:00",
+        "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
         "duration_ms": 12.5,
         "cost_nanos": 1234,
         "reserved_nanos": 5000,
