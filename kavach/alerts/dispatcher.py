@@ -72,7 +72,7 @@ from kavach.alerts.channels import (
     PagerDutyChannel,
 )
 from kavach.alerts.rules import AlertingConfig, AlertRule
-from kavach.alerts.secret import redact
+from kavach.alerts.secret import hide_in_logs, redact, show_in_logs
 from kavach.events import GuardrailTrip, NullObserver, ThresholdCrossing
 
 logger = logging.getLogger("kavach.alerts")
@@ -237,6 +237,8 @@ class AlertDispatcher(NullObserver):
         self._incidents: dict[tuple[str, str], _Incident] = {}
         self._logged: set[str] = set()
         self._client: httpx.AsyncClient | None = None
+        self._secrets = [s for c in config.channels.values() for s in c.secrets()]
+        hide_in_logs(self._secrets)
         _register_atexit(self)
 
     def _is_kill(self, name: str) -> bool:
@@ -607,6 +609,7 @@ class AlertDispatcher(NullObserver):
                 timeout,
             )
         _live.discard(self)
+        show_in_logs(self._secrets)
         return done
 
     async def aclose(self, timeout: float = 5.0) -> bool:
