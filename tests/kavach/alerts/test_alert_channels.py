@@ -432,3 +432,42 @@ def test_build_alerting_yaml_shape(recorder: HttpRecorder) -> None:
     with pytest.raises(KavachConfigError, match="unknown type 'teams'"):
         build_alerting({"t": {"type": "teams", "url": "https://x"}}, [])
     time.sleep(0)
+
+
+def test_readme_snippet_matches_the_documented_one() -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
+    doc = webhook_module.__doc__ or ""
+    snippet = textwrap.dedent(
+        doc[doc.index("    import hashlib") : doc.index("    # e.g. in a Flask view")]
+    ).strip()
+    assert snippet in readme
+
+
+def test_pagerduty_resolves_yesterdays_incident_on_a_real_guard(recorder: HttpRecorder) -> None:
+    # Days in the (real) future, so the reset timer cannot be what resolves the incident.
+    day1 = (datetime.now(timezone.utc) + timedelta(days=2)).replace(hour=23, minute=0)
+    day2 = day1 + timedelta(hours=2)
+    now = [day1]
+    guard = alert_guard(
+        105,
+        clock=lambda: now[0],
+        channels=[
+            AgentKavach.channel(
+                "pagerduty", threshold=0.7, routing_key=ROUTING_KEY, api_url=recorder.url + "/pd"
+            )
+        ],
+    )
+    spend(guard, 75)
+    recorder.wait_for("/pd", 1)
+    now[0] = day2  # a new daily period
+    spend(guard, 75)
+    guard.close()
+    events = [(e["event_action"], e["dedup_key"]) for e in (r.json() for r in recorder.at("/pd"))]
+    key = "agentkavach:bot:agent:bot:daily:"
+    assert sorted(events) == [
+        ("resolve", key + day1.date().isoformat()),
+        ("trigger", key + day1.date().isoformat()),
+        ("trigger", key + day2.date().isoformat()),
+    ]
