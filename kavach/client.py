@@ -281,14 +281,15 @@ class AgentKavach:
 
     def add_closer(self, close: Closer, aclose: AsyncCloser | None = None) -> None:
         """Run ``close(timeout_seconds)`` on ``guard.close()`` (and ``aclose`` on
-        ``await guard.aclose()``; without one, ``close`` runs in a worker thread)."""
+        ``await guard.aclose()``; without one, ``close`` runs in a worker thread).
+
+        ``close`` may run more than once (a guard can be closed, used and closed again)."""
         self._closers.append((close, aclose))
 
     def close(self, timeout: float = 5.0) -> None:
         """Flush alerts (and whatever else registered a closer), within ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
-        closers, self._closers = self._closers, []
-        for close, _ in closers:
+        for close, _ in list(self._closers):
             try:
                 close(max(0.0, deadline - time.monotonic()))
             except Exception:
@@ -299,8 +300,7 @@ class AgentKavach:
         import anyio.to_thread
 
         deadline = time.monotonic() + timeout
-        closers, self._closers = self._closers, []
-        for close, aclose in closers:
+        for close, aclose in list(self._closers):
             left = max(0.0, deadline - time.monotonic())
             try:
                 if aclose is not None:

@@ -239,7 +239,7 @@ class AlertDispatcher(NullObserver):
         self._client: httpx.AsyncClient | None = None
         self._secrets = [s for c in config.channels.values() for s in c.secrets()]
         hide_in_logs(self._secrets)
-        _register_atexit(self)
+        weakref.finalize(self, show_in_logs, self._secrets)
 
     def _is_kill(self, name: str) -> bool:
         return isinstance(self.config.channels.get(name), KillChannel)
@@ -317,6 +317,7 @@ class AlertDispatcher(NullObserver):
             self._pid = os.getpid()
             self._tasks = set()
             self._incidents = {}
+            _register_atexit(self)
             ready = threading.Event()
             loop = asyncio.new_event_loop()
             self._thread = threading.Thread(
@@ -582,9 +583,10 @@ class AlertDispatcher(NullObserver):
             return False
 
     def close(self, timeout: float = 5.0) -> bool:
-        """Flush (bounded by ``timeout``), then stop the worker. Later events are ignored."""
-        if self._closed:
-            return True
+        """Flush (bounded by ``timeout``), then stop the worker thread. True if all went.
+
+        A guard used again after ``close()`` starts a fresh worker on its next alert.
+        """
         deadline = time.monotonic() + timeout
         done = self.flush(timeout)
         with self._qlock:
@@ -608,8 +610,14 @@ class AlertDispatcher(NullObserver):
                 pending,
                 timeout,
             )
-        _live.discard(self)
-        show_in_logs(self._secrets)
+        with self._start_lock:
+            if self._loop is loop:
+                self._loop, self._thread = None, None
+                self._tasks, self._incidents = set(), {}
+                self._stopping = False
+        with self._qlock:
+            self._queue.clear()
+            self._closed = False
         return done
 
     async def aclose(self, timeout: float = 5.0) -> bool:

@@ -340,3 +340,18 @@ def test_no_thread_until_something_to_alert(recorder: HttpRecorder) -> None:
     spend(guard, 10)
     assert guard.alerts is not None and guard.alerts._thread is None
     guard.close()
+
+
+def test_a_guard_used_again_after_close_still_alerts(recorder: HttpRecorder) -> None:
+    guard = alert_guard(
+        105,
+        channels=[
+            AgentKavach.channel("webhook", thresholds=[0.5, 0.7], url=recorder.url + "/again")
+        ],
+    )
+    spend(guard, 55)
+    guard.close()
+    assert len(recorder.at("/again")) == 1
+    spend(guard, 20)
+    guard.close()
+    assert [r.json()["budget"]["threshold"] for r in recorder.at("/again")] == [0.5, 0.7]
