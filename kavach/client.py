@@ -46,6 +46,7 @@ from kavach.events import (
     CallStatus,
     GuardObserver,
     GuardrailTrip,
+    NullObserver,
     ThresholdCrossing,
 )
 from kavach.guardrails import GuardrailConfig, Guardrails
@@ -212,6 +213,7 @@ class AgentKavach:
         self.ledger: Ledger = ledger if ledger is not None else MemoryLedger()
         self.kill_switch = KillSwitch(agent_name, on_kill)
         self._observers: list[GuardObserver] = list(observers)
+        self._call_observers = [o for o in self._observers if _listens_to_calls(o)]
         self._session_run = f"{agent_name}-{uuid.uuid4().hex[:12]}"
         self._clock = clock or _utcnow
         self._ids = itertools.count(1)
@@ -315,12 +317,17 @@ class AgentKavach:
     def add_observer(self, observer: GuardObserver) -> None:
         """Receive this guard's events (calls, thresholds, guardrail trips, kill, resume)."""
         self._observers.append(observer)
+        self._call_observers = [o for o in self._observers if _listens_to_calls(o)]
 
     def remove_observer(self, observer: GuardObserver) -> None:
         self._observers.remove(observer)
+        self._call_observers = [o for o in self._observers if _listens_to_calls(o)]
 
     def _emit(self, method: str, *args: Any) -> None:
-        for observer in self._observers:
+        # Call events go only to observers that override on_call (alerts do not), so a guard
+        # whose only observer is the alert dispatcher builds no event per call.
+        observers = self._call_observers if method == "on_call" else self._observers
+        for observer in observers:
             try:
                 getattr(observer, method)(*args)
             except Exception:
@@ -552,7 +559,7 @@ class AgentKavach:
             return None
         self.guardrails.record(r.run_id, cost, tuple(tool_calls))
         event = None
-        if self._observers:  # events are built only for someone who listens
+        if self._call_observers:  # events are built only for someone who listens
             event = self._event(
                 r,
                 status,
@@ -569,7 +576,7 @@ class AgentKavach:
         return event
 
     def _released(self, r: Reservation, status: CallStatus, error: str | None) -> CallEvent | None:
-        if r.plan is None or not self._observers:
+        if r.plan is None or not self._call_observers:
             return None
         event = self._event(r, status, ZERO_USAGE, 0, error, None, (), ())
         self._emit("on_call", event)
@@ -646,7 +653,7 @@ class AgentKavach:
         )
 
     def _refused(self, spec: CallSpec, run_id: str, now: datetime, exc: KavachError) -> None:
-        if not self._observers:
+        if not self._call_observers:
             return
         r = Reservation(self, spec, None, None, None, run_id, None, now)
         self._emit(
@@ -730,6 +737,10 @@ class _Prepared:
 
 def _utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def _listens_to_calls(observer: GuardObserver) -> bool:
+    return getattr(type(observer), "on_call", None) is not NullObserver.on_call
 
 
 def _fingerprint(spec: CallSpec) -> int:

@@ -333,12 +333,15 @@ def test_a_broken_dedup_store_does_not_silence_alerts(recorder: HttpRecorder) ->
     assert len(recorder.at("/s")) == 1
 
 
-def test_no_thread_until_something_to_alert(recorder: HttpRecorder) -> None:
+def test_ordinary_calls_do_not_reach_the_dispatcher(recorder: HttpRecorder) -> None:
     guard = alert_guard(
         105, channels=[AgentKavach.channel("slack", threshold=0.9, webhook_url=recorder.url + "/s")]
     )
+    with guard.reserve(SPEC) as r:
+        r.commit(USAGE)
+    assert r.event is None  # no call event is even built for the dispatcher
     spend(guard, 10)
-    assert guard.alerts is not None and guard.alerts._thread is None
+    assert guard.alerts is not None and guard.alerts.stats.events == 0
     guard.close()
 
 
