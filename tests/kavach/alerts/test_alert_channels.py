@@ -471,3 +471,46 @@ def test_pagerduty_resolves_yesterdays_incident_on_a_real_guard(recorder: HttpRe
         ("trigger", key + day1.date().isoformat()),
         ("trigger", key + day2.date().isoformat()),
     ]
+
+
+def test_rules_can_cover_budget_kinds_and_labels(recorder: HttpRecorder) -> None:
+    from kavach import Budget
+
+    guard = AgentKavach(
+        "bot",
+        budget=[Budget.daily(1.0), Budget.daily(tokens=20_000), Budget.monthly(calls=20)],
+        prices={"m": __import__("kavach").ModelPrice(input_per_mtok=1.0, output_per_mtok=1.0)},
+        detect_loops=False,
+        channels=[
+            AgentKavach.channel(
+                "webhook", threshold=0.5, units=["tokens"], url=recorder.url + "/tokens"
+            ),
+            AgentKavach.channel(
+                "webhook", threshold=0.5, budgets=["monthly calls"], url=recorder.url + "/calls"
+            ),
+        ],
+    )
+    spend(guard, 10)  # 10,000 of 20,000 tokens and 10 of 20 calls: both cross 50%
+    guard.close()
+    [tokens] = [r.json()["budget"] for r in recorder.at("/tokens")]
+    [calls] = [r.json()["budget"] for r in recorder.at("/calls")]
+    assert (tokens["label"], tokens["unit"], tokens["spent_fmt"]) == (
+        "daily tokens",
+        "tokens",
+        "10,000 tokens",
+    )
+    assert (calls["label"], calls["spent"], calls["limit"]) == ("monthly calls", 10, 20)
+
+
+def test_slack_escapes_control_characters() -> None:
+    from kavach.alerts import SlackChannel
+    from kavach.alerts.alert import from_trip
+    from kavach.alerts.secret import Secret
+    from kavach.events import GuardrailTrip
+
+    trip = GuardrailTrip(
+        "bot", "r1", "loop_detected", "tool <rm -rf> & co", datetime.now(timezone.utc)
+    )
+    payload = SlackChannel(Secret("https://hooks.slack.com/x")).payload(from_trip(trip, None))
+    assert_block_kit(payload)
+    assert "tool &lt;rm -rf&gt; &amp; co" in payload["blocks"][1]["text"]["text"]

@@ -247,3 +247,11 @@ def test_delivered_alerts_do_not_log_the_webhook_url(
     assert len(recorder.at(f"/services/{SLACK_TOKEN}")) == 1
     assert "HTTP Request: POST" in caplog.text  # httpx did log the request ...
     assert SLACK_TOKEN not in caplog.text  # ... without the secret part of the URL
+
+
+def test_alerts_public_api() -> None:
+    import kavach.alerts
+
+    assert sorted(kavach.alerts.__all__) == sorted(set(kavach.alerts.__all__))
+    for name in kavach.alerts.__all__:
+        assert hasattr(kavach.alerts, name), name
