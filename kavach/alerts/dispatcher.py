@@ -257,6 +257,7 @@ class AlertDispatcher(NullObserver):
         self._queue: collections.deque[tuple[Any, ...]] = collections.deque()
         self._qlock = threading.Lock()
         self._scheduled = False
+        self._pid = os.getpid()
         # State below is only touched on the alert loop's thread.
         self._tasks: set[asyncio.Task[None]] = set()
         self._incidents: dict[tuple[str, str], _Incident] = {}
@@ -293,6 +294,14 @@ class AlertDispatcher(NullObserver):
         if self._watch_resume:
             self._submit(("resume", agent))
 
+    def _after_fork(self) -> None:
+        # The child inherits the parent's queue and tasks but not its loop thread.
+        with self._qlock:
+            self._pid = os.getpid()
+            self._queue.clear()
+            self._scheduled = False
+            self._tasks, self._incidents, self._client = set(), {}, None
+
     def _run_kill(self, c: ThresholdCrossing) -> None:
         kill = self._kill()
         if kill is None:
@@ -307,6 +316,8 @@ class AlertDispatcher(NullObserver):
 
     def _submit(self, event: tuple[Any, ...]) -> None:
         try:
+            if self._pid != os.getpid():
+                self._after_fork()
             with self._qlock:
                 if len(self._queue) >= self.queue_size:
                     self.stats.dropped += 1

@@ -358,3 +358,24 @@ def test_a_guard_used_again_after_close_still_alerts(recorder: HttpRecorder) -> 
     spend(guard, 20)
     guard.close()
     assert [r.json()["budget"]["threshold"] for r in recorder.at("/again")] == [0.5, 0.7]
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_forked_child_alerts_on_its_own_thread(recorder: HttpRecorder) -> None:
+    import os
+
+    guard = alert_guard(
+        105, channels=[AgentKavach.channel("webhook", threshold=0.5, url=recorder.url + "/fork")]
+    )
+    spend(guard, 10)  # the alert loop thread exists in the parent
+    pid = os.fork()
+    if pid == 0:  # the child: cross a threshold and flush, then leave without cleanup
+        try:
+            spend(guard, 45)
+            guard.close()
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    assert [r.json()["agent"] for r in recorder.wait_for("/fork", 1)] == ["bot"]
+    guard.close()
