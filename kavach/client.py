@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 from kavach import tokens
 from kavach._money import to_dollars, to_nanos
@@ -60,6 +60,7 @@ from kavach.usage import ZERO_USAGE, Usage
 
 if TYPE_CHECKING:
     from kavach.alerts import AlertDispatcher, ChannelRule, DedupStore
+    from kavach.reporting.link import BackendLink
 
 logger = logging.getLogger("kavach")
 Closer = Callable[[float], object]
@@ -134,6 +135,10 @@ class AgentKavach:
             ``AGENTKAVACH_SLACK_WEBHOOK_URL``, ``AGENTKAVACH_PAGERDUTY_ROUTING_KEY`` (...)
             environment variables do the same. ``alert_dedup_store`` shares alert
             de-duplication across processes. See ``kavach.alerts``.
+        api_key, endpoint: an AgentKavach SDK key (``ak_live_...``) and the backend URL (or
+            ``AGENTKAVACH_API_KEY`` and ``AGENTKAVACH_BACKEND_URL``) turn on reporting, the
+            control channel (Stop and Resume from the dashboard) and seeding of this period's
+            spend after a restart; ``spool_dir`` is where events wait while the backend is away.
         clock: returns the current aware datetime; for simulations and tests of period resets.
     """
 
@@ -170,6 +175,9 @@ class AgentKavach:
         channels: Sequence[ChannelRule] = (),
         dashboard_url: str | None = None,
         alert_dedup_store: DedupStore | None = None,
+        api_key: str | None = None,
+        endpoint: str | None = None,
+        spool_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         if not agent_name or ":" in agent_name:
             raise KavachConfigError(f"agent_name must be non-empty without ':', got {agent_name!r}")
@@ -188,6 +196,7 @@ class AgentKavach:
                 raise KavachConfigError(f"budget must be a Budget, got {type(b).__name__}")
         self.agent_name = agent_name
         self.budgets = budgets
+        self._code_budgets = budgets
         self.mode: Mode = mode
         self.default_max_output_tokens = default_max_output_tokens
         self.min_output_tokens = min_output_tokens
@@ -218,9 +227,9 @@ class AgentKavach:
         self._clock = clock or _utcnow
         self._ids = itertools.count(1)
         self._id_prefix = uuid.uuid4().hex[:20]
-        self._period_slots: tuple[Slot, ...] = ()
-        self._slots_until: datetime | None = None
-        self._slots_ready = False
+        # (budgets they were made from, slots, valid until): replaced whole, never mutated,
+        # so a budget change from the control channel cannot leave stale keys behind.
+        self._slot_cache: tuple[tuple[Budget, ...], tuple[Slot, ...], datetime | None] | None = None
         self._has_run_slots = bool(
             max_tokens_per_run
             or max_calls_per_run
@@ -247,6 +256,31 @@ class AgentKavach:
                 dashboard_url=dashboard_url,
                 dedup=alert_dedup_store,
             )
+        self.backend: BackendLink | None = None
+        api_key = api_key or os.environ.get("AGENTKAVACH_API_KEY") or None
+        if api_key and self.enabled:
+            self._connect_backend(api_key, endpoint, spool_dir)
+
+    def _connect_backend(
+        self, api_key: str, endpoint: str | None, spool_dir: str | os.PathLike[str] | None
+    ) -> None:
+        from pathlib import Path
+
+        from kavach.reporting.api import BackendConfig
+        from kavach.reporting.link import connect_backend
+
+        endpoint = endpoint or os.environ.get("AGENTKAVACH_BACKEND_URL")
+        if not endpoint:
+            raise KavachConfigError(
+                "api_key is set but no backend endpoint: pass endpoint='https://your-backend' "
+                "or set AGENTKAVACH_BACKEND_URL (budgets are enforced locally either way)"
+            )
+        self.backend = connect_backend(
+            self,
+            BackendConfig(api_key=api_key, endpoint=endpoint),
+            spool_dir=Path(spool_dir) if spool_dir is not None else None,
+        )
+        self.add_closer(self.backend.close)
 
     # -- alerts and shutdown ------------------------------------------------------------
 
@@ -311,6 +345,37 @@ class AgentKavach:
                     await anyio.to_thread.run_sync(close, left)
             except Exception:
                 logger.exception("kavach: closing %r failed", close)
+
+    # -- from a file --------------------------------------------------------------------
+
+    @overload
+    @classmethod
+    def from_yaml(
+        cls, path: str | os.PathLike[str], agent: None = None, **overrides: Any
+    ) -> dict[str, AgentKavach]: ...
+
+    @overload
+    @classmethod
+    def from_yaml(
+        cls, path: str | os.PathLike[str], agent: str, **overrides: Any
+    ) -> AgentKavach: ...
+
+    @classmethod
+    def from_yaml(
+        cls, path: str | os.PathLike[str], agent: str | None = None, **overrides: Any
+    ) -> dict[str, AgentKavach] | AgentKavach:
+        """Guards by agent name from a YAML file (one guard with ``agent=``); see ``kavach.config``.
+
+        The guards share one ledger, so shared and org budgets hold across them. ``overrides``
+        (``on_kill=``, ``observers=``, ``ledger=``) apply to every guard.
+
+        >>> guards = AgentKavach.from_yaml("kavach.yaml")          # doctest: +SKIP
+        >>> bot = AgentKavach.from_yaml("kavach.yaml", agent="research-bot")  # doctest: +SKIP
+        """
+        from kavach.config import guards_from_yaml  # pyyaml and pydantic only when used
+
+        guards = guards_from_yaml(path, agent, guard_class=cls, **overrides)
+        return guards if agent is None else guards[agent]
 
     # -- observers ----------------------------------------------------------------------
 
@@ -457,17 +522,26 @@ class AgentKavach:
             raise
         return _Prepared(spec, plan, price, run_id, fingerprint, now)
 
+    def set_remote_budgets(self, budgets: Sequence[Budget]) -> None:
+        """Enforce budgets set in the dashboard next to the ones given in code.
+
+        Called by the control channel when a budget changes; takes effect on the next call.
+        """
+        self._has_run_slots = self._has_run_slots or any(
+            b.period is Period.PER_RUN for b in budgets
+        )
+        self.budgets = self._code_budgets + tuple(budgets)
+
     def _slots(self, run_id: str, now: datetime) -> tuple[Slot, ...]:
         # Period keys change only when a period resets: compute them once per period.
-        until = self._slots_until
-        if not self._slots_ready or (until is not None and now >= until):
-            self._period_slots, self._slots_until = period_slots(self.agent_name, self.budgets, now)
-            self._slots_ready = True
+        budgets = self.budgets
+        cache = self._slot_cache
+        if cache is None or cache[0] is not budgets or (cache[2] is not None and now >= cache[2]):
+            slots, until = period_slots(self.agent_name, budgets, now)
+            cache = self._slot_cache = (budgets, slots, until)
         if not self._has_run_slots:
-            return self._period_slots
-        return self._period_slots + run_slots(
-            self.agent_name, run_id, self.budgets, self.guardrail_config
-        )
+            return cache[1]
+        return cache[1] + run_slots(self.agent_name, run_id, budgets, self.guardrail_config)
 
     def _admit(self, prepared: _Prepared, result: Hold | Refusal) -> Reservation:
         if isinstance(result, Refusal):
