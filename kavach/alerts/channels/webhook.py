@@ -94,7 +94,7 @@ def body_for(alert: Alert, text: str | None = None) -> dict[str, Any]:
     return out
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@dataclass(frozen=True, slots=True)
 class WebhookChannel:
     """POST a signed JSON alert to ``url``. Without a ``secret`` the request is unsigned."""
 

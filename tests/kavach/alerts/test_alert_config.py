@@ -255,3 +255,18 @@ def test_alerts_public_api() -> None:
     assert sorted(kavach.alerts.__all__) == sorted(set(kavach.alerts.__all__))
     for name in kavach.alerts.__all__:
         assert hasattr(kavach.alerts, name), name
+
+
+def test_rules_for_one_channel_share_it() -> None:
+    url = "https://hooks.slack.com/services/T/B/X"
+    guard = alert_guard(
+        105,
+        channels=[
+            AgentKavach.channel("slack", threshold=0.7, webhook_url=url),
+            AgentKavach.channel("slack", threshold=0.9, webhook_url=url, budgets=["daily"]),
+        ],
+    )
+    assert guard.alerts is not None
+    assert list(guard.alerts.config.channels) == ["slack"]
+    assert sorted(r.threshold for r in guard.alerts.config.rules if r.threshold) == [0.7, 0.9]
+    guard.close()
