@@ -180,6 +180,8 @@ class _AlertLoop:
 class _Incident:
     alert: Alert
     timer: asyncio.TimerHandle | None = None
+    last: asyncio.Task[None] | None = None
+    """The latest delivery for this incident; a resolve waits for it, so it lands last."""
 
 
 _live: weakref.WeakSet[AlertDispatcher] = weakref.WeakSet()
@@ -398,9 +400,9 @@ class AlertDispatcher(NullObserver):
                 if not fresh:
                     self.stats.channels[name].deduplicated += 1
                     continue
+                task = self._spawn(self._deliver(channel, alert))
                 if isinstance(channel, PagerDutyChannel):
-                    self._track(name, alert)
-                self._spawn(self._deliver(channel, alert))
+                    self._track(name, alert, task)
 
     def _dedup_key(self, alert: Alert, channel: str, rule: AlertRule) -> tuple[str, float]:
         cooldown = rule.cooldown_seconds
@@ -414,19 +416,21 @@ class AlertDispatcher(NullObserver):
             return f"kavach:alert:{alert.agent}|guardrail:{alert.guardrail}|{channel}", cooldown
         return f"kavach:alert:{alert.agent}|{alert.kind}|{channel}", cooldown
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     # -- PagerDuty incidents --------------------------------------------------------------
 
-    def _track(self, name: str, alert: Alert) -> None:
+    def _track(self, name: str, alert: Alert, task: asyncio.Task[None]) -> None:
         slot = (name, alert.incident_key)
         if slot in self._incidents:
             self._incidents[slot].alert = alert
+            self._incidents[slot].last = task
             return
-        incident = _Incident(alert)
+        incident = _Incident(alert, last=task)
         if alert.kind == "threshold" and alert.resets_at is not None:
             delay = (alert.resets_at - datetime.now(timezone.utc)).total_seconds()
             incident.timer = asyncio.get_running_loop().call_later(
@@ -456,13 +460,16 @@ class AlertDispatcher(NullObserver):
         if incident.timer is not None:
             incident.timer.cancel()
         channel = self.config.channels[name]
-        self._spawn(
-            self._deliver(channel, resolving(incident.alert, datetime.now(timezone.utc), why))
-        )
+        resolve = resolving(incident.alert, datetime.now(timezone.utc), why)
+        self._spawn(self._deliver(channel, resolve, after=incident.last))
 
     # -- delivery ------------------------------------------------------------------------
 
-    async def _deliver(self, channel: Channel, alert: Alert) -> None:
+    async def _deliver(
+        self, channel: Channel, alert: Alert, after: asyncio.Task[None] | None = None
+    ) -> None:
+        if after is not None and not after.done():
+            await asyncio.wait({after})
         stats = self.stats.channels[channel.name]
         attempt = 0
         while True:

@@ -514,3 +514,23 @@ def test_slack_escapes_control_characters() -> None:
     payload = SlackChannel(Secret("https://hooks.slack.com/x")).payload(from_trip(trip, None))
     assert_block_kit(payload)
     assert "tool &lt;rm -rf&gt; &amp; co" in payload["blocks"][1]["text"]["text"]
+
+
+def test_pagerduty_resolve_waits_for_a_retried_trigger(recorder: HttpRecorder) -> None:
+    recorder.script("/pd", Reply(500), Reply(202, '{"status":"success"}'))
+    guard = alert_guard(
+        105,
+        channels=[
+            AgentKavach.channel(
+                "pagerduty", threshold=0.7, routing_key=ROUTING_KEY, api_url=recorder.url + "/pd"
+            )
+        ],
+    )
+    assert guard.alerts is not None
+    guard.alerts.backoff_seconds = 0.2
+    spend(guard, 75)
+    guard.kill("manual")
+    guard.resume()  # while the trigger is still waiting for its retry
+    guard.close()
+    actions = [r.json()["event_action"] for r in recorder.at("/pd")]
+    assert actions == ["trigger", "trigger", "resolve"]
