@@ -106,7 +106,7 @@ def test_duplicate_rules_and_a_shared_store_send_once(recorder: HttpRecorder) ->
 def test_a_hanging_channel_does_not_slow_the_calls_and_is_retried(
     recorder: HttpRecorder,
 ) -> None:
-    delay = 2.0
+    delay = 5.0
     recorder.script("/slow", Reply(delay=delay))
     baseline = alert_guard(1000)
     t0 = time.perf_counter()
@@ -379,3 +379,27 @@ def test_a_forked_child_alerts_on_its_own_thread(recorder: HttpRecorder) -> None
     os.waitpid(pid, 0)
     assert [r.json()["agent"] for r in recorder.wait_for("/fork", 1)] == ["bot"]
     guard.close()
+
+
+@pytest.mark.anyio
+async def test_a_hanging_channel_does_not_block_async_callers(recorder: HttpRecorder) -> None:
+    recorder.script("/slow", Reply(delay=2.0))
+    guard = alert_guard(
+        105,
+        channels=[
+            AgentKavach.channel("slack", thresholds=[0.5, 0.7], webhook_url=recorder.url + "/slow")
+        ],
+    )
+
+    async def call() -> None:
+        async with await guard.areserve(SPEC) as r:
+            await r.acommit(USAGE)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(call() for _ in range(100)))
+    elapsed = time.perf_counter() - t0
+    first = await asyncio.to_thread(recorder.wait_for, "/slow", 2)
+    assert len(first) == 2 and time.monotonic() < min(r.at for r in first) + 2.0
+    assert elapsed < 0.5, elapsed  # the channel hangs for 2 s; the calls did not wait for it
+    await guard.aclose(timeout=5)
+    assert guard.alerts is not None and guard.alerts.stats.sent == 2
