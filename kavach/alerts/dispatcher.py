@@ -154,6 +154,14 @@ class _AlertLoop:
     _loop: asyncio.AbstractEventLoop | None = None
     _thread: threading.Thread | None = None
     _pid = 0
+    client: httpx.AsyncClient | None = None
+    """Shared by dispatchers without a transport of their own; made on the loop at start,
+    so its TLS set-up (tens of milliseconds) never lands on a call that crossed a threshold."""
+
+    @classmethod
+    def _make_client(cls) -> None:
+        if cls.client is None:
+            cls.client = httpx.AsyncClient(follow_redirects=False)
 
     @classmethod
     def get(cls) -> asyncio.AbstractEventLoop:
@@ -169,6 +177,8 @@ class _AlertLoop:
                 )
                 thread.start()
                 cls._loop, cls._thread, cls._pid = loop, thread, os.getpid()
+                cls.client = None
+                loop.call_soon_threadsafe(cls._make_client)
             return cls._loop
 
     @classmethod
@@ -528,9 +538,17 @@ class AlertDispatcher(NullObserver):
         request = channel.request(alert, time.time())
         if request is None:
             return
-        if self._client is None:
-            self._client = httpx.AsyncClient(transport=self._transport, follow_redirects=False)
-        response = await self._client.post(
+        client = self._client
+        if client is None:
+            if self._transport is not None:
+                client = self._client = httpx.AsyncClient(
+                    transport=self._transport, follow_redirects=False
+                )
+            else:
+                _AlertLoop._make_client()
+                client = _AlertLoop.client
+                assert client is not None
+        response = await client.post(
             request.url,
             content=request.body,
             headers=dict(request.headers),
