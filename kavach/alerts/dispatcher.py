@@ -29,10 +29,19 @@ PagerDuty incidents opened by a budget threshold are resolved when the budget's 
 resets (a timer, or the first crossing of a later period, whichever comes first) and, with
 every other incident of the agent, when the agent is resumed.
 
+PagerDuty deliveries for one incident are ordered: a resolve waits for the trigger before it
+(retries included).
+
 Flush. ``close(timeout)`` (called by ``guard.close()``; ``guard.aclose()`` runs it in a worker
-thread) waits for queued and in-flight alerts up to ``timeout`` and stops the thread; an
-``atexit`` hook does the same for every live dispatcher, within ``AGENTKAVACH_ALERT_FLUSH_SECONDS``
-(default 5) in total.
+thread so the caller's loop keeps running) waits for queued and in-flight alerts up to
+``timeout``, then cancels what is left, counting it in ``stats.abandoned`` with a warning. An
+``atexit`` hook does the same for every live dispatcher within ``AGENTKAVACH_ALERT_FLUSH_SECONDS``
+(default 5) in total; the loop thread is a daemon, so it never holds the process open.
+
+A ``DedupStore`` backed by Redis would implement ``claim`` as
+``SET key 1 NX PX ceil(ttl_seconds * 1000)`` and return whether the key was set; it is called
+on the alert loop's thread (a blocking client with a short socket timeout is fine; an error
+is logged once and the alert is sent anyway).
 """
 
 from __future__ import annotations
