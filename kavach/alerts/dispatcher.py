@@ -501,6 +501,12 @@ class AlertDispatcher(NullObserver):
                 error = DeliveryError(f"no answer within {channel.timeout:g}s", retryable=True)
             except httpx.TransportError as exc:
                 error = DeliveryError(f"{type(exc).__name__}: {exc}", retryable=True)
+            except smtplib.SMTPRecipientsRefused as exc:
+                codes = sorted({code for code, _ in exc.recipients.values()})
+                error = DeliveryError(
+                    f"the SMTP server refused every recipient ({', '.join(map(str, codes))})",
+                    retryable=all(400 <= c < 500 for c in codes),
+                )
             except smtplib.SMTPResponseException as exc:
                 error = DeliveryError(
                     f"the SMTP server answered {exc.smtp_code}: {exc.smtp_error!r}",

@@ -534,3 +534,43 @@ def test_pagerduty_resolve_waits_for_a_retried_trigger(recorder: HttpRecorder) -
     guard.close()
     actions = [r.json()["event_action"] for r in recorder.at("/pd")]
     assert actions == ["trigger", "trigger", "resolve"]
+
+
+def test_email_refused_recipient_is_reported_not_retried(caplog: pytest.LogCaptureFixture) -> None:
+    import socket
+
+    from aiosmtpd.controller import Controller
+
+    class Refuse:
+        async def handle_RCPT(
+            self, server: Any, session: Any, envelope: Any, address: str, options: Any
+        ) -> str:  # noqa: N802
+            return "550 5.1.1 no such mailbox"
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    controller = Controller(Refuse(), hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        guard = alert_guard(
+            105,
+            channels=[
+                AgentKavach.channel(
+                    "email",
+                    threshold=0.7,
+                    to="nobody@example.com",
+                    smtp_host="127.0.0.1",
+                    smtp_port=port,
+                )
+            ],
+        )
+        with caplog.at_level(logging.WARNING, logger="kavach.alerts"):
+            spend(guard, 75)
+            guard.close()
+    finally:
+        controller.stop()
+    assert guard.alerts is not None
+    stats = guard.alerts.stats.channels["email"]
+    assert (stats.failed, stats.retries) == (1, 0)
+    assert "refused every recipient (550)" in caplog.text
