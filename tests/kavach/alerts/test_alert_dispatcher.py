@@ -403,3 +403,20 @@ async def test_a_hanging_channel_does_not_block_async_callers(recorder: HttpReco
     assert elapsed < 0.5, elapsed  # the channel hangs for 2 s; the calls did not wait for it
     await guard.aclose(timeout=5)
     assert guard.alerts is not None and guard.alerts.stats.sent == 2
+
+
+def test_the_local_alerts_example_runs() -> None:
+    root = Path(__file__).resolve().parents[3]
+    result = subprocess.run(
+        [sys.executable, str(root / "examples" / "alerts_local.py")],
+        cwd=root,
+        env={**__import__("os").environ, "PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert out.count("signature ok") == 2 and "BAD SIGNATURE" not in out
+    assert "callable (error): demo-bot: daily budget passed 90%" in out
+    assert "after 20 calls" in out
