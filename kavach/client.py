@@ -46,6 +46,7 @@ from kavach.events import (
     CallStatus,
     GuardObserver,
     GuardrailTrip,
+    NullObserver,
     ThresholdCrossing,
 )
 from kavach.guardrails import GuardrailConfig, Guardrails
@@ -221,6 +222,7 @@ class AgentKavach:
         self.ledger: Ledger = ledger if ledger is not None else MemoryLedger()
         self.kill_switch = KillSwitch(agent_name, on_kill)
         self._observers: list[GuardObserver] = list(observers)
+        self._call_observers = [o for o in self._observers if _listens_to_calls(o)]
         self._session_run = f"{agent_name}-{uuid.uuid4().hex[:12]}"
         self._clock = clock or _utcnow
         self._ids = itertools.count(1)
@@ -315,14 +317,15 @@ class AgentKavach:
 
     def add_closer(self, close: Closer, aclose: AsyncCloser | None = None) -> None:
         """Run ``close(timeout_seconds)`` on ``guard.close()`` (and ``aclose`` on
-        ``await guard.aclose()``; without one, ``close`` runs in a worker thread)."""
+        ``await guard.aclose()``; without one, ``close`` runs in a worker thread).
+
+        ``close`` may run more than once (a guard can be closed, used and closed again)."""
         self._closers.append((close, aclose))
 
     def close(self, timeout: float = 5.0) -> None:
         """Flush alerts (and whatever else registered a closer), within ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
-        closers, self._closers = self._closers, []
-        for close, _ in closers:
+        for close, _ in list(self._closers):
             try:
                 close(max(0.0, deadline - time.monotonic()))
             except Exception:
@@ -333,8 +336,7 @@ class AgentKavach:
         import anyio.to_thread
 
         deadline = time.monotonic() + timeout
-        closers, self._closers = self._closers, []
-        for close, aclose in closers:
+        for close, aclose in list(self._closers):
             left = max(0.0, deadline - time.monotonic())
             try:
                 if aclose is not None:
@@ -380,12 +382,17 @@ class AgentKavach:
     def add_observer(self, observer: GuardObserver) -> None:
         """Receive this guard's events (calls, thresholds, guardrail trips, kill, resume)."""
         self._observers.append(observer)
+        self._call_observers = [o for o in self._observers if _listens_to_calls(o)]
 
     def remove_observer(self, observer: GuardObserver) -> None:
         self._observers.remove(observer)
+        self._call_observers = [o for o in self._observers if _listens_to_calls(o)]
 
     def _emit(self, method: str, *args: Any) -> None:
-        for observer in self._observers:
+        # Call events go only to observers that override on_call (alerts do not), so a guard
+        # whose only observer is the alert dispatcher builds no event per call.
+        observers = self._call_observers if method == "on_call" else self._observers
+        for observer in observers:
             try:
                 getattr(observer, method)(*args)
             except Exception:
@@ -626,7 +633,7 @@ class AgentKavach:
             return None
         self.guardrails.record(r.run_id, cost, tuple(tool_calls))
         event = None
-        if self._observers:  # events are built only for someone who listens
+        if self._call_observers:  # events are built only for someone who listens
             event = self._event(
                 r,
                 status,
@@ -643,7 +650,7 @@ class AgentKavach:
         return event
 
     def _released(self, r: Reservation, status: CallStatus, error: str | None) -> CallEvent | None:
-        if r.plan is None or not self._observers:
+        if r.plan is None or not self._call_observers:
             return None
         event = self._event(r, status, ZERO_USAGE, 0, error, None, (), ())
         self._emit("on_call", event)
@@ -720,7 +727,7 @@ class AgentKavach:
         )
 
     def _refused(self, spec: CallSpec, run_id: str, now: datetime, exc: KavachError) -> None:
-        if not self._observers:
+        if not self._call_observers:
             return
         r = Reservation(self, spec, None, None, None, run_id, None, now)
         self._emit(
@@ -804,6 +811,10 @@ class _Prepared:
 
 def _utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def _listens_to_calls(observer: GuardObserver) -> bool:
+    return getattr(type(observer), "on_call", None) is not NullObserver.on_call
 
 
 def _fingerprint(spec: CallSpec) -> int:
