@@ -16,9 +16,9 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any, overload
 
 from kavach import tokens
 from kavach._money import to_dollars, to_nanos
@@ -57,7 +57,19 @@ from kavach.reservation import Reservation
 from kavach.spec import CallSpec
 from kavach.usage import ZERO_USAGE, Usage
 
+if TYPE_CHECKING:
+    from kavach.alerts import AlertDispatcher, ChannelRule, DedupStore
+
 logger = logging.getLogger("kavach")
+Closer = Callable[[float], object]
+AsyncCloser = Callable[[float], Awaitable[object]]
+_ALERT_ENV = (
+    "AGENTKAVACH_SLACK_WEBHOOK_URL",
+    "AGENTKAVACH_PAGERDUTY_ROUTING_KEY",
+    "AGENTKAVACH_PD_ROUTING_KEY",
+    "AGENTKAVACH_ALERT_EMAIL",
+    "AGENTKAVACH_WEBHOOK_URL",
+)
 
 _current_run: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "kavach_run", default=None
@@ -115,6 +127,12 @@ class AgentKavach:
         ledger: where spend lives; in-process memory by default.
         enabled: ``False`` (or ``AGENTKAVACH_DISABLED=1``) makes the guard a passthrough.
         save_prompts: keep prompt text in call events (off by default).
+        slack_webhook_url, pagerduty_routing_key, alert_email, webhook_url (+ webhook_secret):
+            turn an alert channel on with its default rules; ``channels=[AgentKavach.channel(...)]``
+            gives rules of your own; ``dashboard_url`` is linked from alerts. Without them the
+            ``AGENTKAVACH_SLACK_WEBHOOK_URL``, ``AGENTKAVACH_PAGERDUTY_ROUTING_KEY`` (...)
+            environment variables do the same. ``alert_dedup_store`` shares alert
+            de-duplication across processes. See ``kavach.alerts``.
         clock: returns the current aware datetime; for simulations and tests of period resets.
     """
 
@@ -143,6 +161,14 @@ class AgentKavach:
         save_prompts: bool = False,
         observers: Sequence[GuardObserver] = (),
         clock: Callable[[], datetime] | None = None,
+        slack_webhook_url: str | None = None,
+        pagerduty_routing_key: str | None = None,
+        alert_email: str | Sequence[str] | None = None,
+        webhook_url: str | None = None,
+        webhook_secret: str | None = None,
+        channels: Sequence[ChannelRule] = (),
+        dashboard_url: str | None = None,
+        alert_dedup_store: DedupStore | None = None,
     ) -> None:
         if not agent_name or ":" in agent_name:
             raise KavachConfigError(f"agent_name must be non-empty without ':', got {agent_name!r}")
@@ -161,6 +187,7 @@ class AgentKavach:
                 raise KavachConfigError(f"budget must be a Budget, got {type(b).__name__}")
         self.agent_name = agent_name
         self.budgets = budgets
+        self._code_budgets = budgets
         self.mode: Mode = mode
         self.default_max_output_tokens = default_max_output_tokens
         self.min_output_tokens = min_output_tokens
@@ -190,14 +217,130 @@ class AgentKavach:
         self._clock = clock or _utcnow
         self._ids = itertools.count(1)
         self._id_prefix = uuid.uuid4().hex[:20]
-        self._period_slots: tuple[Slot, ...] = ()
-        self._slots_until: datetime | None = None
-        self._slots_ready = False
+        # (budgets they were made from, slots, valid until): replaced whole, never mutated,
+        # so a budget change from the control channel cannot leave stale keys behind.
+        self._slot_cache: tuple[tuple[Budget, ...], tuple[Slot, ...], datetime | None] | None = None
         self._has_run_slots = bool(
             max_tokens_per_run
             or max_calls_per_run
             or any(b.period is Period.PER_RUN for b in budgets)
         )
+        self._closers: list[tuple[Closer, AsyncCloser | None]] = []
+        self.alerts: AlertDispatcher | None = None
+        if (
+            slack_webhook_url
+            or pagerduty_routing_key
+            or alert_email
+            or webhook_url
+            or webhook_secret
+            or channels
+            or any(os.environ.get(name) for name in _ALERT_ENV)
+        ):
+            self._build_alerts(
+                slack_webhook_url=slack_webhook_url,
+                pagerduty_routing_key=pagerduty_routing_key,
+                alert_email=alert_email,
+                webhook_url=webhook_url,
+                webhook_secret=webhook_secret,
+                channels=channels,
+                dashboard_url=dashboard_url,
+                dedup=alert_dedup_store,
+            )
+
+    # -- alerts and shutdown ------------------------------------------------------------
+
+    @staticmethod
+    def channel(kind: str | Callable[..., Any], /, **settings: Any) -> ChannelRule:
+        """An alert channel with its rule, for ``channels=[...]``.
+
+        >>> AgentKavach.channel("slack", threshold=0.70, webhook_url=url)        # doctest: +SKIP
+        >>> AgentKavach.channel("pagerduty", threshold=0.90, routing_key=key)    # doctest: +SKIP
+        >>> AgentKavach.channel("email", threshold=0.9, to="ops@example.com")    # doctest: +SKIP
+        >>> AgentKavach.channel("webhook", threshold=0.9, url=url, secret=secret) # doctest: +SKIP
+        >>> AgentKavach.channel("kill", threshold=1.0)                           # doctest: +SKIP
+
+        Settings are checked now (https URLs, routing key shape, addresses, templates).
+        """
+        from kavach.alerts.rules import channel
+
+        return channel(kind, **settings)  # type: ignore[arg-type]
+
+    def _build_alerts(self, *, dedup: DedupStore | None, **params: Any) -> None:
+        from kavach.alerts import AlertDispatcher, from_params
+
+        config = from_params(**params)
+        if not config:
+            return
+        extra = config.thresholds
+        # A rule may fire at a threshold the budget does not list: make the budget emit it.
+        self.budgets = tuple(
+            replace(b, thresholds=tuple(sorted(set(b.thresholds) | extra))) for b in self.budgets
+        )
+        self.alerts = AlertDispatcher(config, kill=self.kill, dedup=dedup)
+        self.add_observer(self.alerts)
+        self.add_closer(self.alerts.close, self.alerts.aclose)
+
+    def add_closer(self, close: Closer, aclose: AsyncCloser | None = None) -> None:
+        """Run ``close(timeout_seconds)`` on ``guard.close()`` (and ``aclose`` on
+        ``await guard.aclose()``; without one, ``close`` runs in a worker thread)."""
+        self._closers.append((close, aclose))
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Flush alerts (and whatever else registered a closer), within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        closers, self._closers = self._closers, []
+        for close, _ in closers:
+            try:
+                close(max(0.0, deadline - time.monotonic()))
+            except Exception:
+                logger.exception("kavach: closing %r failed", close)
+
+    async def aclose(self, timeout: float = 5.0) -> None:
+        """``close`` for async code; never blocks the event loop."""
+        import anyio.to_thread
+
+        deadline = time.monotonic() + timeout
+        closers, self._closers = self._closers, []
+        for close, aclose in closers:
+            left = max(0.0, deadline - time.monotonic())
+            try:
+                if aclose is not None:
+                    await aclose(left)
+                else:
+                    await anyio.to_thread.run_sync(close, left)
+            except Exception:
+                logger.exception("kavach: closing %r failed", close)
+
+    # -- from a file --------------------------------------------------------------------
+
+    @overload
+    @classmethod
+    def from_yaml(
+        cls, path: str | os.PathLike[str], agent: None = None, **overrides: Any
+    ) -> dict[str, AgentKavach]: ...
+
+    @overload
+    @classmethod
+    def from_yaml(
+        cls, path: str | os.PathLike[str], agent: str, **overrides: Any
+    ) -> AgentKavach: ...
+
+    @classmethod
+    def from_yaml(
+        cls, path: str | os.PathLike[str], agent: str | None = None, **overrides: Any
+    ) -> dict[str, AgentKavach] | AgentKavach:
+        """Guards by agent name from a YAML file (one guard with ``agent=``); see ``kavach.config``.
+
+        The guards share one ledger, so shared and org budgets hold across them. ``overrides``
+        (``on_kill=``, ``observers=``, ``ledger=``) apply to every guard.
+
+        >>> guards = AgentKavach.from_yaml("kavach.yaml")          # doctest: +SKIP
+        >>> bot = AgentKavach.from_yaml("kavach.yaml", agent="research-bot")  # doctest: +SKIP
+        """
+        from kavach.config import guards_from_yaml  # pyyaml and pydantic only when used
+
+        guards = guards_from_yaml(path, agent, guard_class=cls, **overrides)
+        return guards if agent is None else guards[agent]
 
     # -- observers ----------------------------------------------------------------------
 
@@ -339,17 +482,26 @@ class AgentKavach:
             raise
         return _Prepared(spec, plan, price, run_id, fingerprint, now)
 
+    def set_remote_budgets(self, budgets: Sequence[Budget]) -> None:
+        """Enforce budgets set in the dashboard next to the ones given in code.
+
+        Called by the control channel when a budget changes; takes effect on the next call.
+        """
+        self._has_run_slots = self._has_run_slots or any(
+            b.period is Period.PER_RUN for b in budgets
+        )
+        self.budgets = self._code_budgets + tuple(budgets)
+
     def _slots(self, run_id: str, now: datetime) -> tuple[Slot, ...]:
         # Period keys change only when a period resets: compute them once per period.
-        until = self._slots_until
-        if not self._slots_ready or (until is not None and now >= until):
-            self._period_slots, self._slots_until = period_slots(self.agent_name, self.budgets, now)
-            self._slots_ready = True
+        budgets = self.budgets
+        cache = self._slot_cache
+        if cache is None or cache[0] is not budgets or (cache[2] is not None and now >= cache[2]):
+            slots, until = period_slots(self.agent_name, budgets, now)
+            cache = self._slot_cache = (budgets, slots, until)
         if not self._has_run_slots:
-            return self._period_slots
-        return self._period_slots + run_slots(
-            self.agent_name, run_id, self.budgets, self.guardrail_config
-        )
+            return cache[1]
+        return cache[1] + run_slots(self.agent_name, run_id, budgets, self.guardrail_config)
 
     def _admit(self, prepared: _Prepared, result: Hold | Refusal) -> Reservation:
         if isinstance(result, Refusal):
