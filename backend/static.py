@@ -13,7 +13,7 @@ import mimetypes
 from pathlib import Path
 from typing import Any
 
-from litestar import Response, get
+from litestar import Request, Response, get
 from litestar.exceptions import NotFoundException
 from litestar.handlers import HTTPRouteHandler
 from litestar.response import File
@@ -34,8 +34,8 @@ def dashboard_routes(static_dir: Path) -> list[HTTPRouteHandler]:
         )
 
     @get(["/", "/{path:path}"], include_in_schema=False, sync_to_thread=False)
-    def dashboard(path: str = "/") -> Any:
-        relative = path.lstrip("/")
+    def dashboard(request: Request[Any, Any, Any]) -> Any:
+        relative = str(request.path_params.get("path", "")).lstrip("/")
         if relative == "" or relative == "index.html":
             return _index()
         if relative.split("/", 1)[0] in _API_PREFIXES or relative.startswith(_API_PREFIXES[:1]):

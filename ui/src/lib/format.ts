@@ -7,7 +7,7 @@ export function fmtUsd(nanos: number): string {
   const usd = nanos / NANOS_PER_USD;
   const abs = Math.abs(usd);
   let digits = 2;
-  if (abs > 0 && abs < 0.01) digits = Math.min(9, Math.max(4, 1 - Math.floor(Math.log10(abs)) + 1));
+  if (abs > 0 && abs < 0.01) digits = Math.min(9, 1 - Math.floor(Math.log10(abs)));
   return (
     (usd < 0 ? '-' : '') +
     '$' +

@@ -55,3 +55,9 @@ export function match(pattern: string, path: string): Record<string, string> | n
 export function queryParam(name: string): string | null {
   return new URLSearchParams(route.search).get(name);
 }
+
+/** The ?next= page to return to after logging in; only same-site paths. */
+export function nextPath(): string {
+  const next = queryParam('next');
+  return next && next.startsWith('/') && !next.startsWith('//') ? next : '/';
+}

@@ -16,7 +16,7 @@ export function isAdmin(): boolean {
 export function sessionExpired(): void {
   const wasLoggedIn = session.me !== null;
   session.me = null;
-  session.expired = wasLoggedIn;
+  if (wasLoggedIn) session.expired = true; // later 401s of the same moment keep the notice
   if (route.path !== '/login' && route.path !== '/signup') {
     const next = route.path + route.search;
     navigate(`/login?next=${encodeURIComponent(next)}`, { replace: true });
