@@ -10,6 +10,7 @@ export default defineConfig({
     emptyOutDir: true,
     target: 'es2020',
     chunkSizeWarningLimit: 200,
+    manifest: true,
   },
   server: {
     proxy: { '/v1': 'http://127.0.0.1:8000' },

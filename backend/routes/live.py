@@ -95,7 +95,7 @@ async def live(
                     yield ServerSentEventMessage(data=data, event="snapshot")
                 elif idle >= keepalive:
                     idle = 0.0
-                    yield ServerSentEventMessage(comment="keepalive")
+                    yield ServerSentEventMessage(comment="keepalive", data=None)
                 try:
                     await asyncio.wait_for(queue.get(), timeout=POLL_SECONDS)
                 except asyncio.TimeoutError:
