@@ -171,7 +171,7 @@ async def control_stream(
                 try:
                     message = await asyncio.wait_for(queue.get(), timeout=keepalive)
                 except asyncio.TimeoutError:
-                    yield ServerSentEventMessage(comment="keepalive")
+                    yield ServerSentEventMessage(comment="keepalive", data=None)
                     continue
                 if names is None or message.get("agent") in names:
                     yield ServerSentEventMessage(data=json.dumps(message, default=str))
