@@ -61,11 +61,17 @@ test('@stop stop the agent from the agents page', async ({ page }) => {
   await expect(row.getByRole('meter').first()).toBeVisible();
   await screenshots(page, 'agents');
 
-  // Cancelling changes nothing.
+  // Cancelling changes nothing, by mouse or by keyboard (Enter opens, Escape cancels).
   await row.getByRole('button', { name: `Stop ${env.agent}` }).click();
   const dialog = page.getByRole('dialog');
   await expect(dialog).toContainText(`Stop ${env.agent}?`);
   await dialog.getByRole('button', { name: 'Cancel' }).click();
+  await expect(dialog).toBeHidden();
+  await row.getByRole('button', { name: `Stop ${env.agent}` }).focus();
+  await page.keyboard.press('Enter');
+  await expect(dialog).toBeVisible();
+  await expect(dialog.getByRole('button', { name: 'Cancel' })).toBeFocused();
+  await page.keyboard.press('Escape');
   await expect(dialog).toBeHidden();
   expect(await controlStatus(page)).toBe('running');
 

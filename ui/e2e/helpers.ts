@@ -1,3 +1,4 @@
+import AxeBuilder from '@axe-core/playwright';
 import { expect, type Page } from '@playwright/test';
 import { mkdirSync } from 'node:fs';
 
@@ -13,12 +14,25 @@ export const env = {
 const SHOTS = 'test-results/screenshots';
 mkdirSync(SHOTS, { recursive: true });
 
-/** Saves the page in the light theme, then in the dark theme. */
+/** No WCAG 2 A/AA violation that axe can find (labels, names, contrast, ARIA). */
+export async function expectAccessible(page: Page, name: string): Promise<void> {
+  const results = await new AxeBuilder({ page })
+    .withTags(['wcag2a', 'wcag2aa'])
+    .exclude('.u-legend') // uPlot's legend table; the chart has a text alternative
+    .analyze();
+  const problems = results.violations.map(
+    (v) => `${v.id}: ${v.help} (${v.nodes.map((n) => n.target.join(' ')).join(', ')})`,
+  );
+  expect(problems, `accessibility problems on ${name}`).toEqual([]);
+}
+
+/** Saves the page in the light theme, then in the dark theme, checking each with axe. */
 export async function screenshots(page: Page, name: string): Promise<void> {
   for (const theme of ['light', 'dark'] as const) {
     await page.getByLabel('Theme').selectOption(theme);
     await page.waitForTimeout(150); // charts re-create themselves on a theme change
     await page.screenshot({ path: `${SHOTS}/${name}-${theme}.png`, fullPage: true });
+    await expectAccessible(page, `${name} (${theme})`);
   }
   await page.getByLabel('Theme').selectOption('light');
 }
