@@ -139,6 +139,23 @@ test('@resume the other pages render', async ({ page }) => {
   await expect(page.getByRole('navigation', { name: 'Main' }).getByRole('link', { name: 'Billing' })).toHaveCount(0);
 });
 
+test('@resume status changes on screen when someone else stops the agent', async ({ page, context }) => {
+  await login(page);
+  await page.getByRole('link', { name: 'Agents', exact: true }).click();
+  const status = page.getByTestId(`agent-row-${env.agent}`).getByTestId('agent-status');
+  await expect(status).toHaveText(/running|over budget/);
+  const csrf = (await context.cookies()).find((c) => c.name === 'kavach_csrf')?.value ?? '';
+  const control = (action: string) =>
+    page.request.post(`/v1/agents/${encodeURIComponent(env.agent)}/${action}`, {
+      headers: { 'X-CSRF-Token': csrf },
+      data: {},
+    });
+  expect((await control('kill')).status()).toBe(200);
+  await expect(status).toHaveText('stopped'); // pushed over /v1/live, no reload
+  expect((await control('resume')).status()).toBe(200);
+  await expect(status).toHaveText(/running|over budget/);
+});
+
 test('@resume an expired session returns to the login page', async ({ page, context }) => {
   await login(page);
   await context.clearCookies();

@@ -30,6 +30,7 @@ describe('parseUsd', () => {
 describe('other formats', () => {
   it('formats latency, limits and ages', () => {
     expect(fmtMs(321.4)).toBe('321 ms');
+    expect(fmtMs(0.34)).toBe('0.3 ms');
     expect(fmtMs(2500)).toBe('2.50 s');
     expect(fmtLimit('tokens', 100000)).toBe('100,000 tokens');
     expect(fmtLimit('usd', 5_000_000_000)).toBe('$5.00');
