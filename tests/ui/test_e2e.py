@@ -186,6 +186,7 @@ def _wait_for(predicate: Any, timeout: float, what: str) -> None:
         time.sleep(0.02)
 
 
+@pytest.mark.slow
 def test_dashboard_stop_and_resume_reach_the_sdk(backend_url: str, tmp_path: Path) -> None:
     from kavach.errors import AgentKilledError
 

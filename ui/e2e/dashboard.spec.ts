@@ -116,6 +116,20 @@ test('@resume create an API key and see it once', async ({ page }) => {
   await page.reload();
   await expect(page.getByRole('cell', { name: 'e2e-key', exact: true })).toBeVisible();
   expect(await page.content()).not.toContain(key);
+
+  // Rotate: the old key stops working at once, the replacement is shown once.
+  await page.getByRole('button', { name: 'Rotate e2e-key' }).click();
+  await page.getByRole('dialog').getByRole('button', { name: 'Rotate key' }).click();
+  await expect(secret).toHaveValue(/^ak_live_/);
+  expect(await secret.inputValue()).not.toBe(key);
+  const old = await page.request.get('/v1/control?wait=0', { headers: { Authorization: `Bearer ${key}` } });
+  expect(old.status()).toBe(401);
+  await expect(page.getByRole('cell', { name: /^revoked/ })).toHaveCount(1);
+  // Revoke the replacement.
+  await page.getByRole('button', { name: 'I have saved it' }).click();
+  await page.getByRole('button', { name: 'Revoke e2e-key' }).click();
+  await page.getByRole('dialog').getByRole('button', { name: 'Revoke key' }).click();
+  await expect(page.getByRole('cell', { name: /^revoked/ })).toHaveCount(2);
 });
 
 test('@resume the other pages render', async ({ page }) => {
@@ -132,6 +146,12 @@ test('@resume the other pages render', async ({ page }) => {
     if (name === 'pricing') {
       await page.getByLabel('Search models').fill('gpt-4o-mini');
       await expect(page.getByRole('cell', { name: 'gpt-4o-mini', exact: true }).first()).toBeVisible();
+    }
+    if (name === 'settings') {
+      await page.getByLabel('E-mail').fill(`viewer-${Date.now()}@example.com`);
+      await page.getByRole('button', { name: 'Invite' }).click();
+      await expect(page.getByTestId('secret-value')).toHaveValue(/.{12,}/);
+      await expect(page.getByRole('listitem').filter({ hasText: 'viewer' })).toBeVisible();
     }
     await screenshots(page, name);
   }
