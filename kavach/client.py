@@ -15,9 +15,9 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 from kavach import tokens
 from kavach._money import to_dollars, to_nanos
@@ -59,6 +59,7 @@ _current_run: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "kavach_run", default=None
 )
 _PROMPT_CAP = 32_000
+_C = TypeVar("_C")
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +112,10 @@ class AgentKavach:
         ledger: where spend lives; in-process memory by default.
         enabled: ``False`` (or ``AGENTKAVACH_DISABLED=1``) makes the guard a passthrough.
         save_prompts: keep prompt text in call events (off by default).
+        provider, llm_key, base_url: build a guarded provider SDK client on first use
+            (``"openai"``, ``"anthropic"``, ``"google"``, ``"mistral"``) for ``create`` /
+            ``acreate`` and the provider-shaped paths (``guard.chat.completions.create``...).
+            ``llm_key`` and ``base_url`` fall back to the SDK's own environment variables.
     """
 
     def __init__(
@@ -137,6 +142,9 @@ class AgentKavach:
         enabled: bool = True,
         save_prompts: bool = False,
         observers: Sequence[GuardObserver] = (),
+        provider: str | None = None,
+        llm_key: str | None = None,
+        base_url: str | None = None,
     ) -> None:
         if not agent_name or ":" in agent_name:
             raise KavachConfigError(f"agent_name must be non-empty without ':', got {agent_name!r}")
@@ -181,6 +189,8 @@ class AgentKavach:
         self.kill_switch = KillSwitch(agent_name, on_kill)
         self._observers: list[GuardObserver] = list(observers)
         self._session_run = f"{agent_name}-{uuid.uuid4().hex[:12]}"
+        self._provider = _ProviderConfig(provider, llm_key, base_url) if provider else None
+        self._clients: Any = None
 
     # -- observers ----------------------------------------------------------------------
 
@@ -517,6 +527,58 @@ class AgentKavach:
         if self.kill_on_guardrail:
             self.kill(f"guardrail {exc.reason}: {exc}")
 
+    # -- provider clients (kavach_integrations, imported on first use) ----------------------
+
+    def wrap(self, client: _C) -> _C:
+        """Guard every billable call made through a provider SDK client; returns the client.
+
+        >>> client = guard.wrap(OpenAI())     # doctest: +SKIP
+        """
+        from kavach_integrations._provider import wrap
+
+        return wrap(client, self)
+
+    @property
+    def clients(self) -> Any:
+        """The ``ProviderClients`` built from ``provider=``/``llm_key=`` (made on first use)."""
+        if self._clients is None:
+            if self._provider is None:
+                raise KavachConfigError(
+                    "this guard has no provider: pass AgentKavach(provider='openai', "
+                    "llm_key=...) to call through it, or wrap your own client with guard.wrap()"
+                )
+            from kavach_integrations.clients import ProviderClients
+
+            self._clients = ProviderClients(self, *self._provider)
+        return self._clients
+
+    def create(self, **kwargs: Any) -> Any:
+        """A guarded chat call in the provider's own API; returns the SDK's response."""
+        return self.clients.create(**kwargs)
+
+    async def acreate(self, **kwargs: Any) -> Any:
+        return await self.clients.acreate(**kwargs)
+
+    @property
+    def chat(self) -> Any:
+        return self.clients.path("chat")
+
+    @property
+    def responses(self) -> Any:
+        return self.clients.path("responses")
+
+    @property
+    def messages(self) -> Any:
+        return self.clients.path("messages")
+
+    @property
+    def models(self) -> Any:
+        return self.clients.path("models")
+
+    @property
+    def embeddings(self) -> Any:
+        return self.clients.path("embeddings")
+
     # -- status -------------------------------------------------------------------------
 
     def status(self) -> list[BudgetStatus]:
@@ -567,6 +629,27 @@ class AgentKavach:
     def __repr__(self) -> str:
         budgets = ", ".join(b.label for b in self.budgets) or "no budget"
         return f"<AgentKavach agent={self.agent_name!r} mode={self.mode} budgets=[{budgets}]>"
+
+
+@dataclass(frozen=True, slots=True)
+class _ProviderConfig:
+    provider: str
+    llm_key: str | None = field(default=None, repr=False)
+    base_url: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.provider not in ("openai", "anthropic", "google", "mistral"):
+            raise KavachConfigError(
+                f"provider must be one of openai, anthropic, google, mistral, got {self.provider!r}"
+            )
+
+    def __iter__(self) -> Iterator[str | None]:
+        return iter((self.provider, self.llm_key, self.base_url))
+
+
+def wrap(client: _C, guard: AgentKavach) -> _C:
+    """``guard.wrap(client)``: guard every billable call of a provider SDK client."""
+    return guard.wrap(client)
 
 
 @dataclass(frozen=True, slots=True)

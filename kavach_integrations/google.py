@@ -70,7 +70,8 @@ def _model_name(model: str) -> str:
 def _read(body: Mapping[str, Any]) -> CallSpec:
     contents = body.get("contents")
     config = body.get("config")
-    prompt = messages = None
+    prompt: str | list[str] | None = None
+    messages: list[Any] | None = None
     if isinstance(contents, str):
         prompt = contents
     elif isinstance(contents, list):
