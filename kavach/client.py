@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import contextvars
+import itertools
 import logging
 import os
 import time
@@ -25,10 +26,13 @@ from kavach.budget import Budget, Period
 from kavach.engine import (
     Mode,
     Plan,
+    Slot,
     actual_amounts,
     crossed_thresholds,
+    period_slots,
     plan_call,
     refusal_error,
+    run_slots,
 )
 from kavach.errors import (
     AgentKilledError,
@@ -112,6 +116,7 @@ class AgentKavach:
         ledger: where spend lives; in-process memory by default.
         enabled: ``False`` (or ``AGENTKAVACH_DISABLED=1``) makes the guard a passthrough.
         save_prompts: keep prompt text in call events (off by default).
+        clock: returns the current aware datetime; for simulations and tests of period resets.
         provider, llm_key, base_url: build a guarded provider SDK client on first use
             (``"openai"``, ``"anthropic"``, ``"google"``, ``"mistral"``) for ``create`` /
             ``acreate`` and the provider-shaped paths (``guard.chat.completions.create``...).
@@ -142,6 +147,7 @@ class AgentKavach:
         enabled: bool = True,
         save_prompts: bool = False,
         observers: Sequence[GuardObserver] = (),
+        clock: Callable[[], datetime] | None = None,
         provider: str | None = None,
         llm_key: str | None = None,
         base_url: str | None = None,
@@ -189,6 +195,17 @@ class AgentKavach:
         self.kill_switch = KillSwitch(agent_name, on_kill)
         self._observers: list[GuardObserver] = list(observers)
         self._session_run = f"{agent_name}-{uuid.uuid4().hex[:12]}"
+        self._clock = clock or _utcnow
+        self._ids = itertools.count(1)
+        self._id_prefix = uuid.uuid4().hex[:20]
+        self._period_slots: tuple[Slot, ...] = ()
+        self._slots_until: datetime | None = None
+        self._slots_ready = False
+        self._has_run_slots = bool(
+            max_tokens_per_run
+            or max_calls_per_run
+            or any(b.period is Period.PER_RUN for b in budgets)
+        )
         self._provider = _ProviderConfig(provider, llm_key, base_url) if provider else None
         self._clients: Any = None
 
@@ -284,7 +301,7 @@ class AgentKavach:
         return self._admit(prepared, result)
 
     def _prepare(self, spec: CallSpec) -> _Prepared | Reservation:
-        now = datetime.now(timezone.utc)
+        now = self._clock()
         run_id = spec.run_id or self.current_run
         if not self.enabled:
             return Reservation(self, spec, None, None, None, run_id, None, now)
@@ -312,9 +329,7 @@ class AgentKavach:
                     tools=spec.tools,
                 )
             plan = plan_call(
-                agent=self.agent_name,
-                run_id=run_id,
-                budgets=self.budgets,
+                slots=self._slots(run_id, now),
                 guardrails=self.guardrail_config,
                 price=price,
                 input_tokens=input_tokens,
@@ -322,7 +337,7 @@ class AgentKavach:
                 mode=self.mode,
                 default_max_output=self.default_max_output_tokens,
                 min_output=self.min_output_tokens,
-                now=now,
+                cache_writes=spec.cache_writes,
             )
         except GuardrailError as exc:
             self.guardrails.forget_request(run_id, fingerprint)
@@ -333,6 +348,18 @@ class AgentKavach:
             self._refused(spec, run_id, now, exc)
             raise
         return _Prepared(spec, plan, price, run_id, fingerprint, now)
+
+    def _slots(self, run_id: str, now: datetime) -> tuple[Slot, ...]:
+        # Period keys change only when a period resets: compute them once per period.
+        until = self._slots_until
+        if not self._slots_ready or (until is not None and now >= until):
+            self._period_slots, self._slots_until = period_slots(self.agent_name, self.budgets, now)
+            self._slots_ready = True
+        if not self._has_run_slots:
+            return self._period_slots
+        return self._period_slots + run_slots(
+            self.agent_name, run_id, self.budgets, self.guardrail_config
+        )
 
     def _admit(self, prepared: _Prepared, result: Hold | Refusal) -> Reservation:
         if isinstance(result, Refusal):
@@ -423,16 +450,25 @@ class AgentKavach:
         if r.plan is None:
             return None
         self.guardrails.record(r.run_id, cost, tuple(tool_calls))
-        event = self._event(
-            r, status, usage, cost, error, response_model, tuple(finish_reasons), tuple(tool_calls)
-        )
-        self._emit("on_call", event)
+        event = None
+        if self._observers:  # events are built only for someone who listens
+            event = self._event(
+                r,
+                status,
+                usage,
+                cost,
+                error,
+                response_model,
+                tuple(finish_reasons),
+                tuple(tool_calls),
+            )
+            self._emit("on_call", event)
         if after:
             self._check_thresholds(r.plan, amounts, after)
         return event
 
     def _released(self, r: Reservation, status: CallStatus, error: str | None) -> CallEvent | None:
-        if r.plan is None:
+        if r.plan is None or not self._observers:
             return None
         event = self._event(r, status, ZERO_USAGE, 0, error, None, (), ())
         self._emit("on_call", event)
@@ -443,28 +479,30 @@ class AgentKavach:
     ) -> None:
         # Each settle moves spent over a disjoint interval (before, after], so a threshold
         # is crossed by exactly one settle, across threads and (with Redis) processes.
-        now = datetime.now(timezone.utc)
         for line, info, amount, spent in zip(plan.lines, plan.info, amounts, after, strict=True):
             if info.kind != "budget" or amount <= 0:
                 continue
             before = spent - amount
-            for threshold in crossed_thresholds(info.thresholds, line.limit, before, spent):
-                self._emit(
-                    "on_threshold",
-                    ThresholdCrossing(
-                        agent=self.agent_name,
-                        budget=info.label,
-                        budget_key=line.key,
-                        unit=info.unit,
-                        period=info.period,
-                        period_id=info.period_id,
-                        threshold=threshold,
-                        spent=spent,
-                        limit=line.limit,
-                        resets_at=info.resets_at,
-                        at=now,
-                    ),
-                )
+            crossed = crossed_thresholds(info.thresholds, line.limit, before, spent)
+            if crossed:
+                now = self._clock()
+                for threshold in crossed:
+                    self._emit(
+                        "on_threshold",
+                        ThresholdCrossing(
+                            agent=self.agent_name,
+                            budget=info.label,
+                            budget_key=line.key,
+                            unit=info.unit,
+                            period=info.period,
+                            period_id=info.period_id,
+                            threshold=threshold,
+                            spent=spent,
+                            limit=line.limit,
+                            resets_at=info.resets_at,
+                            at=now,
+                        ),
+                    )
             if before < line.limit <= spent and info.period != Period.PER_RUN.value:
                 self.kill(f"{info.label} budget reached 100%", until=info.resets_at)
 
@@ -484,7 +522,7 @@ class AgentKavach:
     ) -> CallEvent:
         spec = r.spec
         return CallEvent(
-            id=uuid.uuid4().hex,
+            id=f"{self._id_prefix}{next(self._ids):012x}",
             agent=self.agent_name,
             run_id=r.run_id,
             provider=spec.provider,
@@ -583,7 +621,7 @@ class AgentKavach:
 
     def status(self) -> list[BudgetStatus]:
         """Each budget's spent, reserved and limit right now (this agent's view)."""
-        now = datetime.now(timezone.utc)
+        now = self._clock()
         out = []
         for budget in self.budgets:
             if budget.period is Period.PER_RUN:
@@ -660,6 +698,10 @@ class _Prepared:
     run_id: str
     fingerprint: int | None
     now: datetime
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
 
 
 def _fingerprint(spec: CallSpec) -> int:
