@@ -310,6 +310,14 @@ def _hook_aclose(response: Any, settlement: StreamSettlement) -> Callable[[], Aw
     return functools.partial(real_aclose, response)
 
 
+def _finish_and_close(settlement: StreamSettlement, close: Callable[[], object]) -> None:
+    settlement.finish_on_gc()
+    try:
+        close()
+    except Exception:  # the connection may already be gone at interpreter exit
+        logger.debug("kavach: closing a dropped stream failed", exc_info=True)
+
+
 def attach_sync(attr: str) -> Attach:
     """Meter an SDK stream object whose items come from ``stream.<attr>`` (an iterator)."""
 
@@ -317,7 +325,8 @@ def attach_sync(attr: str) -> Attach:
         stream = result.parse() if _is_raw(result) else result
         close = _hook_close(stream.response, settlement)
         gen: Iterator[Any] = metered(getattr(stream, attr), settlement, close)
-        weakref.finalize(gen, settlement.finish_on_gc)
+        # A stream dropped unread: settle and give the connection back.
+        weakref.finalize(gen, _finish_and_close, settlement, close)
         setattr(stream, attr, gen)
         return result
 

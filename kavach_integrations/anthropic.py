@@ -52,8 +52,29 @@ def message_usage(usage: Any) -> Usage:
     )
 
 
+def _marked(blocks: Any) -> bool:
+    if not isinstance(blocks, list):
+        return False
+    for block in blocks:
+        if isinstance(block, Mapping):
+            if block.get("cache_control") is not None or _marked(block.get("content")):
+                return True
+    return False
+
+
+def writes_cache(body: Mapping[str, Any]) -> bool:
+    """The request has a ``cache_control`` breakpoint (top level, system, tools or messages)."""
+    return (
+        body.get("cache_control") is not None
+        or _marked(body.get("system"))
+        or _marked(body.get("tools"))
+        or _marked(body.get("messages"))
+    )
+
+
 def _read(body: Mapping[str, Any]) -> CallSpec:
     return CallSpec(
+        cache_writes=writes_cache(body),
         provider=PROVIDER,
         model=str(body.get("model", "")),
         messages=body.get("messages"),
