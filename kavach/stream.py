@@ -48,8 +48,18 @@ class Outcome:
 
 
 class StreamMeter(Protocol):
-    """Reads a provider's stream items. ``output_tokens`` is the running count so far."""
+    """Reads a provider's stream items. ``output_tokens`` is the running count so far.
 
+    ``exact`` meters never count more tokens than the provider produced (OpenAI and Mistral
+    send one token a chunk), so a stream is cut the moment it passes its reservation.
+    Estimating meters (text length, for Anthropic's and Gemini's multi-token deltas) could
+    overcount; when the request itself carries the max output tokens (the provider stops
+    there) they are cut only at twice the reservation plus 16 tokens, so an honest stream
+    that ends at its max tokens is never cut for an overestimate, while a provider that
+    ignores the limit still is.
+    """
+
+    exact: bool
     output_tokens: int
     received: bool
     """True once any item arrived (the provider has billed the input)."""
@@ -70,10 +80,14 @@ class StreamSettlement:
 
     __slots__ = ("limit", "meter", "reservation")
 
-    def __init__(self, reservation: Reservation, meter: StreamMeter) -> None:
+    def __init__(self, reservation: Reservation, meter: StreamMeter, limited: bool) -> None:
+        """``limited``: the request sent to the provider carries its max output tokens."""
         self.reservation = reservation
         self.meter = meter
-        self.limit = reservation.max_output_tokens
+        units = reservation.max_output_tokens
+        if units is not None and limited and not meter.exact:
+            units = 2 * units + 16
+        self.limit = units
 
     def _args(self, status: CallStatus | None, error: str | None) -> dict[str, Any] | None:
         """Commit arguments, or None when the hold is just given back.
@@ -124,18 +138,19 @@ class StreamSettlement:
     def cut_error(self) -> BudgetExceededError:
         r = self.reservation
         consumed = self.meter.output_tokens
+        paid = r.max_output_tokens or 0
         return BudgetExceededError(
             budget=f"{r.spec.model} stream",
             unit="tokens",
             spent=consumed,
             reserved=0,
-            limit=self.limit or 0,
+            limit=paid,
             requested=0,
             period="this call",
             resets_at=None,
             detail=(
                 f"The stream was cut after {consumed:,} output tokens: its reservation "
-                f"({fmt_usd(r.reserved_nanos)}) pays for {self.limit or 0:,}. Set max output "
+                f"({fmt_usd(r.reserved_nanos)}) pays for {paid:,}. Set max output "
                 "tokens on the request so the provider stops in time."
             ),
         )

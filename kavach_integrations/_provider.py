@@ -107,8 +107,8 @@ def tool_signature(name: str, arguments: Any) -> str:
 class TokenCounter:
     """Base for stream meters: counts output tokens from text deltas, cheaply.
 
-    Roughly one token per four characters (at least one per non-empty delta): providers stream
-    about one token per delta, and overcounting only cuts a stream early, never late.
+    Subclasses set ``exact = True`` when they count with ``count_one`` (one token a chunk,
+    never more than the provider produced) or read the provider's running count.
     """
 
     __slots__ = (
@@ -130,10 +130,18 @@ class TokenCounter:
         self.finish_reasons: list[str] = []
         self.tools: dict[int, list[str]] = {}
 
-    def count(self, text: str | None) -> None:
-        if text:
+    exact = False
+
+    def count(self, text: Any) -> None:
+        """Estimate a multi-token text delta: about four characters a token, at least one."""
+        if text and type(text) is str:
             n = len(text) >> 2
             self.output_tokens += n if n else 1
+
+    def count_one(self, text: Any) -> None:
+        """A delta that carries one token (OpenAI and Mistral stream one token a chunk)."""
+        if text and type(text) is str:
+            self.output_tokens += 1
 
     def tool(self, index: int, name: str | None, arguments: str | None) -> None:
         entry = self.tools.setdefault(index, ["", ""])
@@ -179,6 +187,13 @@ def _prepare(
     if streamed and endpoint.prepare_stream is not None:
         body = endpoint.prepare_stream(body)
     return body
+
+
+def _limited(guard: AgentKavach, endpoint: Endpoint, spec: CallSpec) -> bool:
+    """Whether the request sent carries max output tokens (so the provider stops there)."""
+    return spec.max_output_tokens is not None or (
+        guard.mode == "strict" and endpoint.limit is not None
+    )
 
 
 def _outcome(endpoint: Endpoint, response: Any, r: Reservation) -> Outcome:
@@ -232,11 +247,12 @@ def guarded_call(
     attach: Attach,
 ) -> R:
     """Reserve, make the SDK call with ``send``, then settle or hand the stream to a meter."""
-    r = guard.reserve(endpoint.read(body))
+    r = guard.reserve(spec := endpoint.read(body))
     try:
         response = send(_prepare(guard, endpoint, body, r, streamed))
         if streamed and endpoint.meter is not None:
-            return attach(response, StreamSettlement(r, endpoint.meter(body)))  # type: ignore[no-any-return]
+            settlement = StreamSettlement(r, endpoint.meter(body), _limited(guard, endpoint, spec))
+            return attach(response, settlement)  # type: ignore[no-any-return]
     except BaseException as exc:
         status, error = _failure(exc)
         r.release(status=status, error=error)
@@ -254,11 +270,12 @@ async def aguarded_call(
     attach: Attach,
 ) -> R:
     """``guarded_call`` for async clients."""
-    r = await guard.areserve(endpoint.read(body))
+    r = await guard.areserve(spec := endpoint.read(body))
     try:
         response = await send(_prepare(guard, endpoint, body, r, streamed))
         if streamed and endpoint.meter is not None:
-            return attach(response, StreamSettlement(r, endpoint.meter(body)))  # type: ignore[no-any-return]
+            settlement = StreamSettlement(r, endpoint.meter(body), _limited(guard, endpoint, spec))
+            return attach(response, settlement)  # type: ignore[no-any-return]
     except BaseException as exc:
         status, error = _failure(exc)
         with _shield():

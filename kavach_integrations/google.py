@@ -152,6 +152,9 @@ class GeminiMeter(TokenCounter):
         if meta is not None:
             self.usage = gemini_usage(meta)
             self.model = chunk.model_version
+            # Gemini's running count, when it sends one, replaces the estimate from text.
+            if self.usage.output_tokens:
+                self.output_tokens = self.usage.output_tokens
         self.complete = self.complete and self.usage is not None
         return False
 

@@ -104,6 +104,7 @@ class ChatMeter(TokenCounter):
     """Chat completion chunks. The usage-only last chunk is hidden unless the caller asked."""
 
     __slots__ = ("show_usage",)
+    exact = True
 
     def __init__(self, body: Mapping[str, Any]) -> None:
         super().__init__()
@@ -122,14 +123,14 @@ class ChatMeter(TokenCounter):
         if choices:
             choice = choices[0]
             delta = choice.delta
-            self.count(delta.content)
+            self.count_one(delta.content)
             calls = delta.tool_calls
             if calls:
                 for call in calls:
                     fn = call.function
                     if fn is not None:
                         self.tool(call.index, fn.name, _args_text(fn.arguments or ""))
-                        self.count(_args_text(fn.arguments or ""))
+                        self.count_one(fn.arguments)
             if choice.finish_reason is not None:
                 self.finish_reasons.append(str(choice.finish_reason))
             return False
@@ -167,6 +168,7 @@ def _read_completion(body: Mapping[str, Any]) -> CallSpec:
 
 class CompletionMeter(TokenCounter):
     __slots__ = ("show_usage",)
+    exact = True
 
     def __init__(self, body: Mapping[str, Any]) -> None:
         super().__init__()
@@ -179,7 +181,7 @@ class CompletionMeter(TokenCounter):
             self.model = chunk.model
             self.complete = True
         if chunk.choices:
-            self.count(chunk.choices[0].text)
+            self.count_one(chunk.choices[0].text)
             return False
         return chunk.usage is not None and not self.show_usage
 
@@ -226,6 +228,7 @@ def _response_outcome(response: Any) -> Outcome:
 
 class ResponsesMeter(TokenCounter):
     __slots__ = ("final",)
+    exact = True
 
     def __init__(self, body: Mapping[str, Any]) -> None:
         super().__init__()
@@ -235,7 +238,7 @@ class ResponsesMeter(TokenCounter):
         self.received = True
         kind = event.type
         if kind == "response.output_text.delta" or kind == "response.function_call_arguments.delta":
-            self.count(event.delta)
+            self.count_one(event.delta)
         elif kind in ("response.completed", "response.incomplete", "response.failed"):
             self.final = event.response
             self.model = field(event.response, "model")
