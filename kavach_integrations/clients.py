@@ -62,7 +62,7 @@ def _build(provider: str, llm_key: str | None, base_url: str | None) -> tuple[An
 
             options = types.HttpOptions(base_url=base_url) if base_url else None
             client = genai.Client(api_key=llm_key, http_options=options)
-            return client, client
+            return client, client.aio
         from mistralai.client import Mistral
 
         mistral_client = Mistral(
@@ -158,8 +158,8 @@ class ProviderClients:
             with self._lock:
                 if self._pair is None:
                     sync, async_ = _build(self.provider, self._llm_key, self._base_url)
-                    wrap(sync, self._guard)
-                    if async_ is not sync:
+                    wrap(sync, self._guard)  # google-genai: guards client.aio too
+                    if self.provider in ("openai", "anthropic"):
                         wrap(async_, self._guard)
                     self._pair = (sync, async_)
                 pair = self._pair
@@ -172,8 +172,8 @@ class ProviderClients:
 
     @property
     def async_(self) -> Any:
-        """The guarded async client (``AsyncOpenAI``, ``AsyncAnthropic``; the same client for
-        google-genai, whose async methods live on ``.aio``, and Mistral)."""
+        """The guarded async client (``AsyncOpenAI``, ``AsyncAnthropic``, google-genai's
+        ``client.aio``; for Mistral the same client, whose async methods end in ``_async``)."""
         return self._clients()[1]
 
     def path(self, name: str) -> ProviderPath:
@@ -193,7 +193,7 @@ class ProviderClients:
             return client.messages.create, kwargs
         if self.provider == "google":
             kwargs.pop("stream", None)
-            models = sync.aio.models if is_async else sync.models
+            models = async_.models if is_async else sync.models
             name = "generate_content_stream" if streamed else "generate_content"
             return getattr(models, name), _gemini_request(kwargs)
         kwargs.pop("stream", None)

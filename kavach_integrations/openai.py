@@ -3,7 +3,8 @@
 ``guard.wrap(OpenAI())`` / ``guard.wrap(AsyncOpenAI())`` guard ``chat.completions`` (create,
 parse, stream), ``responses`` (create, stream, parse), ``completions`` and ``embeddings``.
 Usage maps to ``kavach.usage.Usage`` as OpenAI reports it: ``prompt_tokens`` include
-``cached_tokens``, ``completion_tokens`` include reasoning tokens.
+``cached_tokens`` (reads) and ``cache_write_tokens``, ``completion_tokens`` include
+reasoning and audio tokens.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ def chat_usage(usage: Any) -> Usage:
         input_tokens=field(usage, "prompt_tokens", 0),
         output_tokens=field(usage, "completion_tokens", 0),
         cache_read_tokens=field(prompt, "cached_tokens", 0),
+        cache_write_tokens=field(prompt, "cache_write_tokens", 0),
         reasoning_tokens=field(completion, "reasoning_tokens", 0),
         input_audio_tokens=field(prompt, "audio_tokens", 0),
         output_audio_tokens=field(completion, "audio_tokens", 0),
@@ -52,10 +54,12 @@ def chat_usage(usage: Any) -> Usage:
 
 
 def responses_usage(usage: Any) -> Usage:
+    details = field(usage, "input_tokens_details")
     return Usage(
         input_tokens=field(usage, "input_tokens", 0),
         output_tokens=field(usage, "output_tokens", 0),
-        cache_read_tokens=field(field(usage, "input_tokens_details"), "cached_tokens", 0),
+        cache_read_tokens=field(details, "cached_tokens", 0),
+        cache_write_tokens=field(details, "cache_write_tokens", 0),
         reasoning_tokens=field(field(usage, "output_tokens_details"), "reasoning_tokens", 0),
     )
 
