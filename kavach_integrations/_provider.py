@@ -55,7 +55,11 @@ def field(obj: Any, name: str, default: Any = None) -> Any:
     """``obj.name`` for SDK models, ``obj[name]`` for dicts; ``default`` when absent or None."""
     if obj is None:
         return default
-    value = obj.get(name) if isinstance(obj, Mapping) else getattr(obj, name, None)
+    # type() before isinstance: SDK models are never dicts, and ABC checks cost a microsecond.
+    if type(obj) is dict or (not hasattr(obj, "__pydantic_fields__") and isinstance(obj, Mapping)):
+        value = obj.get(name)
+    else:
+        value = getattr(obj, name, None)
     return default if value is None else value
 
 
@@ -212,9 +216,17 @@ def _outcome(endpoint: Endpoint, response: Any, r: Reservation) -> Outcome:
         )
 
 
+_RAW_TYPES: dict[type, bool] = {}
+
+
 def _is_raw(response: Any) -> bool:
-    # with_raw_response: the SDK returns an API response whose parse() is cached.
-    return hasattr(response, "http_response") and callable(getattr(response, "parse", None))
+    # with_raw_response: the SDK returns an API response whose parse() is cached. Decided once
+    # per type: hasattr on a pydantic model raises and catches inside, which is slow.
+    kind = type(response)
+    raw = _RAW_TYPES.get(kind)
+    if raw is None:
+        raw = _RAW_TYPES[kind] = hasattr(kind, "parse") and hasattr(kind, "http_response")
+    return raw
 
 
 def _commit(r: Reservation, outcome: Outcome) -> None:
@@ -416,9 +428,14 @@ def guard_request_method(
         return endpoint_for(options.method, options.url.split("?", 1)[0])
 
     def resend(cast_to: Any, options: Any, stream: bool, stream_cls: Any) -> Callable[[Body], Any]:
+        sent = options.json_data
+
         def send(body: Body) -> Any:
-            copied = options.model_copy(update={"json_data": body})
-            return original(cast_to, copied, stream=stream, stream_cls=stream_cls)
+            if body is not sent:  # strict mode or a stream changed the request
+                options_ = options.model_copy(update={"json_data": body})
+            else:
+                options_ = options
+            return original(cast_to, options_, stream=stream, stream_cls=stream_cls)
 
         return send
 
@@ -433,7 +450,7 @@ def guard_request_method(
             return await aguarded_call(
                 guard,
                 endpoint,
-                dict(options.json_data),
+                options.json_data,
                 resend(cast_to, options, stream, stream_cls),
                 stream,
                 attach,
@@ -451,7 +468,7 @@ def guard_request_method(
             return guarded_call(
                 guard,
                 endpoint,
-                dict(options.json_data),
+                options.json_data,
                 resend(cast_to, options, stream, stream_cls),
                 stream,
                 attach,

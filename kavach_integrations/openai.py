@@ -127,7 +127,9 @@ class ChatMeter(TokenCounter):
         if choices:
             choice = choices[0]
             delta = choice.delta
-            self.count_one(delta.content)
+            content = delta.content
+            if content and type(content) is str:  # Mistral: may be Unset() or a list
+                self.output_tokens += 1
             calls = delta.tool_calls
             if calls:
                 for call in calls:
