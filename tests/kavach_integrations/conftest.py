@@ -5,7 +5,7 @@ from collections.abc import Iterator
 import pytest
 
 from kavach import CallEvent, NullObserver
-from tests.kavach_integrations._loopback import Loopback
+from kavach._devtools.standin import StandIn
 
 
 class Recorder(NullObserver):
@@ -27,10 +27,9 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture
-def server() -> Iterator[Loopback]:
-    loopback = Loopback().start()
-    yield loopback
-    loopback.stop()
+def server() -> Iterator[StandIn]:
+    with StandIn() as standin:
+        yield standin
 
 
 @pytest.fixture
