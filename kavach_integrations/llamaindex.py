@@ -58,6 +58,7 @@ from kavach.usage import Usage
 
 try:
     from llama_index.core.callbacks import CallbackManager, CBEventType, EventPayload
+    from llama_index.core.instrumentation import get_dispatcher  # type: ignore[attr-defined]
     from llama_index.core.instrumentation.event_handlers import BaseEventHandler
     from llama_index.core.instrumentation.events import BaseEvent
     from llama_index.core.instrumentation.events.llm import (
@@ -66,7 +67,6 @@ try:
     )
     from llama_index.core.instrumentation.span import BaseSpan, active_span_id
     from llama_index.core.instrumentation.span_handlers import BaseSpanHandler
-    from llama_index_instrumentation import get_dispatcher
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingDependencyError("llama-index-core", "llamaindex") from exc
 
