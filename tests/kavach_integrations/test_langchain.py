@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import operator
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any, TypedDict
 
 import pytest
 from langchain_anthropic import ChatAnthropic
@@ -440,3 +441,95 @@ def test_missing_langchain_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> N
         importlib.import_module("kavach_integrations.langchain")
     monkeypatch.undo()
     importlib.import_module("kavach_integrations.langchain")
+
+
+# -- more paths ----------------------------------------------------------------------------
+
+
+def test_invoke_with_streaming_true_is_metered_and_cut(server: StandIn, recorder: Recorder) -> None:
+    handler = KavachHandler(guard(recorder))
+    model = openai_model(server, handler, max_tokens=5, streaming=True)
+    server.script(Reply(text="word", output_tokens=40, honor_max_tokens=False))
+    with pytest.raises(BudgetExceededError, match="cut after"):
+        model.invoke("hello")
+    assert recorder.calls[0].status == "cut"
+    assert handler.guard.ledger.open_holds == 0
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["invoke", "stream"])
+def test_openai_responses_api(stream: bool, server: StandIn, recorder: Recorder) -> None:
+    handler = KavachHandler(guard(recorder))
+    model = openai_model(server, handler, use_responses_api=True)
+    server.script(Reply(text="a b c", input_tokens=50, cached_tokens=20, reasoning_tokens=2))
+    if stream:
+        list(model.stream("hello"))
+    else:
+        model.invoke("hello")
+    assert server.requests[0].path.endswith("/responses")
+    (event,) = recorder.calls
+    assert (event.usage.input_tokens, event.usage.cache_read_tokens) == (50, 20)
+    assert event.usage.reasoning_tokens == 2
+
+
+def test_text_llm_on_llm_start_is_guarded(recorder: Recorder) -> None:
+    from langchain_core.language_models.fake import FakeListLLM
+
+    from kavach import ModelPrice
+
+    price = ModelPrice(input_per_mtok=1.0, output_per_mtok=1.0)
+    handler = KavachHandler(guard(recorder, unknown_model_price=price))
+    llm = FakeListLLM(responses=["a fairly long answer of several words"], callbacks=[handler])
+    assert llm.invoke("question") == "a fairly long answer of several words"
+    (event,) = recorder.calls
+    assert event.operation == "text_completion" and event.status == "ok"
+    assert event.usage.input_tokens > 0 and event.usage.output_tokens > 0  # estimated
+
+    tiny = KavachHandler(
+        guard(Recorder(), budget=Budget.daily(0.000000001), unknown_model_price=price)
+    )
+    with pytest.raises(BudgetExceededError):
+        FakeListLLM(responses=["x"], callbacks=[tiny]).invoke("question")
+
+
+class Answers(TypedDict):
+    answers: Annotated[list[str], operator.add]
+
+
+def test_parallel_graph_branches_hold_separately_in_one_run(
+    server: StandIn, recorder: Recorder
+) -> None:
+
+    handler = KavachHandler(guard(recorder))
+    model = openai_model(server, handler)
+    model.callbacks = None
+    server.default = Reply(delay=0.2)
+    in_flight: list[int] = []
+
+    def branch(name: str) -> Any:
+        def node(state: Answers) -> dict[str, list[str]]:
+            answer = model.invoke(f"{name}?")
+            return {"answers": [str(answer.content)]}
+
+        return node
+
+    graph = StateGraph(Answers)
+    graph.add_node("left", branch("left"))
+    graph.add_node("right", branch("right"))
+    graph.add_edge(START, "left")
+    graph.add_edge(START, "right")
+    compiled = graph.compile()
+
+    original = handler.guard.reserve
+
+    def reserve(spec: Any) -> Any:
+        r = original(spec)
+        in_flight.append(handler.guard.ledger.open_holds)
+        return r
+
+    handler.guard.reserve = reserve  # type: ignore[method-assign]
+    out = compiled.invoke({"answers": []}, config={"callbacks": [handler]})
+    assert len(out["answers"]) == 2
+    assert max(in_flight) == 2  # both branches held their own reservation at once
+    left, right = recorder.calls
+    assert left.run_id == right.run_id
+    assert handler.guard.ledger.open_holds == 0
