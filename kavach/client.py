@@ -9,15 +9,16 @@
 from __future__ import annotations
 
 import contextvars
+import itertools
 import logging
 import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 from kavach import tokens
 from kavach._money import to_dollars, to_nanos
@@ -25,10 +26,13 @@ from kavach.budget import Budget, Period
 from kavach.engine import (
     Mode,
     Plan,
+    Slot,
     actual_amounts,
     crossed_thresholds,
+    period_slots,
     plan_call,
     refusal_error,
+    run_slots,
 )
 from kavach.errors import (
     AgentKilledError,
@@ -59,6 +63,7 @@ _current_run: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "kavach_run", default=None
 )
 _PROMPT_CAP = 32_000
+_C = TypeVar("_C")
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +116,11 @@ class AgentKavach:
         ledger: where spend lives; in-process memory by default.
         enabled: ``False`` (or ``AGENTKAVACH_DISABLED=1``) makes the guard a passthrough.
         save_prompts: keep prompt text in call events (off by default).
+        clock: returns the current aware datetime; for simulations and tests of period resets.
+        provider, llm_key, base_url: build a guarded provider SDK client on first use
+            (``"openai"``, ``"anthropic"``, ``"google"``, ``"mistral"``) for ``create`` /
+            ``acreate`` and the provider-shaped paths (``guard.chat.completions.create``...).
+            ``llm_key`` and ``base_url`` fall back to the SDK's own environment variables.
     """
 
     def __init__(
@@ -137,6 +147,10 @@ class AgentKavach:
         enabled: bool = True,
         save_prompts: bool = False,
         observers: Sequence[GuardObserver] = (),
+        clock: Callable[[], datetime] | None = None,
+        provider: str | None = None,
+        llm_key: str | None = None,
+        base_url: str | None = None,
     ) -> None:
         if not agent_name or ":" in agent_name:
             raise KavachConfigError(f"agent_name must be non-empty without ':', got {agent_name!r}")
@@ -181,6 +195,19 @@ class AgentKavach:
         self.kill_switch = KillSwitch(agent_name, on_kill)
         self._observers: list[GuardObserver] = list(observers)
         self._session_run = f"{agent_name}-{uuid.uuid4().hex[:12]}"
+        self._clock = clock or _utcnow
+        self._ids = itertools.count(1)
+        self._id_prefix = uuid.uuid4().hex[:20]
+        self._period_slots: tuple[Slot, ...] = ()
+        self._slots_until: datetime | None = None
+        self._slots_ready = False
+        self._has_run_slots = bool(
+            max_tokens_per_run
+            or max_calls_per_run
+            or any(b.period is Period.PER_RUN for b in budgets)
+        )
+        self._provider = _ProviderConfig(provider, llm_key, base_url) if provider else None
+        self._clients: Any = None
 
     # -- observers ----------------------------------------------------------------------
 
@@ -274,7 +301,7 @@ class AgentKavach:
         return self._admit(prepared, result)
 
     def _prepare(self, spec: CallSpec) -> _Prepared | Reservation:
-        now = datetime.now(timezone.utc)
+        now = self._clock()
         run_id = spec.run_id or self.current_run
         if not self.enabled:
             return Reservation(self, spec, None, None, None, run_id, None, now)
@@ -302,9 +329,7 @@ class AgentKavach:
                     tools=spec.tools,
                 )
             plan = plan_call(
-                agent=self.agent_name,
-                run_id=run_id,
-                budgets=self.budgets,
+                slots=self._slots(run_id, now),
                 guardrails=self.guardrail_config,
                 price=price,
                 input_tokens=input_tokens,
@@ -312,7 +337,7 @@ class AgentKavach:
                 mode=self.mode,
                 default_max_output=self.default_max_output_tokens,
                 min_output=self.min_output_tokens,
-                now=now,
+                cache_writes=spec.cache_writes,
             )
         except GuardrailError as exc:
             self.guardrails.forget_request(run_id, fingerprint)
@@ -323,6 +348,18 @@ class AgentKavach:
             self._refused(spec, run_id, now, exc)
             raise
         return _Prepared(spec, plan, price, run_id, fingerprint, now)
+
+    def _slots(self, run_id: str, now: datetime) -> tuple[Slot, ...]:
+        # Period keys change only when a period resets: compute them once per period.
+        until = self._slots_until
+        if not self._slots_ready or (until is not None and now >= until):
+            self._period_slots, self._slots_until = period_slots(self.agent_name, self.budgets, now)
+            self._slots_ready = True
+        if not self._has_run_slots:
+            return self._period_slots
+        return self._period_slots + run_slots(
+            self.agent_name, run_id, self.budgets, self.guardrail_config
+        )
 
     def _admit(self, prepared: _Prepared, result: Hold | Refusal) -> Reservation:
         if isinstance(result, Refusal):
@@ -413,16 +450,25 @@ class AgentKavach:
         if r.plan is None:
             return None
         self.guardrails.record(r.run_id, cost, tuple(tool_calls))
-        event = self._event(
-            r, status, usage, cost, error, response_model, tuple(finish_reasons), tuple(tool_calls)
-        )
-        self._emit("on_call", event)
+        event = None
+        if self._observers:  # events are built only for someone who listens
+            event = self._event(
+                r,
+                status,
+                usage,
+                cost,
+                error,
+                response_model,
+                tuple(finish_reasons),
+                tuple(tool_calls),
+            )
+            self._emit("on_call", event)
         if after:
             self._check_thresholds(r.plan, amounts, after)
         return event
 
     def _released(self, r: Reservation, status: CallStatus, error: str | None) -> CallEvent | None:
-        if r.plan is None:
+        if r.plan is None or not self._observers:
             return None
         event = self._event(r, status, ZERO_USAGE, 0, error, None, (), ())
         self._emit("on_call", event)
@@ -433,28 +479,30 @@ class AgentKavach:
     ) -> None:
         # Each settle moves spent over a disjoint interval (before, after], so a threshold
         # is crossed by exactly one settle, across threads and (with Redis) processes.
-        now = datetime.now(timezone.utc)
         for line, info, amount, spent in zip(plan.lines, plan.info, amounts, after, strict=True):
             if info.kind != "budget" or amount <= 0:
                 continue
             before = spent - amount
-            for threshold in crossed_thresholds(info.thresholds, line.limit, before, spent):
-                self._emit(
-                    "on_threshold",
-                    ThresholdCrossing(
-                        agent=self.agent_name,
-                        budget=info.label,
-                        budget_key=line.key,
-                        unit=info.unit,
-                        period=info.period,
-                        period_id=info.period_id,
-                        threshold=threshold,
-                        spent=spent,
-                        limit=line.limit,
-                        resets_at=info.resets_at,
-                        at=now,
-                    ),
-                )
+            crossed = crossed_thresholds(info.thresholds, line.limit, before, spent)
+            if crossed:
+                now = self._clock()
+                for threshold in crossed:
+                    self._emit(
+                        "on_threshold",
+                        ThresholdCrossing(
+                            agent=self.agent_name,
+                            budget=info.label,
+                            budget_key=line.key,
+                            unit=info.unit,
+                            period=info.period,
+                            period_id=info.period_id,
+                            threshold=threshold,
+                            spent=spent,
+                            limit=line.limit,
+                            resets_at=info.resets_at,
+                            at=now,
+                        ),
+                    )
             if before < line.limit <= spent and info.period != Period.PER_RUN.value:
                 self.kill(f"{info.label} budget reached 100%", until=info.resets_at)
 
@@ -474,7 +522,7 @@ class AgentKavach:
     ) -> CallEvent:
         spec = r.spec
         return CallEvent(
-            id=uuid.uuid4().hex,
+            id=f"{self._id_prefix}{next(self._ids):012x}",
             agent=self.agent_name,
             run_id=r.run_id,
             provider=spec.provider,
@@ -517,11 +565,63 @@ class AgentKavach:
         if self.kill_on_guardrail:
             self.kill(f"guardrail {exc.reason}: {exc}")
 
+    # -- provider clients (kavach_integrations, imported on first use) ----------------------
+
+    def wrap(self, client: _C) -> _C:
+        """Guard every billable call made through a provider SDK client; returns the client.
+
+        >>> client = guard.wrap(OpenAI())     # doctest: +SKIP
+        """
+        from kavach_integrations._provider import wrap
+
+        return wrap(client, self)
+
+    @property
+    def clients(self) -> Any:
+        """The ``ProviderClients`` built from ``provider=``/``llm_key=`` (made on first use)."""
+        if self._clients is None:
+            if self._provider is None:
+                raise KavachConfigError(
+                    "this guard has no provider: pass AgentKavach(provider='openai', "
+                    "llm_key=...) to call through it, or wrap your own client with guard.wrap()"
+                )
+            from kavach_integrations.clients import ProviderClients
+
+            self._clients = ProviderClients(self, *self._provider)
+        return self._clients
+
+    def create(self, **kwargs: Any) -> Any:
+        """A guarded chat call in the provider's own API; returns the SDK's response."""
+        return self.clients.create(**kwargs)
+
+    async def acreate(self, **kwargs: Any) -> Any:
+        return await self.clients.acreate(**kwargs)
+
+    @property
+    def chat(self) -> Any:
+        return self.clients.path("chat")
+
+    @property
+    def responses(self) -> Any:
+        return self.clients.path("responses")
+
+    @property
+    def messages(self) -> Any:
+        return self.clients.path("messages")
+
+    @property
+    def models(self) -> Any:
+        return self.clients.path("models")
+
+    @property
+    def embeddings(self) -> Any:
+        return self.clients.path("embeddings")
+
     # -- status -------------------------------------------------------------------------
 
     def status(self) -> list[BudgetStatus]:
         """Each budget's spent, reserved and limit right now (this agent's view)."""
-        now = datetime.now(timezone.utc)
+        now = self._clock()
         out = []
         for budget in self.budgets:
             if budget.period is Period.PER_RUN:
@@ -570,6 +670,27 @@ class AgentKavach:
 
 
 @dataclass(frozen=True, slots=True)
+class _ProviderConfig:
+    provider: str
+    llm_key: str | None = field(default=None, repr=False)
+    base_url: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.provider not in ("openai", "anthropic", "google", "mistral"):
+            raise KavachConfigError(
+                f"provider must be one of openai, anthropic, google, mistral, got {self.provider!r}"
+            )
+
+    def __iter__(self) -> Iterator[str | None]:
+        return iter((self.provider, self.llm_key, self.base_url))
+
+
+def wrap(client: _C, guard: AgentKavach) -> _C:
+    """``guard.wrap(client)``: guard every billable call of a provider SDK client."""
+    return guard.wrap(client)
+
+
+@dataclass(frozen=True, slots=True)
 class _Prepared:
     spec: CallSpec
     plan: Plan
@@ -577,6 +698,10 @@ class _Prepared:
     run_id: str
     fingerprint: int | None
     now: datetime
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
 
 
 def _fingerprint(spec: CallSpec) -> int:

@@ -154,16 +154,18 @@ class UnknownModelPriceError(KavachError):
 
     reason = "unknown_model_price"
 
-    def __init__(self, model: str, provider: str | None) -> None:
+    def __init__(self, model: str, provider: str | None, detail: str = "") -> None:
         self.model = model
         self.provider = provider
         super().__init__(
             f"no price known for model {model!r}"
             + (f" (provider {provider!r})" if provider else "")
-            + "; the call was refused because its cost cannot be bounded. Add a price, e.g. "
+            + (f": {detail}" if detail else "")
+            + "; the call was refused because its cost cannot be bounded. Add a price in "
+            "dollars per million tokens, keyed by model name or 'provider/model', e.g. "
             f"AgentKavach(..., prices={{{model!r}: ModelPrice(input_per_mtok=1.0, "
-            "output_per_mtok=4.0)}}), or allow unknown models with "
-            "AgentKavach(..., unknown_model_price=ModelPrice(...))"
+            "output_per_mtok=4.0)}) (Pricing(overrides=...) when pricing directly), or allow "
+            "unknown models with unknown_model_price=ModelPrice(...)"
         )
 
 

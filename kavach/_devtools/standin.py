@@ -136,6 +136,17 @@ def _max_output(body: Mapping[str, Any]) -> int | None:
     return None
 
 
+def _count_text(value: Any) -> int:
+    """A rough token count of a request's text: ~4 characters a token, ~3 tokens a message."""
+    if isinstance(value, str):
+        return len(value) // 4 + 1
+    if isinstance(value, Mapping):
+        return 3 + sum(_count_text(v) for k, v in value.items() if k not in ("role", "type"))
+    if isinstance(value, list):
+        return sum(_count_text(v) for v in value)
+    return 0
+
+
 def _plan(reply: Reply, body: Mapping[str, Any], model: str) -> _Plan:
     words = reply.text.split() or ["ok"]
     wanted = reply.output_tokens if reply.output_tokens is not None else len(words)
@@ -152,8 +163,8 @@ def _plan(reply: Reply, body: Mapping[str, Any], model: str) -> _Plan:
     if reply.input_tokens is not None:
         input_tokens = reply.input_tokens
     else:
-        source = {k: v for k, v in body.items() if k in ("messages", "input", "contents", "system")}
-        input_tokens = max(1, len(json.dumps(source)) // 4)
+        source = [body.get(k) for k in ("messages", "input", "contents", "system", "tools")]
+        input_tokens = max(1, _count_text(source))
     return _Plan(
         reply=reply,
         model=reply.model or model,
@@ -333,30 +344,72 @@ def _response_obj(p: _Plan, status: str = "completed") -> dict[str, Any]:
 def _responses_stream(p: _Plan) -> Iterator[bytes]:
     seq = itertools.count()
     started = _response_obj(p, "in_progress")
-    yield _sse(
-        {"type": "response.created", "sequence_number": next(seq), "response": started},
-        "response.created",
-    )
-    item = f"msg_{next(_ids)}"
-    for piece in p.pieces:
-        yield _sse(
-            {
-                "type": "response.output_text.delta",
-                "sequence_number": next(seq),
-                "item_id": item,
-                "output_index": 0,
-                "content_index": 0,
-                "delta": piece,
-                "logprobs": [],
-            },
-            "response.output_text.delta",
-        )
     done = _response_obj(p)
     done["id"] = started["id"]
-    yield _sse(
-        {"type": "response.completed", "sequence_number": next(seq), "response": done},
-        "response.completed",
-    )
+
+    def event(kind: str, **fields: Any) -> bytes:
+        return _sse({"type": kind, "sequence_number": next(seq), **fields}, kind)
+
+    yield event("response.created", response=started)
+    for index, item in enumerate(done["output"]):
+        if item["type"] == "message":
+            part = item["content"][0]
+            yield event(
+                "response.output_item.added",
+                output_index=index,
+                item={**item, "status": "in_progress", "content": []},
+            )
+            yield event(
+                "response.content_part.added",
+                item_id=item["id"],
+                output_index=index,
+                content_index=0,
+                part={**part, "text": ""},
+            )
+            for piece in p.pieces:
+                yield event(
+                    "response.output_text.delta",
+                    item_id=item["id"],
+                    output_index=index,
+                    content_index=0,
+                    delta=piece,
+                    logprobs=[],
+                )
+            yield event(
+                "response.output_text.done",
+                item_id=item["id"],
+                output_index=index,
+                content_index=0,
+                text=part["text"],
+                logprobs=[],
+            )
+            yield event(
+                "response.content_part.done",
+                item_id=item["id"],
+                output_index=index,
+                content_index=0,
+                part=part,
+            )
+        else:
+            yield event(
+                "response.output_item.added",
+                output_index=index,
+                item={**item, "status": "in_progress", "arguments": ""},
+            )
+            yield event(
+                "response.function_call_arguments.delta",
+                item_id=item["id"],
+                output_index=index,
+                delta=item["arguments"],
+            )
+            yield event(
+                "response.function_call_arguments.done",
+                item_id=item["id"],
+                output_index=index,
+                arguments=item["arguments"],
+            )
+        yield event("response.output_item.done", output_index=index, item=item)
+    yield event("response.completed", response=done)
 
 
 def _embeddings(body: Mapping[str, Any], p: _Plan) -> dict[str, Any]:
