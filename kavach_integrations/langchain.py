@@ -50,6 +50,7 @@ from kavach.events import CallStatus
 from kavach.reservation import Reservation
 from kavach.spec import CallSpec
 from kavach.usage import Usage
+from kavach_integrations._provider import tool_signature
 
 try:
     from langchain_core.callbacks import BaseCallbackHandler
@@ -487,11 +488,10 @@ def _response_model(message: Any) -> str | None:
 
 def _tool_calls(message: Any) -> list[str]:
     """Tool calls as ``name(args)``, so the loop detector sees repeats of the same call."""
-    out = []
-    for call in getattr(message, "tool_calls", None) or ():
-        args = json.dumps(call.get("args") or {}, sort_keys=True, default=str)
-        out.append(f"{call.get('name')}({args})")
-    return out
+    return [
+        tool_signature(str(call.get("name")), call.get("args") or {})
+        for call in getattr(message, "tool_calls", None) or ()
+    ]
 
 
 def _error_status(error: BaseException) -> CallStatus:

@@ -41,7 +41,6 @@ Instrumenting twice is a no-op that returns the same handle.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import uuid
@@ -55,6 +54,7 @@ from kavach.events import CallStatus
 from kavach.reservation import Reservation
 from kavach.spec import CallSpec
 from kavach.usage import Usage
+from kavach_integrations._provider import tool_signature
 
 try:
     from llama_index.core.callbacks import CallbackManager, CBEventType, EventPayload
@@ -498,22 +498,13 @@ def _tool_calls(response: Any) -> list[str]:
     for block in _get(message, "blocks") or ():
         name = _get(block, "tool_name")
         if name:
-            out.append(f"{name}({_args(_get(block, 'tool_kwargs'))})")
+            out.append(tool_signature(str(name), _get(block, "tool_kwargs")))
     if out:
         return out
     for call in (_get(message, "additional_kwargs") or {}).get("tool_calls") or ():
         function = _get(call, "function")
         name = _get(function, "name") or _get(call, "name")
         if name:
-            out.append(f"{name}({_args(_get(function, 'arguments') or _get(call, 'input'))})")
+            args = _get(function, "arguments") or _get(call, "input")
+            out.append(tool_signature(str(name), args))
     return out
-
-
-def _args(args: Any) -> str:
-    if isinstance(args, str):
-        try:
-            parsed: Any = json.loads(args)
-        except ValueError:
-            return args
-        args = parsed
-    return json.dumps(args, sort_keys=True, default=str)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import operator
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Annotated, Any, TypedDict
 
 import pytest
@@ -32,6 +32,14 @@ from kavach_integrations.langchain import KavachHandler, usage_from_metadata
 from tests.kavach_integrations.conftest import Recorder
 
 Factory = Callable[..., BaseChatModel]
+
+
+@pytest.fixture
+def server() -> Iterator[StandIn]:
+    # A fresh server (so a fresh port) per test: langchain-openai caches its default async
+    # HTTP client per base URL, and a client cached in an earlier test's event loop breaks.
+    with StandIn() as standin:
+        yield standin
 
 
 def openai_model(server: StandIn, handler: KavachHandler, **kw: Any) -> BaseChatModel:
