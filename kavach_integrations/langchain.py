@@ -130,6 +130,7 @@ class KavachHandler(BaseCallbackHandler):
         # Model runs started by one multi-prompt generate() call: if a later prompt is
         # refused LangChain never ends the earlier ones, so their holds are given back here.
         self._batches: dict[tuple[int, UUID | None], list[UUID]] = {}
+        self._warned_unseen_parent = False
 
     def __repr__(self) -> str:
         return f"<KavachHandler {self.guard!r} open={len(self._calls)}>"
@@ -156,7 +157,19 @@ class KavachHandler(BaseCallbackHandler):
         if parent_run_id is None:
             return self.guard.current_run
         with self._lock:
-            return str(self._roots.get(parent_run_id, parent_run_id))
+            root = self._roots.get(parent_run_id)
+        if root is None:
+            # Attached to the model only: the handler never sees the chain or graph around
+            # the call, so each step becomes its own run and per-run guardrails see one call.
+            if not self._warned_unseen_parent:
+                self._warned_unseen_parent = True
+                logger.warning(
+                    "kavach: KavachHandler sees model calls but not the chain or graph that "
+                    "runs them; pass it as config={'callbacks': [handler]} to the invocation "
+                    "so per-run guardrails (calls, tokens, loops) cover the whole run"
+                )
+            return str(parent_run_id)
+        return str(root)
 
     def on_chain_start(
         self,

@@ -541,3 +541,15 @@ def test_parallel_graph_branches_hold_separately_in_one_run(
     left, right = recorder.calls
     assert left.run_id == right.run_id
     assert handler.guard.ledger.open_holds == 0
+
+
+def test_handler_on_the_model_only_warns_that_runs_are_per_step(
+    server: StandIn, recorder: Recorder, caplog: pytest.LogCaptureFixture
+) -> None:
+    handler = KavachHandler(guard(recorder))
+    model = openai_model(server, handler)
+    chain = ChatPromptTemplate.from_messages([("user", "{q}")]) | model
+    chain.invoke({"q": "a"})
+    chain.invoke({"q": "b"})
+    assert "config={'callbacks': [handler]}" in caplog.text
+    assert caplog.text.count("KavachHandler sees model calls") == 1
