@@ -63,6 +63,7 @@ __all__ = ["KavachHandler", "usage_from_metadata"]
 
 logger = logging.getLogger("kavach.langchain")
 
+_ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool"}
 _PROVIDERS = {
     "azure": "openai",
     "azure_openai": "openai",
@@ -413,7 +414,7 @@ def _message_dict(message: BaseMessage) -> dict[str, Any]:
     tool_calls = getattr(message, "tool_calls", None)
     if tool_calls:
         content += json.dumps(tool_calls, default=str)
-    return {"role": message.type, "content": content}
+    return {"role": _ROLES.get(message.type, message.type), "content": content}
 
 
 def _chunk_tokens(token: str | list[str | dict[str, Any]], chunk: Any) -> int:

@@ -553,3 +553,31 @@ def test_handler_on_the_model_only_warns_that_runs_are_per_step(
     chain.invoke({"q": "b"})
     assert "config={'callbacks': [handler]}" in caplog.text
     assert caplog.text.count("KavachHandler sees model calls") == 1
+
+
+def test_why_the_handler_is_sync_an_async_handler_cannot_refuse_sync_calls(
+    server: StandIn, recorder: Recorder
+) -> None:
+    # Checked on the installed langchain-core: an AsyncCallbackHandler's exception is logged
+    # and swallowed when LangChain drives it from sync code, so the call goes out anyway.
+    from langchain_core.callbacks import AsyncCallbackHandler
+
+    class AsyncRefuser(AsyncCallbackHandler):
+        raise_error = True
+
+        async def on_chat_model_start(self, *args: Any, **kwargs: Any) -> None:
+            raise BudgetExceededError(
+                budget="b",
+                unit="usd",
+                spent=0,
+                reserved=0,
+                limit=0,
+                requested=1,
+                period="daily",
+                resets_at=None,
+            )
+
+    model = openai_model(server, KavachHandler(guard(recorder)))
+    model.callbacks = [AsyncRefuser()]
+    model.invoke("hello")
+    assert len(server.requests) == 1  # not refused: hence KavachHandler is a sync handler
