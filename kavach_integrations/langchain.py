@@ -39,7 +39,7 @@ import asyncio
 import json
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 from uuid import UUID
@@ -327,22 +327,8 @@ class KavachHandler(BaseCallbackHandler):
     def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
         with self._lock:
             call = self._calls.pop(run_id, None)
-        if call is None:
-            return
-        message = _first_message(response)
-        usage = _usage(response, message)
-        if usage is None:
-            usage = _estimate(call, response)
-        elif usage.input_tokens == 0 and call.reservation.plan is not None:
-            # Some streams report output only; a call always had input, so bill the estimate.
-            usage = replace(usage, input_tokens=call.reservation.plan.input_tokens)
-        finish = _finish_reasons(response)
-        call.reservation.commit(
-            usage,
-            response_model=_response_model(message),
-            finish_reasons=finish,
-            tool_calls=_tool_calls(message),
-        )
+        if call is not None:
+            _settle(call, lambda: _commit_end(call, response))
 
     def on_llm_error(
         self,
@@ -354,24 +340,56 @@ class KavachHandler(BaseCallbackHandler):
     ) -> None:
         with self._lock:
             call = self._calls.pop(run_id, None)
-        if call is None:
-            return
-        text = f"{type(error).__name__}: {error}"[:500]
-        if not call.cut and call.output_tokens == 0:
-            call.reservation.release(status=_error_status(error), error=text)
-            return
-        # A stream that produced output was billed for it, whether we cut it or it broke.
-        message = _first_message(response) if response is not None else None
-        usage = _usage(response, message) if response is not None else None
-        if usage is None or usage.output_tokens < call.output_tokens:
-            usage = _estimate(call, response)
-        status: CallStatus = "cut" if call.cut else _error_status(error)
-        call.reservation.commit(usage, status=status, error=text)
+        if call is not None:
+            _settle(call, lambda: _commit_error(call, error, response))
 
     @property
     def open_calls(self) -> int:
         """Model runs reserved and not yet settled."""
         return len(self._calls)
+
+
+# -- settling ------------------------------------------------------------------------------
+
+
+def _settle(call: _Call, settle: Callable[[], object]) -> None:
+    # Settling is accounting after the provider answered: a failure here is logged, never
+    # raised into the user's call (raise_error=True would otherwise re-raise it).
+    try:
+        settle()
+    except Exception:
+        logger.exception("kavach: could not settle a LangChain call; releasing its hold")
+        call.reservation.release(error="settlement failed")
+
+
+def _commit_end(call: _Call, response: LLMResult) -> None:
+    message = _first_message(response)
+    usage = _usage(response, message)
+    if usage is None:
+        usage = _estimate(call, response)
+    elif usage.input_tokens == 0 and call.reservation.plan is not None:
+        # Some streams report output only; a call always had input, so bill the estimate.
+        usage = replace(usage, input_tokens=call.reservation.plan.input_tokens)
+    call.reservation.commit(
+        usage,
+        response_model=_response_model(message),
+        finish_reasons=_finish_reasons(response),
+        tool_calls=_tool_calls(message),
+    )
+
+
+def _commit_error(call: _Call, error: BaseException, response: LLMResult | None) -> None:
+    text = f"{type(error).__name__}: {error}"[:500]
+    if not call.cut and call.output_tokens == 0:
+        call.reservation.release(status=_error_status(error), error=text)
+        return
+    # A stream that produced output was billed for it, whether we cut it or it broke.
+    message = _first_message(response) if response is not None else None
+    usage = _usage(response, message) if response is not None else None
+    if usage is None or usage.output_tokens < call.output_tokens:
+        usage = _estimate(call, response)
+    status: CallStatus = "cut" if call.cut else _error_status(error)
+    call.reservation.commit(usage, status=status, error=text)
 
 
 # -- reading LangChain's values ----------------------------------------------------------

@@ -581,3 +581,19 @@ def test_why_the_handler_is_sync_an_async_handler_cannot_refuse_sync_calls(
     model.callbacks = [AsyncRefuser()]
     model.invoke("hello")
     assert len(server.requests) == 1  # not refused: hence KavachHandler is a sync handler
+
+
+def test_a_settlement_failure_never_breaks_a_call_that_was_answered(
+    server: StandIn, recorder: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import kavach_integrations.langchain as lc
+
+    def broken(*args: Any) -> None:
+        raise RuntimeError("usage parser bug")
+
+    monkeypatch.setattr(lc, "_usage", broken)
+    handler = KavachHandler(guard(recorder))
+    answer = openai_model(server, handler).invoke("hello")
+    assert answer.content
+    assert handler.guard.ledger.open_holds == 0
+    assert recorder.calls[0].error == "settlement failed"
