@@ -408,3 +408,31 @@ def test_missing_llamaindex_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> 
         importlib.import_module("kavach_integrations.llamaindex")
     monkeypatch.undo()
     assert importlib.import_module("kavach_integrations.llamaindex") is llamaindex
+
+
+def test_guard_run_scope_wins_over_spans(
+    guarded: Instrumentation, server: StandIn, recorder: Recorder
+) -> None:
+    llm = openai_llm(server)
+    with guarded.guard.run("ticket-7"):
+        llm.chat(HELLO)
+        llm.complete("hello")
+    assert [e.run_id for e in recorder.calls] == ["ticket-7", "ticket-7"]
+
+
+@pytest.mark.anyio
+async def test_concurrent_calls_hold_separately(server: StandIn, recorder: Recorder) -> None:
+    import asyncio
+
+    # Each call's worst case is ~$0.00006 (100 output tokens): the budget pays for two at once.
+    handle = instrument(make_guard(recorder, budget=Budget.daily(0.00013)))
+    server.default = Reply(delay=0.3, output_tokens=5)
+    llm = openai_llm(server)
+    results = await asyncio.gather(
+        *(llm.achat([ChatMessage(role="user", content=f"q{i}")]) for i in range(3)),
+        return_exceptions=True,
+    )
+    assert sum(isinstance(r, BudgetExceededError) for r in results) == 1
+    assert len(server.requests) == 2
+    assert len(recorder.by_status("ok")) == 2
+    assert handle.guard.ledger.open_holds == 0
