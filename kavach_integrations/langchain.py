@@ -117,9 +117,15 @@ class KavachHandler(BaseCallbackHandler):
     raise_error = True
     run_inline = True
 
-    def __init__(self, guard: AgentKavach | None = None, /, **guard_kwargs: Any) -> None:
-        if guard is None:
+    def __init__(self, guard: AgentKavach | str | None = None, /, **guard_kwargs: Any) -> None:
+        if isinstance(guard, str):  # KavachHandler("bot", budget=...), like AgentKavach
+            guard = AgentKavach(guard, **guard_kwargs)
+        elif guard is None:
             guard = AgentKavach(**guard_kwargs)
+        elif not isinstance(guard, AgentKavach):
+            raise KavachConfigError(
+                f"KavachHandler takes an AgentKavach or its arguments, got {type(guard).__name__}"
+            )
         elif guard_kwargs:
             raise KavachConfigError(
                 "pass either a guard or AgentKavach arguments to KavachHandler, not both"

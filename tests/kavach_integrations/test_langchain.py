@@ -23,6 +23,7 @@ from kavach import (
     Budget,
     BudgetExceededError,
     CallLimitError,
+    KavachConfigError,
     LoopDetectedError,
     MissingDependencyError,
     Usage,
@@ -439,6 +440,11 @@ def test_handler_from_guard_kwargs() -> None:
     handler = KavachHandler(agent_name="kw-bot", budget=Budget.daily(2))
     assert handler.guard.agent_name == "kw-bot"
     assert handler.raise_error and handler.run_inline
+    assert KavachHandler("positional-bot", max_calls_per_run=3).guard.agent_name == "positional-bot"
+    guard = AgentKavach(agent_name="g")
+    assert KavachHandler(guard).guard is guard
+    with pytest.raises(KavachConfigError):
+        KavachHandler(guard, budget=Budget.daily(1))
 
 
 def test_missing_langchain_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
