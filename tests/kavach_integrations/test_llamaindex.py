@@ -54,16 +54,30 @@ def guarded(recorder: Recorder) -> Iterator[Instrumentation]:
 @pytest.fixture(autouse=True)
 def _clean_settings() -> Iterator[None]:
     yield
+    _created.clear()
     uninstrument()
     Settings._llm = None
     Settings._embed_model = None
 
 
+_created: list[OpenAI] = []
+
+
 def openai_llm(server: StandIn, **kw: Any) -> OpenAI:
     kw.setdefault("max_tokens", 100)
-    return OpenAI(
+    llm = OpenAI(
         model="gpt-4o-mini", api_base=server.openai_url, api_key="sk-loopback", max_retries=0, **kw
     )
+    _created.append(llm)
+    return llm
+
+
+async def close_clients() -> None:
+    """Close the async clients LlamaIndex opened, inside the loop that opened them."""
+    while _created:
+        client = _created.pop()._aclient
+        if client is not None:
+            await client.close()
 
 
 def anthropic_llm(server: StandIn) -> Anthropic:
@@ -140,6 +154,7 @@ async def test_async_paths_settle(
         pass
     assert [e.status for e in recorder.calls] == ["ok"] * 4
     assert len(server.requests) == 4
+    await close_clients()
 
 
 def test_provider_error_releases_the_hold(
@@ -209,6 +224,7 @@ async def test_refusal_on_every_async_path(
         async for _ in await llm.astream_complete("hello"):
             pass
     assert server.requests == []
+    await close_clients()
 
 
 def test_llms_created_before_and_after_instrument_and_settings_llm_are_guarded(
@@ -306,6 +322,7 @@ async def test_agent_workflow_stopped_when_it_loops(server: StandIn, recorder: R
     assert len(server.requests) == 3
     assert len({e.run_id for e in recorder.calls}) == 1
     assert handle.guard.ledger.open_holds == 0
+    await close_clients()
 
 
 @agent_warnings
@@ -325,6 +342,7 @@ async def test_agent_workflow_stopped_when_the_budget_runs_out(
     assert 1 <= len(server.requests) < 10
     assert handle.guard.spent <= limit
     assert handle.guard.ledger.open_holds == 0
+    await close_clients()
 
 
 # -- usage from provider responses ------------------------------------------------------------
@@ -436,3 +454,4 @@ async def test_concurrent_calls_hold_separately(server: StandIn, recorder: Recor
     assert len(server.requests) == 2
     assert len(recorder.by_status("ok")) == 2
     assert handle.guard.ledger.open_holds == 0
+    await close_clients()
