@@ -2,10 +2,13 @@
 
 Each subcommand is one function, registered with ``@command``::
 
-    @command("serve", "run the backend", arg("--port", type=int, default=8000))
-    def serve(args: argparse.Namespace) -> int:
+    @command("demo", "run the demo", arg("--budget", type=float, default=0.05))
+    def demo(args: argparse.Namespace) -> int:
         ...
         return 0
+
+``serve``, ``migrate``, ``user`` and ``keys`` hand their options to the backend's own parser
+(``python -m backend``) untouched.
 
 Heavy imports belong inside the function, so ``kavach --help`` stays fast.
 """
@@ -71,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in _PASSTHROUGH:
+        # These hand their options to the backend's own parser untouched.
+        return _PASSTHROUGH[argv[0]](argparse.Namespace(rest=argv[1:]))
     parser = build_parser()
     args = parser.parse_args(argv)
     run: Run | None = getattr(args, "_run", None)
@@ -208,6 +215,97 @@ def demo(args: argparse.Namespace, out: TextIO | None = None) -> int:
     if kills:
         out.write(f"on_kill ran once: {kills[0]}\n")
     return 0 if status.spent <= limit else 1
+
+
+# -- the backend: serve, migrate, user create, keys create ------------------------------
+
+
+def _backend_argv(name: str, rest: Sequence[str]) -> list[str]:
+    """``kavach serve --port 9000 --database-url X`` as ``python -m backend`` wants it."""
+    rest = list(rest)
+    front: list[str] = []
+    for i, item in enumerate(rest):
+        if item == "--database-url" and i + 1 < len(rest):
+            front = ["--database-url", rest[i + 1]]
+            del rest[i : i + 2]
+            break
+        if item.startswith("--database-url="):
+            front = [item]
+            del rest[i]
+            break
+    return [*front, name, *rest]
+
+
+def _run_backend(name: str, rest: Sequence[str]) -> int:
+    try:
+        from backend.__main__ import main as backend_main
+    except ImportError as exc:
+        from kavach.errors import MissingDependencyError
+
+        raise MissingDependencyError(exc.name or "litestar", "server") from exc
+    return backend_main(_backend_argv(name, rest))
+
+
+def _ensure_dashboard_built(out: TextIO) -> None:
+    """Build the dashboard when its files are missing and npm is here (a source checkout)."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    ui, built = root / "ui", root / "backend" / "static" / "index.html"
+    if built.is_file() or not (ui / "package.json").is_file():
+        return
+    npm = shutil.which("npm")
+    if npm is None:
+        print(
+            "note: the dashboard is not built and npm is not installed; serving the API "
+            "only (install Node.js and run `npm ci && npm run build` in ui/)",
+            file=out,
+        )
+        return
+    print("building the dashboard (first run)...", file=out)
+    if not (ui / "node_modules").is_dir():
+        subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=ui, check=True)
+    subprocess.run([npm, "run", "build"], cwd=ui, check=True)
+
+
+_REST = arg("rest", nargs=argparse.REMAINDER, help="options, see `python -m backend --help`")
+_PASSTHROUGH: dict[str, Run] = {}
+
+
+def passthrough(run: Run) -> Run:
+    _PASSTHROUGH[run.__name__] = run
+    return run
+
+
+@command(
+    "serve",
+    "migrate the database, then serve the backend and dashboard (--host, --port, --database-url)",
+    _REST,
+)
+@passthrough
+def serve(args: argparse.Namespace) -> int:
+    _ensure_dashboard_built(sys.stderr)
+    return _run_backend("serve", args.rest)
+
+
+@command("migrate", "run the backend's database migrations (--database-url)", _REST)
+@passthrough
+def migrate(args: argparse.Namespace) -> int:
+    return _run_backend("migrate", args.rest)
+
+
+@command("user", "manage dashboard users: user create --email E --org O [--role R]", _REST)
+@passthrough
+def user(args: argparse.Namespace) -> int:
+    return _run_backend("user", args.rest)
+
+
+@command("keys", "manage SDK keys: keys create --org O [--name N] [--test]", _REST)
+@passthrough
+def keys(args: argparse.Namespace) -> int:
+    return _run_backend("keys", args.rest)
 
 
 if __name__ == "__main__":
