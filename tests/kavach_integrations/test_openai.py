@@ -111,6 +111,24 @@ def test_provider_error_releases_and_reaches_the_caller_unchanged(
     assert spent(guard) == 0 and guard.ledger.open_holds == 0
 
 
+def test_timeout_releases_and_the_sdk_error_reaches_the_caller(
+    server: StandIn, make_guard: Any, events: Events
+) -> None:
+    guard = make_guard(budget=Budget.daily(1))
+    server.script(Reply(hang=True))
+    with pytest.raises(openai.APITimeoutError):
+        client(server, guard, timeout=0.3).chat.completions.create(model="gpt-4o", messages=MSGS)
+    assert [e.status for e in events.calls] == ["error"]
+    assert spent(guard) == 0 and guard.ledger.open_holds == 0
+
+
+def test_disabled_guard_is_a_passthrough(server: StandIn, make_guard: Any, events: Events) -> None:
+    guard = make_guard(budget=Budget.daily(0.0000001), mode="strict", enabled=False)
+    client(server, guard).chat.completions.create(model="gpt-4o", messages=MSGS)
+    assert "max_completion_tokens" not in server.last.body
+    assert events.calls == []
+
+
 def test_wrapped_client_keeps_its_type_passes_attributes_and_wraps_once(
     server: StandIn, make_guard: Any, events: Events
 ) -> None:
