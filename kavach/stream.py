@@ -158,7 +158,7 @@ class StreamSettlement:
             reserved=0,
             limit=paid,
             requested=0,
-            period="this call",
+            period="this stream",
             resets_at=None,
             detail=(
                 f"The stream was cut after {consumed:,} output tokens: its reservation "
