@@ -372,3 +372,14 @@ def test_cache_writes_reserve_input_at_the_cache_write_price(make_guard: Make) -
     writing = guard.reserve(dataclasses.replace(base, cache_writes=True))
     assert writing.reserved_nanos == 6_000_000
     writing.release()
+
+
+def test_budgets_set_remotely_apply_to_the_next_call(make_guard: Make) -> None:
+    guard = make_guard(budget=Budget.daily(1))
+    guard.reserve(spec()).commit(Usage(1000, 1000))
+    guard.set_remote_budgets([Budget.daily(0.003)])
+    with pytest.raises(BudgetExceededError) as info:
+        guard.reserve(spec(content="next"))
+    assert info.value.limit == 3_000_000
+    guard.set_remote_budgets([])
+    guard.reserve(spec(content="after removal")).release()

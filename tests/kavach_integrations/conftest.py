@@ -55,3 +55,15 @@ def make_guard(events: Events) -> Any:
         return guard
 
     return make
+
+
+class Recorder(Events):
+    """Call events, with a filter by status (framework tests)."""
+
+    def by_status(self, status: str) -> list[CallEvent]:
+        return [e for e in self.calls if e.status == status]
+
+
+@pytest.fixture
+def recorder() -> Recorder:
+    return Recorder()
