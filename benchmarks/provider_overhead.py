@@ -8,8 +8,11 @@
    difference (non-streaming, sync and async) and, for streams, the difference of
    whole-stream times divided by the chunk count.
 2. In process: the same SDK calls over an httpx MockTransport (no socket, no server
-   thread), which removes loopback jitter and isolates the guard's own cost; and the stream
-   meter alone over already-parsed chunks.
+   thread), which removes loopback jitter; and the stream meter alone over already-parsed
+   chunks.
+3. Inline: each step the guard adds to a call (read the request, reserve, set max tokens,
+   read the response, commit), timed directly. On a busy machine this is the reliable
+   figure: the differences in 1 and 2 subtract two noisy millisecond-scale timings.
 
 Targets (issue 3): at most 50 us per call and 2 us per streamed chunk.
 """
@@ -192,6 +195,48 @@ def meter_only(chunks: list[Any], rounds: int) -> tuple[float, float]:
     return statistics.median(raw_t), statistics.median(met_t)
 
 
+def breakdown(n: int) -> dict[str, float]:
+    """Median microseconds of each step the guard adds to one chat call, timed inline.
+
+    The SDK call itself is untouched by the guard, so these steps are the added latency;
+    timing them directly is immune to the jitter of a millisecond-long HTTP round trip.
+    """
+    from kavach_integrations import openai as adapter
+    from kavach_integrations._provider import _commit, _outcome, _prepare
+
+    transport, _ = _mock_transport()
+    raw = openai.OpenAI(
+        api_key="k", base_url="http://mock/v1", http_client=httpx.Client(transport=transport)
+    )
+    response = raw.chat.completions.create(model=MODEL, messages=messages(0))
+    g = guard()
+    steps: dict[str, list[float]] = {
+        k: [] for k in ("read request", "reserve", "prepare", "read response", "commit")
+    }
+    clock = time.perf_counter_ns
+    gc.disable()
+    try:
+        for i in range(n):
+            body: dict[str, Any] = {"model": MODEL, "messages": messages(i)}
+            t0 = clock()
+            spec = adapter.CHAT.read(body)
+            t1 = clock()
+            r = g.reserve(spec)
+            t2 = clock()
+            _prepare(g, adapter.CHAT, body, r, False)
+            t3 = clock()
+            outcome = _outcome(adapter.CHAT, response, r)
+            t4 = clock()
+            _commit(r, outcome)
+            t5 = clock()
+            for name, a, b in zip(steps, (t0, t1, t2, t3, t4), (t1, t2, t3, t4, t5)):
+                steps[name].append((b - a) / 1000)
+    finally:
+        gc.enable()
+    raw.close()
+    return {name: statistics.median(xs) for name, xs in steps.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=1500)
@@ -301,6 +346,16 @@ def main() -> None:
     print(
         f"  {'stream meter alone':<34} plain {plain_ns / 1000:7.3f} us  metered "
         f"{metered_ns / 1000:7.3f} us  added {(metered_ns - plain_ns) / 1000:7.3f} us/chunk"
+    )
+
+    print("\n3. The guard's steps in one chat call, timed inline (median us)")
+    steps = breakdown(args.calls * 3)
+    for name, us in steps.items():
+        print(f"  {name:<16} {us:7.1f}")
+    total = sum(steps.values())
+    adapter_us = steps["read request"] + steps["prepare"] + steps["read response"]
+    print(
+        f"  {'total':<16} {total:7.1f}   (adapter {adapter_us:.1f}, core reserve+commit {total - adapter_us:.1f})"
     )
 
     print("\nSummary (targets: <= 50 us per call, <= 2 us per chunk)")

@@ -156,7 +156,7 @@ def _demo_client(args: argparse.Namespace, out: TextIO) -> tuple[Any, Any, str]:
     arg("--real", action="store_true", help="use the real OpenAI API (needs OPENAI_API_KEY)"),
 )
 def demo(args: argparse.Namespace, out: TextIO | None = None) -> int:
-    from kavach import AgentKavach, Budget, KavachError
+    from kavach import AgentKavach, Budget, KavachError, Usage
     from kavach._money import fmt_usd
 
     out = out or sys.stdout
@@ -172,6 +172,7 @@ def demo(args: argparse.Namespace, out: TextIO | None = None) -> int:
     )
     guard.wrap(client)
     limit = guard.budgets[0].limit
+    price = guard.pricing.resolve("openai", model)
     out.write(
         f"Agent loop on {model}, {args.mode} mode, budget {fmt_usd(limit)} a day. "
         "Each step streams a reply and grows the conversation.\n\n"
@@ -187,9 +188,14 @@ def demo(args: argparse.Namespace, out: TextIO | None = None) -> int:
         for step in range(1, args.max_steps + 1):
             stream = client.chat.completions.create(model=model, messages=messages, stream=True)
             text = []
+            before = guard.status()[0].spent
             for chunk in stream:
                 if chunk.choices and chunk.choices[0].delta.content:
                     text.append(chunk.choices[0].delta.content)
+                    if bar.live and len(text) % 25 == 0:
+                        # Live: what this call has produced so far, at its output price.
+                        so_far = price.cost(Usage(output_tokens=len(text)))
+                        bar.draw(before + so_far, f"step {step} streaming")
             calls += 1
             messages.append({"role": "assistant", "content": "".join(text)})
             messages.append({"role": "user", "content": f"Good. Now go deeper, step {step + 1}."})

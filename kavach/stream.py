@@ -78,7 +78,7 @@ class StreamMeter(Protocol):
 class StreamSettlement:
     """Settles one streamed call's reservation, exactly once, from whichever path ends it."""
 
-    __slots__ = ("limit", "meter", "reservation")
+    __slots__ = ("limit", "meter", "pulling", "reservation")
 
     def __init__(self, reservation: Reservation, meter: StreamMeter, limited: bool) -> None:
         """``limited``: the request sent to the provider carries its max output tokens."""
@@ -88,6 +88,9 @@ class StreamSettlement:
         if units is not None and limited and not meter.exact:
             units = 2 * units + 16
         self.limit = units
+        self.pulling = False
+        """True while the SDK produces the next item: a response it closes then (on its own
+        end or failure) is settled by the metering loop, which knows how it ended."""
 
     def _args(self, status: CallStatus | None, error: str | None) -> dict[str, Any] | None:
         """Commit arguments, or None when the hold is just given back.
@@ -131,6 +134,15 @@ class StreamSettlement:
             else:
                 await self.reservation.acommit(args.pop("usage"), **args)
 
+    def on_close(self) -> None:
+        """The HTTP response is being closed (``close()``, a context manager exit)."""
+        if not self.pulling:
+            self.finish()
+
+    async def aon_close(self) -> None:
+        if not self.pulling:
+            await self.afinish()
+
     def finish_on_gc(self) -> None:
         """For ``weakref.finalize``: a stream dropped without being read to its end."""
         self.finish()
@@ -146,7 +158,7 @@ class StreamSettlement:
             reserved=0,
             limit=paid,
             requested=0,
-            period="this call",
+            period="this stream",
             resets_at=None,
             detail=(
                 f"The stream was cut after {consumed:,} output tokens: its reservation "
@@ -169,20 +181,26 @@ def metered(
     meter, limit = settlement.meter, settlement.limit
     feed = meter.feed
     try:
+        settlement.pulling = True
         for item in items:
+            settlement.pulling = False
             if feed(item):
+                settlement.pulling = True
                 continue
             if limit is not None and meter.output_tokens > limit:
                 settlement.finish("cut", "output passed the reservation")
                 close()
                 raise settlement.cut_error()
             yield item
+            settlement.pulling = True
     except GeneratorExit:
         settlement.finish("cancelled")
         raise
     except BaseException as exc:  # a cut has settled already: this is then a no-op
         settlement.finish(*_failure(exc))
         raise
+    finally:
+        settlement.pulling = False
     settlement.finish()
 
 
@@ -195,8 +213,11 @@ async def ametered(
     meter, limit = settlement.meter, settlement.limit
     feed = meter.feed
     try:
+        settlement.pulling = True
         async for item in items:
+            settlement.pulling = False
             if feed(item):
+                settlement.pulling = True
                 continue
             if limit is not None and meter.output_tokens > limit:
                 await settlement.afinish("cut", "output passed the reservation")
@@ -204,6 +225,7 @@ async def ametered(
                     await aclose()
                 raise settlement.cut_error()
             yield item
+            settlement.pulling = True
     except GeneratorExit:
         # aclose() of this generator (or its finalizer): no await is allowed after
         # GeneratorExit in every case, and the memory ledger needs none.
@@ -212,4 +234,6 @@ async def ametered(
     except BaseException as exc:  # a cut has settled already: this is then a no-op
         await settlement.afinish(*_failure(exc))
         raise
+    finally:
+        settlement.pulling = False
     await settlement.afinish()

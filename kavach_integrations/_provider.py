@@ -316,7 +316,7 @@ def _hook_close(response: Any, settlement: StreamSettlement) -> Callable[[], obj
     ref = weakref.ref(response)
 
     def close() -> None:
-        settlement.finish()
+        settlement.on_close()
         target = ref()
         if target is not None:
             real_close(target)
@@ -330,7 +330,7 @@ def _hook_aclose(response: Any, settlement: StreamSettlement) -> Callable[[], Aw
     ref = weakref.ref(response)
 
     async def aclose() -> None:
-        await settlement.afinish()
+        await settlement.aon_close()
         target = ref()
         if target is not None:
             await real_aclose(target)

@@ -30,7 +30,8 @@ A ``Reply`` chooses what the next answer holds: ``text`` (split into one token p
 ``output_tokens`` (words are repeated to reach it), ``input_tokens`` (default: request body
 characters / 4), cache and reasoning fields, ``tool_calls``, an HTTP error ``status``,
 ``delay`` before answering, ``chunk_delay`` between streamed chunks, ``hang`` (never answer
-until the server stops). The output respects the request's max output tokens
+until the server stops), ``error_after`` (a stream fails with the provider's SSE error event
+after that many chunks). The output respects the request's max output tokens
 (``finish_reason`` "length") unless ``honor_max_tokens=False``. ``server.responder`` may be
 set to a function ``RecordedRequest -> Reply`` for replies that depend on the request.
 
@@ -96,6 +97,8 @@ class Reply:
     chunk_delay: float = 0.0
     hang: bool = False
     honor_max_tokens: bool = True
+    error_after: int | None = None
+    """Streams only: send this many text chunks, then the provider's SSE error event."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,7 +253,12 @@ def _chat_stream(p: _Plan, body: Mapping[str, Any], usage_in_last: bool) -> Iter
         }
 
     yield _sse(chunk({"role": "assistant", "content": ""}))
-    for piece in p.pieces:
+    for n, piece in enumerate(p.pieces):
+        if n == p.reply.error_after:
+            yield _sse(
+                {"error": {"message": "stand-in failure mid-stream", "type": "server_error"}}
+            )
+            return
         yield _sse(chunk({"content": piece}))
     for i, t in enumerate(p.reply.tool_calls):
         yield _sse(
@@ -489,7 +497,16 @@ def _messages_stream(p: _Plan) -> Iterator[bytes]:
             },
             "content_block_start",
         )
-        for piece in p.pieces:
+        for n, piece in enumerate(p.pieces):
+            if n == p.reply.error_after:
+                yield _sse(
+                    {
+                        "type": "error",
+                        "error": {"type": "overloaded_error", "message": "stand-in failure"},
+                    },
+                    "error",
+                )
+                return
             yield _sse(
                 {
                     "type": "content_block_delta",

@@ -168,6 +168,23 @@ def test_honest_stream_ending_at_max_tokens_is_not_cut(
     assert events.settled[0].finish_reasons == ("max_tokens",)
 
 
+def test_stream_error_event_settles_what_was_delivered(
+    server: StandIn, make_guard: Any, events: Events
+) -> None:
+    guard = make_guard(budget=Budget.daily(1))
+    server.default = Reply(text="go", output_tokens=50, error_after=7, input_tokens=30)
+    stream = client(server, guard).messages.create(
+        model=MODEL, max_tokens=100, messages=MSGS, stream=True
+    )
+    with pytest.raises(anthropic.APIStatusError):
+        for _ in stream:
+            pass
+    [event] = events.calls
+    assert event.status == "error" and event.usage.output_tokens == 7
+    assert event.usage.input_tokens == 30  # from message_start, not the estimate
+    assert guard.status()[0].spent == event.cost_nanos and guard.ledger.open_holds == 0
+
+
 def test_dropped_stream_settles_once(server: StandIn, make_guard: Any, events: Events) -> None:
     guard = make_guard(budget=Budget.daily(1))
     stream = client(server, guard).messages.create(

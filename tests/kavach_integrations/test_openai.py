@@ -111,6 +111,24 @@ def test_provider_error_releases_and_reaches_the_caller_unchanged(
     assert spent(guard) == 0 and guard.ledger.open_holds == 0
 
 
+def test_timeout_releases_and_the_sdk_error_reaches_the_caller(
+    server: StandIn, make_guard: Any, events: Events
+) -> None:
+    guard = make_guard(budget=Budget.daily(1))
+    server.script(Reply(hang=True))
+    with pytest.raises(openai.APITimeoutError):
+        client(server, guard, timeout=0.3).chat.completions.create(model="gpt-4o", messages=MSGS)
+    assert [e.status for e in events.calls] == ["error"]
+    assert spent(guard) == 0 and guard.ledger.open_holds == 0
+
+
+def test_disabled_guard_is_a_passthrough(server: StandIn, make_guard: Any, events: Events) -> None:
+    guard = make_guard(budget=Budget.daily(0.0000001), mode="strict", enabled=False)
+    client(server, guard).chat.completions.create(model="gpt-4o", messages=MSGS)
+    assert "max_completion_tokens" not in server.last.body
+    assert events.calls == []
+
+
 def test_wrapped_client_keeps_its_type_passes_attributes_and_wraps_once(
     server: StandIn, make_guard: Any, events: Events
 ) -> None:
@@ -223,6 +241,22 @@ def _one_settlement(events: Events, guard: AgentKavach, status: str) -> None:
     assert guard.ledger.open_holds == 0
 
 
+def test_stream_failing_midway_settles_what_was_delivered(
+    server: StandIn, make_guard: Any, events: Events
+) -> None:
+    guard = make_guard(budget=Budget.daily(1))
+    server.default = Reply(output_tokens=50, error_after=10, input_tokens=20)
+    stream = client(server, guard).chat.completions.create(
+        model="gpt-4o", messages=MSGS, stream=True
+    )
+    with pytest.raises(openai.APIError, match="mid-stream"):
+        for _ in stream:
+            pass
+    [event] = events.calls
+    assert event.status == "error" and event.usage.output_tokens == 10
+    assert spent(guard) == event.cost_nanos > 0 and guard.ledger.open_holds == 0
+
+
 def test_early_break_settles_once(server: StandIn, make_guard: Any, events: Events) -> None:
     guard = make_guard(budget=Budget.daily(1))
     server.default = Reply(output_tokens=50)
@@ -264,6 +298,29 @@ def test_garbage_collected_unread_stream_settles_once(
     del stream
     gc.collect()
     _one_settlement(events, guard, "cancelled")
+
+
+@pytest.mark.anyio
+async def test_async_stream_dropped_after_break_settles_once(
+    server: StandIn, make_guard: Any, events: Events
+) -> None:
+    guard = make_guard(budget=Budget.daily(1))
+    server.default = Reply(output_tokens=50)
+    async with aclient(server, guard) as c:
+        stream = await c.chat.completions.create(model="gpt-4o", messages=MSGS, stream=True)
+        async for _ in stream:
+            break
+        del stream
+        # The event loop closes the abandoned async generators; the garbage collector frees
+        # the SDK's stream (it is in a reference cycle with its own generator).
+        for _ in range(3):
+            await asyncio.sleep(0.01)
+            gc.collect()
+        _one_settlement(events, guard, "cancelled")
+        unread = await c.chat.completions.create(model="gpt-4o", messages=MSGS, stream=True)
+        await unread.close()
+        assert [e.status for e in events.calls] == ["cancelled", "cancelled"]
+        assert guard.ledger.open_holds == 0
 
 
 def test_exception_in_consumer_settles_once(
