@@ -93,7 +93,8 @@ class PersistentMemoryLedger(MemoryLedger):
             if self._closed:
                 return
             time.sleep(self.debounce_seconds)
-            self.flush()
+            if self._dirty.is_set():
+                self.flush()
 
     def flush(self) -> None:
         """Write the spent amounts now (the background writer calls this)."""
@@ -130,6 +131,9 @@ class PersistentMemoryLedger(MemoryLedger):
         pending = self._dirty.is_set()
         self._closed = True
         self._dirty.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=self.debounce_seconds + 5)
         if pending:
             self.flush()
 

@@ -46,6 +46,7 @@ async def spend(url: str, prefix: str, limit: str, calls: int) -> None:
 
     async def one(i: int) -> None:
         nonlocal admitted, refused, spent
+        await asyncio.sleep(random.random() * 0.3)  # arrivals spread over 300 ms
         try:
             r = await guard.areserve(call_spec(i, None))
         except (BudgetExceededError, AgentKilledError):

@@ -89,6 +89,9 @@ def test_a_killed_process_holding_reservations_gives_them_back_after_the_lease(
     proc.send_signal(signal.SIGKILL)
     killed_at = time.monotonic()
     proc.wait(timeout=10)
+    proc.stdout.close()
+    if proc.stderr is not None:
+        proc.stderr.close()
 
     reclaims: list[HoldReclaimed] = []
 
