@@ -265,3 +265,51 @@ def test_import_loads_no_opentelemetry_and_no_redis() -> None:
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'opentelemetry', 'redis'}))"
     )
     assert out.strip() == "[]"
+
+
+def test_the_collector_example_exports_spans_and_metrics_over_otlp_to_a_loopback_stub() -> None:
+    import gzip
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    received: dict[str, bytes] = {}
+
+    class Collector(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            if self.headers.get("Content-Encoding") == "gzip":
+                body = gzip.decompress(body)
+            received[self.path] = received.get(self.path, b"") + body
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return None
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Collector)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        result = subprocess.run(
+            [sys.executable, "examples/otel_collector.py"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+            env={
+                **__import__("os").environ,
+                "PYTHONPATH": str(ROOT),
+                "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{server.server_port}",
+            },
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.returncode == 0, result.stderr
+    assert "refused: daily budget exceeded" in result.stdout
+    traces, metrics = received["/v1/traces"], received["/v1/metrics"]
+    for needle in (b"chat gpt-4o-mini", b"handle ticket 4711", b"gen_ai.usage.output_tokens"):
+        assert needle in traces
+    assert b"budget_exceeded" in traces
+    for needle in (b"gen_ai.client.token.usage", b"kavach.cost", b"kavach.refusals"):
+        assert needle in metrics
