@@ -366,7 +366,7 @@ class RedisLedger:
         if hold.id in self._local_holds:
             self._local_holds.discard(hold.id)
             if self._local is not None:
-                self._local.release(hold)
+                self._local.release(_memory_hold(hold))
             return
         try:
             self._run(_RELEASE, self._keys(hold.keys), [hold.id])
@@ -493,7 +493,7 @@ class RedisLedger:
             )
         else:
             # The memory ledger tracks its holds by its own id: give back by amounts.
-            local.release(Hold(hold.id.rsplit("-", 1)[1], hold.keys, hold.amounts, hold.units))
+            local.release(_memory_hold(hold))
         return self._record_unsettled(hold, actual)
 
     def _record_unsettled(self, hold: Hold, actual: Sequence[int]) -> tuple[int, ...]:
@@ -577,6 +577,11 @@ class RedisLedger:
     def __repr__(self) -> str:
         state = " degraded" if self._local is not None else ""
         return f"<RedisLedger {self.url} prefix={self.prefix!r}{state}>"
+
+
+def _memory_hold(hold: Hold) -> Hold:
+    """The local ledger's own hold behind a fallback hold id ``local-<token>-<id>``."""
+    return Hold(hold.id.rsplit("-", 1)[1], hold.keys, hold.amounts, hold.units)
 
 
 class _Batcher:

@@ -474,3 +474,20 @@ def test_async_and_sync_share_one_ledger(redis_url: str, prefix: str, make_ledge
     asyncio.run(main())
     asyncio.run(later())  # a second event loop gets its own connection pool
     assert ledger.read("k").spent == 33
+
+
+@pytest.mark.anyio
+async def test_async_fallback_holds_release_and_settle_locally(
+    unused_tcp_port: int, make_ledger: Any
+) -> None:
+    ledger = make_ledger(f"redis://127.0.0.1:{unused_tcp_port}/0", fallback="local")
+    line = [LedgerLine("k", 100, 10, 1)]
+    hold = await ledger.areserve(line, 1, 90)
+    assert isinstance(hold, Hold) and hold.units == 90 and ledger.degraded
+    assert isinstance(await ledger.areserve(line, 1, 90), Refusal)  # enforced locally
+    await ledger.arelease(hold)
+    assert (await ledger.aread("k")).reserved == 0
+    hold = await ledger.areserve(line, 1, 90)
+    assert isinstance(hold, Hold)
+    assert await ledger.asettle(hold, (40,)) == (40,)
+    assert await ledger.aread("k") == ledger.read("k").__class__(40, 0)
