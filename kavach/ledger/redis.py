@@ -341,6 +341,8 @@ class RedisLedger:
     def reserve(
         self, lines: Sequence[LedgerLine], min_units: int, max_units: int
     ) -> Hold | Refusal:
+        if not lines:  # no budget applies: nothing to hold, no round trip
+            return Hold(f"{self._token}-0", (), (), max_units)
         local = self._local_ledger()
         if local is not None:
             return self._local_reserve(local, lines, min_units, max_units)
@@ -353,6 +355,8 @@ class RedisLedger:
         return self._reserve_result(hold_id, lines, reply)
 
     def settle(self, hold: Hold, actual: Sequence[int]) -> tuple[int, ...]:
+        if not hold.keys:
+            return ()
         if hold.id in self._local_holds:
             return self._local_settle(hold, actual)
         try:
@@ -363,6 +367,8 @@ class RedisLedger:
         return self._settled(hold, after)
 
     def release(self, hold: Hold) -> None:
+        if not hold.keys:
+            return None
         if hold.id in self._local_holds:
             self._local_holds.discard(hold.id)
             if self._local is not None:
@@ -398,6 +404,8 @@ class RedisLedger:
     async def areserve(
         self, lines: Sequence[LedgerLine], min_units: int, max_units: int
     ) -> Hold | Refusal:
+        if not lines:  # no budget applies: nothing to hold, no round trip
+            return Hold(f"{self._token}-0", (), (), max_units)
         local = await self._alocal_ledger()
         if local is not None:
             return self._local_reserve(local, lines, min_units, max_units)
@@ -410,6 +418,8 @@ class RedisLedger:
         return self._reserve_result(hold_id, lines, reply)
 
     async def asettle(self, hold: Hold, actual: Sequence[int]) -> tuple[int, ...]:
+        if not hold.keys:
+            return ()
         if hold.id in self._local_holds:
             return self._local_settle(hold, actual)
         try:
@@ -420,6 +430,8 @@ class RedisLedger:
         return self._settled(hold, after)
 
     async def arelease(self, hold: Hold) -> None:
+        if not hold.keys:
+            return None
         if hold.id in self._local_holds:
             self.release(hold)
             return

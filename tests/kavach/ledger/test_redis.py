@@ -491,3 +491,10 @@ async def test_async_fallback_holds_release_and_settle_locally(
     assert isinstance(hold, Hold)
     assert await ledger.asettle(hold, (40,)) == (40,)
     assert await ledger.aread("k") == ledger.read("k").__class__(40, 0)
+
+
+def test_a_call_under_no_budget_makes_no_round_trip(unused_tcp_port: int, make_ledger: Any) -> None:
+    ledger = make_ledger(f"redis://127.0.0.1:{unused_tcp_port}/0")  # nothing listens there
+    hold = ledger.reserve([], 1, 500)
+    assert isinstance(hold, Hold) and hold.units == 500
+    assert ledger.settle(hold, ()) == ()
