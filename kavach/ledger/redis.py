@@ -14,14 +14,15 @@ Keys, for a budget key ``K`` such as ``agent:bot:daily:2026-11-28`` and the ``pr
 ``{prefix}{K}``
     hash: ``spent`` and ``reserved``.
 ``{prefix}{K}:holds``
-    sorted set: open hold ids, scored by their lease expiry (Redis server time, ms).
-``{prefix}{K}:held``
-    hash: hold id -> the amount that hold reserves on ``K`` (``r`` after a reclaim, so a
-    late settle of that hold still adds its spend, once).
+    sorted set: one member ``<hold id>:<line>:<amount>`` per open hold on ``K``, scored by
+    its lease expiry (Redis server time, ms).
+``{prefix}{K}:reclaimed``
+    set: ids of holds a reserve reclaimed after their lease, so a late settle of such a
+    hold still adds its spend, exactly once.
 ``{prefix}dedup:{key}``
     alert de-duplication claims (``RedisDedupStore``), expiring after their TTL.
 
-The three keys of a budget expire ``ttl_seconds`` after their last reserve (the period
+The keys of a budget expire ``ttl_seconds`` after their last reserve (the period
 plus a day of slack), so a past day's keys disappear on their own. Because every key names
 its period, a new day starts from zero without anyone resetting anything.
 
@@ -264,7 +265,7 @@ class RedisLedger:
         out: list[str] = []
         for key in keys:
             base = p + key
-            out += (base, base + ":holds", base + ":held")
+            out += (base, base + ":holds", base + ":reclaimed")
         return out
 
     # -- reclaim reporting ----------------------------------------------------------------
@@ -360,7 +361,7 @@ class RedisLedger:
         if hold.id in self._local_holds:
             return self._local_settle(hold, actual)
         try:
-            after = self._run(_SETTLE, self._keys(hold.keys), [hold.id, *actual])
+            after = self._run(_SETTLE, self._keys(hold.keys), _settle_args(hold, actual))
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             self._down(exc)
             return self._record_unsettled(hold, actual)
@@ -375,7 +376,7 @@ class RedisLedger:
                 self._local.release(_memory_hold(hold))
             return
         try:
-            self._run(_RELEASE, self._keys(hold.keys), [hold.id])
+            self._run(_RELEASE, self._keys(hold.keys), [hold.id, *hold.amounts])
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             # The hold expires with its lease; nothing was spent.
             self._down(exc)
@@ -423,7 +424,7 @@ class RedisLedger:
         if hold.id in self._local_holds:
             return self._local_settle(hold, actual)
         try:
-            after = await self._arun(_SETTLE, self._keys(hold.keys), [hold.id, *actual])
+            after = await self._arun(_SETTLE, self._keys(hold.keys), _settle_args(hold, actual))
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             self._down(exc)
             return self._record_unsettled(hold, actual)
@@ -436,7 +437,7 @@ class RedisLedger:
             self.release(hold)
             return
         try:
-            await self._arun(_RELEASE, self._keys(hold.keys), [hold.id])
+            await self._arun(_RELEASE, self._keys(hold.keys), [hold.id, *hold.amounts])
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             self._down(exc)
 
@@ -589,6 +590,13 @@ class RedisLedger:
     def __repr__(self) -> str:
         state = " degraded" if self._local is not None else ""
         return f"<RedisLedger {self.url} prefix={self.prefix!r}{state}>"
+
+
+def _settle_args(hold: Hold, actual: Sequence[int]) -> list[Any]:
+    args: list[Any] = [hold.id]
+    for amount, held in zip(actual, hold.amounts, strict=True):
+        args += (amount, held)
+    return args
 
 
 def _memory_hold(hold: Hold) -> Hold:

@@ -95,19 +95,22 @@ def test_a_budget_listed_twice_is_charged_on_both_lines(
 def test_keys_carry_the_prefix_and_expire_after_the_period(
     redis_url: str, prefix: str, make_ledger: Any
 ) -> None:
-    ledger = make_ledger()
+    ledger = make_ledger(lease_seconds=30)
     hold = ledger.reserve([LedgerLine("agent:bot:daily:2026-11-28", 100, 1, 1, 3600)], 1, 5)
     assert isinstance(hold, Hold)
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     base = prefix + "agent:bot:daily:2026-11-28"
-    assert sorted(client.scan_iter(match=prefix + "*")) == [base, base + ":held", base + ":holds"]
-    assert client.hgetall(base) == {"spent": "0", "reserved": "6"}
-    assert client.hget(base + ":held", hold.id) == "6"
-    for key in (base, base + ":held", base + ":holds"):
+    assert sorted(client.scan_iter(match=prefix + "*")) == [base, base + ":holds"]
+    assert client.hgetall(base) == {"reserved": "6"}
+    [(member, expiry)] = client.zrange(base + ":holds", 0, -1, withscores=True)
+    assert member == f"{hold.id}:1:6"
+    server_ms = client.time()[0] * 1000
+    assert server_ms + 25_000 <= expiry <= server_ms + 31_000  # the 30 s lease
+    for key in (base, base + ":holds"):
         assert 3590 <= client.ttl(key) <= 3600
     ledger.settle(hold, (4,))
     assert client.hgetall(base) == {"spent": "4", "reserved": "0"}
-    assert client.exists(base + ":holds", base + ":held") == 0  # empty structures vanish
+    assert client.exists(base + ":holds") == 0  # an empty sorted set vanishes
 
 
 def test_scripts_reload_after_the_server_forgets_them(
