@@ -125,9 +125,11 @@ class RedisLedger:
     Parameters:
         url: ``redis://[:password@]host:port/db`` (or ``rediss://``); or pass ``client`` /
             ``async_client`` yourself.
-        prefix: put in front of every key, to share one Redis between environments.
+        prefix: put in front of every key, to share one Redis between environments
+            (default ``AGENTKAVACH_REDIS_PREFIX`` or ``kavach:``).
         lease_seconds: how long a hold lives before another reserve may reclaim it.
-        fallback: ``"closed"`` (default) refuses calls while Redis is unreachable;
+        fallback: ``"closed"`` (default, or ``AGENTKAVACH_REDIS_FALLBACK``) refuses calls
+            while Redis is unreachable;
             ``"local"`` falls back to an in-process ledger and reconciles later.
         on_reclaim: called with each ``HoldReclaimed`` (also see ``add_reclaim_listener``).
         socket_timeout: seconds before a Redis operation counts as failed.
@@ -138,15 +140,20 @@ class RedisLedger:
         self,
         url: str = "redis://127.0.0.1:6379/0",
         *,
-        prefix: str = DEFAULT_PREFIX,
+        prefix: str | None = None,
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
-        fallback: Fallback = "closed",
+        fallback: Fallback | None = None,
         on_reclaim: Callable[[HoldReclaimed], Any] | None = None,
         socket_timeout: float = 2.0,
         max_connections: int = 64,
         client: redis.Redis | None = None,
         async_client: aredis.Redis | None = None,
     ) -> None:
+        if prefix is None:
+            prefix = os.environ.get("AGENTKAVACH_REDIS_PREFIX", DEFAULT_PREFIX)
+        if fallback is None:
+            env = os.environ.get("AGENTKAVACH_REDIS_FALLBACK", "closed").strip().lower()
+            fallback = "local" if env == "local" else "closed"
         if fallback not in ("closed", "local"):
             raise ValueError(f"fallback must be 'closed' or 'local', got {fallback!r}")
         if lease_seconds <= 0:

@@ -432,18 +432,22 @@ def test_fallback_local_keeps_enforcing_and_reconciles_when_redis_returns(
 def test_ledger_from_url_and_from_the_environment(
     redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    agent = f"envbot{uuid.uuid4().hex[:8]}"
     monkeypatch.setenv("AGENTKAVACH_REDIS_URL", redis_url)
-    from_env = AgentKavach(agent, Budget.daily(1), prices=PRICES)
-    from_url = AgentKavach(agent, Budget.daily(1), prices=PRICES, ledger=redis_url)
+    monkeypatch.setenv("AGENTKAVACH_REDIS_PREFIX", prefix)
+    monkeypatch.setenv("AGENTKAVACH_REDIS_FALLBACK", "local")
+    from_env = AgentKavach("bot", Budget.daily(1), prices=PRICES)
+    from_url = AgentKavach("bot", Budget.daily(1), prices=PRICES, ledger=redis_url)
     assert isinstance(from_env.ledger, RedisLedger) and isinstance(from_url.ledger, RedisLedger)
+    assert from_env.ledger.fallback == "local" and from_env.ledger.prefix == prefix
     try:
         with from_env.reserve(spec()) as r:
             r.commit(Usage(input_tokens=1000, output_tokens=10))
         assert from_url.status()[0].spent == 1_010_000  # one budget, two guards
+        key = prefix + from_url.status()[0].key
+        assert redis.Redis.from_url(redis_url).hget(key, "spent") == b"1010000"
     finally:
-        client = redis.Redis.from_url(redis_url)
-        client.delete(*client.keys(f"kavach:agent:{agent}:*"))
+        from_env.ledger.close()
+        from_url.ledger.close()
 
 
 def test_dedup_store_lets_one_claim_through_per_ttl(redis_url: str, prefix: str) -> None:
