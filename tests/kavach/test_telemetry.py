@@ -271,6 +271,8 @@ def test_the_collector_example_exports_spans_and_metrics_over_otlp_to_a_loopback
     import gzip
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+    pytest.importorskip("opentelemetry.exporter.otlp.proto.http", reason="the otlp extra")
+
     received: dict[str, bytes] = {}
 
     class Collector(BaseHTTPRequestHandler):
