@@ -91,14 +91,17 @@ class _Script:
 
     def pack(self, keys: Sequence[str], args: Sequence[Any]) -> bytes:
         """``EVALSHA sha n keys... args...`` in RESP, without redis-py's per-argument encoder."""
-        parts = [
-            b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n"
-            % (3 + len(keys) + len(args), self.sha.encode())
-        ]
-        for item in (len(keys), *keys, *args):
-            data = item.encode() if isinstance(item, str) else b"%d" % item
-            parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
-        return b"".join(parts)
+        head = b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n" % (
+            3 + len(keys) + len(args),
+            self.sha.encode(),
+        )
+        items = [str(item) for item in (len(keys), *keys, *args)]
+        text = "".join([f"${len(item)}\r\n{item}\r\n" for item in items])
+        if text.isascii():  # then characters are bytes and the lengths above are right
+            return head + text.encode()
+        return head + b"".join(
+            b"$%d\r\n%s\r\n" % (len(data), data) for data in (item.encode() for item in items)
+        )
 
 
 _RESERVE = _Script(_lua.RESERVE)

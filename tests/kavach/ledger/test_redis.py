@@ -505,3 +505,11 @@ def test_a_call_under_no_budget_makes_no_round_trip(unused_tcp_port: int, make_l
     hold = ledger.reserve([], 1, 500)
     assert isinstance(hold, Hold) and hold.units == 500
     assert ledger.settle(hold, ()) == ()
+
+
+def test_unicode_budget_names_round_trip(make_ledger: Any) -> None:
+    ledger = make_ledger()
+    hold = ledger.reserve([LedgerLine("agent:fürst-bot:daily:2026-11-28", 100, 1, 1)], 1, 5)
+    assert isinstance(hold, Hold)
+    assert ledger.settle(hold, (3,)) == (3,)
+    assert ledger.read("agent:fürst-bot:daily:2026-11-28").spent == 3
