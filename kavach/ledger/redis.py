@@ -60,6 +60,7 @@ from kavach.ledger.memory import MemoryLedger
 try:
     import redis
     import redis.asyncio as aredis
+    from redis.asyncio.retry import Retry as AsyncRetry
     from redis.backoff import NoBackoff
     from redis.exceptions import NoScriptError
     from redis.retry import Retry
@@ -214,7 +215,8 @@ class RedisLedger:
                 del self._async[old]
             client = self._given_async
             if client is None:
-                client = aredis.Redis.from_url(self._url, **self._conn_kwargs)
+                kwargs = {**self._conn_kwargs, "retry": AsyncRetry(NoBackoff(), 1)}
+                client = aredis.Redis.from_url(self._url, **kwargs)
             batcher = _Batcher(client)
             self._async[loop] = batcher
         return batcher
@@ -229,23 +231,28 @@ class RedisLedger:
 
     def _send(self, packed: bytes) -> Any:
         # One command on a pooled connection, skipping redis-py's command machinery (it
-        # costs more than the round trip). A connection the server dropped is retried once
-        # with a fresh one when the failure came before the command could be sent.
+        # costs more than the round trip). A pooled connection the server dropped (Redis
+        # restarted) is retried once on a fresh one: safe, because a settle or release
+        # that already ran is a no-op the second time, and a reserve that already ran
+        # leaves at worst an orphan hold that its lease gives back.
         pool = self.client.connection_pool
-        conn: Any = pool.get_connection()
-        try:
+        for attempt in (0, 1):
+            conn: Any = pool.get_connection()
             try:
                 conn.send_packed_command([packed])
-            except (redis.ConnectionError, redis.TimeoutError, OSError):
+                return conn.read_response()
+            except redis.ResponseError:
+                raise
+            except redis.ConnectionError:
                 conn.disconnect()
-                conn.send_packed_command([packed])
-            reply = conn.read_response()
-        except BaseException:
-            conn.disconnect()
-            raise
-        finally:
-            pool.release(conn)
-        return reply
+                if attempt:
+                    raise
+            except BaseException:
+                conn.disconnect()
+                raise
+            finally:
+                pool.release(conn)
+        raise AssertionError("unreachable")
 
     async def _arun(self, script: _Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
         batcher = self._abatcher()
@@ -661,33 +668,43 @@ class _Batcher:
 
     async def _send(self, batch: list[tuple[bytes, asyncio.Future[Any]]]) -> None:
         pool = self.client.connection_pool
-        try:
-            conn: Any = await pool.get_connection()  # type: ignore[no-untyped-call]
-        except BaseException as exc:
-            _fail(batch, exc)
-            return
-        done = 0
-        try:
-            await conn.send_packed_command(b"".join([cmd for cmd, _ in batch]))
-            for _, future in batch:
-                try:
-                    reply = await conn.read_response()
-                except redis.ResponseError as exc:
-                    reply = exc
-                done += 1
-                if future.done():
-                    continue
-                if isinstance(reply, Exception):
-                    future.set_exception(reply)
-                else:
-                    future.set_result(reply)
-        except BaseException as exc:
-            await conn.disconnect()
-            _fail(batch[done:], exc)
-            if not isinstance(exc, Exception):
-                raise
-        finally:
-            await pool.release(conn)
+        for attempt in (0, 1):
+            try:
+                conn: Any = await pool.get_connection()  # type: ignore[no-untyped-call]
+            except BaseException as exc:
+                _fail(batch, exc)
+                return
+            done = 0
+            try:
+                await conn.send_packed_command(b"".join([cmd for cmd, _ in batch]))
+                for _, future in batch:
+                    try:
+                        reply = await conn.read_response()
+                    except redis.ResponseError as exc:
+                        reply = exc
+                    done += 1
+                    if future.done():
+                        continue
+                    if isinstance(reply, Exception):
+                        future.set_exception(reply)
+                    else:
+                        future.set_result(reply)
+                return
+            except redis.ConnectionError as exc:
+                await conn.disconnect()
+                # A dropped pooled connection before any reply: retry the batch once (see
+                # RedisLedger._send for why that is safe).
+                if attempt or done:
+                    _fail(batch[done:], exc)
+                    return
+            except BaseException as exc:
+                await conn.disconnect()
+                _fail(batch[done:], exc)
+                if not isinstance(exc, Exception):
+                    raise
+                return
+            finally:
+                await pool.release(conn)
 
 
 def _fail(batch: Sequence[tuple[Any, asyncio.Future[Any]]], exc: BaseException) -> None:

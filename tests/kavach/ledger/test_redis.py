@@ -390,9 +390,22 @@ class Proxy:
                 except OSError:
                     pass
 
+    def drop(self) -> None:
+        """Cut every open connection, as a Redis restart does."""
+        import socket
+
+        for conn in self.conns:
+            assert isinstance(conn, socket.socket)
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self.conns.clear()
+
     def close(self) -> None:
         self.stopped = True
         self.server.close()
+        self.drop()
 
 
 def test_fallback_local_keeps_enforcing_and_reconciles_when_redis_returns(
@@ -513,3 +526,31 @@ def test_unicode_budget_names_round_trip(make_ledger: Any) -> None:
     assert isinstance(hold, Hold)
     assert ledger.settle(hold, (3,)) == (3,)
     assert ledger.read("agent:fürst-bot:daily:2026-11-28").spent == 3
+
+
+def test_connections_dropped_by_a_redis_restart_are_replaced_without_an_error(
+    unused_tcp_port: int, make_ledger: Any
+) -> None:
+    proxy = Proxy(unused_tcp_port, ("127.0.0.1", 6379))
+    try:
+        ledger = make_ledger(f"redis://127.0.0.1:{unused_tcp_port}/0")
+        line = [LedgerLine("k", 1000, 1, 1)]
+
+        async def twice_async() -> None:
+            hold = await ledger.areserve(line, 1, 10)
+            assert isinstance(hold, Hold)
+            proxy.drop()
+            await asyncio.sleep(0.05)
+            assert await ledger.asettle(hold, (5,)) == (10,)
+            await ledger.aclose()
+
+        hold = ledger.reserve(line, 1, 10)
+        assert isinstance(hold, Hold)
+        proxy.drop()
+        time.sleep(0.05)
+        assert ledger.settle(hold, (5,)) == (5,)
+        asyncio.run(twice_async())
+        assert ledger.read("k") == ledger.read("k").__class__(10, 0)
+        assert not ledger.degraded
+    finally:
+        proxy.close()
