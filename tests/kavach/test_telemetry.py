@@ -315,3 +315,35 @@ def test_the_collector_example_exports_spans_and_metrics_over_otlp_to_a_loopback
     assert b"budget_exceeded" in traces
     for needle in (b"gen_ai.client.token.usage", b"kavach.cost", b"kavach.refusals"):
         assert needle in metrics
+
+
+def test_reclaimed_holds_are_counted(otel: Otel) -> None:
+    from kavach.ledger import HoldReclaimed
+
+    guard = make(otel)
+    guard._emit("on_reclaim", HoldReclaimed("abc-1", "agent:research-bot:daily:x", 5))
+    [point] = otel.metrics()[Metric.RECLAIMS]
+    assert point.value == 1
+    assert dict(point.attributes) == {
+        Attr.AGENT_NAME: "research-bot",
+        Attr.LEDGER_KEY: "agent:research-bot:daily:x",
+    }
+
+
+@pytest.mark.anyio
+async def test_async_calls_nest_under_the_task_context_at_reserve(otel: Otel) -> None:
+    import asyncio
+
+    guard = make(otel)
+    tracer = otel.tracer_provider.get_tracer("app")
+    with tracer.start_as_current_span("agent run") as parent:
+        r = await guard.areserve(spec())
+    await asyncio.create_task(r.acommit(USAGE))  # settled in another task, after the span
+    child = next(s for s in otel.finished() if s.name == "chat test-model")
+    assert child.parent is not None
+    assert child.parent.span_id == parent.get_span_context().span_id
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
