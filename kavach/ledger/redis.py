@@ -644,6 +644,10 @@ class _Batcher:
             future: asyncio.Future[Any] = loop.create_future()
             try:
                 await self._send([(command, future)])
+            except BaseException:
+                if future.done() and not future.cancelled():
+                    future.exception()  # retrieved: the caller gets the cancellation instead
+                raise
             finally:
                 self._inflight -= 1
                 self._kick(loop)
