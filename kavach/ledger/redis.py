@@ -190,6 +190,7 @@ class RedisLedger:
         self._last_spent: dict[str, tuple[int, int | None]] = {}
         self._ttls: dict[str, int | None] = {}
         self._retry_at = 0.0
+        self._background: set[asyncio.Task[None]] = set()
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> RedisLedger:
@@ -254,13 +255,19 @@ class RedisLedger:
                 pool.release(conn)
         raise AssertionError("unreachable")
 
-    async def _arun(self, script: _Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    async def _arun(
+        self,
+        script: _Script,
+        keys: Sequence[str],
+        args: Sequence[Any],
+        orphan: _Orphan | None = None,
+    ) -> Any:
         batcher = self._abatcher()
         try:
-            return await batcher.call(script.pack(keys, args))
+            return await batcher.call(script.pack(keys, args), orphan)
         except NoScriptError:
             await batcher.client.script_load(script.text)
-            return await batcher.call(script.pack(keys, args))
+            return await batcher.call(script.pack(keys, args), orphan)
 
     def close(self) -> None:
         """Close the sync pool (async pools close with their event loop)."""
@@ -428,8 +435,17 @@ class RedisLedger:
         if local is not None:
             return self._local_reserve(local, lines, min_units, max_units)
         hold_id, keys, args = self._reserve_args(lines, min_units, max_units)
+
+        def orphan(reply: Any) -> None:
+            # The caller was cancelled while its reserve was in flight: give the hold back.
+            hold = self._reserve_result(hold_id, lines, reply)
+            if isinstance(hold, Hold):
+                task = asyncio.get_running_loop().create_task(self.arelease(hold))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+
         try:
-            reply = await self._arun(_RESERVE, keys, args)
+            reply = await self._arun(_RESERVE, keys, args, orphan)
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             local = self._down(exc)
             return self._local_reserve(local, lines, min_units, max_units)
@@ -621,6 +637,10 @@ def _memory_hold(hold: Hold) -> Hold:
     return Hold(hold.id.rsplit("-", 1)[1], hold.keys, hold.amounts, hold.units)
 
 
+_Orphan = Callable[[Any], None]
+_Entry = tuple[bytes, "asyncio.Future[Any]", "_Orphan | None"]
+
+
 class _Batcher:
     """Pipelines the commands of concurrent callers on one event loop.
 
@@ -628,39 +648,26 @@ class _Batcher:
     take everything queued, write it in one packet on a pooled connection and read the
     replies in order. Each command is still one round trip for its caller; with many
     callers, the per-command cost of redis.asyncio is paid once per batch instead.
+
+    The I/O runs in the flush tasks, never in the caller's task, so a caller cancelled
+    mid-flight (a timeout around the call) does not cut a command half-way: its reply is
+    still read and handed to ``orphan`` (a reserve gives its hold back there).
     """
 
     def __init__(self, client: aredis.Redis, max_inflight: int = 4) -> None:
         self.client = client
-        self._pending: list[tuple[bytes, asyncio.Future[Any]]] = []
+        self._pending: list[_Entry] = []
         self._inflight = 0
         self._max_inflight = max_inflight
 
-    async def call(self, command: bytes) -> Any:
+    async def call(self, command: bytes, orphan: _Orphan | None = None) -> Any:
         loop = asyncio.get_running_loop()
-        if self._inflight < self._max_inflight and not self._pending:
-            # Nothing queued: send it from this task, no flush task needed.
-            self._inflight += 1
-            future: asyncio.Future[Any] = loop.create_future()
-            try:
-                await self._send([(command, future)])
-            except BaseException:
-                if future.done() and not future.cancelled():
-                    future.exception()  # retrieved: the caller gets the cancellation instead
-                raise
-            finally:
-                self._inflight -= 1
-                self._kick(loop)
-            return future.result()
-        future = loop.create_future()
-        self._pending.append((command, future))
-        self._kick(loop)
-        return await future
-
-    def _kick(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self._pending and self._inflight < self._max_inflight:
+        future: asyncio.Future[Any] = loop.create_future()
+        self._pending.append((command, future, orphan))
+        if self._inflight < self._max_inflight:
             self._inflight += 1
             loop.create_task(self._flush())
+        return await future
 
     async def _flush(self) -> None:
         try:
@@ -670,7 +677,7 @@ class _Batcher:
         finally:
             self._inflight -= 1
 
-    async def _send(self, batch: list[tuple[bytes, asyncio.Future[Any]]]) -> None:
+    async def _send(self, batch: list[_Entry]) -> None:
         pool = self.client.connection_pool
         for attempt in (0, 1):
             try:
@@ -680,14 +687,19 @@ class _Batcher:
                 return
             done = 0
             try:
-                await conn.send_packed_command(b"".join([cmd for cmd, _ in batch]))
-                for _, future in batch:
+                await conn.send_packed_command(b"".join([cmd for cmd, _, _ in batch]))
+                for _, future, orphan in batch:
                     try:
                         reply = await conn.read_response()
                     except redis.ResponseError as exc:
                         reply = exc
                     done += 1
-                    if future.done():
+                    if future.done():  # the caller was cancelled
+                        if orphan is not None and not isinstance(reply, Exception):
+                            try:
+                                orphan(reply)
+                            except Exception:
+                                logger.exception("kavach: could not undo a cancelled call")
                         continue
                     if isinstance(reply, Exception):
                         future.set_exception(reply)
@@ -711,10 +723,10 @@ class _Batcher:
                 await pool.release(conn)
 
 
-def _fail(batch: Sequence[tuple[Any, asyncio.Future[Any]]], exc: BaseException) -> None:
+def _fail(batch: Sequence[_Entry], exc: BaseException) -> None:
     if not isinstance(exc, Exception):
         exc = redis.ConnectionError(f"interrupted: {type(exc).__name__}")
-    for _, future in batch:
+    for _, future, _ in batch:
         if not future.done():
             future.set_exception(exc)
 

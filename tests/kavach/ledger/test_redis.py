@@ -554,3 +554,21 @@ def test_connections_dropped_by_a_redis_restart_are_replaced_without_an_error(
         assert not ledger.degraded
     finally:
         proxy.close()
+
+
+@pytest.mark.anyio
+async def test_a_caller_cancelled_mid_reserve_leaves_no_hold_behind(make_ledger: Any) -> None:
+    ledger = make_ledger()
+    line = [LedgerLine("k", 10**9, 10, 1)]
+    tasks = [asyncio.create_task(ledger.areserve(line, 1, 100)) for _ in range(50)]
+    await asyncio.sleep(0)  # every reserve is queued or on the wire
+    for task in tasks:
+        task.cancel()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert all(isinstance(r, asyncio.CancelledError) for r in results)
+    for _ in range(100):  # the orphaned holds are given back in the background
+        if (await ledger.aread("k")).reserved == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert await ledger.aread("k") == ledger.read("k").__class__(0, 0)
+    await ledger.aclose()
