@@ -84,25 +84,36 @@ class RedisUnavailableError(ConnectionError):
 
 
 class _Script:
-    __slots__ = ("sha", "text")
+    __slots__ = ("sha", "sha_b", "text")
 
     def __init__(self, text: str) -> None:
         self.text = text
         self.sha = _lua.sha1(text)
+        self.sha_b = self.sha.encode()
 
-    def pack(self, keys: Sequence[str], args: Sequence[Any]) -> bytes:
-        """``EVALSHA sha n keys... args...`` in RESP, without redis-py's per-argument encoder."""
-        head = b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n" % (
-            3 + len(keys) + len(args),
-            self.sha.encode(),
+    def pack(self, keys: _PackedKeys, args: Sequence[Any]) -> bytes:
+        """``EVALSHA sha numkeys keys... args...`` in RESP, without redis-py's encoder."""
+        # Arguments are ints and hex hold ids: ASCII, so characters are bytes.
+        items = [str(arg) for arg in args]
+        return b"".join(
+            (
+                b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n" % (3 + keys[0] + len(args), self.sha_b),
+                keys[1],
+                "".join([f"${len(item)}\r\n{item}\r\n" for item in items]).encode(),
+            )
         )
-        items = [str(item) for item in (len(keys), *keys, *args)]
-        text = "".join([f"${len(item)}\r\n{item}\r\n" for item in items])
-        if text.isascii():  # then characters are bytes and the lengths above are right
-            return head + text.encode()
-        return head + b"".join(
-            b"$%d\r\n%s\r\n" % (len(data), data) for data in (item.encode() for item in items)
-        )
+
+
+_PackedKeys = tuple[int, bytes]
+"""How many keys, and ``numkeys key...`` in RESP."""
+
+
+def _pack_keys(keys: Sequence[str]) -> _PackedKeys:
+    parts = [b"$%d\r\n%d\r\n" % (len(str(len(keys))), len(keys))]
+    for key in keys:
+        data = key.encode()
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return len(keys), b"".join(parts)
 
 
 _RESERVE = _Script(_lua.RESERVE)
@@ -191,6 +202,7 @@ class RedisLedger:
         self._ttls: dict[str, int | None] = {}
         self._retry_at = 0.0
         self._background: set[asyncio.Task[None]] = set()
+        self._key_cache: dict[tuple[str, ...], _PackedKeys] = {}
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> RedisLedger:
@@ -222,7 +234,7 @@ class RedisLedger:
             self._async[loop] = batcher
         return batcher
 
-    def _run(self, script: _Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    def _run(self, script: _Script, keys: _PackedKeys, args: Sequence[Any]) -> Any:
         packed = script.pack(keys, args)
         try:
             return self._send(packed)
@@ -258,7 +270,7 @@ class RedisLedger:
     async def _arun(
         self,
         script: _Script,
-        keys: Sequence[str],
+        keys: _PackedKeys,
         args: Sequence[Any],
         orphan: _Orphan | None = None,
     ) -> Any:
@@ -284,13 +296,18 @@ class RedisLedger:
 
     # -- keys -----------------------------------------------------------------------------
 
-    def _keys(self, keys: Sequence[str]) -> list[str]:
-        p = self.prefix
-        out: list[str] = []
-        for key in keys:
-            base = p + key
-            out += (base, base + ":holds", base + ":reclaimed")
-        return out
+    def _keys(self, keys: tuple[str, ...]) -> _PackedKeys:
+        """The Redis keys of these budget keys (three each), packed; cached per combination."""
+        packed = self._key_cache.get(keys)
+        if packed is None:
+            if len(self._key_cache) > 4096:  # past periods' combinations
+                self._key_cache.clear()
+            names: list[str] = []
+            for key in keys:
+                base = self.prefix + key
+                names += (base, base + ":holds", base + ":reclaimed")
+            packed = self._key_cache[keys] = _pack_keys(names)
+        return packed
 
     # -- reclaim reporting ----------------------------------------------------------------
 
@@ -320,14 +337,14 @@ class RedisLedger:
 
     def _reserve_args(
         self, lines: Sequence[LedgerLine], min_units: int, max_units: int
-    ) -> tuple[str, list[str], list[Any]]:
+    ) -> tuple[str, _PackedKeys, list[Any]]:
         hold_id = f"{self._token}-{next(self._ids)}"
         args: list[Any] = [hold_id, self.lease_ms, min_units, max_units]
         for line in lines:
             ttl = line.ttl_seconds
             args += (line.limit, line.fixed, line.per_unit, -1 if ttl is None else ttl)
             self._ttls[line.key] = ttl
-        return hold_id, self._keys([line.key for line in lines]), args
+        return hold_id, self._keys(tuple([line.key for line in lines])), args
 
     def _reserve_result(
         self, hold_id: str, lines: Sequence[LedgerLine], reply: list[Any]
@@ -410,7 +427,7 @@ class RedisLedger:
         if local is not None:
             return local.read(key)
         try:
-            return self._read_result(key, self._run(_READ, self._keys([key]), []))
+            return self._read_result(key, self._run(_READ, self._keys((key,)), []))
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             return self._down(exc).read(key)
 
@@ -420,7 +437,7 @@ class RedisLedger:
             return self._local_add(local, key, amount, ttl_seconds)
         ttl = -1 if ttl_seconds is None else ttl_seconds
         try:
-            return int(self._run(_ADD_SPENT, [self.prefix + key], [amount, ttl]))
+            return int(self._run(_ADD_SPENT, _pack_keys([self.prefix + key]), [amount, ttl]))
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             return self._local_add(self._down(exc), key, amount, ttl_seconds)
 
@@ -479,7 +496,7 @@ class RedisLedger:
         if local is not None:
             return local.read(key)
         try:
-            return self._read_result(key, await self._arun(_READ, self._keys([key]), []))
+            return self._read_result(key, await self._arun(_READ, self._keys((key,)), []))
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             return self._down(exc).read(key)
 
