@@ -48,6 +48,11 @@ def sync_pairs(ledger: MemoryLedger | RedisLedger, ls: list[LedgerLine], n: int)
     return out
 
 
+def redis_cpu(client: redis.Redis) -> float:
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
 async def async_pairs(
     ledger: MemoryLedger | RedisLedger, ls: list[LedgerLine], n: int, callers: int
 ) -> tuple[list[float], float]:
@@ -95,12 +100,26 @@ def main() -> None:
             for callers in (1, 8, 64):
                 samples, rate = await async_pairs(ml, ls, n, callers)
                 print(row(f"memory, async x{callers}", samples, rate))
-                samples, rate = await async_pairs(rl, ls, n * (2 if callers > 1 else 1), callers)
+                pairs = n * (2 if callers > 1 else 1)
+                cpu0, rcpu0 = time.process_time(), redis_cpu(info)
+                samples, rate = await async_pairs(rl, ls, pairs, callers)
+                cpu[callers] = (
+                    (time.process_time() - cpu0) / len(samples),
+                    (redis_cpu(info) - rcpu0) / len(samples),
+                )
                 print(row(f"redis, async x{callers}", samples, rate))
             await rl.aclose()
 
+        info = redis.Redis.from_url(args.url)
+        cpu: dict[int, tuple[float, float]] = {}
         asyncio.run(run_async())
+        info.close()
         print("targets: redis median <= 0.300 ms per pair; >= 10,000 pairs/s with 64 callers")
+        py, srv = cpu[64]
+        print(
+            f"CPU per pair with 64 callers: client {py * 1e6:.0f} us, Redis server "
+            f"{srv * 1e6:.0f} us -> {1 / max(py, srv):,.0f} pairs/s when each has a core"
+        )
         load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
         print(f"load average {load} on {os.cpu_count()} cores (the machine is shared)")
     finally:
