@@ -757,8 +757,14 @@ class RedisDedupStore:
     """
 
     def __init__(self, client: redis.Redis | str, *, prefix: str = DEFAULT_PREFIX) -> None:
+        self._owned = isinstance(client, str)
         self.client = redis.Redis.from_url(client) if isinstance(client, str) else client
         self.prefix = prefix
+
+    def close(self) -> None:
+        """Close the client if this store opened it from a URL."""
+        if self._owned:
+            self.client.close()
 
     def claim(self, key: str, ttl_seconds: int) -> bool:
         """True for the one caller that claims ``key`` first within ``ttl_seconds``."""

@@ -61,3 +61,11 @@ def make_ledger(redis_url: str, prefix: str) -> Iterator[Any]:
     yield make
     for ledger in made:
         ledger.close()
+
+
+@pytest.fixture
+def raw(redis_url: str) -> Iterator[Any]:
+    """A plain redis-py client on the test Redis (decoded strings), closed afterwards."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    client.close()

@@ -93,12 +93,12 @@ def test_a_budget_listed_twice_is_charged_on_both_lines(
 
 
 def test_keys_carry_the_prefix_and_expire_after_the_period(
-    redis_url: str, prefix: str, make_ledger: Any
+    prefix: str, make_ledger: Any, raw: Any
 ) -> None:
     ledger = make_ledger(lease_seconds=30)
     hold = ledger.reserve([LedgerLine("agent:bot:daily:2026-11-28", 100, 1, 1, 3600)], 1, 5)
     assert isinstance(hold, Hold)
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    client = raw
     base = prefix + "agent:bot:daily:2026-11-28"
     assert sorted(client.scan_iter(match=prefix + "*")) == [base, base + ":holds"]
     assert client.hgetall(base) == {"reserved": "6"}
@@ -113,19 +113,17 @@ def test_keys_carry_the_prefix_and_expire_after_the_period(
     assert client.exists(base + ":holds") == 0  # an empty sorted set vanishes
 
 
-def test_scripts_reload_after_the_server_forgets_them(
-    redis_url: str, prefix: str, make_ledger: Any
-) -> None:
+def test_scripts_reload_after_the_server_forgets_them(make_ledger: Any, raw: Any) -> None:
     ledger = make_ledger()
     line = [LedgerLine("k", 100, 1, 1)]
     assert isinstance(ledger.reserve(line, 1, 1), Hold)
-    redis.Redis.from_url(redis_url).script_flush()
+    raw.script_flush()
     hold = ledger.reserve(line, 1, 1)
     assert isinstance(hold, Hold)
     assert ledger.settle(hold, (2,)) == (2,)
 
     async def again() -> None:
-        redis.Redis.from_url(redis_url).script_flush()
+        raw.script_flush()
         assert isinstance(await ledger.areserve(line, 1, 1), Hold)
         await ledger.aclose()
 
@@ -136,10 +134,13 @@ class RedisMatchesMemory(RuleBasedStateMachine):
     """Any interleaving of reserve, settle and release gives the Redis ledger exactly the
     memory ledger's answers and balances (the Lua script mirrors grantable_units)."""
 
+    made: list[RedisLedger] = []
+
     def __init__(self) -> None:
         super().__init__()
         self.prefix = f"kavach-test:{uuid.uuid4().hex[:10]}:"
         self.redis = RedisLedger(REDIS_URL, prefix=self.prefix)
+        RedisMatchesMemory.made.append(self.redis)
         self.memory = MemoryLedger()
         self.holds: list[tuple[Hold, Hold]] = []
         self.lines = [
@@ -186,6 +187,7 @@ class RedisMatchesMemory(RuleBasedStateMachine):
         keys = list(client.scan_iter(match=self.prefix + "*"))
         if keys:
             client.delete(*keys)
+        client.close()
         self.redis.close()
 
 
@@ -197,7 +199,12 @@ def test_redis_ledger_matches_the_memory_ledger() -> None:
         deadline=None,
         suppress_health_check=[HealthCheck.too_slow],
     )
-    RedisMatchesMemory.TestCase().runTest()
+    try:
+        RedisMatchesMemory.TestCase().runTest()
+    finally:
+        for ledger in RedisMatchesMemory.made:
+            ledger.close()
+        RedisMatchesMemory.made.clear()
 
 
 def test_threads_never_overcommit(redis_url: str, prefix: str, make_ledger: Any) -> None:
@@ -443,7 +450,7 @@ def test_fallback_local_keeps_enforcing_and_reconciles_when_redis_returns(
 
 
 def test_ledger_from_url_and_from_the_environment(
-    redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+    redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch, raw: Any
 ) -> None:
     monkeypatch.setenv("AGENTKAVACH_REDIS_URL", redis_url)
     monkeypatch.setenv("AGENTKAVACH_REDIS_PREFIX", prefix)
@@ -457,20 +464,21 @@ def test_ledger_from_url_and_from_the_environment(
             r.commit(Usage(input_tokens=1000, output_tokens=10))
         assert from_url.status()[0].spent == 1_010_000  # one budget, two guards
         key = prefix + from_url.status()[0].key
-        assert redis.Redis.from_url(redis_url).hget(key, "spent") == b"1010000"
+        assert raw.hget(key, "spent") == "1010000"
     finally:
         from_env.ledger.close()
         from_url.ledger.close()
 
 
-def test_dedup_store_lets_one_claim_through_per_ttl(redis_url: str, prefix: str) -> None:
+def test_dedup_store_lets_one_claim_through_per_ttl(redis_url: str, prefix: str, raw: Any) -> None:
     a = RedisDedupStore(redis_url, prefix=prefix)
-    b = RedisDedupStore(redis.Redis.from_url(redis_url), prefix=prefix)
+    b = RedisDedupStore(raw, prefix=prefix)
     assert a.claim("bot:daily:0.9", 1) is True
     assert b.claim("bot:daily:0.9", 1) is False
     assert b.claim("bot:daily:1.0", 1) is True
     time.sleep(1.1)
     assert b.claim("bot:daily:0.9", 1) is True
+    a.close()
 
 
 def test_async_and_sync_share_one_ledger(redis_url: str, prefix: str, make_ledger: Any) -> None:
