@@ -16,9 +16,9 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 from kavach import tokens
 from kavach._money import to_dollars, to_nanos
@@ -47,6 +47,7 @@ from kavach.events import (
     CallStatus,
     GuardObserver,
     GuardrailTrip,
+    NullObserver,
     ThresholdCrossing,
 )
 from kavach.guardrails import GuardrailConfig, Guardrails
@@ -59,9 +60,20 @@ from kavach.spec import CallSpec
 from kavach.usage import ZERO_USAGE, Usage
 
 if TYPE_CHECKING:
+    from kavach.alerts import AlertDispatcher, ChannelRule, DedupStore
+    from kavach.reporting.link import BackendLink
     from kavach.telemetry import TelemetryConfig
 
 logger = logging.getLogger("kavach")
+Closer = Callable[[float], object]
+AsyncCloser = Callable[[float], Awaitable[object]]
+_ALERT_ENV = (
+    "AGENTKAVACH_SLACK_WEBHOOK_URL",
+    "AGENTKAVACH_PAGERDUTY_ROUTING_KEY",
+    "AGENTKAVACH_PD_ROUTING_KEY",
+    "AGENTKAVACH_ALERT_EMAIL",
+    "AGENTKAVACH_WEBHOOK_URL",
+)
 
 _current_run: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "kavach_run", default=None
@@ -125,6 +137,16 @@ class AgentKavach:
             gen_ai / kavach metrics on the application's providers (see ``kavach.telemetry``).
         enabled: ``False`` (or ``AGENTKAVACH_DISABLED=1``) makes the guard a passthrough.
         save_prompts: keep prompt text in call events (off by default).
+        slack_webhook_url, pagerduty_routing_key, alert_email, webhook_url (+ webhook_secret):
+            turn an alert channel on with its default rules; ``channels=[AgentKavach.channel(...)]``
+            gives rules of your own; ``dashboard_url`` is linked from alerts. Without them the
+            ``AGENTKAVACH_SLACK_WEBHOOK_URL``, ``AGENTKAVACH_PAGERDUTY_ROUTING_KEY`` (...)
+            environment variables do the same. ``alert_dedup_store`` shares alert
+            de-duplication across processes. See ``kavach.alerts``.
+        api_key, endpoint: an AgentKavach SDK key (``ak_live_...``) and the backend URL (or
+            ``AGENTKAVACH_API_KEY`` and ``AGENTKAVACH_BACKEND_URL``) turn on reporting, the
+            control channel (Stop and Resume from the dashboard) and seeding of this period's
+            spend after a restart; ``spool_dir`` is where events wait while the backend is away.
         clock: returns the current aware datetime; for simulations and tests of period resets.
     """
 
@@ -155,6 +177,17 @@ class AgentKavach:
         save_prompts: bool = False,
         observers: Sequence[GuardObserver] = (),
         clock: Callable[[], datetime] | None = None,
+        slack_webhook_url: str | None = None,
+        pagerduty_routing_key: str | None = None,
+        alert_email: str | Sequence[str] | None = None,
+        webhook_url: str | None = None,
+        webhook_secret: str | None = None,
+        channels: Sequence[ChannelRule] = (),
+        dashboard_url: str | None = None,
+        alert_dedup_store: DedupStore | None = None,
+        api_key: str | None = None,
+        endpoint: str | None = None,
+        spool_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         if not agent_name or ":" in agent_name:
             raise KavachConfigError(f"agent_name must be non-empty without ':', got {agent_name!r}")
@@ -173,6 +206,7 @@ class AgentKavach:
                 raise KavachConfigError(f"budget must be a Budget, got {type(b).__name__}")
         self.agent_name = agent_name
         self.budgets = budgets
+        self._code_budgets = budgets
         self.mode: Mode = mode
         self.default_max_output_tokens = default_max_output_tokens
         self.min_output_tokens = min_output_tokens
@@ -198,6 +232,7 @@ class AgentKavach:
         self.ledger: Ledger = _resolve_ledger(ledger, state_file)
         self.kill_switch = KillSwitch(agent_name, on_kill)
         self._observers: list[GuardObserver] = list(observers)
+        self._call_observers = [o for o in self._observers if _listens_to_calls(o)]
         # Set by telemetry: captures the caller's trace context at reserve time.
         self._context_hook: Callable[[], object] | None = None
         add_reclaim_listener = getattr(self.ledger, "add_reclaim_listener", None)
@@ -212,26 +247,175 @@ class AgentKavach:
         self._clock = clock or _utcnow
         self._ids = itertools.count(1)
         self._id_prefix = uuid.uuid4().hex[:20]
-        self._period_slots: tuple[Slot, ...] = ()
-        self._slots_until: datetime | None = None
-        self._slots_ready = False
+        # (budgets they were made from, slots, valid until): replaced whole, never mutated,
+        # so a budget change from the control channel cannot leave stale keys behind.
+        self._slot_cache: tuple[tuple[Budget, ...], tuple[Slot, ...], datetime | None] | None = None
         self._has_run_slots = bool(
             max_tokens_per_run
             or max_calls_per_run
             or any(b.period is Period.PER_RUN for b in budgets)
         )
+        self._closers: list[tuple[Closer, AsyncCloser | None]] = []
+        if ledger is None or isinstance(ledger, str):  # the guard made it, the guard closes it
+            _add_ledger_closer(self, self.ledger)
+        self.alerts: AlertDispatcher | None = None
+        if (
+            slack_webhook_url
+            or pagerduty_routing_key
+            or alert_email
+            or webhook_url
+            or webhook_secret
+            or channels
+            or any(os.environ.get(name) for name in _ALERT_ENV)
+        ):
+            self._build_alerts(
+                slack_webhook_url=slack_webhook_url,
+                pagerduty_routing_key=pagerduty_routing_key,
+                alert_email=alert_email,
+                webhook_url=webhook_url,
+                webhook_secret=webhook_secret,
+                channels=channels,
+                dashboard_url=dashboard_url,
+                # With a Redis ledger, alerts are de-duplicated across processes on it.
+                dedup=alert_dedup_store or getattr(self.ledger, "dedup_store", lambda: None)(),
+            )
+        self.backend: BackendLink | None = None
+        api_key = api_key or os.environ.get("AGENTKAVACH_API_KEY") or None
+        if api_key and self.enabled:
+            self._connect_backend(api_key, endpoint, spool_dir)
+
+    def _connect_backend(
+        self, api_key: str, endpoint: str | None, spool_dir: str | os.PathLike[str] | None
+    ) -> None:
+        from pathlib import Path
+
+        from kavach.reporting.api import BackendConfig
+        from kavach.reporting.link import connect_backend
+
+        endpoint = endpoint or os.environ.get("AGENTKAVACH_BACKEND_URL")
+        if not endpoint:
+            raise KavachConfigError(
+                "api_key is set but no backend endpoint: pass endpoint='https://your-backend' "
+                "or set AGENTKAVACH_BACKEND_URL (budgets are enforced locally either way)"
+            )
+        self.backend = connect_backend(
+            self,
+            BackendConfig(api_key=api_key, endpoint=endpoint),
+            spool_dir=Path(spool_dir) if spool_dir is not None else None,
+        )
+        self.add_closer(self.backend.close)
+
+    # -- alerts and shutdown ------------------------------------------------------------
+
+    @staticmethod
+    def channel(kind: str | Callable[..., Any], /, **settings: Any) -> ChannelRule:
+        """An alert channel with its rule, for ``channels=[...]``.
+
+        >>> AgentKavach.channel("slack", threshold=0.70, webhook_url=url)        # doctest: +SKIP
+        >>> AgentKavach.channel("pagerduty", threshold=0.90, routing_key=key)    # doctest: +SKIP
+        >>> AgentKavach.channel("email", threshold=0.9, to="ops@example.com")    # doctest: +SKIP
+        >>> AgentKavach.channel("webhook", threshold=0.9, url=url, secret=secret) # doctest: +SKIP
+        >>> AgentKavach.channel("kill", threshold=1.0)                           # doctest: +SKIP
+
+        Settings are checked now (https URLs, routing key shape, addresses, templates).
+        """
+        from kavach.alerts.rules import channel
+
+        return channel(kind, **settings)  # type: ignore[arg-type]
+
+    def _build_alerts(self, *, dedup: DedupStore | None, **params: Any) -> None:
+        from kavach.alerts import AlertDispatcher, from_params
+
+        config = from_params(**params)
+        if not config:
+            return
+        extra = config.thresholds
+        # A rule may fire at a threshold the budget does not list: make the budget emit it.
+        self.budgets = tuple(
+            replace(b, thresholds=tuple(sorted(set(b.thresholds) | extra))) for b in self.budgets
+        )
+        self.alerts = AlertDispatcher(config, kill=self.kill, dedup=dedup)
+        self.add_observer(self.alerts)
+        self.add_closer(self.alerts.close, self.alerts.aclose)
+
+    def add_closer(self, close: Closer, aclose: AsyncCloser | None = None) -> None:
+        """Run ``close(timeout_seconds)`` on ``guard.close()`` (and ``aclose`` on
+        ``await guard.aclose()``; without one, ``close`` runs in a worker thread).
+
+        ``close`` may run more than once (a guard can be closed, used and closed again)."""
+        self._closers.append((close, aclose))
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Flush alerts (and whatever else registered a closer), within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        for close, _ in list(self._closers):
+            try:
+                close(max(0.0, deadline - time.monotonic()))
+            except Exception:
+                logger.exception("kavach: closing %r failed", close)
+
+    async def aclose(self, timeout: float = 5.0) -> None:
+        """``close`` for async code; never blocks the event loop."""
+        import anyio.to_thread
+
+        deadline = time.monotonic() + timeout
+        for close, aclose in list(self._closers):
+            left = max(0.0, deadline - time.monotonic())
+            try:
+                if aclose is not None:
+                    await aclose(left)
+                else:
+                    await anyio.to_thread.run_sync(close, left)
+            except Exception:
+                logger.exception("kavach: closing %r failed", close)
+
+    # -- from a file --------------------------------------------------------------------
+
+    @overload
+    @classmethod
+    def from_yaml(
+        cls, path: str | os.PathLike[str], agent: None = None, **overrides: Any
+    ) -> dict[str, AgentKavach]: ...
+
+    @overload
+    @classmethod
+    def from_yaml(
+        cls, path: str | os.PathLike[str], agent: str, **overrides: Any
+    ) -> AgentKavach: ...
+
+    @classmethod
+    def from_yaml(
+        cls, path: str | os.PathLike[str], agent: str | None = None, **overrides: Any
+    ) -> dict[str, AgentKavach] | AgentKavach:
+        """Guards by agent name from a YAML file (one guard with ``agent=``); see ``kavach.config``.
+
+        The guards share one ledger, so shared and org budgets hold across them. ``overrides``
+        (``on_kill=``, ``observers=``, ``ledger=``) apply to every guard.
+
+        >>> guards = AgentKavach.from_yaml("kavach.yaml")          # doctest: +SKIP
+        >>> bot = AgentKavach.from_yaml("kavach.yaml", agent="research-bot")  # doctest: +SKIP
+        """
+        from kavach.config import guards_from_yaml  # pyyaml and pydantic only when used
+
+        guards = guards_from_yaml(path, agent, guard_class=cls, **overrides)
+        return guards if agent is None else guards[agent]
 
     # -- observers ----------------------------------------------------------------------
 
     def add_observer(self, observer: GuardObserver) -> None:
         """Receive this guard's events (calls, thresholds, guardrail trips, kill, resume)."""
         self._observers.append(observer)
+        self._call_observers = [o for o in self._observers if _listens_to_calls(o)]
 
     def remove_observer(self, observer: GuardObserver) -> None:
         self._observers.remove(observer)
+        self._call_observers = [o for o in self._observers if _listens_to_calls(o)]
 
     def _emit(self, method: str, *args: Any) -> None:
-        for observer in self._observers:
+        # Call events go only to observers that override on_call (alerts do not), so a guard
+        # whose only observer is the alert dispatcher builds no event per call.
+        observers = self._call_observers if method == "on_call" else self._observers
+        for observer in observers:
             hook = getattr(observer, method, None)
             if hook is None:  # optional hooks (on_reclaim) need not be implemented
                 continue
@@ -352,6 +536,7 @@ class AgentKavach:
                 mode=self.mode,
                 default_max_output=self.default_max_output_tokens,
                 min_output=self.min_output_tokens,
+                cache_writes=spec.cache_writes,
             )
         except GuardrailError as exc:
             self.guardrails.forget_request(run_id, fingerprint)
@@ -363,17 +548,26 @@ class AgentKavach:
             raise
         return _Prepared(spec, plan, price, run_id, fingerprint, now)
 
+    def set_remote_budgets(self, budgets: Sequence[Budget]) -> None:
+        """Enforce budgets set in the dashboard next to the ones given in code.
+
+        Called by the control channel when a budget changes; takes effect on the next call.
+        """
+        self._has_run_slots = self._has_run_slots or any(
+            b.period is Period.PER_RUN for b in budgets
+        )
+        self.budgets = self._code_budgets + tuple(budgets)
+
     def _slots(self, run_id: str, now: datetime) -> tuple[Slot, ...]:
         # Period keys change only when a period resets: compute them once per period.
-        until = self._slots_until
-        if not self._slots_ready or (until is not None and now >= until):
-            self._period_slots, self._slots_until = period_slots(self.agent_name, self.budgets, now)
-            self._slots_ready = True
+        budgets = self.budgets
+        cache = self._slot_cache
+        if cache is None or cache[0] is not budgets or (cache[2] is not None and now >= cache[2]):
+            slots, until = period_slots(self.agent_name, budgets, now)
+            cache = self._slot_cache = (budgets, slots, until)
         if not self._has_run_slots:
-            return self._period_slots
-        return self._period_slots + run_slots(
-            self.agent_name, run_id, self.budgets, self.guardrail_config
-        )
+            return cache[1]
+        return cache[1] + run_slots(self.agent_name, run_id, budgets, self.guardrail_config)
 
     def _admit(self, prepared: _Prepared, result: Hold | Refusal) -> Reservation:
         if isinstance(result, Refusal):
@@ -468,7 +662,7 @@ class AgentKavach:
             return None
         self.guardrails.record(r.run_id, cost, tuple(tool_calls))
         event = None
-        if self._observers:  # events are built only for someone who listens
+        if self._call_observers:  # events are built only for someone who listens
             event = self._event(
                 r,
                 status,
@@ -485,7 +679,7 @@ class AgentKavach:
         return event
 
     def _released(self, r: Reservation, status: CallStatus, error: str | None) -> CallEvent | None:
-        if r.plan is None or not self._observers:
+        if r.plan is None or not self._call_observers:
             return None
         event = self._event(r, status, ZERO_USAGE, 0, error, None, (), ())
         self._emit("on_call", event)
@@ -563,7 +757,7 @@ class AgentKavach:
         )
 
     def _refused(self, spec: CallSpec, run_id: str, now: datetime, exc: KavachError) -> None:
-        if not self._observers:
+        if not self._call_observers:
             return
         r = Reservation(self, spec, None, None, None, run_id, None, now)
         if self._context_hook is not None:
@@ -671,6 +865,10 @@ def _utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def _listens_to_calls(observer: GuardObserver) -> bool:
+    return getattr(type(observer), "on_call", None) is not NullObserver.on_call
+
+
 def _fingerprint(spec: CallSpec) -> int:
     # repr is content-based for dicts, lists, strings and pydantic models, and runs in C.
     return hash(repr((spec.model, spec.messages, spec.prompt, spec.system, spec.tools)))
@@ -718,3 +916,16 @@ def _resolve_ledger(
 
         return PersistentMemoryLedger(state_file)
     return ledger if ledger is not None else MemoryLedger()
+
+
+def _add_ledger_closer(guard: AgentKavach, ledger: Ledger) -> None:
+    close = getattr(ledger, "close", None)
+    if close is None:
+        return
+    aclose = getattr(ledger, "aclose", None)
+
+    async def aclose_ledger(_timeout: float) -> None:
+        assert aclose is not None
+        await aclose()
+
+    guard.add_closer(lambda _timeout: close(), aclose_ledger if aclose is not None else None)

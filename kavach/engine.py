@@ -143,9 +143,10 @@ def plan_call(
     mode: Mode,
     default_max_output: int,
     min_output: int,
+    cache_writes: bool = False,
 ) -> Plan:
     """Plan the ledger lines for one call; raises CostPerCallError before touching a ledger."""
-    input_cost = price.worst_case_input_cost(input_tokens)
+    input_cost = price.worst_case_input_cost(input_tokens, cache_writes)
     per_token = price.output_nanos_per_token_ceil(input_tokens)
     max_units = requested_max_output if requested_max_output is not None else default_max_output
     min_units = max_units if mode == "reserve" else min(min_output, max_units)

@@ -286,7 +286,13 @@ class RedisLedger:
         if self._client is not None:
             self._client.close()
 
+    def dedup_store(self) -> RedisDedupStore:
+        """Alert de-duplication on this ledger's Redis (the guard uses it for its alerts)."""
+        return RedisDedupStore(self.client, prefix=self.prefix)
+
     async def aclose(self) -> None:
+        """Close this event loop's async pool (and the others still open) and the sync pool."""
+        self.close()
         for batcher in list(self._async.values()):
             try:
                 await batcher.client.aclose()
@@ -766,8 +772,7 @@ class RedisDedupStore:
         if self._owned:
             self.client.close()
 
-    def claim(self, key: str, ttl_seconds: int) -> bool:
+    def claim(self, key: str, ttl_seconds: float) -> bool:
         """True for the one caller that claims ``key`` first within ``ttl_seconds``."""
-        return bool(
-            self.client.set(f"{self.prefix}dedup:{key}", b"1", nx=True, ex=max(1, ttl_seconds))
-        )
+        ttl_ms = max(1, int(ttl_seconds * 1000))
+        return bool(self.client.set(f"{self.prefix}dedup:{key}", b"1", nx=True, px=ttl_ms))
