@@ -326,12 +326,11 @@ class RedisLedger:
             hold_id = flat[i].decode() if isinstance(flat[i], bytes) else str(flat[i])
             event = HoldReclaimed(hold_id, keys[int(flat[i + 1]) - 1], int(flat[i + 2]))
             logger.warning(
-                "kavach: reclaimed expired hold %s on %s (%d held; its process stopped "
-                "before settling, or the call outlived lease_seconds=%.0f)",
+                "kavach: reclaimed expired hold %s on %s (%d held): the process that made it "
+                "stopped before settling, or the call outlived its lease",
                 event.hold_id,
                 event.key,
                 event.amount,
-                self.lease_ms / 1000,
             )
             for listener in self._listeners:
                 try:

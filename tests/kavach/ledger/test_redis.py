@@ -574,9 +574,28 @@ async def test_a_caller_cancelled_mid_reserve_leaves_no_hold_behind(make_ledger:
         task.cancel()
     results = await asyncio.gather(*tasks, return_exceptions=True)
     assert all(isinstance(r, asyncio.CancelledError) for r in results)
-    for _ in range(100):  # the orphaned holds are given back in the background
+    for _ in range(500):  # the orphaned holds are given back in the background
         if (await ledger.aread("k")).reserved == 0:
             break
         await asyncio.sleep(0.01)
     assert await ledger.aread("k") == ledger.read("k").__class__(0, 0)
     await ledger.aclose()
+
+
+def test_guards_on_a_redis_ledger_share_alert_deduplication(make_ledger: Any) -> None:
+    def make() -> AgentKavach:
+        return AgentKavach(
+            "bot",
+            Budget.daily(1),
+            prices=PRICES,
+            ledger=make_ledger(),
+            channels=[AgentKavach.channel(lambda alert: None, threshold=0.5)],
+        )
+
+    first, second = make(), make()  # as if in two processes
+    assert first.alerts is not None and second.alerts is not None
+    assert isinstance(first.alerts.dedup, RedisDedupStore)
+    assert first.alerts.dedup.claim("bot:daily:0.5", 5) is True
+    assert second.alerts.dedup.claim("bot:daily:0.5", 5) is False
+    first.close()
+    second.close()

@@ -79,13 +79,14 @@ def test_four_processes_of_200_async_calls_never_pass_a_shared_strict_budget(
 
 
 def test_a_killed_process_holding_reservations_gives_them_back_after_the_lease(
-    redis_url: str, prefix: str, make_ledger: Any
+    redis_url: str, prefix: str, make_ledger: Any, raw: Any
 ) -> None:
     lease = 2.0
     proc = _python("hold", redis_url, prefix, str(lease), "5")
     assert proc.stdout is not None
     line = proc.stdout.readline()
     assert line.startswith("held 5"), proc.stderr.read() if proc.stderr else ""
+    held_at_ms = int(line.split()[2])  # Redis server time when the holds were made
     proc.send_signal(signal.SIGKILL)
     killed_at = time.monotonic()
     proc.wait(timeout=10)
@@ -113,18 +114,20 @@ def test_a_killed_process_holding_reservations_gives_them_back_after_the_lease(
             r = guard.reserve(spec(input_tokens=200, max_output=1800))  # needs $0.002
         except BudgetExceededError:
             refusals += 1
-            assert time.monotonic() - killed_at < lease + 3, "the budget never recovered"
+            assert time.monotonic() - killed_at < lease + 5, "the budget never recovered"
             time.sleep(0.05)
             continue
         recovered = time.monotonic() - killed_at
+        seconds, micros = raw.time()
+        since_hold = (seconds * 1000 + micros // 1000 - held_at_ms) / 1000
         r.release()
         break
     print(
-        f"\nbudget held by 5 reservations of a SIGKILLed process; recovered {recovered:.2f}s "
-        f"after the kill (lease {lease}s), {refusals} refusals meanwhile, "
-        f"{len(reclaims)} holds reclaimed"
+        f"\nbudget held by 5 reservations of a SIGKILLed process: recovered {recovered:.2f}s "
+        f"after the kill, {since_hold:.2f}s after the holds were made (lease {lease}s); "
+        f"{refusals} refusals meanwhile, {len(reclaims)} holds reclaimed"
     )
     assert refusals > 0  # it really was blocked until the lease ran out
-    assert lease - 0.5 <= recovered <= lease + 1.0
+    assert lease <= since_hold <= lease + 2.0  # never before the lease; soon after it
     assert len(reclaims) == 5 and {r.amount for r in reclaims} == {2_000_000}
     assert guard.status()[0].reserved == 0
