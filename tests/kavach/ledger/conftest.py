@@ -9,7 +9,10 @@ from typing import Any
 
 import pytest
 
-redis = pytest.importorskip("redis")
+try:
+    import redis
+except ImportError:  # the memory-ledger tests here do not need it
+    redis = None
 
 REDIS_URL = os.environ.get("KAVACH_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -21,6 +24,11 @@ def anyio_backend() -> str:
 
 @pytest.fixture(scope="session")
 def redis_url() -> str:
+    if redis is None:
+        message = "redis is not installed (pip install 'agentkavach[redis]')"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
     try:
         client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1)
         client.ping()
