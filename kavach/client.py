@@ -27,6 +27,7 @@ from kavach.engine import (
     Mode,
     Plan,
     Slot,
+    _ttl,
     actual_amounts,
     crossed_thresholds,
     period_slots,
@@ -61,6 +62,7 @@ from kavach.usage import ZERO_USAGE, Usage
 if TYPE_CHECKING:
     from kavach.alerts import AlertDispatcher, ChannelRule, DedupStore
     from kavach.reporting.link import BackendLink
+    from kavach.telemetry import TelemetryConfig
 
 logger = logging.getLogger("kavach")
 Closer = Callable[[float], object]
@@ -127,7 +129,13 @@ class AgentKavach:
         kill_on_guardrail: a guardrail trip also stops the agent (default ``True``).
         prices: extra or overriding model prices; ``unknown_model_price`` lets models with no
             known price through at that worst-case price (otherwise they are refused).
-        ledger: where spend lives; in-process memory by default.
+        ledger: where spend lives: a ``Ledger``, a Redis URL (``"redis://localhost:6379/0"``,
+            see ``kavach.ledger.redis``), or ``None``: ``AGENTKAVACH_REDIS_URL`` when set,
+            else in-process memory.
+        state_file: with the in-process ledger, a file that keeps spent amounts across
+            restarts (see ``kavach.ledger.statefile``).
+        telemetry: ``True`` or a ``TelemetryConfig``: one OpenTelemetry span per call and
+            gen_ai / kavach metrics on the application's providers (see ``kavach.telemetry``).
         enabled: ``False`` (or ``AGENTKAVACH_DISABLED=1``) makes the guard a passthrough.
         save_prompts: keep prompt text in call events (off by default).
         slack_webhook_url, pagerduty_routing_key, alert_email, webhook_url (+ webhook_secret):
@@ -167,7 +175,9 @@ class AgentKavach:
         kill_on_guardrail: bool = True,
         prices: Mapping[str, ModelPrice] | None = None,
         unknown_model_price: ModelPrice | None = None,
-        ledger: Ledger | None = None,
+        ledger: Ledger | str | None = None,
+        state_file: str | os.PathLike[str] | None = None,
+        telemetry: bool | TelemetryConfig = False,
         enabled: bool = True,
         save_prompts: bool = False,
         observers: Sequence[GuardObserver] = (),
@@ -227,10 +237,20 @@ class AgentKavach:
         )
         self.guardrails = Guardrails(self.guardrail_config)
         self.pricing = Pricing(prices, unknown_model_price=unknown_model_price)
-        self.ledger: Ledger = ledger if ledger is not None else MemoryLedger()
+        self.ledger: Ledger = _resolve_ledger(ledger, state_file)
         self.kill_switch = KillSwitch(agent_name, on_kill)
         self._observers: list[GuardObserver] = list(observers)
         self._call_observers = [o for o in self._observers if _listens_to_calls(o)]
+        # Set by telemetry: captures the caller's trace context at reserve time.
+        self._context_hook: Callable[[], object] | None = None
+        add_reclaim_listener = getattr(self.ledger, "add_reclaim_listener", None)
+        if add_reclaim_listener is not None:
+            add_reclaim_listener(lambda reclaimed: self._emit("on_reclaim", reclaimed))
+        if telemetry:
+            from kavach.telemetry import TelemetryConfig as _Config
+            from kavach.telemetry import instrument
+
+            instrument(self, telemetry if isinstance(telemetry, _Config) else _Config())
         self._session_run = f"{agent_name}-{uuid.uuid4().hex[:12]}"
         self._clock = clock or _utcnow
         self._ids = itertools.count(1)
@@ -246,6 +266,8 @@ class AgentKavach:
         self._provider = _ProviderConfig(provider, llm_key, base_url) if provider else None
         self._clients: Any = None
         self._closers: list[tuple[Closer, AsyncCloser | None]] = []
+        if ledger is None or isinstance(ledger, str):  # the guard made it, the guard closes it
+            _add_ledger_closer(self, self.ledger)
         self.alerts: AlertDispatcher | None = None
         if (
             slack_webhook_url
@@ -264,7 +286,8 @@ class AgentKavach:
                 webhook_secret=webhook_secret,
                 channels=channels,
                 dashboard_url=dashboard_url,
-                dedup=alert_dedup_store,
+                # With a Redis ledger, alerts are de-duplicated across processes on it.
+                dedup=alert_dedup_store or getattr(self.ledger, "dedup_store", lambda: None)(),
             )
         self.backend: BackendLink | None = None
         api_key = api_key or os.environ.get("AGENTKAVACH_API_KEY") or None
@@ -403,8 +426,11 @@ class AgentKavach:
         # whose only observer is the alert dispatcher builds no event per call.
         observers = self._call_observers if method == "on_call" else self._observers
         for observer in observers:
+            hook = getattr(observer, method, None)
+            if hook is None:  # optional hooks (on_reclaim) need not be implemented
+                continue
             try:
-                getattr(observer, method)(*args)
+                hook(*args)
             except Exception:
                 logger.exception("kavach observer %r failed in %s", observer, method)
 
@@ -562,7 +588,7 @@ class AgentKavach:
             else:
                 self._refused(prepared.spec, prepared.run_id, prepared.now, error)
             raise error
-        return Reservation(
+        r = Reservation(
             self,
             prepared.spec,
             prepared.plan,
@@ -572,6 +598,9 @@ class AgentKavach:
             prepared.fingerprint,
             prepared.now,
         )
+        if self._context_hook is not None:
+            r.trace_context = self._context_hook()
+        return r
 
     def _ledger_down(self, prepared: _Prepared, exc: Exception) -> LedgerUnavailableError:
         error = LedgerUnavailableError(
@@ -734,12 +763,15 @@ class AgentKavach:
             max_output_tokens=r.max_output_tokens,
             tool_calls=tool_calls,
             tags=dict(spec.tags),
+            trace_context=r.trace_context,
         )
 
     def _refused(self, spec: CallSpec, run_id: str, now: datetime, exc: KavachError) -> None:
         if not self._call_observers:
             return
         r = Reservation(self, spec, None, None, None, run_id, None, now)
+        if self._context_hook is not None:
+            r.trace_context = self._context_hook()
         self._emit(
             "on_call",
             self._event(
@@ -808,6 +840,26 @@ class AgentKavach:
     @property
     def embeddings(self) -> Any:
         return self.clients.path("embeddings")
+
+    # -- seeding ------------------------------------------------------------------------
+
+    def seed(self, spent_by_key: Mapping[str, int]) -> None:
+        """Raise each ledger key's spent to at least the given amount (never lowers it).
+
+        For spend recorded elsewhere (the backend's view of the period, a state file), so a
+        restarted guard does not hand out a fresh budget. Idempotent: seeding twice with the
+        same figures adds nothing. Keys are ledger keys (``BudgetStatus.key``); amounts are
+        in the budget's unit (nano-dollars for cost).
+        """
+        now = self._clock()
+        ttls: dict[str, int | None] = {}
+        for budget in self.budgets:
+            key, resets_at = budget.key(self.agent_name, now, self.current_run)
+            ttls[key] = _ttl(now, resets_at, budget.period)
+        for key, amount in spent_by_key.items():
+            missing = int(amount) - self.ledger.read(key).spent
+            if missing > 0:
+                self.ledger.add_spent(key, missing, ttls.get(key))
 
     # -- status -------------------------------------------------------------------------
 
@@ -919,3 +971,44 @@ def _prompt_text(spec: CallSpec) -> str | None:
         parts.append(spec.prompt if isinstance(spec.prompt, str) else "\n".join(spec.prompt))
     text = "\n".join(parts)
     return text[:_PROMPT_CAP] if text else None
+
+
+def _resolve_ledger(
+    ledger: Ledger | str | None, state_file: str | os.PathLike[str] | None
+) -> Ledger:
+    if ledger is None:
+        url = os.environ.get("AGENTKAVACH_REDIS_URL", "").strip()
+        ledger = url or None
+    if isinstance(ledger, str):
+        if state_file is not None:
+            raise KavachConfigError(
+                "state_file keeps the in-process ledger's spend; a Redis ledger already "
+                "survives restarts, drop one of them"
+            )
+        if not ledger.startswith(("redis://", "rediss://", "unix://")):
+            raise KavachConfigError(
+                f"ledger must be a Ledger or a redis:// URL, got {ledger.split('@')[-1]!r}"
+            )
+        from kavach.ledger.redis import RedisLedger
+
+        return RedisLedger(ledger)
+    if state_file is not None:
+        if ledger is not None:
+            raise KavachConfigError("state_file applies to the default in-process ledger only")
+        from kavach.ledger.statefile import PersistentMemoryLedger
+
+        return PersistentMemoryLedger(state_file)
+    return ledger if ledger is not None else MemoryLedger()
+
+
+def _add_ledger_closer(guard: AgentKavach, ledger: Ledger) -> None:
+    close = getattr(ledger, "close", None)
+    if close is None:
+        return
+    aclose = getattr(ledger, "aclose", None)
+
+    async def aclose_ledger(_timeout: float) -> None:
+        assert aclose is not None
+        await aclose()
+
+    guard.add_closer(lambda _timeout: close(), aclose_ledger if aclose is not None else None)

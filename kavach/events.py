@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, Protocol
 
+from kavach.ledger.base import HoldReclaimed
 from kavach.usage import Usage
 
 CallStatus = Literal["ok", "error", "refused", "cut", "cancelled"]
@@ -44,6 +45,8 @@ class CallEvent:
     max_output_tokens: int | None = None
     tool_calls: tuple[str, ...] = ()
     tags: Mapping[str, str] = field(default_factory=dict)
+    trace_context: object | None = field(default=None, repr=False, compare=False)
+    """The caller's OpenTelemetry context at reserve time (only with telemetry on)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,4 +110,9 @@ class NullObserver:
         return None
 
     def on_resume(self, agent: str) -> None:
+        return None
+
+    def on_reclaim(self, reclaimed: HoldReclaimed) -> None:
+        """Optional hook (the guard skips observers without it): a ledger reclaimed an
+        expired hold, e.g. one left by a process that died mid-call (Redis ledger)."""
         return None

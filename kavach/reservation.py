@@ -49,6 +49,7 @@ class Reservation:
         "spec",
         "started",
         "started_at",
+        "trace_context",
     )
 
     def __init__(
@@ -73,6 +74,8 @@ class Reservation:
         self.started_at = started_at
         self._claim = threading.Lock()
         self._event: CallEvent | None = None
+        self.trace_context: object | None = None
+        """The caller's trace context at reserve time, captured when telemetry is on."""
 
     # -- what the adapter reads ---------------------------------------------------------
 

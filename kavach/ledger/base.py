@@ -46,6 +46,19 @@ class Refusal:
 
 
 @dataclass(frozen=True, slots=True)
+class HoldReclaimed:
+    """An expired hold a ledger gave back: its process most likely died mid-call.
+
+    Reported to the guard's observers through the optional ``on_reclaim`` hook.
+    """
+
+    hold_id: str
+    key: str
+    """The budget key the amount was held on."""
+    amount: int
+
+
+@dataclass(frozen=True, slots=True)
 class Balance:
     spent: int
     reserved: int

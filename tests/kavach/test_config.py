@@ -402,14 +402,13 @@ def test_references_to_undefined_pools_and_bad_pools(write: Write) -> None:
     assert "a per_run budget belongs to one agent" in str(error)
 
 
-def test_options_this_version_cannot_honour_are_refused_not_ignored(write: Write) -> None:
-    for text, line, name in [
-        ("ledger: redis://127.0.0.1:6379/0\nagents:\n  bot: {}\n", 1, "ledger"),
-    ]:
-        error = error_from(write(text))
-        assert error.line == line, text
-        assert "not supported yet" in str(error) and name in str(error)
-        assert "ak_123" not in str(error)
+def test_a_yaml_ledger_url_puts_the_guards_on_redis(write: Write) -> None:
+    from kavach.ledger.redis import RedisLedger
+
+    guards = AgentKavach.from_yaml(
+        write("ledger: redis://127.0.0.1:6379/0\nagents:\n  bot: {}\n  other: {}\n")
+    )
+    assert all(isinstance(g.ledger, RedisLedger) for g in guards.values())
 
 
 def test_yaml_channels_and_alerts_build_alerting_guards(

@@ -1,0 +1,601 @@
+"""The Redis ledger on the real Redis: the memory ledger's guarantees, shared across processes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import threading
+import time
+import uuid
+from typing import Any
+
+import pytest
+import redis
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+from kavach import AgentKavach, Budget, BudgetExceededError, LedgerUnavailableError
+from kavach.events import NullObserver
+from kavach.ledger import Hold, HoldReclaimed, LedgerLine, MemoryLedger, Refusal
+from kavach.ledger.redis import RedisDedupStore, RedisLedger
+from kavach.usage import Usage
+from tests.kavach.conftest import PRICES, spec
+from tests.kavach.ledger.conftest import REDIS_URL
+
+pytestmark = pytest.mark.redis
+
+
+def test_reserve_is_all_or_nothing_across_keys(
+    redis_url: str, prefix: str, make_ledger: Any
+) -> None:
+    ledger = make_ledger()
+    lines = [LedgerLine("a", 100, 10, 1), LedgerLine("b", 50, 10, 1)]
+    hold = ledger.reserve(lines, 30, 30)
+    assert isinstance(hold, Hold) and hold.amounts == (40, 40) and hold.units == 30
+    refused = ledger.reserve(lines, 30, 30)  # b has 10 left
+    assert refused == Refusal(index=1, spent=0, reserved=40, needed=40)
+    assert ledger.read("a").reserved == 40  # nothing held on a by the refused call
+    assert ledger.settle(hold, (25, 25)) == (25, 25)
+    assert ledger.read("a").spent == 25 and ledger.read("a").reserved == 0
+
+
+def test_strict_grant_sizes_to_the_tightest_line(
+    redis_url: str, prefix: str, make_ledger: Any
+) -> None:
+    ledger = make_ledger()
+    lines = [LedgerLine("a", 1000, 100, 3), LedgerLine("b", 1000, 0, 1)]
+    hold = ledger.reserve(lines, 1, 10_000)
+    assert isinstance(hold, Hold) and hold.units == 300 and hold.amounts == (1000, 300)
+    ledger.release(hold)
+    ledger.add_spent("a", 400)
+    hold = ledger.reserve(lines, 1, 10_000)
+    assert isinstance(hold, Hold) and hold.units == 166
+    ledger.release(hold)
+    ledger.add_spent("a", 498)  # 898 spent: 102 - 100 fixed leaves no output token
+    assert isinstance(ledger.reserve(lines, 1, 10_000), Refusal)
+
+
+def test_amounts_past_float_precision_of_lua_printing_stay_exact(
+    redis_url: str, prefix: str, make_ledger: Any
+) -> None:
+    # Lua prints numbers with 14 significant digits; the scripts must not.
+    ledger = make_ledger()
+    big = 123_456_789_012_345
+    hold = ledger.reserve([LedgerLine("k", 10**15, big, 7)], 3, 3)
+    assert isinstance(hold, Hold)
+    assert ledger.read("k") == ledger.read("k").__class__(0, big + 21)
+    assert ledger.settle(hold, (big + 1,)) == (big + 1,)
+    assert ledger.read("k").reserved == 0
+
+
+def test_settle_and_release_are_idempotent(redis_url: str, prefix: str, make_ledger: Any) -> None:
+    ledger = make_ledger()
+    hold = ledger.reserve([LedgerLine("k", 100, 10, 0)], 0, 0)
+    assert isinstance(hold, Hold)
+    assert ledger.settle(hold, (7,)) == (7,)
+    assert ledger.settle(hold, (7,)) == (7,)
+    ledger.release(hold)
+    assert ledger.read("k") == ledger.read("k").__class__(7, 0)
+
+
+def test_a_budget_listed_twice_is_charged_on_both_lines(
+    redis_url: str, prefix: str, make_ledger: Any
+) -> None:
+    ledger, memory = make_ledger(), MemoryLedger()
+    lines = [LedgerLine("k", 100, 10, 1), LedgerLine("k", 100, 10, 1)]
+    for each in (ledger, memory):
+        hold = each.reserve(lines, 5, 20)
+        assert isinstance(hold, Hold) and hold.units == 20
+        each.settle(hold, (12, 12))
+    assert ledger.read("k") == memory.read("k")
+
+
+def test_keys_carry_the_prefix_and_expire_after_the_period(
+    prefix: str, make_ledger: Any, raw: Any
+) -> None:
+    ledger = make_ledger(lease_seconds=30)
+    hold = ledger.reserve([LedgerLine("agent:bot:daily:2026-11-28", 100, 1, 1, 3600)], 1, 5)
+    assert isinstance(hold, Hold)
+    client = raw
+    base = prefix + "agent:bot:daily:2026-11-28"
+    assert sorted(client.scan_iter(match=prefix + "*")) == [base, base + ":holds"]
+    assert client.hgetall(base) == {"reserved": "6"}
+    [(member, expiry)] = client.zrange(base + ":holds", 0, -1, withscores=True)
+    assert member == f"{hold.id}:1:6"
+    server_ms = client.time()[0] * 1000
+    assert server_ms + 25_000 <= expiry <= server_ms + 31_000  # the 30 s lease
+    for key in (base, base + ":holds"):
+        assert 3590 <= client.ttl(key) <= 3600
+    ledger.settle(hold, (4,))
+    assert client.hgetall(base) == {"spent": "4", "reserved": "0"}
+    assert client.exists(base + ":holds") == 0  # an empty sorted set vanishes
+
+
+def test_scripts_reload_after_the_server_forgets_them(make_ledger: Any, raw: Any) -> None:
+    ledger = make_ledger()
+    line = [LedgerLine("k", 100, 1, 1)]
+    assert isinstance(ledger.reserve(line, 1, 1), Hold)
+    raw.script_flush()
+    hold = ledger.reserve(line, 1, 1)
+    assert isinstance(hold, Hold)
+    assert ledger.settle(hold, (2,)) == (2,)
+
+    async def again() -> None:
+        raw.script_flush()
+        assert isinstance(await ledger.areserve(line, 1, 1), Hold)
+        await ledger.aclose()
+
+    asyncio.run(again())
+
+
+class RedisMatchesMemory(RuleBasedStateMachine):
+    """Any interleaving of reserve, settle and release gives the Redis ledger exactly the
+    memory ledger's answers and balances (the Lua script mirrors grantable_units)."""
+
+    made: list[RedisLedger] = []
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.prefix = f"kavach-test:{uuid.uuid4().hex[:10]}:"
+        self.redis = RedisLedger(REDIS_URL, prefix=self.prefix)
+        RedisMatchesMemory.made.append(self.redis)
+        self.memory = MemoryLedger()
+        self.holds: list[tuple[Hold, Hold]] = []
+        self.lines = [
+            LedgerLine("x", 1_000, 0, 1),
+            LedgerLine("y", 500, 5, 2),
+            LedgerLine("z", 300, 17, 0),
+        ]
+
+    @rule(
+        lo=st.integers(0, 60),
+        extra=st.integers(0, 300),
+        which=st.sets(st.integers(0, 2), min_size=1),
+    )
+    def reserve(self, lo: int, extra: int, which: set[int]) -> None:
+        lines = [self.lines[i] for i in sorted(which)]
+        got = self.redis.reserve(lines, lo, lo + extra)
+        want = self.memory.reserve(lines, lo, lo + extra)
+        if isinstance(want, Refusal):
+            assert got == want
+        else:
+            assert isinstance(got, Hold)
+            assert (got.units, got.amounts, got.keys) == (want.units, want.amounts, want.keys)
+            self.holds.append((got, want))
+
+    @rule(data=st.data(), release=st.booleans())
+    def finish(self, data: st.DataObject, release: bool) -> None:
+        if not self.holds:
+            return
+        got, want = self.holds.pop(data.draw(st.integers(0, len(self.holds) - 1)))
+        if release:
+            self.redis.release(got)
+            self.memory.release(want)
+        else:
+            actual = tuple(data.draw(st.integers(0, a)) for a in want.amounts)
+            assert self.redis.settle(got, actual) == self.memory.settle(want, actual)
+
+    @invariant()
+    def same_balances(self) -> None:
+        for line in self.lines:
+            assert self.redis.read(line.key) == self.memory.read(line.key)
+
+    def teardown(self) -> None:
+        client = redis.Redis.from_url(REDIS_URL)
+        keys = list(client.scan_iter(match=self.prefix + "*"))
+        if keys:
+            client.delete(*keys)
+        client.close()
+        self.redis.close()
+
+
+@pytest.mark.usefixtures("redis_url")
+def test_redis_ledger_matches_the_memory_ledger() -> None:
+    RedisMatchesMemory.TestCase.settings = settings(
+        max_examples=25,
+        stateful_step_count=25,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
+    try:
+        RedisMatchesMemory.TestCase().runTest()
+    finally:
+        for ledger in RedisMatchesMemory.made:
+            ledger.close()
+        RedisMatchesMemory.made.clear()
+
+
+def test_threads_never_overcommit(redis_url: str, prefix: str, make_ledger: Any) -> None:
+    ledger = make_ledger()
+    line = LedgerLine("k", 1_000, 0, 1)
+    granted: list[int] = []
+
+    def worker() -> None:
+        for _ in range(60):
+            hold = ledger.reserve([line], 1, 7)
+            if isinstance(hold, Hold):
+                granted.append(hold.units)
+                ledger.settle(hold, (hold.units,))
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert ledger.read("k").spent == sum(granted) == 1_000
+    assert ledger.read("k").reserved == 0
+
+
+@pytest.mark.anyio
+async def test_strict_guard_under_500_concurrent_tasks_spends_at_most_the_limit(
+    redis_url: str, prefix: str, make_ledger: Any
+) -> None:
+    guard = AgentKavach(
+        "bot",
+        Budget.daily("0.5"),
+        mode="strict",
+        prices=PRICES,
+        ledger=(ledger := make_ledger()),
+        detect_loops=False,
+    )
+    admitted = 0
+
+    async def call(i: int) -> None:
+        nonlocal admitted
+        try:
+            r = await guard.areserve(spec(input_tokens=200, max_output=None, content=str(i)))
+        except BudgetExceededError:
+            return
+        except Exception as exc:  # the kill switch at 100% refuses later calls
+            assert exc.__class__.__name__ == "AgentKilledError"
+            return
+        admitted += 1
+        await asyncio.sleep(random.random() / 100)
+        used = r.max_output_tokens or 0
+        await r.acommit(Usage(input_tokens=200, output_tokens=random.randint(used // 2, used)))
+
+    await asyncio.gather(*(call(i) for i in range(500)))
+    await ledger.aclose()
+    status = guard.status()[0]
+    print(f"\nadmitted {admitted} of 500, spent {status.spent} of {status.limit} nanos")
+    assert admitted > 100
+    assert status.spent <= status.limit and status.reserved == 0
+
+
+def test_reserve_reclaims_an_expired_hold_and_reports_it(
+    redis_url: str, prefix: str, make_ledger: Any
+) -> None:
+    reclaimed: list[HoldReclaimed] = []
+    dead = make_ledger(lease_seconds=0.3)
+    alive = make_ledger(lease_seconds=30, on_reclaim=reclaimed.append)
+    line = [LedgerLine("k", 100, 0, 1), LedgerLine("j", 100, 0, 1)]
+    lost = dead.reserve(line, 80, 80)  # its process "dies" and never settles
+    assert isinstance(lost, Hold)
+    assert isinstance(alive.reserve(line, 80, 80), Refusal)
+    time.sleep(0.35)
+    hold = alive.reserve(line, 80, 80)
+    assert isinstance(hold, Hold)
+    assert sorted(reclaimed, key=lambda r: r.key) == [
+        HoldReclaimed(lost.id, "j", 80),
+        HoldReclaimed(lost.id, "k", 80),
+    ]
+    # The dead call turns out to have finished after all: its spend counts, once.
+    assert dead.settle(lost, (30, 30)) == (30, 30)
+    assert dead.settle(lost, (30, 30)) == (30, 30)
+    assert alive.read("k") == alive.read("k").__class__(30, 80)
+
+
+def test_guard_observers_see_reclaims_and_a_warning_is_logged(
+    redis_url: str, prefix: str, caplog: pytest.LogCaptureFixture, make_ledger: Any
+) -> None:
+    seen: list[HoldReclaimed] = []
+
+    class Watcher(NullObserver):
+        def on_reclaim(self, reclaimed: HoldReclaimed) -> None:
+            seen.append(reclaimed)
+
+    dead = AgentKavach(
+        "bot",
+        Budget.daily("0.002"),
+        prices=PRICES,
+        ledger=make_ledger(lease_seconds=0.2),
+    )
+    guard = AgentKavach(
+        "bot",
+        Budget.daily("0.002"),
+        prices=PRICES,
+        ledger=make_ledger(),
+        observers=[Watcher()],
+    )
+    dead.reserve(spec(input_tokens=500, max_output=1000))  # held, never settled
+    with pytest.raises(BudgetExceededError):
+        guard.reserve(spec(input_tokens=500, max_output=1000, content="b"))
+    time.sleep(0.25)
+    with caplog.at_level(logging.WARNING, logger="kavach"):
+        guard.reserve(spec(input_tokens=500, max_output=1000, content="c")).release()
+    assert [r.amount for r in seen] == [1_500_000]
+    assert "reclaimed expired hold" in caplog.text
+
+
+def test_guard_refuses_with_a_clear_error_when_redis_is_down(unused_tcp_port: int) -> None:
+    refused = []
+
+    class Watcher(NullObserver):
+        def on_call(self, event: object) -> None:
+            refused.append(event)
+
+    guard = AgentKavach(
+        "bot",
+        Budget.daily(1),
+        prices=PRICES,
+        ledger=f"redis://:hunter2@127.0.0.1:{unused_tcp_port}/0",
+        observers=[Watcher()],
+    )
+    with pytest.raises(LedgerUnavailableError) as info:
+        guard.reserve(spec())
+    message = str(info.value)
+    assert f"Redis at redis://:***@127.0.0.1:{unused_tcp_port}/0 did not answer" in message
+    assert "fallback='local'" in message and "refused" in message
+    assert "hunter2" not in message and "hunter2" not in repr(guard.ledger)
+    assert [getattr(e, "refusal_reason", None) for e in refused] == ["ledger_unavailable"]
+
+
+@pytest.fixture
+def unused_tcp_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+class Proxy:
+    """A loopback TCP proxy to the real Redis that can be started late: Redis 'comes back'."""
+
+    def __init__(self, port: int, target: tuple[str, int]) -> None:
+        import socket
+
+        self.port, self.target = port, target
+        self.server = socket.socket()
+        self.server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.server.bind(("127.0.0.1", port))
+        self.server.listen()
+        self.stopped = False
+        self.conns: list[object] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+
+        while not self.stopped:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            self.conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(a: object, b: object) -> None:
+        import socket
+
+        assert isinstance(a, socket.socket) and isinstance(b, socket.socket)
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def drop(self) -> None:
+        """Cut every open connection, as a Redis restart does."""
+        import socket
+
+        for conn in self.conns:
+            assert isinstance(conn, socket.socket)
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self.conns.clear()
+
+    def close(self) -> None:
+        self.stopped = True
+        self.server.close()
+        self.drop()
+
+
+def test_fallback_local_keeps_enforcing_and_reconciles_when_redis_returns(
+    redis_url: str,
+    prefix: str,
+    unused_tcp_port: int,
+    caplog: pytest.LogCaptureFixture,
+    make_ledger: Any,
+) -> None:
+    ledger = make_ledger(f"redis://127.0.0.1:{unused_tcp_port}/0", fallback="local")
+    guard = AgentKavach("bot", Budget.daily("0.01"), prices=PRICES, ledger=ledger)
+    with caplog.at_level(logging.WARNING, logger="kavach"):
+        with guard.reserve(spec(input_tokens=1000, max_output=1000)) as r:
+            r.commit(Usage(input_tokens=1000, output_tokens=500))  # $0.0015
+    assert ledger.degraded
+    assert "REDIS UNREACHABLE" in caplog.text
+    # Still enforced locally: $0.0085 left cannot pay a $0.01 call.
+    with pytest.raises(BudgetExceededError):
+        guard.reserve(spec(input_tokens=5000, max_output=5000, content="big"))
+
+    proxy = Proxy(unused_tcp_port, ("127.0.0.1", 6379))
+    try:
+        with caplog.at_level(logging.WARNING, logger="kavach"):
+            assert ledger.reconcile()
+        assert not ledger.degraded
+        assert "answers again" in caplog.text
+        direct = make_ledger()
+        key = guard.status()[0].key
+        assert direct.read(key).spent == 1_500_000  # the local spend reached Redis
+        with guard.reserve(spec(input_tokens=1000, max_output=1000, content="2")) as r:
+            r.commit(Usage(input_tokens=1000, output_tokens=1000))
+        assert direct.read(key).spent == 3_500_000
+    finally:
+        proxy.close()
+
+
+def test_ledger_from_url_and_from_the_environment(
+    redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch, raw: Any
+) -> None:
+    monkeypatch.setenv("AGENTKAVACH_REDIS_URL", redis_url)
+    monkeypatch.setenv("AGENTKAVACH_REDIS_PREFIX", prefix)
+    monkeypatch.setenv("AGENTKAVACH_REDIS_FALLBACK", "local")
+    from_env = AgentKavach("bot", Budget.daily(1), prices=PRICES)
+    from_url = AgentKavach("bot", Budget.daily(1), prices=PRICES, ledger=redis_url)
+    assert isinstance(from_env.ledger, RedisLedger) and isinstance(from_url.ledger, RedisLedger)
+    assert from_env.ledger.fallback == "local" and from_env.ledger.prefix == prefix
+    try:
+        with from_env.reserve(spec()) as r:
+            r.commit(Usage(input_tokens=1000, output_tokens=10))
+        assert from_url.status()[0].spent == 1_010_000  # one budget, two guards
+        key = prefix + from_url.status()[0].key
+        assert raw.hget(key, "spent") == "1010000"
+    finally:
+        from_env.ledger.close()
+        from_url.ledger.close()
+
+
+def test_dedup_store_lets_one_claim_through_per_ttl(redis_url: str, prefix: str, raw: Any) -> None:
+    a = RedisDedupStore(redis_url, prefix=prefix)
+    b = RedisDedupStore(raw, prefix=prefix)
+    assert a.claim("bot:daily:0.9", 1) is True
+    assert b.claim("bot:daily:0.9", 1) is False
+    assert b.claim("bot:daily:1.0", 1) is True
+    time.sleep(1.1)
+    assert b.claim("bot:daily:0.9", 1) is True
+    a.close()
+
+
+def test_async_and_sync_share_one_ledger(redis_url: str, prefix: str, make_ledger: Any) -> None:
+    ledger = make_ledger()
+
+    async def main() -> None:
+        hold = await ledger.areserve([LedgerLine("k", 100, 10, 1)], 1, 50)
+        assert isinstance(hold, Hold) and hold.units == 50
+        assert ledger.read("k").reserved == 60
+        assert await ledger.asettle(hold, (33,)) == (33,)
+        assert await ledger.aread("k") == ledger.read("k").__class__(33, 0)
+        hold = await ledger.areserve([LedgerLine("k", 100, 10, 1)], 1, 50)
+        assert isinstance(hold, Hold) and hold.units == 50
+        await ledger.arelease(hold)
+        await ledger.aclose()
+
+    async def later() -> None:
+        assert await ledger.aread("k") == ledger.read("k").__class__(33, 0)
+        await ledger.aclose()
+
+    asyncio.run(main())
+    asyncio.run(later())  # a second event loop gets its own connection pool
+    assert ledger.read("k").spent == 33
+
+
+@pytest.mark.anyio
+async def test_async_fallback_holds_release_and_settle_locally(
+    unused_tcp_port: int, make_ledger: Any
+) -> None:
+    ledger = make_ledger(f"redis://127.0.0.1:{unused_tcp_port}/0", fallback="local")
+    line = [LedgerLine("k", 100, 10, 1)]
+    hold = await ledger.areserve(line, 1, 90)
+    assert isinstance(hold, Hold) and hold.units == 90 and ledger.degraded
+    assert isinstance(await ledger.areserve(line, 1, 90), Refusal)  # enforced locally
+    await ledger.arelease(hold)
+    assert (await ledger.aread("k")).reserved == 0
+    hold = await ledger.areserve(line, 1, 90)
+    assert isinstance(hold, Hold)
+    assert await ledger.asettle(hold, (40,)) == (40,)
+    assert await ledger.aread("k") == ledger.read("k").__class__(40, 0)
+
+
+def test_a_call_under_no_budget_makes_no_round_trip(unused_tcp_port: int, make_ledger: Any) -> None:
+    ledger = make_ledger(f"redis://127.0.0.1:{unused_tcp_port}/0")  # nothing listens there
+    hold = ledger.reserve([], 1, 500)
+    assert isinstance(hold, Hold) and hold.units == 500
+    assert ledger.settle(hold, ()) == ()
+
+
+def test_unicode_budget_names_round_trip(make_ledger: Any) -> None:
+    ledger = make_ledger()
+    hold = ledger.reserve([LedgerLine("agent:fürst-bot:daily:2026-11-28", 100, 1, 1)], 1, 5)
+    assert isinstance(hold, Hold)
+    assert ledger.settle(hold, (3,)) == (3,)
+    assert ledger.read("agent:fürst-bot:daily:2026-11-28").spent == 3
+
+
+def test_connections_dropped_by_a_redis_restart_are_replaced_without_an_error(
+    unused_tcp_port: int, make_ledger: Any
+) -> None:
+    proxy = Proxy(unused_tcp_port, ("127.0.0.1", 6379))
+    try:
+        ledger = make_ledger(f"redis://127.0.0.1:{unused_tcp_port}/0")
+        line = [LedgerLine("k", 1000, 1, 1)]
+
+        async def twice_async() -> None:
+            hold = await ledger.areserve(line, 1, 10)
+            assert isinstance(hold, Hold)
+            proxy.drop()
+            await asyncio.sleep(0.05)
+            assert await ledger.asettle(hold, (5,)) == (10,)
+            await ledger.aclose()
+
+        hold = ledger.reserve(line, 1, 10)
+        assert isinstance(hold, Hold)
+        proxy.drop()
+        time.sleep(0.05)
+        assert ledger.settle(hold, (5,)) == (5,)
+        asyncio.run(twice_async())
+        assert ledger.read("k") == ledger.read("k").__class__(10, 0)
+        assert not ledger.degraded
+    finally:
+        proxy.close()
+
+
+@pytest.mark.anyio
+async def test_a_caller_cancelled_mid_reserve_leaves_no_hold_behind(make_ledger: Any) -> None:
+    ledger = make_ledger()
+    line = [LedgerLine("k", 10**9, 10, 1)]
+    tasks = [asyncio.create_task(ledger.areserve(line, 1, 100)) for _ in range(50)]
+    await asyncio.sleep(0)  # every reserve is queued or on the wire
+    for task in tasks:
+        task.cancel()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert all(isinstance(r, asyncio.CancelledError) for r in results)
+    for _ in range(500):  # the orphaned holds are given back in the background
+        if (await ledger.aread("k")).reserved == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert await ledger.aread("k") == ledger.read("k").__class__(0, 0)
+    await ledger.aclose()
+
+
+def test_guards_on_a_redis_ledger_share_alert_deduplication(make_ledger: Any) -> None:
+    def make() -> AgentKavach:
+        return AgentKavach(
+            "bot",
+            Budget.daily(1),
+            prices=PRICES,
+            ledger=make_ledger(),
+            channels=[AgentKavach.channel(lambda alert: None, threshold=0.5)],
+        )
+
+    first, second = make(), make()  # as if in two processes
+    assert first.alerts is not None and second.alerts is not None
+    assert isinstance(first.alerts.dedup, RedisDedupStore)
+    assert first.alerts.dedup.claim("bot:daily:0.5", 5) is True
+    assert second.alerts.dedup.claim("bot:daily:0.5", 5) is False
+    first.close()
+    second.close()

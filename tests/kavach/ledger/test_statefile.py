@@ -1,0 +1,118 @@
+"""Restart-safe spend with the in-process ledger: a state file, and guard.seed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from kavach import AgentKavach, Budget, KavachConfigError, Usage
+from kavach.ledger.statefile import PersistentMemoryLedger
+from tests.kavach.conftest import PRICES, spec
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def spend(guard: AgentKavach, output_tokens: int) -> None:
+    with guard.reserve(spec(input_tokens=1000, max_output=output_tokens)) as r:
+        r.commit(Usage(input_tokens=1000, output_tokens=output_tokens))
+
+
+def test_a_restarted_guard_keeps_the_days_spend(tmp_path: Path) -> None:
+    state = tmp_path / "bot.json"
+    guard = AgentKavach("bot", Budget.daily(1), prices=PRICES, state_file=state)
+    spend(guard, 2000)  # $0.003
+    spend(guard, 4000)  # $0.005
+    assert guard.remaining == pytest.approx(1 - 0.008)
+    assert isinstance(guard.ledger, PersistentMemoryLedger)
+    guard.ledger.close()  # what interpreter exit does
+
+    restarted = AgentKavach("bot", Budget.daily(1), prices=PRICES, state_file=state)
+    assert restarted.spent == pytest.approx(0.008)
+    assert restarted.remaining == pytest.approx(1 - 0.008)
+    spend(restarted, 1000)
+    assert restarted.remaining == pytest.approx(1 - 0.010)
+    restarted.ledger.close()  # type: ignore[attr-defined]
+
+
+def test_the_file_is_written_in_the_background_and_survives_sigkill(tmp_path: Path) -> None:
+    state = tmp_path / "bot.json"
+    code = textwrap.dedent(
+        f"""
+        import time
+        from kavach import AgentKavach, Budget, Usage
+        from tests.kavach.conftest import PRICES, spec
+        guard = AgentKavach("bot", Budget.daily(1), prices=PRICES, state_file={str(state)!r})
+        with guard.reserve(spec(input_tokens=1000, max_output=6000)) as r:
+            r.commit(Usage(input_tokens=1000, output_tokens=6000))
+        print("spent", flush=True)
+        time.sleep(600)
+        """
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "spent"
+    deadline = time.monotonic() + 5
+    while not state.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)  # no atexit: only the debounced write saved it
+    proc.wait(timeout=10)
+    proc.stdout.close()
+    restarted = AgentKavach("bot", Budget.daily(1), prices=PRICES, state_file=state)
+    assert restarted.remaining == pytest.approx(1 - 0.007)
+    restarted.ledger.close()  # type: ignore[attr-defined]
+
+
+def test_writes_are_atomic_and_past_periods_are_dropped(tmp_path: Path) -> None:
+    state = tmp_path / "s.json"
+    ledger = PersistentMemoryLedger(state, debounce_seconds=0.01)
+    ledger.add_spent("agent:bot:daily:2026-11-28", 5, ttl_seconds=3600)
+    ledger.add_spent("agent:bot:daily:2026-11-27", 7, ttl_seconds=3600)
+    ledger.close()
+    data = json.loads(state.read_text())
+    assert data["keys"]["agent:bot:daily:2026-11-28"]["spent"] == 5
+    assert [p.name for p in tmp_path.iterdir()] == ["s.json"]  # no temp file left behind
+    data["keys"]["agent:bot:daily:2026-11-27"]["expires_at"] = time.time() - 1
+    state.write_text(json.dumps(data))
+    reloaded = PersistentMemoryLedger(state)
+    assert reloaded.read("agent:bot:daily:2026-11-28").spent == 5
+    assert reloaded.read("agent:bot:daily:2026-11-27").spent == 0
+    reloaded.close()
+
+
+def test_an_unreadable_file_starts_from_zero_with_an_error_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    state = tmp_path / "s.json"
+    state.write_text("{not json")
+    ledger = PersistentMemoryLedger(state)
+    assert ledger.read("k").spent == 0
+    assert "unreadable" in caplog.text
+
+
+def test_seed_raises_spent_to_the_given_figures_and_is_idempotent() -> None:
+    guard = AgentKavach("bot", Budget.daily(1), prices=PRICES)
+    spend(guard, 1000)  # $0.002 here already
+    key = guard.status()[0].key
+    guard.seed({key: 5_000_000})  # the backend saw $0.005 this period
+    assert guard.spent == pytest.approx(0.005)
+    guard.seed({key: 5_000_000})
+    guard.seed({key: 1_000_000})  # never lowers
+    assert guard.spent == pytest.approx(0.005)
+
+
+def test_state_file_with_a_redis_ledger_is_a_config_error() -> None:
+    with pytest.raises(KavachConfigError, match="state_file"):
+        AgentKavach("bot", ledger="redis://127.0.0.1:6379/0", state_file="x.json")
