@@ -22,6 +22,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from backend import db
+from backend.agent_state import control_states
 
 __all__ = ["IngestBatch", "IngestEvent", "decode_batch", "store_batch", "BatchError", "StoredBatch"]
 
@@ -119,6 +120,7 @@ class StoredBatch:
     accepted: int
     duplicates: int
     agents: list[str]
+    control: dict[str, dict[str, Any]]
 
 
 _EVENT_COLUMNS = (
@@ -364,7 +366,7 @@ async def _store_batch(org_id: int, batch: IngestBatch) -> StoredBatch:
     in_batch_duplicates = len(batch.events) - len(events)
     agent_names = sorted({e.agent for e in events})
     if not events:
-        return StoredBatch(accepted=0, duplicates=in_batch_duplicates, agents=[])
+        return StoredBatch(accepted=0, duplicates=in_batch_duplicates, agents=[], control={})
 
     async with db.transaction():
         agent_ids = await _upsert_agents(org_id, agent_names, now)
@@ -449,9 +451,12 @@ async def _store_batch(org_id: int, batch: IngestBatch) -> StoredBatch:
                 "WHERE id = {}",
                 [calls, cost, last, last, run_id],
             )
+        # Read inside the transaction: on SQLite that reuses its connection.
+        control = await control_states(org_id, agent_names)
     accepted = len(inserted)
     return StoredBatch(
         accepted=accepted,
         duplicates=in_batch_duplicates + len(events) - accepted,
         agents=agent_names,
+        control=control,
     )
