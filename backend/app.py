@@ -20,8 +20,9 @@ from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 import kavach
 from backend import db
 from backend.control import ControlHub
-from backend.routes import auth, control, keys, reads
+from backend.routes import auth, control, keys, live, reads
 from backend.settings import Settings
+from backend.static import dashboard_routes
 
 __all__ = ["create_app"]
 
@@ -69,14 +70,16 @@ def create_app(settings: Settings | None = None) -> Litestar:
             if engine.engine_type == "postgres":
                 await engine.close_connection_pool()
 
-    route_handlers: list[Any] = [*auth.ROUTES, *keys.ROUTES, *control.ROUTES, *reads.ROUTES]
+    route_handlers: list[Any] = [
+        *auth.ROUTES,
+        *keys.ROUTES,
+        *control.ROUTES,
+        *reads.ROUTES,
+        *live.ROUTES,
+    ]
     static = _static_dir(settings)
     if static is not None:
-        from litestar.static_files import create_static_files_router
-
-        route_handlers.append(
-            create_static_files_router(path="/", directories=[static], html_mode=True)
-        )
+        route_handlers.extend(dashboard_routes(static))
 
     app = Litestar(
         route_handlers=route_handlers,

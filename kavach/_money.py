@@ -7,7 +7,7 @@ edges: user input (``Budget.daily(50)``) and formatted messages.
 
 from __future__ import annotations
 
-from decimal import ROUND_CEILING, Decimal
+from decimal import ROUND_CEILING, ROUND_DOWN, Decimal
 
 NANOS_PER_DOLLAR = 1_000_000_000
 
@@ -25,11 +25,16 @@ def to_dollars(nanos: int) -> float:
 
 
 def fmt_usd(nanos: int) -> str:
-    """``$1.23`` for ordinary amounts, more digits for sub-cent ones (``$0.000125``)."""
+    """Dollars for people: ``$1,234.50``; under a dollar, enough digits to tell amounts apart
+    (``$0.04984``, ``$0.000125``), never rounded up to look like a limit was reached."""
     dollars = Decimal(nanos) / NANOS_PER_DOLLAR
     sign = "-" if dollars < 0 else ""
     dollars = abs(dollars)
-    if dollars == 0 or dollars >= Decimal("0.01"):
-        return f"{sign}${dollars:,.2f}"
-    text = f"{dollars:.9f}".rstrip("0")
-    return f"{sign}${text}"
+    if dollars >= 1 or dollars == 0:
+        return f"{sign}${dollars.quantize(Decimal('0.01'), rounding=ROUND_DOWN):,.2f}"
+    text = f"{dollars.quantize(Decimal('0.000000001'), rounding=ROUND_DOWN):.9f}".rstrip("0")
+    whole, frac = text.split(".")
+    significant = frac.lstrip("0")
+    keep = len(frac) - len(significant) + min(len(significant), 4)
+    frac = frac[: max(2, keep)].ljust(2, "0")
+    return f"{sign}${whole}.{frac}"

@@ -9,15 +9,16 @@
 from __future__ import annotations
 
 import contextvars
+import itertools
 import logging
 import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from kavach import tokens
 from kavach._money import to_dollars, to_nanos
@@ -25,10 +26,13 @@ from kavach.budget import Budget, Period
 from kavach.engine import (
     Mode,
     Plan,
+    Slot,
     actual_amounts,
     crossed_thresholds,
+    period_slots,
     plan_call,
     refusal_error,
+    run_slots,
 )
 from kavach.errors import (
     AgentKilledError,
@@ -42,6 +46,7 @@ from kavach.events import (
     CallStatus,
     GuardObserver,
     GuardrailTrip,
+    NullObserver,
     ThresholdCrossing,
 )
 from kavach.guardrails import GuardrailConfig, Guardrails
@@ -53,12 +58,26 @@ from kavach.reservation import Reservation
 from kavach.spec import CallSpec
 from kavach.usage import ZERO_USAGE, Usage
 
+if TYPE_CHECKING:
+    from kavach.alerts import AlertDispatcher, ChannelRule, DedupStore
+    from kavach.reporting.link import BackendLink
+
 logger = logging.getLogger("kavach")
+Closer = Callable[[float], object]
+AsyncCloser = Callable[[float], Awaitable[object]]
+_ALERT_ENV = (
+    "AGENTKAVACH_SLACK_WEBHOOK_URL",
+    "AGENTKAVACH_PAGERDUTY_ROUTING_KEY",
+    "AGENTKAVACH_PD_ROUTING_KEY",
+    "AGENTKAVACH_ALERT_EMAIL",
+    "AGENTKAVACH_WEBHOOK_URL",
+)
 
 _current_run: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "kavach_run", default=None
 )
 _PROMPT_CAP = 32_000
+_C = TypeVar("_C")
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +130,21 @@ class AgentKavach:
         ledger: where spend lives; in-process memory by default.
         enabled: ``False`` (or ``AGENTKAVACH_DISABLED=1``) makes the guard a passthrough.
         save_prompts: keep prompt text in call events (off by default).
+        slack_webhook_url, pagerduty_routing_key, alert_email, webhook_url (+ webhook_secret):
+            turn an alert channel on with its default rules; ``channels=[AgentKavach.channel(...)]``
+            gives rules of your own; ``dashboard_url`` is linked from alerts. Without them the
+            ``AGENTKAVACH_SLACK_WEBHOOK_URL``, ``AGENTKAVACH_PAGERDUTY_ROUTING_KEY`` (...)
+            environment variables do the same. ``alert_dedup_store`` shares alert
+            de-duplication across processes. See ``kavach.alerts``.
+        api_key, endpoint: an AgentKavach SDK key (``ak_live_...``) and the backend URL (or
+            ``AGENTKAVACH_API_KEY`` and ``AGENTKAVACH_BACKEND_URL``) turn on reporting, the
+            control channel (Stop and Resume from the dashboard) and seeding of this period's
+            spend after a restart; ``spool_dir`` is where events wait while the backend is away.
         clock: returns the current aware datetime; for simulations and tests of period resets.
+        provider, llm_key, base_url: build a guarded provider SDK client on first use
+            (``"openai"``, ``"anthropic"``, ``"google"``, ``"mistral"``) for ``create`` /
+            ``acreate`` and the provider-shaped paths (``guard.chat.completions.create``...).
+            ``llm_key`` and ``base_url`` fall back to the SDK's own environment variables.
     """
 
     def __init__(
@@ -139,6 +172,20 @@ class AgentKavach:
         save_prompts: bool = False,
         observers: Sequence[GuardObserver] = (),
         clock: Callable[[], datetime] | None = None,
+        slack_webhook_url: str | None = None,
+        pagerduty_routing_key: str | None = None,
+        alert_email: str | Sequence[str] | None = None,
+        webhook_url: str | None = None,
+        webhook_secret: str | None = None,
+        channels: Sequence[ChannelRule] = (),
+        dashboard_url: str | None = None,
+        alert_dedup_store: DedupStore | None = None,
+        api_key: str | None = None,
+        endpoint: str | None = None,
+        spool_dir: str | os.PathLike[str] | None = None,
+        provider: str | None = None,
+        llm_key: str | None = None,
+        base_url: str | None = None,
     ) -> None:
         if not agent_name or ":" in agent_name:
             raise KavachConfigError(f"agent_name must be non-empty without ':', got {agent_name!r}")
@@ -157,6 +204,7 @@ class AgentKavach:
                 raise KavachConfigError(f"budget must be a Budget, got {type(b).__name__}")
         self.agent_name = agent_name
         self.budgets = budgets
+        self._code_budgets = budgets
         self.mode: Mode = mode
         self.default_max_output_tokens = default_max_output_tokens
         self.min_output_tokens = min_output_tokens
@@ -182,20 +230,179 @@ class AgentKavach:
         self.ledger: Ledger = ledger if ledger is not None else MemoryLedger()
         self.kill_switch = KillSwitch(agent_name, on_kill)
         self._observers: list[GuardObserver] = list(observers)
+        self._call_observers = [o for o in self._observers if _listens_to_calls(o)]
         self._session_run = f"{agent_name}-{uuid.uuid4().hex[:12]}"
         self._clock = clock or _utcnow
+        self._ids = itertools.count(1)
+        self._id_prefix = uuid.uuid4().hex[:20]
+        # (budgets they were made from, slots, valid until): replaced whole, never mutated,
+        # so a budget change from the control channel cannot leave stale keys behind.
+        self._slot_cache: tuple[tuple[Budget, ...], tuple[Slot, ...], datetime | None] | None = None
+        self._has_run_slots = bool(
+            max_tokens_per_run
+            or max_calls_per_run
+            or any(b.period is Period.PER_RUN for b in budgets)
+        )
+        self._provider = _ProviderConfig(provider, llm_key, base_url) if provider else None
+        self._clients: Any = None
+        self._closers: list[tuple[Closer, AsyncCloser | None]] = []
+        self.alerts: AlertDispatcher | None = None
+        if (
+            slack_webhook_url
+            or pagerduty_routing_key
+            or alert_email
+            or webhook_url
+            or webhook_secret
+            or channels
+            or any(os.environ.get(name) for name in _ALERT_ENV)
+        ):
+            self._build_alerts(
+                slack_webhook_url=slack_webhook_url,
+                pagerduty_routing_key=pagerduty_routing_key,
+                alert_email=alert_email,
+                webhook_url=webhook_url,
+                webhook_secret=webhook_secret,
+                channels=channels,
+                dashboard_url=dashboard_url,
+                dedup=alert_dedup_store,
+            )
+        self.backend: BackendLink | None = None
+        api_key = api_key or os.environ.get("AGENTKAVACH_API_KEY") or None
+        if api_key and self.enabled:
+            self._connect_backend(api_key, endpoint, spool_dir)
+
+    def _connect_backend(
+        self, api_key: str, endpoint: str | None, spool_dir: str | os.PathLike[str] | None
+    ) -> None:
+        from pathlib import Path
+
+        from kavach.reporting.api import BackendConfig
+        from kavach.reporting.link import connect_backend
+
+        endpoint = endpoint or os.environ.get("AGENTKAVACH_BACKEND_URL")
+        if not endpoint:
+            raise KavachConfigError(
+                "api_key is set but no backend endpoint: pass endpoint='https://your-backend' "
+                "or set AGENTKAVACH_BACKEND_URL (budgets are enforced locally either way)"
+            )
+        self.backend = connect_backend(
+            self,
+            BackendConfig(api_key=api_key, endpoint=endpoint),
+            spool_dir=Path(spool_dir) if spool_dir is not None else None,
+        )
+        self.add_closer(self.backend.close)
+
+    # -- alerts and shutdown ------------------------------------------------------------
+
+    @staticmethod
+    def channel(kind: str | Callable[..., Any], /, **settings: Any) -> ChannelRule:
+        """An alert channel with its rule, for ``channels=[...]``.
+
+        >>> AgentKavach.channel("slack", threshold=0.70, webhook_url=url)        # doctest: +SKIP
+        >>> AgentKavach.channel("pagerduty", threshold=0.90, routing_key=key)    # doctest: +SKIP
+        >>> AgentKavach.channel("email", threshold=0.9, to="ops@example.com")    # doctest: +SKIP
+        >>> AgentKavach.channel("webhook", threshold=0.9, url=url, secret=secret) # doctest: +SKIP
+        >>> AgentKavach.channel("kill", threshold=1.0)                           # doctest: +SKIP
+
+        Settings are checked now (https URLs, routing key shape, addresses, templates).
+        """
+        from kavach.alerts.rules import channel
+
+        return channel(kind, **settings)  # type: ignore[arg-type]
+
+    def _build_alerts(self, *, dedup: DedupStore | None, **params: Any) -> None:
+        from kavach.alerts import AlertDispatcher, from_params
+
+        config = from_params(**params)
+        if not config:
+            return
+        extra = config.thresholds
+        # A rule may fire at a threshold the budget does not list: make the budget emit it.
+        self.budgets = tuple(
+            replace(b, thresholds=tuple(sorted(set(b.thresholds) | extra))) for b in self.budgets
+        )
+        self.alerts = AlertDispatcher(config, kill=self.kill, dedup=dedup)
+        self.add_observer(self.alerts)
+        self.add_closer(self.alerts.close, self.alerts.aclose)
+
+    def add_closer(self, close: Closer, aclose: AsyncCloser | None = None) -> None:
+        """Run ``close(timeout_seconds)`` on ``guard.close()`` (and ``aclose`` on
+        ``await guard.aclose()``; without one, ``close`` runs in a worker thread).
+
+        ``close`` may run more than once (a guard can be closed, used and closed again)."""
+        self._closers.append((close, aclose))
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Flush alerts (and whatever else registered a closer), within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        for close, _ in list(self._closers):
+            try:
+                close(max(0.0, deadline - time.monotonic()))
+            except Exception:
+                logger.exception("kavach: closing %r failed", close)
+
+    async def aclose(self, timeout: float = 5.0) -> None:
+        """``close`` for async code; never blocks the event loop."""
+        import anyio.to_thread
+
+        deadline = time.monotonic() + timeout
+        for close, aclose in list(self._closers):
+            left = max(0.0, deadline - time.monotonic())
+            try:
+                if aclose is not None:
+                    await aclose(left)
+                else:
+                    await anyio.to_thread.run_sync(close, left)
+            except Exception:
+                logger.exception("kavach: closing %r failed", close)
+
+    # -- from a file --------------------------------------------------------------------
+
+    @overload
+    @classmethod
+    def from_yaml(
+        cls, path: str | os.PathLike[str], agent: None = None, **overrides: Any
+    ) -> dict[str, AgentKavach]: ...
+
+    @overload
+    @classmethod
+    def from_yaml(
+        cls, path: str | os.PathLike[str], agent: str, **overrides: Any
+    ) -> AgentKavach: ...
+
+    @classmethod
+    def from_yaml(
+        cls, path: str | os.PathLike[str], agent: str | None = None, **overrides: Any
+    ) -> dict[str, AgentKavach] | AgentKavach:
+        """Guards by agent name from a YAML file (one guard with ``agent=``); see ``kavach.config``.
+
+        The guards share one ledger, so shared and org budgets hold across them. ``overrides``
+        (``on_kill=``, ``observers=``, ``ledger=``) apply to every guard.
+
+        >>> guards = AgentKavach.from_yaml("kavach.yaml")          # doctest: +SKIP
+        >>> bot = AgentKavach.from_yaml("kavach.yaml", agent="research-bot")  # doctest: +SKIP
+        """
+        from kavach.config import guards_from_yaml  # pyyaml and pydantic only when used
+
+        guards = guards_from_yaml(path, agent, guard_class=cls, **overrides)
+        return guards if agent is None else guards[agent]
 
     # -- observers ----------------------------------------------------------------------
 
     def add_observer(self, observer: GuardObserver) -> None:
         """Receive this guard's events (calls, thresholds, guardrail trips, kill, resume)."""
         self._observers.append(observer)
+        self._call_observers = [o for o in self._observers if _listens_to_calls(o)]
 
     def remove_observer(self, observer: GuardObserver) -> None:
         self._observers.remove(observer)
+        self._call_observers = [o for o in self._observers if _listens_to_calls(o)]
 
     def _emit(self, method: str, *args: Any) -> None:
-        for observer in self._observers:
+        # Call events go only to observers that override on_call (alerts do not), so a guard
+        # whose only observer is the alert dispatcher builds no event per call.
+        observers = self._call_observers if method == "on_call" else self._observers
+        for observer in observers:
             try:
                 getattr(observer, method)(*args)
             except Exception:
@@ -305,9 +512,7 @@ class AgentKavach:
                     tools=spec.tools,
                 )
             plan = plan_call(
-                agent=self.agent_name,
-                run_id=run_id,
-                budgets=self.budgets,
+                slots=self._slots(run_id, now),
                 guardrails=self.guardrail_config,
                 price=price,
                 input_tokens=input_tokens,
@@ -315,7 +520,7 @@ class AgentKavach:
                 mode=self.mode,
                 default_max_output=self.default_max_output_tokens,
                 min_output=self.min_output_tokens,
-                now=now,
+                cache_writes=spec.cache_writes,
             )
         except GuardrailError as exc:
             self.guardrails.forget_request(run_id, fingerprint)
@@ -326,6 +531,27 @@ class AgentKavach:
             self._refused(spec, run_id, now, exc)
             raise
         return _Prepared(spec, plan, price, run_id, fingerprint, now)
+
+    def set_remote_budgets(self, budgets: Sequence[Budget]) -> None:
+        """Enforce budgets set in the dashboard next to the ones given in code.
+
+        Called by the control channel when a budget changes; takes effect on the next call.
+        """
+        self._has_run_slots = self._has_run_slots or any(
+            b.period is Period.PER_RUN for b in budgets
+        )
+        self.budgets = self._code_budgets + tuple(budgets)
+
+    def _slots(self, run_id: str, now: datetime) -> tuple[Slot, ...]:
+        # Period keys change only when a period resets: compute them once per period.
+        budgets = self.budgets
+        cache = self._slot_cache
+        if cache is None or cache[0] is not budgets or (cache[2] is not None and now >= cache[2]):
+            slots, until = period_slots(self.agent_name, budgets, now)
+            cache = self._slot_cache = (budgets, slots, until)
+        if not self._has_run_slots:
+            return cache[1]
+        return cache[1] + run_slots(self.agent_name, run_id, budgets, self.guardrail_config)
 
     def _admit(self, prepared: _Prepared, result: Hold | Refusal) -> Reservation:
         if isinstance(result, Refusal):
@@ -416,16 +642,25 @@ class AgentKavach:
         if r.plan is None:
             return None
         self.guardrails.record(r.run_id, cost, tuple(tool_calls))
-        event = self._event(
-            r, status, usage, cost, error, response_model, tuple(finish_reasons), tuple(tool_calls)
-        )
-        self._emit("on_call", event)
+        event = None
+        if self._call_observers:  # events are built only for someone who listens
+            event = self._event(
+                r,
+                status,
+                usage,
+                cost,
+                error,
+                response_model,
+                tuple(finish_reasons),
+                tuple(tool_calls),
+            )
+            self._emit("on_call", event)
         if after:
             self._check_thresholds(r.plan, amounts, after)
         return event
 
     def _released(self, r: Reservation, status: CallStatus, error: str | None) -> CallEvent | None:
-        if r.plan is None:
+        if r.plan is None or not self._call_observers:
             return None
         event = self._event(r, status, ZERO_USAGE, 0, error, None, (), ())
         self._emit("on_call", event)
@@ -436,28 +671,30 @@ class AgentKavach:
     ) -> None:
         # Each settle moves spent over a disjoint interval (before, after], so a threshold
         # is crossed by exactly one settle, across threads and (with Redis) processes.
-        now = self._clock()
         for line, info, amount, spent in zip(plan.lines, plan.info, amounts, after, strict=True):
             if info.kind != "budget" or amount <= 0:
                 continue
             before = spent - amount
-            for threshold in crossed_thresholds(info.thresholds, line.limit, before, spent):
-                self._emit(
-                    "on_threshold",
-                    ThresholdCrossing(
-                        agent=self.agent_name,
-                        budget=info.label,
-                        budget_key=line.key,
-                        unit=info.unit,
-                        period=info.period,
-                        period_id=info.period_id,
-                        threshold=threshold,
-                        spent=spent,
-                        limit=line.limit,
-                        resets_at=info.resets_at,
-                        at=now,
-                    ),
-                )
+            crossed = crossed_thresholds(info.thresholds, line.limit, before, spent)
+            if crossed:
+                now = self._clock()
+                for threshold in crossed:
+                    self._emit(
+                        "on_threshold",
+                        ThresholdCrossing(
+                            agent=self.agent_name,
+                            budget=info.label,
+                            budget_key=line.key,
+                            unit=info.unit,
+                            period=info.period,
+                            period_id=info.period_id,
+                            threshold=threshold,
+                            spent=spent,
+                            limit=line.limit,
+                            resets_at=info.resets_at,
+                            at=now,
+                        ),
+                    )
             if before < line.limit <= spent and info.period != Period.PER_RUN.value:
                 self.kill(f"{info.label} budget reached 100%", until=info.resets_at)
 
@@ -477,7 +714,7 @@ class AgentKavach:
     ) -> CallEvent:
         spec = r.spec
         return CallEvent(
-            id=uuid.uuid4().hex,
+            id=f"{self._id_prefix}{next(self._ids):012x}",
             agent=self.agent_name,
             run_id=r.run_id,
             provider=spec.provider,
@@ -500,7 +737,7 @@ class AgentKavach:
         )
 
     def _refused(self, spec: CallSpec, run_id: str, now: datetime, exc: KavachError) -> None:
-        if not self._observers:
+        if not self._call_observers:
             return
         r = Reservation(self, spec, None, None, None, run_id, None, now)
         self._emit(
@@ -519,6 +756,58 @@ class AgentKavach:
         )
         if self.kill_on_guardrail:
             self.kill(f"guardrail {exc.reason}: {exc}")
+
+    # -- provider clients (kavach_integrations, imported on first use) ----------------------
+
+    def wrap(self, client: _C) -> _C:
+        """Guard every billable call made through a provider SDK client; returns the client.
+
+        >>> client = guard.wrap(OpenAI())     # doctest: +SKIP
+        """
+        from kavach_integrations._provider import wrap
+
+        return wrap(client, self)
+
+    @property
+    def clients(self) -> Any:
+        """The ``ProviderClients`` built from ``provider=``/``llm_key=`` (made on first use)."""
+        if self._clients is None:
+            if self._provider is None:
+                raise KavachConfigError(
+                    "this guard has no provider: pass AgentKavach(provider='openai', "
+                    "llm_key=...) to call through it, or wrap your own client with guard.wrap()"
+                )
+            from kavach_integrations.clients import ProviderClients
+
+            self._clients = ProviderClients(self, *self._provider)
+        return self._clients
+
+    def create(self, **kwargs: Any) -> Any:
+        """A guarded chat call in the provider's own API; returns the SDK's response."""
+        return self.clients.create(**kwargs)
+
+    async def acreate(self, **kwargs: Any) -> Any:
+        return await self.clients.acreate(**kwargs)
+
+    @property
+    def chat(self) -> Any:
+        return self.clients.path("chat")
+
+    @property
+    def responses(self) -> Any:
+        return self.clients.path("responses")
+
+    @property
+    def messages(self) -> Any:
+        return self.clients.path("messages")
+
+    @property
+    def models(self) -> Any:
+        return self.clients.path("models")
+
+    @property
+    def embeddings(self) -> Any:
+        return self.clients.path("embeddings")
 
     # -- status -------------------------------------------------------------------------
 
@@ -573,6 +862,27 @@ class AgentKavach:
 
 
 @dataclass(frozen=True, slots=True)
+class _ProviderConfig:
+    provider: str
+    llm_key: str | None = field(default=None, repr=False)
+    base_url: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.provider not in ("openai", "anthropic", "google", "mistral"):
+            raise KavachConfigError(
+                f"provider must be one of openai, anthropic, google, mistral, got {self.provider!r}"
+            )
+
+    def __iter__(self) -> Iterator[str | None]:
+        return iter((self.provider, self.llm_key, self.base_url))
+
+
+def wrap(client: _C, guard: AgentKavach) -> _C:
+    """``guard.wrap(client)``: guard every billable call of a provider SDK client."""
+    return guard.wrap(client)
+
+
+@dataclass(frozen=True, slots=True)
 class _Prepared:
     spec: CallSpec
     plan: Plan
@@ -584,6 +894,10 @@ class _Prepared:
 
 def _utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def _listens_to_calls(observer: GuardObserver) -> bool:
+    return getattr(type(observer), "on_call", None) is not NullObserver.on_call
 
 
 def _fingerprint(spec: CallSpec) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from kavach._money import fmt_usd
 from kavach.budget import Budget, Period, Unit
@@ -45,8 +45,7 @@ class LineInfo:
     thresholds: tuple[float, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class Plan:
+class Plan(NamedTuple):
     """A call's reservation request: the ledger lines and the output-token range."""
 
     lines: tuple[LedgerLine, ...]
@@ -69,27 +68,74 @@ def _ttl(now: datetime, resets_at: datetime | None, period: Period) -> int | Non
     return int((resets_at - now).total_seconds()) + _KEY_SLACK_SECONDS
 
 
-def _line(
-    unit: Unit,
-    key: str,
-    limit: int,
-    input_tokens: int,
-    input_cost: int,
-    out_per_token: int,
-    ttl: int | None,
-) -> LedgerLine:
-    if unit == "usd":
-        return LedgerLine(key, limit, input_cost, out_per_token, ttl)
-    if unit == "tokens":
-        return LedgerLine(key, limit, input_tokens, 1, ttl)
-    return LedgerLine(key, limit, 1, 0, ttl)
+@dataclass(frozen=True, slots=True)
+class Slot:
+    """A budget resolved to its ledger key for the current period (or run)."""
+
+    key: str
+    limit: int
+    ttl_seconds: int | None
+    info: LineInfo
+
+
+def period_slots(
+    agent: str, budgets: Sequence[Budget], now: datetime
+) -> tuple[tuple[Slot, ...], datetime | None]:
+    """Slots of the budgets that are not per run, and when the earliest of them resets.
+
+    The guard caches these until that moment, so the hot path does no date arithmetic.
+    """
+    slots = []
+    earliest: datetime | None = None
+    for budget in budgets:
+        if budget.period is Period.PER_RUN:
+            continue
+        key, resets_at = budget.key(agent, now)
+        if resets_at is not None and (earliest is None or resets_at < earliest):
+            earliest = resets_at
+        info = LineInfo(
+            budget.label,
+            budget.unit,
+            "budget",
+            budget.period.value,
+            key.rsplit(":", 1)[1],
+            resets_at,
+            budget.thresholds,
+        )
+        slots.append(Slot(key, budget.limit, _ttl(now, resets_at, budget.period), info))
+    return tuple(slots), earliest
+
+
+def run_slots(
+    agent: str, run_id: str, budgets: Sequence[Budget], guardrails: GuardrailConfig
+) -> tuple[Slot, ...]:
+    """Slots of per-run budgets and the per-run token and call guardrails."""
+    slots = []
+    for budget in budgets:
+        if budget.period is not Period.PER_RUN:
+            continue
+        unit = "" if budget.unit == "usd" else f"{budget.unit}:"
+        key = f"agent:{agent}:{unit}per_run:run:{run_id}"
+        info = LineInfo(
+            budget.label, budget.unit, "budget", "per_run", run_id, None, budget.thresholds
+        )
+        slots.append(Slot(key, budget.limit, _RUN_KEY_TTL_SECONDS, info))
+    run_limits: tuple[tuple[LineKind, Unit, int | None], ...] = (
+        ("run_tokens", "tokens", guardrails.max_tokens_per_run),
+        ("run_calls", "calls", guardrails.max_calls_per_run),
+    )
+    for kind, unit, limit in run_limits:
+        if limit is not None:
+            info = LineInfo(f"per-run {unit}", unit, kind, "per_run", run_id, None, ())
+            slots.append(
+                Slot(f"agent:{agent}:guard:{unit}:run:{run_id}", limit, _RUN_KEY_TTL_SECONDS, info)
+            )
+    return tuple(slots)
 
 
 def plan_call(
     *,
-    agent: str,
-    run_id: str,
-    budgets: Sequence[Budget],
+    slots: Sequence[Slot],
     guardrails: GuardrailConfig,
     price: CompiledPrice,
     input_tokens: int,
@@ -97,10 +143,10 @@ def plan_call(
     mode: Mode,
     default_max_output: int,
     min_output: int,
-    now: datetime,
+    cache_writes: bool = False,
 ) -> Plan:
     """Plan the ledger lines for one call; raises CostPerCallError before touching a ledger."""
-    input_cost = price.worst_case_input_cost(input_tokens)
+    input_cost = price.worst_case_input_cost(input_tokens, cache_writes)
     per_token = price.output_nanos_per_token_ceil(input_tokens)
     max_units = requested_max_output if requested_max_output is not None else default_max_output
     min_units = max_units if mode == "reserve" else min(min_output, max_units)
@@ -119,48 +165,19 @@ def plan_call(
             )
         max_units = min(max_units, fits)
 
-    lines: list[LedgerLine] = []
-    info: list[LineInfo] = []
-    for budget in budgets:
-        key, resets_at = budget.key(agent, now, run_id)
-        period_id = key.rsplit(":", 1)[1] if budget.period is not Period.PER_RUN else run_id
-        lines.append(
-            _line(
-                budget.unit,
-                key,
-                budget.limit,
-                input_tokens,
-                input_cost,
-                per_token,
-                _ttl(now, resets_at, budget.period),
-            )
-        )
-        info.append(
-            LineInfo(
-                budget.label,
-                budget.unit,
-                "budget",
-                budget.period.value,
-                period_id,
-                resets_at,
-                budget.thresholds,
-            )
-        )
-    run_limits: tuple[tuple[LineKind, Unit, int | None], ...] = (
-        ("run_tokens", "tokens", guardrails.max_tokens_per_run),
-        ("run_calls", "calls", guardrails.max_calls_per_run),
-    )
-    for kind, unit, limit in run_limits:
-        if limit is None:
-            continue
-        key = f"agent:{agent}:guard:{unit}:run:{run_id}"
-        lines.append(
-            _line(unit, key, limit, input_tokens, input_cost, per_token, _RUN_KEY_TTL_SECONDS)
-        )
-        info.append(LineInfo(f"per-run {unit}", unit, kind, "per_run", run_id, None, ()))
+    lines = []
+    for slot in slots:
+        unit = slot.info.unit
+        if unit == "usd":
+            line = LedgerLine(slot.key, slot.limit, input_cost, per_token, slot.ttl_seconds)
+        elif unit == "tokens":
+            line = LedgerLine(slot.key, slot.limit, input_tokens, 1, slot.ttl_seconds)
+        else:
+            line = LedgerLine(slot.key, slot.limit, 1, 0, slot.ttl_seconds)
+        lines.append(line)
     return Plan(
         lines=tuple(lines),
-        info=tuple(info),
+        info=tuple(slot.info for slot in slots),
         min_units=min_units,
         max_units=max_units,
         input_tokens=input_tokens,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import logging
 import threading
@@ -26,7 +25,7 @@ class KillSwitch:
         self._lock = threading.Lock()
         self._reason: str | None = None
         self._until: datetime | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks: set[Any] = set()  # running async on_kill tasks, kept alive
 
     @property
     def killed(self) -> bool:
@@ -80,6 +79,8 @@ class KillSwitch:
             logger.exception("on_kill callback for agent %r raised", self.agent)
 
     def _await(self, awaitable: Awaitable[Any]) -> None:
+        import asyncio  # here, not at module level: it costs ~30 ms of `import kavach`
+
         async def run() -> None:
             try:
                 await awaitable

@@ -186,14 +186,21 @@ class CompiledPrice:
         )
         return -(-total // _TOKENS_PER_MTOK)
 
-    def worst_case_input_cost(self, input_tokens: int) -> int:
+    def worst_case_input_cost(self, input_tokens: int, cache_writes: bool = False) -> int:
         """``input_tokens`` at the uncached input rate of the tier that count selects.
+
+        With ``cache_writes`` (the request asks the provider to write its prompt cache, as
+        Anthropic's ``cache_control`` does) the input is priced at the dearest of the input
+        and cache-write rates, since any of it may be billed as a write.
 
         >>> price = ModelPrice(input_per_mtok=2.5, output_per_mtok=10.0).compile()
         >>> price.worst_case_input_cost(1000)
         2500000
         """
-        rate = self.for_input(input_tokens).input if self.tiers else self.input
+        tier = self.for_input(input_tokens) if self.tiers else self
+        rate = tier.input
+        if cache_writes:
+            rate = max(rate, tier.cache_write, tier.cache_write_1h)
         return -(-input_tokens * rate // _TOKENS_PER_MTOK)
 
     def output_cost(self, output_tokens: int, input_tokens: int = 0) -> int:

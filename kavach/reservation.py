@@ -10,14 +10,11 @@ drives this one object and adds nothing of its own to the accounting.
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from collections.abc import Awaitable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING
-
-import anyio
 
 from kavach.events import CallEvent, CallStatus
 from kavach.usage import ZERO_USAGE, Usage
@@ -222,12 +219,16 @@ class Reservation:
 def _exit_status(exc: BaseException | None) -> tuple[CallStatus, str | None]:
     if exc is None:
         return "error", "reservation closed without a commit"
+    import asyncio
+
     if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | GeneratorExit):
         return "cancelled", type(exc).__name__
     return "error", f"{type(exc).__name__}: {exc}"[:500]
 
 
 async def _shielded(awaitable: Awaitable[None]) -> None:
+    import anyio  # imported on first use: async code has it loaded already
+
     with anyio.CancelScope(shield=True):
         await awaitable
 

@@ -33,3 +33,6 @@ class CallSpec:
     run_id: str | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
     input_tokens: int | None = None
+    cache_writes: bool = False
+    """The request may write the provider's prompt cache (Anthropic ``cache_control``): its
+    input is reserved at the cache-write price, which is dearer than plain input."""

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 
-@dataclass(frozen=True, slots=True)
-class LedgerLine:
+class LedgerLine(NamedTuple):
     """One budget a call draws on. Amounts in the budget's unit (nano-dollars for cost)."""
 
     key: str
@@ -27,8 +26,7 @@ class LedgerLine:
     """How long the key must be kept after its last write (its period plus slack)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Hold:
+class Hold(NamedTuple):
     """Amounts held against each line's key until the call settles."""
 
     id: str

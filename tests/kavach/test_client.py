@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 from collections.abc import Callable
 from datetime import timedelta
@@ -350,3 +351,35 @@ def test_bad_parameters_are_config_errors() -> None:
         AgentKavach("a", mode="yolo")  # type: ignore[arg-type]
     with pytest.raises(KavachConfigError):
         AgentKavach("a", budget=[50])  # type: ignore[list-item]
+
+
+def test_cache_writes_reserve_input_at_the_cache_write_price(make_guard: Make) -> None:
+    prices = {
+        "cached": ModelPrice(
+            input_per_mtok=3.0,
+            output_per_mtok=15.0,
+            cache_write_per_mtok=3.75,
+            cache_write_1h_per_mtok=6.0,
+        )
+    }
+    guard = make_guard(budget=Budget.daily(1), prices=prices)
+    base = spec().__class__(
+        provider="anthropic", model="cached", input_tokens=1000, max_output_tokens=0
+    )
+    plain = guard.reserve(base)
+    assert plain.reserved_nanos == 3_000_000
+    plain.release()
+    writing = guard.reserve(dataclasses.replace(base, cache_writes=True))
+    assert writing.reserved_nanos == 6_000_000
+    writing.release()
+
+
+def test_budgets_set_remotely_apply_to_the_next_call(make_guard: Make) -> None:
+    guard = make_guard(budget=Budget.daily(1))
+    guard.reserve(spec()).commit(Usage(1000, 1000))
+    guard.set_remote_budgets([Budget.daily(0.003)])
+    with pytest.raises(BudgetExceededError) as info:
+        guard.reserve(spec(content="next"))
+    assert info.value.limit == 3_000_000
+    guard.set_remote_budgets([])
+    guard.reserve(spec(content="after removal")).release()

@@ -1,0 +1,247 @@
+"""Token costs of images, audio, video and documents, and the facts they depend on.
+
+Each provider prices media by a formula of a few numbers (image width and height, audio
+length, PDF page count). The readers here take those from headers where that is cheap,
+without decoding whole payloads, and return ``None`` when they cannot tell; the cost
+functions then assume a size that errs towards more tokens. ``model`` arguments are bare
+lower-case model names (``gpt-4o``, not ``openai/GPT-4o``).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+import re
+import struct
+from typing import Literal
+
+__all__ = [
+    "ProviderKind",
+    "audio_tokens",
+    "base64_size",
+    "decode_base64_prefix",
+    "document_tokens",
+    "image_size",
+    "image_tokens",
+    "pdf_pages",
+    "split_data_url",
+    "video_tokens",
+]
+
+ProviderKind = Literal["openai", "anthropic", "google", "mistral", "other"]
+
+# Image headers sit near the start; JPEG's frame header can follow an EXIF block
+# (thumbnails included), so read a generous prefix rather than the whole image.
+_HEADER_BYTES = 256 * 1024
+
+_PDF_PAGE = re.compile(rb"/Type\s*/Page(?![a-zA-Z])")
+_PDF_COUNT = re.compile(rb"/Count\s+(\d+)")
+
+
+def split_data_url(url: str) -> tuple[str, str] | None:
+    """``data:image/png;base64,AAAA`` -> ``("image/png", "AAAA")``; ``None`` if not base64 data."""
+    if not url.startswith("data:"):
+        return None
+    head, sep, payload = url.partition(",")
+    if not sep or not head.endswith(";base64"):
+        return None
+    return head[5:].split(";", 1)[0].lower(), payload
+
+
+def base64_size(data: str | bytes) -> int:
+    """Decoded size in bytes of a base64 string (or the length of raw bytes)."""
+    if isinstance(data, bytes):
+        return len(data)
+    stripped = data.rstrip("=")
+    return len(stripped) * 3 // 4
+
+
+def decode_base64_prefix(data: str | bytes, limit: int = _HEADER_BYTES) -> bytes:
+    """The first ``limit`` decoded bytes of base64 ``data`` (raw bytes pass through)."""
+    if isinstance(data, bytes):
+        return data[:limit]
+    chunk = data[: (limit // 3) * 4]
+    try:
+        return base64.b64decode(chunk + "=" * (-len(chunk) % 4))
+    except (binascii.Error, ValueError):
+        return b""
+
+
+def image_size(head: bytes) -> tuple[int, int] | None:
+    """(width, height) of a PNG, GIF, WebP or JPEG from its first bytes, or ``None``."""
+    if head.startswith(b"\x89PNG\r\n\x1a\n") and len(head) >= 24:
+        w, h = struct.unpack(">II", head[16:24])
+        return int(w), int(h)
+    if head[:6] in (b"GIF87a", b"GIF89a") and len(head) >= 10:
+        w, h = struct.unpack("<HH", head[6:10])
+        return int(w), int(h)
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return _webp_size(head)
+    if head[:2] == b"\xff\xd8":
+        return _jpeg_size(head)
+    return None
+
+
+def _webp_size(head: bytes) -> tuple[int, int] | None:
+    kind = head[12:16]
+    if kind == b"VP8 " and len(head) >= 30:
+        w, h = struct.unpack("<HH", head[26:30])
+        return w & 0x3FFF, h & 0x3FFF
+    if kind == b"VP8L" and len(head) >= 25:
+        bits = int.from_bytes(head[21:25], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if kind == b"VP8X" and len(head) >= 30:
+        w = int.from_bytes(head[24:27], "little") + 1
+        h = int.from_bytes(head[27:30], "little") + 1
+        return w, h
+    return None
+
+
+def _jpeg_size(head: bytes) -> tuple[int, int] | None:
+    i = 2
+    while i + 9 < len(head):
+        if head[i] != 0xFF:
+            return None
+        marker = head[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # no length field
+            i += 2
+            continue
+        (length,) = struct.unpack(">H", head[i + 2 : i + 4])
+        # SOF0..SOF15 carry the frame size; C4, C8 and CC are other tables.
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            h, w = struct.unpack(">HH", head[i + 5 : i + 9])
+            return int(w), int(h)
+        i += 2 + length
+    return None
+
+
+def pdf_pages(data: bytes) -> int:
+    """Page count of a PDF, best effort; at least 1.
+
+    Pages are counted as page objects or from the page tree's ``/Count``, whichever is
+    larger. PDFs that keep their page tree in compressed object streams show neither;
+    for those we assume a page per 20 kB, which is dense for text documents and so errs
+    towards more pages.
+    """
+    objects = len(_PDF_PAGE.findall(data))
+    counts = [int(n) for n in _PDF_COUNT.findall(data)]
+    found = max([objects, *counts])
+    if found == 0:
+        found = len(data) // 20_000 + 1
+    return max(found, 1)
+
+
+# --------------------------------------------------------------------------- costs
+
+_UNKNOWN_IMAGE = (1024, 1024)
+_PDF_PAGE_TOKENS = 3000  # text (Anthropic: 1,500-3,000 a page) plus the page image
+# Length is inferred from size, so low bit rates are assumed (more seconds).
+_PCM_BYTES_PER_SECOND = 16_000  # 8 kHz, 16-bit mono
+_COMPRESSED_BYTES_PER_SECOND = 4_000  # 32 kbit/s
+_VIDEO_BYTES_PER_SECOND = 62_500  # 500 kbit/s
+
+# OpenAI vision costs (base, per 512px tile) and patch multipliers, from OpenAI's
+# "Images and vision" guide. Checked in order: longer prefixes first.
+_OPENAI_PATCH_MULTIPLIER = (
+    ("gpt-5-mini", 1.62),
+    ("gpt-5-nano", 2.46),
+    ("gpt-4.1-mini", 1.62),
+    ("gpt-4.1-nano", 2.46),
+    ("o4-mini", 1.72),
+)
+_OPENAI_TILE_COST = (
+    ("gpt-4o-mini", (2833, 5667)),
+    ("gpt-5", (70, 140)),
+    ("o1", (75, 150)),
+    ("o3", (75, 150)),
+    ("computer-use", (65, 129)),
+)
+_OPENAI_DEFAULT_TILE_COST = (85, 170)
+
+
+def image_tokens(
+    kind: ProviderKind, model: str, size: tuple[int, int] | None, detail: str | None = None
+) -> int:
+    """Tokens for one image; ``size`` is ``None`` when it could not be read."""
+    if kind == "openai":
+        return _openai_image_tokens(model, size, detail)
+    if kind == "anthropic":
+        # width * height / 750 after Anthropic's resize, which caps an image near 1,600;
+        # an image of unknown size is taken at that cap.
+        return 1600 if size is None else min(math.ceil(size[0] * size[1] / 750), 1600)
+    w, h = size or _UNKNOWN_IMAGE
+    if kind == "google":
+        if model.startswith("gemini-3"):
+            return 1120  # media_resolution "high", the default for images
+        if w <= 384 and h <= 384:
+            return 258
+        # 258 per 768px tile; the crop unit can be smaller than 768, so take the larger.
+        unit = max(min(w, h) / 1.5, 1.0)
+        tiles = max(
+            math.ceil(w / 768) * math.ceil(h / 768), math.ceil(w / unit) * math.ceil(h / unit)
+        )
+        return 258 * tiles
+    # Mistral (Pixtral): 16px patches plus a break token per row, longest side <= 1024.
+    scale = min(1.0, 1024 / max(w, h, 1))
+    cols, rows = math.ceil(w * scale / 16), math.ceil(h * scale / 16)
+    mistral = cols * (rows + 1)
+    if kind == "mistral":
+        return mistral
+    return max(mistral, image_tokens("anthropic", model, size))
+
+
+def _openai_image_tokens(model: str, size: tuple[int, int] | None, detail: str | None) -> int:
+    w, h = size or _UNKNOWN_IMAGE
+    for prefix, multiplier in _OPENAI_PATCH_MULTIPLIER:
+        if model.startswith(prefix):
+            return math.ceil(_patches(w, h) * multiplier)
+    base, tile = next(
+        (cost for prefix, cost in _OPENAI_TILE_COST if model.startswith(prefix)),
+        _OPENAI_DEFAULT_TILE_COST,
+    )
+    if detail == "low":
+        return base
+    # "high" and "auto" (which may choose high): fit in 2048x2048, then the short side
+    # down to 768, then count 512px tiles.
+    fw, fh = float(w), float(h)
+    if max(fw, fh) > 2048:
+        scale = 2048 / max(fw, fh)
+        fw, fh = fw * scale, fh * scale
+    if min(fw, fh) > 768:
+        scale = 768 / min(fw, fh)
+        fw, fh = fw * scale, fh * scale
+    return base + tile * math.ceil(fw / 512) * math.ceil(fh / 512)
+
+
+def _patches(w: int, h: int) -> int:
+    """32px patches, capped at 1536 by scaling the image down (OpenAI's mini models)."""
+    patches = math.ceil(w / 32) * math.ceil(h / 32)
+    if patches <= 1536:
+        return patches
+    r = math.sqrt(32 * 32 * 1536 / (w * h))
+    r *= min(math.floor(w * r / 32) / (w * r / 32), math.floor(h * r / 32) / (h * r / 32))
+    return min(math.ceil(w * r / 32) * math.ceil(h * r / 32), 1536)
+
+
+def audio_tokens(kind: ProviderKind, size: int, mime: str) -> int:
+    """Tokens for ``size`` bytes of audio: OpenAI ~1 token per 100 ms, Gemini 32 a second."""
+    pcm = any(tag in mime for tag in ("wav", "pcm", "l16"))
+    seconds = size / (_PCM_BYTES_PER_SECOND if pcm else _COMPRESSED_BYTES_PER_SECOND)
+    per_second = 10 if kind == "openai" else 32
+    return math.ceil(seconds * per_second) + 1
+
+
+def video_tokens(size: int) -> int:
+    """Tokens for ``size`` bytes of video, at Gemini's 263 tokens a second."""
+    return math.ceil(size / _VIDEO_BYTES_PER_SECOND * 263) + 263
+
+
+def document_tokens(kind: ProviderKind, model: str, pages: int) -> int:
+    """Tokens for a PDF of ``pages`` pages (Gemini reads pages as images)."""
+    if kind == "google":
+        return pages * (560 if model.startswith("gemini-3") else 258)
+    return pages * _PDF_PAGE_TOKENS

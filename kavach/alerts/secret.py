@@ -1,0 +1,123 @@
+"""Secrets (webhook URLs, routing keys, API keys, passwords) that never show in logs or repr.
+
+>>> s = Secret("https://hooks.slack.com/services/T000/B000/XXXX")
+>>> s
+Secret('********')
+>>> f"{s}"
+'********'
+>>> s.get()[:8]
+'https://'
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable
+from urllib.parse import urlsplit
+
+_MASK = "********"
+
+
+class Secret:
+    """A string that masks itself in ``repr``, ``str`` and f-strings; ``get()`` reveals it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"Secret({_MASK!r})"
+
+    def __str__(self) -> str:
+        return _MASK
+
+    def __format__(self, spec: str) -> str:
+        return _MASK
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def redact(text: str, secrets: Iterable[Secret | None]) -> str:
+    """``text`` with every secret's value (and, for URLs, their path) replaced by a mask."""
+    for secret in secrets:
+        if secret is None:
+            continue
+        value = secret.get()
+        if not value:
+            continue
+        text = text.replace(value, _MASK)
+        # httpx words errors with the URL it was given, sometimes normalised; mask the path too.
+        parts = urlsplit(value)
+        if parts.scheme and parts.netloc and len(parts.path) > 1:
+            text = text.replace(parts.path, "/" + _MASK)
+    return text
+
+
+def describe_url(url: Secret) -> str:
+    """``https://hooks.slack.com/********``: where a secret URL points, without its secret part."""
+    parts = urlsplit(url.get())
+    return f"{parts.scheme}://{parts.hostname or '?'}{':' + str(parts.port) if parts.port else ''}/{_MASK}"
+
+
+class _RedactSecrets(logging.Filter):
+    """Masks registered secrets in records of the loggers it is attached to.
+
+    httpx logs every request's full URL at INFO (``HTTP Request: POST https://hooks.slack.com/
+    services/T/B/<token>``); a Slack webhook URL is a credential, so the ``httpx`` logger gets
+    this filter while any alert channel holds a secret URL.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("kavach-redact")
+        self._secrets: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def add(self, secrets: Iterable[Secret | None]) -> None:
+        with self._lock:
+            for s in secrets:
+                if s is not None and s.get():
+                    self._secrets[s.get()] = self._secrets.get(s.get(), 0) + 1
+
+    def remove(self, secrets: Iterable[Secret | None]) -> None:
+        with self._lock:
+            for s in secrets:
+                if s is not None and s.get() in self._secrets:
+                    self._secrets[s.get()] -= 1
+                    if not self._secrets[s.get()]:
+                        del self._secrets[s.get()]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self._secrets:
+            return True
+        try:
+            message = record.getMessage()
+        except Exception:
+            return True
+        with self._lock:
+            values = [Secret(v) for v in self._secrets]
+        masked = redact(message, values)
+        if masked != message:
+            record.msg, record.args = masked, None
+        return True
+
+
+_filter = _RedactSecrets()
+logging.getLogger("httpx").addFilter(_filter)
+
+
+def hide_in_logs(secrets: Iterable[Secret | None]) -> None:
+    """Mask these secrets in the HTTP client's own log records (until ``show_in_logs``)."""
+    _filter.add(secrets)
+
+
+def show_in_logs(secrets: Iterable[Secret | None]) -> None:
+    _filter.remove(secrets)

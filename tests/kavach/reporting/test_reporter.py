@@ -1,0 +1,166 @@
+"""The reporter ships every event exactly once, whatever the backend does."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kavach.reporting import BackendAPI, BackendConfig, Reporter
+
+from .fakebackend import FakeBackend
+
+
+@pytest.fixture
+def backend() -> Iterator[FakeBackend]:
+    server = FakeBackend()
+    yield server
+    server.close()
+
+
+def make(backend: FakeBackend, tmp_path: Path, **kw: Any) -> Reporter:
+    api = BackendAPI(BackendConfig(api_key="ak_test_abc", endpoint=backend.url))
+    return Reporter(api, spool_root=tmp_path, flush_interval=0.02, **kw)
+
+
+def event(i: int) -> dict[str, Any]:
+    return {
+        "id": f"e{i:05d}",
+        "agent": "bot",
+        "provider": "openai",
+        "model": "gpt-4o",
+        "status": "ok",
+        "started_at": "2026-11-28T12:00:00+00:00",
+        "cost_nanos": i,
+    }
+
+
+def test_events_arrive_in_batches(backend: FakeBackend, tmp_path: Path) -> None:
+    reporter = make(backend, tmp_path, batch_size=50)
+    for i in range(120):
+        reporter.enqueue(event(i))
+    assert reporter.flush(5)
+    reporter.close()
+    assert [e["id"] for e in backend.events] == [f"e{i:05d}" for i in range(120)]
+    assert backend.batches >= 3
+    assert reporter.stats.sent == 120
+
+
+def test_backend_down_spools_to_disk_and_replays_in_order(
+    backend: FakeBackend, tmp_path: Path
+) -> None:
+    backend.status = 503
+    reporter = make(backend, tmp_path, batch_size=25)
+    for i in range(100):
+        reporter.enqueue(event(i))
+    deadline = time.monotonic() + 5
+    while reporter.stats.spooled == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert reporter.stats.spooled > 0
+    assert list(tmp_path.glob("*/seg-*.jsonl"))  # on disk while the backend is away
+    for i in range(100, 150):
+        reporter.enqueue(event(i))
+    backend.status = 202
+    assert reporter.flush(10)
+    reporter.close()
+    assert [e["id"] for e in backend.events] == [f"e{i:05d}" for i in range(150)]
+    assert not list(tmp_path.glob("*/seg-*.jsonl"))
+
+
+def test_429_waits_for_retry_after(backend: FakeBackend, tmp_path: Path) -> None:
+    backend.status = 429
+    backend.retry_after = "0.6"
+    reporter = make(backend, tmp_path)
+    reporter.enqueue(event(1))
+    deadline = time.monotonic() + 5
+    while backend.refused == 0 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    backend.status = 202
+    started = time.monotonic()
+    while not backend.events and time.monotonic() - started < 5:
+        time.sleep(0.01)
+    waited = time.monotonic() - started
+    reporter.close()
+    assert backend.events and waited >= 0.3  # it did not hammer the backend before then
+    assert backend.refused == 1
+    assert reporter.stats.last_error is not None and "rate limited" in reporter.stats.last_error
+
+
+def test_refused_key_pauses_warns_once_and_keeps_events(
+    backend: FakeBackend, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend.status = 401
+    reporter = make(backend, tmp_path)
+    with caplog.at_level(logging.WARNING, logger="kavach.reporting"):
+        for i in range(10):
+            reporter.enqueue(event(i))
+        assert not reporter.flush(1)
+        reporter.close(timeout=0.5)
+    warnings = [r for r in caplog.records if "refused the API key" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "ak_test_abc" not in caplog.text  # the key never reaches the logs
+    spooled = sum(len(p.read_text().splitlines()) for p in tmp_path.glob("*/seg-*.jsonl"))
+    assert spooled == 10
+
+
+def test_events_left_by_a_dead_process_are_sent_by_the_next(
+    backend: FakeBackend, tmp_path: Path
+) -> None:
+    code = f"""
+        import os, time
+        from pathlib import Path
+        from kavach.reporting import BackendAPI, BackendConfig, Reporter
+        api = BackendAPI(BackendConfig(api_key="ak_test_x", endpoint="http://127.0.0.1:9"))
+        r = Reporter(api, spool_root=Path({str(tmp_path)!r}), flush_interval=0.01)
+        for i in range(40):
+            r.enqueue({{"id": f"d{{i:03d}}", "agent": "bot"}})
+        deadline = time.monotonic() + 10
+        while r.stats.spooled < 40 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os._exit(0)  # dies without closing: no flush, no cleanup
+    """
+    root = Path(__file__).resolve().parents[3]
+    subprocess.run([sys.executable, "-c", textwrap.dedent(code)], check=True, cwd=root, timeout=60)
+    reporter = make(backend, tmp_path)
+    assert reporter.pending == 40
+    assert reporter.flush(5)
+    reporter.close()
+    assert sorted(e["id"] for e in backend.events) == [f"d{i:03d}" for i in range(40)]
+
+
+def test_a_bad_event_is_set_aside_and_the_rest_delivered(
+    tmp_path: Path,
+) -> None:
+    import httpx
+
+    received: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        import gzip
+        import json
+
+        events = json.loads(gzip.decompress(request.content))["events"]
+        if any(e["id"] == "bad" for e in events):
+            return httpx.Response(400, json={"detail": "events[0].started_at: invalid"})
+        received.extend(e["id"] for e in events)
+        return httpx.Response(202, json={"accepted": len(events)})
+
+    api = BackendAPI(
+        BackendConfig(api_key="ak_test_x", endpoint="http://backend.test"),
+        transport=httpx.MockTransport(handler),
+    )
+    reporter = Reporter(api, spool_root=tmp_path, flush_interval=0.01)
+    for name in ["a", "b", "bad", "c"]:
+        reporter.enqueue({"id": name})
+    assert reporter.flush(5)
+    reporter.close()
+    assert received == ["a", "b", "c"]
+    rejected = list(tmp_path.glob("*/rejected.jsonl"))
+    assert rejected and "started_at" in rejected[0].read_text()

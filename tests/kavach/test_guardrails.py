@@ -1,0 +1,140 @@
+"""Every guardrail refuses before the call, with its own error, and (by default) stops the agent."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+
+from kavach import (
+    AgentKavach,
+    AgentKilledError,
+    Budget,
+    CallLimitError,
+    CostPerCallError,
+    KavachConfigError,
+    LoopDetectedError,
+    RuntimeLimitError,
+    TokenLimitError,
+    Usage,
+    VelocityError,
+)
+from kavach.guardrails import find_cycle
+
+from .conftest import Recorder, spec
+
+Make = Callable[..., AgentKavach]
+
+
+def test_max_calls_per_run_counts_per_run(make_guard: Make) -> None:
+    guard = make_guard(budget=Budget.daily(10), max_calls_per_run=3, kill_on_guardrail=False)
+    with guard.run("first"):
+        for i in range(3):
+            guard.reserve(spec(content=str(i))).commit(Usage(10, 10))
+        with pytest.raises(CallLimitError) as info:
+            guard.reserve(spec(content="4"))
+        assert "max_calls_per_run=3" in str(info.value)
+    with guard.run("second"):
+        guard.reserve(spec(content="fresh run")).commit(Usage(10, 10))
+
+
+def test_guardrail_trip_stops_the_agent_by_default(make_guard: Make) -> None:
+    reasons: list[str] = []
+    recorder = Recorder()
+    guard = make_guard(
+        budget=Budget.daily(10), max_calls_per_run=1, on_kill=reasons.append, observers=[recorder]
+    )
+    with guard.run():
+        guard.reserve(spec()).commit(Usage(10, 10))
+        with pytest.raises(CallLimitError):
+            guard.reserve(spec(content="again"))
+    with guard.run(), pytest.raises(AgentKilledError):
+        guard.reserve(spec(content="new run"))
+    assert len(reasons) == 1 and "max_calls_per_run" in reasons[0]
+    assert recorder.calls[1].refusal_reason == "max_calls_per_run"
+
+
+def test_max_tokens_per_run_holds_worst_case_tokens(make_guard: Make) -> None:
+    guard = make_guard(budget=Budget.daily(10), max_tokens_per_run=5000, kill_on_guardrail=False)
+    with guard.run():
+        first = guard.reserve(spec(input_tokens=1000, max_output=1000))
+        second = guard.reserve(spec(input_tokens=1000, max_output=1000, content="b"))
+        with pytest.raises(TokenLimitError):  # 4000 held + 2000 > 5000
+            guard.reserve(spec(input_tokens=1000, max_output=1000, content="c"))
+        first.commit(Usage(1000, 100))
+        second.commit(Usage(1000, 100))
+        guard.reserve(spec(input_tokens=1000, max_output=1000, content="d")).release()
+
+
+def test_max_runtime(make_guard: Make) -> None:
+    guard = make_guard(budget=Budget.daily(10), max_runtime_seconds=0.05, kill_on_guardrail=False)
+    with guard.run():
+        guard.reserve(spec()).commit(Usage(1, 1))
+        time.sleep(0.1)
+        with pytest.raises(RuntimeLimitError):
+            guard.reserve(spec(content="late"))
+
+
+def test_max_cost_per_call_refuses_in_reserve_mode_and_caps_in_strict(make_guard: Make) -> None:
+    guard = make_guard(budget=Budget.daily(10), max_cost_per_call=0.0015, kill_on_guardrail=False)
+    with pytest.raises(CostPerCallError) as info:
+        guard.reserve(spec(input_tokens=1000, max_output=1000))  # worst case $0.002
+    assert "max_cost_per_call=$0.0015" in str(info.value)
+    strict = make_guard(budget=Budget.daily(10), max_cost_per_call=0.0015, mode="strict")
+    r = strict.reserve(spec(input_tokens=1000, max_output=1000))
+    assert r.max_output_tokens == 500
+    r.release()
+
+
+def test_loop_detection_on_identical_requests(make_guard: Make) -> None:
+    guard = make_guard(budget=Budget.daily(10), loop_threshold=3, kill_on_guardrail=False)
+    with guard.run():
+        guard.reserve(spec(content="same")).commit(Usage(1, 1))
+        guard.reserve(spec(content="same")).commit(Usage(1, 1))
+        with pytest.raises(LoopDetectedError) as info:
+            guard.reserve(spec(content="same"))
+        assert "same request 3 times" in str(info.value)
+        guard.reserve(spec(content="different")).commit(Usage(1, 1))
+
+
+def test_loop_detection_on_tool_call_cycles(make_guard: Make) -> None:
+    guard = make_guard(budget=Budget.daily(10), loop_threshold=3, kill_on_guardrail=False)
+    with guard.run():
+        for i in range(3):
+            r = guard.reserve(spec(content=f"step {i}"))
+            r.commit(Usage(1, 1), tool_calls=["search:{'q': 'x'}", "read:{'id': 1}"])
+        with pytest.raises(LoopDetectedError) as info:
+            guard.reserve(spec(content="step 4"))
+        assert "search:{'q': 'x'} -> read:{'id': 1}" in str(info.value)
+
+
+def test_find_cycle() -> None:
+    assert find_cycle(["a", "a", "a"], 3) == ("a",)
+    assert find_cycle(["x", "a", "b", "a", "b"], 2) == ("a", "b")
+    assert find_cycle(["a", "b", "a", "c"], 2) is None
+
+
+def test_velocity_limit(make_guard: Make) -> None:
+    guard = make_guard(budget=Budget.daily(10), max_spend_per_minute=0.005, kill_on_guardrail=False)
+    with guard.run():
+        for i in range(3):
+            guard.reserve(spec(content=str(i))).commit(Usage(1000, 1000))  # $0.002 each
+        with pytest.raises(VelocityError) as info:
+            guard.reserve(spec(content="fast"))
+        assert "/minute" in str(info.value)
+
+
+def test_refused_request_does_not_count_toward_a_loop(make_guard: Make) -> None:
+    guard = make_guard(budget=Budget.daily(0.0001), loop_threshold=2, kill_on_guardrail=False)
+    for _ in range(3):
+        with pytest.raises(Exception) as info:
+            guard.reserve(spec(content="same"))
+        assert type(info.value).__name__ == "BudgetExceededError"
+
+
+def test_bad_guardrail_values() -> None:
+    with pytest.raises(KavachConfigError):
+        AgentKavach("a", loop_threshold=1)
+    with pytest.raises(KavachConfigError):
+        AgentKavach("a", max_calls_per_run=0)
