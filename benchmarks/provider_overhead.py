@@ -229,7 +229,7 @@ def breakdown(n: int) -> dict[str, float]:
             t4 = clock()
             _commit(r, outcome)
             t5 = clock()
-            for name, a, b in zip(steps, (t0, t1, t2, t3, t4), (t1, t2, t3, t4, t5)):
+            for name, a, b in zip(steps, (t0, t1, t2, t3, t4), (t1, t2, t3, t4, t5), strict=True):
                 steps[name].append((b - a) / 1000)
     finally:
         gc.enable()

@@ -309,34 +309,38 @@ def _shield() -> Any:
 def _hook_close(response: Any, settlement: StreamSettlement) -> Callable[[], object]:
     """Settle before the HTTP response closes (the SDK closes it on normal end and ``close()``).
 
-    Returns the unhooked close for the cut path. The hook holds the response weakly, so the
-    response can still be freed by reference counting.
+    Returns the unhooked close for the cut path. The hook holds the response strongly: a
+    stream dropped unread is freed by the garbage collector (the SDK's stream and its generator
+    form a cycle), which clears weak references before the SDK's generator finalizer closes
+    the response, so a weak one would skip the close and leave the connection to the
+    transport's own generator finalizers (httpcore2 then closes one generator from two tasks).
+    The hook removes itself on the first close, which breaks the cycle it makes.
     """
-    real_close = type(response).close
-    ref = weakref.ref(response)
+    real_close = functools.partial(type(response).close, response)
 
     def close() -> None:
-        settlement.on_close()
-        target = ref()
-        if target is not None:
-            real_close(target)
+        response.__dict__.pop("close", None)
+        try:
+            settlement.on_close()
+        finally:
+            real_close()
 
     response.close = close
-    return functools.partial(real_close, response)
+    return real_close
 
 
 def _hook_aclose(response: Any, settlement: StreamSettlement) -> Callable[[], Awaitable[object]]:
-    real_aclose = type(response).aclose
-    ref = weakref.ref(response)
+    real_aclose = functools.partial(type(response).aclose, response)
 
     async def aclose() -> None:
-        await settlement.aon_close()
-        target = ref()
-        if target is not None:
-            await real_aclose(target)
+        response.__dict__.pop("aclose", None)
+        try:
+            await settlement.aon_close()
+        finally:
+            await real_aclose()
 
     response.aclose = aclose
-    return functools.partial(real_aclose, response)
+    return real_aclose
 
 
 def _finish_and_close(settlement: StreamSettlement, close: Callable[[], object]) -> None:

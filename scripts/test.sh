@@ -37,3 +37,20 @@ if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/
 fi
 
 "$VENV/bin/python" -m pytest "$@"
+
+# Second stage: the OpenAI and Anthropic wrappers against openai 3.x. langchain-openai pins
+# openai<3, so the venv above has openai 2.x (on httpx); openai 3.x is built on httpx2 (and
+# httpcore2, which closes streams differently), so it gets its own small venv with only the
+# SDKs. Only these two test files run there: the other tests need packages it lacks.
+VENV_OPENAI3=${VENV_OPENAI3:-.venv-openai3}
+if [ ! -x "$VENV_OPENAI3/bin/python" ]; then
+  "$PYTHON" -m venv "$VENV_OPENAI3"
+fi
+if [ ! -f "$VENV_OPENAI3/.installed" ] || [ pyproject.toml -nt "$VENV_OPENAI3/.installed" ]; then
+  "$VENV_OPENAI3/bin/python" -m pip install --quiet --upgrade pip
+  "$VENV_OPENAI3/bin/python" -m pip install --quiet -e '.[openai,anthropic]' 'openai>=3' \
+    pytest pytest-timeout pytest-asyncio hypothesis anyio
+  touch "$VENV_OPENAI3/.installed"
+fi
+"$VENV_OPENAI3/bin/python" -m pytest tests/kavach_integrations/test_openai.py \
+  tests/kavach_integrations/test_anthropic.py -q -p no:cacheprovider

@@ -317,6 +317,9 @@ async def test_async_stream_dropped_after_break_settles_once(
             await asyncio.sleep(0.01)
             gc.collect()
         _one_settlement(events, guard, "cancelled")
+        # The connection went back: none left in the pool (openai 3.x kept a closed one and
+        # its request there, after an "already running" error from a generator finalizer).
+        assert c._client._transport._pool.connections == []
         unread = await c.chat.completions.create(model="gpt-4o", messages=MSGS, stream=True)
         await unread.close()
         assert [e.status for e in events.calls] == ["cancelled", "cancelled"]
