@@ -16,9 +16,9 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from kavach import tokens
 from kavach._money import to_dollars, to_nanos
@@ -79,6 +79,7 @@ _current_run: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "kavach_run", default=None
 )
 _PROMPT_CAP = 32_000
+_C = TypeVar("_C")
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +149,10 @@ class AgentKavach:
             control channel (Stop and Resume from the dashboard) and seeding of this period's
             spend after a restart; ``spool_dir`` is where events wait while the backend is away.
         clock: returns the current aware datetime; for simulations and tests of period resets.
+        provider, llm_key, base_url: build a guarded provider SDK client on first use
+            (``"openai"``, ``"anthropic"``, ``"google"``, ``"mistral"``) for ``create`` /
+            ``acreate`` and the provider-shaped paths (``guard.chat.completions.create``...).
+            ``llm_key`` and ``base_url`` fall back to the SDK's own environment variables.
     """
 
     def __init__(
@@ -188,6 +193,9 @@ class AgentKavach:
         api_key: str | None = None,
         endpoint: str | None = None,
         spool_dir: str | os.PathLike[str] | None = None,
+        provider: str | None = None,
+        llm_key: str | None = None,
+        base_url: str | None = None,
     ) -> None:
         if not agent_name or ":" in agent_name:
             raise KavachConfigError(f"agent_name must be non-empty without ':', got {agent_name!r}")
@@ -255,6 +263,8 @@ class AgentKavach:
             or max_calls_per_run
             or any(b.period is Period.PER_RUN for b in budgets)
         )
+        self._provider = _ProviderConfig(provider, llm_key, base_url) if provider else None
+        self._clients: Any = None
         self._closers: list[tuple[Closer, AsyncCloser | None]] = []
         if ledger is None or isinstance(ledger, str):  # the guard made it, the guard closes it
             _add_ledger_closer(self, self.ledger)
@@ -779,6 +789,58 @@ class AgentKavach:
         if self.kill_on_guardrail:
             self.kill(f"guardrail {exc.reason}: {exc}")
 
+    # -- provider clients (kavach_integrations, imported on first use) ----------------------
+
+    def wrap(self, client: _C) -> _C:
+        """Guard every billable call made through a provider SDK client; returns the client.
+
+        >>> client = guard.wrap(OpenAI())     # doctest: +SKIP
+        """
+        from kavach_integrations._provider import wrap
+
+        return wrap(client, self)
+
+    @property
+    def clients(self) -> Any:
+        """The ``ProviderClients`` built from ``provider=``/``llm_key=`` (made on first use)."""
+        if self._clients is None:
+            if self._provider is None:
+                raise KavachConfigError(
+                    "this guard has no provider: pass AgentKavach(provider='openai', "
+                    "llm_key=...) to call through it, or wrap your own client with guard.wrap()"
+                )
+            from kavach_integrations.clients import ProviderClients
+
+            self._clients = ProviderClients(self, *self._provider)
+        return self._clients
+
+    def create(self, **kwargs: Any) -> Any:
+        """A guarded chat call in the provider's own API; returns the SDK's response."""
+        return self.clients.create(**kwargs)
+
+    async def acreate(self, **kwargs: Any) -> Any:
+        return await self.clients.acreate(**kwargs)
+
+    @property
+    def chat(self) -> Any:
+        return self.clients.path("chat")
+
+    @property
+    def responses(self) -> Any:
+        return self.clients.path("responses")
+
+    @property
+    def messages(self) -> Any:
+        return self.clients.path("messages")
+
+    @property
+    def models(self) -> Any:
+        return self.clients.path("models")
+
+    @property
+    def embeddings(self) -> Any:
+        return self.clients.path("embeddings")
+
     # -- seeding ------------------------------------------------------------------------
 
     def seed(self, spent_by_key: Mapping[str, int]) -> None:
@@ -789,7 +851,7 @@ class AgentKavach:
         same figures adds nothing. Keys are ledger keys (``BudgetStatus.key``); amounts are
         in the budget's unit (nano-dollars for cost).
         """
-        now = datetime.now(timezone.utc)
+        now = self._clock()
         ttls: dict[str, int | None] = {}
         for budget in self.budgets:
             key, resets_at = budget.key(self.agent_name, now, self.current_run)
@@ -849,6 +911,27 @@ class AgentKavach:
     def __repr__(self) -> str:
         budgets = ", ".join(b.label for b in self.budgets) or "no budget"
         return f"<AgentKavach agent={self.agent_name!r} mode={self.mode} budgets=[{budgets}]>"
+
+
+@dataclass(frozen=True, slots=True)
+class _ProviderConfig:
+    provider: str
+    llm_key: str | None = field(default=None, repr=False)
+    base_url: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.provider not in ("openai", "anthropic", "google", "mistral"):
+            raise KavachConfigError(
+                f"provider must be one of openai, anthropic, google, mistral, got {self.provider!r}"
+            )
+
+    def __iter__(self) -> Iterator[str | None]:
+        return iter((self.provider, self.llm_key, self.base_url))
+
+
+def wrap(client: _C, guard: AgentKavach) -> _C:
+    """``guard.wrap(client)``: guard every billable call of a provider SDK client."""
+    return guard.wrap(client)
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,25 +55,21 @@ def seed_from_backend(guard: AgentKavach, api: BackendAPI, timeout: float = 3.0)
         )
         return 0
     now = guard._clock()
-    seeded = 0
+    spent_by_key: dict[str, int] = {}
     for budget in guard.budgets:
         if budget.scope != "agent" or budget.period not in _SEEDED_PERIODS or budget.tz:
             continue
         entry = spend.get(budget.period.value)
         if not isinstance(entry, dict):
             continue
-        key, resets_at = budget.key(guard.agent_name, now)
+        key, _ = budget.key(guard.agent_name, now)
         if str(entry.get("period_id")) != key.rsplit(":", 1)[1]:
             continue  # the backend's period is not ours (a reset in between)
         recorded = entry.get(_FIELD[budget.unit])
-        if not isinstance(recorded, int):
-            continue
-        missing = recorded - guard.ledger.read(key).spent
-        if missing > 0:
-            ttl = int((resets_at - now).total_seconds()) + 86_400 if resets_at else None
-            guard.ledger.add_spent(key, missing, ttl)
-            seeded += 1
-    return seeded
+        if isinstance(recorded, int):
+            spent_by_key[key] = recorded
+    guard.seed(spent_by_key)
+    return len(spent_by_key)
 
 
 def connect_backend(

@@ -402,16 +402,6 @@ def test_references_to_undefined_pools_and_bad_pools(write: Write) -> None:
     assert "a per_run budget belongs to one agent" in str(error)
 
 
-def test_options_this_version_cannot_honour_are_refused_not_ignored(write: Write) -> None:
-    for text, line, name in [
-        ("agents:\n  bot:\n    provider: openai\n", 3, "provider"),
-    ]:
-        error = error_from(write(text))
-        assert error.line == line, text
-        assert "not supported yet" in str(error) and name in str(error)
-        assert "ak_123" not in str(error)
-
-
 def test_a_yaml_ledger_url_puts_the_guards_on_redis(write: Write) -> None:
     from kavach.ledger.redis import RedisLedger
 
