@@ -230,17 +230,18 @@ class RedisLedger:
             if client is None:
                 kwargs = {**self._conn_kwargs, "retry": AsyncRetry(NoBackoff(), 1)}
                 client = aredis.Redis.from_url(self._url, **kwargs)
-            batcher = _Batcher(client)
+            batcher = _Batcher(client, owned=self._given_async is None)
             self._async[loop] = batcher
         return batcher
 
     def _run(self, script: _Script, keys: _PackedKeys, args: Sequence[Any]) -> Any:
         packed = script.pack(keys, args)
-        try:
-            return self._send(packed)
-        except NoScriptError:
-            self.client.script_load(script.text)
-            return self._send(packed)
+        for _ in range(2):
+            try:
+                return self._send(packed)
+            except NoScriptError:
+                self.client.script_load(script.text)
+        return self._send(packed)
 
     def _send(self, packed: bytes) -> Any:
         # One command on a pooled connection, skipping redis-py's command machinery (it
@@ -275,11 +276,13 @@ class RedisLedger:
         orphan: _Orphan | None = None,
     ) -> Any:
         batcher = self._abatcher()
-        try:
-            return await batcher.call(script.pack(keys, args), orphan)
-        except NoScriptError:
-            await batcher.client.script_load(script.text)
-            return await batcher.call(script.pack(keys, args), orphan)
+        packed = script.pack(keys, args)
+        for _ in range(2):
+            try:
+                return await batcher.call(packed, orphan)
+            except NoScriptError:
+                await batcher.client.script_load(script.text)
+        return await batcher.call(packed, orphan)
 
     def close(self) -> None:
         """Close the sync pool (async pools close with their event loop)."""
@@ -291,14 +294,16 @@ class RedisLedger:
         return RedisDedupStore(self.client, prefix=self.prefix)
 
     async def aclose(self) -> None:
-        """Close this event loop's async pool (and the others still open) and the sync pool."""
+        """Close the running event loop's async pool (after its in-flight commands) and the
+        sync pool. Pools of other, closed event loops are dropped."""
         self.close()
-        for batcher in list(self._async.values()):
-            try:
-                await batcher.client.aclose()
-            except RuntimeError:
-                pass
-        self._async.clear()
+        loop = asyncio.get_running_loop()
+        while mine := [t for t in self._background if t.get_loop() is loop]:
+            await asyncio.gather(*mine, return_exceptions=True)  # holds being given back
+        batcher = self._async.pop(loop, None)
+        self._async = {lp: b for lp, b in self._async.items() if not lp.is_closed()}
+        if batcher is not None:
+            await batcher.aclose()
 
     # -- keys -----------------------------------------------------------------------------
 
@@ -676,8 +681,11 @@ class _Batcher:
     still read and handed to ``orphan`` (a reserve gives its hold back there).
     """
 
-    def __init__(self, client: aredis.Redis, max_inflight: int = 4) -> None:
+    def __init__(self, client: aredis.Redis, *, owned: bool, max_inflight: int = 4) -> None:
         self.client = client
+        self.owned = owned
+        self._conns: list[Any] = []
+        self._tasks: set[asyncio.Task[None]] = set()
         self._pending: list[_Entry] = []
         self._inflight = 0
         self._max_inflight = max_inflight
@@ -688,8 +696,18 @@ class _Batcher:
         self._pending.append((command, future, orphan))
         if self._inflight < self._max_inflight:
             self._inflight += 1
-            loop.create_task(self._flush())
-        return await future
+            task = loop.create_task(self._flush())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            # Cancelled after the reply arrived but before this task woke: the flush task
+            # saw a live future, so undoing the call is ours to do.
+            if orphan is not None and future.done() and not future.cancelled():
+                if future.exception() is None:
+                    orphan(future.result())
+            raise
 
     async def _flush(self) -> None:
         try:
@@ -703,7 +721,9 @@ class _Batcher:
         pool = self.client.connection_pool
         for attempt in (0, 1):
             try:
-                conn: Any = await pool.get_connection()  # type: ignore[no-untyped-call]
+                # Connections stay with the batcher between batches: the pool's checkout
+                # costs more than a small batch. A dropped one reconnects on its next send.
+                conn: Any = self._conns.pop() if self._conns else await pool.get_connection()  # type: ignore[no-untyped-call]
             except BaseException as exc:
                 _fail(batch, exc)
                 return
@@ -742,7 +762,17 @@ class _Batcher:
                     raise
                 return
             finally:
-                await pool.release(conn)
+                self._conns.append(conn)
+
+    async def aclose(self) -> None:
+        while self._tasks:  # let in-flight batches finish and hand their connections back
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        pool = self.client.connection_pool
+        conns, self._conns = self._conns, []
+        for conn in conns:
+            await pool.release(conn)
+        if self.owned:
+            await self.client.aclose()
 
 
 def _fail(batch: Sequence[_Entry], exc: BaseException) -> None:

@@ -3,8 +3,8 @@
 ``spend URL PREFIX LIMIT CALLS``: prints ``ready``, waits for a line on stdin, then makes
 CALLS concurrent async calls in strict mode on a shared daily budget and prints one JSON
 line with what this process admitted and spent.
-``hold URL PREFIX LEASE N``: reserves N calls, prints ``held N <Redis time in ms>``, then
-waits to be killed.
+``hold URL PREFIX LEASE N``: reserves N calls, prints ``held N <Redis ms before the first>
+<Redis ms after the last>``, then waits to be killed.
 """
 
 from __future__ import annotations
@@ -71,12 +71,17 @@ async def spend(url: str, prefix: str, limit: str, calls: int) -> None:
     )
 
 
+def redis_ms(ledger: RedisLedger) -> int:
+    seconds, micros = ledger.client.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
 def hold(url: str, prefix: str, lease: float, n: int) -> None:
     ledger = RedisLedger(url, prefix=prefix, lease_seconds=lease)
     guard = AgentKavach("bot", Budget.daily("0.01"), prices=PRICES, ledger=ledger)
+    first = redis_ms(ledger)
     held = [guard.reserve(call_spec(i, 1800)) for i in range(n)]  # 2,000,000 nanos each
-    seconds, micros = ledger.client.time()
-    print("held", len(held), seconds * 1000 + micros // 1000, flush=True)
+    print("held", len(held), first, redis_ms(ledger), flush=True)
     time.sleep(600)
 
 
