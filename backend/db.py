@@ -1,0 +1,82 @@
+"""Database engines: build one from a URL, point the tables at it, migrate it.
+
+Piccolo finds its engine through the ``piccolo_conf`` module. The backend instead
+chooses the engine from :class:`~backend.settings.Settings`, so :func:`use_engine`
+points every table (and Piccolo's migration bookkeeping) at the chosen engine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from typing import Any
+
+from piccolo.engine.base import Engine
+from piccolo.engine.postgres import PostgresEngine
+from piccolo.engine.sqlite import SQLiteEngine, TransactionType
+
+from backend.settings import DatabaseURL
+
+__all__ = ["engine_for", "use_engine", "current_engine", "migrate", "transaction", "is_sqlite"]
+
+_current: Engine | None = None
+
+
+def engine_for(database: DatabaseURL) -> Engine:
+    if database.kind == "postgres":
+        return PostgresEngine(config={"dsn": database.dsn})
+    path = os.path.expanduser(database.sqlite_path)
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    # A generous busy timeout: concurrent ingest batches queue for the write lock.
+    return SQLiteEngine(path=path, timeout=30)
+
+
+def use_engine(engine: Engine) -> None:
+    """Make ``engine`` the one every backend table and Piccolo's migrations use."""
+    global _current
+    from piccolo.apps.migrations.tables import Migration
+
+    from backend import piccolo_conf
+    from backend.tables import ALL_TABLES
+
+    os.environ.setdefault("PICCOLO_CONF", "backend.piccolo_conf")
+    piccolo_conf.DB = engine  # type: ignore[attr-defined]
+    for table in (*ALL_TABLES, Migration):
+        table._meta.db = engine
+    _current = engine
+
+
+def current_engine() -> Engine:
+    if _current is None:
+        raise RuntimeError("no database engine selected: call backend.db.use_engine first")
+    return _current
+
+
+def is_sqlite() -> bool:
+    return current_engine().engine_type == "sqlite"
+
+
+def transaction() -> Any:
+    """A write transaction. On SQLite it takes the write lock up front (IMMEDIATE),
+    so two concurrent batches queue instead of failing to upgrade a read lock."""
+    engine = current_engine()
+    if isinstance(engine, SQLiteEngine):
+        return engine.transaction(transaction_type=TransactionType.immediate)
+    return engine.transaction()
+
+
+async def migrate(engine: Engine, *, quiet: bool = True) -> None:
+    """Run the committed migrations forwards on ``engine``."""
+    from piccolo.apps.migrations.commands.forwards import run_forwards
+
+    use_engine(engine)
+    if isinstance(engine, SQLiteEngine):
+        # WAL lets readers (the dashboard) work while ingest writes; it persists in the file.
+        await engine.run_ddl("PRAGMA journal_mode=WAL")
+    sink = io.StringIO()
+    with contextlib.redirect_stdout(sink) if quiet else contextlib.nullcontext():
+        result = await run_forwards(app_name="backend")
+    if not result.success:
+        raise RuntimeError(f"migrations failed: {result.message}\n{sink.getvalue()}")

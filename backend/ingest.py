@@ -1,0 +1,362 @@
+"""Ingest: validate a batch of SDK events and store it with its rollups, exactly once.
+
+One transaction per batch: agents and runs are created on first sight, events are
+inserted with ``ON CONFLICT (org, idempotency_key) DO NOTHING ... RETURNING`` and
+only the rows that were really inserted are added to the hourly and daily rollups,
+so a replayed batch changes nothing.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import zlib
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from backend import db
+from backend.tables import Event
+
+__all__ = ["IngestBatch", "IngestEvent", "decode_batch", "store_batch", "BatchError", "StoredBatch"]
+
+_I64 = 2**63 - 1
+Count = Annotated[int, msgspec.Meta(ge=0, le=_I64)]
+Short = Annotated[str, msgspec.Meta(max_length=200)]
+
+
+class IngestUsage(msgspec.Struct, forbid_unknown_fields=False):
+    input_tokens: Count = 0
+    output_tokens: Count = 0
+    cache_read_tokens: Count = 0
+    cache_write_tokens: Count = 0
+    cache_write_1h_tokens: Count = 0
+    reasoning_tokens: Count = 0
+    input_audio_tokens: Count = 0
+    output_audio_tokens: Count = 0
+    cache_audio_read_tokens: Count = 0
+
+
+class IngestEvent(msgspec.Struct, forbid_unknown_fields=False):
+    id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    agent: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    provider: Annotated[str, msgspec.Meta(max_length=64)]
+    model: Short
+    status: Literal["ok", "error", "refused", "cut", "cancelled"]
+    started_at: Annotated[datetime.datetime, msgspec.Meta(tz=True)]
+    cost_nanos: Count
+    run_id: Short | None = None
+    operation: Annotated[str, msgspec.Meta(max_length=32)] = "chat"
+    refusal_reason: Short | None = None
+    error: Annotated[str, msgspec.Meta(max_length=10_000)] | None = None
+    duration_ms: Annotated[float, msgspec.Meta(ge=0, le=1e12)] = 0.0
+    reserved_nanos: Count = 0
+    usage: IngestUsage = msgspec.field(default_factory=IngestUsage)
+    prompt: Annotated[str, msgspec.Meta(max_length=1_000_000)] | None = None
+    response_model: Short | None = None
+    finish_reasons: list[Short] = msgspec.field(default_factory=list)
+    max_output_tokens: Count | None = None
+    tool_calls: list[Any] = msgspec.field(default_factory=list)
+    tags: dict[Short, Any] = msgspec.field(default_factory=dict)
+
+
+class IngestSdk(msgspec.Struct, forbid_unknown_fields=False):
+    version: Short = ""
+    instance_id: Short = ""
+
+
+class IngestBatch(msgspec.Struct, forbid_unknown_fields=False):
+    events: list[IngestEvent]
+    sdk: IngestSdk | None = None
+
+
+class BatchError(ValueError):
+    """The batch is malformed; the message names the field. ``status`` is 400 or 413."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def decode_batch(
+    body: bytes, *, content_encoding: str, max_decoded_bytes: int, max_events: int
+) -> IngestBatch:
+    encoding = content_encoding.strip().lower()
+    if encoding in ("gzip", "x-gzip"):
+        inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        try:
+            body = inflater.decompress(body, max_decoded_bytes + 1)
+        except zlib.error as exc:
+            raise BatchError(f"the gzip body is corrupt: {exc}") from None
+        if len(body) > max_decoded_bytes or inflater.unconsumed_tail:
+            raise BatchError(
+                f"the decompressed body is larger than {max_decoded_bytes} bytes", status=413
+            )
+        if not inflater.eof:
+            raise BatchError("the gzip body is truncated")
+    elif encoding not in ("", "identity"):
+        raise BatchError(f"unsupported Content-Encoding {content_encoding!r}; use gzip", 415)
+    try:
+        batch = msgspec.json.decode(body, type=IngestBatch)
+    except msgspec.ValidationError as exc:
+        raise BatchError(f"invalid batch: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise BatchError(f"the body is not valid JSON: {exc}") from None
+    if len(batch.events) > max_events:
+        raise BatchError(
+            f"too many events in one batch: {len(batch.events)} (at most {max_events})", 413
+        )
+    return batch
+
+
+@dataclass(frozen=True)
+class StoredBatch:
+    accepted: int
+    duplicates: int
+    agents: list[str]
+
+
+_EVENT_COLUMNS = (
+    "org",
+    "agent",
+    "run",
+    "idempotency_key",
+    "provider",
+    "model",
+    "operation",
+    "status",
+    "refusal_reason",
+    "error",
+    "started_at",
+    "duration_ms",
+    "cost_nanos",
+    "reserved_nanos",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "prompt",
+    "details",
+    "received_at",
+)
+# Keeps each statement under SQLite's and PostgreSQL's bound-parameter limits.
+_ROWS_PER_STATEMENT = 500
+_ROLLUP_METRICS = (
+    "cost_nanos",
+    "calls",
+    "tokens",
+    "input_tokens",
+    "output_tokens",
+    "refusals",
+    "errors",
+)
+
+
+def _values(rows: int, columns: int) -> str:
+    row = "(" + ", ".join(["{}"] * columns) + ")"
+    return ", ".join([row] * rows)
+
+
+def _chunks(items: list[Any], size: int) -> list[list[Any]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _details(event: IngestEvent, sdk: IngestSdk | None) -> str:
+    usage = event.usage
+    return json.dumps(
+        {
+            "cache_write_1h_tokens": usage.cache_write_1h_tokens,
+            "input_audio_tokens": usage.input_audio_tokens,
+            "output_audio_tokens": usage.output_audio_tokens,
+            "cache_audio_read_tokens": usage.cache_audio_read_tokens,
+            "response_model": event.response_model,
+            "finish_reasons": event.finish_reasons,
+            "max_output_tokens": event.max_output_tokens,
+            "tool_calls": event.tool_calls,
+            "tags": event.tags,
+            "sdk": None if sdk is None else {"version": sdk.version, "instance": sdk.instance_id},
+        },
+        default=str,
+    )
+
+
+async def _upsert_agents(org_id: int, names: list[str], now: datetime.datetime) -> dict[str, int]:
+    for chunk in _chunks(names, _ROWS_PER_STATEMENT):
+        args: list[Any] = []
+        for name in chunk:
+            args += [org_id, name, "running", 0, now, now]
+        await Event.raw(
+            "INSERT INTO agents (org, name, status, control_version, created_at, last_seen_at) "
+            f"VALUES {_values(len(chunk), 6)} "
+            "ON CONFLICT (org, name) DO UPDATE SET last_seen_at = excluded.last_seen_at",
+            *args,
+        )
+    ids: dict[str, int] = {}
+    for chunk in _chunks(names, _ROWS_PER_STATEMENT):
+        placeholders = ", ".join(["{}"] * len(chunk))
+        rows = await Event.raw(
+            f"SELECT id, name FROM agents WHERE org = {{}} AND name IN ({placeholders})",
+            org_id,
+            *chunk,
+        )
+        ids.update({r["name"]: r["id"] for r in rows})
+    return ids
+
+
+async def _upsert_runs(
+    org_id: int, runs: dict[tuple[int, str], datetime.datetime]
+) -> dict[tuple[int, str], int]:
+    keys = list(runs)
+    ids: dict[tuple[int, str], int] = {}
+    for chunk in _chunks(keys, _ROWS_PER_STATEMENT):
+        args: list[Any] = []
+        for agent_id, run_key in chunk:
+            started = runs[(agent_id, run_key)]
+            args += [org_id, agent_id, run_key, started, started, 0, 0]
+        await Event.raw(
+            "INSERT INTO runs (org, agent, run_key, started_at, last_event_at, calls, cost_nanos) "
+            f"VALUES {_values(len(chunk), 7)} ON CONFLICT (org, agent, run_key) DO NOTHING",
+            *args,
+        )
+        condition = " OR ".join(["(agent = {} AND run_key = {})"] * len(chunk))
+        flat = [value for key in chunk for value in key]
+        rows = await Event.raw(
+            f"SELECT id, agent, run_key FROM runs WHERE org = {{}} AND ({condition})",
+            org_id,
+            *flat,
+        )
+        ids.update({(r["agent"], r["run_key"]): r["id"] for r in rows})
+    return ids
+
+
+async def _add_rollups(table: str, bucket_column: str, deltas: dict[tuple[Any, ...], list[int]]):
+    items = list(deltas.items())
+    metric_list = ", ".join(_ROLLUP_METRICS)
+    updates = ", ".join(f"{m} = {table}.{m} + excluded.{m}" for m in _ROLLUP_METRICS)
+    for chunk in _chunks(items, _ROWS_PER_STATEMENT):
+        args: list[Any] = []
+        for key, values in chunk:
+            args += [*key, *values]
+        await Event.raw(
+            f"INSERT INTO {table} (org, agent, model, {bucket_column}, {metric_list}) "
+            f"VALUES {_values(len(chunk), 4 + len(_ROLLUP_METRICS))} "
+            f"ON CONFLICT (org, agent, model, {bucket_column}) DO UPDATE SET {updates}",
+            *args,
+        )
+
+
+async def store_batch(org_id: int, batch: IngestBatch) -> StoredBatch:
+    """Write the batch; the answer counts what was new and what had been stored before."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    unique: dict[str, IngestEvent] = {}
+    for event in batch.events:
+        unique.setdefault(event.id, event)
+    events = list(unique.values())
+    in_batch_duplicates = len(batch.events) - len(events)
+    agent_names = sorted({e.agent for e in events})
+    if not events:
+        return StoredBatch(accepted=0, duplicates=in_batch_duplicates, agents=[])
+
+    async with db.transaction():
+        agent_ids = await _upsert_agents(org_id, agent_names, now)
+        run_starts: dict[tuple[int, str], datetime.datetime] = {}
+        for e in events:
+            if e.run_id:
+                key = (agent_ids[e.agent], e.run_id)
+                if key not in run_starts or e.started_at < run_starts[key]:
+                    run_starts[key] = e.started_at
+        run_ids = await _upsert_runs(org_id, run_starts) if run_starts else {}
+
+        inserted: set[str] = set()
+        for chunk in _chunks(events, _ROWS_PER_STATEMENT):
+            args: list[Any] = []
+            for e in chunk:
+                agent_id = agent_ids[e.agent]
+                run_id = run_ids.get((agent_id, e.run_id)) if e.run_id else None
+                args += [
+                    org_id,
+                    agent_id,
+                    run_id,
+                    e.id,
+                    e.provider,
+                    e.model,
+                    e.operation,
+                    e.status,
+                    e.refusal_reason,
+                    e.error,
+                    e.started_at.astimezone(datetime.timezone.utc),
+                    e.duration_ms,
+                    e.cost_nanos,
+                    e.reserved_nanos,
+                    e.usage.input_tokens,
+                    e.usage.output_tokens,
+                    e.usage.cache_read_tokens,
+                    e.usage.cache_write_tokens,
+                    e.usage.reasoning_tokens,
+                    e.prompt,
+                    _details(e, batch.sdk),
+                    now,
+                ]
+            rows = await Event.raw(
+                f"INSERT INTO events ({', '.join(_EVENT_COLUMNS)}) "
+                f"VALUES {_values(len(chunk), len(_EVENT_COLUMNS))} "
+                "ON CONFLICT (org, idempotency_key) DO NOTHING RETURNING idempotency_key",
+                *args,
+            )
+            inserted.update(r["idempotency_key"] for r in rows)
+
+        hourly: dict[tuple[Any, ...], list[int]] = defaultdict(lambda: [0] * 7)
+        daily: dict[tuple[Any, ...], list[int]] = defaultdict(lambda: [0] * 7)
+        run_totals: dict[int, list[Any]] = {}
+        for e in events:
+            if e.id not in inserted:
+                continue
+            agent_id = agent_ids[e.agent]
+            started = e.started_at.astimezone(datetime.timezone.utc)
+            made_call = e.status != "refused"
+            delta = (
+                e.cost_nanos,
+                1 if made_call else 0,
+                e.usage.input_tokens + e.usage.output_tokens,
+                e.usage.input_tokens,
+                e.usage.output_tokens,
+                1 if e.status == "refused" else 0,
+                1 if e.status == "error" else 0,
+            )
+            hour = started.replace(minute=0, second=0, microsecond=0)
+            for bucket, key in (
+                (hourly, (org_id, agent_id, e.model, hour)),
+                (daily, (org_id, agent_id, e.model, started.date())),
+            ):
+                totals = bucket[key]
+                for i, value in enumerate(delta):
+                    totals[i] += value
+            if e.run_id:
+                run_id = run_ids[(agent_id, e.run_id)]
+                current = run_totals.setdefault(run_id, [0, 0, started])
+                current[0] += delta[1]
+                current[1] += e.cost_nanos
+                current[2] = max(current[2], started)
+        if hourly:
+            await _add_rollups("spend_hourly", "bucket", hourly)
+            await _add_rollups("spend_daily", "day", daily)
+        for run_id, (calls, cost, last) in run_totals.items():
+            await Event.raw(
+                "UPDATE runs SET calls = calls + {}, cost_nanos = cost_nanos + {}, "
+                "last_event_at = CASE WHEN last_event_at < {} THEN {} ELSE last_event_at END "
+                "WHERE id = {}",
+                calls,
+                cost,
+                last,
+                last,
+                run_id,
+            )
+    accepted = len(inserted)
+    return StoredBatch(
+        accepted=accepted,
+        duplicates=in_batch_duplicates + len(events) - accepted,
+        agents=agent_names,
+    )

@@ -1,0 +1,207 @@
+"""Piccolo tables. Money columns are BIGINT nano-dollars (1e-9 USD).
+
+Composite unique constraints (agent name per org, idempotency key per org, one
+rollup row per bucket) are unique indexes created by the migrations, since the
+ingest path relies on them for ``INSERT ... ON CONFLICT``.
+"""
+
+from __future__ import annotations
+
+from piccolo.columns import (
+    JSON,
+    BigInt,
+    Boolean,
+    Date,
+    Float,
+    ForeignKey,
+    Integer,
+    Text,
+    Timestamptz,
+    Varchar,
+)
+from piccolo.columns.defaults.timestamptz import TimestamptzNow
+from piccolo.table import Table
+
+__all__ = [
+    "Organization",
+    "User",
+    "Membership",
+    "ApiKey",
+    "Agent",
+    "Run",
+    "Event",
+    "SpendHourly",
+    "SpendDaily",
+    "Budget",
+    "AlertRule",
+    "AlertEvent",
+    "Subscription",
+    "ALL_TABLES",
+]
+
+
+class Organization(Table, tablename="organizations"):
+    name = Varchar(length=200)
+    created_at = Timestamptz(default=TimestamptzNow())
+
+
+class User(Table, tablename="users"):
+    email = Varchar(length=320, unique=True)
+    password_hash = Varchar(length=255)
+    # Bumped on password change: tokens issued before carry the old value and stop working.
+    token_version = Integer(default=0)
+    must_change_password = Boolean(default=False)
+    created_at = Timestamptz(default=TimestamptzNow())
+
+
+class Membership(Table, tablename="memberships"):
+    user = ForeignKey(references=User)
+    org = ForeignKey(references=Organization)
+    role = Varchar(length=16)  # owner | admin | viewer
+    created_at = Timestamptz(default=TimestamptzNow())
+
+
+class ApiKey(Table, tablename="api_keys"):
+    org = ForeignKey(references=Organization)
+    name = Varchar(length=200)
+    prefix = Varchar(length=32)  # shown in lists: "ak_live_" plus the first characters
+    key_hash = Varchar(length=64, unique=True)  # sha256 hex of the full key
+    environment = Varchar(length=8)  # live | test
+    created_by = ForeignKey(references=User, null=True)
+    created_at = Timestamptz(default=TimestamptzNow())
+    last_used_at = Timestamptz(null=True, default=None)
+    revoked_at = Timestamptz(null=True, default=None)
+
+
+class Agent(Table, tablename="agents"):
+    org = ForeignKey(references=Organization)
+    name = Varchar(length=200)
+    status = Varchar(length=16, default="running")  # running | stopped
+    kill_reason = Text(null=True, default=None)
+    # Incremented on every kill, resume and budget change; SDKs poll "since" it.
+    control_version = Integer(default=0)
+    created_at = Timestamptz(default=TimestamptzNow())
+    last_seen_at = Timestamptz(null=True, default=None)
+
+
+class Run(Table, tablename="runs"):
+    org = ForeignKey(references=Organization)
+    agent = ForeignKey(references=Agent)
+    run_key = Varchar(length=200)  # the SDK's run id
+    started_at = Timestamptz(default=TimestamptzNow())
+    last_event_at = Timestamptz(default=TimestamptzNow())
+    calls = Integer(default=0)
+    cost_nanos = BigInt(default=0)
+
+
+class Event(Table, tablename="events"):
+    org = ForeignKey(references=Organization)
+    agent = ForeignKey(references=Agent)
+    run = ForeignKey(references=Run, null=True)
+    idempotency_key = Varchar(length=64)
+    provider = Varchar(length=64)
+    model = Varchar(length=200)
+    operation = Varchar(length=32)
+    status = Varchar(length=16)  # ok | error | refused | cut | cancelled
+    refusal_reason = Varchar(length=200, null=True, default=None)
+    error = Text(null=True, default=None)
+    started_at = Timestamptz()
+    duration_ms = Float(default=0.0)
+    cost_nanos = BigInt(default=0)
+    reserved_nanos = BigInt(default=0)
+    input_tokens = BigInt(default=0)
+    output_tokens = BigInt(default=0)
+    cache_read_tokens = BigInt(default=0)
+    cache_write_tokens = BigInt(default=0)
+    reasoning_tokens = BigInt(default=0)
+    prompt = Text(null=True, default=None)  # only when the SDK opted in
+    details = JSON(default="{}")  # usage extras, response model, finish reasons, tags ...
+    received_at = Timestamptz(default=TimestamptzNow())
+
+
+class SpendHourly(Table, tablename="spend_hourly"):
+    org = ForeignKey(references=Organization)
+    agent = ForeignKey(references=Agent)
+    model = Varchar(length=200)
+    bucket = Timestamptz()  # start of the UTC hour
+    cost_nanos = BigInt(default=0)
+    calls = BigInt(default=0)
+    tokens = BigInt(default=0)
+    input_tokens = BigInt(default=0)
+    output_tokens = BigInt(default=0)
+    refusals = BigInt(default=0)
+    errors = BigInt(default=0)
+
+
+class SpendDaily(Table, tablename="spend_daily"):
+    org = ForeignKey(references=Organization)
+    agent = ForeignKey(references=Agent)
+    model = Varchar(length=200)
+    day = Date()  # UTC day
+    cost_nanos = BigInt(default=0)
+    calls = BigInt(default=0)
+    tokens = BigInt(default=0)
+    input_tokens = BigInt(default=0)
+    output_tokens = BigInt(default=0)
+    refusals = BigInt(default=0)
+    errors = BigInt(default=0)
+
+
+class Budget(Table, tablename="budgets"):
+    org = ForeignKey(references=Organization)
+    agent = ForeignKey(references=Agent, null=True)  # null: the whole organization
+    kind = Varchar(length=8)  # usd | tokens | calls
+    period = Varchar(length=8)  # daily | weekly | monthly | total
+    limit_value = BigInt()  # nano-dollars for usd, a count otherwise
+    created_at = Timestamptz(default=TimestamptzNow())
+    updated_at = Timestamptz(default=TimestamptzNow())
+
+
+class AlertRule(Table, tablename="alert_rules"):
+    org = ForeignKey(references=Organization)
+    agent = ForeignKey(references=Agent, null=True)
+    name = Varchar(length=200)
+    kind = Varchar(length=8)  # usd | tokens | calls
+    period = Varchar(length=8)
+    threshold = BigInt()  # nano-dollars for usd, a count otherwise
+    channel = Varchar(length=16)  # email | slack | webhook
+    target = Varchar(length=500)
+    enabled = Boolean(default=True)
+    created_at = Timestamptz(default=TimestamptzNow())
+
+
+class AlertEvent(Table, tablename="alert_events"):
+    org = ForeignKey(references=Organization)
+    agent = ForeignKey(references=Agent, null=True)
+    kind = Varchar(length=32)  # kill | resume | budget | threshold
+    message = Text()
+    actor = ForeignKey(references=User, null=True)
+    details = JSON(default="{}")
+    created_at = Timestamptz(default=TimestamptzNow())
+
+
+class Subscription(Table, tablename="subscriptions"):
+    org = ForeignKey(references=Organization, unique=True)
+    plan = Varchar(length=8, default="free")  # free | pro | max
+    status = Varchar(length=16, default="active")
+    stripe_customer_id = Varchar(length=100, null=True, default=None)
+    stripe_subscription_id = Varchar(length=100, null=True, default=None)
+    current_period_end = Timestamptz(null=True, default=None)
+    created_at = Timestamptz(default=TimestamptzNow())
+
+
+ALL_TABLES: tuple[type[Table], ...] = (
+    Organization,
+    User,
+    Membership,
+    ApiKey,
+    Agent,
+    Run,
+    Event,
+    SpendHourly,
+    SpendDaily,
+    Budget,
+    AlertRule,
+    AlertEvent,
+    Subscription,
+)

@@ -1,0 +1,214 @@
+"""The control channel: kill, resume and budget changes reach SDKs within a second."""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+
+from tests.backend.conftest import Account, batch, event
+
+
+@contextmanager
+def sse(account: Account, agents: str) -> Iterator[queue.Queue[tuple[float, dict[str, Any]]]]:
+    """Read ``/v1/control/stream`` in a thread; yields a queue of (arrival time, message).
+
+    The reader notices ``stop`` at the next line (keepalives come every second) and
+    closes its own client, so no socket is closed under a reading thread.
+    """
+    received: queue.Queue[tuple[float, dict[str, Any]]] = queue.Queue()
+    key = account.keys[0] if account.keys else account.new_key()
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            with httpx.Client(
+                base_url=account.base_url,
+                headers={"Authorization": f"Bearer {key}"},
+                timeout=httpx.Timeout(30, read=30),
+            ) as client:
+                with client.stream(
+                    "GET", "/v1/control/stream", params={"agents": agents}
+                ) as stream:
+                    assert stream.status_code == 200
+                    assert stream.headers["content-type"].startswith("text/event-stream")
+                    for line in stream.iter_lines():
+                        if stop.is_set():
+                            return
+                        if line.startswith("data:"):
+                            received.put((time.monotonic(), json.loads(line[5:].strip())))
+                        elif line.startswith(":"):
+                            received.put((time.monotonic(), {"type": "keepalive"}))
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    try:
+        yield received
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    assert not errors, errors
+
+
+def next_message(
+    received: queue.Queue[tuple[float, dict[str, Any]]], timeout: float = 5
+) -> tuple[float, dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        at, message = received.get(timeout=max(0.01, deadline - time.monotonic()))
+        if message["type"] != "keepalive":
+            return at, message
+
+
+def seed(account: Account, agent: str = "research-bot") -> None:
+    with account.sdk() as sdk:
+        assert sdk.post("/v1/ingest", json=batch(event(agent=agent))).status_code == 202
+
+
+def test_kill_and_resume_reach_an_sse_client_within_one_second(account: Account) -> None:
+    seed(account)
+    with sse(account, "research-bot,other") as received:
+        _, initial = next_message(received)
+        assert initial["type"] == "resume" and initial["initial"] is True
+        assert initial["agent"] in ("research-bot", "other")
+        next_message(received)  # the second agent's initial state
+
+        started = time.monotonic()
+        killed = account.client.post(
+            "/v1/agents/research-bot/kill", json={"reason": "runaway loop"}
+        )
+        assert killed.status_code == 200, killed.text
+        at, message = next_message(received)
+        latency = at - started
+        assert message["type"] == "kill"
+        assert message["agent"] == "research-bot"
+        assert message["status"] == "stopped"
+        assert message["reason"] == "runaway loop"
+        assert message["version"] == 1
+        assert latency < 1.0, f"kill took {latency:.3f}s to reach the SDK"
+
+        started = time.monotonic()
+        assert account.client.post("/v1/agents/research-bot/resume").status_code == 200
+        at, message = next_message(received)
+        assert (message["type"], message["status"], message["version"]) == (
+            "resume",
+            "running",
+            2,
+        )
+        assert at - started < 1.0
+
+
+def test_stream_sends_current_state_on_connect_and_keepalives(account: Account) -> None:
+    seed(account)
+    account.client.post("/v1/agents/research-bot/kill", json={"reason": "over budget"})
+    with sse(account, "research-bot") as received:
+        _, initial = next_message(received)
+        assert (initial["type"], initial["status"], initial["reason"]) == (
+            "kill",
+            "stopped",
+            "over budget",
+        )
+        # The test server sends a keepalive comment every second.
+        _, keepalive = received.get(timeout=3)
+        assert keepalive == {"type": "keepalive"}
+
+
+def test_stream_filters_other_agents(account: Account) -> None:
+    seed(account, "a")
+    seed(account, "b")
+    with sse(account, "a") as received:
+        next_message(received)
+        account.client.post("/v1/agents/b/kill", json={"reason": "x"})
+        account.client.post("/v1/agents/a/kill", json={"reason": "y"})
+        _, message = next_message(received)
+        assert message["agent"] == "a"
+
+
+def test_budget_change_is_pushed(account: Account) -> None:
+    seed(account)
+    with sse(account, "research-bot") as received:
+        next_message(received)
+        started = time.monotonic()
+        created = account.client.post(
+            "/v1/agents/research-bot/budgets",
+            json={"kind": "usd", "period": "daily", "limit_usd": "2.50"},
+        )
+        assert created.status_code == 201, created.text
+        at, message = next_message(received)
+        assert message["type"] == "budget"
+        assert at - started < 1.0
+        assert message["budgets"][0]["limit"] == 2_500_000_000
+        assert message["budgets"][0]["period"] == "daily"
+        # An org-wide budget reaches every agent too.
+        account.client.post("/v1/budgets", json={"kind": "calls", "period": "total", "limit": 9})
+        _, message = next_message(received)
+        assert message["type"] == "budget"
+        assert {b["scope"] for b in message["budgets"]} == {"agent", "org"}
+
+
+def test_long_poll_answers_at_once_when_behind_and_waits_for_a_change(account: Account) -> None:
+    seed(account)
+    with account.sdk() as sdk:
+        now = sdk.get("/v1/control", params={"agents": "research-bot"})
+        assert now.status_code == 200
+        assert now.json()["version"] == 0 and now.json()["changed"] is True
+
+        # Nothing changes: the poll returns after `wait` seconds, unchanged.
+        started = time.monotonic()
+        idle = sdk.get("/v1/control", params={"agents": "research-bot", "since": 0, "wait": 0.5})
+        assert idle.json()["changed"] is False
+        assert 0.4 < time.monotonic() - started < 3
+
+        answer: dict[str, Any] = {}
+
+        def poll() -> None:
+            response = sdk.get(
+                "/v1/control", params={"agents": "research-bot", "since": 0, "wait": 10}
+            )
+            answer["at"] = time.monotonic()
+            answer["body"] = response.json()
+
+        thread = threading.Thread(target=poll)
+        thread.start()
+        time.sleep(0.3)
+        started = time.monotonic()
+        account.client.post("/v1/agents/research-bot/kill", json={"reason": "stop"})
+        thread.join(timeout=10)
+        assert answer["body"]["changed"] is True
+        assert answer["body"]["control"]["research-bot"]["status"] == "stopped"
+        assert answer["body"]["version"] == 1
+        assert answer["at"] - started < 1.0
+
+
+def test_ingest_answer_carries_the_kill(account: Account) -> None:
+    seed(account)
+    account.client.post("/v1/agents/research-bot/kill", json={"reason": "halt"})
+    with account.sdk() as sdk:
+        control = sdk.post("/v1/ingest", json=batch(event())).json()["control"]
+    assert control["research-bot"]["status"] == "stopped"
+    assert control["research-bot"]["reason"] == "halt"
+
+
+def test_kill_and_resume_are_in_alert_history(account: Account) -> None:
+    seed(account)
+    account.client.post("/v1/agents/research-bot/kill", json={"reason": "too costly"})
+    account.client.post("/v1/agents/research-bot/resume")
+    history = account.client.get("/v1/alerts").json()
+    assert [h["kind"] for h in history] == ["resume", "kill"]
+    assert "too costly" in history[1]["message"]
+    assert history[1]["agent"] == "research-bot"
+    agent = account.client.get("/v1/agents/research-bot").json()
+    assert agent["status"] == "running" and agent["control_version"] == 2
+
+
+def test_kill_unknown_agent_is_404(account: Account) -> None:
+    assert account.client.post("/v1/agents/ghost/kill", json={}).status_code == 404
