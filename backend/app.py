@@ -20,6 +20,7 @@ from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 import kavach
 from backend import db
 from backend.control import ControlHub
+from backend.ops import Operations
 from backend.routes import auth, control, keys, reads
 from backend.settings import Settings
 
@@ -52,6 +53,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     engine = db.engine_for(settings.database)
     db.use_engine(engine)
     hub = ControlHub(settings.redis_url)
+    ops = Operations(settings)  # rate limits, billing, retention, alerts, metrics
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -69,7 +71,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
             if engine.engine_type == "postgres":
                 await engine.close_connection_pool()
 
-    route_handlers: list[Any] = [*auth.ROUTES, *keys.ROUTES, *control.ROUTES, *reads.ROUTES]
+    route_handlers: list[Any] = [
+        *auth.ROUTES,
+        *keys.ROUTES,
+        *control.ROUTES,
+        *reads.ROUTES,
+        *ops.routes,
+    ]
     static = _static_dir(settings)
     if static is not None:
         from litestar.static_files import create_static_files_router
@@ -80,7 +88,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     app = Litestar(
         route_handlers=route_handlers,
-        lifespan=[lifespan],
+        lifespan=[lifespan, ops.lifespan],
+        before_request=ops.before_request,
+        middleware=[ops.middleware],
         exception_handlers={HTTP_500_INTERNAL_SERVER_ERROR: _internal_error},
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(
@@ -93,4 +103,5 @@ def create_app(settings: Settings | None = None) -> Litestar:
     )
     app.state.settings = settings
     app.state.hub = hub
+    app.state.ops = ops
     return app
