@@ -158,7 +158,7 @@ def recorder(reply: Any = None, status: int = 200, form: bool = False) -> Iterat
             with lock:
                 rec.requests.append((self.path, dict(self.headers), body))
             reply = rec.reply(self.path, body) if callable(rec.reply) else rec.reply
-            data = json.dumps(reply).encode()
+            data = reply.encode() if isinstance(reply, str) else json.dumps(reply).encode()
             self.send_response(rec.status)
             self.send_header("content-type", "application/json")
             self.send_header("content-length", str(len(data)))
