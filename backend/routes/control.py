@@ -13,14 +13,14 @@ import msgspec
 from litestar import Request, delete, get, patch, post
 from litestar.di import NamedDependency
 from litestar.exceptions import ClientException, NotFoundException
-from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.params import JSONBody, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from backend import db
 from backend.agent_state import budget_json, control_states, find_agent, publish_change
 from backend.auth import KeyPrincipal, UserPrincipal, require_admin
 from backend.control import ControlHub
-from backend.deps import KEY, USER
+from backend.deps import KEY, USER, AgentNamePath, ObjectId
 from backend.ingest import BatchError, decode_batch, store_batch
 from backend.settings import Settings
 from backend.tables import Agent, AlertEvent, AlertRule, Budget
@@ -125,7 +125,7 @@ async def _set_status(
 async def kill_agent(
     request: Request[Any, Any, Any],
     user: NamedDependency[UserPrincipal],
-    name: FromPath[str],
+    name: AgentNamePath,
     data: JSONBody[KillBody | None] = None,
 ) -> dict[str, Any]:
     """Stop an agent: every SDK process of it refuses calls once it hears (within a second)."""
@@ -135,7 +135,7 @@ async def kill_agent(
 
 @post("/v1/agents/{name:str}/resume", status_code=200, dependencies=USER, tags=["control"])
 async def resume_agent(
-    request: Request[Any, Any, Any], user: NamedDependency[UserPrincipal], name: FromPath[str]
+    request: Request[Any, Any, Any], user: NamedDependency[UserPrincipal], name: AgentNamePath
 ) -> dict[str, Any]:
     return await _set_status(request, user, name, False, None)
 
@@ -312,7 +312,7 @@ async def create_org_budget(
 
 @get("/v1/agents/{name:str}/budgets", dependencies=USER, tags=["budgets"])
 async def list_agent_budgets(
-    user: NamedDependency[UserPrincipal], name: FromPath[str]
+    user: NamedDependency[UserPrincipal], name: AgentNamePath
 ) -> list[dict[str, Any]]:
     agent = await find_agent(user.org_id, name)
     rows = (
@@ -327,7 +327,7 @@ async def list_agent_budgets(
 async def create_agent_budget(
     request: Request[Any, Any, Any],
     user: NamedDependency[UserPrincipal],
-    name: FromPath[str],
+    name: AgentNamePath,
     data: JSONBody[BudgetBody],
 ) -> dict[str, Any]:
     agent = await find_agent(user.org_id, name)
@@ -335,9 +335,7 @@ async def create_agent_budget(
 
 
 @get("/v1/budgets/{budget_id:int}", dependencies=USER, tags=["budgets"])
-async def get_budget(
-    user: NamedDependency[UserPrincipal], budget_id: FromPath[int]
-) -> dict[str, Any]:
+async def get_budget(user: NamedDependency[UserPrincipal], budget_id: ObjectId) -> dict[str, Any]:
     row = await _own_budget(user.org_id, budget_id)
     return budget_json(row, await _agent_names(user.org_id))
 
@@ -346,7 +344,7 @@ async def get_budget(
 async def update_budget(
     request: Request[Any, Any, Any],
     user: NamedDependency[UserPrincipal],
-    budget_id: FromPath[int],
+    budget_id: ObjectId,
     data: JSONBody[BudgetPatch],
 ) -> dict[str, Any]:
     require_admin(user)
@@ -367,7 +365,7 @@ async def update_budget(
 
 @delete("/v1/budgets/{budget_id:int}", status_code=204, dependencies=USER, tags=["budgets"])
 async def delete_budget(
-    request: Request[Any, Any, Any], user: NamedDependency[UserPrincipal], budget_id: FromPath[int]
+    request: Request[Any, Any, Any], user: NamedDependency[UserPrincipal], budget_id: ObjectId
 ) -> None:
     require_admin(user)
     row = await _own_budget(user.org_id, budget_id)
@@ -459,15 +457,13 @@ async def create_alert_rule(
 
 
 @get("/v1/alert-rules/{rule_id:int}", dependencies=USER, tags=["alerts"])
-async def get_alert_rule(
-    user: NamedDependency[UserPrincipal], rule_id: FromPath[int]
-) -> dict[str, Any]:
+async def get_alert_rule(user: NamedDependency[UserPrincipal], rule_id: ObjectId) -> dict[str, Any]:
     return _rule_json(await _own_rule(user.org_id, rule_id), await _agent_names(user.org_id))
 
 
 @patch("/v1/alert-rules/{rule_id:int}", dependencies=USER, tags=["alerts"])
 async def update_alert_rule(
-    user: NamedDependency[UserPrincipal], rule_id: FromPath[int], data: JSONBody[AlertRulePatch]
+    user: NamedDependency[UserPrincipal], rule_id: ObjectId, data: JSONBody[AlertRulePatch]
 ) -> dict[str, Any]:
     require_admin(user)
     await _own_rule(user.org_id, rule_id)
@@ -487,7 +483,7 @@ async def update_alert_rule(
 
 
 @delete("/v1/alert-rules/{rule_id:int}", status_code=204, dependencies=USER, tags=["alerts"])
-async def delete_alert_rule(user: NamedDependency[UserPrincipal], rule_id: FromPath[int]) -> None:
+async def delete_alert_rule(user: NamedDependency[UserPrincipal], rule_id: ObjectId) -> None:
     require_admin(user)
     await _own_rule(user.org_id, rule_id)
     await AlertRule.delete().where(AlertRule.id == rule_id)

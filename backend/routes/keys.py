@@ -9,11 +9,11 @@ import msgspec
 from litestar import delete, get, post
 from litestar.di import NamedDependency
 from litestar.exceptions import NotFoundException
-from litestar.params import FromPath, JSONBody
+from litestar.params import JSONBody
 
 from backend import db
 from backend.auth import UserPrincipal, require_admin
-from backend.deps import USER
+from backend.deps import USER, ObjectId
 from backend.security import new_api_key
 from backend.tables import ApiKey
 
@@ -79,7 +79,7 @@ async def create_key(
 
 
 @delete("/v1/keys/{key_id:int}", status_code=200, dependencies=USER, tags=["keys"])
-async def revoke_key(user: NamedDependency[UserPrincipal], key_id: FromPath[int]) -> dict[str, Any]:
+async def revoke_key(user: NamedDependency[UserPrincipal], key_id: ObjectId) -> dict[str, Any]:
     require_admin(user)
     row = await _own_key(user, key_id)
     if row["revoked_at"] is None:
@@ -90,7 +90,7 @@ async def revoke_key(user: NamedDependency[UserPrincipal], key_id: FromPath[int]
 
 
 @post("/v1/keys/{key_id:int}/rotate", status_code=201, dependencies=USER, tags=["keys"])
-async def rotate_key(user: NamedDependency[UserPrincipal], key_id: FromPath[int]) -> dict[str, Any]:
+async def rotate_key(user: NamedDependency[UserPrincipal], key_id: ObjectId) -> dict[str, Any]:
     """Revoke the key and issue a replacement with the same name and environment."""
     require_admin(user)
     old = await _own_key(user, key_id)

@@ -10,13 +10,13 @@ from typing import Annotated, Any
 from litestar import get
 from litestar.di import NamedDependency
 from litestar.exceptions import NotFoundException
-from litestar.params import FromPath, QueryParameter
+from litestar.params import QueryParameter
 
 import kavach
 from backend import db
 from backend.agent_state import control_states, find_agent
 from backend.auth import Principal, UserPrincipal
-from backend.deps import ANY, USER
+from backend.deps import ANY, USER, AgentNamePath, ObjectId
 from backend.pricing import search_prices
 from backend.spend import agent_spend, utc_now
 from backend.tables import Agent, Event, Run
@@ -95,7 +95,7 @@ async def list_agents(user: NamedDependency[UserPrincipal]) -> list[dict[str, An
 
 
 @get("/v1/agents/{name:str}", dependencies=USER, tags=["agents"])
-async def get_agent(user: NamedDependency[UserPrincipal], name: FromPath[str]) -> dict[str, Any]:
+async def get_agent(user: NamedDependency[UserPrincipal], name: AgentNamePath) -> dict[str, Any]:
     """An agent with its status, today's and this month's spend, and its budgets."""
     row = await find_agent(user.org_id, name)
     spend = await agent_spend(user.org_id, row["id"], utc_now().date())
@@ -108,7 +108,7 @@ async def get_agent(user: NamedDependency[UserPrincipal], name: FromPath[str]) -
 
 @get("/v1/agents/{name:str}/spend", dependencies=ANY, tags=["sdk"])
 async def get_agent_spend(
-    principal: NamedDependency[Principal], name: FromPath[str]
+    principal: NamedDependency[Principal], name: AgentNamePath
 ) -> dict[str, Any]:
     """Spend of the agent's current UTC day, ISO week, month and all time, to seed an SDK's
     ledger after a restart. An agent never seen has spent nothing."""
@@ -145,7 +145,7 @@ def _run_json(row: dict[str, Any], agent_name: str) -> dict[str, Any]:
 @get("/v1/agents/{name:str}/runs", dependencies=USER, tags=["agents"])
 async def list_agent_runs(
     user: NamedDependency[UserPrincipal],
-    name: FromPath[str],
+    name: AgentNamePath,
     limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
 ) -> list[dict[str, Any]]:
     agent = await find_agent(user.org_id, name)
@@ -170,7 +170,7 @@ async def _own_run(org_id: int, run_id: int) -> dict[str, Any]:
 
 
 @get("/v1/runs/{run_id:int}", dependencies=USER, tags=["agents"])
-async def get_run(user: NamedDependency[UserPrincipal], run_id: FromPath[int]) -> dict[str, Any]:
+async def get_run(user: NamedDependency[UserPrincipal], run_id: ObjectId) -> dict[str, Any]:
     row = await _own_run(user.org_id, run_id)
     return _run_json(row, row["agent.name"])
 
@@ -208,7 +208,7 @@ def _event_json(row: dict[str, Any], agent_name: str) -> dict[str, Any]:
 @get("/v1/runs/{run_id:int}/events", dependencies=USER, tags=["agents"])
 async def list_run_events(
     user: NamedDependency[UserPrincipal],
-    run_id: FromPath[int],
+    run_id: ObjectId,
     limit: Annotated[int, QueryParameter(ge=1, le=5000)] = 500,
 ) -> list[dict[str, Any]]:
     run = await _own_run(user.org_id, run_id)

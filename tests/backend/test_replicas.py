@@ -1,0 +1,71 @@
+"""Two backend replicas sharing a database and Redis: a kill on one reaches SDKs on the other."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from backend import db
+from tests.backend.conftest import register, start_server, stop_server
+from tests.backend.test_control import next_message, seed, sse
+
+REDIS_URL = os.environ.get("AGENTKAVACH_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture
+def redis_url() -> str:
+    import redis
+
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
+    except redis.RedisError as exc:
+        message = f"Redis at {REDIS_URL} is unreachable: {exc!r}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return REDIS_URL
+
+
+@pytest.fixture
+def keep_engine() -> Iterator[None]:
+    previous = db._current
+    yield
+    if previous is not None:
+        db.use_engine(previous)
+
+
+@pytest.mark.redis
+def test_kill_on_one_replica_reaches_a_stream_on_another(
+    tmp_path: Path, redis_url: str, keep_engine: None
+) -> None:
+    # SQLite file shared by both replicas (one process: Piccolo's engine is global, and
+    # both engines point at the same file, so either replica's queries see the same data).
+    url = str(tmp_path / "replicas.sqlite")
+    first = start_server(url, redis_url=redis_url)
+    second = start_server(url, redis_url=redis_url)
+    try:
+        on_first = register(first.url)
+        on_second = register(second.url)
+        on_second.client.close()
+        with on_first.client:
+            seed(on_first)
+            on_first.base_url = first.url
+            with sse(on_first, "research-bot") as received:
+                next_message(received)
+                # The dashboard user talks to the second replica.
+                on_first.client.base_url = second.url  # type: ignore[misc]
+                started = time.monotonic()
+                killed = on_first.client.post(
+                    "/v1/agents/research-bot/kill", json={"reason": "from replica 2"}
+                )
+                assert killed.status_code == 200
+                at, message = next_message(received)
+                assert message["type"] == "kill" and message["reason"] == "from replica 2"
+                assert at - started < 1.0
+    finally:
+        stop_server(first)
+        stop_server(second)
