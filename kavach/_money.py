@@ -36,5 +36,5 @@ def fmt_usd(nanos: int) -> str:
     whole, frac = text.split(".")
     significant = frac.lstrip("0")
     keep = len(frac) - len(significant) + min(len(significant), 4)
-    frac = frac[: max(2, keep)]
+    frac = frac[: max(2, keep)].ljust(2, "0")
     return f"{sign}${whole}.{frac}"

@@ -15,6 +15,7 @@ def test_to_nanos_is_exact_and_rounds_up() -> None:
     ("nanos", "text"),
     [
         (0, "$0.00"),
+        (800_000_000, "$0.80"),
         (49_840_000, "$0.04984"),  # not rounded up to look like the $0.05 limit
         (1_234_500_000_000, "$1,234.50"),
         (125_000, "$0.000125"),

@@ -14,6 +14,7 @@ class FakeBackend:
     def __init__(self) -> None:
         self.events: list[dict[str, Any]] = []
         self.batches = 0
+        self.refused = 0
         self.status = 202
         self.retry_after: str | None = None
         self.control: dict[str, Any] = {}
@@ -47,6 +48,8 @@ class FakeBackend:
                 body = json.loads(raw)
                 with backend.lock:
                     status = backend.status
+                    if status != 202:
+                        backend.refused += 1
                     if status == 202:
                         backend.batches += 1
                         seen = {e["id"] for e in backend.events}

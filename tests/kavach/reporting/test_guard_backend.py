@@ -173,3 +173,22 @@ def test_backend_down_never_blocks_or_breaks_calls(tmp_path: Path) -> None:
     guard.close(timeout=0.5)
     spooled = sum(len(p.read_text().splitlines()) for p in tmp_path.glob("*/seg-*.jsonl"))
     assert spooled == 50
+
+
+def test_yaml_api_key_and_endpoint_turn_reporting_on(
+    backend: FakeBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KAVACH_KEY", "ak_test_fromenv")
+    monkeypatch.setenv("AGENTKAVACH_SPOOL_DIR", str(tmp_path))
+    path = tmp_path / "kavach.yaml"
+    path.write_text(
+        "api_key: ${KAVACH_KEY}\n"
+        f"endpoint: {backend.url}\n"
+        "defaults:\n  prices: {test-model: {input_per_mtok: 1, output_per_mtok: 1}}\n"
+        "agents:\n  bot:\n    budget: {daily: 1}\n"
+    )
+    guard = AgentKavach.from_yaml(path, agent="bot")
+    assert guard.backend is not None
+    guard.reserve(spec(1)).commit(Usage(5, 5))
+    guard.close()
+    assert [e["agent"] for e in backend.events] == ["bot"]

@@ -79,7 +79,9 @@ def test_429_waits_for_retry_after(backend: FakeBackend, tmp_path: Path) -> None
     backend.retry_after = "0.6"
     reporter = make(backend, tmp_path)
     reporter.enqueue(event(1))
-    time.sleep(0.1)
+    deadline = time.monotonic() + 5
+    while backend.refused == 0 and time.monotonic() < deadline:
+        time.sleep(0.005)
     backend.status = 202
     started = time.monotonic()
     while not backend.events and time.monotonic() - started < 5:
@@ -87,6 +89,7 @@ def test_429_waits_for_retry_after(backend: FakeBackend, tmp_path: Path) -> None
     waited = time.monotonic() - started
     reporter.close()
     assert backend.events and waited >= 0.3  # it did not hammer the backend before then
+    assert backend.refused == 1
     assert reporter.stats.last_error is not None and "rate limited" in reporter.stats.last_error
 
 
