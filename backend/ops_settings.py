@@ -19,13 +19,14 @@ __all__ = ["OpsSettings"]
 @dataclass(frozen=True)
 class OpsSettings:
     # Burst limits on /v1/ingest, in requests (batches): a token bucket per key and per org.
-    key_rate: float = 50.0
-    key_burst: float = 100.0
-    org_rate: float = 200.0
-    org_burst: float = 400.0
+    # An SDK process sends about four batches a second; a key may be shared by a fleet.
+    key_rate: float = 500.0
+    key_burst: float = 1000.0
+    org_rate: float = 2000.0
+    org_burst: float = 4000.0
     # Daily caps on /v1/ingest, in events, per UTC day.
-    key_daily_events: int = 20_000_000
-    org_daily_events: int = 50_000_000
+    key_daily_events: int = 50_000_000
+    org_daily_events: int = 200_000_000
     # Auth endpoints: a bucket per client address, and one per e-mail for log-ins.
     auth_ip_rate: float = 2.0
     auth_ip_burst: float = 120.0

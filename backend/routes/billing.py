@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from litestar import Request, Response, get, post
 from litestar.di import NamedDependency
-from litestar.exceptions import ClientException, NotFoundException
+from litestar.exceptions import ClientException, NotAuthorizedException, NotFoundException
 from litestar.params import JSONBody
 
 from backend import billing
@@ -36,7 +36,7 @@ def _ops(request: Request[Any, Any, Any]) -> OpsSettings:
 
 
 class CheckoutBody(msgspec.Struct, forbid_unknown_fields=True):
-    plan: Literal["pro", "max"]
+    plan: Literal["pro", "max"] = "pro"
     success_url: Annotated[str, msgspec.Meta(max_length=2000)] | None = None
     cancel_url: Annotated[str, msgspec.Meta(max_length=2000)] | None = None
 
@@ -69,6 +69,33 @@ async def get_plan(
             "events_this_month": await billing.events_this_month(user.org_id, today),
         },
         "plans": {name: p.limits() for name, p in billing.PLANS.items()},
+    }
+
+
+@get("/v1/billing", tags=["billing"])
+async def billing_summary(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    """What the dashboard's Billing page reads: 404 when billing is off (the page is hidden),
+    otherwise the plan with ``usage`` keyed like ``limits``."""
+    ops = _ops(request)
+    if not ops.billing_enabled:
+        raise NotFoundException(_DISABLED)
+    from backend.auth import user_principal
+
+    try:
+        user = await user_principal(request)
+    except NotAuthorizedException:
+        return {"billing": "enabled", "self_hosted": False, "stripe_configured": True}
+    plan = await get_plan.fn(request=request, user=user)
+    usage = plan["usage"]
+    return {
+        **plan,
+        "self_hosted": False,
+        "stripe_configured": True,
+        "usage": {
+            "agents": usage["agents"],
+            "events_per_month": usage["events_this_month"],
+            "retention_days": plan["limits"]["retention_days"],
+        },
     }
 
 
@@ -168,4 +195,4 @@ async def webhook(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
     return Response({"received": True, "outcome": outcome}, status_code=200)
 
 
-ROUTES = [get_plan, checkout, portal, webhook]
+ROUTES = [billing_summary, get_plan, checkout, portal, webhook]

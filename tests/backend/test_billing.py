@@ -114,6 +114,10 @@ def test_signed_checkout_completed_upgrades_the_org(
     assert answer.status_code == 200, answer.text
     plan = account.client.get("/v1/billing/plan").json()
     assert plan["plan"] == "pro" and plan["limits"]["agents"] == 25
+    # The dashboard's Billing page reads /v1/billing: usage keyed like the limits.
+    page = account.client.get("/v1/billing").json()
+    assert page["plan"] == "pro" and page["self_hosted"] is False
+    assert set(page["usage"]) == set(page["limits"])
 
     # Another organization is untouched.
     other = accounts(billing_backend.url)
@@ -242,6 +246,7 @@ def test_self_hosted_has_billing_off_and_no_limits(tmp_path: Path, accounts: Any
             "message": "billing is disabled on this server (no STRIPE_SECRET_KEY is "
             "configured): it is self-hosted and has no plan limits",
         }
+        assert account.client.get("/v1/billing").status_code == 404  # the page stays hidden
         for path, body in (("/v1/billing/checkout", {"plan": "pro"}), ("/v1/billing/portal", {})):
             answer = account.client.post(path, json=body)
             assert answer.status_code == 404
