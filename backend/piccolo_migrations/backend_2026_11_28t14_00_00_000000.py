@@ -1,58 +1,390 @@
 """Operations tables: alert channels (secrets encrypted), alert deliveries (one row per
 org, budget, period, threshold and channel decides which replica sends), Stripe events
-(webhook idempotency). Plain SQL so the same migration runs on SQLite and PostgreSQL.
-"""
+(webhook idempotency). Generated against PostgreSQL; indexes are in the next migration."""
 
 from piccolo.apps.migrations.auto.migration_manager import MigrationManager
-from piccolo.engine import engine_finder
+from piccolo.columns.base import OnDelete, OnUpdate
+from piccolo.columns.column_types import (
+    JSON,
+    Boolean,
+    ForeignKey,
+    Serial,
+    Text,
+    Timestamptz,
+    Varchar,
+)
+from piccolo.columns.defaults.timestamptz import TimestamptzNow
+from piccolo.columns.indexes import IndexMethod
+from piccolo.table import Table
+
+
+class Organization(Table, tablename="organizations", schema=None):
+    id = Serial(
+        null=False,
+        primary_key=True,
+        unique=False,
+        index=False,
+        index_method=IndexMethod.btree,
+        choices=None,
+        db_column_name="id",
+        secret=False,
+    )
+
 
 ID = "2026-11-28T14:00:00:000000"
 VERSION = "1.38.0"
 DESCRIPTION = "alert channels, alert deliveries, stripe events"
 
-_ORG = "org INTEGER NOT NULL REFERENCES organizations (id) ON DELETE CASCADE ON UPDATE CASCADE"
-_CREATED = "created_at TIMESTAMPTZ NOT NULL DEFAULT CURRENT_TIMESTAMP"
-
-
-def _statements(serial: str) -> list[str]:
-    return [
-        f"CREATE TABLE IF NOT EXISTS alert_channels (id {serial}, {_ORG}, "
-        "name VARCHAR(100) NOT NULL DEFAULT '', kind VARCHAR(16) NOT NULL DEFAULT '', "
-        "config JSON NOT NULL DEFAULT '{}', secret TEXT NULL DEFAULT NULL, "
-        f"enabled BOOLEAN NOT NULL DEFAULT TRUE, {_CREATED})",
-        f"CREATE TABLE IF NOT EXISTS alert_deliveries (id {serial}, {_ORG}, "
-        "dedup_key VARCHAR(400) NOT NULL DEFAULT '', "
-        "status VARCHAR(16) NOT NULL DEFAULT 'claimed', error TEXT NULL DEFAULT NULL, "
-        f"{_CREATED})",
-        f"CREATE TABLE IF NOT EXISTS stripe_events (id {serial}, "
-        "event_id VARCHAR(255) NOT NULL DEFAULT '' UNIQUE, "
-        f"type VARCHAR(100) NOT NULL DEFAULT '', {_CREATED})",
-        "CREATE UNIQUE INDEX IF NOT EXISTS alert_channels_org_name ON alert_channels (org, name)",
-        "CREATE UNIQUE INDEX IF NOT EXISTS alert_deliveries_key"
-        " ON alert_deliveries (org, dedup_key)",
-        "CREATE INDEX IF NOT EXISTS alert_deliveries_created ON alert_deliveries (created_at)",
-        "CREATE INDEX IF NOT EXISTS subscriptions_customer ON subscriptions (stripe_customer_id)",
-    ]
-
 
 async def forwards():
     manager = MigrationManager(migration_id=ID, app_name="backend", description=DESCRIPTION)
 
-    async def create():
-        engine = engine_finder()
-        serial = (
-            "SERIAL PRIMARY KEY" if engine.engine_type == "postgres" else ("INTEGER PRIMARY KEY")
-        )
-        for statement in _statements(serial):
-            await engine.run_ddl(statement)
+    manager.add_table(
+        class_name="AlertChannel",
+        tablename="alert_channels",
+        schema=None,
+        columns=None,
+    )
 
-    async def drop():
-        engine = engine_finder()
-        for table in ("alert_channels", "alert_deliveries", "stripe_events"):
-            await engine.run_ddl(f"DROP TABLE IF EXISTS {table}")
-        for index in ("subscriptions_customer",):
-            await engine.run_ddl(f"DROP INDEX IF EXISTS {index}")
+    manager.add_table(
+        class_name="StripeEvent",
+        tablename="stripe_events",
+        schema=None,
+        columns=None,
+    )
 
-    manager.add_raw(create)
-    manager.add_raw_backwards(drop)
+    manager.add_table(
+        class_name="AlertDelivery",
+        tablename="alert_deliveries",
+        schema=None,
+        columns=None,
+    )
+
+    manager.add_column(
+        table_class_name="AlertChannel",
+        tablename="alert_channels",
+        column_name="org",
+        db_column_name="org",
+        column_class_name="ForeignKey",
+        column_class=ForeignKey,
+        params={
+            "references": Organization,
+            "on_delete": OnDelete.cascade,
+            "on_update": OnUpdate.cascade,
+            "target_column": None,
+            "null": True,
+            "primary_key": False,
+            "unique": False,
+            "index": False,
+            "index_method": IndexMethod.btree,
+            "choices": None,
+            "db_column_name": None,
+            "secret": False,
+        },
+        schema=None,
+    )
+
+    manager.add_column(
+        table_class_name="AlertChannel",
+        tablename="alert_channels",
+        column_name="name",
+        db_column_name="name",
+        column_class_name="Varchar",
+        column_class=Varchar,
+        params={
+            "length": 100,
+            "default": "",
+            "null": False,
+            "primary_key": False,
+            "unique": False,
+            "index": False,
+            "index_method": IndexMethod.btree,
+            "choices": None,
+            "db_column_name": None,
+            "secret": False,
+        },
+        schema=None,
+    )
+
+    manager.add_column(
+        table_class_name="AlertChannel",
+        tablename="alert_channels",
+        column_name="kind",
+        db_column_name="kind",
+        column_class_name="Varchar",
+        column_class=Varchar,
+        params={
+            "length": 16,
+            "default": "",
+            "null": False,
+            "primary_key": False,
+            "unique": False,
+            "index": False,
+            "index_method": IndexMethod.btree,
+            "choices": None,
+            "db_column_name": None,
+            "secret": False,
+        },
+        schema=None,
+    )
+
+    manager.add_column(
+        table_class_name="AlertChannel",
+        tablename="alert_channels",
+        column_name="config",
+        db_column_name="config",
+        column_class_name="JSON",
+        column_class=JSON,
+        params={
+            "default": "{}",
+            "null": False,
+            "primary_key": False,
+            "unique": False,
+            "index": False,
+            "index_method": IndexMethod.btree,
+            "choices": None,
+            "db_column_name": None,
+            "secret": False,
+        },
+        schema=None,
+    )
+
+    manager.add_column(
+        table_class_name="AlertChannel",
+        tablename="alert_channels",
+        column_name="secret",
+        db_column_name="secret",
+        column_class_name="Text",
+        column_class=Text,
+        params={
+            "default": None,
+            "null": True,
+            "primary_key": False,
+            "unique": False,
+            "index": False,
+            "index_method": IndexMethod.btree,
+            "choices": None,
+            "db_column_name": None,
+            "secret": False,
+        },
+        schema=None,
+    )
+
+    manager.add_column(
+        table_class_name="AlertChannel",
+        tablename="alert_channels",
+        column_name="enabled",
+        db_column_name="enabled",
+        column_class_name="Boolean",
+        column_class=Boolean,
+        params={
+            "default": True,
+            "null": False,
+            "primary_key": False,
+            "unique": False,
+            "index": False,
+            "index_method": IndexMethod.btree,
+            "choices": None,
+            "db_column_name": None,
+            "secret": False,
+        },
+        schema=None,
+    )
+
+    manager.add_column(
+        table_class_name="AlertChannel",
+        tablename="alert_channels",
+        column_name="created_at",
+        db_column_name="created_at",
+        column_class_name="Timestamptz",
+        column_class=Timestamptz,
+        params={
+            "default": TimestamptzNow(),
+            "null": False,
+            "primary_key": False,
+            "unique": False,
+            "index": False,
+            "index_method": IndexMethod.btree,
+            "choices": None,
+            "db_column_name": None,
+            "secret": False,
+        },
+        schema=None,
+    )
+
+    manager.add_column(
+        table_class_name="StripeEvent",
+        tablename="stripe_events",
+        column_name="event_id",
+        db_column_name="event_id",
+        column_class_name="Varchar",
+        column_class=Varchar,
+        params={
+            "length": 255,
+            "default": "",
+            "null": False,
+            "primary_key": False,
+            "unique": True,
+            "index": False,
+            "index_method": IndexMethod.btree,
+            "choices": None,
+            "db_column_name": None,
+            "secret": False,
+        },
+        schema=None,
+    )
+
+    manager.add_column(
+        table_class_name="StripeEvent",
+        tablename="stripe_events",
+        column_name="type",
+        db_column_name="type",
+        column_class_name="Varchar",
+        column_class=Varchar,
+        params={
+            "length": 100,
+            "default": "",
+            "null": False,
+            "primary_key": False,
+            "unique": False,
+            "index": False,
+            "index_method": IndexMethod.btree,
+            "choices": None,
+            "db_column_name": None,
+            "secret": False,
+        },
+        schema=None,
+    )
+
+    manager.add_column(
+        table_class_name="StripeEvent",
+        tablename="stripe_events",
+        column_name="created_at",
+        db_column_name="created_at",
+        column_class_name="Timestamptz",
+        column_class=Timestamptz,
+        params={
+            "default": TimestamptzNow(),
+            "null": False,
+            "primary_key": False,
+            "unique": False,
+            "index": False,
+            "index_method": IndexMethod.btree,
+            "choices": None,
+            "db_column_name": None,
+            "secret": False,
+        },
+        schema=None,
+    )
+
+    manager.add_column(
+        table_class_name="AlertDelivery",
+        tablename="alert_deliveries",
+        column_name="org",
+        db_column_name="org",
+        column_class_name="ForeignKey",
+        column_class=ForeignKey,
+        params={
+            "references": Organization,
+            "on_delete": OnDelete.cascade,
+            "on_update": OnUpdate.cascade,
+            "target_column": None,
+            "null": True,
+            "primary_key": False,
+            "unique": False,
+            "index": False,
+            "index_method": IndexMethod.btree,
+            "choices": None,
+            "db_column_name": None,
+            "secret": False,
+        },
+        schema=None,
+    )
+
+    manager.add_column(
+        table_class_name="AlertDelivery",
+        tablename="alert_deliveries",
+        column_name="dedup_key",
+        db_column_name="dedup_key",
+        column_class_name="Varchar",
+        column_class=Varchar,
+        params={
+            "length": 400,
+            "default": "",
+            "null": False,
+            "primary_key": False,
+            "unique": False,
+            "index": False,
+            "index_method": IndexMethod.btree,
+            "choices": None,
+            "db_column_name": None,
+            "secret": False,
+        },
+        schema=None,
+    )
+
+    manager.add_column(
+        table_class_name="AlertDelivery",
+        tablename="alert_deliveries",
+        column_name="status",
+        db_column_name="status",
+        column_class_name="Varchar",
+        column_class=Varchar,
+        params={
+            "length": 16,
+            "default": "claimed",
+            "null": False,
+            "primary_key": False,
+            "unique": False,
+            "index": False,
+            "index_method": IndexMethod.btree,
+            "choices": None,
+            "db_column_name": None,
+            "secret": False,
+        },
+        schema=None,
+    )
+
+    manager.add_column(
+        table_class_name="AlertDelivery",
+        tablename="alert_deliveries",
+        column_name="error",
+        db_column_name="error",
+        column_class_name="Text",
+        column_class=Text,
+        params={
+            "default": None,
+            "null": True,
+            "primary_key": False,
+            "unique": False,
+            "index": False,
+            "index_method": IndexMethod.btree,
+            "choices": None,
+            "db_column_name": None,
+            "secret": False,
+        },
+        schema=None,
+    )
+
+    manager.add_column(
+        table_class_name="AlertDelivery",
+        tablename="alert_deliveries",
+        column_name="created_at",
+        db_column_name="created_at",
+        column_class_name="Timestamptz",
+        column_class=Timestamptz,
+        params={
+            "default": TimestamptzNow(),
+            "null": False,
+            "primary_key": False,
+            "unique": False,
+            "index": False,
+            "index_method": IndexMethod.btree,
+            "choices": None,
+            "db_column_name": None,
+            "secret": False,
+        },
+        schema=None,
+    )
+
     return manager
