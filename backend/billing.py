@@ -179,9 +179,10 @@ async def apply_event(settings: OpsSettings, event: dict[str, Any]) -> str:
             logger.info("billing: org %s upgraded to %s", org_id, plan)
             return f"org {org_id} on {plan}"
         if kind in ("customer.subscription.updated", "customer.subscription.deleted"):
-            org_id = await _org_of(obj)
-            if org_id is None:
+            found = await _org_of(obj)
+            if found is None:
                 return "ignored"
+            org_id = found
             await _ensure_row(org_id)
             if kind == "customer.subscription.deleted":
                 changes: dict[Any, Any] = {

@@ -48,6 +48,7 @@ PLAIN_FIELDS: dict[str, tuple[str, ...]] = {
         "thresholds",
     ),
 }
+_DEFAULT_FROM = "AgentKavach <alerts@agentkavach.localhost>"
 _REQUIRED_SECRET = {"slack": "webhook_url", "pagerduty": "routing_key", "webhook": "url"}
 
 
@@ -84,7 +85,7 @@ def make_channel(kind: str, config: dict[str, Any], secrets: dict[str, str], nam
         password = secrets.get("password")
         return EmailChannel(
             tuple(check_address(str(a), "to") for a in to),
-            from_addr=str(config.get("from_addr") or EmailChannel.from_addr),
+            from_addr=str(config.get("from_addr") or _DEFAULT_FROM),
             name=name,
             smtp_host=str(config.get("smtp_host") or "localhost"),
             smtp_port=int(config.get("smtp_port") or 587),
