@@ -14,12 +14,12 @@ import msgspec
 from litestar import Request, delete, get, patch, post
 from litestar.di import NamedDependency
 from litestar.exceptions import ClientException, NotFoundException
-from litestar.params import FromPath, JSONBody
+from litestar.params import JSONBody
 
 from backend.auth import UserPrincipal, require_admin
 from backend.channel_config import check_channel, masked
 from backend.crypto import EncryptionUnavailable, SecretBox
-from backend.deps import USER
+from backend.deps import USER, ObjectId
 from backend.tables import AlertChannel
 from kavach.errors import KavachConfigError
 
@@ -131,7 +131,7 @@ async def create_channel(
 async def get_channel(
     request: Request[Any, Any, Any],
     user: NamedDependency[UserPrincipal],
-    channel_id: FromPath[int],
+    channel_id: ObjectId,
 ) -> dict[str, Any]:
     return _json(await _own(user.org_id, channel_id), _box(request))
 
@@ -140,7 +140,7 @@ async def get_channel(
 async def update_channel(
     request: Request[Any, Any, Any],
     user: NamedDependency[UserPrincipal],
-    channel_id: FromPath[int],
+    channel_id: ObjectId,
     data: JSONBody[ChannelPatch],
 ) -> dict[str, Any]:
     """Change settings; ``secrets`` replaces the stored ones (omit it to keep them)."""
@@ -172,7 +172,7 @@ async def update_channel(
 
 
 @delete("/v1/channels/{channel_id:int}", status_code=204, dependencies=USER, tags=["alerts"])
-async def delete_channel(user: NamedDependency[UserPrincipal], channel_id: FromPath[int]) -> None:
+async def delete_channel(user: NamedDependency[UserPrincipal], channel_id: ObjectId) -> None:
     require_admin(user)
     await _own(user.org_id, channel_id)
     await AlertChannel.delete().where(AlertChannel.id == channel_id)

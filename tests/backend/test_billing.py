@@ -5,6 +5,7 @@ and billing switched off when no Stripe key is configured."""
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from tests.backend.ops_helpers import (  # noqa: F401 - accounts_fixture is a fi
     Process,
     Recorder,
     accounts_fixture,
+    fresh_postgres,
     recorder,
     start_process,
 )
@@ -51,10 +53,19 @@ def stripe_api() -> Iterator[Recorder]:
         yield rec
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield str(tmp_path / "db.sqlite")
+    else:
+        with fresh_postgres() as url:
+            yield url
+
+
 @pytest.fixture
-def billing_backend(tmp_path: Path, stripe_api: Recorder) -> Iterator[Process]:
+def billing_backend(database: str, tmp_path: Path, stripe_api: Recorder) -> Iterator[Process]:
     env = {
-        "AGENTKAVACH_DATABASE_URL": str(tmp_path / "db.sqlite"),
+        "AGENTKAVACH_DATABASE_URL": database,
         "STRIPE_SECRET_KEY": "sk_test_" + "x" * 24,
         "STRIPE_WEBHOOK_SECRET": WHSEC,
         "AGENTKAVACH_STRIPE_PRICE_PRO": PRICE_PRO,
@@ -256,3 +267,23 @@ def test_self_hosted_has_billing_off_and_no_limits(tmp_path: Path, accounts: Any
             assert sdk.post("/v1/ingest", json=batch(*many)).status_code == 202
     finally:
         proc.stop()
+
+
+def test_the_sdk_logs_the_plan_limit_once_and_keeps_the_events(
+    billing_backend: Process, tmp_path: Path, accounts: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    from kavach.reporting.api import BackendAPI, BackendConfig
+    from kavach.reporting.sender import Reporter
+
+    account = accounts(billing_backend.url)
+    api = BackendAPI(BackendConfig(api_key=account.new_key(), endpoint=billing_backend.url))
+    reporter = Reporter(api, spool_root=tmp_path / "spool", batch_size=10, flush_interval=0.01)
+    with caplog.at_level(logging.WARNING, logger="kavach"):
+        for i in range(5):
+            reporter.enqueue(event(agent=f"agent-{i}"))
+        assert not reporter.flush(timeout=2)
+        reporter.close(timeout=1)
+    messages = [r.getMessage() for r in caplog.records if "plan limit" in r.getMessage()]
+    assert len(messages) == 1
+    assert "Free plan includes 3 agents" in messages[0] and "3600" in messages[0]
+    assert reporter.pending == 5  # kept on disk for the next try

@@ -4,6 +4,7 @@ stops that agent only."""
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -145,3 +146,67 @@ def test_agent_budget_at_100_percent_stops_that_agent_only(backend: Process, acc
         assert status("bot-y") == "running"
         kills = [h for h in account.client.get("/v1/alerts").json() if h["kind"] == "kill"]
         assert len(kills) == 1 and "agent daily calls budget is spent" in kills[0]["message"]
+
+
+class _SMTPSink:
+    def __init__(self) -> None:
+        self.messages: list[tuple[list[str], bytes]] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        self.messages.append((list(envelope.rcpt_tos), envelope.content))
+        return "250 OK"
+
+
+def test_email_and_signed_webhook_channels_deliver_once(backend: Process, accounts: Any) -> None:
+    from aiosmtpd.controller import Controller
+
+    from kavach.alerts import sign_webhook
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    sink = _SMTPSink()
+    controller = Controller(sink, hostname="127.0.0.1", port=port)
+    controller.start()
+    account = accounts(backend.url)
+    try:
+        with recorder(reply={"ok": True}) as hook:
+            for body in (
+                {
+                    "name": "mail",
+                    "kind": "email",
+                    "config": {
+                        "to": ["oncall@example.com"],
+                        "smtp_host": "127.0.0.1",
+                        "smtp_port": port,
+                        "security": "none",
+                        "thresholds": [1.0],
+                    },
+                },
+                {
+                    "name": "hook",
+                    "kind": "webhook",
+                    "config": {"thresholds": [1.0]},
+                    "secrets": {"url": hook.url + "/alerts", "signing_secret": "s3cret-signing"},
+                },
+            ):
+                made = account.client.post("/v1/channels", json=body)
+                assert made.status_code == 201, made.text
+            account.client.post(
+                "/v1/budgets", json={"kind": "calls", "period": "daily", "limit": 2}
+            )
+            with account.sdk() as sdk:
+                for _ in range(3):
+                    assert sdk.post("/v1/ingest", json=batch(event())).status_code == 202
+            assert wait_for(lambda: len(sink.messages) == 1 and len(hook.requests) == 1, 5)
+            time.sleep(0.5)
+            assert len(sink.messages) == 1 and len(hook.requests) == 1
+            rcpt, content = sink.messages[0]
+            assert rcpt == ["oncall@example.com"] and b"org daily calls budget" in content
+            path, headers, raw = hook.requests[0]
+            assert path == "/alerts"
+            stamp = headers["X-AgentKavach-Timestamp"]
+            assert headers["X-AgentKavach-Signature"] == sign_webhook("s3cret-signing", stamp, raw)
+            assert "s3cret-signing" not in account.client.get("/v1/channels").text
+    finally:
+        controller.stop()
