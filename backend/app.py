@@ -100,6 +100,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
             description="Budget guard backend: ingest, control channel, dashboard APIs.",
         ),
         debug=False,
+        # Logging is the host's to configure (``serve`` does); an app factory that
+        # rewires the root logger would fight uvicorn and test harnesses.
+        logging_config=None,
     )
     app.state.settings = settings
     app.state.hub = hub

@@ -41,9 +41,15 @@ def serve(
     log_level: str = "info",
 ) -> None:
     """Migrate, then serve the backend with uvicorn until interrupted."""
+    import logging
+
     import uvicorn
 
     from backend.app import create_app
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
     env = dict(os.environ)
     if database_url:

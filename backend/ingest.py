@@ -8,8 +8,12 @@ so a replayed batch changes nothing.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
-import json
+import functools
+import itertools
+import re
+import weakref
 import zlib
 from collections import defaultdict
 from dataclasses import dataclass
@@ -18,7 +22,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from backend import db
-from backend.tables import Event
+from backend.agent_state import control_states
 
 __all__ = ["IngestBatch", "IngestEvent", "decode_batch", "store_batch", "BatchError", "StoredBatch"]
 
@@ -116,6 +120,7 @@ class StoredBatch:
     accepted: int
     duplicates: int
     agents: list[str]
+    control: dict[str, dict[str, Any]]
 
 
 _EVENT_COLUMNS = (
@@ -155,6 +160,37 @@ _ROLLUP_METRICS = (
 )
 
 
+_PLACEHOLDER = re.compile(r"\{\}")
+
+
+async def _execute(sql: str, args: list[Any]) -> list[tuple[Any, ...]]:
+    """Run ``sql`` (``{}`` placeholders) on the current transaction's connection.
+
+    The hot path skips Piccolo's query strings, whose argument handling cost more
+    than the database work for a batch of a thousand rows.
+    """
+    engine = db.current_engine()
+    transaction = engine.current_transaction.get()
+    if transaction is None:
+        raise RuntimeError("ingest statements run inside a transaction")
+    connection = transaction.connection
+    if engine.engine_type == "sqlite":
+        cursor = await connection.execute(sql.replace("{}", "?"), args)
+        try:
+            rows = await cursor.fetchall()
+        finally:
+            await cursor.close()
+        return [tuple(r.values()) if isinstance(r, dict) else tuple(r) for r in rows]
+    return [tuple(r) for r in await connection.fetch(_numbered(sql), *args)]
+
+
+@functools.lru_cache(maxsize=512)
+def _numbered(sql: str) -> str:
+    """``{}`` placeholders as PostgreSQL's ``$1, $2, ...`` (statements repeat per batch size)."""
+    numbers = itertools.count(1)
+    return _PLACEHOLDER.sub(lambda _: f"${next(numbers)}", sql)
+
+
 def _values(rows: int, columns: int) -> str:
     row = "(" + ", ".join(["{}"] * columns) + ")"
     return ", ".join([row] * rows)
@@ -166,7 +202,7 @@ def _chunks(items: list[Any], size: int) -> list[list[Any]]:
 
 def _details(event: IngestEvent, sdk: IngestSdk | None) -> str:
     usage = event.usage
-    return json.dumps(
+    return msgspec.json.encode(
         {
             "cache_write_1h_tokens": usage.cache_write_1h_tokens,
             "input_audio_tokens": usage.input_audio_tokens,
@@ -179,8 +215,57 @@ def _details(event: IngestEvent, sdk: IngestSdk | None) -> str:
             "tags": event.tags,
             "sdk": None if sdk is None else {"version": sdk.version, "instance": sdk.instance_id},
         },
-        default=str,
-    )
+    ).decode()
+
+
+_INSERT_EVENTS = (
+    f"INSERT INTO events ({', '.join(_EVENT_COLUMNS)}) {{rows}} "
+    "ON CONFLICT (org, idempotency_key) DO NOTHING RETURNING idempotency_key"
+)
+# PostgreSQL takes the whole batch as one array per column: one small statement,
+# prepared once, instead of a thousand rows of bound parameters.
+_EVENT_ARRAY_TYPES = (
+    "integer",
+    "integer",
+    "integer",
+    "varchar",
+    "varchar",
+    "varchar",
+    "varchar",
+    "varchar",
+    "varchar",
+    "text",
+    "timestamptz",
+    "real",
+    "bigint",
+    "bigint",
+    "bigint",
+    "bigint",
+    "bigint",
+    "bigint",
+    "bigint",
+    "text",
+    "json",
+    "timestamptz",
+)
+
+
+async def _insert_events(rows: list[tuple[Any, ...]]) -> set[str]:
+    """Insert the rows, skipping stored idempotency keys; the keys really inserted."""
+    inserted: set[str] = set()
+    if not db.is_sqlite():
+        unnest = ", ".join(f"{{}}::{kind}[]" for kind in _EVENT_ARRAY_TYPES)
+        columns = [list(column) for column in zip(*rows, strict=True)]
+        result = await _execute(
+            _INSERT_EVENTS.format(rows=f"SELECT * FROM unnest({unnest})"), columns
+        )
+        return {row[0] for row in result}
+    for chunk in _chunks(rows, _ROWS_PER_STATEMENT):
+        args = [value for row in chunk for value in row]
+        values = "VALUES " + _values(len(chunk), len(_EVENT_COLUMNS))
+        result = await _execute(_INSERT_EVENTS.format(rows=values), args)
+        inserted.update(row[0] for row in result)
+    return inserted
 
 
 async def _upsert_agents(org_id: int, names: list[str], now: datetime.datetime) -> dict[str, int]:
@@ -188,21 +273,20 @@ async def _upsert_agents(org_id: int, names: list[str], now: datetime.datetime) 
         args: list[Any] = []
         for name in chunk:
             args += [org_id, name, "running", 0, now, now]
-        await Event.raw(
+        await _execute(
             "INSERT INTO agents (org, name, status, control_version, created_at, last_seen_at) "
             f"VALUES {_values(len(chunk), 6)} "
             "ON CONFLICT (org, name) DO UPDATE SET last_seen_at = excluded.last_seen_at",
-            *args,
+            args,
         )
     ids: dict[str, int] = {}
     for chunk in _chunks(names, _ROWS_PER_STATEMENT):
         placeholders = ", ".join(["{}"] * len(chunk))
-        rows = await Event.raw(
+        rows = await _execute(
             f"SELECT id, name FROM agents WHERE org = {{}} AND name IN ({placeholders})",
-            org_id,
-            *chunk,
+            [org_id, *chunk],
         )
-        ids.update({r["name"]: r["id"] for r in rows})
+        ids.update({name: agent_id for agent_id, name in rows})
     return ids
 
 
@@ -216,19 +300,18 @@ async def _upsert_runs(
         for agent_id, run_key in chunk:
             started = runs[(agent_id, run_key)]
             args += [org_id, agent_id, run_key, started, started, 0, 0]
-        await Event.raw(
+        await _execute(
             "INSERT INTO runs (org, agent, run_key, started_at, last_event_at, calls, cost_nanos) "
             f"VALUES {_values(len(chunk), 7)} ON CONFLICT (org, agent, run_key) DO NOTHING",
-            *args,
+            args,
         )
         condition = " OR ".join(["(agent = {} AND run_key = {})"] * len(chunk))
         flat = [value for key in chunk for value in key]
-        rows = await Event.raw(
+        rows = await _execute(
             f"SELECT id, agent, run_key FROM runs WHERE org = {{}} AND ({condition})",
-            org_id,
-            *flat,
+            [org_id, *flat],
         )
-        ids.update({(r["agent"], r["run_key"]): r["id"] for r in rows})
+        ids.update({(agent_id, run_key): run_id for run_id, agent_id, run_key in rows})
     return ids
 
 
@@ -240,16 +323,41 @@ async def _add_rollups(table: str, bucket_column: str, deltas: dict[tuple[Any, .
         args: list[Any] = []
         for key, values in chunk:
             args += [*key, *values]
-        await Event.raw(
+        await _execute(
             f"INSERT INTO {table} (org, agent, model, {bucket_column}, {metric_list}) "
             f"VALUES {_values(len(chunk), 4 + len(_ROLLUP_METRICS))} "
             f"ON CONFLICT (org, agent, model, {bucket_column}) DO UPDATE SET {updates}",
-            *args,
+            args,
         )
+
+
+# SQLite has one writer. Queueing batches on a lock in the process is much faster than
+# letting them collide on the file lock, whose busy handler sleeps with back-off.
+_sqlite_writers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _writer_lock() -> asyncio.Lock | None:
+    if not db.is_sqlite():
+        return None
+    loop = asyncio.get_running_loop()
+    lock = _sqlite_writers.get(loop)
+    if lock is None:
+        lock = _sqlite_writers[loop] = asyncio.Lock()
+    return lock
 
 
 async def store_batch(org_id: int, batch: IngestBatch) -> StoredBatch:
     """Write the batch; the answer counts what was new and what had been stored before."""
+    lock = _writer_lock()
+    if lock is None:
+        return await _store_batch(org_id, batch)
+    async with lock:
+        return await _store_batch(org_id, batch)
+
+
+async def _store_batch(org_id: int, batch: IngestBatch) -> StoredBatch:
     now = datetime.datetime.now(datetime.timezone.utc)
     unique: dict[str, IngestEvent] = {}
     for event in batch.events:
@@ -258,7 +366,7 @@ async def store_batch(org_id: int, batch: IngestBatch) -> StoredBatch:
     in_batch_duplicates = len(batch.events) - len(events)
     agent_names = sorted({e.agent for e in events})
     if not events:
-        return StoredBatch(accepted=0, duplicates=in_batch_duplicates, agents=[])
+        return StoredBatch(accepted=0, duplicates=in_batch_duplicates, agents=[], control={})
 
     async with db.transaction():
         agent_ids = await _upsert_agents(org_id, agent_names, now)
@@ -270,16 +378,14 @@ async def store_batch(org_id: int, batch: IngestBatch) -> StoredBatch:
                     run_starts[key] = e.started_at
         run_ids = await _upsert_runs(org_id, run_starts) if run_starts else {}
 
-        inserted: set[str] = set()
-        for chunk in _chunks(events, _ROWS_PER_STATEMENT):
-            args: list[Any] = []
-            for e in chunk:
-                agent_id = agent_ids[e.agent]
-                run_id = run_ids.get((agent_id, e.run_id)) if e.run_id else None
-                args += [
+        rows: list[tuple[Any, ...]] = []
+        for e in events:
+            agent_id = agent_ids[e.agent]
+            rows.append(
+                (
                     org_id,
                     agent_id,
-                    run_id,
+                    run_ids.get((agent_id, e.run_id)) if e.run_id else None,
                     e.id,
                     e.provider,
                     e.model,
@@ -299,14 +405,9 @@ async def store_batch(org_id: int, batch: IngestBatch) -> StoredBatch:
                     e.prompt,
                     _details(e, batch.sdk),
                     now,
-                ]
-            rows = await Event.raw(
-                f"INSERT INTO events ({', '.join(_EVENT_COLUMNS)}) "
-                f"VALUES {_values(len(chunk), len(_EVENT_COLUMNS))} "
-                "ON CONFLICT (org, idempotency_key) DO NOTHING RETURNING idempotency_key",
-                *args,
+                )
             )
-            inserted.update(r["idempotency_key"] for r in rows)
+        inserted = await _insert_events(rows)
 
         hourly: dict[tuple[Any, ...], list[int]] = defaultdict(lambda: [0] * 7)
         daily: dict[tuple[Any, ...], list[int]] = defaultdict(lambda: [0] * 7)
@@ -344,19 +445,18 @@ async def store_batch(org_id: int, batch: IngestBatch) -> StoredBatch:
             await _add_rollups("spend_hourly", "bucket", hourly)
             await _add_rollups("spend_daily", "day", daily)
         for run_id, (calls, cost, last) in run_totals.items():
-            await Event.raw(
+            await _execute(
                 "UPDATE runs SET calls = calls + {}, cost_nanos = cost_nanos + {}, "
                 "last_event_at = CASE WHEN last_event_at < {} THEN {} ELSE last_event_at END "
                 "WHERE id = {}",
-                calls,
-                cost,
-                last,
-                last,
-                run_id,
+                [calls, cost, last, last, run_id],
             )
+        # Read inside the transaction: on SQLite that reuses its connection.
+        control = await control_states(org_id, agent_names)
     accepted = len(inserted)
     return StoredBatch(
         accepted=accepted,
         duplicates=in_batch_duplicates + len(events) - accepted,
         agents=agent_names,
+        control=control,
     )

@@ -76,8 +76,11 @@ async def ingest(
     except BatchError as exc:
         raise HTTPStatusError(str(exc), exc.status) from None
     stored = await store_batch(key.org_id, batch)
-    control = await control_states(key.org_id, stored.agents)
-    return {"accepted": stored.accepted, "duplicates": stored.duplicates, "control": control}
+    return {
+        "accepted": stored.accepted,
+        "duplicates": stored.duplicates,
+        "control": stored.control,
+    }
 
 
 # ---------------------------------------------------------------- kill / resume
