@@ -21,8 +21,9 @@ import kavach
 from backend import db
 from backend.control import ControlHub
 from backend.ops import Operations
-from backend.routes import auth, control, keys, reads
+from backend.routes import auth, control, keys, live, reads
 from backend.settings import Settings
+from backend.static import dashboard_routes
 
 __all__ = ["create_app"]
 
@@ -76,15 +77,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
         *keys.ROUTES,
         *control.ROUTES,
         *reads.ROUTES,
+        *live.ROUTES,
         *ops.routes,
     ]
     static = _static_dir(settings)
     if static is not None:
-        from litestar.static_files import create_static_files_router
-
-        route_handlers.append(
-            create_static_files_router(path="/", directories=[static], html_mode=True)
-        )
+        route_handlers.extend(dashboard_routes(static))
 
     app = Litestar(
         route_handlers=route_handlers,

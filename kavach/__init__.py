@@ -6,7 +6,7 @@
 
 from kavach._money import NANOS_PER_DOLLAR, fmt_usd, to_nanos
 from kavach.budget import Budget, Period
-from kavach.client import AgentKavach, BudgetStatus
+from kavach.client import AgentKavach, BudgetStatus, wrap
 from kavach.errors import (
     AgentKilledError,
     BudgetExceededError,
@@ -66,4 +66,5 @@ __all__ = [
     "__version__",
     "fmt_usd",
     "to_nanos",
+    "wrap",
 ]

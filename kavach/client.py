@@ -16,9 +16,9 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from kavach import tokens
 from kavach._money import to_dollars, to_nanos
@@ -46,6 +46,7 @@ from kavach.events import (
     CallStatus,
     GuardObserver,
     GuardrailTrip,
+    NullObserver,
     ThresholdCrossing,
 )
 from kavach.guardrails import GuardrailConfig, Guardrails
@@ -76,6 +77,7 @@ _current_run: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "kavach_run", default=None
 )
 _PROMPT_CAP = 32_000
+_C = TypeVar("_C")
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +141,10 @@ class AgentKavach:
             control channel (Stop and Resume from the dashboard) and seeding of this period's
             spend after a restart; ``spool_dir`` is where events wait while the backend is away.
         clock: returns the current aware datetime; for simulations and tests of period resets.
+        provider, llm_key, base_url: build a guarded provider SDK client on first use
+            (``"openai"``, ``"anthropic"``, ``"google"``, ``"mistral"``) for ``create`` /
+            ``acreate`` and the provider-shaped paths (``guard.chat.completions.create``...).
+            ``llm_key`` and ``base_url`` fall back to the SDK's own environment variables.
     """
 
     def __init__(
@@ -177,6 +183,9 @@ class AgentKavach:
         api_key: str | None = None,
         endpoint: str | None = None,
         spool_dir: str | os.PathLike[str] | None = None,
+        provider: str | None = None,
+        llm_key: str | None = None,
+        base_url: str | None = None,
     ) -> None:
         if not agent_name or ":" in agent_name:
             raise KavachConfigError(f"agent_name must be non-empty without ':', got {agent_name!r}")
@@ -221,6 +230,7 @@ class AgentKavach:
         self.ledger: Ledger = ledger if ledger is not None else MemoryLedger()
         self.kill_switch = KillSwitch(agent_name, on_kill)
         self._observers: list[GuardObserver] = list(observers)
+        self._call_observers = [o for o in self._observers if _listens_to_calls(o)]
         self._session_run = f"{agent_name}-{uuid.uuid4().hex[:12]}"
         self._clock = clock or _utcnow
         self._ids = itertools.count(1)
@@ -233,6 +243,8 @@ class AgentKavach:
             or max_calls_per_run
             or any(b.period is Period.PER_RUN for b in budgets)
         )
+        self._provider = _ProviderConfig(provider, llm_key, base_url) if provider else None
+        self._clients: Any = None
         self._closers: list[tuple[Closer, AsyncCloser | None]] = []
         self.alerts: AlertDispatcher | None = None
         if (
@@ -315,14 +327,15 @@ class AgentKavach:
 
     def add_closer(self, close: Closer, aclose: AsyncCloser | None = None) -> None:
         """Run ``close(timeout_seconds)`` on ``guard.close()`` (and ``aclose`` on
-        ``await guard.aclose()``; without one, ``close`` runs in a worker thread)."""
+        ``await guard.aclose()``; without one, ``close`` runs in a worker thread).
+
+        ``close`` may run more than once (a guard can be closed, used and closed again)."""
         self._closers.append((close, aclose))
 
     def close(self, timeout: float = 5.0) -> None:
         """Flush alerts (and whatever else registered a closer), within ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
-        closers, self._closers = self._closers, []
-        for close, _ in closers:
+        for close, _ in list(self._closers):
             try:
                 close(max(0.0, deadline - time.monotonic()))
             except Exception:
@@ -333,8 +346,7 @@ class AgentKavach:
         import anyio.to_thread
 
         deadline = time.monotonic() + timeout
-        closers, self._closers = self._closers, []
-        for close, aclose in closers:
+        for close, aclose in list(self._closers):
             left = max(0.0, deadline - time.monotonic())
             try:
                 if aclose is not None:
@@ -380,12 +392,17 @@ class AgentKavach:
     def add_observer(self, observer: GuardObserver) -> None:
         """Receive this guard's events (calls, thresholds, guardrail trips, kill, resume)."""
         self._observers.append(observer)
+        self._call_observers = [o for o in self._observers if _listens_to_calls(o)]
 
     def remove_observer(self, observer: GuardObserver) -> None:
         self._observers.remove(observer)
+        self._call_observers = [o for o in self._observers if _listens_to_calls(o)]
 
     def _emit(self, method: str, *args: Any) -> None:
-        for observer in self._observers:
+        # Call events go only to observers that override on_call (alerts do not), so a guard
+        # whose only observer is the alert dispatcher builds no event per call.
+        observers = self._call_observers if method == "on_call" else self._observers
+        for observer in observers:
             try:
                 getattr(observer, method)(*args)
             except Exception:
@@ -626,7 +643,7 @@ class AgentKavach:
             return None
         self.guardrails.record(r.run_id, cost, tuple(tool_calls))
         event = None
-        if self._observers:  # events are built only for someone who listens
+        if self._call_observers:  # events are built only for someone who listens
             event = self._event(
                 r,
                 status,
@@ -643,7 +660,7 @@ class AgentKavach:
         return event
 
     def _released(self, r: Reservation, status: CallStatus, error: str | None) -> CallEvent | None:
-        if r.plan is None or not self._observers:
+        if r.plan is None or not self._call_observers:
             return None
         event = self._event(r, status, ZERO_USAGE, 0, error, None, (), ())
         self._emit("on_call", event)
@@ -720,7 +737,7 @@ class AgentKavach:
         )
 
     def _refused(self, spec: CallSpec, run_id: str, now: datetime, exc: KavachError) -> None:
-        if not self._observers:
+        if not self._call_observers:
             return
         r = Reservation(self, spec, None, None, None, run_id, None, now)
         self._emit(
@@ -739,6 +756,58 @@ class AgentKavach:
         )
         if self.kill_on_guardrail:
             self.kill(f"guardrail {exc.reason}: {exc}")
+
+    # -- provider clients (kavach_integrations, imported on first use) ----------------------
+
+    def wrap(self, client: _C) -> _C:
+        """Guard every billable call made through a provider SDK client; returns the client.
+
+        >>> client = guard.wrap(OpenAI())     # doctest: +SKIP
+        """
+        from kavach_integrations._provider import wrap
+
+        return wrap(client, self)
+
+    @property
+    def clients(self) -> Any:
+        """The ``ProviderClients`` built from ``provider=``/``llm_key=`` (made on first use)."""
+        if self._clients is None:
+            if self._provider is None:
+                raise KavachConfigError(
+                    "this guard has no provider: pass AgentKavach(provider='openai', "
+                    "llm_key=...) to call through it, or wrap your own client with guard.wrap()"
+                )
+            from kavach_integrations.clients import ProviderClients
+
+            self._clients = ProviderClients(self, *self._provider)
+        return self._clients
+
+    def create(self, **kwargs: Any) -> Any:
+        """A guarded chat call in the provider's own API; returns the SDK's response."""
+        return self.clients.create(**kwargs)
+
+    async def acreate(self, **kwargs: Any) -> Any:
+        return await self.clients.acreate(**kwargs)
+
+    @property
+    def chat(self) -> Any:
+        return self.clients.path("chat")
+
+    @property
+    def responses(self) -> Any:
+        return self.clients.path("responses")
+
+    @property
+    def messages(self) -> Any:
+        return self.clients.path("messages")
+
+    @property
+    def models(self) -> Any:
+        return self.clients.path("models")
+
+    @property
+    def embeddings(self) -> Any:
+        return self.clients.path("embeddings")
 
     # -- status -------------------------------------------------------------------------
 
@@ -793,6 +862,27 @@ class AgentKavach:
 
 
 @dataclass(frozen=True, slots=True)
+class _ProviderConfig:
+    provider: str
+    llm_key: str | None = field(default=None, repr=False)
+    base_url: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.provider not in ("openai", "anthropic", "google", "mistral"):
+            raise KavachConfigError(
+                f"provider must be one of openai, anthropic, google, mistral, got {self.provider!r}"
+            )
+
+    def __iter__(self) -> Iterator[str | None]:
+        return iter((self.provider, self.llm_key, self.base_url))
+
+
+def wrap(client: _C, guard: AgentKavach) -> _C:
+    """``guard.wrap(client)``: guard every billable call of a provider SDK client."""
+    return guard.wrap(client)
+
+
+@dataclass(frozen=True, slots=True)
 class _Prepared:
     spec: CallSpec
     plan: Plan
@@ -804,6 +894,10 @@ class _Prepared:
 
 def _utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def _listens_to_calls(observer: GuardObserver) -> bool:
+    return getattr(type(observer), "on_call", None) is not NullObserver.on_call
 
 
 def _fingerprint(spec: CallSpec) -> int:

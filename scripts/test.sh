@@ -21,4 +21,19 @@ if command -v redis-server >/dev/null 2>&1 && ! (echo > /dev/tcp/127.0.0.1/6379)
   redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no || true
 fi
 
+# The dashboard: built into backend/static (served at /, carried by the wheel) when its
+# sources changed, and Debian's Chromium for its browser tests. Without npm, or without
+# Chromium when not root, the dashboard tests skip with the reason (outside CI).
+if command -v npm >/dev/null 2>&1; then
+  if [ ! -f ui/node_modules/.package-lock.json ] || [ ui/package-lock.json -nt ui/node_modules/.package-lock.json ]; then
+    (cd ui && npm ci --no-audit --no-fund)
+  fi
+  if [ ! -f backend/static/index.html ] || [ -n "$(find ui/src ui/index.html ui/package-lock.json ui/vite.config.ts -newer backend/static/index.html -print -quit)" ]; then
+    (cd ui && npm run build)
+  fi
+fi
+if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) || true
+fi
+
 "$VENV/bin/python" -m pytest "$@"

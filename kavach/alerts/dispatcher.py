@@ -2,9 +2,10 @@
 
 Design. The guard calls observers synchronously on the call path, from whatever thread or
 event loop settles the call. The dispatcher's observer methods only append the event to a
-bounded in-memory queue and wake a worker; everything else (matching rules, de-duplication,
-formatting, HTTP, SMTP, retries) happens on one daemon thread that runs its own asyncio event
-loop, started on the first alert.
+bounded in-memory queue and schedule its processing; everything else (matching rules,
+de-duplication, formatting, HTTP, SMTP, retries) happens on one daemon thread per process
+("kavach-alerts") that runs an asyncio event loop shared by every dispatcher. It is started
+when the first dispatcher is built, never on the call path.
 
 One thread with its own loop serves sync and async programs alike, which a task on the
 caller's loop could not: a guard is often built before any loop exists and shared by threads
@@ -12,7 +13,7 @@ and by several ``asyncio.run`` calls; a task on the caller's loop would die with
 (losing queued alerts), a slow channel would share the application's loop, and sync programs
 would have no loop at all. The hand-off is a deque append plus ``call_soon_threadsafe``, and
 it only happens when a threshold is crossed, a guardrail trips or the agent is stopped or
-resumed: ordinary calls pay nothing (``on_call`` is a no-op).
+resumed: ordinary calls pay nothing (the dispatcher does not listen to ``on_call``).
 
 Delivery. Each (alert, channel) pair is claimed in a ``DedupStore`` under the key agent +
 budget key (which carries the period) + threshold + channel (agent + guardrail + channel for
@@ -28,10 +29,19 @@ PagerDuty incidents opened by a budget threshold are resolved when the budget's 
 resets (a timer, or the first crossing of a later period, whichever comes first) and, with
 every other incident of the agent, when the agent is resumed.
 
+PagerDuty deliveries for one incident are ordered: a resolve waits for the trigger before it
+(retries included).
+
 Flush. ``close(timeout)`` (called by ``guard.close()``; ``guard.aclose()`` runs it in a worker
-thread) waits for queued and in-flight alerts up to ``timeout`` and stops the thread; an
-``atexit`` hook does the same for every live dispatcher, within ``AGENTKAVACH_ALERT_FLUSH_SECONDS``
-(default 5) in total.
+thread so the caller's loop keeps running) waits for queued and in-flight alerts up to
+``timeout``, then cancels what is left, counting it in ``stats.abandoned`` with a warning. An
+``atexit`` hook does the same for every live dispatcher within ``AGENTKAVACH_ALERT_FLUSH_SECONDS``
+(default 5) in total; the loop thread is a daemon, so it never holds the process open.
+
+A ``DedupStore`` backed by Redis would implement ``claim`` as
+``SET key 1 NX PX ceil(ttl_seconds * 1000)`` and return whether the key was set; it is called
+on the alert loop's thread (a blocking client with a short socket timeout is fine; an error
+is logged once and the alert is sent anyway).
 """
 
 from __future__ import annotations
@@ -72,7 +82,7 @@ from kavach.alerts.channels import (
     PagerDutyChannel,
 )
 from kavach.alerts.rules import AlertingConfig, AlertRule
-from kavach.alerts.secret import redact
+from kavach.alerts.secret import hide_in_logs, redact, show_in_logs
 from kavach.events import GuardrailTrip, NullObserver, ThresholdCrossing
 
 logger = logging.getLogger("kavach.alerts")
@@ -146,10 +156,51 @@ class DispatcherStats:
         return sum(c.retries for c in self.channels.values())
 
 
+class _AlertLoop:
+    """The one event loop (on one daemon thread) that every dispatcher in the process uses."""
+
+    _lock = threading.Lock()
+    _loop: asyncio.AbstractEventLoop | None = None
+    _thread: threading.Thread | None = None
+    _pid = 0
+    client: httpx.AsyncClient | None = None
+    """Shared by dispatchers without a transport of their own; made on the loop at start,
+    so its TLS set-up (tens of milliseconds) never lands on a call that crossed a threshold."""
+
+    @classmethod
+    def _make_client(cls) -> None:
+        if cls.client is None:
+            cls.client = httpx.AsyncClient(follow_redirects=False)
+
+    @classmethod
+    def get(cls) -> asyncio.AbstractEventLoop:
+        loop = cls._loop
+        if loop is not None and cls._pid == os.getpid():
+            return loop
+        with cls._lock:
+            # After a fork the parent's thread does not exist in the child: start afresh.
+            if cls._loop is None or cls._pid != os.getpid():
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(
+                    target=loop.run_forever, name="kavach-alerts", daemon=True
+                )
+                thread.start()
+                cls._loop, cls._thread, cls._pid = loop, thread, os.getpid()
+                cls.client = None
+                loop.call_soon_threadsafe(cls._make_client)
+            return cls._loop
+
+    @classmethod
+    def on_loop_thread(cls) -> bool:
+        return threading.current_thread() is cls._thread
+
+
 @dataclass
 class _Incident:
     alert: Alert
     timer: asyncio.TimerHandle | None = None
+    last: asyncio.Task[None] | None = None
+    """The latest delivery for this incident; a resolve waits for it, so it lands last."""
 
 
 _live: weakref.WeakSet[AlertDispatcher] = weakref.WeakSet()
@@ -226,18 +277,18 @@ class AlertDispatcher(NullObserver):
         self._watch_resume = any(isinstance(c, PagerDutyChannel) for c in config.channels.values())
         self._queue: collections.deque[tuple[Any, ...]] = collections.deque()
         self._qlock = threading.Lock()
-        self._start_lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._scheduled = False
         self._pid = os.getpid()
-        self._wake: asyncio.Event | None = None
-        self._stopping = False
-        self._closed = False
+        # State below is only touched on the alert loop's thread.
         self._tasks: set[asyncio.Task[None]] = set()
         self._incidents: dict[tuple[str, str], _Incident] = {}
         self._logged: set[str] = set()
         self._client: httpx.AsyncClient | None = None
+        _AlertLoop.get()  # start the thread now, off the call path
         _register_atexit(self)
+        self._secrets = [s for c in config.channels.values() for s in c.secrets()]
+        hide_in_logs(self._secrets)
+        weakref.finalize(self, show_in_logs, self._secrets)
 
     def _is_kill(self, name: str) -> bool:
         return isinstance(self.config.channels.get(name), KillChannel)
@@ -264,6 +315,14 @@ class AlertDispatcher(NullObserver):
         if self._watch_resume:
             self._submit(("resume", agent))
 
+    def _after_fork(self) -> None:
+        # The child inherits the parent's queue and tasks but not its loop thread.
+        with self._qlock:
+            self._pid = os.getpid()
+            self._queue.clear()
+            self._scheduled = False
+            self._tasks, self._incidents, self._client = set(), {}, None
+
     def _run_kill(self, c: ThresholdCrossing) -> None:
         kill = self._kill()
         if kill is None:
@@ -278,16 +337,18 @@ class AlertDispatcher(NullObserver):
 
     def _submit(self, event: tuple[Any, ...]) -> None:
         try:
+            if self._pid != os.getpid():
+                self._after_fork()
             with self._qlock:
-                if self._closed:
-                    return
                 if len(self._queue) >= self.queue_size:
                     self.stats.dropped += 1
-                    first = self.stats.dropped == 1
+                    first: bool | None = self.stats.dropped == 1
+                    schedule = False
                 else:
                     self._queue.append(event)
                     self.stats.events += 1
                     first = None
+                    schedule, self._scheduled = not self._scheduled, True
             if first is not None:
                 if first:
                     logger.warning(
@@ -296,74 +357,19 @@ class AlertDispatcher(NullObserver):
                         self.queue_size,
                     )
                 return
-            loop = self._ensure_worker()
-            loop.call_soon_threadsafe(self._wakeup)
+            if schedule:
+                _AlertLoop.get().call_soon_threadsafe(self._process_queue)
         except Exception:
             # Alerts fail open: whatever went wrong here must not reach the caller.
             logger.exception("kavach: could not hand an alert to the dispatcher")
 
-    # -- worker thread -------------------------------------------------------------------
-
-    def _ensure_worker(self) -> asyncio.AbstractEventLoop:
-        loop = self._loop
-        if loop is not None and self._pid == os.getpid():
-            return loop
-        with self._start_lock:
-            if self._loop is not None and self._pid == os.getpid():
-                return self._loop
-            # After a fork the parent's thread does not exist in the child: start afresh.
-            self._pid = os.getpid()
-            self._tasks = set()
-            self._incidents = {}
-            ready = threading.Event()
-            loop = asyncio.new_event_loop()
-            self._thread = threading.Thread(
-                target=self._run, args=(loop, ready), name="kavach-alerts", daemon=True
-            )
-            self._thread.start()
-            ready.wait()
-            self._loop = loop
-            return loop
-
-    def _run(self, loop: asyncio.AbstractEventLoop, ready: threading.Event) -> None:
-        asyncio.set_event_loop(loop)
-        self._wake = asyncio.Event()
-        ready.set()
-        try:
-            loop.run_until_complete(self._main())
-        except Exception:
-            logger.exception("kavach: the alert dispatcher stopped unexpectedly")
-        finally:
-            loop.close()
-
-    def _wakeup(self) -> None:
-        if self._wake is not None:
-            self._wake.set()
-
-    async def _main(self) -> None:
-        assert self._wake is not None
-        self._client = httpx.AsyncClient(transport=self._transport, follow_redirects=False)
-        try:
-            while True:
-                self._process_queue()
-                if self._stopping:
-                    break
-                await self._wake.wait()
-                self._wake.clear()
-        finally:
-            for task in list(self._tasks):
-                task.cancel()
-            if self._tasks:
-                await asyncio.gather(*self._tasks, return_exceptions=True)
-            for incident in self._incidents.values():
-                if incident.timer is not None:
-                    incident.timer.cancel()
-            await self._client.aclose()
+    # -- on the alert loop ---------------------------------------------------------------
 
     def _process_queue(self) -> None:
         while True:
             with self._qlock:
                 if not self._queue:
+                    self._scheduled = False
                     return
                 event = self._queue.popleft()
             try:
@@ -413,9 +419,9 @@ class AlertDispatcher(NullObserver):
                 if not fresh:
                     self.stats.channels[name].deduplicated += 1
                     continue
+                task = self._spawn(self._deliver(channel, alert))
                 if isinstance(channel, PagerDutyChannel):
-                    self._track(name, alert)
-                self._spawn(self._deliver(channel, alert))
+                    self._track(name, alert, task)
 
     def _dedup_key(self, alert: Alert, channel: str, rule: AlertRule) -> tuple[str, float]:
         cooldown = rule.cooldown_seconds
@@ -429,19 +435,21 @@ class AlertDispatcher(NullObserver):
             return f"kavach:alert:{alert.agent}|guardrail:{alert.guardrail}|{channel}", cooldown
         return f"kavach:alert:{alert.agent}|{alert.kind}|{channel}", cooldown
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     # -- PagerDuty incidents --------------------------------------------------------------
 
-    def _track(self, name: str, alert: Alert) -> None:
+    def _track(self, name: str, alert: Alert, task: asyncio.Task[None]) -> None:
         slot = (name, alert.incident_key)
         if slot in self._incidents:
             self._incidents[slot].alert = alert
+            self._incidents[slot].last = task
             return
-        incident = _Incident(alert)
+        incident = _Incident(alert, last=task)
         if alert.kind == "threshold" and alert.resets_at is not None:
             delay = (alert.resets_at - datetime.now(timezone.utc)).total_seconds()
             incident.timer = asyncio.get_running_loop().call_later(
@@ -471,13 +479,16 @@ class AlertDispatcher(NullObserver):
         if incident.timer is not None:
             incident.timer.cancel()
         channel = self.config.channels[name]
-        self._spawn(
-            self._deliver(channel, resolving(incident.alert, datetime.now(timezone.utc), why))
-        )
+        resolve = resolving(incident.alert, datetime.now(timezone.utc), why)
+        self._spawn(self._deliver(channel, resolve, after=incident.last))
 
     # -- delivery ------------------------------------------------------------------------
 
-    async def _deliver(self, channel: Channel, alert: Alert) -> None:
+    async def _deliver(
+        self, channel: Channel, alert: Alert, after: asyncio.Task[None] | None = None
+    ) -> None:
+        if after is not None and not after.done():
+            await asyncio.wait({after})
         stats = self.stats.channels[channel.name]
         attempt = 0
         while True:
@@ -490,6 +501,12 @@ class AlertDispatcher(NullObserver):
                 error = DeliveryError(f"no answer within {channel.timeout:g}s", retryable=True)
             except httpx.TransportError as exc:
                 error = DeliveryError(f"{type(exc).__name__}: {exc}", retryable=True)
+            except smtplib.SMTPRecipientsRefused as exc:
+                codes = sorted({code for code, _ in exc.recipients.values()})
+                error = DeliveryError(
+                    f"the SMTP server refused every recipient ({', '.join(map(str, codes))})",
+                    retryable=all(400 <= c < 500 for c in codes),
+                )
             except smtplib.SMTPResponseException as exc:
                 error = DeliveryError(
                     f"the SMTP server answered {exc.smtp_code}: {exc.smtp_error!r}",
@@ -536,8 +553,17 @@ class AlertDispatcher(NullObserver):
         request = channel.request(alert, time.time())
         if request is None:
             return
-        assert self._client is not None
-        response = await self._client.post(
+        client = self._client
+        if client is None:
+            if self._transport is not None:
+                client = self._client = httpx.AsyncClient(
+                    transport=self._transport, follow_redirects=False
+                )
+            else:
+                _AlertLoop._make_client()
+                client = _AlertLoop.client
+                assert client is not None
+        response = await client.post(
             request.url,
             content=request.body,
             headers=dict(request.headers),
@@ -564,40 +590,55 @@ class AlertDispatcher(NullObserver):
                 continue
             await asyncio.wait(set(self._tasks))
 
+    async def _shutdown(self) -> int:
+        pending = len(self._tasks)
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        for incident in self._incidents.values():
+            if incident.timer is not None:
+                incident.timer.cancel()
+        self._incidents = {}
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+        return pending
+
+    def _run(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
+        future = asyncio.run_coroutine_threadsafe(coro, _AlertLoop.get())
+        try:
+            return future.result(timeout=max(0.0, timeout))
+        except BaseException:
+            future.cancel()
+            raise
+
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait up to ``timeout`` seconds for queued and in-flight alerts. True if all went."""
-        loop = self._loop
-        if loop is None or self._pid != os.getpid() or loop.is_closed():
-            return True
-        if threading.current_thread() is self._thread:
-            return False
-        future = asyncio.run_coroutine_threadsafe(self._drain(), loop)
+        if _AlertLoop.on_loop_thread():
+            return False  # called from a channel callable: waiting here would deadlock
         try:
-            future.result(timeout=max(0.0, timeout))
+            self._run(self._drain(), timeout)
             return True
         except Exception:
-            future.cancel()
             return False
 
     def close(self, timeout: float = 5.0) -> bool:
-        """Flush (bounded by ``timeout``), then stop the worker. Later events are ignored."""
-        if self._closed:
-            return True
+        """Flush (bounded by ``timeout``), then cancel what is left and close connections.
+
+        True if everything was delivered. A guard used again after ``close()`` keeps alerting.
+        """
+        if _AlertLoop.on_loop_thread():
+            return False
         deadline = time.monotonic() + timeout
         done = self.flush(timeout)
         with self._qlock:
-            self._closed = True
             pending = len(self._queue)
-        loop, thread = self._loop, self._thread
-        if loop is not None and thread is not None and self._pid == os.getpid():
-            pending += len(self._tasks)
-            self._stopping = True
-            try:
-                loop.call_soon_threadsafe(self._wakeup)
-            except RuntimeError:
-                pass
-            if thread is not threading.current_thread():
-                thread.join(max(0.1, deadline - time.monotonic()))
+            self._queue.clear()
+        try:
+            pending += self._run(self._shutdown(), max(0.5, deadline - time.monotonic()))
+        except Exception:
+            logger.debug("kavach: the alert dispatcher did not shut down in time", exc_info=True)
         if not done and pending:
             self.stats.abandoned += pending
             logger.warning(
@@ -606,7 +647,6 @@ class AlertDispatcher(NullObserver):
                 pending,
                 timeout,
             )
-        _live.discard(self)
         return done
 
     async def aclose(self, timeout: float = 5.0) -> bool:

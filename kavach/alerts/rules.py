@@ -533,14 +533,15 @@ def _email_env(to: str | Sequence[str], get: Callable[..., str | None]) -> dict[
 
 
 def merge(items: Iterable[ChannelRule], dashboard_url: str | None = None) -> AlertingConfig:
-    """One ``AlertingConfig`` from channel rules; two different channels with one name are
-    told apart as ``slack``, ``slack-2``, ..."""
+    """One ``AlertingConfig`` from channel rules. Equal channels (same name and settings, as
+    when several rules send to one YAML channel) become one; two different channels with one
+    name are told apart as ``slack``, ``slack-2``, ..."""
     channels: dict[str, Channel] = {}
     rules: list[AlertRule] = []
     for item in items:
         name = item.channel.name
         existing = channels.get(name)
-        if existing is not None and existing is not item.channel:
+        if existing is not None and existing != item.channel:
             n = 2
             while f"{name}-{n}" in channels:
                 n += 1

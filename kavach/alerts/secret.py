@@ -11,6 +11,8 @@ Secret('********')
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
@@ -64,3 +66,58 @@ def describe_url(url: Secret) -> str:
     """``https://hooks.slack.com/********``: where a secret URL points, without its secret part."""
     parts = urlsplit(url.get())
     return f"{parts.scheme}://{parts.hostname or '?'}{':' + str(parts.port) if parts.port else ''}/{_MASK}"
+
+
+class _RedactSecrets(logging.Filter):
+    """Masks registered secrets in records of the loggers it is attached to.
+
+    httpx logs every request's full URL at INFO (``HTTP Request: POST https://hooks.slack.com/
+    services/T/B/<token>``); a Slack webhook URL is a credential, so the ``httpx`` logger gets
+    this filter while any alert channel holds a secret URL.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("kavach-redact")
+        self._secrets: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def add(self, secrets: Iterable[Secret | None]) -> None:
+        with self._lock:
+            for s in secrets:
+                if s is not None and s.get():
+                    self._secrets[s.get()] = self._secrets.get(s.get(), 0) + 1
+
+    def remove(self, secrets: Iterable[Secret | None]) -> None:
+        with self._lock:
+            for s in secrets:
+                if s is not None and s.get() in self._secrets:
+                    self._secrets[s.get()] -= 1
+                    if not self._secrets[s.get()]:
+                        del self._secrets[s.get()]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self._secrets:
+            return True
+        try:
+            message = record.getMessage()
+        except Exception:
+            return True
+        with self._lock:
+            values = [Secret(v) for v in self._secrets]
+        masked = redact(message, values)
+        if masked != message:
+            record.msg, record.args = masked, None
+        return True
+
+
+_filter = _RedactSecrets()
+logging.getLogger("httpx").addFilter(_filter)
+
+
+def hide_in_logs(secrets: Iterable[Secret | None]) -> None:
+    """Mask these secrets in the HTTP client's own log records (until ``show_in_logs``)."""
+    _filter.add(secrets)
+
+
+def show_in_logs(secrets: Iterable[Secret | None]) -> None:
+    _filter.remove(secrets)

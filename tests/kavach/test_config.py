@@ -404,7 +404,6 @@ def test_references_to_undefined_pools_and_bad_pools(write: Write) -> None:
 
 def test_options_this_version_cannot_honour_are_refused_not_ignored(write: Write) -> None:
     for text, line, name in [
-        ("agents:\n  bot:\n    provider: openai\n", 3, "provider"),
         ("ledger: redis://127.0.0.1:6379/0\nagents:\n  bot: {}\n", 1, "ledger"),
     ]:
         error = error_from(write(text))

@@ -17,7 +17,7 @@ from kavach.alerts.secret import Secret
 AlertCallable = Callable[[Alert], Any] | Callable[[Alert], Awaitable[Any]]
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@dataclass(frozen=True, slots=True)
 class CallableChannel:
     fn: AlertCallable
     name: str = "callable"

@@ -56,7 +56,7 @@ def _rows(alert: Alert) -> list[tuple[str, str]]:
     return rows
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@dataclass(frozen=True, slots=True)
 class EmailChannel:
     """Send alerts to ``to`` by SMTP (default) or an HTTP email API."""
 

@@ -85,7 +85,7 @@ def load_template(
     return out
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@dataclass(frozen=True, slots=True)
 class PagerDutyChannel:
     """Trigger and resolve PagerDuty incidents through the Events API v2."""
 

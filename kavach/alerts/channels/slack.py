@@ -41,6 +41,11 @@ _EXPLAIN = {
 }
 
 
+def _esc(text: str) -> str:
+    """Slack mrkdwn treats ``&``, ``<`` and ``>`` as control characters."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
@@ -74,7 +79,7 @@ class SlackChannel:
                 "type": "section",
                 "text": {
                     "type": "mrkdwn",
-                    "text": _clip(text if self.template else alert.message, _TEXT_MAX),
+                    "text": _clip(_esc(text if self.template else alert.message), _TEXT_MAX),
                 },
             },
         ]
@@ -94,14 +99,15 @@ class SlackChannel:
             {
                 "type": "section",
                 "fields": [
-                    {"type": "mrkdwn", "text": _clip(f"*{label}*\n{value}", 2000)}
+                    {"type": "mrkdwn", "text": _clip(f"*{label}*\n{_esc(value)}", 2000)}
                     for label, value in fields
                 ],
             }
         )
         context = f"AgentKavach · {alert.at:%Y-%m-%d %H:%M:%S} UTC"
         if alert.dashboard_url:
-            context = f"<{alert.dashboard_url}|Open the dashboard> · " + context
+            link = alert.dashboard_url.replace("|", "%7C").replace(">", "%3E")
+            context = f"<{link}|Open the dashboard> · " + context
         blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": context}]})
         return {"text": _clip(text, _TEXT_MAX), "blocks": blocks}
 

@@ -9,8 +9,9 @@ and refuse old timestamps so a captured request cannot be replayed::
     import time
 
 
-    def verify_agentkavach(secret: str, body: bytes, timestamp: str, signature: str,
-                           tolerance_seconds: int = 300) -> bool:
+    def verify_agentkavach(
+        secret: str, body: bytes, timestamp: str, signature: str, tolerance_seconds: int = 300
+    ) -> bool:
         """True if the request was signed with ``secret`` within the tolerance."""
         try:
             sent_at = int(timestamp)
@@ -93,7 +94,7 @@ def body_for(alert: Alert, text: str | None = None) -> dict[str, Any]:
     return out
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@dataclass(frozen=True, slots=True)
 class WebhookChannel:
     """POST a signed JSON alert to ``url``. Without a ``secret`` the request is unsigned."""
 

@@ -432,3 +432,145 @@ def test_build_alerting_yaml_shape(recorder: HttpRecorder) -> None:
     with pytest.raises(KavachConfigError, match="unknown type 'teams'"):
         build_alerting({"t": {"type": "teams", "url": "https://x"}}, [])
     time.sleep(0)
+
+
+def test_readme_snippet_matches_the_documented_one() -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
+    doc = webhook_module.__doc__ or ""
+    snippet = textwrap.dedent(
+        doc[doc.index("    import hashlib") : doc.index("    # e.g. in a Flask view")]
+    ).strip()
+    assert snippet in readme
+
+
+def test_pagerduty_resolves_yesterdays_incident_on_a_real_guard(recorder: HttpRecorder) -> None:
+    # Days in the (real) future, so the reset timer cannot be what resolves the incident.
+    day1 = (datetime.now(timezone.utc) + timedelta(days=2)).replace(hour=23, minute=0)
+    day2 = day1 + timedelta(hours=2)
+    now = [day1]
+    guard = alert_guard(
+        105,
+        clock=lambda: now[0],
+        channels=[
+            AgentKavach.channel(
+                "pagerduty", threshold=0.7, routing_key=ROUTING_KEY, api_url=recorder.url + "/pd"
+            )
+        ],
+    )
+    spend(guard, 75)
+    recorder.wait_for("/pd", 1)
+    now[0] = day2  # a new daily period
+    spend(guard, 75)
+    guard.close()
+    events = [(e["event_action"], e["dedup_key"]) for e in (r.json() for r in recorder.at("/pd"))]
+    key = "agentkavach:bot:agent:bot:daily:"
+    assert sorted(events) == [
+        ("resolve", key + day1.date().isoformat()),
+        ("trigger", key + day1.date().isoformat()),
+        ("trigger", key + day2.date().isoformat()),
+    ]
+
+
+def test_rules_can_cover_budget_kinds_and_labels(recorder: HttpRecorder) -> None:
+    from kavach import Budget
+
+    guard = AgentKavach(
+        "bot",
+        budget=[Budget.daily(1.0), Budget.daily(tokens=20_000), Budget.monthly(calls=20)],
+        prices={"m": __import__("kavach").ModelPrice(input_per_mtok=1.0, output_per_mtok=1.0)},
+        detect_loops=False,
+        channels=[
+            AgentKavach.channel(
+                "webhook", threshold=0.5, units=["tokens"], url=recorder.url + "/tokens"
+            ),
+            AgentKavach.channel(
+                "webhook", threshold=0.5, budgets=["monthly calls"], url=recorder.url + "/calls"
+            ),
+        ],
+    )
+    spend(guard, 10)  # 10,000 of 20,000 tokens and 10 of 20 calls: both cross 50%
+    guard.close()
+    [tokens] = [r.json()["budget"] for r in recorder.at("/tokens")]
+    [calls] = [r.json()["budget"] for r in recorder.at("/calls")]
+    assert (tokens["label"], tokens["unit"], tokens["spent_fmt"]) == (
+        "daily tokens",
+        "tokens",
+        "10,000 tokens",
+    )
+    assert (calls["label"], calls["spent"], calls["limit"]) == ("monthly calls", 10, 20)
+
+
+def test_slack_escapes_control_characters() -> None:
+    from kavach.alerts import SlackChannel
+    from kavach.alerts.alert import from_trip
+    from kavach.alerts.secret import Secret
+    from kavach.events import GuardrailTrip
+
+    trip = GuardrailTrip(
+        "bot", "r1", "loop_detected", "tool <rm -rf> & co", datetime.now(timezone.utc)
+    )
+    payload = SlackChannel(Secret("https://hooks.slack.com/x")).payload(from_trip(trip, None))
+    assert_block_kit(payload)
+    assert "tool &lt;rm -rf&gt; &amp; co" in payload["blocks"][1]["text"]["text"]
+
+
+def test_pagerduty_resolve_waits_for_a_retried_trigger(recorder: HttpRecorder) -> None:
+    recorder.script("/pd", Reply(500), Reply(202, '{"status":"success"}'))
+    guard = alert_guard(
+        105,
+        channels=[
+            AgentKavach.channel(
+                "pagerduty", threshold=0.7, routing_key=ROUTING_KEY, api_url=recorder.url + "/pd"
+            )
+        ],
+    )
+    assert guard.alerts is not None
+    guard.alerts.backoff_seconds = 0.2
+    spend(guard, 75)
+    guard.kill("manual")
+    guard.resume()  # while the trigger is still waiting for its retry
+    guard.close()
+    actions = [r.json()["event_action"] for r in recorder.at("/pd")]
+    assert actions == ["trigger", "trigger", "resolve"]
+
+
+def test_email_refused_recipient_is_reported_not_retried(caplog: pytest.LogCaptureFixture) -> None:
+    import socket
+
+    from aiosmtpd.controller import Controller
+
+    class Refuse:
+        async def handle_RCPT(
+            self, server: Any, session: Any, envelope: Any, address: str, options: Any
+        ) -> str:  # noqa: N802
+            return "550 5.1.1 no such mailbox"
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    controller = Controller(Refuse(), hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        guard = alert_guard(
+            105,
+            channels=[
+                AgentKavach.channel(
+                    "email",
+                    threshold=0.7,
+                    to="nobody@example.com",
+                    smtp_host="127.0.0.1",
+                    smtp_port=port,
+                )
+            ],
+        )
+        with caplog.at_level(logging.WARNING, logger="kavach.alerts"):
+            spend(guard, 75)
+            guard.close()
+    finally:
+        controller.stop()
+    assert guard.alerts is not None
+    stats = guard.alerts.stats.channels["email"]
+    assert (stats.failed, stats.retries) == (1, 0)
+    assert "refused every recipient (550)" in caplog.text

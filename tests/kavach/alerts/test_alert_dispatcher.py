@@ -106,7 +106,7 @@ def test_duplicate_rules_and_a_shared_store_send_once(recorder: HttpRecorder) ->
 def test_a_hanging_channel_does_not_slow_the_calls_and_is_retried(
     recorder: HttpRecorder,
 ) -> None:
-    delay = 2.0
+    delay = 5.0
     recorder.script("/slow", Reply(delay=delay))
     baseline = alert_guard(1000)
     t0 = time.perf_counter()
@@ -333,10 +333,90 @@ def test_a_broken_dedup_store_does_not_silence_alerts(recorder: HttpRecorder) ->
     assert len(recorder.at("/s")) == 1
 
 
-def test_no_thread_until_something_to_alert(recorder: HttpRecorder) -> None:
+def test_ordinary_calls_do_not_reach_the_dispatcher(recorder: HttpRecorder) -> None:
     guard = alert_guard(
         105, channels=[AgentKavach.channel("slack", threshold=0.9, webhook_url=recorder.url + "/s")]
     )
+    with guard.reserve(SPEC) as r:
+        r.commit(USAGE)
+    assert r.event is None  # no call event is even built for the dispatcher
     spend(guard, 10)
-    assert guard.alerts is not None and guard.alerts._thread is None
+    assert guard.alerts is not None and guard.alerts.stats.events == 0
     guard.close()
+
+
+def test_a_guard_used_again_after_close_still_alerts(recorder: HttpRecorder) -> None:
+    guard = alert_guard(
+        105,
+        channels=[
+            AgentKavach.channel("webhook", thresholds=[0.5, 0.7], url=recorder.url + "/again")
+        ],
+    )
+    spend(guard, 55)
+    guard.close()
+    assert len(recorder.at("/again")) == 1
+    spend(guard, 20)
+    guard.close()
+    assert [r.json()["budget"]["threshold"] for r in recorder.at("/again")] == [0.5, 0.7]
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_forked_child_alerts_on_its_own_thread(recorder: HttpRecorder) -> None:
+    import os
+
+    guard = alert_guard(
+        105, channels=[AgentKavach.channel("webhook", threshold=0.5, url=recorder.url + "/fork")]
+    )
+    spend(guard, 10)  # the alert loop thread exists in the parent
+    pid = os.fork()
+    if pid == 0:  # the child: cross a threshold and flush, then leave without cleanup
+        try:
+            spend(guard, 45)
+            guard.close()
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    assert [r.json()["agent"] for r in recorder.wait_for("/fork", 1)] == ["bot"]
+    guard.close()
+
+
+@pytest.mark.anyio
+async def test_a_hanging_channel_does_not_block_async_callers(recorder: HttpRecorder) -> None:
+    recorder.script("/slow", Reply(delay=2.0))
+    guard = alert_guard(
+        105,
+        channels=[
+            AgentKavach.channel("slack", thresholds=[0.5, 0.7], webhook_url=recorder.url + "/slow")
+        ],
+    )
+
+    async def call() -> None:
+        async with await guard.areserve(SPEC) as r:
+            await r.acommit(USAGE)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(call() for _ in range(100)))
+    elapsed = time.perf_counter() - t0
+    first = await asyncio.to_thread(recorder.wait_for, "/slow", 2)
+    assert len(first) == 2 and time.monotonic() < min(r.at for r in first) + 2.0
+    assert elapsed < 0.5, elapsed  # the channel hangs for 2 s; the calls did not wait for it
+    await guard.aclose(timeout=5)
+    assert guard.alerts is not None and guard.alerts.stats.sent == 2
+
+
+def test_the_local_alerts_example_runs() -> None:
+    root = Path(__file__).resolve().parents[3]
+    result = subprocess.run(
+        [sys.executable, str(root / "examples" / "alerts_local.py")],
+        cwd=root,
+        env={**__import__("os").environ, "PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert out.count("signature ok") == 2 and "BAD SIGNATURE" not in out
+    assert "callable (error): demo-bot: daily budget passed 90%" in out
+    assert "after 20 calls" in out

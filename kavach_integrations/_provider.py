@@ -1,0 +1,562 @@
+"""One generic wrapper that guards every billable call of a provider SDK client.
+
+Each provider module (``openai``, ``anthropic``, ``google``, ``mistral``) supplies only
+``Endpoint`` values: how to read a request into a ``CallSpec``, which field carries the
+request's max output tokens, how to read an ``Outcome`` (usage, tool calls, finish reasons)
+from a response and a ``StreamMeter`` for its stream items. This module drives the guard's
+``Reservation`` around the SDK's own call and adds nothing to the accounting:
+
+    reserve (refusals raise here, before any HTTP request and outside the SDK's retry loop)
+    -> strict mode: set the request's max output tokens to what the reservation pays for
+    -> the SDK call, unchanged otherwise (its retries, errors and types are its own)
+    -> commit the outcome | release on an error | hand a stream to ``kavach.stream``
+
+Clients are instrumented per instance, never per class: OpenAI and Anthropic at their one
+``request`` method (every resource, ``with_raw_response`` and the ``.stream()`` helpers go
+through it), Google and Mistral at their billable resource methods. The client keeps its
+type; attributes pass through; wrapping twice is a no-op; ``unwrap`` undoes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import importlib
+import json
+import logging
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from kavach.errors import KavachConfigError, MissingDependencyError
+from kavach.events import CallStatus
+from kavach.spec import CallSpec
+from kavach.stream import Outcome, StreamMeter, StreamSettlement, ametered, metered
+from kavach.usage import Usage
+
+if TYPE_CHECKING:
+    from kavach.client import AgentKavach
+    from kavach.reservation import Reservation
+
+logger = logging.getLogger("kavach")
+
+__all__ = ["Endpoint", "Outcome", "TokenCounter", "field", "tool_signature", "unwrap", "wrap"]
+
+C = TypeVar("C")
+R = TypeVar("R")
+Body = dict[str, Any]
+
+_GUARD_ATTR = "_kavach_guard"
+_PATCHES_ATTR = "_kavach_patches"
+
+
+def field(obj: Any, name: str, default: Any = None) -> Any:
+    """``obj.name`` for SDK models, ``obj[name]`` for dicts; ``default`` when absent or None."""
+    if obj is None:
+        return default
+    # type() before isinstance: SDK models are never dicts, and ABC checks cost a microsecond.
+    if type(obj) is dict or (not hasattr(obj, "__pydantic_fields__") and isinstance(obj, Mapping)):
+        value = obj.get(name)
+    else:
+        value = getattr(obj, name, None)
+    return default if value is None else value
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """How to guard one billable API. All functions are pure reads of the request or response."""
+
+    operation: str
+    read: Callable[[Mapping[str, Any]], CallSpec]
+    """The request (JSON body, or the keyword arguments of a method) as a ``CallSpec``."""
+    outcome: Callable[[Any], Outcome]
+    """Usage and details of a non-streamed response."""
+    limit: Callable[[Body, int], Body] | None = None
+    """Strict mode: a copy of the request with its max output tokens set."""
+    meter: Callable[[Mapping[str, Any]], StreamMeter] | None = None
+    """A fresh meter for one streamed response to this request."""
+    prepare_stream: Callable[[Body], Body] | None = None
+    """Changes a streamed request needs to be metered (OpenAI: ask for the usage chunk)."""
+
+
+def set_max_tokens(*names: str) -> Callable[[Body, int], Body]:
+    """A ``limit`` that lowers the first of ``names`` the request has, or sets ``names[0]``."""
+
+    def limit(body: Body, tokens: int) -> Body:
+        for name in names:
+            current = body.get(name)
+            if current is not None:
+                return {**body, name: min(int(current), tokens)}
+        return {**body, names[0]: tokens}
+
+    return limit
+
+
+def tool_signature(name: str, arguments: Any) -> str:
+    """``name(args)`` with the arguments as canonical JSON, whether they came as a dict, a
+    JSON string or streamed JSON fragments, so the loop detector sees repeats as equal."""
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments) if arguments else {}
+        except ValueError:
+            return f"{name}({arguments})"
+    try:
+        text = json.dumps(arguments, sort_keys=True, separators=(",", ":"), default=str)
+    except (TypeError, ValueError):
+        text = repr(arguments)
+    return f"{name}({text})"
+
+
+class TokenCounter:
+    """Base for stream meters: counts output tokens from text deltas, cheaply.
+
+    Subclasses set ``exact = True`` when they count with ``count_one`` (one token a chunk,
+    never more than the provider produced) or read the provider's running count.
+    """
+
+    __slots__ = (
+        "complete",
+        "finish_reasons",
+        "model",
+        "output_tokens",
+        "received",
+        "tools",
+        "usage",
+    )
+
+    def __init__(self) -> None:
+        self.output_tokens = 0
+        self.received = False
+        self.complete = False
+        self.usage: Usage | None = None
+        self.model: str | None = None
+        self.finish_reasons: list[str] = []
+        self.tools: dict[int, list[str]] = {}
+
+    exact = False
+
+    def count(self, text: Any) -> None:
+        """Estimate a multi-token text delta: about four characters a token, at least one."""
+        if text and type(text) is str:
+            n = len(text) >> 2
+            self.output_tokens += n if n else 1
+
+    def count_one(self, text: Any) -> None:
+        """A delta that carries one token (OpenAI and Mistral stream one token a chunk)."""
+        if text and type(text) is str:
+            self.output_tokens += 1
+
+    def tool(self, index: int, name: str | None, arguments: str | None) -> None:
+        entry = self.tools.setdefault(index, ["", ""])
+        if name:
+            entry[0] += name
+        if arguments:
+            entry[1] += arguments
+
+    def outcome(self, estimated_input_tokens: int) -> Outcome:
+        usage = self.usage
+        if usage is None or not self.complete:
+            known_input = usage.input_tokens if usage is not None else 0
+            known_output = usage.output_tokens if usage is not None else 0
+            usage = Usage(
+                input_tokens=known_input or estimated_input_tokens,
+                output_tokens=max(known_output, self.output_tokens),
+                cache_read_tokens=usage.cache_read_tokens if usage is not None else 0,
+                cache_write_tokens=usage.cache_write_tokens if usage is not None else 0,
+                cache_write_1h_tokens=usage.cache_write_1h_tokens if usage is not None else 0,
+            )
+        return Outcome(
+            usage=usage,
+            response_model=self.model,
+            finish_reasons=tuple(self.finish_reasons),
+            tool_calls=tuple(tool_signature(name, args) for name, args in self.tools.values()),
+        )
+
+
+# -- the lifecycle around one call --------------------------------------------------------
+
+
+def _failure(exc: BaseException) -> tuple[CallStatus, str]:
+    if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | GeneratorExit):
+        return "cancelled", type(exc).__name__
+    return "error", f"{type(exc).__name__}: {exc}"[:500]
+
+
+def _prepare(
+    guard: AgentKavach, endpoint: Endpoint, body: Body, r: Reservation, streamed: bool
+) -> Body:
+    if endpoint.limit is not None and guard.mode == "strict" and r.max_output_tokens is not None:
+        body = endpoint.limit(body, r.max_output_tokens)
+    if streamed and endpoint.prepare_stream is not None:
+        body = endpoint.prepare_stream(body)
+    return body
+
+
+def _limited(guard: AgentKavach, endpoint: Endpoint, spec: CallSpec) -> bool:
+    """Whether the request sent carries max output tokens (so the provider stops there)."""
+    return spec.max_output_tokens is not None or (
+        guard.mode == "strict" and endpoint.limit is not None
+    )
+
+
+def _outcome(endpoint: Endpoint, response: Any, r: Reservation) -> Outcome:
+    parsed = response.parse() if _is_raw(response) else response
+    try:
+        return endpoint.outcome(parsed)
+    except Exception:
+        # The call was made and billed; settle at the worst case rather than lose it.
+        logger.exception("kavach: could not read usage of a %s response", r.spec.provider)
+        plan = r.plan
+        return Outcome(
+            Usage(
+                input_tokens=plan.input_tokens if plan is not None else 0,
+                output_tokens=r.max_output_tokens or 0,
+            )
+        )
+
+
+_RAW_TYPES: dict[type, bool] = {}
+
+
+def _is_raw(response: Any) -> bool:
+    # with_raw_response: the SDK returns an API response whose parse() is cached. Decided once
+    # per type: hasattr on a pydantic model raises and catches inside, which is slow.
+    kind = type(response)
+    raw = _RAW_TYPES.get(kind)
+    if raw is None:
+        raw = _RAW_TYPES[kind] = hasattr(kind, "parse") and hasattr(kind, "http_response")
+    return raw
+
+
+def _commit(r: Reservation, outcome: Outcome) -> None:
+    r.commit(
+        outcome.usage,
+        response_model=outcome.response_model,
+        finish_reasons=outcome.finish_reasons,
+        tool_calls=outcome.tool_calls,
+    )
+
+
+async def _acommit(r: Reservation, outcome: Outcome) -> None:
+    await r.acommit(
+        outcome.usage,
+        response_model=outcome.response_model,
+        finish_reasons=outcome.finish_reasons,
+        tool_calls=outcome.tool_calls,
+    )
+
+
+Attach = Callable[[Any, StreamSettlement], Any]
+
+
+def guarded_call(
+    guard: AgentKavach,
+    endpoint: Endpoint,
+    body: Body,
+    send: Callable[[Body], R],
+    streamed: bool,
+    attach: Attach,
+) -> R:
+    """Reserve, make the SDK call with ``send``, then settle or hand the stream to a meter."""
+    r = guard.reserve(spec := endpoint.read(body))
+    try:
+        response = send(_prepare(guard, endpoint, body, r, streamed))
+        if streamed and endpoint.meter is not None:
+            settlement = StreamSettlement(r, endpoint.meter(body), _limited(guard, endpoint, spec))
+            return attach(response, settlement)  # type: ignore[no-any-return]
+    except BaseException as exc:
+        status, error = _failure(exc)
+        r.release(status=status, error=error)
+        raise
+    _commit(r, _outcome(endpoint, response, r))
+    return response
+
+
+async def aguarded_call(
+    guard: AgentKavach,
+    endpoint: Endpoint,
+    body: Body,
+    send: Callable[[Body], Awaitable[R]],
+    streamed: bool,
+    attach: Attach,
+) -> R:
+    """``guarded_call`` for async clients."""
+    r = await guard.areserve(spec := endpoint.read(body))
+    try:
+        response = await send(_prepare(guard, endpoint, body, r, streamed))
+        if streamed and endpoint.meter is not None:
+            settlement = StreamSettlement(r, endpoint.meter(body), _limited(guard, endpoint, spec))
+            return attach(response, settlement)  # type: ignore[no-any-return]
+    except BaseException as exc:
+        status, error = _failure(exc)
+        with _shield():
+            await r.arelease(status=status, error=error)
+        raise
+    await _acommit(r, _outcome(endpoint, response, r))
+    return response
+
+
+def _shield() -> Any:
+    import anyio
+
+    return anyio.CancelScope(shield=True)
+
+
+# -- attaching a meter to the SDK's own stream object -------------------------------------
+
+
+def _hook_close(response: Any, settlement: StreamSettlement) -> Callable[[], object]:
+    """Settle before the HTTP response closes (the SDK closes it on normal end and ``close()``).
+
+    Returns the unhooked close for the cut path. The hook holds the response weakly, so the
+    response can still be freed by reference counting.
+    """
+    real_close = type(response).close
+    ref = weakref.ref(response)
+
+    def close() -> None:
+        settlement.finish()
+        target = ref()
+        if target is not None:
+            real_close(target)
+
+    response.close = close
+    return functools.partial(real_close, response)
+
+
+def _hook_aclose(response: Any, settlement: StreamSettlement) -> Callable[[], Awaitable[object]]:
+    real_aclose = type(response).aclose
+    ref = weakref.ref(response)
+
+    async def aclose() -> None:
+        await settlement.afinish()
+        target = ref()
+        if target is not None:
+            await real_aclose(target)
+
+    response.aclose = aclose
+    return functools.partial(real_aclose, response)
+
+
+def _finish_and_close(settlement: StreamSettlement, close: Callable[[], object]) -> None:
+    settlement.finish_on_gc()
+    try:
+        close()
+    except Exception:  # the connection may already be gone at interpreter exit
+        logger.debug("kavach: closing a dropped stream failed", exc_info=True)
+
+
+def attach_sync(attr: str) -> Attach:
+    """Meter an SDK stream object whose items come from ``stream.<attr>`` (an iterator)."""
+
+    def attach(result: Any, settlement: StreamSettlement) -> Any:
+        stream = result.parse() if _is_raw(result) else result
+        close = _hook_close(stream.response, settlement)
+        gen: Iterator[Any] = metered(getattr(stream, attr), settlement, close)
+        # A stream dropped unread: settle and give the connection back.
+        weakref.finalize(gen, _finish_and_close, settlement, close)
+        setattr(stream, attr, gen)
+        return result
+
+    return attach
+
+
+def attach_async(attr: str) -> Attach:
+    """Meter an async SDK stream object whose items come from ``stream.<attr>``."""
+
+    def attach(result: Any, settlement: StreamSettlement) -> Any:
+        stream = result.parse() if _is_raw(result) else result
+        aclose = _hook_aclose(stream.response, settlement)
+        gen: AsyncIterator[Any] = ametered(getattr(stream, attr), settlement, aclose)
+        weakref.finalize(gen, settlement.finish_on_gc)
+        setattr(stream, attr, gen)
+        return result
+
+    return attach
+
+
+def attach_iterator(result: Iterator[Any], settlement: StreamSettlement) -> Iterator[Any]:
+    """Meter a plain generator of items (google-genai streams)."""
+    close = getattr(result, "close", None) or (lambda: None)
+    gen = metered(result, settlement, close)
+    weakref.finalize(gen, settlement.finish_on_gc)
+    return gen
+
+
+def attach_aiterator(
+    result: AsyncIterator[Any], settlement: StreamSettlement
+) -> AsyncIterator[Any]:
+    aclose = getattr(result, "aclose", None)
+
+    async def close() -> None:
+        if aclose is not None:
+            await aclose()
+
+    gen = ametered(result, settlement, close)
+    weakref.finalize(gen, settlement.finish_on_gc)
+    return gen
+
+
+# -- instrumenting clients ----------------------------------------------------------------
+
+
+def _patch(client: Any, owner: Any, name: str, value: Any) -> None:
+    owner.__dict__[name] = value
+    client.__dict__.setdefault(_PATCHES_ATTR, []).append((owner, name))
+
+
+def guard_request_method(
+    client: Any,
+    guard: AgentKavach,
+    endpoint_for: Callable[[str, str], Endpoint | None],
+    *,
+    is_async: bool,
+) -> None:
+    """Guard a Stainless client (OpenAI, Anthropic) at its one ``request`` method.
+
+    That method sits outside the SDK's retry loop, so a refusal is raised once, is never
+    retried and never becomes an ``APIConnectionError``.
+    """
+    original = client.request
+    attach = attach_async("_iterator") if is_async else attach_sync("_iterator")
+
+    def route(options: Any) -> Endpoint | None:
+        body = options.json_data
+        if not isinstance(body, Mapping):
+            return None
+        return endpoint_for(options.method, options.url.split("?", 1)[0])
+
+    def resend(cast_to: Any, options: Any, stream: bool, stream_cls: Any) -> Callable[[Body], Any]:
+        sent = options.json_data
+
+        def send(body: Body) -> Any:
+            if body is not sent:  # strict mode or a stream changed the request
+                options_ = options.model_copy(update={"json_data": body})
+            else:
+                options_ = options
+            return original(cast_to, options_, stream=stream, stream_cls=stream_cls)
+
+        return send
+
+    if is_async:
+
+        async def arequest(
+            cast_to: Any, options: Any, *, stream: bool = False, stream_cls: Any = None
+        ) -> Any:
+            endpoint = route(options)
+            if endpoint is None:
+                return await original(cast_to, options, stream=stream, stream_cls=stream_cls)
+            return await aguarded_call(
+                guard,
+                endpoint,
+                options.json_data,
+                resend(cast_to, options, stream, stream_cls),
+                stream,
+                attach,
+            )
+
+        _patch(client, client, "request", arequest)
+    else:
+
+        def request(
+            cast_to: Any, options: Any, *, stream: bool = False, stream_cls: Any = None
+        ) -> Any:
+            endpoint = route(options)
+            if endpoint is None:
+                return original(cast_to, options, stream=stream, stream_cls=stream_cls)
+            return guarded_call(
+                guard,
+                endpoint,
+                options.json_data,
+                resend(cast_to, options, stream, stream_cls),
+                stream,
+                attach,
+            )
+
+        _patch(client, client, "request", request)
+
+    # with_options()/copy() build a new client: guard it too.
+    original_copy = client.copy
+
+    def copy(*args: Any, **kwargs: Any) -> Any:
+        return wrap(original_copy(*args, **kwargs), guard)
+
+    _patch(client, client, "copy", copy)
+    _patch(client, client, "with_options", copy)
+
+
+def guard_method(
+    client: Any,
+    owner: Any,
+    name: str,
+    guard: AgentKavach,
+    endpoint: Endpoint,
+    *,
+    streamed: bool = False,
+    is_async: bool = False,
+    attach: Attach = attach_iterator,
+) -> None:
+    """Guard one keyword-argument SDK method (Google, Mistral) with ``endpoint``."""
+    original = getattr(owner, name)
+
+    if is_async:
+
+        async def amethod(**kwargs: Any) -> Any:
+            return await aguarded_call(
+                guard, endpoint, kwargs, lambda body: original(**body), streamed, attach
+            )
+
+        _patch(client, owner, name, functools.wraps(original)(amethod))
+    else:
+
+        def method(**kwargs: Any) -> Any:
+            return guarded_call(
+                guard, endpoint, kwargs, lambda body: original(**body), streamed, attach
+            )
+
+        _patch(client, owner, name, functools.wraps(original)(method))
+
+
+_PROVIDERS = {
+    "openai": ("kavach_integrations.openai", "openai"),
+    "anthropic": ("kavach_integrations.anthropic", "anthropic"),
+    "google": ("kavach_integrations.google", "google"),
+    "mistralai": ("kavach_integrations.mistral", "mistral"),
+}
+
+
+def wrap(client: C, guard: AgentKavach) -> C:
+    """Guard every billable call made through ``client``; returns the same client.
+
+    Accepts ``OpenAI``/``AsyncOpenAI`` (and Azure), ``Anthropic``/``AsyncAnthropic``,
+    google-genai ``Client`` (its ``.aio`` included) and ``Mistral``. Wrapping twice is a
+    no-op. ``count_tokens``, model listing and other free endpoints pass untouched.
+
+    >>> client = guard.wrap(OpenAI())                                    # doctest: +SKIP
+    >>> client.chat.completions.create(model="gpt-4o", messages=msgs)   # reserved and settled
+    """
+    if getattr(client, "__dict__", {}).get(_GUARD_ATTR) is not None:
+        return client
+    root = type(client).__module__.split(".", 1)[0]
+    if root not in _PROVIDERS:
+        raise KavachConfigError(
+            f"cannot guard a {type(client).__module__}.{type(client).__name__}: wrap() takes an "
+            "OpenAI, Anthropic, google-genai or Mistral client (sync or async)"
+        )
+    module_name, extra = _PROVIDERS[root]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:  # pragma: no cover - the client exists, so its SDK does
+        raise MissingDependencyError(root, extra) from exc
+    module.instrument(client, guard)
+    client.__dict__[_GUARD_ATTR] = guard
+    return client
+
+
+def unwrap(client: C) -> C:
+    """Undo ``wrap``: the client makes unguarded calls again."""
+    for owner, name in reversed(client.__dict__.pop(_PATCHES_ATTR, [])):
+        owner.__dict__.pop(name, None)
+    client.__dict__.pop(_GUARD_ATTR, None)
+    return client

@@ -1,0 +1,169 @@
+"""Anthropic: how to read Messages requests, usage and stream events.
+
+``guard.wrap(Anthropic())`` / ``guard.wrap(AsyncAnthropic())`` guard ``messages`` (create,
+stream, parse; ``beta.messages`` too). ``count_tokens`` and batches pass untouched.
+Anthropic reports cache reads and writes beside ``input_tokens``; they are added into it,
+as ``kavach.usage.Usage`` (and genai-prices) count all input there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from kavach.spec import CallSpec
+from kavach.stream import Outcome
+from kavach.usage import Usage
+from kavach_integrations._provider import (
+    Endpoint,
+    TokenCounter,
+    field,
+    guard_request_method,
+    set_max_tokens,
+    tool_signature,
+)
+
+try:
+    import anthropic
+except ImportError as exc:  # pragma: no cover - exercised without the extra installed
+    from kavach.errors import MissingDependencyError
+
+    raise MissingDependencyError("anthropic", "anthropic") from exc
+
+if TYPE_CHECKING:
+    from kavach.client import AgentKavach
+
+PROVIDER = "anthropic"
+
+
+def message_usage(usage: Any) -> Usage:
+    """Anthropic usage with cache reads and both cache-write lifetimes inside ``input_tokens``."""
+    read = field(usage, "cache_read_input_tokens", 0)
+    written = field(usage, "cache_creation_input_tokens", 0)
+    creation = field(usage, "cache_creation")
+    one_hour = field(creation, "ephemeral_1h_input_tokens", 0)
+    five_min = field(creation, "ephemeral_5m_input_tokens", written - one_hour)
+    return Usage(
+        input_tokens=field(usage, "input_tokens", 0) + read + written,
+        output_tokens=field(usage, "output_tokens", 0),
+        cache_read_tokens=read,
+        cache_write_tokens=max(0, five_min),
+        cache_write_1h_tokens=one_hour,
+    )
+
+
+def _marked(blocks: Any) -> bool:
+    if not isinstance(blocks, list):
+        return False
+    for block in blocks:
+        if isinstance(block, Mapping):
+            if block.get("cache_control") is not None or _marked(block.get("content")):
+                return True
+    return False
+
+
+def writes_cache(body: Mapping[str, Any]) -> bool:
+    """The request has a ``cache_control`` breakpoint (top level, system, tools or messages)."""
+    return (
+        body.get("cache_control") is not None
+        or _marked(body.get("system"))
+        or _marked(body.get("tools"))
+        or _marked(body.get("messages"))
+    )
+
+
+def _read(body: Mapping[str, Any]) -> CallSpec:
+    return CallSpec(
+        cache_writes=writes_cache(body),
+        provider=PROVIDER,
+        model=str(body.get("model", "")),
+        messages=body.get("messages"),
+        system=body.get("system"),
+        tools=body.get("tools"),
+        max_output_tokens=body.get("max_tokens"),
+    )
+
+
+def _outcome(message: Any) -> Outcome:
+    tool_calls = tuple(
+        tool_signature(field(block, "name", ""), field(block, "input", {}))
+        for block in field(message, "content", ())
+        if field(block, "type") == "tool_use"
+    )
+    stop = field(message, "stop_reason")
+    return Outcome(
+        usage=message_usage(field(message, "usage")),
+        response_model=field(message, "model"),
+        finish_reasons=(str(stop),) if stop else (),
+        tool_calls=tool_calls,
+    )
+
+
+class MessageMeter(TokenCounter):
+    """Raw message stream events: input usage at ``message_start``, output at ``message_delta``."""
+
+    __slots__ = ("start",)
+
+    def __init__(self, body: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.start: Any = None
+
+    def feed(self, event: Any) -> bool:
+        self.received = True
+        kind = event.type
+        if kind == "content_block_delta":
+            delta = event.delta
+            dtype = delta.type
+            if dtype == "text_delta":
+                self.count(delta.text)
+            elif dtype == "input_json_delta":
+                self.count(delta.partial_json)
+                self.tool(event.index, None, delta.partial_json)
+            elif dtype == "thinking_delta":
+                self.count(delta.thinking)
+        elif kind == "content_block_start":
+            block = event.content_block
+            if block.type == "tool_use":
+                self.tool(event.index, block.name, None)
+        elif kind == "message_start":
+            self.start = event.message.usage
+            self.model = event.message.model
+            self.usage = message_usage(self.start)
+        elif kind == "message_delta":
+            # Output tokens in message_delta are cumulative; input may be restated there.
+            reported = event.usage
+            base = self.start
+            merged = message_usage(base) if base is not None else Usage()
+            self.usage = Usage(
+                input_tokens=merged.input_tokens,
+                output_tokens=field(reported, "output_tokens", 0),
+                cache_read_tokens=merged.cache_read_tokens,
+                cache_write_tokens=merged.cache_write_tokens,
+                cache_write_1h_tokens=merged.cache_write_1h_tokens,
+            )
+            if event.delta.stop_reason:
+                self.finish_reasons.append(str(event.delta.stop_reason))
+        elif kind == "message_stop":
+            self.complete = self.usage is not None
+        return False
+
+
+MESSAGES = Endpoint(
+    operation="chat",
+    read=_read,
+    outcome=_outcome,
+    limit=set_max_tokens("max_tokens"),
+    meter=MessageMeter,
+)
+
+
+def endpoint_for(method: str, path: str) -> Endpoint | None:
+    if method.lower() == "post" and path.endswith("/messages"):
+        return MESSAGES
+    return None
+
+
+def instrument(client: Any, guard: AgentKavach) -> None:
+    guard_request_method(
+        client, guard, endpoint_for, is_async=isinstance(client, anthropic.AsyncAnthropic)
+    )

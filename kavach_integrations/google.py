@@ -1,0 +1,183 @@
+"""Google (google-genai): how to read ``generate_content`` requests, usage and stream chunks.
+
+``guard.wrap(genai.Client())`` guards ``client.models.generate_content`` and
+``generate_content_stream`` and their ``client.aio`` twins. ``count_tokens`` and model
+listing pass untouched. Gemini's ``prompt_token_count`` includes cached tokens; thinking
+tokens (``thoughts_token_count``) are output beside ``candidates_token_count``.
+
+With automatic function calling (Python callables as tools) the SDK may make several requests
+inside one ``generate_content``; the guard reserves and settles that call as one.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from kavach.spec import CallSpec
+from kavach.stream import Outcome
+from kavach.usage import Usage
+from kavach_integrations._provider import (
+    Body,
+    Endpoint,
+    TokenCounter,
+    attach_aiterator,
+    field,
+    guard_method,
+    tool_signature,
+)
+
+try:
+    from google import genai
+except ImportError as exc:  # pragma: no cover - exercised without the extra installed
+    from kavach.errors import MissingDependencyError
+
+    raise MissingDependencyError("google-genai", "google") from exc
+
+if TYPE_CHECKING:
+    from kavach.client import AgentKavach
+
+PROVIDER = "google"
+
+
+def gemini_usage(meta: Any) -> Usage:
+    audio = 0
+    for detail in field(meta, "prompt_tokens_details", ()):
+        if str(field(detail, "modality", "")).upper().endswith("AUDIO"):
+            audio += field(detail, "token_count", 0)
+    thoughts = field(meta, "thoughts_token_count", 0)
+    return Usage(
+        input_tokens=field(meta, "prompt_token_count", 0)
+        + field(meta, "tool_use_prompt_token_count", 0),
+        output_tokens=field(meta, "candidates_token_count", 0) + thoughts,
+        cache_read_tokens=field(meta, "cached_content_token_count", 0),
+        reasoning_tokens=thoughts,
+        input_audio_tokens=audio,
+    )
+
+
+def _plain(item: Any) -> Any:
+    dump = getattr(item, "model_dump", None)
+    return dump(exclude_none=True) if dump is not None else item
+
+
+def _model_name(model: str) -> str:
+    # "models/gemini-2.0-flash" and Vertex resource names price as the bare model id.
+    return model.rsplit("/", 1)[-1]
+
+
+def _read(body: Mapping[str, Any]) -> CallSpec:
+    contents = body.get("contents")
+    config = body.get("config")
+    prompt: str | list[str] | None = None
+    messages: list[Any] | None = None
+    if isinstance(contents, str):
+        prompt = contents
+    elif isinstance(contents, list):
+        if all(isinstance(c, str) for c in contents):
+            prompt = list(contents)
+        else:
+            messages = [_plain(c) for c in contents]
+    elif contents is not None:
+        messages = [_plain(contents)]
+    tools = field(config, "tools")
+    return CallSpec(
+        provider=PROVIDER,
+        model=_model_name(str(body.get("model", ""))),
+        messages=messages,
+        prompt=prompt,
+        system=_plain(field(config, "system_instruction")),
+        tools=[_plain(t) for t in tools] if tools else None,
+        max_output_tokens=field(config, "max_output_tokens"),
+    )
+
+
+def _limit(body: Body, tokens: int) -> Body:
+    config = body.get("config")
+    current = field(config, "max_output_tokens")
+    value = min(int(current), tokens) if current is not None else tokens
+    if config is None:
+        new_config: Any = {"max_output_tokens": value}
+    elif isinstance(config, Mapping):
+        new_config = {**config, "max_output_tokens": value}
+    else:
+        new_config = config.model_copy(update={"max_output_tokens": value})
+    return {**body, "config": new_config}
+
+
+def _outcome(response: Any) -> Outcome:
+    finish: list[str] = []
+    tool_calls: list[str] = []
+    for candidate in field(response, "candidates", ()):
+        if (reason := field(candidate, "finish_reason")) is not None:
+            finish.append(str(getattr(reason, "value", reason)))
+        for part in field(field(candidate, "content"), "parts", ()):
+            call = field(part, "function_call")
+            if call is not None:
+                tool_calls.append(tool_signature(field(call, "name", ""), field(call, "args", {})))
+    return Outcome(
+        usage=gemini_usage(field(response, "usage_metadata")),
+        response_model=field(response, "model_version"),
+        finish_reasons=tuple(finish),
+        tool_calls=tuple(tool_calls),
+    )
+
+
+class GeminiMeter(TokenCounter):
+    """Stream chunks are whole ``GenerateContentResponse`` values; the last has full usage."""
+
+    __slots__ = ("calls",)
+
+    def __init__(self, body: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def feed(self, chunk: Any) -> bool:
+        self.received = True
+        for candidate in chunk.candidates or ():
+            content = candidate.content
+            for part in (content.parts if content is not None else None) or ():
+                if part.text:
+                    self.count(part.text)
+                call = part.function_call
+                if call is not None:
+                    self.tool(self.calls, call.name, json.dumps(call.args or {}))
+                    self.calls += 1
+            if candidate.finish_reason is not None:
+                reason = candidate.finish_reason
+                self.finish_reasons.append(str(getattr(reason, "value", reason)))
+                self.complete = True
+        meta = chunk.usage_metadata
+        if meta is not None:
+            self.usage = gemini_usage(meta)
+            self.model = chunk.model_version
+            # Gemini's running count, when it sends one, replaces the estimate from text.
+            if self.usage.output_tokens:
+                self.output_tokens = self.usage.output_tokens
+        self.complete = self.complete and self.usage is not None
+        return False
+
+
+GENERATE = Endpoint(operation="chat", read=_read, outcome=_outcome, limit=_limit, meter=GeminiMeter)
+
+
+def instrument(client: Any, guard: AgentKavach) -> None:
+    if isinstance(client, genai.Client):
+        sync_models, async_models = client.models, client.aio.models
+    else:  # an AsyncClient (client.aio) wrapped on its own
+        sync_models, async_models = None, client.models
+    if sync_models is not None:
+        guard_method(client, sync_models, "generate_content", guard, GENERATE)
+        guard_method(client, sync_models, "generate_content_stream", guard, GENERATE, streamed=True)
+    guard_method(client, async_models, "generate_content", guard, GENERATE, is_async=True)
+    guard_method(
+        client,
+        async_models,
+        "generate_content_stream",
+        guard,
+        GENERATE,
+        streamed=True,
+        is_async=True,
+        attach=attach_aiterator,
+    )

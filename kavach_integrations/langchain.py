@@ -1,0 +1,538 @@
+"""Guard LangChain and LangGraph model calls with a callback handler that can refuse them.
+
+>>> from kavach_integrations.langchain import KavachHandler            # doctest: +SKIP
+>>> handler = KavachHandler(agent_name="research-bot", budget=Budget.daily(5))
+>>> model = ChatOpenAI(model="gpt-4o-mini", callbacks=[handler])
+>>> graph.invoke(inputs, config={"callbacks": [handler]})
+
+How it enforces:
+
+- ``on_chat_model_start`` / ``on_llm_start`` reserve the call's worst case and raise the
+  guard's refusal (``BudgetExceededError``, ``GuardrailError``, ``AgentKilledError`` ...), so
+  the provider is never called. The handler is a *sync* ``BaseCallbackHandler`` with
+  ``raise_error=True`` and ``run_inline=True``: LangChain re-raises its errors on the sync
+  path and runs it inline (in order, on the calling task) on the async path, so the refusal
+  holds for ``invoke``, ``ainvoke``, ``stream``, ``astream``, ``batch`` and ``abatch``. (An
+  ``AsyncCallbackHandler``'s errors are logged and swallowed when LangChain drives it from
+  sync code, so it could not refuse there.)
+- ``on_llm_new_token`` meters a stream and cuts it, by raising, once it produces more output
+  than the reservation pays for; the cut call is committed at what it consumed.
+- ``on_llm_end`` settles at the actual ``usage_metadata`` (cache reads and writes, reasoning);
+  ``on_llm_error`` releases the hold (or commits what a broken stream consumed).
+- Model, provider and max tokens come from the run's ``ls_*`` metadata, then from
+  ``invocation_params``. LangChain cannot lower a request's ``max_tokens`` from a callback,
+  so set ``max_tokens`` on the model for a hard bound on non-streamed calls; streams are cut
+  at the reservation in either mode.
+- Each model run (``run_id``) has its own reservation, so ``batch``, ``abatch`` and parallel
+  graph branches hold separately. A LangChain run tree is one kavach run: the root run's id
+  becomes ``CallSpec.run_id`` (unless the code runs inside ``guard.run()``), so per-run
+  guardrails apply to one chain, agent or graph invocation. Tool calls in the model's answer
+  feed the loop detector.
+
+The handler uses the guard's sync API: with the in-memory ledger that does no I/O. A Redis
+ledger makes a short blocking round trip on the event loop for async LangChain calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+from uuid import UUID
+
+from kavach.client import AgentKavach, _current_run
+from kavach.errors import BudgetExceededError, KavachConfigError, MissingDependencyError
+from kavach.events import CallStatus
+from kavach.reservation import Reservation
+from kavach.spec import CallSpec
+from kavach.usage import Usage
+from kavach_integrations._provider import tool_signature
+
+try:
+    from langchain_core.callbacks import BaseCallbackHandler
+    from langchain_core.messages import BaseMessage
+    from langchain_core.outputs import ChatGenerationChunk, GenerationChunk, LLMResult
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise MissingDependencyError("langchain-core", "langchain") from exc
+
+__all__ = ["KavachHandler", "usage_from_metadata"]
+
+logger = logging.getLogger("kavach.langchain")
+
+_ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool"}
+_PROVIDERS = {
+    "azure": "openai",
+    "azure_openai": "openai",
+    "google_genai": "google",
+    "google_vertexai": "google",
+    "mistralai": "mistral",
+}
+
+
+@dataclass(slots=True)
+class _Call:
+    reservation: Reservation
+    output_tokens: int = 0
+    cut: bool = False
+
+
+def usage_from_metadata(usage_metadata: Mapping[str, Any]) -> Usage:
+    """A kavach ``Usage`` from LangChain's ``AIMessage.usage_metadata``.
+
+    LangChain's ``input_tokens`` already includes cache reads and writes for every provider
+    (langchain-anthropic adds Anthropic's separately reported cache tokens in), which is
+    kavach's convention too, so it is taken as is.
+
+    >>> usage_from_metadata({"input_tokens": 120, "output_tokens": 30, "total_tokens": 150,
+    ...     "input_token_details": {"cache_read": 100}}).cache_read_tokens
+    100
+    """
+    inp = usage_metadata.get("input_token_details") or {}
+    out = usage_metadata.get("output_token_details") or {}
+    five_minute = int(inp.get("ephemeral_5m_input_tokens") or 0)
+    return Usage(
+        input_tokens=int(usage_metadata.get("input_tokens") or 0),
+        output_tokens=int(usage_metadata.get("output_tokens") or 0),
+        cache_read_tokens=int(inp.get("cache_read") or 0),
+        cache_write_tokens=int(inp.get("cache_creation") or 0) + five_minute,
+        cache_write_1h_tokens=int(inp.get("ephemeral_1h_input_tokens") or 0),
+        reasoning_tokens=int(out.get("reasoning") or 0),
+        input_audio_tokens=int(inp.get("audio") or 0),
+        output_audio_tokens=int(out.get("audio") or 0),
+    )
+
+
+class KavachHandler(BaseCallbackHandler):
+    """A LangChain callback handler that reserves, refuses, meters and settles model calls.
+
+    Build it from a guard (``KavachHandler(guard)``) or from ``AgentKavach``'s arguments
+    (``KavachHandler(agent_name="bot", budget=Budget.daily(5))``); ``handler.guard`` is the
+    guard either way. One handler serves any number of concurrent runs.
+    """
+
+    raise_error = True
+    run_inline = True
+
+    def __init__(self, guard: AgentKavach | str | None = None, /, **guard_kwargs: Any) -> None:
+        if isinstance(guard, str):  # KavachHandler("bot", budget=...), like AgentKavach
+            guard = AgentKavach(guard, **guard_kwargs)
+        elif guard is None:
+            guard = AgentKavach(**guard_kwargs)
+        elif not isinstance(guard, AgentKavach):
+            raise KavachConfigError(
+                f"KavachHandler takes an AgentKavach or its arguments, got {type(guard).__name__}"
+            )
+        elif guard_kwargs:
+            raise KavachConfigError(
+                "pass either a guard or AgentKavach arguments to KavachHandler, not both"
+            )
+        self.guard = guard
+        self._lock = threading.Lock()
+        self._calls: dict[UUID, _Call] = {}
+        self._roots: dict[UUID, UUID] = {}
+        # Model runs started by one multi-prompt generate() call: if a later prompt is
+        # refused LangChain never ends the earlier ones, so their holds are given back here.
+        self._batches: dict[tuple[int, UUID | None], list[UUID]] = {}
+        self._warned_unseen_parent = False
+
+    def __repr__(self) -> str:
+        return f"<KavachHandler {self.guard!r} open={len(self._calls)}>"
+
+    # -- run tree -----------------------------------------------------------------------
+
+    def _enter(self, run_id: UUID, parent_run_id: UUID | None) -> None:
+        with self._lock:
+            if parent_run_id is None:
+                self._roots[run_id] = run_id
+            else:
+                self._roots[run_id] = self._roots.get(parent_run_id, parent_run_id)
+        if parent_run_id is None and _current_run.get() is None:
+            self.guard.guardrails.start_run(str(run_id))
+
+    def _exit(self, run_id: UUID) -> None:
+        with self._lock:
+            self._roots.pop(run_id, None)
+
+    def _kavach_run(self, parent_run_id: UUID | None) -> str:
+        scoped = _current_run.get()
+        if scoped is not None:
+            return scoped
+        if parent_run_id is None:
+            return self.guard.current_run
+        with self._lock:
+            root = self._roots.get(parent_run_id)
+        if root is None:
+            # Attached to the model only: the handler never sees the chain or graph around
+            # the call, so each step becomes its own run and per-run guardrails see one call.
+            if not self._warned_unseen_parent:
+                self._warned_unseen_parent = True
+                logger.warning(
+                    "kavach: KavachHandler sees model calls but not the chain or graph that "
+                    "runs them; pass it as config={'callbacks': [handler]} to the invocation "
+                    "so per-run guardrails (calls, tokens, loops) cover the whole run"
+                )
+            return str(parent_run_id)
+        return str(root)
+
+    def on_chain_start(
+        self,
+        serialized: dict[str, Any] | None,
+        inputs: Any,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self._enter(run_id, parent_run_id)
+
+    def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        self._exit(run_id)
+
+    def on_chain_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        self._exit(run_id)
+
+    def on_tool_start(
+        self,
+        serialized: dict[str, Any] | None,
+        input_str: str,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self._enter(run_id, parent_run_id)
+
+    def on_tool_end(self, output: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        self._exit(run_id)
+
+    def on_tool_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        self._exit(run_id)
+
+    # -- model runs: reserve ------------------------------------------------------------
+
+    def on_chat_model_start(
+        self,
+        serialized: dict[str, Any] | None,
+        messages: list[list[BaseMessage]],
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        flat = [m for batch in messages for m in batch]
+        self._reserve(
+            run_id,
+            parent_run_id,
+            metadata,
+            kwargs,
+            messages=[_message_dict(m) for m in flat],
+            prompt=None,
+        )
+
+    def on_llm_start(
+        self,
+        serialized: dict[str, Any] | None,
+        prompts: list[str],
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self._reserve(
+            run_id, parent_run_id, metadata, kwargs, messages=None, prompt="\n".join(prompts)
+        )
+
+    def _reserve(
+        self,
+        run_id: UUID,
+        parent_run_id: UUID | None,
+        metadata: Mapping[str, Any] | None,
+        kwargs: Mapping[str, Any],
+        *,
+        messages: list[dict[str, Any]] | None,
+        prompt: str | None,
+    ) -> None:
+        meta = metadata or {}
+        params: Mapping[str, Any] = kwargs.get("invocation_params") or {}
+        batch_size = int(kwargs.get("batch_size") or 1)
+        spec = CallSpec(
+            provider=_provider(meta, params),
+            model=_model(meta, params),
+            messages=messages,
+            prompt=prompt,
+            tools=params.get("tools"),
+            max_output_tokens=_max_tokens(meta, params),
+            operation="chat" if messages is not None else "text_completion",
+            run_id=self._kavach_run(parent_run_id),
+            tags={"integration": "langchain"},
+        )
+        batch_key = (threading.get_ident(), parent_run_id)
+        try:
+            reservation = self.guard.reserve(spec)
+        except BaseException:
+            if batch_size > 1:
+                self._release_batch(batch_key)
+            raise
+        with self._lock:
+            self._calls[run_id] = _Call(reservation)
+            if batch_size > 1:
+                group = self._batches.setdefault(batch_key, [])
+                group.append(run_id)
+                if len(group) >= batch_size:
+                    del self._batches[batch_key]
+
+    def _release_batch(self, key: tuple[int, UUID | None]) -> None:
+        with self._lock:
+            started = self._batches.pop(key, [])
+            calls = [c for c in (self._calls.pop(r, None) for r in started) if c is not None]
+        for call in calls:
+            call.reservation.release(error="a later prompt of the same batch was refused")
+
+    # -- model runs: meter and settle ---------------------------------------------------
+
+    def on_llm_new_token(
+        self,
+        token: str | list[str | dict[str, Any]],
+        *,
+        chunk: GenerationChunk | ChatGenerationChunk | None = None,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        call = self._calls.get(run_id)
+        if call is None:
+            return
+        call.output_tokens += _chunk_tokens(token, chunk)
+        r = call.reservation
+        if r.exceeds(call.output_tokens) and not call.cut:
+            call.cut = True
+            units = r.max_output_tokens or 0
+            raise BudgetExceededError(
+                budget="this call's reservation",
+                unit="tokens",
+                spent=call.output_tokens,
+                reserved=0,
+                limit=units,
+                requested=0,
+                period="one call",
+                resets_at=None,
+                detail=(
+                    f"The stream of {r.spec.model} was cut after {call.output_tokens:,} output "
+                    f"tokens; the budget held only {units:,}. Set max_tokens on the model to "
+                    "stay within it."
+                ),
+            )
+
+    def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
+        with self._lock:
+            call = self._calls.pop(run_id, None)
+        if call is not None:
+            _settle(call, lambda: _commit_end(call, response))
+
+    def on_llm_error(
+        self,
+        error: BaseException,
+        *,
+        run_id: UUID,
+        response: LLMResult | None = None,
+        **kwargs: Any,
+    ) -> None:
+        with self._lock:
+            call = self._calls.pop(run_id, None)
+        if call is not None:
+            _settle(call, lambda: _commit_error(call, error, response))
+
+    @property
+    def open_calls(self) -> int:
+        """Model runs reserved and not yet settled."""
+        return len(self._calls)
+
+
+# -- settling ------------------------------------------------------------------------------
+
+
+def _settle(call: _Call, settle: Callable[[], object]) -> None:
+    # Settling is accounting after the provider answered: a failure here is logged, never
+    # raised into the user's call (raise_error=True would otherwise re-raise it).
+    try:
+        settle()
+    except Exception:
+        logger.exception("kavach: could not settle a LangChain call; releasing its hold")
+        call.reservation.release(error="settlement failed")
+
+
+def _commit_end(call: _Call, response: LLMResult) -> None:
+    message = _first_message(response)
+    usage = _usage(response, message)
+    if usage is None:
+        usage = _estimate(call, response)
+    elif usage.input_tokens == 0 and call.reservation.plan is not None:
+        # Some streams report output only; a call always had input, so bill the estimate.
+        usage = replace(usage, input_tokens=call.reservation.plan.input_tokens)
+    call.reservation.commit(
+        usage,
+        response_model=_response_model(message),
+        finish_reasons=_finish_reasons(response),
+        tool_calls=_tool_calls(message),
+    )
+
+
+def _commit_error(call: _Call, error: BaseException, response: LLMResult | None) -> None:
+    text = f"{type(error).__name__}: {error}"[:500]
+    if not call.cut and call.output_tokens == 0:
+        call.reservation.release(status=_error_status(error), error=text)
+        return
+    # A stream that produced output was billed for it, whether we cut it or it broke.
+    message = _first_message(response) if response is not None else None
+    usage = _usage(response, message) if response is not None else None
+    if usage is None or usage.output_tokens < call.output_tokens:
+        usage = _estimate(call, response)
+    status: CallStatus = "cut" if call.cut else _error_status(error)
+    call.reservation.commit(usage, status=status, error=text)
+
+
+# -- reading LangChain's values ----------------------------------------------------------
+
+
+def _provider(meta: Mapping[str, Any], params: Mapping[str, Any]) -> str:
+    raw = meta.get("ls_provider") or params.get("_type") or "unknown"
+    name = str(raw).lower()
+    if name.endswith("-chat"):
+        name = name[: -len("-chat")]
+    return _PROVIDERS.get(name, name)
+
+
+def _model(meta: Mapping[str, Any], params: Mapping[str, Any]) -> str:
+    for value in (
+        meta.get("ls_model_name"),
+        params.get("model"),
+        params.get("model_name"),
+        params.get("model_id"),
+    ):
+        if value:
+            return str(value)
+    return "unknown"
+
+
+def _max_tokens(meta: Mapping[str, Any], params: Mapping[str, Any]) -> int | None:
+    for value in (
+        meta.get("ls_max_tokens"),
+        params.get("max_tokens"),
+        params.get("max_completion_tokens"),
+        params.get("max_output_tokens"),
+    ):
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _message_dict(message: BaseMessage) -> dict[str, Any]:
+    content = message.content if isinstance(message.content, str) else str(message.content)
+    tool_calls = getattr(message, "tool_calls", None)
+    if tool_calls:
+        content += json.dumps(tool_calls, default=str)
+    return {"role": _ROLES.get(message.type, message.type), "content": content}
+
+
+def _chunk_tokens(token: str | list[str | dict[str, Any]], chunk: Any) -> int:
+    """A conservative count of the output tokens one streamed chunk carries."""
+    text = _text(token)
+    message = getattr(chunk, "message", None)
+    for tool_chunk in getattr(message, "tool_call_chunks", None) or ():
+        text += str(tool_chunk.get("name") or "") + str(tool_chunk.get("args") or "")
+    if not text:
+        return 0
+    return max(1, len(text) // 4)
+
+
+def _text(content: str | list[str | dict[str, Any]]) -> str:
+    if isinstance(content, str):
+        return content
+    parts = []
+    for block in content:
+        if isinstance(block, str):
+            parts.append(block)
+        elif isinstance(block, dict):
+            # Tool-call arguments are counted from tool_call_chunks, not from their blocks.
+            for key in ("text", "thinking", "reasoning"):
+                value = block.get(key)
+                if isinstance(value, str):
+                    parts.append(value)
+    return "".join(parts)
+
+
+def _first_message(response: LLMResult | None) -> Any:
+    if response is None:
+        return None
+    for generations in response.generations:
+        for generation in generations:
+            message = getattr(generation, "message", None)
+            if message is not None:
+                return message
+    return None
+
+
+def _usage(response: LLMResult | None, message: Any) -> Usage | None:
+    metadata = getattr(message, "usage_metadata", None)
+    if metadata:
+        return usage_from_metadata(metadata)
+    llm_output = (response.llm_output if response is not None else None) or {}
+    token_usage = llm_output.get("token_usage") or llm_output.get("usage")
+    if isinstance(token_usage, Mapping) and token_usage:
+        return Usage(
+            input_tokens=int(token_usage.get("prompt_tokens") or 0),
+            output_tokens=int(token_usage.get("completion_tokens") or 0),
+        )
+    return None
+
+
+def _estimate(call: _Call, response: LLMResult | None) -> Usage:
+    """Usage when the provider reported none (e.g. a stream without ``stream_usage``)."""
+    r = call.reservation
+    input_tokens = r.plan.input_tokens if r.plan is not None else 0
+    output = call.output_tokens
+    if response is not None and not output:
+        text = "".join(getattr(g, "text", "") or "" for gens in response.generations for g in gens)
+        output = max(1, len(text) // 4) if text else 0
+    return Usage(input_tokens=input_tokens, output_tokens=output)
+
+
+def _finish_reasons(response: LLMResult) -> list[str]:
+    out = []
+    for generations in response.generations:
+        for generation in generations:
+            info = getattr(generation, "generation_info", None) or {}
+            meta = getattr(getattr(generation, "message", None), "response_metadata", None) or {}
+            reason = (
+                info.get("finish_reason") or meta.get("finish_reason") or meta.get("stop_reason")
+            )
+            if reason:
+                out.append(str(reason))
+    return out
+
+
+def _response_model(message: Any) -> str | None:
+    meta = getattr(message, "response_metadata", None) or {}
+    model = meta.get("model_name") or meta.get("model")
+    return str(model) if model else None
+
+
+def _tool_calls(message: Any) -> list[str]:
+    """Tool calls as ``name(args)``, so the loop detector sees repeats of the same call."""
+    return [
+        tool_signature(str(call.get("name")), call.get("args") or {})
+        for call in getattr(message, "tool_calls", None) or ()
+    ]
+
+
+def _error_status(error: BaseException) -> CallStatus:
+    if isinstance(error, asyncio.CancelledError | KeyboardInterrupt | GeneratorExit):
+        return "cancelled"
+    return "error"

@@ -1,0 +1,316 @@
+"""OpenAI: how to read chat completions, Responses and embeddings requests, usage and streams.
+
+``guard.wrap(OpenAI())`` / ``guard.wrap(AsyncOpenAI())`` guard ``chat.completions`` (create,
+parse, stream), ``responses`` (create, stream, parse), ``completions`` and ``embeddings``.
+Usage maps to ``kavach.usage.Usage`` as OpenAI reports it: ``prompt_tokens`` include
+``cached_tokens`` (reads) and ``cache_write_tokens``, ``completion_tokens`` include
+reasoning and audio tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from kavach.spec import CallSpec
+from kavach.stream import Outcome
+from kavach.usage import Usage
+from kavach_integrations._provider import (
+    Body,
+    Endpoint,
+    TokenCounter,
+    field,
+    guard_request_method,
+    set_max_tokens,
+    tool_signature,
+)
+
+try:
+    import openai
+except ImportError as exc:  # pragma: no cover - exercised without the extra installed
+    from kavach.errors import MissingDependencyError
+
+    raise MissingDependencyError("openai", "openai") from exc
+
+if TYPE_CHECKING:
+    from kavach.client import AgentKavach
+
+PROVIDER = "openai"
+
+
+def chat_usage(usage: Any) -> Usage:
+    """Chat completions (and Mistral) usage: ``prompt_tokens`` already include cached ones."""
+    prompt = field(usage, "prompt_tokens_details")
+    completion = field(usage, "completion_tokens_details")
+    return Usage(
+        input_tokens=field(usage, "prompt_tokens", 0),
+        output_tokens=field(usage, "completion_tokens", 0),
+        cache_read_tokens=field(prompt, "cached_tokens", 0),
+        cache_write_tokens=field(prompt, "cache_write_tokens", 0),
+        reasoning_tokens=field(completion, "reasoning_tokens", 0),
+        input_audio_tokens=field(prompt, "audio_tokens", 0),
+        output_audio_tokens=field(completion, "audio_tokens", 0),
+    )
+
+
+def responses_usage(usage: Any) -> Usage:
+    details = field(usage, "input_tokens_details")
+    return Usage(
+        input_tokens=field(usage, "input_tokens", 0),
+        output_tokens=field(usage, "output_tokens", 0),
+        cache_read_tokens=field(details, "cached_tokens", 0),
+        cache_write_tokens=field(details, "cache_write_tokens", 0),
+        reasoning_tokens=field(field(usage, "output_tokens_details"), "reasoning_tokens", 0),
+    )
+
+
+def _args_text(arguments: Any) -> str:
+    return arguments if isinstance(arguments, str) else repr(arguments)
+
+
+# -- chat completions ---------------------------------------------------------------------
+
+
+def read_chat(provider: str) -> Any:
+    def read(body: Mapping[str, Any]) -> CallSpec:
+        max_tokens = body.get("max_completion_tokens")
+        if max_tokens is None:
+            max_tokens = body.get("max_tokens")
+        return CallSpec(
+            provider=provider,
+            model=str(body.get("model", "")),
+            messages=body.get("messages"),
+            tools=body.get("tools"),
+            max_output_tokens=max_tokens,
+        )
+
+    return read
+
+
+def chat_outcome(response: Any) -> Outcome:
+    tool_calls = []
+    finish = []
+    for choice in field(response, "choices", ()):
+        if (reason := field(choice, "finish_reason")) is not None:
+            finish.append(str(reason))
+        for call in field(field(choice, "message"), "tool_calls", ()):
+            fn = field(call, "function")
+            tool_calls.append(tool_signature(field(fn, "name", ""), field(fn, "arguments", "")))
+    return Outcome(
+        usage=chat_usage(field(response, "usage")),
+        response_model=field(response, "model"),
+        finish_reasons=tuple(finish),
+        tool_calls=tuple(tool_calls),
+    )
+
+
+class ChatMeter(TokenCounter):
+    """Chat completion chunks. The usage-only last chunk is hidden unless the caller asked."""
+
+    __slots__ = ("show_usage",)
+    exact = True
+
+    def __init__(self, body: Mapping[str, Any]) -> None:
+        super().__init__()
+        options = body.get("stream_options")
+        self.show_usage = bool(isinstance(options, Mapping) and options.get("include_usage"))
+
+    def feed(self, chunk: Any) -> bool:
+        self.received = True
+        choices = chunk.choices
+        usage = chunk.usage
+        if usage is not None:
+            # OpenAI: a last chunk with no choices; Mistral: on the finishing chunk.
+            self.usage = chat_usage(usage)
+            self.model = chunk.model
+            self.complete = True
+        if choices:
+            choice = choices[0]
+            delta = choice.delta
+            content = delta.content
+            if content and type(content) is str:  # Mistral: may be Unset() or a list
+                self.output_tokens += 1
+            calls = delta.tool_calls
+            if calls:
+                for call in calls:
+                    fn = call.function
+                    if fn is not None:
+                        self.tool(call.index, fn.name, _args_text(fn.arguments or ""))
+                        self.count_one(fn.arguments)
+            if choice.finish_reason is not None:
+                self.finish_reasons.append(str(choice.finish_reason))
+            return False
+        return usage is not None and not self.show_usage
+
+
+def _ask_for_usage(body: Body) -> Body:
+    options = body.get("stream_options")
+    if isinstance(options, Mapping) and options.get("include_usage"):
+        return body
+    return {**body, "stream_options": {**(options or {}), "include_usage": True}}
+
+
+CHAT = Endpoint(
+    operation="chat",
+    read=read_chat(PROVIDER),
+    outcome=chat_outcome,
+    limit=set_max_tokens("max_completion_tokens", "max_tokens"),
+    meter=ChatMeter,
+    prepare_stream=_ask_for_usage,
+)
+
+# -- legacy completions -------------------------------------------------------------------
+
+
+def _read_completion(body: Mapping[str, Any]) -> CallSpec:
+    return CallSpec(
+        provider=PROVIDER,
+        model=str(body.get("model", "")),
+        prompt=body.get("prompt"),
+        max_output_tokens=body.get("max_tokens"),
+        operation="text_completion",
+    )
+
+
+class CompletionMeter(TokenCounter):
+    __slots__ = ("show_usage",)
+    exact = True
+
+    def __init__(self, body: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.show_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+
+    def feed(self, chunk: Any) -> bool:
+        self.received = True
+        if chunk.usage is not None:
+            self.usage = chat_usage(chunk.usage)
+            self.model = chunk.model
+            self.complete = True
+        if chunk.choices:
+            self.count_one(chunk.choices[0].text)
+            return False
+        return chunk.usage is not None and not self.show_usage
+
+
+COMPLETIONS = Endpoint(
+    operation="text_completion",
+    read=_read_completion,
+    outcome=lambda r: Outcome(chat_usage(field(r, "usage")), field(r, "model")),
+    limit=set_max_tokens("max_tokens"),
+    meter=CompletionMeter,
+    prepare_stream=_ask_for_usage,
+)
+
+# -- Responses ----------------------------------------------------------------------------
+
+
+def _read_response(body: Mapping[str, Any]) -> CallSpec:
+    source = body.get("input")
+    return CallSpec(
+        provider=PROVIDER,
+        model=str(body.get("model", "")),
+        messages=source if isinstance(source, list) else None,
+        prompt=source if isinstance(source, str) else None,
+        system=body.get("instructions"),
+        tools=body.get("tools"),
+        max_output_tokens=body.get("max_output_tokens"),
+    )
+
+
+def _response_outcome(response: Any) -> Outcome:
+    tool_calls = tuple(
+        tool_signature(field(item, "name", ""), field(item, "arguments", ""))
+        for item in field(response, "output", ())
+        if field(item, "type") == "function_call"
+    )
+    status = field(response, "status")
+    return Outcome(
+        usage=responses_usage(field(response, "usage")),
+        response_model=field(response, "model"),
+        finish_reasons=(str(status),) if status else (),
+        tool_calls=tool_calls,
+    )
+
+
+class ResponsesMeter(TokenCounter):
+    __slots__ = ("final",)
+    exact = True
+
+    def __init__(self, body: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.final: Any = None
+
+    def feed(self, event: Any) -> bool:
+        self.received = True
+        kind = event.type
+        if kind == "response.output_text.delta" or kind == "response.function_call_arguments.delta":
+            self.count_one(event.delta)
+        elif kind in ("response.completed", "response.incomplete", "response.failed"):
+            self.final = event.response
+            self.model = field(event.response, "model")
+            if field(event.response, "usage") is not None:
+                self.usage = responses_usage(event.response.usage)
+                self.complete = True
+        return False
+
+    def outcome(self, estimated_input_tokens: int) -> Outcome:
+        if self.final is not None and self.complete:
+            return _response_outcome(self.final)
+        return super().outcome(estimated_input_tokens)
+
+
+RESPONSES = Endpoint(
+    operation="chat",
+    read=_read_response,
+    outcome=_response_outcome,
+    limit=set_max_tokens("max_output_tokens"),
+    meter=ResponsesMeter,
+)
+
+# -- embeddings ---------------------------------------------------------------------------
+
+
+def _read_embeddings(body: Mapping[str, Any]) -> CallSpec:
+    source = body.get("input")
+    prompt = source if isinstance(source, str) else None
+    if isinstance(source, list) and all(isinstance(s, str) for s in source):
+        prompt = "\n".join(source)
+    return CallSpec(
+        provider=PROVIDER,
+        model=str(body.get("model", "")),
+        prompt=prompt,
+        max_output_tokens=0,
+        operation="embeddings",
+    )
+
+
+EMBEDDINGS = Endpoint(
+    operation="embeddings",
+    read=_read_embeddings,
+    outcome=lambda r: Outcome(
+        Usage(input_tokens=field(field(r, "usage"), "prompt_tokens", 0)), field(r, "model")
+    ),
+)
+
+_ROUTES = {
+    "/chat/completions": CHAT,
+    "/responses": RESPONSES,
+    "/embeddings": EMBEDDINGS,
+    "/completions": COMPLETIONS,
+}
+
+
+def endpoint_for(method: str, path: str) -> Endpoint | None:
+    """The billable endpoint at ``path`` (Azure deployment prefixes included), or None."""
+    if method.lower() != "post":
+        return None
+    for suffix, endpoint in _ROUTES.items():
+        if path.endswith(suffix):
+            return endpoint
+    return None
+
+
+def instrument(client: Any, guard: AgentKavach) -> None:
+    guard_request_method(
+        client, guard, endpoint_for, is_async=isinstance(client, openai.AsyncOpenAI)
+    )

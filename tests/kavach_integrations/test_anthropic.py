@@ -1,0 +1,227 @@
+"""The real anthropic SDK (2.x, on httpx2), guarded, against the loopback stand-in."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from collections.abc import Iterator
+from typing import Any
+
+import anthropic
+import pytest
+from anthropic.types import Message
+
+from kavach import AgentKavach, Budget, BudgetExceededError, KavachError, Usage
+from kavach._devtools.standin import Reply, StandIn, ToolCall
+
+from .conftest import Events
+
+MSGS = [{"role": "user", "content": "Say hello"}]
+MODEL = "claude-sonnet-4-0"
+_open: list[anthropic.Anthropic] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    yield
+    while _open:
+        _open.pop().close()
+
+
+def client(server: StandIn, guard: AgentKavach, **kwargs: Any) -> anthropic.Anthropic:
+    kwargs.setdefault("max_retries", 0)
+    c = guard.wrap(anthropic.Anthropic(base_url=server.anthropic_url, api_key="k", **kwargs))
+    _open.append(c)
+    return c
+
+
+def aclient(server: StandIn, guard: AgentKavach) -> anthropic.AsyncAnthropic:
+    return guard.wrap(
+        anthropic.AsyncAnthropic(base_url=server.anthropic_url, api_key="k", max_retries=0)
+    )
+
+
+def test_cache_tokens_are_added_into_input_and_priced(
+    server: StandIn, make_guard: Any, events: Events
+) -> None:
+    guard = make_guard(budget=Budget.daily(1))
+    server.script(
+        Reply(
+            input_tokens=10_000,
+            cached_tokens=6000,
+            cache_write_tokens=2000,
+            cache_write_1h_tokens=1000,
+            output_tokens=100,
+        )
+    )
+    message = client(server, guard).messages.create(model=MODEL, max_tokens=500, messages=MSGS)
+    assert isinstance(message, Message)
+    assert message.usage.input_tokens == 1000  # what Anthropic reports: uncached only
+    [event] = events.settled
+    assert event.usage == Usage(
+        input_tokens=10_000,
+        output_tokens=100,
+        cache_read_tokens=6000,
+        cache_write_tokens=2000,
+        cache_write_1h_tokens=1000,
+    )
+    # $3 input, $0.30 cache read, $3.75 5m write, $6 1h write, $15 output per million.
+    assert event.cost_nanos == 1000 * 3000 + 6000 * 300 + 2000 * 3750 + 1000 * 6000 + 100 * 15000
+
+
+def test_strict_mode_lowers_max_tokens_and_reserve_mode_keeps_it(
+    server: StandIn, make_guard: Any
+) -> None:
+    strict = make_guard(budget=Budget.daily(0.002), mode="strict")
+    client(server, strict).messages.create(model=MODEL, max_tokens=4000, messages=MSGS)
+    assert 16 <= server.last.body["max_tokens"] < 200
+    loose = make_guard(agent_name="loose", budget=Budget.daily(1))
+    client(server, loose).messages.create(model=MODEL, max_tokens=4000, messages=MSGS)
+    assert server.last.body["max_tokens"] == 4000
+
+
+def test_refusal_is_not_retried_nor_wrapped(server: StandIn, make_guard: Any) -> None:
+    guard = make_guard(budget=Budget.daily(0.0001))
+    c = client(server, guard, max_retries=3)
+    with pytest.raises(BudgetExceededError) as caught:
+        c.messages.create(model=MODEL, max_tokens=4000, messages=MSGS)
+    assert not isinstance(caught.value, anthropic.APIError)
+    assert server.requests == []
+
+
+def test_provider_errors_release(server: StandIn, make_guard: Any, events: Events) -> None:
+    guard = make_guard(budget=Budget.daily(1))
+    server.script(Reply(status=529), Reply(status=529))
+    with pytest.raises(anthropic.APIStatusError) as caught:
+        client(server, guard, max_retries=1).messages.create(
+            model=MODEL, max_tokens=100, messages=MSGS
+        )
+    assert caught.value.status_code == 529
+    assert len(server.requests) == 2
+    assert [e.status for e in events.calls] == ["error"]
+    assert guard.ledger.open_holds == 0
+
+
+def test_count_tokens_and_models_pass_untouched(
+    server: StandIn, make_guard: Any, events: Events
+) -> None:
+    c = client(server, make_guard(budget=Budget.daily(1)))
+    assert c.messages.count_tokens(model=MODEL, messages=MSGS).input_tokens > 0
+    assert events.calls == []
+
+
+def test_stream_helper_is_metered_and_tool_use_recorded(
+    server: StandIn, make_guard: Any, events: Events
+) -> None:
+    guard = make_guard(budget=Budget.daily(1))
+    server.script(
+        Reply(input_tokens=500, cached_tokens=400, tool_calls=[ToolCall("lookup", {"id": 7})])
+    )
+    with client(server, guard).messages.stream(
+        model=MODEL, max_tokens=300, messages=MSGS
+    ) as stream:
+        final = stream.get_final_message()
+    assert final.stop_reason == "tool_use"
+    [event] = events.settled
+    assert event.status == "ok"
+    assert event.usage.input_tokens == 500 and event.usage.cache_read_tokens == 400
+    assert event.usage.output_tokens == 6
+    assert event.tool_calls == ('lookup({"id":7})',)
+    assert event.finish_reasons == ("tool_use",)
+    assert guard.ledger.open_holds == 0
+
+
+def test_stream_is_cut_when_output_passes_the_reservation(
+    server: StandIn, make_guard: Any, events: Events
+) -> None:
+    guard = make_guard(budget=Budget.daily(0.001), mode="strict")
+    server.default = Reply(text="go", output_tokens=1000, honor_max_tokens=False)
+    stream = client(server, guard).messages.create(
+        model=MODEL, max_tokens=4000, messages=MSGS, stream=True
+    )
+    deltas = 0
+    with pytest.raises(BudgetExceededError):
+        for event in stream:
+            deltas += event.type == "content_block_delta"
+    [settled] = events.settled
+    granted = server.last.body["max_tokens"]
+    # Anthropic deltas are estimated from their text, so the cut allows a margin.
+    assert settled.status == "cut" and granted < deltas <= 2 * granted + 16
+    assert guard.ledger.open_holds == 0 and guard.status()[0].reserved == 0
+    assert guard.status()[0].spent == settled.cost_nanos
+
+
+def test_honest_stream_ending_at_max_tokens_is_not_cut(
+    server: StandIn, make_guard: Any, events: Events
+) -> None:
+    guard = make_guard(budget=Budget.daily(0.001), mode="strict")
+    # Long words: the text estimate overcounts (~1.5x), the provider stops at max_tokens.
+    server.default = Reply(
+        text="Budget guards reserve worst-case costs before expensive provider requests",
+        output_tokens=5000,
+    )
+    stream = client(server, guard).messages.create(
+        model=MODEL, max_tokens=4000, messages=MSGS, stream=True
+    )
+    assert [e.type for e in stream][-1] == "message_stop"
+    assert events.settled[0].status == "ok"
+    assert events.settled[0].finish_reasons == ("max_tokens",)
+
+
+def test_dropped_stream_settles_once(server: StandIn, make_guard: Any, events: Events) -> None:
+    guard = make_guard(budget=Budget.daily(1))
+    stream = client(server, guard).messages.create(
+        model=MODEL, max_tokens=100, messages=MSGS, stream=True
+    )
+    next(iter(stream))
+    del stream
+    gc.collect()
+    assert [e.status for e in events.calls] == ["cancelled"]
+    assert guard.ledger.open_holds == 0
+
+
+@pytest.mark.anyio
+async def test_async_stream_and_cancellation(
+    server: StandIn, make_guard: Any, events: Events
+) -> None:
+    guard = make_guard(budget=Budget.daily(1))
+    async with aclient(server, guard) as c:
+        async with c.messages.stream(model=MODEL, max_tokens=100, messages=MSGS) as stream:
+            assert await stream.get_final_text() == "Hello from the kavach stand-in provider."
+        server.default = Reply(output_tokens=300, chunk_delay=0.01)
+        started = asyncio.Event()
+
+        async def consume() -> None:
+            s = await c.messages.create(model=MODEL, max_tokens=400, messages=MSGS, stream=True)
+            async for _ in s:
+                started.set()
+
+        task = asyncio.create_task(consume())
+        await started.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert [e.status for e in events.calls] == ["ok", "cancelled"]
+    assert guard.ledger.open_holds == 0
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["strict", "reserve"])
+async def test_200_concurrent_calls_never_pass_the_budget(
+    server: StandIn, make_guard: Any, mode: str
+) -> None:
+    limit = 0.05
+    guard = make_guard(budget=Budget.daily(limit), mode=mode)
+    server.default = Reply(output_tokens=300, input_tokens=8)
+    async with aclient(server, guard) as c:
+
+        async def call() -> Any:
+            return await c.messages.create(model=MODEL, max_tokens=300, messages=MSGS)
+
+        results = await asyncio.gather(*(call() for _ in range(200)), return_exceptions=True)
+    assert all(isinstance(r, Message | KavachError) for r in results)
+    admitted = sum(isinstance(r, Message) for r in results)
+    total = guard.status()[0].spent
+    print(f"\nanthropic {mode}: admitted {admitted}/200, spent ${total / 1e9:.6f} of ${limit}")
+    assert 0 < admitted < 200
+    assert total <= Budget.daily(limit).limit and guard.ledger.open_holds == 0

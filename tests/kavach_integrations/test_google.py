@@ -1,0 +1,146 @@
+"""The real google-genai SDK, guarded, against the loopback stand-in."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from google import genai
+from google.genai import errors, types
+
+from kavach import AgentKavach, Budget, BudgetExceededError, KavachError, Usage
+from kavach._devtools.standin import Reply, StandIn, ToolCall
+
+from .conftest import Events
+
+MODEL = "gemini-2.0-flash"
+# google-genai's async client subclasses aiohttp's ClientSession, which aiohttp warns about.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Inheritance class AiohttpClientSession:DeprecationWarning"
+)
+
+
+_open: list[genai.Client] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    yield
+    while _open:
+        _open.pop().close()
+
+
+def client(server: StandIn, guard: AgentKavach) -> genai.Client:
+    options = types.HttpOptions(base_url=server.google_url, retry_options=None)
+    c = guard.wrap(genai.Client(api_key="k", http_options=options))
+    _open.append(c)
+    return c
+
+
+def test_generate_content_settles_usage_with_thoughts_and_cache(
+    server: StandIn, make_guard: Any, events: Events
+) -> None:
+    guard = make_guard(budget=Budget.daily(1))
+    server.script(
+        Reply(input_tokens=1000, cached_tokens=600, output_tokens=50, reasoning_tokens=20)
+    )
+    c = client(server, guard)  # keep the Client: google-genai closes its transport on GC
+    response = c.models.generate_content(model=MODEL, contents="hi")
+    assert isinstance(response, types.GenerateContentResponse)
+    [event] = events.settled
+    assert event.usage == Usage(
+        input_tokens=1000, output_tokens=50, cache_read_tokens=600, reasoning_tokens=20
+    )
+    assert guard.status()[0].spent == event.cost_nanos > 0
+
+
+def test_strict_mode_sets_generation_config_max_output_tokens(
+    server: StandIn, make_guard: Any
+) -> None:
+    guard = make_guard(budget=Budget.daily(0.0002), mode="strict")
+    c = client(server, guard)
+    c.models.generate_content(model=MODEL, contents="hi")
+    assert 16 <= server.last.body["generationConfig"]["maxOutputTokens"] < 4096
+    c.models.generate_content(
+        model=MODEL, contents="hi", config=types.GenerateContentConfig(max_output_tokens=20)
+    )
+    assert server.last.body["generationConfig"]["maxOutputTokens"] == 20
+    loose = client(server, make_guard(agent_name="loose", budget=Budget.daily(1)))
+    loose.models.generate_content(model=MODEL, contents="hi")
+    assert "generationConfig" not in server.last.body
+
+
+def test_refusal_and_provider_error(server: StandIn, make_guard: Any, events: Events) -> None:
+    c = client(server, make_guard(budget=Budget.daily(0.0000001)))
+    with pytest.raises(BudgetExceededError):
+        c.models.generate_content(model=MODEL, contents="hi")
+    assert server.requests == []
+    c = client(server, make_guard(agent_name="b", budget=Budget.daily(1)))
+    server.script(Reply(status=400))
+    with pytest.raises(errors.ClientError):
+        c.models.generate_content(model=MODEL, contents="hi")
+    assert [e.status for e in events.calls] == ["refused", "error"]
+
+
+def test_stream_records_function_calls_and_is_cut(
+    server: StandIn, make_guard: Any, events: Events
+) -> None:
+    guard = make_guard(budget=Budget.daily(1))
+    server.script(Reply(tool_calls=[ToolCall("get_weather", {"city": "Pune"})]))
+    c = client(server, guard)
+    chunks = list(c.models.generate_content_stream(model=MODEL, contents="hi"))
+    assert len(chunks) == 7
+    assert events.settled[-1].tool_calls == ('get_weather({"city":"Pune"})',)
+    assert events.settled[-1].status == "ok"
+
+    strict = make_guard(agent_name="s", budget=Budget.daily(0.0001), mode="strict")
+    server.default = Reply(text="go", output_tokens=3000, honor_max_tokens=False)
+    seen = 0
+    c = client(server, strict)
+    with pytest.raises(BudgetExceededError):
+        for _ in c.models.generate_content_stream(model=MODEL, contents="hi"):
+            seen += 1
+    assert events.settled[-1].status == "cut"
+    granted = server.last.body["generationConfig"]["maxOutputTokens"]
+    assert granted < seen <= 2 * granted + 16  # text estimates get a margin
+    assert strict.ledger.open_holds == 0
+
+
+def test_dropped_stream_settles_once(server: StandIn, make_guard: Any, events: Events) -> None:
+    guard = make_guard(budget=Budget.daily(1))
+    c = client(server, guard)
+    stream = c.models.generate_content_stream(model=MODEL, contents="hi")
+    next(stream)
+    del stream
+    gc.collect()
+    assert [e.status for e in events.calls] == ["cancelled"]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["strict", "reserve"])
+async def test_200_concurrent_calls_never_pass_the_budget(
+    server: StandIn, make_guard: Any, mode: str
+) -> None:
+    limit = 0.001
+    guard = make_guard(budget=Budget.daily(limit), mode=mode, default_max_output_tokens=300)
+    server.default = Reply(output_tokens=300, input_tokens=2)
+    sync = client(server, guard)
+    c = sync.aio
+    config = {} if mode == "strict" else {"config": {"max_output_tokens": 300}}
+
+    async def call() -> Any:
+        return await c.models.generate_content(model=MODEL, contents="hi", **config)
+
+    results = await asyncio.gather(*(call() for _ in range(200)), return_exceptions=True)
+    assert [
+        r for r in results if not isinstance(r, types.GenerateContentResponse | KavachError)
+    ] == []
+    admitted = sum(isinstance(r, types.GenerateContentResponse) for r in results)
+    total = guard.status()[0].spent
+    print(f"\ngoogle {mode}: admitted {admitted}/200, spent ${total / 1e9:.6f} of ${limit}")
+    assert 0 < admitted < 200
+    assert total <= Budget.daily(limit).limit and guard.ledger.open_holds == 0
+    await c.aclose()

@@ -1,0 +1,370 @@
+"""The real openai SDK, guarded, against the loopback stand-in provider."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from collections.abc import Iterator
+from typing import Any
+
+import anyio
+import openai
+import pytest
+from openai.types.chat import ChatCompletion
+
+from kavach import AgentKavach, Budget, BudgetExceededError, KavachError, LoopDetectedError, Usage
+from kavach._devtools.standin import Reply, StandIn, ToolCall
+from kavach_integrations._provider import unwrap
+
+from .conftest import Events
+
+MSGS = [{"role": "user", "content": "Say hello"}]
+
+
+_open: list[openai.OpenAI] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    yield
+    while _open:
+        _open.pop().close()
+
+
+def client(server: StandIn, guard: AgentKavach, **kwargs: Any) -> openai.OpenAI:
+    kwargs.setdefault("max_retries", 0)
+    c = guard.wrap(openai.OpenAI(base_url=server.openai_url, api_key="sk-test", **kwargs))
+    _open.append(c)
+    return c
+
+
+def aclient(server: StandIn, guard: AgentKavach, **kwargs: Any) -> openai.AsyncOpenAI:
+    kwargs.setdefault("max_retries", 0)
+    return guard.wrap(openai.AsyncOpenAI(base_url=server.openai_url, api_key="sk-test", **kwargs))
+
+
+def spent(guard: AgentKavach) -> int:
+    return guard.status()[0].spent
+
+
+def test_chat_call_settles_at_the_reported_usage(
+    server: StandIn, make_guard: Any, events: Events
+) -> None:
+    guard = make_guard(budget=Budget.daily(1))
+    server.script(
+        Reply(output_tokens=40, input_tokens=1000, cached_tokens=800, reasoning_tokens=10)
+    )
+    response = client(server, guard).chat.completions.create(model="gpt-4o", messages=MSGS)
+
+    assert isinstance(response, ChatCompletion)
+    [event] = events.settled
+    assert event.usage == Usage(
+        input_tokens=1000, output_tokens=40, cache_read_tokens=800, reasoning_tokens=10
+    )
+    # gpt-4o: $2.50 input, $1.25 cached input, $10 output per million tokens.
+    assert event.cost_nanos == 200 * 2500 + 800 * 1250 + 40 * 10_000
+    assert spent(guard) == event.cost_nanos
+    assert guard.ledger.open_holds == 0
+
+
+def test_strict_mode_sets_max_completion_tokens_and_reserve_mode_leaves_the_request(
+    server: StandIn, make_guard: Any
+) -> None:
+    strict = make_guard(budget=Budget.daily(0.001), mode="strict")
+    client(server, strict).chat.completions.create(model="gpt-4o", messages=MSGS)
+    granted = server.last.body["max_completion_tokens"]
+    assert 16 <= granted < 100  # what $0.001 pays for at $10/M output after the input
+
+    client(server, strict).chat.completions.create(model="gpt-4o", messages=MSGS, max_tokens=8)
+    assert server.last.body["max_tokens"] == 8  # a smaller limit the caller set is kept
+    assert "max_completion_tokens" not in server.last.body
+
+    loose = make_guard(agent_name="loose", budget=Budget.daily(1))
+    client(server, loose).chat.completions.create(model="gpt-4o", messages=MSGS)
+    assert "max_completion_tokens" not in server.last.body
+    assert "max_tokens" not in server.last.body
+
+
+def test_refusal_is_raised_before_any_request_and_never_retried(
+    server: StandIn, make_guard: Any
+) -> None:
+    guard = make_guard(budget=Budget.daily(0.00001))
+    c = client(server, guard, max_retries=3)
+    with pytest.raises(BudgetExceededError) as caught:
+        c.chat.completions.create(model="gpt-4o", messages=MSGS, max_tokens=1000)
+    assert not isinstance(caught.value, openai.APIError)
+    assert server.requests == []
+
+
+def test_provider_error_releases_and_reaches_the_caller_unchanged(
+    server: StandIn, make_guard: Any, events: Events
+) -> None:
+    guard = make_guard(budget=Budget.daily(1))
+    server.script(Reply(status=500), Reply(status=500), Reply(status=400))
+    c = client(server, guard, max_retries=1)
+    with pytest.raises(openai.InternalServerError):
+        c.chat.completions.create(model="gpt-4o", messages=MSGS)
+    assert len(server.requests) == 2  # the SDK's own retry ran, under one reservation
+    with pytest.raises(openai.BadRequestError):
+        c.chat.completions.create(model="gpt-4o", messages=MSGS)
+    assert [e.status for e in events.calls] == ["error", "error"]
+    assert spent(guard) == 0 and guard.ledger.open_holds == 0
+
+
+def test_wrapped_client_keeps_its_type_passes_attributes_and_wraps_once(
+    server: StandIn, make_guard: Any, events: Events
+) -> None:
+    guard = make_guard(budget=Budget.daily(1))
+    c = client(server, guard)
+    assert isinstance(c, openai.OpenAI)
+    assert guard.wrap(c) is c
+    assert c.base_url == server.openai_url + "/"
+    assert [m.id for m in c.models.list()][0] == "gpt-4o"
+    c.with_options(timeout=5).chat.completions.create(model="gpt-4o", messages=MSGS)
+    raw = c.chat.completions.with_raw_response.create(model="gpt-4o", messages=MSGS)
+    assert raw.parse().usage is not None
+    assert len(events.settled) == 2  # model listing is free; both chats were guarded
+    unwrap(c)
+    c.chat.completions.create(model="gpt-4o", messages=MSGS)
+    assert len(events.settled) == 2
+
+
+def test_stream_asks_for_usage_and_hides_the_usage_chunk(
+    server: StandIn, make_guard: Any, events: Events
+) -> None:
+    guard = make_guard(budget=Budget.daily(1))
+    c = client(server, guard)
+    server.script(Reply(output_tokens=5, input_tokens=50))
+    stream = c.chat.completions.create(model="gpt-4o", messages=MSGS, stream=True)
+    assert isinstance(stream, openai.Stream)
+    chunks = list(stream)
+    assert server.last.body["stream_options"] == {"include_usage": True}
+    assert all(chunk.choices for chunk in chunks)
+    assert events.settled[-1].usage == Usage(input_tokens=50, output_tokens=5)
+    assert events.settled[-1].status == "ok"
+
+    server.script(Reply(output_tokens=5, input_tokens=50))
+    asked = c.chat.completions.create(
+        model="gpt-4o", messages=MSGS, stream=True, stream_options={"include_usage": True}
+    )
+    assert list(asked)[-1].usage is not None
+    assert guard.ledger.open_holds == 0
+
+
+def test_stream_helper_and_responses_and_embeddings_are_guarded(
+    server: StandIn, make_guard: Any, events: Events
+) -> None:
+    guard = make_guard(budget=Budget.daily(1))
+    c = client(server, guard)
+    with c.chat.completions.stream(model="gpt-4o", messages=MSGS) as stream:
+        text = stream.get_final_completion().choices[0].message.content
+    assert text == "Hello from the kavach stand-in provider."
+    server.script(Reply(output_tokens=7, input_tokens=30, cached_tokens=10, reasoning_tokens=2))
+    c.responses.create(model="gpt-4o", input="hi")
+    with c.responses.stream(model="gpt-4o", input="hi") as rs:
+        rs.until_done()
+    c.embeddings.create(model="text-embedding-3-small", input=["a", "b"])
+    ops = [(e.operation, e.status) for e in events.settled]
+    assert ops == [("chat", "ok"), ("chat", "ok"), ("chat", "ok"), ("embeddings", "ok")]
+    assert events.settled[1].usage == Usage(
+        input_tokens=30, output_tokens=7, cache_read_tokens=10, reasoning_tokens=2
+    )
+    assert guard.ledger.open_holds == 0
+
+
+def _cut_setup(server: StandIn, make_guard: Any) -> AgentKavach:
+    # Strict mode sizes the call to what is left; this provider ignores max tokens and would
+    # stream 10x that.
+    guard = make_guard(budget=Budget.daily(0.0005), mode="strict")
+    server.default = Reply(text="go", output_tokens=500, honor_max_tokens=False, input_tokens=10)
+    return guard
+
+
+def test_stream_that_would_cost_ten_times_what_is_left_is_cut(
+    server: StandIn, make_guard: Any, events: Events
+) -> None:
+    guard = _cut_setup(server, make_guard)
+    stream = client(server, guard).chat.completions.create(
+        model="gpt-4o", messages=MSGS, stream=True
+    )
+    seen = []
+    with pytest.raises(BudgetExceededError, match="stream was cut"):
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                seen.append(chunk)
+    [event] = events.settled
+    granted = server.last.body["max_completion_tokens"]
+    assert 500 >= 10 * granted
+    assert event.status == "cut" and event.max_output_tokens == granted
+    assert len(seen) == granted  # the consumer got exactly the chunks paid for
+    assert event.usage.output_tokens == granted + 1  # the one that passed was billed too
+    assert spent(guard) == event.cost_nanos and guard.status()[0].reserved == 0
+    assert guard.ledger.open_holds == 0
+    assert stream.response.is_closed
+
+
+@pytest.mark.anyio
+async def test_async_stream_is_cut_too(server: StandIn, make_guard: Any, events: Events) -> None:
+    guard = _cut_setup(server, make_guard)
+    async with aclient(server, guard) as c:
+        stream = await c.chat.completions.create(model="gpt-4o", messages=MSGS, stream=True)
+        assert isinstance(stream, openai.AsyncStream)
+        seen = 0
+        with pytest.raises(BudgetExceededError):
+            async for chunk in stream:
+                seen += bool(chunk.choices and chunk.choices[0].delta.content)
+    [event] = events.settled
+    assert event.status == "cut" and seen == event.max_output_tokens
+    assert guard.ledger.open_holds == 0 and guard.status()[0].reserved == 0
+
+
+def _one_settlement(events: Events, guard: AgentKavach, status: str) -> None:
+    assert [e.status for e in events.calls] == [status]
+    assert guard.ledger.open_holds == 0
+
+
+def test_early_break_settles_once(server: StandIn, make_guard: Any, events: Events) -> None:
+    guard = make_guard(budget=Budget.daily(1))
+    server.default = Reply(output_tokens=50)
+    stream = client(server, guard).chat.completions.create(
+        model="gpt-4o", messages=MSGS, stream=True
+    )
+    for _ in stream:
+        break
+    del stream
+    gc.collect()
+    _one_settlement(events, guard, "cancelled")
+    assert events.calls[0].usage.output_tokens <= 1
+
+
+def test_close_settles_once(server: StandIn, make_guard: Any, events: Events) -> None:
+    guard = make_guard(budget=Budget.daily(1))
+    server.default = Reply(output_tokens=50)
+    stream = client(server, guard).chat.completions.create(
+        model="gpt-4o", messages=MSGS, stream=True
+    )
+    next(stream), next(stream), next(stream)
+    stream.close()
+    _one_settlement(events, guard, "cancelled")
+    stream.close()
+    del stream
+    gc.collect()
+    _one_settlement(events, guard, "cancelled")
+    assert events.calls[0].usage.output_tokens == 2
+
+
+def test_garbage_collected_unread_stream_settles_once(
+    server: StandIn, make_guard: Any, events: Events
+) -> None:
+    guard = make_guard(budget=Budget.daily(1))
+    stream = client(server, guard).chat.completions.create(
+        model="gpt-4o", messages=MSGS, stream=True
+    )
+    assert guard.ledger.open_holds == 1
+    del stream
+    gc.collect()
+    _one_settlement(events, guard, "cancelled")
+
+
+def test_exception_in_consumer_settles_once(
+    server: StandIn, make_guard: Any, events: Events
+) -> None:
+    guard = make_guard(budget=Budget.daily(1))
+    server.default = Reply(output_tokens=50)
+    c = client(server, guard)
+    with pytest.raises(RuntimeError):
+        with c.chat.completions.create(model="gpt-4o", messages=MSGS, stream=True) as stream:
+            for _ in stream:
+                raise RuntimeError("consumer failed")
+    _one_settlement(events, guard, "cancelled")
+
+
+@pytest.mark.anyio
+async def test_task_cancellation_settles_once(
+    server: StandIn, make_guard: Any, events: Events
+) -> None:
+    guard = make_guard(budget=Budget.daily(1))
+    server.default = Reply(output_tokens=200, chunk_delay=0.01)
+    got_one = asyncio.Event()
+    async with aclient(server, guard) as c:
+
+        async def consume() -> None:
+            stream = await c.chat.completions.create(model="gpt-4o", messages=MSGS, stream=True)
+            async for _ in stream:
+                got_one.set()
+
+        task = asyncio.create_task(consume())
+        await got_one.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    _one_settlement(events, guard, "cancelled")
+
+
+@pytest.mark.anyio
+async def test_cancelled_non_streaming_call_releases(
+    server: StandIn, make_guard: Any, events: Events
+) -> None:
+    guard = make_guard(budget=Budget.daily(1))
+    server.default = Reply(delay=5)
+    async with aclient(server, guard) as c:
+        with anyio.move_on_after(0.2):
+            await c.chat.completions.create(model="gpt-4o", messages=MSGS)
+    _one_settlement(events, guard, "cancelled")
+
+
+def test_tool_calls_feed_the_loop_detector(server: StandIn, make_guard: Any) -> None:
+    guard = make_guard(budget=Budget.daily(1), detect_loops=True, loop_threshold=3)
+    server.default = Reply(tool_calls=[ToolCall("search", {"q": "same"})])
+    c = client(server, guard)
+    with pytest.raises(LoopDetectedError):
+        for i in range(10):  # different requests, the same tool call every time
+            c.chat.completions.create(
+                model="gpt-4o", messages=[{"role": "user", "content": f"step {i}"}]
+            )
+    assert len(server.requests) < 10
+
+
+def test_prompts_are_kept_only_when_asked(server: StandIn, make_guard: Any, events: Events) -> None:
+    client(server, make_guard(budget=Budget.daily(1))).chat.completions.create(
+        model="gpt-4o", messages=MSGS
+    )
+    client(server, make_guard(budget=Budget.daily(1), save_prompts=True)).chat.completions.create(
+        model="gpt-4o", messages=MSGS
+    )
+    assert events.settled[0].prompt is None
+    assert events.settled[1].prompt is not None and "Say hello" in events.settled[1].prompt
+
+
+async def _hammer(call: Any, n: int = 200) -> tuple[int, int]:
+    results = await asyncio.gather(*(call() for _ in range(n)), return_exceptions=True)
+    unexpected = [
+        r for r in results if isinstance(r, BaseException) and not isinstance(r, KavachError)
+    ]
+    assert unexpected == []
+    admitted = sum(not isinstance(r, BaseException) for r in results)
+    return admitted, n - admitted
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["strict", "reserve"])
+async def test_200_concurrent_calls_never_pass_the_budget(
+    server: StandIn, make_guard: Any, mode: str
+) -> None:
+    limit = 0.02
+    # Strict mode sizes each call to what is left, up to default_max_output_tokens.
+    guard = make_guard(budget=Budget.daily(limit), mode=mode, default_max_output_tokens=300)
+    # Input as OpenAI counts "Say hello"; the guard's estimate must not be below it.
+    server.default = Reply(output_tokens=300, input_tokens=9)
+    extra = {} if mode == "strict" else {"max_tokens": 300}
+    async with aclient(server, guard) as c:
+
+        async def call() -> Any:
+            return await c.chat.completions.create(model="gpt-4o", messages=MSGS, **extra)
+
+        admitted, refused = await _hammer(call)
+    total = spent(guard)
+    print(f"\nopenai {mode}: admitted {admitted}/200, spent ${total / 1e9:.6f} of ${limit}")
+    assert admitted > 0 and refused > 0
+    assert total <= Budget.daily(limit).limit
+    assert guard.ledger.open_holds == 0
