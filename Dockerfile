@@ -13,10 +13,11 @@ RUN npm run build
 FROM python:3.12-slim AS backend
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md hatch_build.py ./
 COPY kavach ./kavach
 COPY kavach_integrations ./kavach_integrations
 COPY backend ./backend
+# Built above; the wheel's build hook skips npm here (no ui/ in this stage) and ships it.
 COPY --from=dashboard /src/backend/static ./backend/static
 RUN pip install ".[server,redis]" && useradd --system --uid 10001 kavach
 USER kavach

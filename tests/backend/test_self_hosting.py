@@ -38,12 +38,16 @@ def _pg_rows(dsn: str, sql: str) -> list[Any]:
 def test_serve_against_local_postgres_and_redis(tmp_path: Path, accounts: Any) -> None:
     need_redis()
     prefix = f"test:{uuid.uuid4().hex}:"
+    static = tmp_path / "static"  # stands in for the built dashboard (the image's ui stage)
+    static.mkdir()
+    (static / "index.html").write_text("<!doctype html><title>AgentKavach</title>")
     with fresh_postgres() as database_url:
         proc = start_process(
             {
                 "AGENTKAVACH_DATABASE_URL": database_url,
                 "AGENTKAVACH_REDIS_URL": REDIS_URL,
                 "AGENTKAVACH_REDIS_PREFIX": prefix,
+                "AGENTKAVACH_STATIC_DIR": str(static),
             },
             tmp_path / "serve.log",
         )
@@ -63,6 +67,7 @@ def test_serve_against_local_postgres_and_redis(tmp_path: Path, accounts: Any) -
             assert client.keys(prefix + "rl:*"), "no rate-limit keys in Redis"
             assert client.pubsub_numpat() >= 1
 
+            assert "<title>AgentKavach</title>" in httpx.get(proc.url + "/agents").text
             metrics = httpx.get(proc.url + "/metrics").text
             assert "agentkavach_ingest_events_total 2" in metrics
             assert 'agentkavach_ingest_requests_total{status="202"} 1' in metrics
@@ -93,4 +98,5 @@ def test_compose_file_describes_the_same_stack() -> None:
     assert set(compose["volumes"]) == {"postgres-data", "redis-data"}
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert "npm run build" in dockerfile and '".[server,redis]"' in dockerfile
+    assert "hatch_build.py" in dockerfile  # the wheel's build hook must be in the context
     assert '"backend", "serve"' in dockerfile
