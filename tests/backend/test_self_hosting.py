@@ -67,6 +67,14 @@ def test_serve_against_local_postgres_and_redis(tmp_path: Path, accounts: Any) -
             assert client.keys(prefix + "rl:*"), "no rate-limit keys in Redis"
             assert client.pubsub_numpat() >= 1
 
+            # With Redis relaying control messages, a change carrying budgets (datetimes)
+            # must still publish: budget and Stop answer, not 500.
+            made = account.client.post(
+                "/v1/budgets", json={"kind": "usd", "period": "daily", "limit_usd": "5"}
+            )
+            assert made.status_code == 201, made.text
+            stopped = account.client.post("/v1/agents/research-bot/kill", json={})
+            assert stopped.status_code == 200, stopped.text
             assert "<title>AgentKavach</title>" in httpx.get(proc.url + "/agents").text
             metrics = httpx.get(proc.url + "/metrics").text
             assert "agentkavach_ingest_events_total 2" in metrics
