@@ -236,13 +236,21 @@ class AlertWorker:
         return self.ops.settings.public_url.rstrip("/") + "/"
 
     async def _claim(self, org_id: int, key: str, status: str = "claimed") -> bool:
+        """True for the one replica that may send: it inserted the row, or took over a
+        delivery that failed in a retryable way long enough ago."""
+        now = datetime.datetime.now(datetime.timezone.utc)
+        retry_before = now - datetime.timedelta(seconds=self.ops.settings.alert_retry_seconds)
         rows = await AlertDelivery.raw(
             "INSERT INTO alert_deliveries (org, dedup_key, status, created_at) "
-            "VALUES ({}, {}, {}, {}) ON CONFLICT (org, dedup_key) DO NOTHING RETURNING id",
+            "VALUES ({}, {}, {}, {}) ON CONFLICT (org, dedup_key) DO UPDATE "
+            "SET status = excluded.status, created_at = excluded.created_at "
+            "WHERE alert_deliveries.status = 'retry' AND alert_deliveries.created_at < {} "
+            "RETURNING id",
             org_id,
             key[:400],
             status,
-            datetime.datetime.now(datetime.timezone.utc),
+            now,
+            retry_before,
         )
         return bool(rows)
 
@@ -301,25 +309,30 @@ class AlertWorker:
     async def _deliver(self, org_id: int, key: str, row: dict[str, Any], alert: Alert) -> None:
         kind = str(row["kind"])
         error: str | None = None
+        retryable = False
         secrets: tuple[Any, ...] = ()
         try:
             channel = build_channel(self.ops.box, row)
             secrets = channel.secrets()
             await self._send(channel, alert)
         except DeliveryError as exc:
-            error = exc.reason
+            error, retryable = exc.reason, exc.retryable
         except Exception as exc:  # noqa: BLE001 - alerts fail open
             error = redact(f"{type(exc).__name__}: {exc}", secrets)
         outcome = "sent" if error is None else "failed"
+        # A retryable failure (timeout, 429, 5xx) is taken over by the next evaluation
+        # after alert_retry_seconds; a refusal (revoked webhook, bad key) is final.
+        status = "retry" if retryable else outcome
         self.ops.metrics.inc("agentkavach_alert_deliveries_total", channel=kind, outcome=outcome)
         if error is not None:
             logger.warning("alerts: %s delivery failed: %s", kind, redact(error, secrets))
         try:
             await AlertDelivery.raw(
-                "UPDATE alert_deliveries SET status = {}, error = {} "
+                "UPDATE alert_deliveries SET status = {}, error = {}, created_at = {} "
                 "WHERE org = {} AND dedup_key = {}",
-                outcome,
+                status,
                 None if error is None else redact(error, secrets)[:2000],
+                datetime.datetime.now(datetime.timezone.utc),
                 org_id,
                 key[:400],
             )

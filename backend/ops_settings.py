@@ -47,6 +47,7 @@ class OpsSettings:
     alert_history_days: int = 30
     # Alert worker: evaluated after every ingest, and on this interval as a fallback.
     alert_interval: float = 30.0
+    alert_retry_seconds: float = 60.0  # a delivery that failed retryably is tried again after
     encryption_key: str | None = None
 
     @property
@@ -86,6 +87,7 @@ class OpsSettings:
         number("AGENTKAVACH_RETENTION_DAYS", "retention_days", int, 1, 100_000)
         number("AGENTKAVACH_ALERT_HISTORY_DAYS", "alert_history_days", int, 1, 100_000)
         number("AGENTKAVACH_ALERT_INTERVAL_SECONDS", "alert_interval", float, 0.1, 1e6)
+        number("AGENTKAVACH_ALERT_RETRY_SECONDS", "alert_retry_seconds", float, 0, 1e6)
         for name, attr in (
             ("AGENTKAVACH_REDIS_PREFIX", "redis_prefix"),
             ("STRIPE_SECRET_KEY", "stripe_secret_key"),

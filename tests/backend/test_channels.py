@@ -30,6 +30,8 @@ def backend(tmp_path: Path) -> Iterator[Process]:
     env = {
         "AGENTKAVACH_DATABASE_URL": str(tmp_path / "db.sqlite"),
         "AGENTKAVACH_ENCRYPTION_KEY": Fernet.generate_key().decode(),
+        "AGENTKAVACH_ALERT_RETRY_SECONDS": "1",
+        "AGENTKAVACH_ALERT_INTERVAL_SECONDS": "0.5",
     }
     proc = start_process(env, tmp_path / "backend.log")
     yield proc
@@ -210,3 +212,34 @@ def test_email_and_signed_webhook_channels_deliver_once(backend: Process, accoun
             assert "s3cret-signing" not in account.client.get("/v1/channels").text
     finally:
         controller.stop()
+
+
+def test_a_failed_delivery_is_retried_later_and_sent_once(backend: Process, accounts: Any) -> None:
+    account = accounts(backend.url)
+    with recorder(reply="server_error", status=500) as slack:
+        made = account.client.post(
+            "/v1/channels",
+            json={
+                "name": "flaky",
+                "kind": "slack",
+                "config": {"thresholds": [1.0]},
+                "secrets": {"webhook_url": slack.url + HOOK_PATH},
+            },
+        )
+        assert made.status_code == 201
+        account.client.post("/v1/budgets", json={"kind": "calls", "period": "daily", "limit": 1})
+        with account.sdk() as sdk:
+            assert sdk.post("/v1/ingest", json=batch(event())).status_code == 202
+        # Three attempts, all answered 500: the delivery waits for its retry window.
+        assert wait_for(lambda: len(slack.requests) == 3, 5)
+        slack.status, slack.reply = 200, "ok"
+        # The periodic sweep takes it over once the window has passed, and sends it once.
+        assert wait_for(lambda: len(slack.requests) == 4, 5)
+        time.sleep(2.0)
+        assert len(slack.requests) == 4
+        outcomes = [
+            h["details"]["outcome"]
+            for h in account.client.get("/v1/alerts").json()
+            if h["kind"] == "threshold"
+        ]
+        assert sorted(outcomes) == ["failed", "sent"]
