@@ -17,6 +17,7 @@ from tests.backend.conftest import batch, event
 from tests.backend.ops_helpers import (  # noqa: F401 - accounts_fixture is a fixture
     Process,
     accounts_fixture,
+    fresh_postgres,
     recorder,
     start_process,
     wait_for,
@@ -25,10 +26,19 @@ from tests.backend.ops_helpers import (  # noqa: F401 - accounts_fixture is a fi
 HOOK_PATH = "/services/T000/B000/" + "k" * 24
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield str(tmp_path / "db.sqlite")
+    else:
+        with fresh_postgres() as url:
+            yield url
+
+
 @pytest.fixture
-def backend(tmp_path: Path) -> Iterator[Process]:
+def backend(database: str, tmp_path: Path) -> Iterator[Process]:
     env = {
-        "AGENTKAVACH_DATABASE_URL": str(tmp_path / "db.sqlite"),
+        "AGENTKAVACH_DATABASE_URL": database,
         "AGENTKAVACH_ENCRYPTION_KEY": Fernet.generate_key().decode(),
         "AGENTKAVACH_ALERT_RETRY_SECONDS": "1",
         "AGENTKAVACH_ALERT_INTERVAL_SECONDS": "0.5",
