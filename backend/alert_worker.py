@@ -27,7 +27,7 @@ import anyio.to_thread
 import httpx
 
 from backend import db
-from backend.agent_state import control_states
+from backend.agent_state import publish_change
 from backend.channel_config import build_channel
 from backend.spend import agent_spend, period_starts
 from backend.tables import (
@@ -292,12 +292,7 @@ class AlertWorker:
         if agents:
             self.ops.metrics.inc("agentkavach_agents_stopped_total", len(agents))
             logger.info("alerts: stopped %d agents of org %s: %s", len(agents), org_id, reason)
-            # JSON-safe copies: the hub's Redis relay cannot serialise datetimes in budgets.
-            for name, state in (await control_states(org_id, agents)).items():
-                message = json.loads(
-                    json.dumps({"type": "kill", "agent": name, **state}, default=str)
-                )
-                await self._hub.publish(org_id, message)
+            await publish_change(self._hub, org_id, "kill", agents)
 
     # -- delivery --------------------------------------------------------------------------
 
