@@ -16,6 +16,7 @@ from typing import Any
 from litestar import Litestar, Request, Response
 from litestar.openapi import OpenAPIConfig
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+from piccolo.engine.postgres import PostgresEngine
 
 import kavach
 from backend import db
@@ -61,16 +62,16 @@ def create_app(settings: Settings | None = None) -> Litestar:
         db.use_engine(engine)
         if settings.auto_migrate:
             await db.migrate(engine)
-        if engine.engine_type == "postgres":
-            await engine.start_connection_pool(max_size=settings.pool_size)
+        if isinstance(engine, PostgresEngine):
+            await engine.start_connection_pool(max_size=settings.pool_size)  # type: ignore[no-untyped-call]
         await hub.start()
         logger.info("AgentKavach backend on %s", settings.database.redacted())
         try:
             yield
         finally:
             await hub.stop()
-            if engine.engine_type == "postgres":
-                await engine.close_connection_pool()
+            if isinstance(engine, PostgresEngine):
+                await engine.close_connection_pool()  # type: ignore[no-untyped-call]
 
     route_handlers: list[Any] = [
         *auth.ROUTES,

@@ -20,10 +20,10 @@ from backend.settings import DatabaseURL
 
 __all__ = ["engine_for", "use_engine", "current_engine", "migrate", "transaction", "is_sqlite"]
 
-_current: Engine | None = None
+_current: Engine[Any] | None = None
 
 
-def engine_for(database: DatabaseURL) -> Engine:
+def engine_for(database: DatabaseURL) -> Engine[Any]:
     if database.kind == "postgres":
         return PostgresEngine(config={"dsn": database.dsn})
     path = os.path.expanduser(database.sqlite_path)
@@ -33,22 +33,24 @@ def engine_for(database: DatabaseURL) -> Engine:
     return SQLiteEngine(path=path, timeout=30)
 
 
-def use_engine(engine: Engine) -> None:
+def use_engine(engine: Engine[Any]) -> None:
     """Make ``engine`` the one every backend table and Piccolo's migrations use."""
     global _current
     from piccolo.apps.migrations.tables import Migration
+    from piccolo.table import Table
 
     from backend import piccolo_conf
     from backend.tables import ALL_TABLES
 
     os.environ.setdefault("PICCOLO_CONF", "backend.piccolo_conf")
     piccolo_conf.DB = engine  # type: ignore[attr-defined]
-    for table in (*ALL_TABLES, Migration):
+    tables: tuple[type[Table], ...] = (*ALL_TABLES, Migration)
+    for table in tables:
         table._meta.db = engine
     _current = engine
 
 
-def current_engine() -> Engine:
+def current_engine() -> Engine[Any]:
     if _current is None:
         raise RuntimeError("no database engine selected: call backend.db.use_engine first")
     return _current
@@ -67,7 +69,7 @@ def transaction() -> Any:
     return engine.transaction()
 
 
-async def migrate(engine: Engine, *, quiet: bool = True) -> None:
+async def migrate(engine: Engine[Any], *, quiet: bool = True) -> None:
     """Run the committed migrations forwards on ``engine``."""
     from piccolo.apps.migrations.commands.forwards import run_forwards
 

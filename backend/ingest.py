@@ -315,7 +315,9 @@ async def _upsert_runs(
     return ids
 
 
-async def _add_rollups(table: str, bucket_column: str, deltas: dict[tuple[Any, ...], list[int]]):
+async def _add_rollups(
+    table: str, bucket_column: str, deltas: dict[tuple[Any, ...], list[int]]
+) -> None:
     items = list(deltas.items())
     metric_list = ", ".join(_ROLLUP_METRICS)
     updates = ", ".join(f"{m} = {table}.{m} + excluded.{m}" for m in _ROLLUP_METRICS)
@@ -428,11 +430,12 @@ async def _store_batch(org_id: int, batch: IngestBatch) -> StoredBatch:
                 1 if e.status == "error" else 0,
             )
             hour = started.replace(minute=0, second=0, microsecond=0)
-            for bucket, key in (
+            rollup_keys: tuple[tuple[dict[tuple[Any, ...], list[int]], tuple[Any, ...]], ...] = (
                 (hourly, (org_id, agent_id, e.model, hour)),
                 (daily, (org_id, agent_id, e.model, started.date())),
-            ):
-                totals = bucket[key]
+            )
+            for bucket, rollup_key in rollup_keys:
+                totals = bucket[rollup_key]
                 for i, value in enumerate(delta):
                     totals[i] += value
             if e.run_id:

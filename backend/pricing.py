@@ -31,7 +31,7 @@ def price_list() -> tuple[dict[str, Any], ...]:
     entries: list[dict[str, Any]] = []
     for provider in data.providers:
         for model in provider.models:
-            prices = model.prices
+            prices: Any = model.prices
             if isinstance(prices, list):
                 # Conditional prices: the last one is the most recent.
                 prices = prices[-1].prices if prices else None

@@ -15,6 +15,7 @@ from piccolo.columns import (
     Float,
     ForeignKey,
     Integer,
+    Serial,
     Text,
     Timestamptz,
     Varchar,
@@ -41,11 +42,13 @@ __all__ = [
 
 
 class Organization(Table, tablename="organizations"):
+    id: Serial  # declared for type checkers; Piccolo adds the column itself
     name = Varchar(length=200)
     created_at = Timestamptz(default=TimestamptzNow())
 
 
 class User(Table, tablename="users"):
+    id: Serial  # declared for type checkers; Piccolo adds the column itself
     email = Varchar(length=320, unique=True)
     password_hash = Varchar(length=255)
     # Bumped on password change: tokens issued before carry the old value and stop working.
@@ -55,6 +58,7 @@ class User(Table, tablename="users"):
 
 
 class Membership(Table, tablename="memberships"):
+    id: Serial  # declared for type checkers; Piccolo adds the column itself
     user = ForeignKey(references=User)
     org = ForeignKey(references=Organization)
     role = Varchar(length=16)  # owner | admin | viewer
@@ -62,6 +66,7 @@ class Membership(Table, tablename="memberships"):
 
 
 class ApiKey(Table, tablename="api_keys"):
+    id: Serial  # declared for type checkers; Piccolo adds the column itself
     org = ForeignKey(references=Organization)
     name = Varchar(length=200)
     prefix = Varchar(length=32)  # shown in lists: "ak_live_" plus the first characters
@@ -74,6 +79,7 @@ class ApiKey(Table, tablename="api_keys"):
 
 
 class Agent(Table, tablename="agents"):
+    id: Serial  # declared for type checkers; Piccolo adds the column itself
     org = ForeignKey(references=Organization)
     name = Varchar(length=200)
     status = Varchar(length=16, default="running")  # running | stopped
@@ -85,6 +91,7 @@ class Agent(Table, tablename="agents"):
 
 
 class Run(Table, tablename="runs"):
+    id: Serial  # declared for type checkers; Piccolo adds the column itself
     org = ForeignKey(references=Organization)
     agent = ForeignKey(references=Agent)
     run_key = Varchar(length=200)  # the SDK's run id
@@ -95,6 +102,7 @@ class Run(Table, tablename="runs"):
 
 
 class Event(Table, tablename="events"):
+    id: Serial  # declared for type checkers; Piccolo adds the column itself
     org = ForeignKey(references=Organization)
     agent = ForeignKey(references=Agent)
     run = ForeignKey(references=Run, null=True)
@@ -120,6 +128,7 @@ class Event(Table, tablename="events"):
 
 
 class SpendHourly(Table, tablename="spend_hourly"):
+    id: Serial  # declared for type checkers; Piccolo adds the column itself
     org = ForeignKey(references=Organization)
     agent = ForeignKey(references=Agent)
     model = Varchar(length=200)
@@ -134,6 +143,7 @@ class SpendHourly(Table, tablename="spend_hourly"):
 
 
 class SpendDaily(Table, tablename="spend_daily"):
+    id: Serial  # declared for type checkers; Piccolo adds the column itself
     org = ForeignKey(references=Organization)
     agent = ForeignKey(references=Agent)
     model = Varchar(length=200)
@@ -148,6 +158,7 @@ class SpendDaily(Table, tablename="spend_daily"):
 
 
 class Budget(Table, tablename="budgets"):
+    id: Serial  # declared for type checkers; Piccolo adds the column itself
     org = ForeignKey(references=Organization)
     agent = ForeignKey(references=Agent, null=True)  # null: the whole organization
     kind = Varchar(length=8)  # usd | tokens | calls
@@ -158,6 +169,7 @@ class Budget(Table, tablename="budgets"):
 
 
 class AlertRule(Table, tablename="alert_rules"):
+    id: Serial  # declared for type checkers; Piccolo adds the column itself
     org = ForeignKey(references=Organization)
     agent = ForeignKey(references=Agent, null=True)
     name = Varchar(length=200)
@@ -171,6 +183,7 @@ class AlertRule(Table, tablename="alert_rules"):
 
 
 class AlertEvent(Table, tablename="alert_events"):
+    id: Serial  # declared for type checkers; Piccolo adds the column itself
     org = ForeignKey(references=Organization)
     agent = ForeignKey(references=Agent, null=True)
     kind = Varchar(length=32)  # kill | resume | budget | threshold
@@ -181,6 +194,7 @@ class AlertEvent(Table, tablename="alert_events"):
 
 
 class Subscription(Table, tablename="subscriptions"):
+    id: Serial  # declared for type checkers; Piccolo adds the column itself
     org = ForeignKey(references=Organization, unique=True)
     plan = Varchar(length=8, default="free")  # free | pro | max
     status = Varchar(length=16, default="active")
@@ -211,6 +225,7 @@ ALL_TABLES: tuple[type[Table], ...] = (
 
 
 class AlertChannel(Table, tablename="alert_channels"):
+    id: Serial  # declared for type checkers; Piccolo adds the column itself
     org = ForeignKey(references=Organization)
     name = Varchar(length=100)
     kind = Varchar(length=16)  # slack | pagerduty | email | webhook
@@ -221,6 +236,7 @@ class AlertChannel(Table, tablename="alert_channels"):
 
 
 class AlertDelivery(Table, tablename="alert_deliveries"):
+    id: Serial  # declared for type checkers; Piccolo adds the column itself
     # One row per org, budget, period, threshold and channel: inserting it decides who sends.
     org = ForeignKey(references=Organization)
     dedup_key = Varchar(length=400)
@@ -230,6 +246,7 @@ class AlertDelivery(Table, tablename="alert_deliveries"):
 
 
 class StripeEvent(Table, tablename="stripe_events"):
+    id: Serial  # declared for type checkers; Piccolo adds the column itself
     event_id = Varchar(length=255, unique=True)
     type = Varchar(length=100)
     created_at = Timestamptz(default=TimestamptzNow())

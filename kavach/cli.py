@@ -243,7 +243,7 @@ def _run_backend(name: str, rest: Sequence[str]) -> int:
         from kavach.errors import MissingDependencyError
 
         raise MissingDependencyError(exc.name or "litestar", "server") from exc
-    return backend_main(_backend_argv(name, rest))
+    return int(backend_main(_backend_argv(name, rest)))
 
 
 def _ensure_dashboard_built(out: TextIO) -> None:

@@ -76,7 +76,7 @@ VERSION = "1.38.0"
 DESCRIPTION = "initial schema"
 
 
-async def forwards():
+async def forwards() -> MigrationManager:
     manager = MigrationManager(migration_id=ID, app_name="backend", description=DESCRIPTION)
 
     manager.add_table(

@@ -10,17 +10,21 @@ VERSION = "1.38.0"
 DESCRIPTION = "refused events index"
 
 
-async def forwards():
+async def forwards() -> MigrationManager:
     manager = MigrationManager(migration_id=ID, app_name="backend", description=DESCRIPTION)
 
-    async def create_index():
-        await engine_finder().run_ddl(
+    async def create_index() -> None:
+        engine = engine_finder()
+        assert engine is not None
+        await engine.run_ddl(
             "CREATE INDEX IF NOT EXISTS events_org_refused ON events (org, started_at, "
             "refusal_reason) WHERE status = 'refused'"
         )
 
-    async def drop_index():
-        await engine_finder().run_ddl("DROP INDEX IF EXISTS events_org_refused")
+    async def drop_index() -> None:
+        engine = engine_finder()
+        assert engine is not None
+        await engine.run_ddl("DROP INDEX IF EXISTS events_org_refused")
 
     manager.add_raw(create_index)
     manager.add_raw_backwards(drop_index)

@@ -15,6 +15,7 @@ from litestar.di import NamedDependency
 from litestar.exceptions import ClientException, NotFoundException
 from litestar.params import JSONBody, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
+from piccolo.columns import Column
 
 from backend import db
 from backend.agent_state import budget_json, control_states, find_agent, publish_change
@@ -479,7 +480,9 @@ async def update_alert_rule(
         AlertRule.target: data.target,
         AlertRule.enabled: data.enabled,
     }
-    changes = {column: value for column, value in fields.items() if value is not None}
+    changes: dict[Column | str, Any] = {
+        column: value for column, value in fields.items() if value is not None
+    }
     if changes:
         await AlertRule.update(changes).where(AlertRule.id == rule_id)
     return _rule_json(await _own_rule(user.org_id, rule_id), await _agent_names(user.org_id))
