@@ -36,7 +36,7 @@ VERSION = "1.38.0"
 DESCRIPTION = "alert channels, alert deliveries, stripe events"
 
 
-async def forwards():
+async def forwards() -> MigrationManager:
     manager = MigrationManager(migration_id=ID, app_name="backend", description=DESCRIPTION)
 
     manager.add_table(

@@ -19,16 +19,18 @@ INDEXES = [
 ]
 
 
-async def forwards():
+async def forwards() -> MigrationManager:
     manager = MigrationManager(migration_id=ID, app_name="backend", description=DESCRIPTION)
 
-    async def create_indexes():
+    async def create_indexes() -> None:
         engine = engine_finder()
+        assert engine is not None
         for statement in INDEXES:
             await engine.run_ddl(statement)
 
-    async def drop_indexes():
+    async def drop_indexes() -> None:
         engine = engine_finder()
+        assert engine is not None
         for statement in INDEXES:
             name = statement.split(" INDEX IF NOT EXISTS ", 1)[1].split(" ", 1)[0]
             await engine.run_ddl(f"DROP INDEX IF EXISTS {name}")
