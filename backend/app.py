@@ -21,6 +21,7 @@ from piccolo.engine.postgres import PostgresEngine
 import kavach
 from backend import db
 from backend.control import ControlHub
+from backend.ops import Operations
 from backend.routes import auth, control, keys, live, reads
 from backend.settings import Settings
 from backend.static import dashboard_routes
@@ -54,6 +55,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     engine = db.engine_for(settings.database)
     db.use_engine(engine)
     hub = ControlHub(settings.redis_url)
+    ops = Operations(settings)  # rate limits, billing, retention, alerts, metrics
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -77,6 +79,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         *control.ROUTES,
         *reads.ROUTES,
         *live.ROUTES,
+        *ops.routes,
     ]
     static = _static_dir(settings)
     if static is not None:
@@ -84,7 +87,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     app = Litestar(
         route_handlers=route_handlers,
-        lifespan=[lifespan],
+        lifespan=[lifespan, ops.lifespan],
+        before_request=ops.before_request,
+        middleware=[ops.middleware],
         exception_handlers={HTTP_500_INTERNAL_SERVER_ERROR: _internal_error},
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(
@@ -100,4 +105,5 @@ def create_app(settings: Settings | None = None) -> Litestar:
     )
     app.state.settings = settings
     app.state.hub = hub
+    app.state.ops = ops
     return app

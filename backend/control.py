@@ -83,7 +83,9 @@ class ControlHub:
     async def publish(self, org_id: int, message: dict[str, Any]) -> None:
         self._deliver(org_id, message)
         if self._redis is not None:
-            envelope = json.dumps({"origin": self._origin, "org": org_id, "message": message})
+            envelope = json.dumps(
+                {"origin": self._origin, "org": org_id, "message": message}, default=str
+            )
             try:
                 await self._redis.publish(f"{_CHANNEL_PREFIX}{org_id}", envelope)
             except Exception:  # noqa: BLE001 - local subscribers already have it

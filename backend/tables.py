@@ -219,3 +219,37 @@ ALL_TABLES: tuple[type[Table], ...] = (
     AlertEvent,
     Subscription,
 )
+
+
+# ---- operations (alert channels and deliveries, Stripe events); migration ..._ops
+
+
+class AlertChannel(Table, tablename="alert_channels"):
+    id: Serial  # declared for type checkers; Piccolo adds the column itself
+    org = ForeignKey(references=Organization)
+    name = Varchar(length=100)
+    kind = Varchar(length=16)  # slack | pagerduty | email | webhook
+    config = JSON(default="{}")  # non-secret settings: api_url, thresholds, template, ...
+    secret = Text(null=True, default=None)  # Fernet token: webhook URL, routing key, ...
+    enabled = Boolean(default=True)
+    created_at = Timestamptz(default=TimestamptzNow())
+
+
+class AlertDelivery(Table, tablename="alert_deliveries"):
+    id: Serial  # declared for type checkers; Piccolo adds the column itself
+    # One row per org, budget, period, threshold and channel: inserting it decides who sends.
+    org = ForeignKey(references=Organization)
+    dedup_key = Varchar(length=400)
+    status = Varchar(length=16, default="claimed")  # claimed | sent | failed
+    error = Text(null=True, default=None)
+    created_at = Timestamptz(default=TimestamptzNow())
+
+
+class StripeEvent(Table, tablename="stripe_events"):
+    id: Serial  # declared for type checkers; Piccolo adds the column itself
+    event_id = Varchar(length=255, unique=True)
+    type = Varchar(length=100)
+    created_at = Timestamptz(default=TimestamptzNow())
+
+
+ALL_TABLES = (*ALL_TABLES, AlertChannel, AlertDelivery, StripeEvent)

@@ -1,0 +1,388 @@
+"""Server-side alerts for budgets that span SDK processes: org budgets and agent budgets
+shared by many processes, evaluated from ingested spend.
+
+After every accepted ingest (and on an interval, as a fallback) the worker sums the
+org's spend per budget from the daily rollups. For each configured channel it sends the
+highest threshold crossed once per budget, period, threshold and channel: the replica
+whose ``INSERT ... ON CONFLICT DO NOTHING`` into ``alert_deliveries`` returns a row
+sends, every other replica finds the row and does nothing. Delivery uses the SDK's own
+channel classes (``kavach.alerts``): their pure ``request``/``check`` with an httpx
+client here, or SMTP in a thread for e-mail.
+
+At 100% of a budget the agents under it are stopped through the control channel, as a
+Stop from the dashboard is: status ``stopped``, ``control_version`` bumped, the change
+published to every SDK (through Redis to every replica's subscribers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import anyio.to_thread
+import httpx
+
+from backend import db
+from backend.agent_state import publish_change
+from backend.channel_config import build_channel
+from backend.spend import agent_spend, period_starts
+from backend.tables import (
+    Agent,
+    AlertChannel,
+    AlertDelivery,
+    AlertEvent,
+    AlertRule,
+    Budget,
+    Organization,
+)
+from kavach.alerts.alert import Alert, from_crossing
+from kavach.alerts.channels.base import DeliveryError, HttpResponse
+from kavach.alerts.secret import redact
+from kavach.events import ThresholdCrossing
+
+if TYPE_CHECKING:
+    from backend.ops import Operations
+
+__all__ = ["AlertWorker"]
+
+logger = logging.getLogger("agentkavach.backend.alerts")
+
+_METRIC = {"usd": "cost_nanos", "tokens": "tokens", "calls": "calls"}
+DEFAULT_THRESHOLDS = (0.5, 0.9, 1.0)
+_ATTEMPTS = 3
+
+
+def _resets_at(period: str, today: datetime.date) -> datetime.datetime | None:
+    start = period_starts(today)[period][1]
+    if start is None:
+        return None
+    if period == "daily":
+        end = start + datetime.timedelta(days=1)
+    elif period == "weekly":
+        end = start + datetime.timedelta(days=7)
+    else:
+        end = (start + datetime.timedelta(days=32)).replace(day=1)
+    return datetime.datetime.combine(end, datetime.time(), datetime.timezone.utc)
+
+
+class AlertWorker:
+    def __init__(self, ops: Operations) -> None:
+        self.ops = ops
+        self._pending: set[int] = set()
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._hub: Any = None
+        self._client: httpx.AsyncClient | None = None
+        self._sends: set[asyncio.Task[None]] = set()
+
+    def queue_depth(self) -> int:
+        return len(self._pending)
+
+    def notify(self, org_id: int) -> None:
+        self._pending.add(org_id)
+        if self._wake is not None:
+            self._wake.set()
+
+    async def start(self, app: Any) -> None:
+        self._hub = app.state.hub
+        self._wake = asyncio.Event()
+        self._client = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=5.0))
+        self._task = asyncio.create_task(self._run(), name="agentkavach-alerts")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        if self._sends:
+            await asyncio.wait(self._sends, timeout=5.0)
+        if self._client is not None:
+            await self._client.aclose()
+
+    async def _run(self) -> None:
+        assert self._wake is not None
+        interval = self.ops.settings.alert_interval
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=interval)
+            except asyncio.TimeoutError:
+                rows = await Budget.select(Budget.org).distinct()
+                self._pending.update(r["org"] for r in rows)
+            self._wake.clear()
+            orgs, self._pending = self._pending, set()
+            for org_id in orgs:
+                try:
+                    await self.evaluate(org_id)
+                except Exception:  # noqa: BLE001 - alerts fail open; the next ingest retries
+                    logger.warning("alerts: evaluating org %s failed", org_id, exc_info=True)
+
+    # -- evaluation ------------------------------------------------------------------------
+
+    async def evaluate(self, org_id: int) -> None:
+        budgets = await Budget.select().where(Budget.org == org_id).order_by(Budget.id)
+        rules = await AlertRule.select().where(
+            (AlertRule.org == org_id) & (AlertRule.enabled == True)  # noqa: E712
+        )
+        if not budgets and not rules:
+            return
+        channels = await AlertChannel.select().where(
+            (AlertChannel.org == org_id) & (AlertChannel.enabled == True)  # noqa: E712
+        )
+        org = await Organization.select(Organization.name).where(Organization.id == org_id).first()
+        org_name = org["name"] if org else str(org_id)
+        names = {
+            a["id"]: a["name"]
+            for a in await Agent.select(Agent.id, Agent.name).where(Agent.org == org_id)
+        }
+        today = datetime.datetime.now(datetime.timezone.utc).date()
+        spend_cache: dict[int | None, dict[str, Any]] = {}
+
+        async def spend(agent_id: int | None) -> dict[str, Any]:
+            if agent_id not in spend_cache:
+                spend_cache[agent_id] = await agent_spend(org_id, agent_id, today)
+            return spend_cache[agent_id]
+
+        for budget in budgets:
+            if budget["limit_value"] <= 0:
+                continue
+            period = (await spend(budget["agent"]))[budget["period"]]
+            spent = int(period[_METRIC[budget["kind"]]])
+            fraction = spent / budget["limit_value"]
+            scope = "org" if budget["agent"] is None else "agent"
+            who = org_name if scope == "org" else names.get(budget["agent"], "?")
+            label = f"{scope} {budget['period']}" + (
+                f" {budget['kind']}" if budget["kind"] != "usd" else ""
+            )
+            crossing = ThresholdCrossing(
+                agent=who,
+                budget=label,
+                budget_key=f"{scope}:{who}:{budget['period']}:{period['period_id']}",
+                unit=budget["kind"],
+                period=budget["period"],
+                period_id=period["period_id"],
+                threshold=0.0,
+                spent=spent,
+                limit=budget["limit_value"],
+                resets_at=_resets_at(budget["period"], today),
+                at=datetime.datetime.now(datetime.timezone.utc),
+            )
+            for channel in channels:
+                config = _json(channel["config"])
+                thresholds = sorted(float(t) for t in config.get("thresholds", DEFAULT_THRESHOLDS))
+                crossed = [t for t in thresholds if fraction >= t - 1e-12]
+                if not crossed:
+                    continue
+                top = crossed[-1]
+                key = f"budget:{budget['id']}:{period['period_id']}:{top:g}:ch{channel['id']}"
+                if not await self._claim(org_id, key):
+                    continue
+                for lower in crossed[:-1]:  # passed in the same jump: never send them later
+                    await self._claim(
+                        org_id,
+                        f"budget:{budget['id']}:{period['period_id']}:{lower:g}:ch{channel['id']}",
+                        status="skipped",
+                    )
+                alert = from_crossing(_with_threshold(crossing, top), self._dashboard())
+                self._spawn(self._deliver(org_id, key, channel, alert))
+            if fraction >= 1.0:
+                history = f"budget:{budget['id']}:{period['period_id']}:stop"
+                if await self._claim(org_id, history):
+                    await self._stop(org_id, budget, crossing, names)
+
+        for rule in rules:
+            if rule["threshold"] <= 0:
+                continue
+            agent_id = rule["agent"]
+            period = (await spend(agent_id))[rule["period"]]
+            spent = int(period[_METRIC[rule["kind"]]])
+            if spent < rule["threshold"]:
+                continue
+            key = f"rule:{rule['id']}:{period['period_id']}"
+            if not await self._claim(org_id, key):
+                continue
+            who = org_name if agent_id is None else names.get(agent_id, "?")
+            channel_row = next((c for c in channels if c["name"] == rule["target"]), None)
+            crossing = ThresholdCrossing(
+                agent=who,
+                budget=f"alert rule {rule['name']}",
+                budget_key=f"rule:{rule['id']}:{period['period_id']}",
+                unit=rule["kind"],
+                period=rule["period"],
+                period_id=period["period_id"],
+                threshold=1.0 if spent >= rule["threshold"] else 0.0,
+                spent=spent,
+                limit=rule["threshold"],
+                resets_at=_resets_at(rule["period"], today),
+                at=datetime.datetime.now(datetime.timezone.utc),
+            )
+            alert = from_crossing(crossing, self._dashboard())
+            row = channel_row or {
+                "id": 0,
+                "kind": rule["channel"],
+                "config": "{}",
+                "secret": None,
+                "direct_target": rule["target"],
+            }
+            self._spawn(self._deliver(org_id, key, row, alert))
+
+    def _dashboard(self) -> str:
+        return self.ops.settings.public_url.rstrip("/") + "/"
+
+    async def _claim(self, org_id: int, key: str, status: str = "claimed") -> bool:
+        """True for the one replica that may send: it inserted the row, or took over a
+        delivery that failed in a retryable way long enough ago."""
+        now = datetime.datetime.now(datetime.timezone.utc)
+        retry_before = now - datetime.timedelta(seconds=self.ops.settings.alert_retry_seconds)
+        rows = await AlertDelivery.raw(
+            "INSERT INTO alert_deliveries (org, dedup_key, status, created_at) "
+            "VALUES ({}, {}, {}, {}) ON CONFLICT (org, dedup_key) DO UPDATE "
+            "SET status = excluded.status, created_at = excluded.created_at "
+            "WHERE alert_deliveries.status = 'retry' AND alert_deliveries.created_at < {} "
+            "RETURNING id",
+            org_id,
+            key[:400],
+            status,
+            now,
+            retry_before,
+        )
+        return bool(rows)
+
+    async def _stop(
+        self,
+        org_id: int,
+        budget: dict[str, Any],
+        crossing: ThresholdCrossing,
+        names: dict[int, str],
+    ) -> None:
+        reason = (
+            f"the {crossing.budget} budget is spent "
+            f"({from_crossing(crossing, None).fmt(crossing.spent)} of "
+            f"{from_crossing(crossing, None).fmt(crossing.limit)}, period {crossing.period_id})"
+        )
+        async with db.transaction():
+            query = Agent.update(
+                {
+                    Agent.status: "stopped",
+                    Agent.kill_reason: reason,
+                    Agent.control_version: Agent.control_version + 1,
+                }
+            ).where((Agent.org == org_id) & (Agent.status == "running"))
+            if budget["agent"] is not None:
+                query = query.where(Agent.id == budget["agent"])
+            stopped = await query.returning(Agent.id, Agent.name)
+            for row in stopped:
+                await AlertEvent.insert(
+                    AlertEvent(
+                        org=org_id,
+                        agent=row["id"],
+                        kind="kill",
+                        message=f"stopped by the server: {reason}",
+                        actor=None,
+                        details=json.dumps({"reason": reason, "budget": budget["id"]}),
+                    )
+                )
+        agents = [r["name"] for r in stopped]
+        if agents:
+            self.ops.metrics.inc("agentkavach_agents_stopped_total", len(agents))
+            logger.info("alerts: stopped %d agents of org %s: %s", len(agents), org_id, reason)
+            await publish_change(self._hub, org_id, "kill", agents)
+
+    # -- delivery --------------------------------------------------------------------------
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._sends.add(task)
+        task.add_done_callback(self._sends.discard)
+
+    async def _deliver(self, org_id: int, key: str, row: dict[str, Any], alert: Alert) -> None:
+        kind = str(row["kind"])
+        error: str | None = None
+        retryable = False
+        secrets: tuple[Any, ...] = ()
+        try:
+            channel = build_channel(self.ops.box, row)
+            secrets = channel.secrets()
+            await self._send(channel, alert)
+        except DeliveryError as exc:
+            error, retryable = exc.reason, exc.retryable
+        except Exception as exc:  # noqa: BLE001 - alerts fail open
+            error = redact(f"{type(exc).__name__}: {exc}", secrets)
+        outcome = "sent" if error is None else "failed"
+        # A retryable failure (timeout, 429, 5xx) is taken over by the next evaluation
+        # after alert_retry_seconds; a refusal (revoked webhook, bad key) is final.
+        status = "retry" if retryable else outcome
+        self.ops.metrics.inc("agentkavach_alert_deliveries_total", channel=kind, outcome=outcome)
+        if error is not None:
+            logger.warning("alerts: %s delivery failed: %s", kind, redact(error, secrets))
+        try:
+            await AlertDelivery.raw(
+                "UPDATE alert_deliveries SET status = {}, error = {}, created_at = {} "
+                "WHERE org = {} AND dedup_key = {}",
+                status,
+                None if error is None else redact(error, secrets)[:2000],
+                datetime.datetime.now(datetime.timezone.utc),
+                org_id,
+                key[:400],
+            )
+            await AlertEvent.insert(
+                AlertEvent(
+                    org=org_id,
+                    agent=None,
+                    kind="threshold",
+                    message=alert.summary + ("" if error is None else f" ({kind} failed)"),
+                    actor=None,
+                    details=json.dumps(
+                        {"channel": row.get("name", kind), "kind": kind, "outcome": outcome},
+                    ),
+                )
+            )
+        except Exception:  # noqa: BLE001
+            logger.warning("alerts: could not record a delivery", exc_info=True)
+
+    async def _send(self, channel: Any, alert: Alert) -> None:
+        assert self._client is not None
+        request = channel.request(alert, time.time())
+        if request is None:
+            if channel.kind == "email":
+                await anyio.to_thread.run_sync(channel.send_smtp, channel.message(alert))
+            return
+        for attempt in range(_ATTEMPTS):
+            try:
+                response = await self._client.post(
+                    request.url, content=request.body, headers=dict(request.headers)
+                )
+                channel.check(
+                    HttpResponse(response.status_code, response.text, dict(response.headers))
+                )
+                return
+            except httpx.HTTPError as exc:
+                failure = DeliveryError(
+                    f"{channel.kind} unreachable ({type(exc).__name__})", retryable=True
+                )
+            except DeliveryError as exc:
+                failure = exc
+            if not failure.retryable or attempt == _ATTEMPTS - 1:
+                raise failure
+            await asyncio.sleep(min(30.0, failure.retry_after or 0.5 * 2**attempt))
+
+
+def _with_threshold(c: ThresholdCrossing, threshold: float) -> ThresholdCrossing:
+    import dataclasses
+
+    return dataclasses.replace(c, threshold=threshold)
+
+
+def _json(value: Any) -> dict[str, Any]:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return {}
+    return value if isinstance(value, dict) else {}

@@ -1,0 +1,112 @@
+"""Retention: delete events older than each organization's plan allows, in batches.
+
+The hourly and daily rollups stay, so spend history and budgets are unaffected; only
+the per-call detail goes. Alert history (and the delivery records that de-duplicate
+alerts) older than ``alert_history_days`` goes too. Runs in every replica on an
+interval; deletes are idempotent, so replicas running it at once only share the work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+from dataclasses import dataclass
+
+from backend import billing
+from backend.ops_settings import OpsSettings
+from backend.tables import Event, Organization
+
+__all__ = ["prune", "RetentionJob", "Pruned"]
+
+logger = logging.getLogger("agentkavach.backend.retention")
+
+
+@dataclass(frozen=True)
+class Pruned:
+    events: int
+    alert_events: int
+    deliveries: int
+
+
+async def _delete_batches(sql_ids: str, sql_delete: str, args: list[object], batch: int) -> int:
+    total = 0
+    while True:
+        rows = await Event.raw(sql_ids + f" LIMIT {int(batch)}", *args)
+        if not rows:
+            return total
+        ids = [r["id"] for r in rows]
+        placeholders = ", ".join(["{}"] * len(ids))
+        await Event.raw(sql_delete.format(ids=placeholders), *ids)
+        total += len(ids)
+        if len(ids) < batch:
+            return total
+        await asyncio.sleep(0)  # let requests through between batches
+
+
+async def prune(settings: OpsSettings, now: datetime.datetime | None = None) -> Pruned:
+    """One pass over every organization; answers how many rows went."""
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    events = 0
+    for org in await Organization.select(Organization.id):
+        plan = await billing.plan_for(settings, org["id"])
+        if plan.retention_days is None:
+            continue
+        cutoff = now - datetime.timedelta(days=plan.retention_days)
+        events += await _delete_batches(
+            "SELECT id FROM events WHERE org = {} AND started_at < {} ORDER BY id",
+            "DELETE FROM events WHERE id IN ({ids})",
+            [org["id"], cutoff],
+            settings.retention_batch,
+        )
+    cutoff = now - datetime.timedelta(days=settings.alert_history_days)
+    alert_events = await _delete_batches(
+        "SELECT id FROM alert_events WHERE created_at < {} ORDER BY id",
+        "DELETE FROM alert_events WHERE id IN ({ids})",
+        [cutoff],
+        settings.retention_batch,
+    )
+    deliveries = await _delete_batches(
+        "SELECT id FROM alert_deliveries WHERE created_at < {} ORDER BY id",
+        "DELETE FROM alert_deliveries WHERE id IN ({ids})",
+        [cutoff],
+        settings.retention_batch,
+    )
+    return Pruned(events, alert_events, deliveries)
+
+
+class RetentionJob:
+    def __init__(self, settings: OpsSettings, on_pruned: object = None) -> None:
+        self.settings = settings
+        self._task: asyncio.Task[None] | None = None
+        self._on_pruned = on_pruned
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="agentkavach-retention")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.retention_interval)
+            try:
+                pruned = await prune(self.settings)
+            except Exception:  # noqa: BLE001 - housekeeping must not take the server down
+                logger.warning("retention: pruning failed; retrying next interval", exc_info=True)
+                continue
+            if callable(self._on_pruned):
+                self._on_pruned(pruned)
+            if pruned.events or pruned.alert_events:
+                logger.info(
+                    "retention: deleted %d events, %d alert events, %d delivery records",
+                    pruned.events,
+                    pruned.alert_events,
+                    pruned.deliveries,
+                )

@@ -1,0 +1,289 @@
+"""Plans and Stripe billing: the webhook (signed with the stripe library's own helper),
+checkout and portal against a loopback stand-in for Stripe's API, plan limits at ingest,
+and billing switched off when no Stripe key is configured."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+import httpx
+import pytest
+import stripe
+
+from tests.backend.conftest import batch, event
+from tests.backend.ops_helpers import (  # noqa: F401 - accounts_fixture is a fixture
+    Process,
+    Recorder,
+    accounts_fixture,
+    fresh_postgres,
+    recorder,
+    start_process,
+)
+
+WHSEC = "whsec_test_" + "a" * 24
+PRICE_PRO, PRICE_MAX = "price_pro_test", "price_max_test"
+
+
+def _stripe_reply(path: str, body: bytes) -> dict[str, Any]:
+    if path.startswith("/v1/checkout/sessions"):
+        return {
+            "id": "cs_test_123",
+            "object": "checkout.session",
+            "url": "https://checkout.stripe.com/c/pay/cs_test_123",
+        }
+    if path.startswith("/v1/billing_portal/sessions"):
+        return {
+            "id": "bps_test_123",
+            "object": "billing_portal.session",
+            "url": "https://billing.stripe.com/p/session/test_123",
+        }
+    return {"error": {"message": "unknown path", "type": "invalid_request_error"}}
+
+
+@pytest.fixture
+def stripe_api() -> Iterator[Recorder]:
+    with recorder(reply=_stripe_reply) as rec:
+        yield rec
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield str(tmp_path / "db.sqlite")
+    else:
+        with fresh_postgres() as url:
+            yield url
+
+
+@pytest.fixture
+def billing_backend(database: str, tmp_path: Path, stripe_api: Recorder) -> Iterator[Process]:
+    env = {
+        "AGENTKAVACH_DATABASE_URL": database,
+        "STRIPE_SECRET_KEY": "sk_test_" + "x" * 24,
+        "STRIPE_WEBHOOK_SECRET": WHSEC,
+        "AGENTKAVACH_STRIPE_PRICE_PRO": PRICE_PRO,
+        "AGENTKAVACH_STRIPE_PRICE_MAX": PRICE_MAX,
+        "AGENTKAVACH_STRIPE_API_BASE": stripe_api.url,
+        "AGENTKAVACH_PUBLIC_URL": "https://kavach.example.com",
+    }
+    proc = start_process(env, tmp_path / "backend.log")
+    yield proc
+    proc.stop()
+
+
+def _signed(event_body: dict[str, Any], secret: str = WHSEC) -> tuple[bytes, dict[str, str]]:
+    payload = json.dumps(event_body)
+    header = stripe.WebhookSignature.generate_signature_header(payload, secret)
+    return payload.encode(), {"Stripe-Signature": header, "Content-Type": "application/json"}
+
+
+def _event(kind: str, obj: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": f"evt_{uuid.uuid4().hex[:16]}",
+        "object": "event",
+        "type": kind,
+        "created": int(time.time()),
+        "data": {"object": obj},
+    }
+
+
+def _completed(org_id: int, plan: str = "pro") -> dict[str, Any]:
+    return _event(
+        "checkout.session.completed",
+        {
+            "id": "cs_test_123",
+            "object": "checkout.session",
+            "client_reference_id": str(org_id),
+            "customer": "cus_test_1",
+            "subscription": "sub_test_1",
+            "metadata": {"org_id": str(org_id), "plan": plan},
+        },
+    )
+
+
+def _post(url: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
+    return httpx.post(url + "/v1/billing/webhook", content=body, headers=headers, timeout=10)
+
+
+def test_signed_checkout_completed_upgrades_the_org(
+    billing_backend: Process, accounts: Any
+) -> None:
+    account = accounts(billing_backend.url)
+    before = account.client.get("/v1/billing/plan").json()
+    assert before["billing"] == "enabled" and before["plan"] == "free"
+    assert before["limits"] == {"agents": 3, "events_per_month": 100_000, "retention_days": 7}
+
+    body, headers = _signed(_completed(account.org_id, "pro"))
+    answer = _post(billing_backend.url, body, headers)
+    assert answer.status_code == 200, answer.text
+    plan = account.client.get("/v1/billing/plan").json()
+    assert plan["plan"] == "pro" and plan["limits"]["agents"] == 25
+    # The dashboard's Billing page reads /v1/billing: usage keyed like the limits.
+    page = account.client.get("/v1/billing").json()
+    assert page["plan"] == "pro" and page["self_hosted"] is False
+    assert set(page["usage"]) == set(page["limits"])
+
+    # Another organization is untouched.
+    other = accounts(billing_backend.url)
+    assert other.client.get("/v1/billing/plan").json()["plan"] == "free"
+
+
+def test_bad_signature_is_refused_and_changes_nothing(
+    billing_backend: Process, accounts: Any
+) -> None:
+    account = accounts(billing_backend.url)
+    event_body = _completed(account.org_id, "max")
+    body, _ = _signed(event_body)
+    _, wrong = _signed(event_body, secret="whsec_wrong_" + "b" * 20)
+    for headers in (wrong, {"Content-Type": "application/json"}):
+        answer = _post(billing_backend.url, body, headers)
+        assert answer.status_code == 400
+        assert answer.json()["detail"] == "invalid Stripe signature"
+    # A body changed after signing fails too.
+    _, good = _signed(event_body)
+    tampered = body.replace(b'"max"', b'"pro"')
+    assert _post(billing_backend.url, tampered, good).status_code == 400
+    assert account.client.get("/v1/billing/plan").json()["plan"] == "free"
+
+
+def test_replayed_event_changes_nothing(billing_backend: Process, accounts: Any) -> None:
+    account = accounts(billing_backend.url)
+    upgrade = _completed(account.org_id, "pro")
+    body, headers = _signed(upgrade)
+    assert _post(billing_backend.url, body, headers).json()["outcome"].endswith("on pro")
+    cancel = _event(
+        "customer.subscription.deleted",
+        {"id": "sub_test_1", "object": "subscription", "customer": "cus_test_1"},
+    )
+    assert _post(billing_backend.url, *_signed(cancel)).status_code == 200
+    assert account.client.get("/v1/billing/plan").json()["plan"] == "free"
+    # Stripe retries (or someone replays) the old upgrade, freshly signed: nothing changes.
+    replay = _post(billing_backend.url, *_signed(upgrade))
+    assert replay.status_code == 200 and replay.json()["outcome"] == "duplicate"
+    assert account.client.get("/v1/billing/plan").json()["plan"] == "free"
+
+
+def test_subscription_updated_moves_the_plan_by_price(
+    billing_backend: Process, accounts: Any
+) -> None:
+    account = accounts(billing_backend.url)
+    assert _post(billing_backend.url, *_signed(_completed(account.org_id))).status_code == 200
+    updated = _event(
+        "customer.subscription.updated",
+        {
+            "id": "sub_test_1",
+            "object": "subscription",
+            "customer": "cus_test_1",
+            "status": "active",
+            "items": {"data": [{"price": {"id": PRICE_MAX}, "current_period_end": 1893456000}]},
+        },
+    )
+    assert _post(billing_backend.url, *_signed(updated)).status_code == 200
+    plan = account.client.get("/v1/billing/plan").json()
+    assert plan["plan"] == "max" and plan["limits"]["agents"] is None
+    assert plan["current_period_end"].startswith("2030-01-01")
+
+
+def test_checkout_and_portal_call_stripe(
+    billing_backend: Process, stripe_api: Recorder, accounts: Any
+) -> None:
+    account = accounts(billing_backend.url)
+    # No customer yet: the portal says to subscribe first.
+    refused = account.client.post("/v1/billing/portal", json={})
+    assert refused.status_code == 409 and "checkout" in refused.json()["detail"]
+
+    answer = account.client.post("/v1/billing/checkout", json={"plan": "pro"})
+    assert answer.status_code == 201, answer.text
+    assert answer.json() == {
+        "id": "cs_test_123",
+        "url": "https://checkout.stripe.com/c/pay/cs_test_123",
+    }
+    path, headers, body = stripe_api.requests[-1]
+    assert path == "/v1/checkout/sessions"
+    assert headers["Authorization"] == "Bearer sk_test_" + "x" * 24
+    form = parse_qs(body.decode())
+    assert form["mode"] == ["subscription"]
+    assert form["line_items[0][price]"] == [PRICE_PRO]
+    assert form["client_reference_id"] == [str(account.org_id)]
+    assert form["metadata[plan]"] == ["pro"]
+    assert form["customer_email"] == [account.email]
+    assert form["success_url"][0].startswith("https://kavach.example.com/")
+
+    assert _post(billing_backend.url, *_signed(_completed(account.org_id))).status_code == 200
+    portal = account.client.post("/v1/billing/portal", json={})
+    assert portal.status_code == 201, portal.text
+    assert portal.json()["url"] == "https://billing.stripe.com/p/session/test_123"
+    path, _, body = stripe_api.requests[-1]
+    assert path == "/v1/billing_portal/sessions"
+    assert parse_qs(body.decode())["customer"] == ["cus_test_1"]
+
+
+def test_plan_limit_on_agents_is_a_clear_429(billing_backend: Process, accounts: Any) -> None:
+    account = accounts(billing_backend.url)
+    with account.sdk() as sdk:
+        three = [event(agent=f"bot-{i}") for i in range(3)]
+        assert sdk.post("/v1/ingest", json=batch(*three)).status_code == 202
+        # Known agents keep reporting.
+        assert sdk.post("/v1/ingest", json=batch(event(agent="bot-1"))).status_code == 202
+        refused = sdk.post("/v1/ingest", json=batch(event(agent="bot-4")))
+        assert refused.status_code == 429
+        body = refused.json()
+        assert body["reason"] == "plan_agents"
+        assert "Free plan includes 3 agents" in body["detail"]
+        assert "https://kavach.example.com/billing" in body["detail"]
+        assert int(refused.headers["Retry-After"]) == 3600
+        # After an upgrade the same batch goes through.
+        assert _post(billing_backend.url, *_signed(_completed(account.org_id))).status_code == 200
+        assert sdk.post("/v1/ingest", json=batch(event(agent="bot-4"))).status_code == 202
+
+
+def test_self_hosted_has_billing_off_and_no_limits(tmp_path: Path, accounts: Any) -> None:
+    proc = start_process(
+        {"AGENTKAVACH_DATABASE_URL": str(tmp_path / "db.sqlite")}, tmp_path / "b.log"
+    )
+    try:
+        account = accounts(proc.url)
+        assert account.client.get("/v1/billing/plan").json() == {
+            "billing": "disabled",
+            "plan": "self-hosted",
+            "limits": None,
+            "message": "billing is disabled on this server (no STRIPE_SECRET_KEY is "
+            "configured): it is self-hosted and has no plan limits",
+        }
+        assert account.client.get("/v1/billing").status_code == 404  # the page stays hidden
+        for path, body in (("/v1/billing/checkout", {"plan": "pro"}), ("/v1/billing/portal", {})):
+            answer = account.client.post(path, json=body)
+            assert answer.status_code == 404
+            assert "billing is disabled" in answer.json()["detail"]
+        with account.sdk() as sdk:
+            many = [event(agent=f"bot-{i}") for i in range(30)]
+            assert sdk.post("/v1/ingest", json=batch(*many)).status_code == 202
+    finally:
+        proc.stop()
+
+
+def test_the_sdk_logs_the_plan_limit_once_and_keeps_the_events(
+    billing_backend: Process, tmp_path: Path, accounts: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    from kavach.reporting.api import BackendAPI, BackendConfig
+    from kavach.reporting.sender import Reporter
+
+    account = accounts(billing_backend.url)
+    api = BackendAPI(BackendConfig(api_key=account.new_key(), endpoint=billing_backend.url))
+    reporter = Reporter(api, spool_root=tmp_path / "spool", batch_size=10, flush_interval=0.01)
+    with caplog.at_level(logging.WARNING, logger="kavach"):
+        for i in range(5):
+            reporter.enqueue(event(agent=f"agent-{i}"))
+        assert not reporter.flush(timeout=2)
+        reporter.close(timeout=1)
+    messages = [r.getMessage() for r in caplog.records if "plan limit" in r.getMessage()]
+    assert len(messages) == 1
+    assert "Free plan includes 3 agents" in messages[0] and "3600" in messages[0]
+    assert reporter.pending == 5  # kept on disk for the next try

@@ -1,0 +1,127 @@
+"""Retention prunes events past each plan's retention (in batches), alert history past 30
+days, and nothing else: rollups, newer events and other organizations' rows stay."""
+
+from __future__ import annotations
+
+import datetime
+import json
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backend import db
+from backend.ingest import decode_batch, store_batch
+from backend.ops_settings import OpsSettings
+from backend.retention import prune
+from backend.settings import DatabaseURL
+from backend.tables import AlertEvent, Event, Organization, SpendDaily, SpendHourly, Subscription
+from tests.backend.conftest import batch, event
+from tests.backend.ops_helpers import fresh_postgres
+
+NOW = datetime.datetime(2026, 11, 28, 12, 0, tzinfo=datetime.timezone.utc)
+BILLING = OpsSettings(
+    stripe_secret_key="sk_test_x",
+    stripe_webhook_secret="whsec_x",
+    stripe_price_pro="p1",
+    stripe_price_max="p2",
+    retention_batch=2,
+)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield str(tmp_path / "retention.sqlite")
+    else:
+        with fresh_postgres() as url:
+            yield url
+
+
+@pytest.fixture
+async def engine(database: str) -> AsyncIterator[None]:
+    previous = db._current
+    engine = db.engine_for(DatabaseURL.parse(database))
+    await db.migrate(engine)
+    try:
+        yield
+    finally:
+        if previous is not None:
+            db.use_engine(previous)
+
+
+def _ago(days: float) -> str:
+    return (NOW - datetime.timedelta(days=days)).isoformat()
+
+
+async def _org(plan: str) -> int:
+    org_id = int((await Organization.insert(Organization(name=plan)))[0]["id"])
+    await Subscription.insert(Subscription(org=org_id, plan=plan, status="active"))
+    return org_id
+
+
+async def _ingest(org_id: int, *events: dict[str, Any]) -> None:
+    body = json.dumps(batch(*events)).encode()
+    decoded = decode_batch(body, content_encoding="", max_decoded_bytes=10**7, max_events=1000)
+    await store_batch(org_id, decoded)
+
+
+async def _keys(org_id: int) -> set[str]:
+    rows = await Event.select(Event.idempotency_key).where(Event.org == org_id)
+    return {r["idempotency_key"] for r in rows}
+
+
+async def _rollup_totals() -> tuple[int, int]:
+    daily = await SpendDaily.raw("SELECT CAST(SUM(cost_nanos) AS BIGINT) AS c FROM spend_daily")
+    hourly = await SpendHourly.raw("SELECT CAST(SUM(cost_nanos) AS BIGINT) AS c FROM spend_hourly")
+    return int(daily[0]["c"]), int(hourly[0]["c"])
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_prune_removes_what_it_should_and_nothing_else(engine: None) -> None:
+    free, pro = await _org("free"), await _org("pro")
+    free_old = [event(started_at=_ago(8 + i), cost_nanos=100) for i in range(5)]
+    free_new = [event(started_at=_ago(6), cost_nanos=100), event(started_at=_ago(0.1))]
+    pro_old = [event(started_at=_ago(91 + i), cost_nanos=7) for i in range(3)]
+    pro_kept = [event(started_at=_ago(30)), event(started_at=_ago(89))]
+    await _ingest(free, *free_old, *free_new)
+    await _ingest(pro, *pro_old, *pro_kept)
+    rollups = await _rollup_totals()
+    for org_id, days in ((free, 45), (free, 29), (pro, 31)):
+        await AlertEvent.insert(
+            AlertEvent(
+                org=org_id,
+                kind="kill",
+                message=f"{days} days ago",
+                created_at=NOW - datetime.timedelta(days=days),
+            )
+        )
+
+    pruned = await prune(BILLING, now=NOW)
+
+    assert pruned.events == 8  # five of Free (7 days), three of Pro (90 days), batches of 2
+    assert await _keys(free) == {e["id"] for e in free_new}
+    assert await _keys(pro) == {e["id"] for e in pro_kept}
+    assert await _rollup_totals() == rollups  # spend history is untouched
+    left = await AlertEvent.select(AlertEvent.message).order_by(AlertEvent.id)
+    assert [r["message"] for r in left] == ["29 days ago"]
+    assert pruned.alert_events == 2
+    # A second pass finds nothing more.
+    again = await prune(BILLING, now=NOW)
+    assert (again.events, again.alert_events) == (0, 0)
+
+
+@pytest.mark.anyio
+async def test_self_hosted_keeps_events_unless_told(engine: None) -> None:
+    org_id = await _org("free")
+    await _ingest(org_id, event(started_at=_ago(400)), event(started_at=_ago(2)))
+    assert (await prune(OpsSettings(), now=NOW)).events == 0
+    assert len(await _keys(org_id)) == 2
+    assert (await prune(OpsSettings(retention_days=30), now=NOW)).events == 1
+    assert len(await _keys(org_id)) == 1
