@@ -40,10 +40,14 @@ class BackendConfig:
 class BackendError(Exception):
     """A backend answer that is not a success. ``retry_after`` in seconds when it said so."""
 
-    def __init__(self, status: int, message: str, retry_after: float | None = None) -> None:
+    def __init__(
+        self, status: int, message: str, retry_after: float | None = None, reason: str = ""
+    ) -> None:
         super().__init__(f"backend answered {status}: {message}")
         self.status = status
         self.retry_after = retry_after
+        self.reason = reason
+        """The backend's machine-readable cause, e.g. ``burst`` or ``plan_events``."""
 
 
 class BackendAPI:
@@ -103,8 +107,11 @@ class BackendAPI:
                 retry_after = float(header)
             except ValueError:
                 retry_after = None
+        reason = ""
         try:
-            detail = response.json().get("detail") or response.text
-        except ValueError:
+            body = response.json()
+            detail = body.get("detail") or response.text
+            reason = str(body.get("reason") or "")
+        except (ValueError, AttributeError):
             detail = response.text
-        raise BackendError(response.status_code, str(detail)[:500], retry_after)
+        raise BackendError(response.status_code, str(detail)[:500], retry_after, reason)

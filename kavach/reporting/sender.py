@@ -76,6 +76,7 @@ class Reporter(NullObserver):
         self._retry_at = 0.0
         self._auth_refused = False
         self._warned: set[str] = set()
+        self._replayed: dict[Path, int] = {}
         self._thread = threading.Thread(target=self._run, name="kavach-reporter", daemon=True)
         self._thread.start()
         ref = weakref.ref(self)
@@ -184,9 +185,15 @@ class Reporter(NullObserver):
 
     def _replay(self) -> None:
         for path, events in self._spool.segments():
-            for start in range(0, len(events), self._batch_size):
+            # Resume a segment where the last attempt stopped, so a partial failure does not
+            # send its first batches again (harmless to storage, but they count against caps).
+            start = self._replayed.get(path, 0)
+            while start < len(events):
                 if not self._deliver(events[start : start + self._batch_size]):
+                    self._replayed[path] = start
                     return
+                start += self._batch_size
+            self._replayed.pop(path, None)
             self._spool.done(path, len(events))
 
     def _send(self, batch: list[dict[str, Any]]) -> None:
@@ -203,7 +210,8 @@ class Reporter(NullObserver):
             return False
         except BackendError as exc:
             if exc.status == 429:
-                self._fail(f"rate limited: {exc}", exc.retry_after)
+                # Each cause (burst, daily cap, plan limit) is worth one warning of its own.
+                self._fail(f"rate limited: {exc}", exc.retry_after, key=f"429:{exc.reason}")
                 return False
             if exc.status in (401, 403):
                 self._auth_refused = True
@@ -241,13 +249,15 @@ class Reporter(NullObserver):
         )
         return True
 
-    def _fail(self, reason: str, retry_after: float | None = None) -> None:
+    def _fail(self, reason: str, retry_after: float | None = None, key: str | None = None) -> None:
         self.stats.failures += 1
         self.stats.last_error = reason
         self._backoff = min(_MAX_BACKOFF, max(0.25, self._backoff * 2))
         wait = retry_after if retry_after is not None else self._backoff
         self._retry_at = time.monotonic() + wait
-        self._warn_once(reason.split(" ")[0], f"kavach: reporting paused for {wait:.1f}s: {reason}")
+        self._warn_once(
+            key or reason.split(" ")[0], f"kavach: reporting paused for {wait:.1f}s: {reason}"
+        )
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:

@@ -15,6 +15,8 @@ class FakeBackend:
         self.events: list[dict[str, Any]] = []
         self.batches = 0
         self.refused = 0
+        self.received = 0  # every event posted and accepted, duplicates included
+        self.fail_after: int | None = None  # answer 503 once this many batches were accepted
         self.status = 202
         self.retry_after: str | None = None
         self.control: dict[str, Any] = {}
@@ -47,11 +49,14 @@ class FakeBackend:
                     raw = gzip.decompress(raw)
                 body = json.loads(raw)
                 with backend.lock:
+                    if backend.fail_after is not None and backend.batches >= backend.fail_after:
+                        backend.status, backend.fail_after = 503, None
                     status = backend.status
                     if status != 202:
                         backend.refused += 1
                     if status == 202:
                         backend.batches += 1
+                        backend.received += len(body["events"])
                         seen = {e["id"] for e in backend.events}
                         fresh = [e for e in body["events"] if e["id"] not in seen]
                         backend.events.extend(fresh)

@@ -164,3 +164,25 @@ def test_a_bad_event_is_set_aside_and_the_rest_delivered(
     assert received == ["a", "b", "c"]
     rejected = list(tmp_path.glob("*/rejected.jsonl"))
     assert rejected and "started_at" in rejected[0].read_text()
+
+
+def test_a_replay_interrupted_midway_resumes_without_resending(
+    backend: FakeBackend, tmp_path: Path
+) -> None:
+    backend.status = 503
+    reporter = make(backend, tmp_path, batch_size=25)
+    for i in range(100):
+        reporter.enqueue(event(i))
+    deadline = time.monotonic() + 5
+    while reporter.stats.spooled < 100 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    backend.fail_after = 2  # the backend takes two batches of the replay, then fails again
+    backend.status = 202
+    deadline = time.monotonic() + 5
+    while backend.status == 202 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    backend.status = 202
+    assert reporter.flush(10)
+    reporter.close()
+    assert len(backend.events) == 100
+    assert backend.received == 100  # nothing was sent twice
