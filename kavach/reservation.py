@@ -17,7 +17,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from kavach.events import CallEvent, CallStatus
-from kavach.usage import ZERO_USAGE, Usage
+from kavach.usage import Usage
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -236,4 +236,4 @@ async def _shielded(awaitable: Awaitable[None]) -> None:
         await awaitable
 
 
-__all__ = ["ZERO_USAGE", "Reservation"]
+__all__ = ["Reservation"]
