@@ -481,35 +481,34 @@ class AgentKavach:
 
     def reserve(self, spec: CallSpec) -> Reservation:
         """Hold the worst-case cost of ``spec`` in every budget, or raise why it cannot run."""
-        prepared = self._prepare(spec)
-        if isinstance(prepared, Reservation):
-            return prepared
+        r = self._prepare(spec)
+        plan = r.plan
+        if plan is None:
+            return r
         try:
-            result = self.ledger.reserve(
-                prepared.plan.lines, prepared.plan.min_units, prepared.plan.max_units
-            )
+            result = self.ledger.reserve(plan.lines, plan.min_units, plan.max_units)
         except KavachError:
             raise
         except Exception as exc:
-            raise self._ledger_down(prepared, exc) from exc
-        return self._admit(prepared, result)
+            raise self._ledger_down(r, exc) from exc
+        return self._admit(r, result)
 
     async def areserve(self, spec: CallSpec) -> Reservation:
         """``reserve`` for async code (awaits the ledger when it does I/O)."""
-        prepared = self._prepare(spec)
-        if isinstance(prepared, Reservation):
-            return prepared
+        r = self._prepare(spec)
+        plan = r.plan
+        if plan is None:
+            return r
         try:
-            result = await self.ledger.areserve(
-                prepared.plan.lines, prepared.plan.min_units, prepared.plan.max_units
-            )
+            result = await self.ledger.areserve(plan.lines, plan.min_units, plan.max_units)
         except KavachError:
             raise
         except Exception as exc:
-            raise self._ledger_down(prepared, exc) from exc
-        return self._admit(prepared, result)
+            raise self._ledger_down(r, exc) from exc
+        return self._admit(r, result)
 
-    def _prepare(self, spec: CallSpec) -> _Prepared | Reservation:
+    def _prepare(self, spec: CallSpec) -> Reservation:
+        """Check and plan the call: a Reservation not yet held (no plan when disabled)."""
         now = self._clock()
         run_id = spec.run_id or self.current_run
         if not self.enabled:
@@ -556,7 +555,7 @@ class AgentKavach:
             self.guardrails.forget_request(run_id, fingerprint)
             self._refused(spec, run_id, now, exc)
             raise
-        return _Prepared(spec, plan, price, run_id, fingerprint, now)
+        return Reservation(self, spec, plan, None, price, run_id, fingerprint, now)
 
     def set_remote_budgets(self, budgets: Sequence[Budget]) -> None:
         """Enforce budgets set in the dashboard next to the ones given in code.
@@ -579,37 +578,29 @@ class AgentKavach:
             return cache[1]
         return cache[1] + run_slots(self.agent_name, run_id, budgets, self.guardrail_config)
 
-    def _admit(self, prepared: _Prepared, result: Hold | Refusal) -> Reservation:
-        if isinstance(result, Refusal):
-            self.guardrails.forget_request(prepared.run_id, prepared.fingerprint)
-            error = refusal_error(prepared.plan, result, prepared.run_id, self.mode)
+    def _admit(self, r: Reservation, result: Hold | Refusal) -> Reservation:
+        if type(result) is not Hold:
+            assert isinstance(result, Refusal) and r.plan is not None
+            self.guardrails.forget_request(r.run_id, r.fingerprint)
+            error = refusal_error(r.plan, result, r.run_id, self.mode)
             if isinstance(error, GuardrailError):
-                self._guardrail_tripped(prepared.spec, prepared.run_id, prepared.now, error)
+                self._guardrail_tripped(r.spec, r.run_id, r.started_at, error)
             else:
-                self._refused(prepared.spec, prepared.run_id, prepared.now, error)
+                self._refused(r.spec, r.run_id, r.started_at, error)
             raise error
-        r = Reservation(
-            self,
-            prepared.spec,
-            prepared.plan,
-            result,
-            prepared.price,
-            prepared.run_id,
-            prepared.fingerprint,
-            prepared.now,
-        )
+        r.hold = result
         if self._context_hook is not None:
             r.trace_context = self._context_hook()
         return r
 
-    def _ledger_down(self, prepared: _Prepared, exc: Exception) -> LedgerUnavailableError:
+    def _ledger_down(self, r: Reservation, exc: Exception) -> LedgerUnavailableError:
         error = LedgerUnavailableError(
             f"the ledger could not be reached ({type(exc).__name__}: {exc}); the call was refused "
             "so no budget can be broken. Fix the ledger connection, or choose fail-open "
             "explicitly on the ledger"
         )
-        self.guardrails.forget_request(prepared.run_id, prepared.fingerprint)
-        self._refused(prepared.spec, prepared.run_id, prepared.now, error)
+        self.guardrails.forget_request(r.run_id, r.fingerprint)
+        self._refused(r.spec, r.run_id, r.started_at, error)
         return error
 
     # -- settle (called by Reservation) -------------------------------------------------
@@ -700,11 +691,14 @@ class AgentKavach:
     ) -> None:
         # Each settle moves spent over a disjoint interval (before, after], so a threshold
         # is crossed by exactly one settle, across threads and (with Redis) processes.
-        for line, info, amount, spent in zip(plan.lines, plan.info, amounts, after, strict=True):
-            if info.kind != "budget" or amount <= 0:
+        for i, slot in enumerate(plan.slots):
+            amount = amounts[i]
+            info = slot.info
+            if amount <= 0 or info.kind != "budget":
                 continue
+            spent = after[i]
             before = spent - amount
-            crossed = crossed_thresholds(info.thresholds, line.limit, before, spent)
+            crossed = crossed_thresholds(slot, before, spent)
             if crossed:
                 now = self._clock()
                 for threshold in crossed:
@@ -713,18 +707,18 @@ class AgentKavach:
                         ThresholdCrossing(
                             agent=self.agent_name,
                             budget=info.label,
-                            budget_key=line.key,
+                            budget_key=slot.key,
                             unit=info.unit,
                             period=info.period,
                             period_id=info.period_id,
                             threshold=threshold,
                             spent=spent,
-                            limit=line.limit,
+                            limit=slot.limit,
                             resets_at=info.resets_at,
                             at=now,
                         ),
                     )
-            if before < line.limit <= spent and info.period != Period.PER_RUN.value:
+            if before < slot.limit <= spent and info.period != Period.PER_RUN.value:
                 self.kill(f"{info.label} budget reached 100%", until=info.resets_at)
 
     # -- events -------------------------------------------------------------------------
@@ -934,16 +928,6 @@ def wrap(client: _C, guard: AgentKavach) -> _C:
     return guard.wrap(client)
 
 
-@dataclass(frozen=True, slots=True)
-class _Prepared:
-    spec: CallSpec
-    plan: Plan
-    price: Any
-    run_id: str
-    fingerprint: int | None
-    now: datetime
-
-
 def _utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -953,8 +937,37 @@ def _listens_to_calls(observer: GuardObserver) -> bool:
 
 
 def _fingerprint(spec: CallSpec) -> int:
-    # repr is content-based for dicts, lists, strings and pydantic models, and runs in C.
-    return hash(repr((spec.model, spec.messages, spec.prompt, spec.system, spec.tools)))
+    """A hash of what the call sends, equal for identical requests (loop detection)."""
+    messages, prompt, system, tools = spec.messages, spec.prompt, spec.system, spec.tools
+    return hash(
+        (
+            spec.model,
+            None if messages is None else _content_hash(messages),
+            None if prompt is None else _content_hash(prompt),
+            None if system is None else _content_hash(system),
+            None if tools is None else _content_hash(tools),
+        )
+    )
+
+
+_PLAIN = frozenset((str, int, float, bool, type(None)))
+
+
+def _content_hash(value: object) -> int:
+    # A plain message dict hashes through its strings, whose hashes Python caches, so a
+    # long history costs a few operations per message rather than its length. Anything
+    # else hashes its repr, which is content-based for dicts, lists and pydantic models.
+    if type(value) is list or type(value) is tuple:
+        parts = []
+        for item in value:
+            if type(item) is dict and all(type(v) in _PLAIN for v in item.values()):
+                parts.append(hash(tuple(item.items())))
+            else:
+                parts.append(hash(repr(item)))
+        return hash(tuple(parts))
+    if type(value) in _PLAIN:
+        return hash(value)
+    return hash(repr(value))
 
 
 def _prompt_text(spec: CallSpec) -> str | None:

@@ -6,8 +6,9 @@ async), so both paths share one decision logic.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Literal, NamedTuple
 
@@ -49,7 +50,8 @@ class Plan(NamedTuple):
     """A call's reservation request: the ledger lines and the output-token range."""
 
     lines: tuple[LedgerLine, ...]
-    info: tuple[LineInfo, ...]
+    slots: tuple[Slot, ...]
+    """What each line stands for, in the same order."""
     min_units: int
     max_units: int
     input_tokens: int
@@ -76,6 +78,14 @@ class Slot:
     limit: int
     ttl_seconds: int | None
     info: LineInfo
+    marks: tuple[float, ...] = ()
+    """The spend at which each of ``info.thresholds`` is crossed, in the same order."""
+
+    @classmethod
+    def of(cls, key: str, limit: int, ttl_seconds: int | None, info: LineInfo) -> Slot:
+        if list(info.thresholds) != sorted(info.thresholds):
+            info = replace(info, thresholds=tuple(sorted(info.thresholds)))
+        return cls(key, limit, ttl_seconds, info, tuple(t * limit for t in info.thresholds))
 
 
 def period_slots(
@@ -102,7 +112,7 @@ def period_slots(
             resets_at,
             budget.thresholds,
         )
-        slots.append(Slot(key, budget.limit, _ttl(now, resets_at, budget.period), info))
+        slots.append(Slot.of(key, budget.limit, _ttl(now, resets_at, budget.period), info))
     return tuple(slots), earliest
 
 
@@ -119,7 +129,7 @@ def run_slots(
         info = LineInfo(
             budget.label, budget.unit, "budget", "per_run", run_id, None, budget.thresholds
         )
-        slots.append(Slot(key, budget.limit, _RUN_KEY_TTL_SECONDS, info))
+        slots.append(Slot.of(key, budget.limit, _RUN_KEY_TTL_SECONDS, info))
     run_limits: tuple[tuple[LineKind, Unit, int | None], ...] = (
         ("run_tokens", "tokens", guardrails.max_tokens_per_run),
         ("run_calls", "calls", guardrails.max_calls_per_run),
@@ -128,7 +138,9 @@ def run_slots(
         if limit is not None:
             info = LineInfo(f"per-run {unit}", unit, kind, "per_run", run_id, None, ())
             slots.append(
-                Slot(f"agent:{agent}:guard:{unit}:run:{run_id}", limit, _RUN_KEY_TTL_SECONDS, info)
+                Slot.of(
+                    f"agent:{agent}:guard:{unit}:run:{run_id}", limit, _RUN_KEY_TTL_SECONDS, info
+                )
             )
     return tuple(slots)
 
@@ -169,27 +181,26 @@ def plan_call(
     for slot in slots:
         unit = slot.info.unit
         if unit == "usd":
-            line = LedgerLine(slot.key, slot.limit, input_cost, per_token, slot.ttl_seconds)
+            lines.append(LedgerLine(slot.key, slot.limit, input_cost, per_token, slot.ttl_seconds))
         elif unit == "tokens":
-            line = LedgerLine(slot.key, slot.limit, input_tokens, 1, slot.ttl_seconds)
+            lines.append(LedgerLine(slot.key, slot.limit, input_tokens, 1, slot.ttl_seconds))
         else:
-            line = LedgerLine(slot.key, slot.limit, 1, 0, slot.ttl_seconds)
-        lines.append(line)
+            lines.append(LedgerLine(slot.key, slot.limit, 1, 0, slot.ttl_seconds))
     return Plan(
-        lines=tuple(lines),
-        info=tuple(slot.info for slot in slots),
-        min_units=min_units,
-        max_units=max_units,
-        input_tokens=input_tokens,
-        input_cost=input_cost,
-        output_per_token=per_token,
+        tuple(lines),
+        tuple(slots),
+        min_units,
+        max_units,
+        input_tokens,
+        input_cost,
+        per_token,
     )
 
 
 def refusal_error(plan: Plan, refusal: Refusal, run_id: str, mode: Mode) -> KavachError:
     """The error a ledger refusal means for the caller."""
     line = plan.lines[refusal.index]
-    info = plan.info[refusal.index]
+    info = plan.slots[refusal.index].info
     if info.kind == "run_tokens":
         used = refusal.spent + refusal.reserved
         return TokenLimitError(
@@ -225,20 +236,27 @@ def refusal_error(plan: Plan, refusal: Refusal, run_id: str, mode: Mode) -> Kava
 def actual_amounts(plan: Plan, usage: Usage, cost: int) -> tuple[int, ...]:
     """What a settled call adds to each line, in the line's unit."""
     out = []
-    for info in plan.info:
-        if info.unit == "usd":
+    for slot in plan.slots:
+        unit = slot.info.unit
+        if unit == "usd":
             out.append(cost)
-        elif info.unit == "tokens":
-            out.append(usage.total_tokens)
+        elif unit == "tokens":
+            out.append(usage.input_tokens + usage.output_tokens)
         else:
             out.append(1)
     return tuple(out)
 
 
-def crossed_thresholds(
-    thresholds: Sequence[float], limit: int, before: int, after: int
-) -> list[float]:
-    """Thresholds passed going from ``before`` to ``after`` spent (both inclusive of this call)."""
-    if limit <= 0:
-        return [t for t in thresholds if after > before] if after > before else []
-    return [t for t in thresholds if before < t * limit <= after]
+def crossed_thresholds(slot: Slot, before: int, after: int) -> list[float]:
+    """Thresholds passed going from ``before`` to ``after`` spent (both inclusive of this call).
+
+    Thresholds are sorted, so most calls are answered by one bisection: none crossed.
+    """
+    thresholds = slot.info.thresholds
+    if slot.limit <= 0:
+        return list(thresholds) if after > before else []
+    marks = slot.marks
+    first = bisect_right(marks, before)
+    if first == len(marks) or marks[first] > after:
+        return []
+    return [t for t, mark in zip(thresholds[first:], marks[first:], strict=True) if mark <= after]

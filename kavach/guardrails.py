@@ -57,6 +57,8 @@ class _RunState:
     started: float
     requests: dict[int, int] = field(default_factory=dict)
     tool_calls: deque[str] = field(default_factory=lambda: deque(maxlen=64))
+    cycle: tuple[str, ...] | None = None
+    """The tool-call cycle the run is stuck in, found when tool calls are recorded."""
 
 
 def find_cycle(history: deque[str] | list[str], repeats: int) -> tuple[str, ...] | None:
@@ -86,6 +88,12 @@ class Guardrails:
         self._runs: OrderedDict[str, _RunState] = OrderedDict()
         self._spend: deque[tuple[float, int]] = deque()
         self._spend_sum = 0
+        # Whether any limit is checked before a call: most guards set none of them.
+        self._checks = (
+            config.max_runtime_seconds is not None
+            or config.detect_loops
+            or config.max_spend_per_minute is not None
+        )
 
     def start_run(self, run_id: str, now: float | None = None) -> None:
         with self._lock:
@@ -93,6 +101,8 @@ class Guardrails:
 
     def check(self, run_id: str, fingerprint: int | None, now: float | None = None) -> None:
         """Raise the GuardrailError for the first limit this call would break."""
+        if not self._checks:
+            return
         cfg = self.config
         now = time.monotonic() if now is None else now
         with self._lock:
@@ -107,7 +117,7 @@ class Guardrails:
                         observed=elapsed,
                     )
             if cfg.detect_loops:
-                cycle = find_cycle(run.tool_calls, cfg.loop_threshold)
+                cycle = run.cycle
                 if cycle is not None:
                     raise LoopDetectedError(
                         f"run {run_id!r} repeated the tool-call cycle {' -> '.join(cycle)} "
@@ -153,11 +163,15 @@ class Guardrails:
         self, run_id: str, cost_nanos: int, tool_calls: tuple[str, ...], now: float | None = None
     ) -> None:
         """Record a settled call's cost (for velocity) and tool calls (for cycles)."""
+        if not tool_calls and (not cost_nanos or self.config.max_spend_per_minute is None):
+            return
         now = time.monotonic() if now is None else now
         with self._lock:
             if tool_calls:
                 run = self._run(run_id, now)
                 run.tool_calls.extend(tool_calls)
+                if self.config.detect_loops:
+                    run.cycle = find_cycle(run.tool_calls, self.config.loop_threshold)
             if self.config.max_spend_per_minute is not None and cost_nanos:
                 self._spend.append((now, cost_nanos))
                 self._spend_sum += cost_nanos

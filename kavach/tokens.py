@@ -280,6 +280,14 @@ def _provider_kind(provider: str, model: str) -> ProviderKind:
     return _OTHER if kind == _OPENAI else kind
 
 
+@functools.lru_cache(maxsize=512)
+def _model_rules(provider: str, model: str) -> tuple[ProviderKind, str, str]:
+    """The counting rules, the bare model name and the encoding for one provider and model."""
+    kind = _provider_kind(provider, model)
+    encoding = _encoding_name(model) if kind == _OPENAI else "o200k_base"
+    return kind, _bare_model(model), encoding
+
+
 # --------------------------------------------------------------------------- walking
 
 
@@ -333,7 +341,44 @@ def _to_json(value: Any) -> str:
     return json.dumps(value, default=default, ensure_ascii=False)
 
 
+# The per-message part of a count, for the common plain-text message (a dict whose values
+# are all short strings): an agent resends its whole history every turn, so each message
+# is walked once. Keyed by value, and only short values, so no large prompt is pinned.
+_MESSAGE_CACHE_SIZE = 4096
+_message_counts: dict[tuple[str, tuple[tuple[Any, Any], ...]], tuple[int, int]] = {}
+_SKIPPED_KEYS = frozenset(("type", "id", "status"))
+
+
 def _add_message(tally: _Tally, message: Any) -> None:
+    if type(message) is dict and "role" in message:
+        try:
+            key = (tally.encoding, tuple(message.items()))
+            cached = _message_counts.get(key)
+        except TypeError:  # a value that is a list (parts, tool calls): walk it
+            cached = key = None
+        if cached is not None:
+            tally.messages += 1
+            tally.text += cached[0]
+            tally.names += cached[1]
+            if tally.first_system is None and message["role"] in ("system", "developer"):
+                content = message.get("content")
+                content = message.get("parts") if content is None else content
+                if content is not None:
+                    tally.first_system = content
+            return
+        if key is not None and all(
+            (type(v) is str and len(v) <= _SHORT_TEXT) or v is None for v in message.values()
+        ):
+            text, names = tally.text, tally.names
+            _walk_message(tally, message)
+            if len(_message_counts) >= _MESSAGE_CACHE_SIZE:
+                _message_counts.clear()
+            _message_counts[key] = (tally.text - text, tally.names - names)
+            return
+    _walk_message(tally, message)
+
+
+def _walk_message(tally: _Tally, message: Any) -> None:
     if isinstance(message, str):  # Gemini contents / Responses input: a user turn
         message = {"role": "user", "content": message}
     d = _as_mapping(message)
@@ -671,15 +716,16 @@ def estimate_input_tokens(
     ...                       messages=[{"role": "user", "content": "hello world"}])
     21
     """
-    kind = _provider_kind(provider, model)
-    encoding = _encoding_name(model) if kind == _OPENAI else "o200k_base"
-    tally = _Tally(kind, _bare_model(model), encoding)
+    kind, bare, encoding = _model_rules(provider, model)
+    tally = _Tally(kind, bare, encoding)
     if system is not None:
         if isinstance(system, str) or _as_mapping(system) is None:
             system = {"role": "system", "content": system}
         _add_message(tally, system)
     if messages is not None:
-        many = isinstance(messages, Sequence) and not isinstance(messages, str)
+        many = type(messages) is list or (
+            isinstance(messages, Sequence) and not isinstance(messages, str)
+        )
         for message in messages if many else [messages]:
             _add_message(tally, message)
     chat = tally.messages > 0

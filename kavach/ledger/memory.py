@@ -37,27 +37,34 @@ class MemoryLedger:
             granted = grantable_units(lines, balances, min_units, max_units)
             if isinstance(granted, Refusal):
                 return granted
-            amounts = tuple(line.fixed + line.per_unit * granted for line in lines)
-            for line, amount in zip(lines, amounts, strict=True):
-                reserved[line.key] = reserved.get(line.key, 0) + amount
-                self._touch(line.key, line.ttl_seconds)
+            keys = []
+            amounts = []
+            for line in lines:
+                key = line.key
+                amount = line.fixed + line.per_unit * granted
+                reserved[key] = reserved.get(key, 0) + amount
+                keys.append(key)
+                amounts.append(amount)
+            self._touch(lines)
+            self._writes += 1
+            if self._writes % _PRUNE_EVERY == 0:
+                self._prune()
             hold_id = f"m{next(self._ids)}"
             self._holds.add(hold_id)
-        return Hold(
-            id=hold_id, keys=tuple(line.key for line in lines), amounts=amounts, units=granted
-        )
+        return Hold(hold_id, tuple(keys), tuple(amounts), granted)
 
     def settle(self, hold: Hold, actual: Sequence[int]) -> tuple[int, ...]:
         spent, reserved = self._spent, self._reserved
+        keys = hold.keys
         with self._lock:
             if hold.id not in self._holds:
-                return tuple(spent.get(key, 0) for key in hold.keys)
-            self._holds.discard(hold.id)
+                return tuple([spent.get(key, 0) for key in keys])
+            self._holds.remove(hold.id)
             after = []
-            for key, held, amount in zip(hold.keys, hold.amounts, actual, strict=True):
-                reserved[key] = reserved.get(key, 0) - held
-                spent[key] = spent.get(key, 0) + amount
-                after.append(spent[key])
+            for i, key in enumerate(keys):
+                reserved[key] = reserved.get(key, 0) - hold.amounts[i]
+                total = spent[key] = spent.get(key, 0) + actual[i]
+                after.append(total)
         return tuple(after)
 
     def release(self, hold: Hold) -> None:
@@ -75,7 +82,8 @@ class MemoryLedger:
     def add_spent(self, key: str, amount: int, ttl_seconds: int | None = None) -> int:
         with self._lock:
             self._spent[key] = self._spent.get(key, 0) + amount
-            self._touch(key, ttl_seconds)
+            if ttl_seconds is not None:
+                self._touch((LedgerLine(key, 0, 0, 0, ttl_seconds),))
             return self._spent[key]
 
     async def areserve(
@@ -97,16 +105,20 @@ class MemoryLedger:
         """Holds not yet settled or released (for tests and diagnostics)."""
         return len(self._holds)
 
-    def _touch(self, key: str, ttl_seconds: int | None) -> None:
+    def _touch(self, lines: Sequence[LedgerLine]) -> None:
+        # Called with the lock held: each key must be kept its line's ttl from now.
+        now = time.monotonic()
+        expires = self._expires
+        for line in lines:
+            if line.ttl_seconds is not None:
+                expires[line.key] = now + line.ttl_seconds
+
+    def _prune(self) -> None:
         # Called with the lock held. Keys of past periods are dropped now and then so a
         # long-lived process does not grow without bound.
-        if ttl_seconds is not None:
-            self._expires[key] = time.monotonic() + ttl_seconds
-        self._writes += 1
-        if self._writes % _PRUNE_EVERY == 0:
-            now = time.monotonic()
-            for old in [k for k, t in self._expires.items() if t < now]:
-                if self._reserved.get(old, 0) == 0:
-                    self._spent.pop(old, None)
-                    self._reserved.pop(old, None)
-                    del self._expires[old]
+        now = time.monotonic()
+        for old in [k for k, t in self._expires.items() if t < now]:
+            if self._reserved.get(old, 0) == 0:
+                self._spent.pop(old, None)
+                self._reserved.pop(old, None)
+                del self._expires[old]

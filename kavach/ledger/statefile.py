@@ -25,7 +25,7 @@ import weakref
 from collections.abc import Sequence
 from pathlib import Path
 
-from kavach.ledger.base import Hold
+from kavach.ledger.base import Hold, LedgerLine
 from kavach.ledger.memory import MemoryLedger
 
 __all__ = ["PersistentMemoryLedger"]
@@ -69,10 +69,12 @@ class PersistentMemoryLedger(MemoryLedger):
         self._changed()
         return after
 
-    def _touch(self, key: str, ttl_seconds: int | None) -> None:
-        if ttl_seconds is not None:
-            self._wall_expires[key] = time.time() + ttl_seconds
-        super()._touch(key, ttl_seconds)
+    def _touch(self, lines: Sequence[LedgerLine]) -> None:
+        now = time.time()
+        for line in lines:
+            if line.ttl_seconds is not None:
+                self._wall_expires[line.key] = now + line.ttl_seconds
+        super()._touch(lines)
 
     def _changed(self) -> None:
         if not self._dirty.is_set():

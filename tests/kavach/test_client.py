@@ -288,6 +288,26 @@ def test_thresholds_are_reported_once_each_per_period(make_guard: Make, clock: C
     assert first.spent == 5 * CALL_COST
 
 
+def test_one_call_that_jumps_several_thresholds_reports_each(
+    make_guard: Make, clock: Clock
+) -> None:
+    recorder = Recorder()
+    guard = make_guard(
+        # Given out of order; each is reported once, in order, when spend reaches it exactly.
+        budget=dataclasses.replace(Budget.daily(CALL_COST * 10 / 1e9), thresholds=(0.9, 0.2, 0.4)),
+        observers=[recorder],
+        clock=clock,
+        detect_loops=False,
+    )
+    guard.reserve(spec()).commit(Usage(1000, 1000))  # 10%: none
+    assert recorder.crossings == []
+    guard.reserve(spec(input_tokens=5000)).commit(Usage(5000, 1000))  # 10% -> 40%
+    assert [c.threshold for c in recorder.crossings] == [0.2, 0.4]
+    assert recorder.crossings[-1].spent == 4 * CALL_COST
+    guard.reserve(spec(input_tokens=9000)).commit(Usage(9000, 1000))  # 40% -> 90%
+    assert [c.threshold for c in recorder.crossings] == [0.2, 0.4, 0.9]
+
+
 def test_thresholds_under_concurrency_fire_exactly_once(make_guard: Make) -> None:
     recorder = Recorder()
     guard = make_guard(

@@ -12,6 +12,7 @@ from kavach import (
     AgentKilledError,
     Budget,
     CallLimitError,
+    CallSpec,
     CostPerCallError,
     KavachConfigError,
     LoopDetectedError,
@@ -138,3 +139,48 @@ def test_bad_guardrail_values() -> None:
         AgentKavach("a", loop_threshold=1)
     with pytest.raises(KavachConfigError):
         AgentKavach("a", max_calls_per_run=0)
+
+
+def test_loop_detection_sees_identical_long_histories_and_their_differences(
+    make_guard: Make,
+) -> None:
+    guard = make_guard(budget=Budget.daily(10), loop_threshold=3, kill_on_guardrail=False)
+    history = [
+        {"role": "user" if i % 2 else "assistant", "content": f"turn {i} " * 50} for i in range(40)
+    ]
+    history.append({"role": "assistant", "content": None, "tool_calls": [{"id": "c1"}]})
+
+    def call(messages: list[dict[str, object]]) -> None:
+        guard.reserve(
+            CallSpec(
+                provider="openai",
+                model="test-model",
+                messages=messages,
+                max_output_tokens=10,
+                input_tokens=100,
+            )
+        ).commit(Usage(1, 1))
+
+    with guard.run():
+        call(list(history))
+        changed = [dict(m) for m in history]
+        changed[3]["content"] = "an edited turn"  # one message differs: not a loop
+        call(changed)
+        changed_tool = [dict(m) for m in history]
+        changed_tool[-1]["tool_calls"] = [{"id": "c2"}]  # a nested value differs
+        call(changed_tool)
+        call([dict(m) for m in history])  # equal content in new objects: the same request
+        with pytest.raises(LoopDetectedError):
+            call(list(history))
+
+
+def test_a_tool_call_cycle_stays_detected_until_the_agent_breaks_it(make_guard: Make) -> None:
+    guard = make_guard(budget=Budget.daily(10), loop_threshold=2, kill_on_guardrail=False)
+    with guard.run():
+        for i in range(2):
+            guard.reserve(spec(content=f"step {i}")).commit(Usage(1, 1), tool_calls=["a", "b"])
+        for attempt in range(2):  # the refusal does not clear the detected cycle
+            with pytest.raises(LoopDetectedError):
+                guard.reserve(spec(content=f"retry {attempt}"))
+    with guard.run():  # a new run starts with a clean history
+        guard.reserve(spec(content="fresh")).commit(Usage(1, 1))

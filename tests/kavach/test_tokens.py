@@ -393,6 +393,37 @@ def test_counts_recorded_from_the_api(
     )
 
 
+@pytest.mark.parametrize("provider", ["openai", "anthropic", "google", "mistral"])
+def test_a_resent_history_counts_the_same_as_the_first_time(provider: str) -> None:
+    # Messages are remembered after their first count: an agent resends its history each
+    # turn. A warm count must equal a cold one, system prompt, names and tools included.
+    model = {
+        "openai": "gpt-4o",
+        "anthropic": "claude-sonnet-4-5",
+        "google": "gemini-2.5-flash",
+        "mistral": "mistral-large-latest",
+    }[provider]
+    history = [
+        *WEATHER_MESSAGES,
+        {"role": "user", "name": "ana", "content": "And tomorrow?"},
+        {"role": "assistant", "content": "x" * 2000},  # long: counted by digest, not kept
+        {"role": "user", "content": [{"type": "text", "text": "parts are walked"}]},
+    ]
+
+    def count() -> int:
+        return estimate_input_tokens(provider, model, messages=history, tools=[WEATHER_TOOL])
+
+    tokens._message_counts.clear()
+    cold = count()
+    assert count() == cold
+    # What the cache holds are short plain messages only; never the long one.
+    assert all(len(str(key)) < 1000 for key in tokens._message_counts)
+    tokens._message_counts.clear()
+    history.append({"role": "user", "content": "one more turn"})
+    assert count() > cold
+    assert count() == count()
+
+
 def test_tool_shapes_agree() -> None:
     f = WEATHER_TOOL["function"]
     chat = estimate_input_tokens(
