@@ -54,8 +54,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or Settings.from_env()
     engine = db.engine_for(settings.database)
     db.use_engine(engine)
-    hub = ControlHub(settings.redis_url)
     ops = Operations(settings)  # rate limits, billing, retention, alerts, metrics
+    hub = ControlHub(settings.redis_url, ops.settings.redis_prefix)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:

@@ -3,7 +3,9 @@
 Within one process, every subscriber of an organization gets its own queue and a
 change is put on each. With Redis configured, changes are also published on a
 per-organization channel so every backend replica wakes its own subscribers; a
-replica ignores the echo of its own messages.
+replica ignores the echo of its own messages. Channels carry the deployment's Redis prefix
+(``AGENTKAVACH_REDIS_PREFIX``): two deployments sharing one Redis (staging and production,
+say) number their organizations alike, and a stop in one must never reach the other.
 """
 
 from __future__ import annotations
@@ -21,15 +23,14 @@ __all__ = ["ControlHub"]
 
 logger = logging.getLogger("agentkavach.backend.control")
 
-_CHANNEL_PREFIX = "agentkavach:control:"
-
 
 class ControlHub:
     """Fan-out of control messages to the SSE and long-poll waiters of an organization."""
 
-    def __init__(self, redis_url: str | None = None) -> None:
+    def __init__(self, redis_url: str | None = None, prefix: str = "agentkavach:") -> None:
         self._subscribers: dict[int, set[asyncio.Queue[dict[str, Any]]]] = defaultdict(set)
         self._redis_url = redis_url
+        self._channel = f"{prefix}control:"
         self._redis: Any = None
         self._listener: asyncio.Task[None] | None = None
         self._origin = uuid.uuid4().hex
@@ -41,7 +42,7 @@ class ControlHub:
 
         self._redis = redis.from_url(self._redis_url)
         pubsub = self._redis.pubsub()
-        await pubsub.psubscribe(_CHANNEL_PREFIX + "*")
+        await pubsub.psubscribe(self._channel + "*")
         self._listener = asyncio.create_task(self._listen(pubsub))
 
     async def stop(self) -> None:
@@ -87,7 +88,7 @@ class ControlHub:
                 {"origin": self._origin, "org": org_id, "message": message}, default=str
             )
             try:
-                await self._redis.publish(f"{_CHANNEL_PREFIX}{org_id}", envelope)
+                await self._redis.publish(f"{self._channel}{org_id}", envelope)
             except Exception:  # noqa: BLE001 - local subscribers already have it
                 logger.warning("control: could not publish to Redis", exc_info=True)
 

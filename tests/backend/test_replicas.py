@@ -69,3 +69,33 @@ def test_kill_on_one_replica_reaches_a_stream_on_another(
     finally:
         stop_server(first)
         stop_server(second)
+
+
+@pytest.mark.redis
+@pytest.mark.anyio
+async def test_deployments_sharing_a_redis_never_hear_each_others_stops(redis_url: str) -> None:
+    import asyncio
+
+    from backend.control import ControlHub
+
+    staging = ControlHub(redis_url, prefix=f"staging-{os.getpid()}:")
+    production = ControlHub(redis_url, prefix=f"production-{os.getpid()}:")
+    production_replica = ControlHub(redis_url, prefix=f"production-{os.getpid()}:")
+    hubs = (staging, production, production_replica)
+    for hub in hubs:
+        await hub.start()
+    try:
+        async with (
+            staging.subscribe(1) as staging_org_1,
+            production_replica.subscribe(1) as production_org_1,
+        ):
+            await asyncio.sleep(0.2)  # the listeners' subscriptions are in place
+            await production.publish(1, {"kind": "kill", "agents": ["bot"]})
+            # The other production replica hears it; staging's org 1 does not.
+            heard = await asyncio.wait_for(production_org_1.get(), timeout=5)
+            assert heard == {"kind": "kill", "agents": ["bot"]}
+            await asyncio.sleep(0.5)
+            assert staging_org_1.empty()
+    finally:
+        for hub in hubs:
+            await hub.stop()
