@@ -6,7 +6,7 @@
 
 from kavach._money import NANOS_PER_DOLLAR, fmt_usd, to_nanos
 from kavach.budget import Budget, Period
-from kavach.client import AgentKavach, BudgetStatus, wrap
+from kavach.client import AgentKavach, BudgetStatus, current_run_id, wrap
 from kavach.errors import (
     AgentKilledError,
     BudgetExceededError,
@@ -64,6 +64,7 @@ __all__ = [
     "Usage",
     "VelocityError",
     "__version__",
+    "current_run_id",
     "fmt_usd",
     "to_nanos",
     "wrap",

@@ -79,6 +79,24 @@ _current_run: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "kavach_run", default=None
 )
 _PROMPT_CAP = 32_000
+
+
+def current_run_id() -> str | None:
+    """The run id of the innermost ``guard.run()`` block around this code, or ``None``.
+
+    Framework adapters use it to charge a callback to the run the caller opened (it
+    follows contextvars, so threads and tasks started inside the block see it too).
+
+    >>> from kavach import AgentKavach, current_run_id
+    >>> with AgentKavach("bot").run("run-1"):
+    ...     current_run_id()
+    'run-1'
+    >>> current_run_id() is None
+    True
+    """
+    return _current_run.get()
+
+
 _C = TypeVar("_C")
 
 

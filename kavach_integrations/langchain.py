@@ -44,7 +44,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 from uuid import UUID
 
-from kavach.client import AgentKavach, _current_run
+from kavach.client import AgentKavach, current_run_id
 from kavach.errors import BudgetExceededError, KavachConfigError, MissingDependencyError
 from kavach.events import CallStatus
 from kavach.reservation import Reservation
@@ -150,7 +150,7 @@ class KavachHandler(BaseCallbackHandler):
                 self._roots[run_id] = run_id
             else:
                 self._roots[run_id] = self._roots.get(parent_run_id, parent_run_id)
-        if parent_run_id is None and _current_run.get() is None:
+        if parent_run_id is None and current_run_id() is None:
             self.guard.guardrails.start_run(str(run_id))
 
     def _exit(self, run_id: UUID) -> None:
@@ -158,7 +158,7 @@ class KavachHandler(BaseCallbackHandler):
             self._roots.pop(run_id, None)
 
     def _kavach_run(self, parent_run_id: UUID | None) -> str:
-        scoped = _current_run.get()
+        scoped = current_run_id()
         if scoped is not None:
             return scoped
         if parent_run_id is None:

@@ -48,7 +48,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from kavach.client import AgentKavach, _current_run
+from kavach.client import AgentKavach, current_run_id
 from kavach.errors import MissingDependencyError
 from kavach.events import CallStatus
 from kavach.reservation import Reservation
@@ -327,7 +327,7 @@ class Instrumentation:
         kwargs: Mapping[str, Any] = payload.get(EventPayload.ADDITIONAL_KWARGS) or {}
         messages = payload.get(EventPayload.MESSAGES)
         prompt = payload.get(EventPayload.PROMPT)
-        run_id = _current_run.get() or (ancestry[-1] if ancestry else None)
+        run_id = current_run_id() or (ancestry[-1] if ancestry else None)
         spec = CallSpec(
             provider=_provider(model),
             model=str(model.get("model_name") or model.get("model") or "unknown"),

@@ -403,3 +403,21 @@ def test_budgets_set_remotely_apply_to_the_next_call(make_guard: Make) -> None:
     assert info.value.limit == 3_000_000
     guard.set_remote_budgets([])
     guard.reserve(spec(content="after removal")).release()
+
+
+def test_current_run_id_follows_the_innermost_run_block_into_tasks() -> None:
+    from kavach import current_run_id
+
+    guard = AgentKavach("bot", Budget.daily(1))
+    assert current_run_id() is None
+
+    async def inside_a_task() -> str | None:
+        await asyncio.sleep(0)
+        return current_run_id()
+
+    with guard.run("outer"):
+        assert current_run_id() == "outer"
+        with guard.run("inner"):
+            assert asyncio.run(inside_a_task()) == "inner"
+        assert current_run_id() == "outer"
+    assert current_run_id() is None
