@@ -143,6 +143,32 @@ async def _org_of(obj: dict[str, Any]) -> int | None:
     return None
 
 
+def _event_time(event: dict[str, Any]) -> datetime.datetime:
+    created = event.get("created")
+    if isinstance(created, int) and not isinstance(created, bool):
+        return datetime.datetime.fromtimestamp(created, datetime.timezone.utc)
+    return datetime.datetime.now(datetime.timezone.utc)  # Stripe always sends it; be safe
+
+
+async def _update_if_newer(
+    org_id: int, created: datetime.datetime, changes: dict[Any, Any]
+) -> bool:
+    """Apply ``changes`` unless a newer event already has; True if applied.
+
+    Stripe does not deliver in order. One conditional UPDATE, so two webhooks racing on
+    PostgreSQL cannot both pass the check: the second re-reads the row after the first.
+    """
+    rows = (
+        await Subscription.update({**changes, Subscription.stripe_event_at: created})
+        .where(
+            (Subscription.org == org_id)
+            & (Subscription.stripe_event_at.is_null() | (Subscription.stripe_event_at <= created))
+        )
+        .returning(Subscription.id)
+    )
+    return bool(rows)
+
+
 async def apply_event(settings: OpsSettings, event: dict[str, Any]) -> str:
     """Apply a verified Stripe event once; answer what happened (for the response and logs).
 
@@ -151,6 +177,7 @@ async def apply_event(settings: OpsSettings, event: dict[str, Any]) -> str:
     """
     event_id, kind = str(event.get("id", "")), str(event.get("type", ""))
     obj: dict[str, Any] = (event.get("data") or {}).get("object") or {}
+    created = _event_time(event)
     async with db.transaction():
         fresh = await StripeEvent.raw(
             "INSERT INTO stripe_events (event_id, type, created_at) VALUES ({}, {}, {}) "
@@ -168,14 +195,18 @@ async def apply_event(settings: OpsSettings, event: dict[str, Any]) -> str:
                 return "ignored"
             org_id = int(ref)
             await _ensure_row(org_id)
-            await Subscription.update(
+            applied = await _update_if_newer(
+                org_id,
+                created,
                 {
                     Subscription.plan: plan,
                     Subscription.status: "active",
                     Subscription.stripe_customer_id: obj.get("customer"),
                     Subscription.stripe_subscription_id: obj.get("subscription"),
-                }
-            ).where(Subscription.org == org_id)
+                },
+            )
+            if not applied:
+                return "stale"
             logger.info("billing: org %s upgraded to %s", org_id, plan)
             return f"org {org_id} on {plan}"
         if kind in ("customer.subscription.updated", "customer.subscription.deleted"):
@@ -203,7 +234,8 @@ async def apply_event(settings: OpsSettings, event: dict[str, Any]) -> str:
                     changes[Subscription.plan] = plan
                 if obj.get("customer"):
                     changes[Subscription.stripe_customer_id] = obj["customer"]
-            await Subscription.update(changes).where(Subscription.org == org_id)
+            if not await _update_if_newer(org_id, created, changes):
+                return "stale"
             return f"org {org_id} subscription {kind.rsplit('.', 1)[1]}"
     return "ignored"
 

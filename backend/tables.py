@@ -201,6 +201,8 @@ class Subscription(Table, tablename="subscriptions"):
     stripe_customer_id = Varchar(length=100, null=True, default=None)
     stripe_subscription_id = Varchar(length=100, null=True, default=None)
     current_period_end = Timestamptz(null=True, default=None)
+    stripe_event_at = Timestamptz(null=True, default=None)
+    """When the Stripe event last applied here was created: older ones arrive late."""
     created_at = Timestamptz(default=TimestamptzNow())
 
 

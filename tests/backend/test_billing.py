@@ -287,3 +287,35 @@ def test_the_sdk_logs_the_plan_limit_once_and_keeps_the_events(
     assert len(messages) == 1
     assert "Free plan includes 3 agents" in messages[0] and "3600" in messages[0]
     assert reporter.pending == 5  # kept on disk for the next try
+
+
+def test_a_late_older_event_does_not_undo_a_newer_one(
+    billing_backend: Process, accounts: Any
+) -> None:
+    account = accounts(billing_backend.url)
+    upgrade = _completed(account.org_id, "pro")
+    assert _post(billing_backend.url, *_signed(upgrade)).status_code == 200
+    now = upgrade["created"]
+    subscription = {"id": "sub_test_1", "object": "subscription", "customer": "cus_test_1"}
+    updated = _event(
+        "customer.subscription.updated",
+        {
+            **subscription,
+            "status": "active",
+            "items": {"data": [{"price": {"id": PRICE_MAX}, "current_period_end": 1893456000}]},
+        },
+    )
+    updated["created"] = now + 10
+    deleted = _event("customer.subscription.deleted", subscription)
+    deleted["created"] = now + 20
+    # Stripe delivers the cancellation first and the earlier upgrade to max after it.
+    assert _post(billing_backend.url, *_signed(deleted)).json()["outcome"].endswith("deleted")
+    late = _post(billing_backend.url, *_signed(updated))
+    assert late.status_code == 200 and late.json()["outcome"] == "stale"
+    plan = account.client.get("/v1/billing/plan").json()
+    assert plan["plan"] == "free"
+    # A newer event still applies.
+    again = _completed(account.org_id, "max")
+    again["created"] = now + 30
+    assert _post(billing_backend.url, *_signed(again)).json()["outcome"].endswith("on max")
+    assert account.client.get("/v1/billing/plan").json()["plan"] == "max"
