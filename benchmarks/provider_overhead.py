@@ -125,11 +125,31 @@ def _chat_body() -> bytes:
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": "ok"},
+                    "message": {
+                        "role": "assistant",
+                        "content": "ok",
+                        "refusal": None,
+                        "annotations": [],
+                    },
+                    "logprobs": None,
                     "finish_reason": "stop",
                 }
             ],
-            "usage": {"prompt_tokens": 12, "completion_tokens": 1, "total_tokens": 13},
+            # The shape the API answers with today, details included.
+            "usage": {
+                "prompt_tokens": 12,
+                "completion_tokens": 1,
+                "total_tokens": 13,
+                "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+                "completion_tokens_details": {
+                    "reasoning_tokens": 0,
+                    "audio_tokens": 0,
+                    "accepted_prediction_tokens": 0,
+                    "rejected_prediction_tokens": 0,
+                },
+            },
+            "service_tier": "default",
+            "system_fingerprint": "fp_bench",
         }
     ).encode()
 
