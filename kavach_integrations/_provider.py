@@ -20,6 +20,7 @@ type; attributes pass through; wrapping twice is a no-op; ``unwrap`` undoes it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import importlib
 import json
@@ -78,6 +79,9 @@ class Endpoint:
     """A fresh meter for one streamed response to this request."""
     prepare_stream: Callable[[Body], Body] | None = None
     """Changes a streamed request needs to be metered (OpenAI: ask for the usage chunk)."""
+    estimate_unreported_input: bool = False
+    """The provider may report no input tokens (Gemini API embeddings): settle such a response
+    at the reserved input estimate rather than at zero, which would make a billed call free."""
 
 
 def set_max_tokens(*names: str) -> Callable[[Body, int], Body]:
@@ -203,7 +207,7 @@ def _limited(guard: AgentKavach, endpoint: Endpoint, spec: CallSpec) -> bool:
 def _outcome(endpoint: Endpoint, response: Any, r: Reservation) -> Outcome:
     parsed = response.parse() if _is_raw(response) else response
     try:
-        return endpoint.outcome(parsed)
+        outcome = endpoint.outcome(parsed)
     except Exception:
         # The call was made and billed; settle at the worst case rather than lose it.
         logger.exception("kavach: could not read usage of a %s response", r.spec.provider)
@@ -214,6 +218,12 @@ def _outcome(endpoint: Endpoint, response: Any, r: Reservation) -> Outcome:
                 output_tokens=r.max_output_tokens or 0,
             )
         )
+    if endpoint.estimate_unreported_input and not outcome.usage.input_tokens:
+        plan = r.plan
+        if plan is not None:
+            usage = dataclasses.replace(outcome.usage, input_tokens=plan.input_tokens)
+            outcome = dataclasses.replace(outcome, usage=usage)
+    return outcome
 
 
 _RAW_TYPES: dict[type, bool] = {}

@@ -1,9 +1,11 @@
-"""Google (google-genai): how to read ``generate_content`` requests, usage and stream chunks.
+"""Google (google-genai): how to read ``generate_content`` and ``embed_content`` requests,
+usage and stream chunks.
 
-``guard.wrap(genai.Client())`` guards ``client.models.generate_content`` and
-``generate_content_stream`` and their ``client.aio`` twins. ``count_tokens`` and model
-listing pass untouched. Gemini's ``prompt_token_count`` includes cached tokens; thinking
-tokens (``thoughts_token_count``) are output beside ``candidates_token_count``.
+``guard.wrap(genai.Client())`` guards ``client.models.generate_content``,
+``generate_content_stream`` and ``embed_content`` and their ``client.aio`` twins.
+``count_tokens`` and model listing pass untouched. Gemini's ``prompt_token_count`` includes
+cached tokens; thinking tokens (``thoughts_token_count``) are output beside
+``candidates_token_count``.
 
 With automatic function calling (Python callables as tools) the SDK may make several requests
 inside one ``generate_content``; the guard reserves and settles that call as one.
@@ -12,6 +14,7 @@ inside one ``generate_content``; the guard reserves and settles that call as one
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -67,20 +70,22 @@ def _model_name(model: str) -> str:
     return model.rsplit("/", 1)[-1]
 
 
-def _read(body: Mapping[str, Any]) -> CallSpec:
-    contents = body.get("contents")
-    config = body.get("config")
-    prompt: str | list[str] | None = None
-    messages: list[Any] | None = None
+def _contents(contents: Any) -> tuple[str | list[str] | None, list[Any] | None]:
+    """``contents`` as plain text (a string or a list of strings) or as Gemini contents."""
     if isinstance(contents, str):
-        prompt = contents
-    elif isinstance(contents, list):
+        return contents, None
+    if isinstance(contents, list):
         if all(isinstance(c, str) for c in contents):
-            prompt = list(contents)
-        else:
-            messages = [_plain(c) for c in contents]
-    elif contents is not None:
-        messages = [_plain(contents)]
+            return list(contents), None
+        return None, [_plain(c) for c in contents]
+    if contents is not None:
+        return None, [_plain(contents)]
+    return None, None
+
+
+def _read(body: Mapping[str, Any]) -> CallSpec:
+    config = body.get("config")
+    prompt, messages = _contents(body.get("contents"))
     tools = field(config, "tools")
     return CallSpec(
         provider=PROVIDER,
@@ -162,6 +167,41 @@ class GeminiMeter(TokenCounter):
 GENERATE = Endpoint(operation="chat", read=_read, outcome=_outcome, limit=_limit, meter=GeminiMeter)
 
 
+def _read_embeddings(body: Mapping[str, Any]) -> CallSpec:
+    # Text is counted as a prompt; parts (images, files for multimodal embedding models) are
+    # counted the way generate_content counts them.
+    prompt, messages = _contents(body.get("contents"))
+    return CallSpec(
+        provider=PROVIDER,
+        model=_model_name(str(body.get("model", ""))),
+        messages=messages,
+        prompt=prompt,
+        max_output_tokens=0,
+        operation="embeddings",
+    )
+
+
+def _embeddings_outcome(response: Any) -> Outcome:
+    tokens = field(field(response, "usage_metadata"), "prompt_token_count", 0)
+    if not tokens:  # Vertex AI: a token count per embedding
+        counts = (
+            field(field(e, "statistics"), "token_count", 0)
+            for e in field(response, "embeddings", ())
+        )
+        tokens = math.ceil(sum(counts))
+    # The Gemini API's batchEmbedContents may report no usage at all; 0 here settles the call
+    # at the reserved input estimate (EMBEDDINGS.estimate_unreported_input), never at zero.
+    return Outcome(Usage(input_tokens=tokens))
+
+
+EMBEDDINGS = Endpoint(
+    operation="embeddings",
+    read=_read_embeddings,
+    outcome=_embeddings_outcome,
+    estimate_unreported_input=True,
+)
+
+
 def instrument(client: Any, guard: AgentKavach) -> None:
     if isinstance(client, genai.Client):
         sync_models, async_models = client.models, client.aio.models
@@ -170,7 +210,9 @@ def instrument(client: Any, guard: AgentKavach) -> None:
     if sync_models is not None:
         guard_method(client, sync_models, "generate_content", guard, GENERATE)
         guard_method(client, sync_models, "generate_content_stream", guard, GENERATE, streamed=True)
+        guard_method(client, sync_models, "embed_content", guard, EMBEDDINGS)
     guard_method(client, async_models, "generate_content", guard, GENERATE, is_async=True)
+    guard_method(client, async_models, "embed_content", guard, EMBEDDINGS, is_async=True)
     guard_method(
         client,
         async_models,

@@ -1,8 +1,9 @@
-"""Mistral (mistralai): how to read chat and embeddings requests, usage and stream events.
+"""Mistral (mistralai): how to read chat, FIM and embeddings requests, usage and stream events.
 
 ``guard.wrap(Mistral())`` guards ``chat.complete``/``complete_async``, ``chat.stream``/
-``stream_async`` (and ``parse``, which calls them) and ``embeddings.create``/``create_async``.
-Mistral's usage has the OpenAI chat shape; streamed usage rides on the finishing chunk.
+``stream_async`` (and ``parse``, which calls them), the same four methods of ``fim``
+(fill-in-the-middle, Codestral) and ``embeddings.create``/``create_async``. Mistral's usage
+has the OpenAI chat shape, FIM's too; streamed usage rides on the finishing chunk.
 """
 
 from __future__ import annotations
@@ -41,17 +42,33 @@ def _plain(item: Any) -> Any:
     return dump(exclude_none=True) if dump is not None else item
 
 
+def _max_tokens(body: Mapping[str, Any]) -> int | None:
+    max_tokens = body.get("max_tokens")
+    return max_tokens if isinstance(max_tokens, int) else None  # not UNSET, not None
+
+
 def _read(body: Mapping[str, Any]) -> CallSpec:
     messages = body.get("messages")
     if messages is not None:
         messages = [m if isinstance(m, Mapping) else _plain(m) for m in messages]
-    max_tokens = body.get("max_tokens")
     return CallSpec(
         provider=PROVIDER,
         model=str(body.get("model", "")),
         messages=messages,
         tools=body.get("tools"),
-        max_output_tokens=max_tokens if isinstance(max_tokens, int) else None,
+        max_output_tokens=_max_tokens(body),
+    )
+
+
+def _read_fim(body: Mapping[str, Any]) -> CallSpec:
+    # The model reads both sides of the gap: prompt and suffix are billed input.
+    texts = [t for t in (body.get("prompt"), body.get("suffix")) if isinstance(t, str)]
+    return CallSpec(
+        provider=PROVIDER,
+        model=str(body.get("model", "")),
+        prompt=texts,
+        max_output_tokens=_max_tokens(body),
+        operation="fim",
     )
 
 
@@ -83,6 +100,13 @@ CHAT = Endpoint(
     limit=set_max_tokens("max_tokens"),
     meter=lambda body: EventMeter({}),
 )
+FIM = Endpoint(
+    operation="fim",
+    read=_read_fim,
+    outcome=chat_outcome,
+    limit=set_max_tokens("max_tokens"),
+    meter=lambda body: EventMeter({}),
+)
 EMBEDDINGS = Endpoint(
     operation="embeddings",
     read=_read_embeddings,
@@ -92,22 +116,28 @@ EMBEDDINGS = Endpoint(
 )
 
 
-def instrument(client: Any, guard: AgentKavach) -> None:
-    chat, embeddings = client.chat, client.embeddings
-    guard_method(client, chat, "complete", guard, CHAT)
-    guard_method(client, chat, "complete_async", guard, CHAT, is_async=True)
+def _guard_completions(client: Any, owner: Any, guard: AgentKavach, endpoint: Endpoint) -> None:
+    """``complete``, ``complete_async``, ``stream`` and ``stream_async`` of chat or FIM."""
+    guard_method(client, owner, "complete", guard, endpoint)
+    guard_method(client, owner, "complete_async", guard, endpoint, is_async=True)
     guard_method(
-        client, chat, "stream", guard, CHAT, streamed=True, attach=attach_sync("generator")
+        client, owner, "stream", guard, endpoint, streamed=True, attach=attach_sync("generator")
     )
     guard_method(
         client,
-        chat,
+        owner,
         "stream_async",
         guard,
-        CHAT,
+        endpoint,
         streamed=True,
         is_async=True,
         attach=attach_async("generator"),
     )
+
+
+def instrument(client: Any, guard: AgentKavach) -> None:
+    embeddings = client.embeddings
+    _guard_completions(client, client.chat, guard, CHAT)
+    _guard_completions(client, client.fim, guard, FIM)
     guard_method(client, embeddings, "create", guard, EMBEDDINGS)
     guard_method(client, embeddings, "create_async", guard, EMBEDDINGS, is_async=True)

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 from google import genai
 from google.genai import errors, types
 
 from kavach import AgentKavach, Budget, BudgetExceededError, KavachError, Usage
 from kavach._devtools.standin import Reply, StandIn, ToolCall
+from kavach.tokens import estimate_input_tokens
 
 from .conftest import Events
 
@@ -144,3 +147,113 @@ async def test_200_concurrent_calls_never_pass_the_budget(
     assert 0 < admitted < 200
     assert total <= Budget.daily(limit).limit and guard.ledger.open_holds == 0
     await c.aclose()
+
+
+# -- embed_content, against an httpx mock transport (the stand-in has no embeddings route) --
+
+EMBED_MODEL = "gemini-embedding-001"  # genai-prices: $0.15 per million input tokens
+
+
+class EmbedProvider:
+    """The Gemini API's ``batchEmbedContents``: records requests, answers with ``reply``."""
+
+    def __init__(self) -> None:
+        self.requests: list[httpx.Request] = []
+        self.status = 200
+        self.usage: dict[str, int] | None = None
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        if self.status != 200:
+            error = {"code": self.status, "message": "bad request", "status": "INVALID_ARGUMENT"}
+            return httpx.Response(self.status, json={"error": error})
+        n = len(json.loads(request.content)["requests"])
+        body: dict[str, Any] = {"embeddings": [{"values": [0.1, 0.2, 0.3]}] * n}
+        if self.usage is not None:
+            body["usageMetadata"] = self.usage
+        return httpx.Response(200, json=body)
+
+    def client(self, guard: AgentKavach) -> genai.Client:
+        transport = httpx.MockTransport(self.handle)
+        options = types.HttpOptions(
+            base_url="http://127.0.0.1:9/",
+            retry_options=None,
+            httpx_client=httpx.Client(transport=transport),
+            httpx_async_client=httpx.AsyncClient(transport=transport),
+        )
+        c = guard.wrap(genai.Client(api_key="k", http_options=options))
+        _open.append(c)
+        return c
+
+
+@pytest.fixture
+def embedder() -> EmbedProvider:
+    return EmbedProvider()
+
+
+def test_embed_content_settles_the_reported_tokens(
+    embedder: EmbedProvider, make_guard: Any, events: Events
+) -> None:
+    guard = make_guard(budget=Budget.daily(1))
+    embedder.usage = {"promptTokenCount": 1000, "totalTokenCount": 1000}
+    c = embedder.client(guard)
+    response = c.models.embed_content(model=EMBED_MODEL, contents=["What is your name?", "Hi"])
+    assert isinstance(response, types.EmbedContentResponse) and len(response.embeddings or ()) == 2
+    [event] = events.settled
+    assert (event.operation, event.status, event.usage) == (
+        "embeddings",
+        "ok",
+        Usage(input_tokens=1000),
+    )
+    assert guard.status()[0].spent == event.cost_nanos == 150_000  # 1000 x $0.15/M
+    assert guard.ledger.open_holds == 0
+
+
+def test_embed_content_without_usage_settles_at_the_reserved_estimate(
+    embedder: EmbedProvider, make_guard: Any, events: Events
+) -> None:
+    guard = make_guard(budget=Budget.daily(1))
+    text = "the quick brown fox jumps over the lazy dog " * 200
+    embedder.client(guard).models.embed_content(model=EMBED_MODEL, contents=text)
+    [event] = events.settled
+    estimate = estimate_input_tokens("google", EMBED_MODEL, prompt=text)
+    assert estimate >= 1800  # at least the ~1,800 tokens the text has: never billed as free
+    assert event.usage == Usage(input_tokens=estimate)
+    assert guard.status()[0].spent == event.cost_nanos > 0
+
+
+def test_embed_content_refused_before_any_request_and_error_releases(
+    embedder: EmbedProvider, make_guard: Any, events: Events
+) -> None:
+    # $0.0000001 is less than one input token costs ($0.00000015).
+    c = embedder.client(make_guard(budget=Budget.daily(0.0000001)))
+    with pytest.raises(BudgetExceededError):
+        c.models.embed_content(model=EMBED_MODEL, contents="hi")
+    assert embedder.requests == []
+
+    guard = make_guard(agent_name="b", budget=Budget.daily(1))
+    embedder.status = 400
+    with pytest.raises(errors.ClientError):
+        embedder.client(guard).models.embed_content(model=EMBED_MODEL, contents="hi")
+    assert len(embedder.requests) == 1
+    assert [e.status for e in events.calls] == ["refused", "error"]
+    [status] = guard.status()
+    assert (status.spent, status.reserved, guard.ledger.open_holds) == (0, 0, 0)
+
+
+@pytest.mark.anyio
+async def test_async_embed_content_is_guarded(
+    embedder: EmbedProvider, make_guard: Any, events: Events
+) -> None:
+    guard = make_guard(budget=Budget.daily(1))
+    embedder.usage = {"promptTokenCount": 40}
+    c = embedder.client(guard).aio
+    await c.models.embed_content(model=f"models/{EMBED_MODEL}", contents=["a", "b"])
+    [event] = events.settled
+    assert (event.operation, event.usage) == ("embeddings", Usage(input_tokens=40))
+    assert guard.status()[0].spent == event.cost_nanos == 6_000  # 40 x $0.15/M
+
+    c = embedder.client(make_guard(agent_name="tiny", budget=Budget.daily(0.0000001))).aio
+    with pytest.raises(BudgetExceededError):
+        await c.models.embed_content(model=EMBED_MODEL, contents="hi")
+    assert len(embedder.requests) == 1

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from typing import Any
 
+import httpx2
 import pytest
-from mistralai.client import Mistral, models
+from mistralai.client import Mistral, errors, models
 
 from kavach import AgentKavach, Budget, BudgetExceededError, KavachError, Usage
 from kavach._devtools.standin import Reply, StandIn
@@ -100,4 +102,168 @@ async def test_200_concurrent_calls_never_pass_the_budget(
     stream = await c.chat.stream_async(model=MODEL, messages=MSGS, max_tokens=5)
     async for _ in stream:
         pass
+    await c.__aexit__(None, None, None)
+
+
+# -- FIM (codestral), against an httpx2 mock transport (the stand-in has no FIM route) ------
+
+FIM_MODEL = "codestral-latest"  # genai-prices: $0.30 in, $0.90 out per million tokens
+
+
+class FimProvider:
+    """``POST /v1/fim/completions``: records requests; answers with ``output_tokens`` tokens
+    (capped at the request's ``max_tokens`` when ``honor_max_tokens``), streamed one a chunk."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.status = 200
+        self.input_tokens = 100
+        self.output_tokens = 20
+        self.honor_max_tokens = True
+
+    def handle(self, request: httpx2.Request) -> httpx2.Response:
+        assert request.url.path == "/v1/fim/completions"
+        body = json.loads(request.content)
+        self.requests.append(body)
+        if self.status != 200:
+            return httpx2.Response(self.status, json={"message": "upstream failed"})
+        n = self.output_tokens
+        if self.honor_max_tokens and body.get("max_tokens") is not None:
+            n = min(n, body["max_tokens"])
+        usage = {
+            "prompt_tokens": self.input_tokens,
+            "completion_tokens": n,
+            "total_tokens": self.input_tokens + n,
+        }
+        head = {"id": "fim-1", "object": "chat.completion", "model": body["model"], "created": 1}
+        if not body.get("stream"):
+            message = {"role": "assistant", "content": "x" * n}
+            choice = {"index": 0, "message": message, "finish_reason": "stop"}
+            return httpx2.Response(200, json={**head, "usage": usage, "choices": [choice]})
+        chunks = []
+        for i in range(n):
+            last = i == n - 1
+            choice = {
+                "index": 0,
+                "delta": {"content": "x"},
+                "finish_reason": "stop" if last else None,
+            }
+            chunk = {**head, "choices": [choice], **({"usage": usage} if last else {})}
+            chunks.append(f"data: {json.dumps(chunk)}\n\n")
+        chunks.append("data: [DONE]\n\n")
+        return httpx2.Response(
+            200, content="".join(chunks).encode(), headers={"content-type": "text/event-stream"}
+        )
+
+    def client(self, guard: AgentKavach) -> Mistral:
+        transport = httpx2.MockTransport(self.handle)
+        c = guard.wrap(
+            Mistral(
+                api_key="k",
+                server_url="http://127.0.0.1:9",
+                client=httpx2.Client(transport=transport),
+                async_client=httpx2.AsyncClient(transport=transport),
+            )
+        )
+        _open.append(c)
+        return c
+
+
+@pytest.fixture
+def fim() -> FimProvider:
+    return FimProvider()
+
+
+def test_fim_complete_settles_and_strict_sets_max_tokens(
+    fim: FimProvider, make_guard: Any, events: Events
+) -> None:
+    guard = make_guard(budget=Budget.daily(0.001), mode="strict")
+    c = fim.client(guard)
+    response = c.fim.complete(model=FIM_MODEL, prompt="def add(a, b):\n", suffix="\n    return s")
+    assert isinstance(response, models.FIMCompletionResponse)
+    assert 16 <= fim.requests[-1]["max_tokens"] <= 4096
+    [event] = events.settled
+    assert (event.operation, event.status) == ("fim", "ok")
+    assert event.usage == Usage(input_tokens=100, output_tokens=20)
+    assert guard.status()[0].spent == event.cost_nanos == 48_000  # 100 x $0.30/M + 20 x $0.90/M
+
+    c.fim.complete(model=FIM_MODEL, prompt="def f(", max_tokens=5)  # a lower max_tokens stays
+    assert fim.requests[-1]["max_tokens"] == 5
+    loose = fim.client(make_guard(agent_name="loose", budget=Budget.daily(1)))
+    loose.fim.complete(model=FIM_MODEL, prompt="def f(")
+    assert "max_tokens" not in fim.requests[-1]
+
+
+def test_fim_refused_before_any_request(fim: FimProvider, make_guard: Any) -> None:
+    c = fim.client(make_guard(budget=Budget.daily(0.0001)))
+    with pytest.raises(BudgetExceededError):
+        c.fim.complete(model=FIM_MODEL, prompt="def f(", suffix="pass", max_tokens=1000)
+    with pytest.raises(BudgetExceededError):
+        c.fim.stream(model=FIM_MODEL, prompt="x = ", max_tokens=1000)
+    # The suffix is input: a huge one alone is refused, whatever max_tokens says.
+    with pytest.raises(BudgetExceededError):
+        c.fim.complete(model=FIM_MODEL, prompt="", suffix="word " * 100_000, max_tokens=1)
+    assert fim.requests == []
+
+
+def test_fim_stream_is_metered_and_settles_once(
+    fim: FimProvider, make_guard: Any, events: Events
+) -> None:
+    guard = make_guard(budget=Budget.daily(1))
+    fim.input_tokens, fim.output_tokens = 40, 6
+    with fim.client(guard).fim.stream(model=FIM_MODEL, prompt="def f(", suffix="pass") as stream:
+        texts = [event.data.choices[0].delta.content for event in stream]
+    assert texts == ["x"] * 6
+    [event] = events.settled
+    assert (event.operation, event.status) == ("fim", "ok")
+    assert event.usage == Usage(input_tokens=40, output_tokens=6)
+    assert guard.status()[0].spent == event.cost_nanos and guard.ledger.open_holds == 0
+
+    strict = make_guard(agent_name="s", budget=Budget.daily(0.0001), mode="strict")
+    fim.output_tokens, fim.honor_max_tokens = 3000, False
+    seen = 0
+    with pytest.raises(BudgetExceededError):
+        for _ in fim.client(strict).fim.stream(model=FIM_MODEL, prompt="def f("):
+            seen += 1
+    # One token a chunk: the consumer gets exactly the chunks the reservation paid for.
+    assert seen == fim.requests[-1]["max_tokens"]
+    assert [e.status for e in events.settled] == ["ok", "cut"]
+    assert strict.ledger.open_holds == 0
+
+
+def test_fim_provider_error_releases_the_reservation(
+    fim: FimProvider, make_guard: Any, events: Events
+) -> None:
+    guard = make_guard(budget=Budget.daily(1))
+    fim.status = 500
+    with pytest.raises(errors.SDKError):
+        fim.client(guard).fim.complete(model=FIM_MODEL, prompt="def f(", max_tokens=50)
+    assert len(fim.requests) == 1
+    assert [(e.operation, e.status) for e in events.calls] == [("fim", "error")]
+    [status] = guard.status()
+    assert (status.spent, status.reserved, guard.ledger.open_holds) == (0, 0, 0)
+
+
+@pytest.mark.anyio
+async def test_async_fim_complete_and_stream_are_guarded(
+    fim: FimProvider, make_guard: Any, events: Events
+) -> None:
+    guard = make_guard(budget=Budget.daily(1))
+    c = fim.client(guard)
+    await c.fim.complete_async(model=FIM_MODEL, prompt="def f(", suffix="pass", max_tokens=50)
+    stream = await c.fim.stream_async(model=FIM_MODEL, prompt="def f(", max_tokens=50)
+    async for _ in stream:
+        pass
+    assert [(e.operation, e.status, e.usage) for e in events.settled] == [
+        ("fim", "ok", Usage(input_tokens=100, output_tokens=20)),
+        ("fim", "ok", Usage(input_tokens=100, output_tokens=20)),
+    ]
+    assert guard.status()[0].spent == 2 * 48_000 and guard.ledger.open_holds == 0
+
+    tiny = fim.client(make_guard(agent_name="tiny", budget=Budget.daily(0.0001)))
+    with pytest.raises(BudgetExceededError):
+        await tiny.fim.complete_async(model=FIM_MODEL, prompt="def f(", max_tokens=1000)
+    with pytest.raises(BudgetExceededError):
+        await tiny.fim.stream_async(model=FIM_MODEL, prompt="def f(", max_tokens=1000)
+    assert len(fim.requests) == 2
     await c.__aexit__(None, None, None)
