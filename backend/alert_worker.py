@@ -12,15 +12,23 @@ client here, or SMTP in a thread for e-mail.
 At 100% of a budget the agents under it are stopped through the control channel, as a
 Stop from the dashboard is: status ``stopped``, ``control_version`` bumped, the change
 published to every SDK (through Redis to every replica's subscribers).
+
+A PagerDuty trigger that PagerDuty accepts is remembered in ``pagerduty_incidents``; the
+incident is resolved (``event_action: resolve``, same ``dedup_key``, same channel) when the
+budget's period resets (seen by the next evaluation), when the agents it concerns are
+resumed (``resolve_resumed``) and when its budget is deleted (``resolve_budget``). A
+resolve is claimed and retried like a trigger, under the delivery key ``pd-resolve:<id>``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
@@ -29,7 +37,7 @@ import httpx
 from backend import db
 from backend.agent_state import publish_change
 from backend.channel_config import build_channel
-from backend.spend import agent_spend, period_starts
+from backend.spend import agent_spend, period_starts, utc_now
 from backend.tables import (
     Agent,
     AlertChannel,
@@ -38,8 +46,10 @@ from backend.tables import (
     AlertRule,
     Budget,
     Organization,
+    PagerDutyIncident,
 )
 from kavach.alerts.alert import Alert, from_crossing
+from kavach.alerts.channels import PagerDutyChannel
 from kavach.alerts.channels.base import DeliveryError, HttpResponse
 from kavach.alerts.secret import redact
 from kavach.events import ThresholdCrossing
@@ -54,6 +64,7 @@ logger = logging.getLogger("agentkavach.backend.alerts")
 _METRIC = {"usd": "cost_nanos", "tokens": "tokens", "calls": "calls"}
 DEFAULT_THRESHOLDS = (0.5, 0.9, 1.0)
 _ATTEMPTS = 3
+_RESOLVE = "pd-resolve:"
 
 
 def _resets_at(period: str, today: datetime.date) -> datetime.datetime | None:
@@ -69,9 +80,21 @@ def _resets_at(period: str, today: datetime.date) -> datetime.datetime | None:
     return datetime.datetime.combine(end, datetime.time(), datetime.timezone.utc)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Incident:
+    """What a PagerDuty trigger is about, recorded once PagerDuty accepts it."""
+
+    budget: int
+    agent: int | None
+    period_id: str
+    subject: str
+
+
 class AlertWorker:
-    def __init__(self, ops: Operations) -> None:
+    def __init__(self, ops: Operations, clock: Callable[[], datetime.datetime] = utc_now) -> None:
         self.ops = ops
+        self.clock = clock
+        """What time the budgets are evaluated at (their periods); tests move it forward."""
         self._pending: set[int] = set()
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
@@ -115,6 +138,22 @@ class AlertWorker:
             except asyncio.TimeoutError:
                 rows = await Budget.select(Budget.org).distinct()
                 self._pending.update(r["org"] for r in rows)
+                # Incidents whose budget is gone, and resolves waiting for a retry.
+                rows = (
+                    await PagerDutyIncident.select(PagerDutyIncident.org)
+                    .distinct()
+                    .where(PagerDutyIncident.resolved_at.is_null())
+                )
+                self._pending.update(r["org"] for r in rows)
+                rows = (
+                    await AlertDelivery.select(AlertDelivery.org)
+                    .distinct()
+                    .where(
+                        (AlertDelivery.status == "retry")
+                        & AlertDelivery.dedup_key.like(_RESOLVE + "%")
+                    )
+                )
+                self._pending.update(r["org"] for r in rows)
             self._wake.clear()
             orgs, self._pending = self._pending, set()
             for org_id in orgs:
@@ -130,7 +169,9 @@ class AlertWorker:
         rules = await AlertRule.select().where(
             (AlertRule.org == org_id) & (AlertRule.enabled == True)  # noqa: E712
         )
-        if not budgets and not rules:
+        await self._retry_resolves(org_id)
+        incidents = await self._open_incidents(org_id)
+        if not budgets and not rules and not incidents:
             return
         channels = await AlertChannel.select().where(
             (AlertChannel.org == org_id) & (AlertChannel.enabled == True)  # noqa: E712
@@ -141,13 +182,24 @@ class AlertWorker:
             a["id"]: a["name"]
             for a in await Agent.select(Agent.id, Agent.name).where(Agent.org == org_id)
         }
-        today = datetime.datetime.now(datetime.timezone.utc).date()
+        now = self.clock()
+        today = now.date()
         spend_cache: dict[int | None, dict[str, Any]] = {}
 
         async def spend(agent_id: int | None) -> dict[str, Any]:
             if agent_id not in spend_cache:
                 spend_cache[agent_id] = await agent_spend(org_id, agent_id, today)
             return spend_cache[agent_id]
+
+        by_id = {b["id"]: b for b in budgets}
+        for incident in incidents:
+            budget = by_id.get(incident["budget"])
+            if budget is None:
+                await self._resolve(org_id, incident, "the budget was deleted")
+                continue
+            current = (await spend(budget["agent"]))[budget["period"]]["period_id"]
+            if current != incident["period_id"]:
+                await self._resolve(org_id, incident, "a new period started")
 
         for budget in budgets:
             if budget["limit_value"] <= 0:
@@ -171,8 +223,9 @@ class AlertWorker:
                 spent=spent,
                 limit=budget["limit_value"],
                 resets_at=_resets_at(budget["period"], today),
-                at=datetime.datetime.now(datetime.timezone.utc),
+                at=now,
             )
+            incident = _Incident(budget["id"], budget["agent"], period["period_id"], who)
             for channel in channels:
                 config = _json(channel["config"])
                 thresholds = sorted(float(t) for t in config.get("thresholds", DEFAULT_THRESHOLDS))
@@ -190,7 +243,7 @@ class AlertWorker:
                         status="skipped",
                     )
                 alert = from_crossing(_with_threshold(crossing, top), self._dashboard())
-                self._spawn(self._deliver(org_id, key, channel, alert))
+                self._spawn(self._deliver(org_id, key, channel, alert, incident))
             if fraction >= 1.0:
                 history = f"budget:{budget['id']}:{period['period_id']}:stop"
                 if await self._claim(org_id, history):
@@ -220,7 +273,7 @@ class AlertWorker:
                 spent=spent,
                 limit=rule["threshold"],
                 resets_at=_resets_at(rule["period"], today),
-                at=datetime.datetime.now(datetime.timezone.utc),
+                at=now,
             )
             alert = from_crossing(crossing, self._dashboard())
             row = channel_row or {
@@ -294,6 +347,110 @@ class AlertWorker:
             logger.info("alerts: stopped %d agents of org %s: %s", len(agents), org_id, reason)
             await publish_change(self._hub, org_id, "kill", agents)
 
+    # -- PagerDuty incidents -----------------------------------------------------------------
+
+    async def resolve_resumed(self, org_id: int, agent_id: int) -> None:
+        """After ``agent_id`` is resumed: resolve the incidents of its own budgets, and those
+        of org-wide budgets once no agent of the org is stopped any more. Never raises: the
+        resume is done whatever happens to the alerts."""
+        try:
+            stopped = await Agent.exists().where(
+                (Agent.org == org_id) & (Agent.status == "stopped")
+            )
+            for incident in await self._open_incidents(org_id):
+                if incident["agent"] == agent_id or (incident["agent"] is None and not stopped):
+                    await self._resolve(org_id, incident, "the agent was resumed")
+        except Exception:  # noqa: BLE001 - alerts fail open
+            logger.warning("alerts: resolving incidents of org %s failed", org_id, exc_info=True)
+
+    async def resolve_budget(self, org_id: int, budget_id: int) -> None:
+        """After the budget is deleted: resolve its incidents. Never raises; an incident
+        left open is resolved by the next evaluation, which finds its budget gone."""
+        try:
+            for incident in await self._open_incidents(org_id):
+                if incident["budget"] == budget_id:
+                    await self._resolve(org_id, incident, "the budget was deleted")
+        except Exception:  # noqa: BLE001 - alerts fail open
+            logger.warning("alerts: resolving incidents of org %s failed", org_id, exc_info=True)
+
+    async def _open_incidents(self, org_id: int) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = await PagerDutyIncident.select().where(
+            (PagerDutyIncident.org == org_id) & PagerDutyIncident.resolved_at.is_null()
+        )
+        return rows
+
+    async def _opened(
+        self, org_id: int, channel_id: int, dedup_key: str, incident: _Incident
+    ) -> None:
+        # A 90% then a 100% trigger share the dedup key: one incident, the first row stays.
+        await PagerDutyIncident.raw(
+            "INSERT INTO pagerduty_incidents "
+            "(org, channel, dedup_key, budget, agent, period_id, subject, opened_at) "
+            "VALUES ({}, {}, {}, {}, {}, {}, {}, {}) "
+            "ON CONFLICT (org, channel, dedup_key) WHERE resolved_at IS NULL DO NOTHING",
+            org_id,
+            channel_id,
+            dedup_key,
+            incident.budget,
+            incident.agent,
+            incident.period_id[:16],
+            incident.subject[:200],
+            utc_now(),
+        )
+
+    async def _resolve(self, org_id: int, incident: dict[str, Any], why: str) -> None:
+        """Send the incident's resolve, from the one replica that claims it."""
+        key = f"{_RESOLVE}{incident['id']}"
+        if not await self._claim(org_id, key):
+            return
+        await PagerDutyIncident.update(
+            {PagerDutyIncident.resolved_at: utc_now(), PagerDutyIncident.resolve_reason: why}
+        ).where(PagerDutyIncident.id == incident["id"])
+        await self._send_resolve(org_id, key, {**incident, "resolve_reason": why})
+
+    async def _retry_resolves(self, org_id: int) -> None:
+        """Take over resolves that failed in a retryable way long enough ago."""
+        retry_before = utc_now() - datetime.timedelta(seconds=self.ops.settings.alert_retry_seconds)
+        rows = await AlertDelivery.select(AlertDelivery.dedup_key).where(
+            (AlertDelivery.org == org_id)
+            & (AlertDelivery.status == "retry")
+            & AlertDelivery.dedup_key.like(_RESOLVE + "%")
+            & (AlertDelivery.created_at < retry_before)
+        )
+        for row in rows:
+            key = row["dedup_key"]
+            incident = (
+                await PagerDutyIncident.select()
+                .where(
+                    (PagerDutyIncident.id == int(key[len(_RESOLVE) :]))
+                    & (PagerDutyIncident.org == org_id)
+                )
+                .first()
+            )
+            if incident is not None and await self._claim(org_id, key):
+                await self._send_resolve(org_id, key, incident)
+
+    async def _send_resolve(self, org_id: int, key: str, incident: dict[str, Any]) -> None:
+        # The channel as it is now (enabled or not: the incident it opened must still close).
+        channel = (
+            await AlertChannel.select()
+            .where((AlertChannel.id == incident["channel"]) & (AlertChannel.org == org_id))
+            .first()
+        )
+        why = incident["resolve_reason"] or "resolved"
+        alert = Alert(
+            kind="resolve",
+            agent=incident["subject"],
+            severity="info",
+            summary=f"{incident['subject']}: resolved ({why})",
+            message=why,
+            at=utc_now(),
+            incident_key=incident["dedup_key"],
+            period_id=incident["period_id"],
+            dashboard_url=self._dashboard(),
+        )
+        self._spawn(self._deliver(org_id, key, channel, alert))
+
     # -- delivery --------------------------------------------------------------------------
 
     def _spawn(self, coro: Any) -> None:
@@ -301,15 +458,31 @@ class AlertWorker:
         self._sends.add(task)
         task.add_done_callback(self._sends.discard)
 
-    async def _deliver(self, org_id: int, key: str, row: dict[str, Any], alert: Alert) -> None:
-        kind = str(row["kind"])
+    async def _deliver(
+        self,
+        org_id: int,
+        key: str,
+        row: dict[str, Any] | None,
+        alert: Alert,
+        incident: _Incident | None = None,
+    ) -> None:
+        """Send ``alert`` through the channel ``row`` (None: a resolve whose channel was
+        deleted since) and record the outcome; a PagerDuty trigger about ``incident``
+        that PagerDuty accepted is remembered, to be resolved later."""
+        kind = "pagerduty" if row is None else str(row["kind"])
+        name = kind if row is None else row.get("name", kind)
         error: str | None = None
         retryable = False
         secrets: tuple[Any, ...] = ()
+        opened: str | None = None
         try:
+            if row is None:
+                raise DeliveryError("the channel was deleted", retryable=False)
             channel = build_channel(self.ops.box, row)
             secrets = channel.secrets()
             await self._send(channel, alert)
+            if incident is not None and isinstance(channel, PagerDutyChannel):
+                opened = str(channel.event(alert)["dedup_key"])  # as the trigger sent it
         except DeliveryError as exc:
             error, retryable = exc.reason, exc.retryable
         except Exception as exc:  # noqa: BLE001 - alerts fail open
@@ -331,16 +504,16 @@ class AlertWorker:
                 org_id,
                 key[:400],
             )
+            if opened is not None and row is not None and incident is not None:
+                await self._opened(org_id, int(row["id"]), opened, incident)
             await AlertEvent.insert(
                 AlertEvent(
                     org=org_id,
                     agent=None,
-                    kind="threshold",
+                    kind="resolve" if alert.kind == "resolve" else "threshold",
                     message=alert.summary + ("" if error is None else f" ({kind} failed)"),
                     actor=None,
-                    details=json.dumps(
-                        {"channel": row.get("name", kind), "kind": kind, "outcome": outcome},
-                    ),
+                    details=json.dumps({"channel": name, "kind": kind, "outcome": outcome}),
                 )
             )
         except Exception:  # noqa: BLE001
@@ -374,8 +547,6 @@ class AlertWorker:
 
 
 def _with_threshold(c: ThresholdCrossing, threshold: float) -> ThresholdCrossing:
-    import dataclasses
-
     return dataclasses.replace(c, threshold=threshold)
 
 

@@ -37,6 +37,10 @@ __all__ = [
     "AlertRule",
     "AlertEvent",
     "Subscription",
+    "AlertChannel",
+    "AlertDelivery",
+    "StripeEvent",
+    "PagerDutyIncident",
     "ALL_TABLES",
 ]
 
@@ -254,4 +258,25 @@ class StripeEvent(Table, tablename="stripe_events"):
     created_at = Timestamptz(default=TimestamptzNow())
 
 
-ALL_TABLES = (*ALL_TABLES, AlertChannel, AlertDelivery, StripeEvent)
+class PagerDutyIncident(Table, tablename="pagerduty_incidents"):
+    """A PagerDuty incident the alert worker triggered, kept until it sends the resolve.
+
+    ``channel``, ``budget`` and ``agent`` are plain ids, not foreign keys: deleting the
+    budget is one of the reasons to resolve, so the row must outlive it. At most one open
+    row per org, channel and dedup key (a partial unique index, see the migrations).
+    """
+
+    id: Serial  # declared for type checkers; Piccolo adds the column itself
+    org = ForeignKey(references=Organization)
+    channel = Integer()
+    dedup_key = Varchar(length=255)  # as sent to PagerDuty in the trigger
+    budget = Integer()
+    agent = Integer(null=True, default=None)  # null: an org-wide budget
+    period_id = Varchar(length=16)
+    subject = Varchar(length=200)  # the agent's or org's name, for the resolve's summary
+    opened_at = Timestamptz(default=TimestamptzNow())
+    resolved_at = Timestamptz(null=True, default=None)  # set when a replica claims the resolve
+    resolve_reason = Varchar(length=200, null=True, default=None)
+
+
+ALL_TABLES = (*ALL_TABLES, AlertChannel, AlertDelivery, StripeEvent, PagerDutyIncident)

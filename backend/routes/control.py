@@ -19,6 +19,7 @@ from piccolo.columns import Column
 
 from backend import db
 from backend.agent_state import budget_json, control_states, find_agent, publish_change
+from backend.alert_worker import AlertWorker
 from backend.auth import KeyPrincipal, UserPrincipal, require_admin
 from backend.control import ControlHub
 from backend.deps import KEY, USER, AgentNamePath, ObjectId
@@ -41,6 +42,11 @@ def _hub(request: Request[Any, Any, Any]) -> ControlHub:
 def _settings(request: Request[Any, Any, Any]) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
+
+
+def _alerts(request: Request[Any, Any, Any]) -> AlertWorker:
+    worker: AlertWorker = request.app.state.ops.worker
+    return worker
 
 
 def _agent_list(agents: str | None) -> list[str] | None:
@@ -121,6 +127,8 @@ async def _set_status(
             )
         )
     await publish_change(_hub(request), user.org_id, kind, [name])
+    if not stop:
+        await _alerts(request).resolve_resumed(user.org_id, agent["id"])
     state = (await control_states(user.org_id, [name]))[name]
     return {"agent": name, **state}
 
@@ -375,6 +383,7 @@ async def delete_budget(
     row = await _own_budget(user.org_id, budget_id)
     await Budget.delete().where(Budget.id == budget_id)
     await _budget_changed(request, user.org_id, row["agent"])
+    await _alerts(request).resolve_budget(user.org_id, budget_id)
 
 
 # ---------------------------------------------------------------- alert rules and history
