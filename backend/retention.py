@@ -2,7 +2,8 @@
 
 The hourly and daily rollups stay, so spend history and budgets are unaffected; only
 the per-call detail goes. Alert history (and the delivery records that de-duplicate
-alerts) older than ``alert_history_days`` goes too. Runs in every replica on an
+alerts) older than ``alert_history_days`` goes too, as do PagerDuty incidents resolved before
+then (open ones stay until they are resolved). Runs in every replica on an
 interval; deletes are idempotent, so replicas running it at once only share the work.
 """
 
@@ -27,6 +28,7 @@ class Pruned:
     events: int
     alert_events: int
     deliveries: int
+    incidents: int = 0
 
 
 async def _delete_batches(sql_ids: str, sql_delete: str, args: list[object], batch: int) -> int:
@@ -72,7 +74,13 @@ async def prune(settings: OpsSettings, now: datetime.datetime | None = None) -> 
         [cutoff],
         settings.retention_batch,
     )
-    return Pruned(events, alert_events, deliveries)
+    incidents = await _delete_batches(
+        "SELECT id FROM pagerduty_incidents WHERE resolved_at < {} ORDER BY id",
+        "DELETE FROM pagerduty_incidents WHERE id IN ({ids})",
+        [cutoff],
+        settings.retention_batch,
+    )
+    return Pruned(events, alert_events, deliveries, incidents)
 
 
 class RetentionJob:

@@ -16,7 +16,15 @@ from backend.ingest import decode_batch, store_batch
 from backend.ops_settings import OpsSettings
 from backend.retention import prune
 from backend.settings import DatabaseURL
-from backend.tables import AlertEvent, Event, Organization, SpendDaily, SpendHourly, Subscription
+from backend.tables import (
+    AlertEvent,
+    Event,
+    Organization,
+    PagerDutyIncident,
+    SpendDaily,
+    SpendHourly,
+    Subscription,
+)
 from tests.backend.conftest import batch, event
 from tests.backend.ops_helpers import fresh_postgres
 
@@ -103,8 +111,28 @@ async def test_prune_removes_what_it_should_and_nothing_else(engine: None) -> No
             )
         )
 
+    for name, resolved_days_ago in (("old resolved", 45), ("recent", 2), ("open", None)):
+        await PagerDutyIncident.insert(
+            PagerDutyIncident(
+                org=free,
+                channel=1,
+                dedup_key=name,
+                budget=1,
+                period_id="2026-10-01",
+                subject="bot",
+                opened_at=NOW - datetime.timedelta(days=60),
+                resolved_at=None
+                if resolved_days_ago is None
+                else NOW - datetime.timedelta(days=resolved_days_ago),
+            )
+        )
+
     pruned = await prune(BILLING, now=NOW)
 
+    # Incidents resolved long ago go; an open one stays however old, so it can be resolved.
+    kept = await PagerDutyIncident.select(PagerDutyIncident.dedup_key)
+    assert sorted(r["dedup_key"] for r in kept) == ["open", "recent"]
+    assert pruned.incidents == 1
     assert pruned.events == 8  # five of Free (7 days), three of Pro (90 days), batches of 2
     assert await _keys(free) == {e["id"] for e in free_new}
     assert await _keys(pro) == {e["id"] for e in pro_kept}
