@@ -13,15 +13,12 @@ import argparse
 import asyncio
 import sqlite3
 import statistics
-import tempfile
 import time
 import uuid
 from pathlib import Path
 
 import httpx
-from ingest import PG_ADMIN, SECRET, free_port, pg  # type: ignore[import-not-found]
-
-ROOT = Path(__file__).resolve().parent.parent
+from served_backend import ROOT, scratch_database, served_backend  # type: ignore[import-not-found]
 
 EVENTS_SQL = """
 INSERT INTO events (org, agent, run, idempotency_key, provider, model, operation, status,
@@ -64,50 +61,9 @@ async def load_postgres(dsn: str, org: int, count: int) -> None:
         await conn.close()
 
 
-async def run_one(kind: str, database_url: str, count: int) -> None:
-    port = free_port()
-    env = {
-        "AGENTKAVACH_SECRET_KEY": SECRET,
-        "AGENTKAVACH_DATABASE_URL": database_url,
-        "PYTHONPATH": str(ROOT),
-    }
-    import os
-    import sys
-
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "backend",
-        "serve",
-        "--port",
-        str(port),
-        env={**os.environ, **env},
-        cwd=ROOT,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        async with httpx.AsyncClient(base_url=base, timeout=120) as client:
-            for _ in range(300):
-                try:
-                    if (await client.get("/v1/status")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    await asyncio.sleep(0.1)
-            email = f"bench-{uuid.uuid4().hex[:8]}@example.com"
-            reg = await client.post(
-                "/v1/auth/register",
-                json={"email": email, "password": "benchmark pw", "organization": "bench"},
-            )
-            org = reg.json()["organization"]["id"]
-            token = (
-                await client.post(
-                    "/v1/auth/login", json={"email": email, "password": "benchmark pw"}
-                )
-            ).json()["access_token"]
-            headers = {"Authorization": f"Bearer {token}"}
-            key = (await client.post("/v1/keys", json={"name": "b"}, headers=headers)).json()["key"]
+async def run_one(kind: str, count: int, code: Path) -> None:
+    async with scratch_database(kind) as url, served_backend(url, code=code) as backend:
+        async with httpx.AsyncClient(base_url=backend.base, timeout=120) as client:
             # One real event per agent creates the agents and the rollup rows.
             now = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
             events = [
@@ -122,17 +78,20 @@ async def run_one(kind: str, database_url: str, count: int) -> None:
                 }
                 for i in range(8)
             ]
-            await client.post("/v1/ingest", json={"events": events}, headers={"X-API-Key": key})
+            response = await client.post(
+                "/v1/ingest", json={"events": events}, headers={"X-API-Key": backend.key}
+            )
+            response.raise_for_status()
             started = time.monotonic()
             if kind == "sqlite":
-                await asyncio.to_thread(load_sqlite, database_url, org, count)
+                await asyncio.to_thread(load_sqlite, url, backend.org, count)
             else:
-                await load_postgres(database_url, org, count)
+                await load_postgres(url, backend.org, count)
             print(f"{kind:8} loaded {count} events in {time.monotonic() - started:.1f} s")
             timings = []
             for _ in range(50):
                 t0 = time.perf_counter()
-                response = await client.get("/v1/dashboard/overview", headers=headers)
+                response = await client.get("/v1/dashboard/overview", headers=backend.user_headers)
                 timings.append(time.perf_counter() - t0)
                 assert response.status_code == 200
             timings.sort()
@@ -142,28 +101,22 @@ async def run_one(kind: str, database_url: str, count: int) -> None:
                 f" ms p95={timings[int(len(timings) * 0.95) - 1] * 1000:.1f} ms "
                 f"(refusals this month: {sum(refusals.values())})"
             )
-    finally:
-        process.terminate()
-        await asyncio.wait_for(process.wait(), timeout=30)
 
 
-async def main() -> None:
+def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--db", action="append", choices=["sqlite", "postgres"])
     parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--code", default=str(ROOT), help="the checkout to serve")
     args = parser.parse_args()
+    args.code = Path(args.code).resolve()
+    return args
+
+
+async def main(args: argparse.Namespace) -> None:
     for kind in args.db or ["sqlite", "postgres"]:
-        if kind == "sqlite":
-            with tempfile.TemporaryDirectory() as tmp:
-                await run_one(kind, str(Path(tmp) / "overview.sqlite"), args.events)
-        else:
-            name = f"ak_bench_{uuid.uuid4().hex[:8]}"
-            await pg(f"CREATE DATABASE {name}")
-            try:
-                await run_one(kind, PG_ADMIN.rsplit("/", 1)[0] + f"/{name}", args.events)
-            finally:
-                await pg(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await run_one(kind, args.events, args.code)
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    asyncio.run(main(arguments()))
