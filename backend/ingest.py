@@ -31,7 +31,7 @@ Count = Annotated[int, msgspec.Meta(ge=0, le=_I64)]
 Short = Annotated[str, msgspec.Meta(max_length=200)]
 
 
-class IngestUsage(msgspec.Struct, forbid_unknown_fields=False):
+class IngestUsage(msgspec.Struct, forbid_unknown_fields=False, gc=False):
     input_tokens: Count = 0
     output_tokens: Count = 0
     cache_read_tokens: Count = 0
@@ -43,7 +43,7 @@ class IngestUsage(msgspec.Struct, forbid_unknown_fields=False):
     cache_audio_read_tokens: Count = 0
 
 
-class IngestEvent(msgspec.Struct, forbid_unknown_fields=False):
+class IngestEvent(msgspec.Struct, forbid_unknown_fields=False, gc=False):
     id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
     agent: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
     provider: Annotated[str, msgspec.Meta(max_length=64)]
@@ -60,9 +60,9 @@ class IngestEvent(msgspec.Struct, forbid_unknown_fields=False):
     usage: IngestUsage = msgspec.field(default_factory=IngestUsage)
     prompt: Annotated[str, msgspec.Meta(max_length=1_000_000)] | None = None
     response_model: Short | None = None
-    finish_reasons: list[Short] = msgspec.field(default_factory=list)
+    finish_reasons: tuple[Short, ...] = ()
     max_output_tokens: Count | None = None
-    tool_calls: list[Any] = msgspec.field(default_factory=list)
+    tool_calls: tuple[Any, ...] = ()
     tags: dict[Short, Any] = msgspec.field(default_factory=dict)
 
 
