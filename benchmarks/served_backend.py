@@ -113,10 +113,13 @@ class ServedBackend:
 
 @contextlib.asynccontextmanager
 async def served_backend(
-    database_url: str, *, code: Path = ROOT, extra_path: str = ""
+    database_url: str, *, code: Path = ROOT, extra_path: str = "", email: str | None = None
 ) -> AsyncIterator[ServedBackend]:
     """``python -m backend serve`` from checkout ``code`` on a free loopback port, with a
-    registered owner (``user_headers``) and an SDK key (``key``); stopped afterwards."""
+    registered owner (``user_headers``) and an SDK key (``key``); stopped afterwards.
+
+    With ``email``, an account registered by an earlier server on the same database is
+    logged into again (so its data is there), or registered if it is not there yet."""
     port = free_port()
     path = os.pathsep.join(p for p in (str(code), extra_path) if p)
     env = {
@@ -150,16 +153,17 @@ async def served_backend(
                     await asyncio.sleep(0.1)
             else:
                 raise RuntimeError("the backend did not start within a minute")
-            email = f"bench-{uuid.uuid4().hex[:8]}@example.com"
-            registered = await client.post(
+            email = email or f"bench-{uuid.uuid4().hex[:8]}@example.com"
+            await client.post(
                 "/v1/auth/register",
                 json={"email": email, "password": PASSWORD, "organization": "bench"},
             )
-            registered.raise_for_status()
-            backend.org = registered.json()["organization"]["id"]
             login = await client.post("/v1/auth/login", json={"email": email, "password": PASSWORD})
             login.raise_for_status()
             backend.user_headers = {"Authorization": f"Bearer {login.json()['access_token']}"}
+            me = await client.get("/v1/auth/me", headers=backend.user_headers)
+            me.raise_for_status()
+            backend.org = me.json()["organization"]["id"]
             created = await client.post(
                 "/v1/keys", json={"name": "bench"}, headers=backend.user_headers
             )
