@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from backend import db
-from backend.agent_state import control_states
+from backend.agent_state import control_entries
 
 __all__ = ["IngestBatch", "IngestEvent", "decode_batch", "store_batch", "BatchError", "StoredBatch"]
 
@@ -286,20 +286,47 @@ async def _select_agents(org_id: int, names: list[str]) -> dict[str, int]:
     return ids
 
 
-async def _touch_agents(org_id: int, names: list[str], now: datetime.datetime) -> None:
-    """Set the agents' last_seen_at. It locks their rows in name order, as every batch
-    does before it adds to rollups and runs: batches that share agents take turns there
-    instead of deadlocking."""
+_AGENT_STATE = ("id", "name", "status", "kill_reason", "control_version")
+_BUDGET_COLUMNS = (
+    "id",
+    "org",
+    "agent",
+    "kind",
+    "period",
+    "limit_value",
+    "created_at",
+    "updated_at",
+)
+
+
+async def _touch_agents(
+    org_id: int, names: list[str], now: datetime.datetime
+) -> list[dict[str, Any]]:
+    """Set the agents' last_seen_at; their control state as it is now.
+
+    It locks their rows in name order, as every batch does before it adds to rollups and
+    runs: batches that share agents take turns there instead of deadlocking."""
+    agents: list[dict[str, Any]] = []
     for chunk in _chunks(names, _ROWS_PER_STATEMENT):
         args: list[Any] = []
         for name in chunk:
             args += [org_id, name, "running", 0, now, now]
-        await _execute(
+        rows = await _execute(
             "INSERT INTO agents (org, name, status, control_version, created_at, last_seen_at) "
             f"VALUES {_values(len(chunk), 6)} "
-            "ON CONFLICT (org, name) DO UPDATE SET last_seen_at = excluded.last_seen_at",
+            "ON CONFLICT (org, name) DO UPDATE SET last_seen_at = excluded.last_seen_at "
+            f"RETURNING {', '.join(_AGENT_STATE)}",
             args,
         )
+        agents += [dict(zip(_AGENT_STATE, row, strict=True)) for row in rows]
+    return agents
+
+
+async def _budgets(org_id: int) -> list[dict[str, Any]]:
+    rows = await _execute(
+        f"SELECT {', '.join(_BUDGET_COLUMNS)} FROM budgets WHERE org = {{}} ORDER BY id", [org_id]
+    )
+    return [dict(zip(_BUDGET_COLUMNS, row, strict=True)) for row in rows]
 
 
 _RunKey = tuple[int, str]  # (agent id, the SDK's run id)
@@ -489,14 +516,16 @@ async def _store_batch(org_id: int, batch: IngestBatch) -> StoredBatch:
         # The rows concurrent batches share (agents, rollups, runs) are written last, so
         # their locks are held only until the commit that follows; the events above are
         # inserted while other batches hold them.
-        await _touch_agents(org_id, agent_names, now)
+        agents = await _touch_agents(org_id, agent_names, now)
         if hourly:
             await _add_rollups("spend_hourly", "bucket", hourly)
             await _add_rollups("spend_daily", "day", daily)
         if run_totals:
             await _add_to_runs(org_id, run_totals)
-        # Read inside the transaction: on SQLite that reuses its connection.
-        control = await control_states(org_id, agent_names)
+        # The agents' rows are locked until the commit: their state cannot change
+        # between the update above and the answer. The budgets are read in the same
+        # transaction, on its connection.
+        control = control_entries(agents, await _budgets(org_id), agent_names)
     accepted = len(inserted)
     return StoredBatch(
         accepted=accepted,
