@@ -172,4 +172,8 @@ async def served_backend(
         yield backend
     finally:
         process.terminate()
-        await asyncio.wait_for(process.wait(), timeout=30)
+        try:
+            await asyncio.wait_for(process.wait(), timeout=30)
+        except asyncio.TimeoutError:
+            process.kill()
+            await process.wait()
