@@ -10,7 +10,7 @@ from backend.control import ControlHub
 from backend.tables import Agent, Budget
 from kavach._money import fmt_usd
 
-__all__ = ["find_agent", "budget_json", "control_states", "publish_change"]
+__all__ = ["find_agent", "budget_json", "control_states", "control_entries", "publish_change"]
 
 
 async def find_agent(org_id: int, name: str) -> dict[str, Any]:
@@ -52,6 +52,14 @@ async def control_states(org_id: int, names: list[str] | None) -> dict[str, dict
         query = query.where(Agent.name.is_in(names))
     agents = await query
     budgets = await Budget.select().where(Budget.org == org_id).order_by(Budget.id)
+    return control_entries(agents, budgets, names)
+
+
+def control_entries(
+    agents: list[dict[str, Any]], budgets: list[dict[str, Any]], names: list[str] | None
+) -> dict[str, dict[str, Any]]:
+    """:func:`control_states` from rows already read: ``agents`` with id, name, status,
+    kill_reason and control_version; ``budgets``, the org's, in id order."""
     names_by_id = {a["id"]: a["name"] for a in agents}
     org_budgets = [budget_json(b, names_by_id) for b in budgets if b["agent"] is None]
     states: dict[str, dict[str, Any]] = {}

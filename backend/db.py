@@ -18,7 +18,15 @@ from piccolo.engine.sqlite import SQLiteEngine, TransactionType
 
 from backend.settings import DatabaseURL
 
-__all__ = ["engine_for", "use_engine", "current_engine", "migrate", "transaction", "is_sqlite"]
+__all__ = [
+    "engine_for",
+    "use_engine",
+    "current_engine",
+    "migrate",
+    "transaction",
+    "read_transaction",
+    "is_sqlite",
+]
 
 _current: Engine[Any] | None = None
 
@@ -66,6 +74,18 @@ def transaction() -> Any:
     engine = current_engine()
     if isinstance(engine, SQLiteEngine):
         return engine.transaction(transaction_type=TransactionType.immediate)
+    return engine.transaction()
+
+
+def read_transaction() -> Any:
+    """Several reads on one connection and one snapshot. Outside a transaction Piccolo
+    opens a new SQLite connection (and its thread) for every query, and on PostgreSQL
+    takes and resets a pooled connection for every query; that cost the dashboard's
+    overview more than its queries. On SQLite it is DEFERRED: it takes no write lock,
+    so ingest goes on (WAL)."""
+    engine = current_engine()
+    if isinstance(engine, SQLiteEngine):
+        return engine.transaction(transaction_type=TransactionType.deferred)
     return engine.transaction()
 
 

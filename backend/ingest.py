@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from backend import db
-from backend.agent_state import control_states
+from backend.agent_state import control_entries
 
 __all__ = ["IngestBatch", "IngestEvent", "decode_batch", "store_batch", "BatchError", "StoredBatch"]
 
@@ -31,7 +31,7 @@ Count = Annotated[int, msgspec.Meta(ge=0, le=_I64)]
 Short = Annotated[str, msgspec.Meta(max_length=200)]
 
 
-class IngestUsage(msgspec.Struct, forbid_unknown_fields=False):
+class IngestUsage(msgspec.Struct, forbid_unknown_fields=False, gc=False):
     input_tokens: Count = 0
     output_tokens: Count = 0
     cache_read_tokens: Count = 0
@@ -43,7 +43,7 @@ class IngestUsage(msgspec.Struct, forbid_unknown_fields=False):
     cache_audio_read_tokens: Count = 0
 
 
-class IngestEvent(msgspec.Struct, forbid_unknown_fields=False):
+class IngestEvent(msgspec.Struct, forbid_unknown_fields=False, gc=False):
     id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
     agent: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
     provider: Annotated[str, msgspec.Meta(max_length=64)]
@@ -60,9 +60,9 @@ class IngestEvent(msgspec.Struct, forbid_unknown_fields=False):
     usage: IngestUsage = msgspec.field(default_factory=IngestUsage)
     prompt: Annotated[str, msgspec.Meta(max_length=1_000_000)] | None = None
     response_model: Short | None = None
-    finish_reasons: list[Short] = msgspec.field(default_factory=list)
+    finish_reasons: tuple[Short, ...] = ()
     max_output_tokens: Count | None = None
-    tool_calls: list[Any] = msgspec.field(default_factory=list)
+    tool_calls: tuple[Any, ...] = ()
     tags: dict[Short, Any] = msgspec.field(default_factory=dict)
 
 
@@ -169,12 +169,8 @@ async def _execute(sql: str, args: list[Any]) -> list[tuple[Any, ...]]:
     The hot path skips Piccolo's query strings, whose argument handling cost more
     than the database work for a batch of a thousand rows.
     """
-    engine = db.current_engine()
-    transaction = engine.current_transaction.get()
-    if transaction is None:
-        raise RuntimeError("ingest statements run inside a transaction")
-    connection = transaction.connection
-    if engine.engine_type == "sqlite":
+    connection = _connection()
+    if db.is_sqlite():
         cursor = await connection.execute(sql.replace("{}", "?"), args)
         try:
             rows = await cursor.fetchall()
@@ -182,6 +178,14 @@ async def _execute(sql: str, args: list[Any]) -> list[tuple[Any, ...]]:
             await cursor.close()
         return [tuple(r.values()) if isinstance(r, dict) else tuple(r) for r in rows]
     return [tuple(r) for r in await connection.fetch(_numbered(sql), *args)]
+
+
+def _connection() -> Any:
+    """The current transaction's connection (aiosqlite or asyncpg)."""
+    transaction = db.current_engine().current_transaction.get()
+    if transaction is None:
+        raise RuntimeError("ingest statements run inside a transaction")
+    return transaction.connection
 
 
 @functools.lru_cache(maxsize=512)
@@ -222,44 +226,28 @@ _INSERT_EVENTS = (
     f"INSERT INTO events ({', '.join(_EVENT_COLUMNS)}) {{rows}} "
     "ON CONFLICT (org, idempotency_key) DO NOTHING RETURNING idempotency_key"
 )
-# PostgreSQL takes the whole batch as one array per column: one small statement,
-# prepared once, instead of a thousand rows of bound parameters.
-_EVENT_ARRAY_TYPES = (
-    "integer",
-    "integer",
-    "integer",
-    "varchar",
-    "varchar",
-    "varchar",
-    "varchar",
-    "varchar",
-    "varchar",
-    "text",
-    "timestamptz",
-    "real",
-    "bigint",
-    "bigint",
-    "bigint",
-    "bigint",
-    "bigint",
-    "bigint",
-    "bigint",
-    "text",
-    "json",
-    "timestamptz",
+# PostgreSQL: the batch is copied (binary COPY) into a staging table of the session and
+# inserted from there with the same ON CONFLICT clause. Binding a thousand rows as
+# parameters, or as one array per column, cost the server more CPU in encoding them than
+# the database spends storing them. ON COMMIT DELETE ROWS empties it with each batch.
+_STAGING = "ingest_staging"
+_CREATE_STAGING = (
+    f"CREATE TEMP TABLE IF NOT EXISTS {_STAGING} ON COMMIT DELETE ROWS AS "
+    f"SELECT {', '.join(_EVENT_COLUMNS)} FROM events WITH NO DATA"
 )
+_INSERT_STAGED = _INSERT_EVENTS.format(rows=f"SELECT {', '.join(_EVENT_COLUMNS)} FROM {_STAGING}")
 
 
 async def _insert_events(rows: list[tuple[Any, ...]]) -> set[str]:
     """Insert the rows, skipping stored idempotency keys; the keys really inserted."""
-    inserted: set[str] = set()
     if not db.is_sqlite():
-        unnest = ", ".join(f"{{}}::{kind}[]" for kind in _EVENT_ARRAY_TYPES)
-        columns = [list(column) for column in zip(*rows, strict=True)]
-        result = await _execute(
-            _INSERT_EVENTS.format(rows=f"SELECT * FROM unnest({unnest})"), columns
-        )
-        return {row[0] for row in result}
+        connection = _connection()
+        # IF NOT EXISTS: the pool hands out sessions that may not have it yet; a rolled
+        # back first batch takes the table with it, and the next one creates it again.
+        await connection.execute(_CREATE_STAGING)
+        await connection.copy_records_to_table(_STAGING, records=rows, columns=_EVENT_COLUMNS)
+        return {row[0] for row in await connection.fetch(_INSERT_STAGED)}
+    inserted: set[str] = set()
     for chunk in _chunks(rows, _ROWS_PER_STATEMENT):
         args = [value for row in chunk for value in row]
         values = "VALUES " + _values(len(chunk), len(_EVENT_COLUMNS))
@@ -268,17 +256,25 @@ async def _insert_events(rows: list[tuple[Any, ...]]) -> set[str]:
     return inserted
 
 
-async def _upsert_agents(org_id: int, names: list[str], now: datetime.datetime) -> dict[str, int]:
-    for chunk in _chunks(names, _ROWS_PER_STATEMENT):
-        args: list[Any] = []
-        for name in chunk:
-            args += [org_id, name, "running", 0, now, now]
-        await _execute(
-            "INSERT INTO agents (org, name, status, control_version, created_at, last_seen_at) "
-            f"VALUES {_values(len(chunk), 6)} "
-            "ON CONFLICT (org, name) DO UPDATE SET last_seen_at = excluded.last_seen_at",
-            args,
-        )
+async def _agent_ids(org_id: int, names: list[str], now: datetime.datetime) -> dict[str, int]:
+    """The ids of the named agents, creating those seen for the first time."""
+    ids = await _select_agents(org_id, names)
+    missing = [name for name in names if name not in ids]
+    if missing:
+        for chunk in _chunks(missing, _ROWS_PER_STATEMENT):
+            args: list[Any] = []
+            for name in chunk:
+                args += [org_id, name, "running", 0, now, now]
+            await _execute(
+                "INSERT INTO agents (org, name, status, control_version, created_at, "
+                f"last_seen_at) VALUES {_values(len(chunk), 6)} ON CONFLICT (org, name) DO NOTHING",
+                args,
+            )
+        ids.update(await _select_agents(org_id, missing))
+    return ids
+
+
+async def _select_agents(org_id: int, names: list[str]) -> dict[str, int]:
     ids: dict[str, int] = {}
     for chunk in _chunks(names, _ROWS_PER_STATEMENT):
         placeholders = ", ".join(["{}"] * len(chunk))
@@ -290,21 +286,76 @@ async def _upsert_agents(org_id: int, names: list[str], now: datetime.datetime) 
     return ids
 
 
-async def _upsert_runs(
-    org_id: int, runs: dict[tuple[int, str], datetime.datetime]
-) -> dict[tuple[int, str], int]:
-    keys = list(runs)
-    ids: dict[tuple[int, str], int] = {}
-    for chunk in _chunks(keys, _ROWS_PER_STATEMENT):
+_AGENT_STATE = ("id", "name", "status", "kill_reason", "control_version")
+_BUDGET_COLUMNS = (
+    "id",
+    "org",
+    "agent",
+    "kind",
+    "period",
+    "limit_value",
+    "created_at",
+    "updated_at",
+)
+
+
+async def _touch_agents(
+    org_id: int, names: list[str], now: datetime.datetime
+) -> list[dict[str, Any]]:
+    """Set the agents' last_seen_at; their control state as it is now.
+
+    It locks their rows in name order, as every batch does before it adds to rollups and
+    runs: batches that share agents take turns there instead of deadlocking."""
+    agents: list[dict[str, Any]] = []
+    for chunk in _chunks(names, _ROWS_PER_STATEMENT):
         args: list[Any] = []
-        for agent_id, run_key in chunk:
-            started = runs[(agent_id, run_key)]
-            args += [org_id, agent_id, run_key, started, started, 0, 0]
-        await _execute(
-            "INSERT INTO runs (org, agent, run_key, started_at, last_event_at, calls, cost_nanos) "
-            f"VALUES {_values(len(chunk), 7)} ON CONFLICT (org, agent, run_key) DO NOTHING",
+        for name in chunk:
+            args += [org_id, name, "running", 0, now, now]
+        rows = await _execute(
+            "INSERT INTO agents (org, name, status, control_version, created_at, last_seen_at) "
+            f"VALUES {_values(len(chunk), 6)} "
+            "ON CONFLICT (org, name) DO UPDATE SET last_seen_at = excluded.last_seen_at "
+            f"RETURNING {', '.join(_AGENT_STATE)}",
             args,
         )
+        agents += [dict(zip(_AGENT_STATE, row, strict=True)) for row in rows]
+    return agents
+
+
+async def _budgets(org_id: int) -> list[dict[str, Any]]:
+    rows = await _execute(
+        f"SELECT {', '.join(_BUDGET_COLUMNS)} FROM budgets WHERE org = {{}} ORDER BY id", [org_id]
+    )
+    return [dict(zip(_BUDGET_COLUMNS, row, strict=True)) for row in rows]
+
+
+_RunKey = tuple[int, str]  # (agent id, the SDK's run id)
+
+
+async def _run_ids(org_id: int, runs: dict[_RunKey, datetime.datetime]) -> dict[_RunKey, int]:
+    """The ids of the runs, creating those seen for the first time (with no calls yet)."""
+    keys = sorted(runs)
+    ids = await _select_runs(org_id, keys)
+    missing = [key for key in keys if key not in ids]
+    if missing:
+        for chunk in _chunks(missing, _ROWS_PER_STATEMENT):
+            args: list[Any] = []
+            for agent_id, run_key in chunk:
+                started = runs[(agent_id, run_key)]
+                args += [org_id, agent_id, run_key, started, started, 0, 0]
+            await _execute(
+                "INSERT INTO runs (org, agent, run_key, started_at, last_event_at, calls, "
+                f"cost_nanos) VALUES {_values(len(chunk), 7)} "
+                "ON CONFLICT (org, agent, run_key) DO NOTHING",
+                args,
+            )
+        ids.update(await _select_runs(org_id, missing))
+    return ids
+
+
+async def _select_runs(org_id: int, keys: list[_RunKey]) -> dict[_RunKey, int]:
+    ids: dict[_RunKey, int] = {}
+    for chunk in _chunks(keys, _ROWS_PER_STATEMENT):
         condition = " OR ".join(["(agent = {} AND run_key = {})"] * len(chunk))
         flat = [value for key in chunk for value in key]
         rows = await _execute(
@@ -315,10 +366,28 @@ async def _upsert_runs(
     return ids
 
 
+async def _add_to_runs(org_id: int, totals: dict[_RunKey, list[Any]]) -> None:
+    """Add calls and cost to the runs (which exist: :func:`_run_ids` made them)."""
+    for chunk in _chunks(sorted(totals), _ROWS_PER_STATEMENT):
+        args: list[Any] = []
+        for agent_id, run_key in chunk:
+            calls, cost, last = totals[(agent_id, run_key)]
+            args += [org_id, agent_id, run_key, last, last, calls, cost]
+        await _execute(
+            "INSERT INTO runs (org, agent, run_key, started_at, last_event_at, calls, cost_nanos) "
+            f"VALUES {_values(len(chunk), 7)} ON CONFLICT (org, agent, run_key) DO UPDATE SET "
+            "calls = runs.calls + excluded.calls, "
+            "cost_nanos = runs.cost_nanos + excluded.cost_nanos, "
+            "last_event_at = CASE WHEN runs.last_event_at < excluded.last_event_at "
+            "THEN excluded.last_event_at ELSE runs.last_event_at END",
+            args,
+        )
+
+
 async def _add_rollups(
     table: str, bucket_column: str, deltas: dict[tuple[Any, ...], list[int]]
 ) -> None:
-    items = list(deltas.items())
+    items = sorted(deltas.items())
     metric_list = ", ".join(_ROLLUP_METRICS)
     updates = ", ".join(f"{m} = {table}.{m} + excluded.{m}" for m in _ROLLUP_METRICS)
     for chunk in _chunks(items, _ROWS_PER_STATEMENT):
@@ -371,14 +440,14 @@ async def _store_batch(org_id: int, batch: IngestBatch) -> StoredBatch:
         return StoredBatch(accepted=0, duplicates=in_batch_duplicates, agents=[], control={})
 
     async with db.transaction():
-        agent_ids = await _upsert_agents(org_id, agent_names, now)
-        run_starts: dict[tuple[int, str], datetime.datetime] = {}
+        agent_ids = await _agent_ids(org_id, agent_names, now)
+        run_starts: dict[_RunKey, datetime.datetime] = {}
         for e in events:
             if e.run_id:
                 key = (agent_ids[e.agent], e.run_id)
                 if key not in run_starts or e.started_at < run_starts[key]:
                     run_starts[key] = e.started_at
-        run_ids = await _upsert_runs(org_id, run_starts) if run_starts else {}
+        run_ids = await _run_ids(org_id, run_starts) if run_starts else {}
 
         rows: list[tuple[Any, ...]] = []
         for e in events:
@@ -413,7 +482,7 @@ async def _store_batch(org_id: int, batch: IngestBatch) -> StoredBatch:
 
         hourly: dict[tuple[Any, ...], list[int]] = defaultdict(lambda: [0] * 7)
         daily: dict[tuple[Any, ...], list[int]] = defaultdict(lambda: [0] * 7)
-        run_totals: dict[int, list[Any]] = {}
+        run_totals: dict[_RunKey, list[Any]] = {}
         for e in events:
             if e.id not in inserted:
                 continue
@@ -439,23 +508,24 @@ async def _store_batch(org_id: int, batch: IngestBatch) -> StoredBatch:
                 for i, value in enumerate(delta):
                     totals[i] += value
             if e.run_id:
-                run_id = run_ids[(agent_id, e.run_id)]
-                current = run_totals.setdefault(run_id, [0, 0, started])
+                current = run_totals.setdefault((agent_id, e.run_id), [0, 0, started])
                 current[0] += delta[1]
                 current[1] += e.cost_nanos
                 current[2] = max(current[2], started)
+
+        # The rows concurrent batches share (agents, rollups, runs) are written last, so
+        # their locks are held only until the commit that follows; the events above are
+        # inserted while other batches hold them.
+        agents = await _touch_agents(org_id, agent_names, now)
         if hourly:
             await _add_rollups("spend_hourly", "bucket", hourly)
             await _add_rollups("spend_daily", "day", daily)
-        for run_id, (calls, cost, last) in run_totals.items():
-            await _execute(
-                "UPDATE runs SET calls = calls + {}, cost_nanos = cost_nanos + {}, "
-                "last_event_at = CASE WHEN last_event_at < {} THEN {} ELSE last_event_at END "
-                "WHERE id = {}",
-                [calls, cost, last, last, run_id],
-            )
-        # Read inside the transaction: on SQLite that reuses its connection.
-        control = await control_states(org_id, agent_names)
+        if run_totals:
+            await _add_to_runs(org_id, run_totals)
+        # The agents' rows are locked until the commit: their state cannot change
+        # between the update above and the answer. The budgets are read in the same
+        # transaction, on its connection.
+        control = control_entries(agents, await _budgets(org_id), agent_names)
     accepted = len(inserted)
     return StoredBatch(
         accepted=accepted,

@@ -245,47 +245,48 @@ async def overview(user: NamedDependency[UserPrincipal]) -> dict[str, Any]:
     now = utc_now()
     today = now.date()
     month_start = today.replace(day=1)
+    month_begin = datetime.datetime.combine(month_start, datetime.time(), datetime.timezone.utc)
     org = user.org_id
-    totals = (
-        await Agent.raw(
-            "SELECT CAST(COALESCE(SUM(CASE WHEN day = {} THEN cost_nanos ELSE 0 END), 0) "
-            "AS BIGINT) AS today, CAST(COALESCE(SUM(cost_nanos), 0) AS BIGINT) AS month, "
-            "CAST(COALESCE(SUM(calls), 0) AS BIGINT) AS calls, "
-            "CAST(COALESCE(SUM(tokens), 0) AS BIGINT) AS tokens, "
-            "CAST(COALESCE(SUM(refusals), 0) AS BIGINT) AS refusals "
-            "FROM spend_daily WHERE org = {} AND day >= {}",
-            today,
+    async with db.read_transaction():
+        totals = (
+            await Agent.raw(
+                "SELECT CAST(COALESCE(SUM(CASE WHEN day = {} THEN cost_nanos ELSE 0 END), 0) "
+                "AS BIGINT) AS today, CAST(COALESCE(SUM(cost_nanos), 0) AS BIGINT) AS month, "
+                "CAST(COALESCE(SUM(calls), 0) AS BIGINT) AS calls, "
+                "CAST(COALESCE(SUM(tokens), 0) AS BIGINT) AS tokens, "
+                "CAST(COALESCE(SUM(refusals), 0) AS BIGINT) AS refusals "
+                "FROM spend_daily WHERE org = {} AND day >= {}",
+                today,
+                org,
+                month_start,
+            )
+        )[0]
+        top_agents = await Agent.raw(
+            "SELECT a.name AS name, CAST(SUM(s.cost_nanos) AS BIGINT) AS cost, "
+            "CAST(SUM(s.calls) AS BIGINT) AS calls FROM spend_daily s "
+            "JOIN agents a ON a.id = s.agent WHERE s.org = {} AND s.day >= {} "
+            "GROUP BY a.name ORDER BY cost DESC, a.name LIMIT 10",
             org,
             month_start,
         )
-    )[0]
+        top_models = await Agent.raw(
+            "SELECT model, CAST(SUM(cost_nanos) AS BIGINT) AS cost, CAST(SUM(calls) AS BIGINT) "
+            "AS calls FROM spend_daily WHERE org = {} AND day >= {} "
+            "GROUP BY model ORDER BY cost DESC, model LIMIT 10",
+            org,
+            month_start,
+        )
+        refusals = await Agent.raw(
+            "SELECT COALESCE(refusal_reason, 'unknown') AS reason, COUNT(*) AS n FROM events "
+            "WHERE org = {} AND status = 'refused' AND started_at >= {} "
+            "GROUP BY COALESCE(refusal_reason, 'unknown') ORDER BY n DESC",
+            org,
+            month_begin,
+        )
     month_nanos = _int(totals["month"])
     days_in_month = calendar.monthrange(today.year, today.month)[1]
-    month_begin = datetime.datetime.combine(month_start, datetime.time(), datetime.timezone.utc)
     elapsed = max((now - month_begin).total_seconds(), 3600.0)  # no wild guesses in hour one
     projection = int(month_nanos * (days_in_month * 86400) / elapsed)
-    top_agents = await Agent.raw(
-        "SELECT a.name AS name, CAST(SUM(s.cost_nanos) AS BIGINT) AS cost, "
-        "CAST(SUM(s.calls) AS BIGINT) AS calls FROM spend_daily s "
-        "JOIN agents a ON a.id = s.agent WHERE s.org = {} AND s.day >= {} "
-        "GROUP BY a.name ORDER BY cost DESC, a.name LIMIT 10",
-        org,
-        month_start,
-    )
-    top_models = await Agent.raw(
-        "SELECT model, CAST(SUM(cost_nanos) AS BIGINT) AS cost, CAST(SUM(calls) AS BIGINT) "
-        "AS calls FROM spend_daily WHERE org = {} AND day >= {} "
-        "GROUP BY model ORDER BY cost DESC, model LIMIT 10",
-        org,
-        month_start,
-    )
-    refusals = await Agent.raw(
-        "SELECT COALESCE(refusal_reason, 'unknown') AS reason, COUNT(*) AS n FROM events "
-        "WHERE org = {} AND status = 'refused' AND started_at >= {} "
-        "GROUP BY COALESCE(refusal_reason, 'unknown') ORDER BY n DESC",
-        org,
-        month_begin,
-    )
     return {
         "today": _money(_int(totals["today"])),
         "month": {

@@ -212,3 +212,26 @@ def test_kill_and_resume_are_in_alert_history(account: Account) -> None:
 
 def test_kill_unknown_agent_is_404(account: Account) -> None:
     assert account.client.post("/v1/agents/ghost/kill", json={}).status_code == 404
+
+
+def test_ingest_answer_and_long_poll_report_the_same_state(account: Account) -> None:
+    seed(account)
+    with account.sdk() as sdk:
+        sdk.post("/v1/ingest", json=batch(event(agent="writer")))
+    account.client.post(
+        "/v1/agents/research-bot/budgets",
+        json={"kind": "usd", "period": "daily", "limit_usd": "2.50"},
+    )
+    account.client.post("/v1/budgets", json={"kind": "calls", "period": "total", "limit": 9})
+    account.client.post("/v1/agents/writer/kill", json={"reason": "halt"})
+    with account.sdk() as sdk:
+        answer = sdk.post(
+            "/v1/ingest", json=batch(event(), event(agent="writer"), event(agent="new-bot"))
+        ).json()["control"]
+        polled = sdk.get(
+            "/v1/control", params={"agents": "research-bot,writer,new-bot", "wait": 0}
+        ).json()["control"]
+    assert answer == polled
+    assert answer["writer"]["status"] == "stopped" and answer["writer"]["reason"] == "halt"
+    assert [b["scope"] for b in answer["research-bot"]["budgets"]] == ["agent", "org"]
+    assert [b["scope"] for b in answer["new-bot"]["budgets"]] == ["org"]
