@@ -83,6 +83,13 @@ WEATHER_TOOL: dict[str, Any] = {
         },
     },
 }
+MODEL_OF = {
+    "openai": "gpt-4o",
+    "anthropic": "claude-sonnet-4-5",
+    "google": "gemini-2.5-flash",
+    "mistral": "mistral-large-latest",
+}
+
 WEATHER_MESSAGES = [
     {
         "role": "system",
@@ -397,12 +404,7 @@ def test_counts_recorded_from_the_api(
 def test_a_resent_history_counts_the_same_as_the_first_time(provider: str) -> None:
     # Messages are remembered after their first count: an agent resends its history each
     # turn. A warm count must equal a cold one, system prompt, names and tools included.
-    model = {
-        "openai": "gpt-4o",
-        "anthropic": "claude-sonnet-4-5",
-        "google": "gemini-2.5-flash",
-        "mistral": "mistral-large-latest",
-    }[provider]
+    model = MODEL_OF[provider]
     history = [
         *WEATHER_MESSAGES,
         {"role": "user", "name": "ana", "content": "And tomorrow?"},
@@ -438,12 +440,7 @@ def test_tool_shapes_agree() -> None:
 
 @pytest.mark.parametrize("provider", ["openai", "anthropic", "google", "mistral"])
 def test_more_tools_cost_more(provider: str) -> None:
-    model = {
-        "openai": "gpt-4o",
-        "anthropic": "claude-sonnet-4-5",
-        "google": "gemini-2.5-flash",
-        "mistral": "mistral-large-latest",
-    }[provider]
+    model = MODEL_OF[provider]
     one = [WEATHER_TOOL]
     two = [WEATHER_TOOL, {"type": "function", "function": BING_BONG}]
     none = estimate_input_tokens(provider, model, messages=WEATHER_MESSAGES)
