@@ -23,6 +23,8 @@ from kavach.errors import (
 
 _MAX_TRACKED_RUNS = 10_000
 _MAX_CYCLE = 4
+# Distinct requests remembered per run for loop detection: a loop repeats within far fewer.
+_MAX_FINGERPRINTS = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +138,10 @@ class Guardrails:
                             limit=cfg.loop_threshold,
                             observed=seen,
                         )
-                    run.requests[fingerprint] = seen
+                    requests = run.requests
+                    requests[fingerprint] = seen
+                    if len(requests) > _MAX_FINGERPRINTS:  # a long run must not grow forever
+                        del requests[next(iter(requests))]
             if cfg.max_spend_per_minute is not None:
                 self._expire_spend(now)
                 window = cfg.velocity_window_seconds

@@ -184,3 +184,18 @@ def test_a_tool_call_cycle_stays_detected_until_the_agent_breaks_it(make_guard: 
                 guard.reserve(spec(content=f"retry {attempt}"))
     with guard.run():  # a new run starts with a clean history
         guard.reserve(spec(content="fresh")).commit(Usage(1, 1))
+
+
+def test_a_long_run_remembers_a_bounded_number_of_requests(make_guard: Make) -> None:
+    from kavach.guardrails import _MAX_FINGERPRINTS
+
+    guard = make_guard(budget=Budget.daily(100), loop_threshold=3, kill_on_guardrail=False)
+    with guard.run() as run_id:
+        for i in range(_MAX_FINGERPRINTS + 500):
+            guard.reserve(spec(content=f"distinct {i}")).commit(Usage(1, 1))
+        assert len(guard.guardrails._runs[run_id].requests) == _MAX_FINGERPRINTS
+        # A loop is still caught: the latest requests are the ones remembered.
+        for _ in range(2):
+            guard.reserve(spec(content="stuck")).commit(Usage(1, 1))
+        with pytest.raises(LoopDetectedError):
+            guard.reserve(spec(content="stuck"))
