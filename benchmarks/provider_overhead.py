@@ -2,7 +2,9 @@
 
     python benchmarks/provider_overhead.py [--calls 1500] [--chunks 2000]
 
-1. Loopback: both clients talk to the same stand-in server (kavach._devtools.standin);
+1. Loopback: both clients talk to the same stand-in server (kavach._devtools.standin), run
+   in its own process as a real provider is (a server thread in the benchmark's process
+   would take the GIL from the client mid-call and bill that to whichever side it hit);
    batches of raw and guarded calls alternate so drift hits both alike, and the fastest
    batch of each counts (on a shared machine noise only adds). Added latency is the
    difference (non-streaming, sync and async) and, for streams, the difference of
@@ -21,9 +23,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
+import socket
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -32,7 +38,6 @@ import httpx
 import openai
 
 from kavach import AgentKavach, Budget
-from kavach._devtools.standin import Reply, StandIn
 
 MODEL = "gpt-4o"
 
@@ -102,6 +107,30 @@ async def aalternate(raw: Any, guarded: Any, n: int, batch: int = 25) -> tuple[f
     finally:
         gc.enable()
     return best_a, best_b
+
+
+@contextlib.contextmanager
+def standin_process(output_tokens: int) -> Iterator[str]:
+    """The stand-in provider in a process of its own; yields its OpenAI base URL."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    process = subprocess.Popen(
+        [sys.executable, "-m", "kavach._devtools.standin", "--port", str(port)]
+        + ["--output-tokens", str(output_tokens)],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(300):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
 
 
 def report(label: str, raw: float, guarded: float, per: int = 1, unit: str = "call") -> float:
@@ -264,13 +293,10 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=40)
     args = parser.parse_args()
 
-    print("1. Loopback stand-in server (same server, raw and guarded calls alternating)")
-    with StandIn() as server:
-        server.default = Reply(text="ok", output_tokens=1, input_tokens=12)
-        raw = openai.OpenAI(base_url=server.openai_url, api_key="k", max_retries=0)
-        wrapped = guard().wrap(
-            openai.OpenAI(base_url=server.openai_url, api_key="k", max_retries=0)
-        )
+    print("1. Loopback stand-in server (its own process; raw and guarded calls alternating)")
+    with standin_process(output_tokens=1) as url:
+        raw = openai.OpenAI(base_url=url, api_key="k", max_retries=0)
+        wrapped = guard().wrap(openai.OpenAI(base_url=url, api_key="k", max_retries=0))
         r, g = alternate(
             lambda i: raw.chat.completions.create(model=MODEL, messages=messages(i)),
             lambda i: wrapped.chat.completions.create(model=MODEL, messages=messages(i)),
@@ -279,10 +305,8 @@ def main() -> None:
         sync_added = report("chat.completions.create (sync)", r, g)
 
         async def run_async() -> tuple[float, float]:
-            araw = openai.AsyncOpenAI(base_url=server.openai_url, api_key="k", max_retries=0)
-            awrapped = guard().wrap(
-                openai.AsyncOpenAI(base_url=server.openai_url, api_key="k", max_retries=0)
-            )
+            araw = openai.AsyncOpenAI(base_url=url, api_key="k", max_retries=0)
+            awrapped = guard().wrap(openai.AsyncOpenAI(base_url=url, api_key="k", max_retries=0))
 
             async def a(i: int) -> Any:
                 return await araw.chat.completions.create(model=MODEL, messages=messages(i))
@@ -298,8 +322,12 @@ def main() -> None:
         r, g = asyncio.run(run_async())
         async_added = report("chat.completions.create (async)", r, g)
 
-        server.requests.clear()
-        server.default = Reply(text="tok", output_tokens=args.chunks, input_tokens=12)
+        raw.close()
+        wrapped.close()
+
+    with standin_process(output_tokens=args.chunks) as url:
+        raw = openai.OpenAI(base_url=url, api_key="k", max_retries=0)
+        wrapped = guard().wrap(openai.OpenAI(base_url=url, api_key="k", max_retries=0))
 
         def consume(client: openai.OpenAI) -> Callable[[int], Any]:
             def run(i: int) -> int:
@@ -317,7 +345,6 @@ def main() -> None:
 
         r, g = alternate(consume(raw), consume(wrapped), args.streams, batch=1)
         chunk_added = report(f"stream of {args.chunks} chunks (sync)", r, g, args.chunks, "chunk")
-        server.requests.clear()
         raw.close()
         wrapped.close()
 
