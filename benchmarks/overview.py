@@ -31,6 +31,8 @@ from served_backend import (  # type: ignore[import-not-found]
     served_backend,
 )
 
+from backend.ingest import _ROLLUP_METRICS  # the rollups are written as ingest writes them
+
 EMAIL = "overview-bench@example.com"
 
 EVENTS_SQL = """
@@ -56,18 +58,7 @@ SELECT org, agent, model, {bucket}, SUM(cost_nanos),
   SUM(CASE WHEN status = 'error' THEN 1 ELSE 0 END)
 FROM events WHERE org = {org} AND idempotency_key LIKE 'bulk-%' GROUP BY org, agent, model, {bucket}
 ON CONFLICT (org, agent, model, {column}) DO UPDATE SET
-""" + ", ".join(
-    f"{m} = {{table}}.{m} + excluded.{m}"
-    for m in (
-        "cost_nanos",
-        "calls",
-        "tokens",
-        "input_tokens",
-        "output_tokens",
-        "refusals",
-        "errors",
-    )
-)
+""" + ", ".join(f"{m} = {{table}}.{m} + excluded.{m}" for m in _ROLLUP_METRICS)
 
 
 def load_sqlite(path: str, org: int, count: int) -> None:
