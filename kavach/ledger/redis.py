@@ -298,8 +298,13 @@ class RedisLedger:
         sync pool. Pools of other, closed event loops are dropped."""
         self.close()
         loop = asyncio.get_running_loop()
-        while mine := [t for t in self._background if t.get_loop() is loop]:
-            await asyncio.gather(*mine, return_exceptions=True)  # holds being given back
+        batcher = self._async.get(loop)
+        # In-flight batches can still hand a cancelled reserve's hold back (a new
+        # background release), and a release is itself a batch: wait until neither is left.
+        while mine := [t for t in self._background if t.get_loop() is loop] + (
+            list(batcher._tasks) if batcher is not None else []
+        ):
+            await asyncio.gather(*mine, return_exceptions=True)
         batcher = self._async.pop(loop, None)
         self._async = {lp: b for lp, b in self._async.items() if not lp.is_closed()}
         if batcher is not None:
