@@ -14,6 +14,7 @@ import logging
 import os
 import time
 import uuid
+from bisect import bisect_right
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -709,13 +710,24 @@ class AgentKavach:
     ) -> None:
         # Each settle moves spent over a disjoint interval (before, after], so a threshold
         # is crossed by exactly one settle, across threads and (with Redis) processes.
-        for i, slot in enumerate(plan.slots):
+        i = -1
+        for slot in plan.slots:
+            i += 1
             amount = amounts[i]
-            info = slot.info
-            if amount <= 0 or info.kind != "budget":
+            if amount <= 0:
                 continue
             spent = after[i]
             before = spent - amount
+            marks = slot.marks
+            if (
+                slot.limit > 0
+                and not before < slot.limit <= spent
+                and bisect_right(marks, before) == bisect_right(marks, spent)
+            ):
+                continue  # no threshold crossed and the limit not reached: most calls
+            info = slot.info
+            if info.kind != "budget":
+                continue
             crossed = crossed_thresholds(slot, before, spent)
             if crossed:
                 now = self._clock()
@@ -975,13 +987,17 @@ def _content_hash(value: object) -> int:
     # A plain message dict hashes through its strings, whose hashes Python caches, so a
     # long history costs a few operations per message rather than its length. Anything
     # else hashes its repr, which is content-based for dicts, lists and pydantic models.
+    # A value that hashes by identity (a custom object) only makes repeats look distinct.
     if type(value) is list or type(value) is tuple:
         parts = []
         for item in value:
-            if type(item) is dict and all(type(v) in _PLAIN for v in item.values()):
-                parts.append(hash(tuple(item.items())))
-            else:
-                parts.append(hash(repr(item)))
+            if type(item) is dict:
+                try:
+                    parts.append(hash(tuple(item.items())))
+                    continue
+                except TypeError:  # a list or dict value: content parts, tool calls
+                    pass
+            parts.append(hash(repr(item)))
         return hash(tuple(parts))
     if type(value) in _PLAIN:
         return hash(value)

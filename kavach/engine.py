@@ -30,6 +30,7 @@ Mode = Literal["reserve", "strict"]
 LineKind = Literal["budget", "run_tokens", "run_calls"]
 
 _KEY_SLACK_SECONDS = 86_400
+_new_tuple = tuple.__new__
 _RUN_KEY_TTL_SECONDS = 7 * 86_400
 
 
@@ -177,23 +178,22 @@ def plan_call(
             )
         max_units = min(max_units, fits)
 
+    # tuple.__new__ builds the NamedTuples in C: this runs on every call.
     lines = []
     for slot in slots:
         unit = slot.info.unit
         if unit == "usd":
-            lines.append(LedgerLine(slot.key, slot.limit, input_cost, per_token, slot.ttl_seconds))
+            fixed, per_unit = input_cost, per_token
         elif unit == "tokens":
-            lines.append(LedgerLine(slot.key, slot.limit, input_tokens, 1, slot.ttl_seconds))
+            fixed, per_unit = input_tokens, 1
         else:
-            lines.append(LedgerLine(slot.key, slot.limit, 1, 0, slot.ttl_seconds))
-    return Plan(
-        tuple(lines),
-        tuple(slots),
-        min_units,
-        max_units,
-        input_tokens,
-        input_cost,
-        per_token,
+            fixed, per_unit = 1, 0
+        lines.append(
+            _new_tuple(LedgerLine, (slot.key, slot.limit, fixed, per_unit, slot.ttl_seconds))
+        )
+    return _new_tuple(
+        Plan,
+        (tuple(lines), tuple(slots), min_units, max_units, input_tokens, input_cost, per_token),
     )
 
 

@@ -13,13 +13,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, Protocol
 
+from kavach._values import fast_init
 from kavach.ledger.base import HoldReclaimed
 from kavach.usage import Usage
 
 CallStatus = Literal["ok", "error", "refused", "cut", "cancelled"]
 
 
-@dataclass(frozen=True, slots=True)
+@fast_init
+@dataclass(frozen=True)
 class CallEvent:
     """One guarded call, settled or refused. Money in nano-dollars."""
 

@@ -152,6 +152,17 @@ class CompiledPrice:
         9900000
         """
         p = self.for_input(usage.input_tokens) if self.tiers else self
+        if not (
+            usage.cache_read_tokens
+            or usage.cache_write_tokens
+            or usage.cache_write_1h_tokens
+            or usage.reasoning_tokens
+            or usage.input_audio_tokens
+            or usage.output_audio_tokens
+            or usage.cache_audio_read_tokens
+        ):  # plain input and output, as most calls are
+            total = max(usage.input_tokens, 0) * p.input + max(usage.output_tokens, 0) * p.output
+            return -(-total // _TOKENS_PER_MTOK)
         audio_read = usage.cache_audio_read_tokens
         text_read = usage.cache_read_tokens - audio_read
         audio_in = usage.input_audio_tokens - audio_read

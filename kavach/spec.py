@@ -6,8 +6,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from kavach._values import fast_init
 
-@dataclass(frozen=True, slots=True)
+
+@fast_init
+@dataclass(frozen=True)
 class CallSpec:
     """A provider call described neutrally, for estimating and guarding it.
 

@@ -27,6 +27,7 @@ from typing import Any, Protocol, TypeVar
 import anyio
 
 from kavach._money import fmt_usd
+from kavach._values import fast_init
 from kavach.errors import BudgetExceededError
 from kavach.events import CallStatus
 from kavach.reservation import Reservation
@@ -37,7 +38,8 @@ __all__ = ["Outcome", "StreamMeter", "StreamSettlement", "ametered", "metered"]
 T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
+@fast_init
+@dataclass(frozen=True)
 class Outcome:
     """What a finished call reports: its usage and the details that go into its event."""
 

@@ -347,35 +347,70 @@ def _to_json(value: Any) -> str:
 _MESSAGE_CACHE_SIZE = 4096
 _message_counts: dict[tuple[str, tuple[tuple[Any, Any], ...]], tuple[int, int]] = {}
 _SKIPPED_KEYS = frozenset(("type", "id", "status"))
+# Keys whose value _walk_message reads as structure, never as text.
+_STRUCTURED_KEYS = frozenset(("tool_calls", "function_call"))
 
 
 def _add_message(tally: _Tally, message: Any) -> None:
     if type(message) is dict and "role" in message:
-        try:
-            key = (tally.encoding, tuple(message.items()))
-            cached = _message_counts.get(key)
-        except TypeError:  # a value that is a list (parts, tool calls): walk it
-            cached = key = None
-        if cached is not None:
+        counts = _plain_messages(tally.encoding, [message])
+        if counts is not None:
             tally.messages += 1
-            tally.text += cached[0]
-            tally.names += cached[1]
-            if tally.first_system is None and message["role"] in ("system", "developer"):
-                content = message.get("content")
-                content = message.get("parts") if content is None else content
-                if content is not None:
-                    tally.first_system = content
-            return
-        if key is not None and all(
-            (type(v) is str and len(v) <= _SHORT_TEXT) or v is None for v in message.values()
-        ):
-            text, names = tally.text, tally.names
-            _walk_message(tally, message)
-            if len(_message_counts) >= _MESSAGE_CACHE_SIZE:
-                _message_counts.clear()
-            _message_counts[key] = (tally.text - text, tally.names - names)
+            tally.text += counts[0]
+            tally.names += counts[1]
+            if tally.first_system is None:
+                tally.first_system = counts[2]
             return
     _walk_message(tally, message)
+
+
+def _plain_messages(encoding: str, messages: list[Any]) -> tuple[int, int, Any] | None:
+    """Text tokens, names and the first system content of messages that are all plain (dicts
+    with a role whose values are short strings or None), from the message cache; None if any
+    message is not plain, so the caller walks them."""
+    text = names = 0
+    first_system = None
+    cache = _message_counts
+    for message in messages:
+        if type(message) is not dict or "role" not in message:
+            return None
+        try:
+            key = (encoding, tuple(message.items()))
+            counts = cache.get(key)
+        except TypeError:  # a value that is a list (parts, tool calls)
+            return None
+        if counts is None:
+            counts = _plain_message_counts(encoding, message)
+            if counts is None:
+                return None
+            if len(cache) >= _MESSAGE_CACHE_SIZE:
+                cache.clear()
+            cache[key] = counts
+        text += counts[0]
+        names += counts[1]
+        if first_system is None and message["role"] in ("system", "developer"):
+            content = message.get("content")
+            first_system = message.get("parts") if content is None else content
+    return text, names, first_system
+
+
+def _plain_message_counts(encoding: str, message: dict[str, Any]) -> tuple[int, int] | None:
+    """Text tokens and names of a message whose values are all short strings (or None), as
+    ``_walk_message`` counts them; None for any other message. The common case, in one loop.
+    """
+    text = names = 0
+    for key, value in message.items():
+        if value is None:
+            continue
+        if type(value) is not str or len(value) > _SHORT_TEXT or key in _STRUCTURED_KEYS:
+            return None
+        if key in _SKIPPED_KEYS:
+            continue
+        if key == "name":
+            names += 1
+        if value:
+            text += _count_short(encoding, value)
+    return text, names
 
 
 def _walk_message(tally: _Tally, message: Any) -> None:
@@ -717,17 +752,27 @@ def estimate_input_tokens(
     21
     """
     kind, bare, encoding = _model_rules(provider, model)
-    tally = _Tally(kind, bare, encoding)
-    if system is not None:
-        if isinstance(system, str) or _as_mapping(system) is None:
-            system = {"role": "system", "content": system}
-        _add_message(tally, system)
-    if messages is not None:
-        many = type(messages) is list or (
-            isinstance(messages, Sequence) and not isinstance(messages, str)
-        )
-        for message in messages if many else [messages]:
-            _add_message(tally, message)
+    plain = None
+    if system is None and prompt is None and type(messages) is list:
+        plain = _plain_messages(encoding, messages)
+    if plain is not None:  # the common case, counted in one loop from the message cache
+        text_tokens, names, first_system = plain
+        count = len(messages)  # type: ignore[arg-type]
+        if kind == _OPENAI and not tools:
+            return text_tokens + 3 * count + names + (3 if count else 0)
+        tally = _Tally(kind, bare, encoding, text_tokens, 0, count, names, 0, first_system)
+    else:
+        tally = _Tally(kind, bare, encoding)
+        if system is not None:
+            if isinstance(system, str) or _as_mapping(system) is None:
+                system = {"role": "system", "content": system}
+            _add_message(tally, system)
+        if messages is not None:
+            many = type(messages) is list or (
+                isinstance(messages, Sequence) and not isinstance(messages, str)
+            )
+            for message in messages if many else [messages]:
+                _add_message(tally, message)
     chat = tally.messages > 0
     if prompt is not None:
         for text in [prompt] if isinstance(prompt, str) else prompt:

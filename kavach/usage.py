@@ -11,8 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kavach._values import fast_init
 
-@dataclass(frozen=True, slots=True)
+
+@fast_init
+@dataclass(frozen=True)
 class Usage:
     """Token counts of one call (or of a stream so far).
 

@@ -42,7 +42,16 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("kavach")
 
-__all__ = ["Endpoint", "Outcome", "TokenCounter", "field", "tool_signature", "unwrap", "wrap"]
+__all__ = [
+    "Endpoint",
+    "Outcome",
+    "TokenCounter",
+    "field",
+    "reader",
+    "tool_signature",
+    "unwrap",
+    "wrap",
+]
 
 C = TypeVar("C")
 R = TypeVar("R")
@@ -54,14 +63,28 @@ _PATCHES_ATTR = "_kavach_patches"
 
 def field(obj: Any, name: str, default: Any = None) -> Any:
     """``obj.name`` for SDK models, ``obj[name]`` for dicts; ``default`` when absent or None."""
-    if obj is None:
-        return default
-    # type() before isinstance: SDK models are never dicts, and ABC checks cost a microsecond.
-    if type(obj) is dict or (not hasattr(obj, "__pydantic_fields__") and isinstance(obj, Mapping)):
-        value = obj.get(name)
-    else:
-        value = getattr(obj, name, None)
+    value = reader(obj)(obj, name, None)
     return default if value is None else value
+
+
+def reader(obj: Any) -> Callable[[Any, str, Any], Any]:
+    """How to read ``obj``'s fields: ``read(obj, name, None)``. For the hot paths that read
+    several fields of one object (usage on every call), where ``field`` per name costs more."""
+    read = _READERS.get(type(obj))
+    return read if read is not None else _reader(type(obj))
+
+
+# How field() reads each type, decided once per type: usage is read on every call, and an
+# ABC isinstance check costs more than the read itself.
+_READERS: dict[type, Callable[[Any, str, Any], Any]] = {dict: dict.get, type(None): getattr}
+
+
+def _reader(kind: type) -> Callable[[Any, str, Any], Any]:
+    mapping = issubclass(kind, Mapping) and not hasattr(kind, "__pydantic_fields__")
+    read: Callable[[Any, str, Any], Any] = kind.get if mapping else getattr  # type: ignore[attr-defined]
+    if len(_READERS) < 1024:  # classes made on the fly must not grow it forever
+        _READERS[kind] = read
+    return read
 
 
 @dataclass(frozen=True, slots=True)

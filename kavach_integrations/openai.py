@@ -21,6 +21,7 @@ from kavach_integrations._provider import (
     TokenCounter,
     field,
     guard_request_method,
+    reader,
     set_max_tokens,
     tool_signature,
 )
@@ -40,16 +41,18 @@ PROVIDER = "openai"
 
 def chat_usage(usage: Any) -> Usage:
     """Chat completions (and Mistral) usage: ``prompt_tokens`` already include cached ones."""
-    prompt = field(usage, "prompt_tokens_details")
-    completion = field(usage, "completion_tokens_details")
+    read = reader(usage)
+    prompt = read(usage, "prompt_tokens_details", None)
+    completion = read(usage, "completion_tokens_details", None)
+    read_prompt, read_completion = reader(prompt), reader(completion)
     return Usage(
-        input_tokens=field(usage, "prompt_tokens", 0),
-        output_tokens=field(usage, "completion_tokens", 0),
-        cache_read_tokens=field(prompt, "cached_tokens", 0),
-        cache_write_tokens=field(prompt, "cache_write_tokens", 0),
-        reasoning_tokens=field(completion, "reasoning_tokens", 0),
-        input_audio_tokens=field(prompt, "audio_tokens", 0),
-        output_audio_tokens=field(completion, "audio_tokens", 0),
+        input_tokens=read(usage, "prompt_tokens", None) or 0,
+        output_tokens=read(usage, "completion_tokens", None) or 0,
+        cache_read_tokens=read_prompt(prompt, "cached_tokens", None) or 0,
+        cache_write_tokens=read_prompt(prompt, "cache_write_tokens", None) or 0,
+        reasoning_tokens=read_completion(completion, "reasoning_tokens", None) or 0,
+        input_audio_tokens=read_prompt(prompt, "audio_tokens", None) or 0,
+        output_audio_tokens=read_completion(completion, "audio_tokens", None) or 0,
     )
 
 
@@ -88,17 +91,19 @@ def read_chat(provider: str) -> Any:
 
 
 def chat_outcome(response: Any) -> Outcome:
+    read = reader(response)
     tool_calls = []
     finish = []
-    for choice in field(response, "choices", ()):
-        if (reason := field(choice, "finish_reason")) is not None:
-            finish.append(str(reason))
-        for call in field(field(choice, "message"), "tool_calls", ()):
+    for choice in read(response, "choices", None) or ():
+        read_choice = reader(choice)
+        if (reason := read_choice(choice, "finish_reason", None)) is not None:
+            finish.append(reason if type(reason) is str else str(reason))
+        for call in field(read_choice(choice, "message", None), "tool_calls", ()):
             fn = field(call, "function")
             tool_calls.append(tool_signature(field(fn, "name", ""), field(fn, "arguments", "")))
     return Outcome(
-        usage=chat_usage(field(response, "usage")),
-        response_model=field(response, "model"),
+        usage=chat_usage(read(response, "usage", None)),
+        response_model=read(response, "model", None),
         finish_reasons=tuple(finish),
         tool_calls=tuple(tool_calls),
     )

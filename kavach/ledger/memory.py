@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from kavach.ledger.base import Balance, Hold, LedgerLine, Refusal, grantable_units
 
 _PRUNE_EVERY = 4096
+_new_tuple = tuple.__new__
 
 
 class MemoryLedger:
@@ -51,20 +52,23 @@ class MemoryLedger:
                 self._prune()
             hold_id = f"m{next(self._ids)}"
             self._holds.add(hold_id)
-        return Hold(hold_id, tuple(keys), tuple(amounts), granted)
+        # tuple.__new__ builds the NamedTuple in C; Hold(...) would run Python code per call.
+        return _new_tuple(Hold, (hold_id, tuple(keys), tuple(amounts), granted))
 
     def settle(self, hold: Hold, actual: Sequence[int]) -> tuple[int, ...]:
         spent, reserved = self._spent, self._reserved
-        keys = hold.keys
+        hold_id, keys, held, _units = hold
         with self._lock:
-            if hold.id not in self._holds:
+            if hold_id not in self._holds:
                 return tuple([spent.get(key, 0) for key in keys])
-            self._holds.remove(hold.id)
+            self._holds.remove(hold_id)
             after = []
-            for i, key in enumerate(keys):
-                reserved[key] = reserved.get(key, 0) - hold.amounts[i]
+            i = 0
+            for key in keys:
+                reserved[key] = reserved.get(key, 0) - held[i]
                 total = spent[key] = spent.get(key, 0) + actual[i]
                 after.append(total)
+                i += 1
         return tuple(after)
 
     def release(self, hold: Hold) -> None:
