@@ -251,7 +251,7 @@ def breakdown(n: int) -> dict[str, float]:
     timing them directly is immune to the jitter of a millisecond-long HTTP round trip.
     """
     from kavach_integrations import openai as adapter
-    from kavach_integrations._provider import _commit, _outcome, _prepare
+    from kavach_integrations._provider import _outcome, _prepare
 
     transport, _ = _mock_transport()
     raw = openai.OpenAI(
@@ -276,7 +276,12 @@ def breakdown(n: int) -> dict[str, float]:
             t3 = clock()
             outcome = _outcome(adapter.CHAT, response, r)
             t4 = clock()
-            _commit(r, outcome)
+            r.commit(
+                outcome.usage,
+                response_model=outcome.response_model,
+                finish_reasons=outcome.finish_reasons,
+                tool_calls=outcome.tool_calls,
+            )
             t5 = clock()
             for name, a, b in zip(steps, (t0, t1, t2, t3, t4), (t1, t2, t3, t4, t5), strict=True):
                 steps[name].append((b - a) / 1000)

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import contextvars
+import functools
 import itertools
 import logging
 import os
@@ -271,7 +272,8 @@ class AgentKavach:
 
             instrument(self, telemetry if isinstance(telemetry, _Config) else _Config())
         self._session_run = f"{agent_name}-{uuid.uuid4().hex[:12]}"
-        self._clock = clock or _utcnow
+        # A C call, no Python frame: the clock is read on every call.
+        self._clock = clock or functools.partial(datetime.now, timezone.utc)
         self._ids = itertools.count(1)
         self._id_prefix = uuid.uuid4().hex[:20]
         # (budgets they were made from, slots, valid until): replaced whole, never mutated,
@@ -510,6 +512,9 @@ class AgentKavach:
             raise
         except Exception as exc:
             raise self._ledger_down(r, exc) from exc
+        if type(result) is Hold and self._context_hook is None:
+            r.hold = result  # admitted: _admit's common case, inlined
+            return r
         return self._admit(r, result)
 
     async def areserve(self, spec: CallSpec) -> Reservation:
@@ -524,12 +529,15 @@ class AgentKavach:
             raise
         except Exception as exc:
             raise self._ledger_down(r, exc) from exc
+        if type(result) is Hold and self._context_hook is None:
+            r.hold = result  # admitted: _admit's common case, inlined
+            return r
         return self._admit(r, result)
 
     def _prepare(self, spec: CallSpec) -> Reservation:
         """Check and plan the call: a Reservation not yet held (no plan when disabled)."""
         now = self._clock()
-        run_id = spec.run_id or self.current_run
+        run_id = spec.run_id or _current_run.get() or self._session_run
         if not self.enabled:
             return Reservation(self, spec, None, None, None, run_id, None, now)
         try:
@@ -555,8 +563,18 @@ class AgentKavach:
                     system=spec.system,
                     tools=spec.tools,
                 )
+            cache = self._slot_cache  # _slots, inlined for the common case
+            if (
+                cache is not None
+                and cache[0] is self.budgets
+                and not self._has_run_slots
+                and (cache[2] is None or now < cache[2])
+            ):
+                slots = cache[1]
+            else:
+                slots = self._slots(run_id, now)
             plan = plan_call(
-                slots=self._slots(run_id, now),
+                slots=slots,
                 guardrails=self.guardrail_config,
                 price=price,
                 input_tokens=input_tokens,
@@ -625,29 +643,13 @@ class AgentKavach:
     # -- settle (called by Reservation) -------------------------------------------------
 
     def _amounts(self, r: Reservation, usage: Usage) -> tuple[tuple[int, ...], int]:
-        if r.plan is None:
+        plan = r.plan
+        if plan is None:
             return (), 0
-        cost = r.cost_of(usage)
-        return actual_amounts(r.plan, usage, cost), cost
-
-    def _ledger_settle(self, r: Reservation, amounts: tuple[int, ...]) -> tuple[int, ...]:
-        if r.hold is None:
-            return ()
-        try:
-            return self.ledger.settle(r.hold, amounts)
-        except Exception:
-            # The provider already billed this call: never raise into the caller's success.
-            logger.exception("kavach: could not settle %s on the ledger; spend kept locally", r)
-            return ()
-
-    async def _aledger_settle(self, r: Reservation, amounts: tuple[int, ...]) -> tuple[int, ...]:
-        if r.hold is None:
-            return ()
-        try:
-            return await self.ledger.asettle(r.hold, amounts)
-        except Exception:
-            logger.exception("kavach: could not settle %s on the ledger; spend kept locally", r)
-            return ()
+        cost = r.price.cost(usage)  # type: ignore[union-attr]  # a plan always has a price
+        if len(plan.slots) == 1 and plan.slots[0].info.unit == "usd":
+            return (cost,), cost  # one dollar budget, as most guards have
+        return actual_amounts(plan, usage, cost), cost
 
     def _ledger_release(self, r: Reservation) -> None:
         if r.hold is None:
@@ -680,7 +682,8 @@ class AgentKavach:
     ) -> CallEvent | None:
         if r.plan is None:
             return None
-        self.guardrails.record(r.run_id, cost, tuple(tool_calls))
+        if tool_calls or self.guardrails.records_spend:
+            self.guardrails.record(r.run_id, cost, tuple(tool_calls))
         event = None
         if self._call_observers:  # events are built only for someone who listens
             event = self._event(
@@ -958,10 +961,6 @@ def wrap(client: _C, guard: AgentKavach) -> _C:
     return guard.wrap(client)
 
 
-def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
 def _listens_to_calls(observer: GuardObserver) -> bool:
     return getattr(type(observer), "on_call", None) is not NullObserver.on_call
 
@@ -969,6 +968,18 @@ def _listens_to_calls(observer: GuardObserver) -> bool:
 def _fingerprint(spec: CallSpec) -> int:
     """A hash of what the call sends, equal for identical requests (loop detection)."""
     messages, prompt, system, tools = spec.messages, spec.prompt, spec.system, spec.tools
+    if type(messages) is list and prompt is None and system is None and tools is None:
+        # A plain chat call: _content_hash of the list, inlined.
+        parts = []
+        for item in messages:
+            if type(item) is dict:
+                try:
+                    parts.append(hash(tuple(item.items())))
+                    continue
+                except TypeError:
+                    pass
+            parts.append(_content_hash(item))
+        return hash((spec.model, hash(tuple(parts))))
     return hash(
         (
             spec.model,

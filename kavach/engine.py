@@ -159,8 +159,7 @@ def plan_call(
     cache_writes: bool = False,
 ) -> Plan:
     """Plan the ledger lines for one call; raises CostPerCallError before touching a ledger."""
-    input_cost = price.worst_case_input_cost(input_tokens, cache_writes)
-    per_token = price.output_nanos_per_token_ceil(input_tokens)
+    input_cost, per_token = price.reservation_rates(input_tokens, cache_writes)
     max_units = requested_max_output if requested_max_output is not None else default_max_output
     min_units = max_units if mode == "reserve" else min(min_output, max_units)
 

@@ -90,6 +90,8 @@ class Guardrails:
         self._runs: OrderedDict[str, _RunState] = OrderedDict()
         self._spend: deque[tuple[float, int]] = deque()
         self._spend_sum = 0
+        self.records_spend = config.max_spend_per_minute is not None
+        """Whether ``record`` keeps settled spend (for the velocity limit)."""
         # Whether any limit is checked before a call: most guards set none of them.
         self._checks = (
             config.max_runtime_seconds is not None
@@ -108,7 +110,11 @@ class Guardrails:
         cfg = self.config
         now = time.monotonic() if now is None else now
         with self._lock:
-            run = self._run(run_id, now)
+            run = self._runs.get(run_id)  # _run, inlined: this runs on every call
+            if run is None:
+                run = self._run(run_id, now)
+            else:
+                self._runs.move_to_end(run_id)
             if cfg.max_runtime_seconds is not None:
                 elapsed = now - run.started
                 if elapsed > cfg.max_runtime_seconds:

@@ -214,6 +214,19 @@ class CompiledPrice:
             rate = max(rate, tier.cache_write, tier.cache_write_1h)
         return -(-input_tokens * rate // _TOKENS_PER_MTOK)
 
+    def reservation_rates(self, input_tokens: int, cache_writes: bool = False) -> tuple[int, int]:
+        """``worst_case_input_cost`` and ``output_nanos_per_token_ceil`` in one call, as a
+        reservation is planned (on every call).
+
+        >>> ModelPrice(input_per_mtok=2.5, output_per_mtok=10.0).compile().reservation_rates(1000)
+        (2500000, 10000)
+        """
+        tier = self.for_input(input_tokens) if self.tiers else self
+        rate = tier.input
+        if cache_writes:
+            rate = max(rate, tier.cache_write, tier.cache_write_1h)
+        return -(-input_tokens * rate // _TOKENS_PER_MTOK), -(-tier.output // _TOKENS_PER_MTOK)
+
     def output_cost(self, output_tokens: int, input_tokens: int = 0) -> int:
         """``output_tokens`` at the output rate of the tier ``input_tokens`` selects, rounded up.
 
@@ -406,7 +419,12 @@ class Pricing:
         >>> Pricing().resolve("openai", "gpt-4o-2024-08-06").input  # $2.50 per MTok
         2500000000
         """
-        t = time.time() if at is None else _posix(at)
+        if at is None:
+            t = time.time()
+        elif at.tzinfo is not None:  # _posix, inlined: this runs on every call
+            t = at.timestamp()
+        else:
+            t = _posix(at)
         entry = self._cache.get((provider, model))
         if entry is None or not entry[1] <= t < entry[2]:
             entry = self._cache[(provider, model)] = self._lookup(provider, model, t)

@@ -10,6 +10,7 @@ drives this one object and adds nothing of its own to the accounting.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Awaitable, Sequence
@@ -18,6 +19,8 @@ from typing import TYPE_CHECKING
 
 from kavach.events import CallEvent, CallStatus
 from kavach.usage import Usage
+
+logger = logging.getLogger("kavach")
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -41,10 +44,10 @@ class Reservation:
         "_claim",
         "_event",
         "_guard",
-        "_price",
         "fingerprint",
         "hold",
         "plan",
+        "price",
         "run_id",
         "spec",
         "started",
@@ -67,7 +70,8 @@ class Reservation:
         self.spec = spec
         self.plan = plan
         self.hold = hold
-        self._price = price
+        self.price = price
+        """The model's price this call is reserved and settled at (``None`` when disabled)."""
         self.run_id = run_id
         self.fingerprint = fingerprint
         self.started = time.perf_counter()
@@ -102,7 +106,7 @@ class Reservation:
 
     def cost_of(self, usage: Usage) -> int:
         """What ``usage`` costs at this call's price, in nano-dollars."""
-        return self._price.cost(usage) if self._price is not None else 0
+        return self.price.cost(usage) if self.price is not None else 0
 
     def exceeds(self, output_tokens: int) -> bool:
         """True once a stream has produced more output than this reservation pays for."""
@@ -125,7 +129,15 @@ class Reservation:
         if not self._claim.acquire(blocking=False):
             return self._event
         amounts, cost = self._guard._amounts(self, usage)
-        after = self._guard._ledger_settle(self, amounts)
+        after: tuple[int, ...] = ()
+        if self.hold is not None:
+            try:
+                after = self._guard.ledger.settle(self.hold, amounts)
+            except Exception:
+                # The provider already billed this call: never raise into the caller's success.
+                logger.exception(
+                    "kavach: could not settle %s on the ledger; spend kept locally", self
+                )
         self._event = self._guard._settled(
             self,
             usage,
@@ -154,7 +166,14 @@ class Reservation:
         if not self._claim.acquire(blocking=False):
             return self._event
         amounts, cost = self._guard._amounts(self, usage)
-        after = await self._guard._aledger_settle(self, amounts)
+        after: tuple[int, ...] = ()
+        if self.hold is not None:
+            try:
+                after = await self._guard.ledger.asettle(self.hold, amounts)
+            except Exception:
+                logger.exception(
+                    "kavach: could not settle %s on the ledger; spend kept locally", self
+                )
         self._event = self._guard._settled(
             self,
             usage,

@@ -29,7 +29,7 @@ import math
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -408,9 +408,30 @@ def _plain_message_counts(encoding: str, message: dict[str, Any]) -> tuple[int, 
             continue
         if key == "name":
             names += 1
-        if value:
-            text += _count_short(encoding, value)
+        if len(value) <= _REPEATED_TEXT:  # role, name, ids: few, and seen on every call
+            text += _count_short(encoding, value) if value else 0
+        else:  # content: the message cache keeps its count, the text cache need not
+            text += _count_new(encoding, value)
     return text, names
+
+
+# Values up to this long (roles, names, ids) go through the text cache in plain messages.
+_REPEATED_TEXT = 32
+# Each encoding's Rust encode function, called without tiktoken's Python wrapper (one frame
+# less for every new message); the wrapper's surrogate handling is kept by _count_new.
+_ENCODE: dict[str, Callable[[str], list[int]]] = {}
+
+
+def _count_new(encoding: str, text: str) -> int:
+    encode = _ENCODE.get(encoding)
+    if encode is None:
+        loaded = _get_encoding(encoding)
+        core = getattr(loaded, "_core_bpe", None)
+        encode = _ENCODE[encoding] = getattr(core, "encode_ordinary", loaded.encode_ordinary)
+    try:
+        return len(encode(text))
+    except UnicodeEncodeError:  # lone surrogates: tiktoken's wrapper replaces them
+        return len(_get_encoding(encoding).encode_ordinary(text))
 
 
 def _walk_message(tally: _Tally, message: Any) -> None:

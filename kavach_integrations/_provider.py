@@ -47,6 +47,7 @@ __all__ = [
     "Outcome",
     "TokenCounter",
     "field",
+    "READERS",
     "reader",
     "tool_signature",
     "unwrap",
@@ -58,32 +59,35 @@ R = TypeVar("R")
 Body = dict[str, Any]
 
 _GUARD_ATTR = "_kavach_guard"
+_NO_ROUTE = object()
 _PATCHES_ATTR = "_kavach_patches"
 
 
 def field(obj: Any, name: str, default: Any = None) -> Any:
     """``obj.name`` for SDK models, ``obj[name]`` for dicts; ``default`` when absent or None."""
-    value = reader(obj)(obj, name, None)
+    read = READERS.get(type(obj)) or _reader(type(obj))
+    value = read(obj, name, None)
     return default if value is None else value
 
 
 def reader(obj: Any) -> Callable[[Any, str, Any], Any]:
     """How to read ``obj``'s fields: ``read(obj, name, None)``. For the hot paths that read
-    several fields of one object (usage on every call), where ``field`` per name costs more."""
-    read = _READERS.get(type(obj))
+    several fields of one object (usage on every call), where ``field`` per name costs more;
+    they look in ``READERS`` first, which saves even this call."""
+    read = READERS.get(type(obj))
     return read if read is not None else _reader(type(obj))
 
 
 # How field() reads each type, decided once per type: usage is read on every call, and an
 # ABC isinstance check costs more than the read itself.
-_READERS: dict[type, Callable[[Any, str, Any], Any]] = {dict: dict.get, type(None): getattr}
+READERS: dict[type, Callable[[Any, str, Any], Any]] = {dict: dict.get, type(None): getattr}
 
 
 def _reader(kind: type) -> Callable[[Any, str, Any], Any]:
     mapping = issubclass(kind, Mapping) and not hasattr(kind, "__pydantic_fields__")
     read: Callable[[Any, str, Any], Any] = kind.get if mapping else getattr  # type: ignore[attr-defined]
-    if len(_READERS) < 1024:  # classes made on the fly must not grow it forever
-        _READERS[kind] = read
+    if len(READERS) < 1024:  # classes made on the fly must not grow it forever
+        READERS[kind] = read
     return read
 
 
@@ -228,7 +232,10 @@ def _limited(guard: AgentKavach, endpoint: Endpoint, spec: CallSpec) -> bool:
 
 
 def _outcome(endpoint: Endpoint, response: Any, r: Reservation) -> Outcome:
-    parsed = response.parse() if _is_raw(response) else response
+    raw = _RAW_TYPES.get(type(response))
+    if raw is None:
+        raw = _is_raw(response)
+    parsed = response.parse() if raw else response
     try:
         outcome = endpoint.outcome(parsed)
     except Exception:
@@ -262,24 +269,6 @@ def _is_raw(response: Any) -> bool:
     return raw
 
 
-def _commit(r: Reservation, outcome: Outcome) -> None:
-    r.commit(
-        outcome.usage,
-        response_model=outcome.response_model,
-        finish_reasons=outcome.finish_reasons,
-        tool_calls=outcome.tool_calls,
-    )
-
-
-async def _acommit(r: Reservation, outcome: Outcome) -> None:
-    await r.acommit(
-        outcome.usage,
-        response_model=outcome.response_model,
-        finish_reasons=outcome.finish_reasons,
-        tool_calls=outcome.tool_calls,
-    )
-
-
 Attach = Callable[[Any, StreamSettlement], Any]
 
 
@@ -294,7 +283,10 @@ def guarded_call(
     """Reserve, make the SDK call with ``send``, then settle or hand the stream to a meter."""
     r = guard.reserve(spec := endpoint.read(body))
     try:
-        response = send(_prepare(guard, endpoint, body, r, streamed))
+        sent = body  # as it is, unless strict mode or a stream changes it
+        if streamed or (endpoint.limit is not None and guard.mode == "strict"):
+            sent = _prepare(guard, endpoint, body, r, streamed)
+        response = send(sent)
         if streamed and endpoint.meter is not None:
             settlement = StreamSettlement(r, endpoint.meter(body), _limited(guard, endpoint, spec))
             return attach(response, settlement)  # type: ignore[no-any-return]
@@ -302,7 +294,13 @@ def guarded_call(
         status, error = _failure(exc)
         r.release(status=status, error=error)
         raise
-    _commit(r, _outcome(endpoint, response, r))
+    outcome = _outcome(endpoint, response, r)
+    r.commit(
+        outcome.usage,
+        response_model=outcome.response_model,
+        finish_reasons=outcome.finish_reasons,
+        tool_calls=outcome.tool_calls,
+    )
     return response
 
 
@@ -317,7 +315,10 @@ async def aguarded_call(
     """``guarded_call`` for async clients."""
     r = await guard.areserve(spec := endpoint.read(body))
     try:
-        response = await send(_prepare(guard, endpoint, body, r, streamed))
+        sent = body  # as it is, unless strict mode or a stream changes it
+        if streamed or (endpoint.limit is not None and guard.mode == "strict"):
+            sent = _prepare(guard, endpoint, body, r, streamed)
+        response = await send(sent)
         if streamed and endpoint.meter is not None:
             settlement = StreamSettlement(r, endpoint.meter(body), _limited(guard, endpoint, spec))
             return attach(response, settlement)  # type: ignore[no-any-return]
@@ -326,7 +327,13 @@ async def aguarded_call(
         with _shield():
             await r.arelease(status=status, error=error)
         raise
-    await _acommit(r, _outcome(endpoint, response, r))
+    outcome = _outcome(endpoint, response, r)
+    await r.acommit(
+        outcome.usage,
+        response_model=outcome.response_model,
+        finish_reasons=outcome.finish_reasons,
+        tool_calls=outcome.tool_calls,
+    )
     return response
 
 
@@ -443,6 +450,20 @@ def _patch(client: Any, owner: Any, name: str, value: Any) -> None:
     client.__dict__.setdefault(_PATCHES_ATTR, []).append((owner, name))
 
 
+def _resend(
+    original: Callable[..., Any],
+    cast_to: Any,
+    options: Any,
+    stream: bool,
+    stream_cls: Any,
+    body: Body,
+) -> Any:
+    """Make the SDK's request with ``body``, which strict mode or a stream may have changed."""
+    if body is not options.json_data:
+        options = options.model_copy(update={"json_data": body})
+    return original(cast_to, options, stream=stream, stream_cls=stream_cls)
+
+
 def guard_request_method(
     client: Any,
     guard: AgentKavach,
@@ -458,23 +479,19 @@ def guard_request_method(
     original = client.request
     attach = attach_async("_iterator") if is_async else attach_sync("_iterator")
 
+    routes: dict[tuple[str, str], Endpoint | None] = {}  # a few paths, asked on every call
+
     def route(options: Any) -> Endpoint | None:
         body = options.json_data
-        if not isinstance(body, Mapping):
+        if type(body) is not dict and not isinstance(body, Mapping):
             return None
-        return endpoint_for(options.method, options.url.split("?", 1)[0])
-
-    def resend(cast_to: Any, options: Any, stream: bool, stream_cls: Any) -> Callable[[Body], Any]:
-        sent = options.json_data
-
-        def send(body: Body) -> Any:
-            if body is not sent:  # strict mode or a stream changed the request
-                options_ = options.model_copy(update={"json_data": body})
-            else:
-                options_ = options
-            return original(cast_to, options_, stream=stream, stream_cls=stream_cls)
-
-        return send
+        key = (options.method, options.url)
+        endpoint = routes.get(key, _NO_ROUTE)
+        if endpoint is _NO_ROUTE:
+            endpoint = endpoint_for(options.method, options.url.split("?", 1)[0])
+            if len(routes) < 256:  # paths with ids in them must not grow it forever
+                routes[key] = endpoint
+        return endpoint  # type: ignore[return-value]
 
     if is_async:
 
@@ -484,14 +501,8 @@ def guard_request_method(
             endpoint = route(options)
             if endpoint is None:
                 return await original(cast_to, options, stream=stream, stream_cls=stream_cls)
-            return await aguarded_call(
-                guard,
-                endpoint,
-                options.json_data,
-                resend(cast_to, options, stream, stream_cls),
-                stream,
-                attach,
-            )
+            send = functools.partial(_resend, original, cast_to, options, stream, stream_cls)
+            return await aguarded_call(guard, endpoint, options.json_data, send, stream, attach)
 
         _patch(client, client, "request", arequest)
     else:
@@ -502,14 +513,8 @@ def guard_request_method(
             endpoint = route(options)
             if endpoint is None:
                 return original(cast_to, options, stream=stream, stream_cls=stream_cls)
-            return guarded_call(
-                guard,
-                endpoint,
-                options.json_data,
-                resend(cast_to, options, stream, stream_cls),
-                stream,
-                attach,
-            )
+            send = functools.partial(_resend, original, cast_to, options, stream, stream_cls)
+            return guarded_call(guard, endpoint, options.json_data, send, stream, attach)
 
         _patch(client, client, "request", request)
 

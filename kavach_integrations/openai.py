@@ -16,6 +16,7 @@ from kavach.spec import CallSpec
 from kavach.stream import Outcome
 from kavach.usage import Usage
 from kavach_integrations._provider import (
+    READERS,
     Body,
     Endpoint,
     TokenCounter,
@@ -41,10 +42,11 @@ PROVIDER = "openai"
 
 def chat_usage(usage: Any) -> Usage:
     """Chat completions (and Mistral) usage: ``prompt_tokens`` already include cached ones."""
-    read = reader(usage)
+    read = READERS.get(type(usage)) or reader(usage)
     prompt = read(usage, "prompt_tokens_details", None)
     completion = read(usage, "completion_tokens_details", None)
-    read_prompt, read_completion = reader(prompt), reader(completion)
+    read_prompt = READERS.get(type(prompt)) or reader(prompt)
+    read_completion = READERS.get(type(completion)) or reader(completion)
     return Usage(
         input_tokens=read(usage, "prompt_tokens", None) or 0,
         output_tokens=read(usage, "completion_tokens", None) or 0,
@@ -91,14 +93,16 @@ def read_chat(provider: str) -> Any:
 
 
 def chat_outcome(response: Any) -> Outcome:
-    read = reader(response)
+    read = READERS.get(type(response)) or reader(response)
     tool_calls = []
     finish = []
     for choice in read(response, "choices", None) or ():
-        read_choice = reader(choice)
+        read_choice = READERS.get(type(choice)) or reader(choice)
         if (reason := read_choice(choice, "finish_reason", None)) is not None:
             finish.append(reason if type(reason) is str else str(reason))
-        for call in field(read_choice(choice, "message", None), "tool_calls", ()):
+        message = read_choice(choice, "message", None)
+        read_message = READERS.get(type(message)) or reader(message)
+        for call in read_message(message, "tool_calls", None) or ():
             fn = field(call, "function")
             tool_calls.append(tool_signature(field(fn, "name", ""), field(fn, "arguments", "")))
     return Outcome(

@@ -34,7 +34,9 @@ class MemoryLedger:
     ) -> Hold | Refusal:
         spent, reserved = self._spent, self._reserved
         with self._lock:
-            balances = [(spent.get(line.key, 0), reserved.get(line.key, 0)) for line in lines]
+            balances = []  # a loop, not a comprehension: one frame less on every call
+            for line in lines:
+                balances.append((spent.get(line.key, 0), reserved.get(line.key, 0)))
             granted = grantable_units(lines, balances, min_units, max_units)
             if isinstance(granted, Refusal):
                 return granted
