@@ -545,7 +545,23 @@ class AgentKavach:
         except AgentKilledError as exc:
             self._refused(spec, run_id, now, exc)
             raise
-        fingerprint = _fingerprint(spec) if self.guardrail_config.detect_loops else None
+        input_tokens = spec.input_tokens
+        content = None  # a hash of plain chat messages, taken while counting them
+        if input_tokens is None:
+            try:
+                input_tokens, content = tokens.estimate_with_content_hash(
+                    spec.provider,
+                    spec.model,
+                    messages=spec.messages,
+                    prompt=spec.prompt,
+                    system=spec.system,
+                    tools=spec.tools,
+                    bounded=True,
+                )
+            except KavachError as exc:
+                self._refused(spec, run_id, now, exc)
+                raise
+        fingerprint = _fingerprint(spec, content) if self.guardrail_config.detect_loops else None
         try:
             self.guardrails.check(run_id, fingerprint)
         except GuardrailError as exc:
@@ -553,16 +569,6 @@ class AgentKavach:
             raise
         try:
             price = self.pricing.resolve(spec.provider, spec.model, now)
-            input_tokens = spec.input_tokens
-            if input_tokens is None:
-                input_tokens = tokens.estimate_input_tokens(
-                    spec.provider,
-                    spec.model,
-                    messages=spec.messages,
-                    prompt=spec.prompt,
-                    system=spec.system,
-                    tools=spec.tools,
-                )
             cache = self._slot_cache  # _slots, inlined for the common case
             if (
                 cache is not None
@@ -965,21 +971,15 @@ def _listens_to_calls(observer: GuardObserver) -> bool:
     return getattr(type(observer), "on_call", None) is not NullObserver.on_call
 
 
-def _fingerprint(spec: CallSpec) -> int:
-    """A hash of what the call sends, equal for identical requests (loop detection)."""
+def _fingerprint(spec: CallSpec, content: int | None = None) -> int:
+    """A hash of what the call sends, equal for identical requests (loop detection).
+
+    ``content`` is the hash of ``spec.messages`` taken while counting their tokens, when
+    they are plain chat messages; the history is then not hashed a second time.
+    """
     messages, prompt, system, tools = spec.messages, spec.prompt, spec.system, spec.tools
-    if type(messages) is list and prompt is None and system is None and tools is None:
-        # A plain chat call: _content_hash of the list, inlined.
-        parts = []
-        for item in messages:
-            if type(item) is dict:
-                try:
-                    parts.append(hash(tuple(item.items())))
-                    continue
-                except TypeError:
-                    pass
-            parts.append(_content_hash(item))
-        return hash((spec.model, hash(tuple(parts))))
+    if content is not None and prompt is None and system is None:
+        return hash((spec.model, content, None if tools is None else _content_hash(tools)))
     return hash(
         (
             spec.model,

@@ -23,7 +23,8 @@ from kavach.errors import (
 
 _MAX_TRACKED_RUNS = 10_000
 _MAX_CYCLE = 4
-# Distinct requests remembered per run for loop detection: a loop repeats within far fewer.
+# Distinct requests remembered per run for loop detection (the latest 1,024 to 2,048): a loop
+# repeats within far fewer.
 _MAX_FINGERPRINTS = 1024
 
 
@@ -58,6 +59,10 @@ class GuardrailConfig:
 class _RunState:
     started: float
     requests: dict[int, int] = field(default_factory=dict)
+    older: dict[int, int] = field(default_factory=dict)
+    """The previous generation of ``requests``: a full generation becomes this one and a new
+    one starts, so memory stays bounded at O(1) a call (evicting the oldest key of a dict one
+    by one makes each eviction scan the ones deleted before it)."""
     tool_calls: deque[str] = field(default_factory=lambda: deque(maxlen=64))
     cycle: tuple[str, ...] | None = None
     """The tool-call cycle the run is stuck in, found when tool calls are recorded."""
@@ -135,7 +140,11 @@ class Guardrails:
                         observed=cfg.loop_threshold,
                     )
                 if fingerprint is not None:
-                    seen = run.requests.get(fingerprint, 0) + 1
+                    requests = run.requests
+                    seen = requests.get(fingerprint)
+                    if seen is None:
+                        seen = run.older.get(fingerprint, 0)
+                    seen += 1
                     if seen >= cfg.loop_threshold:
                         raise LoopDetectedError(
                             f"run {run_id!r} sent the same request {seen} times "
@@ -144,10 +153,10 @@ class Guardrails:
                             limit=cfg.loop_threshold,
                             observed=seen,
                         )
-                    requests = run.requests
+                    if len(requests) >= _MAX_FINGERPRINTS and fingerprint not in requests:
+                        run.older = requests  # a long run must not grow forever
+                        requests = run.requests = {}
                     requests[fingerprint] = seen
-                    if len(requests) > _MAX_FINGERPRINTS:  # a long run must not grow forever
-                        del requests[next(iter(requests))]
             if cfg.max_spend_per_minute is not None:
                 self._expire_spend(now)
                 window = cfg.velocity_window_seconds
@@ -167,8 +176,14 @@ class Guardrails:
             return
         with self._lock:
             run = self._runs.get(run_id)
-            if run is not None and run.requests.get(fingerprint, 0) > 0:
-                run.requests[fingerprint] -= 1
+            if run is None:
+                return
+            for requests in (run.requests, run.older):
+                seen = requests.get(fingerprint)
+                if seen is not None:
+                    if seen > 0:
+                        requests[fingerprint] = seen - 1
+                    return
 
     def record(
         self, run_id: str, cost_nanos: int, tool_calls: tuple[str, ...], now: float | None = None

@@ -172,11 +172,11 @@ def encoding_for_model(model: str) -> tiktoken.Encoding:
 # --------------------------------------------------------------------------- counting
 
 # Repeated text is the common case: an agent resends its system prompt, tool schemas and
-# history on every turn. Short strings are cached by value; long ones by a digest, so
+# history on every turn. Short strings are cached by value; long ones by their hash, so
 # the cache never pins large prompts in memory.
 _SHORT_TEXT = 512
 _LONG_CACHE_SIZE = 1024
-_long_counts: OrderedDict[tuple[str, int, bytes], int] = OrderedDict()
+_long_counts: OrderedDict[tuple[str, int, int], int] = OrderedDict()
 _long_lock = threading.Lock()
 
 
@@ -190,8 +190,9 @@ def _count(encoding: str, text: str) -> int:
         return 0
     if len(text) <= _SHORT_TEXT:
         return _count_short(encoding, text)
-    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
-    key = (encoding, len(text), digest)
+    # Python's string hash (cached on the string, so a resent text costs nothing to key)
+    # stands for the text, as in the message cache below; the text itself is not kept.
+    key = (encoding, len(text), hash(text))
     with _long_lock:
         cached = _long_counts.get(key)
         if cached is not None:
@@ -342,10 +343,15 @@ def _to_json(value: Any) -> str:
 
 
 # The per-message part of a count, for the common plain-text message (a dict whose values
-# are all short strings): an agent resends its whole history every turn, so each message
-# is walked once. Keyed by value, and only short values, so no large prompt is pinned.
+# are all strings): an agent resends its whole history every turn, so each message is
+# counted once. Keyed by the hash of its items, which Python computes from the strings'
+# cached hashes, so nothing is pinned (no prompt text is kept) and a resent message costs a
+# few operations whatever its length. A 64-bit hash with a per-process key stands for the
+# content: two different messages share one with a chance of about 1 in 10^16 per lookup.
+# Two generations per encoding: when the newer fills, it becomes the older and a new one
+# starts, so the cache stays bounded without a clear that would recount whole histories.
 _MESSAGE_CACHE_SIZE = 4096
-_message_counts: dict[tuple[str, tuple[tuple[Any, Any], ...]], tuple[int, int]] = {}
+_message_counts: dict[str, list[dict[int, tuple[int, int]]]] = {}
 _SKIPPED_KEYS = frozenset(("type", "id", "status"))
 # Keys whose value _walk_message reads as structure, never as text.
 _STRUCTURED_KEYS = frozenset(("tool_calls", "function_call"))
@@ -364,45 +370,59 @@ def _add_message(tally: _Tally, message: Any) -> None:
     _walk_message(tally, message)
 
 
-def _plain_messages(encoding: str, messages: list[Any]) -> tuple[int, int, Any] | None:
-    """Text tokens, names and the first system content of messages that are all plain (dicts
-    with a role whose values are short strings or None), from the message cache; None if any
-    message is not plain, so the caller walks them."""
+def _plain_messages(
+    encoding: str, messages: list[Any], bounded: bool = False
+) -> tuple[int, int, Any, int] | None:
+    """Text tokens, names, the first system content and a content hash of messages that are
+    all plain (dicts with a role whose values are strings or None), from the message cache;
+    None if any message is not plain, so the caller walks them. ``bounded``: see
+    ``estimate_with_content_hash``."""
     text = names = 0
     first_system = None
-    cache = _message_counts
+    cache_key = encoding + _BOUNDED_SUFFIX if bounded else encoding
+    generations = _message_counts.get(cache_key)
+    if generations is None:
+        generations = _message_counts.setdefault(cache_key, [{}, {}])
+    newer, older = generations
+    hashes = []
     for message in messages:
         if type(message) is not dict or "role" not in message:
             return None
         try:
-            key = (encoding, tuple(message.items()))
-            counts = cache.get(key)
+            key = hash(tuple(message.items()))
         except TypeError:  # a value that is a list (parts, tool calls)
             return None
+        counts = newer.get(key)
         if counts is None:
-            counts = _plain_message_counts(encoding, message)
+            counts = older.get(key)
             if counts is None:
-                return None
-            if len(cache) >= _MESSAGE_CACHE_SIZE:
-                cache.clear()
-            cache[key] = counts
+                counts = _plain_message_counts(encoding, message, bounded)
+                if counts is None:
+                    return None
+            if len(newer) >= _MESSAGE_CACHE_SIZE:
+                generations[1] = newer
+                newer = generations[0] = {}
+            newer[key] = counts
         text += counts[0]
         names += counts[1]
+        hashes.append(key)
         if first_system is None and message["role"] in ("system", "developer"):
             content = message.get("content")
             first_system = message.get("parts") if content is None else content
-    return text, names, first_system
+    return text, names, first_system, hash(tuple(hashes))
 
 
-def _plain_message_counts(encoding: str, message: dict[str, Any]) -> tuple[int, int] | None:
-    """Text tokens and names of a message whose values are all short strings (or None), as
+def _plain_message_counts(
+    encoding: str, message: dict[str, Any], bounded: bool = False
+) -> tuple[int, int] | None:
+    """Text tokens and names of a message whose values are all strings (or None), as
     ``_walk_message`` counts them; None for any other message. The common case, in one loop.
     """
     text = names = 0
     for key, value in message.items():
         if value is None:
             continue
-        if type(value) is not str or len(value) > _SHORT_TEXT or key in _STRUCTURED_KEYS:
+        if type(value) is not str or key in _STRUCTURED_KEYS:
             return None
         if key in _SKIPPED_KEYS:
             continue
@@ -410,9 +430,20 @@ def _plain_message_counts(encoding: str, message: dict[str, Any]) -> tuple[int, 
             names += 1
         if len(value) <= _REPEATED_TEXT:  # role, name, ids: few, and seen on every call
             text += _count_short(encoding, value) if value else 0
+        elif bounded and len(value) <= _BOUNDED_TEXT and value.isascii():
+            text += len(value)  # one token a byte at most: an upper bound, no tokenizer
         else:  # content: the message cache keeps its count, the text cache need not
             text += _count_new(encoding, value)
     return text, names
+
+
+# A reservation (bounded=True) counts a new ASCII text of up to this many characters as one
+# token a character: every token is at least a byte, so this never under-counts, and it
+# spares the hot path the tokenizer, which costs several microseconds on a cold CPU cache
+# inside a real call. It over-counts such a text by a hundred tokens at most, a hold of
+# well under a tenth of a cent that the call's settlement gives back.
+_BOUNDED_TEXT = 128
+_BOUNDED_SUFFIX = ":bounded"
 
 
 # Values up to this long (roles, names, ids) go through the text cache in plain messages.
@@ -772,17 +803,51 @@ def estimate_input_tokens(
     ...                       messages=[{"role": "user", "content": "hello world"}])
     21
     """
+    return _estimate(provider, model, messages, prompt, system, tools)[0]
+
+
+def estimate_with_content_hash(
+    provider: str,
+    model: str,
+    *,
+    messages: str | Sequence[Any] | None = None,
+    prompt: str | Sequence[str] | None = None,
+    system: Any = None,
+    tools: Sequence[Any] | None = None,
+    bounded: bool = False,
+) -> tuple[int, int | None]:
+    """``estimate_input_tokens``, and a hash of ``messages`` when they are a list of plain
+    messages (else None), taken in the same pass: the guard's loop detection uses it instead
+    of hashing the history a second time.
+
+    ``bounded`` (what a reservation asks for) counts a new short ASCII text in a plain
+    message as one token a character, an upper bound that skips the tokenizer; the count is
+    then at least the exact one, never below it.
+    """
+    return _estimate(provider, model, messages, prompt, system, tools, bounded)
+
+
+def _estimate(
+    provider: str,
+    model: str,
+    messages: str | Sequence[Any] | None,
+    prompt: str | Sequence[str] | None,
+    system: Any,
+    tools: Sequence[Any] | None,
+    bounded: bool = False,
+) -> tuple[int, int | None]:
     kind, bare, encoding = _model_rules(provider, model)
     plain = None
     if system is None and prompt is None and type(messages) is list:
-        plain = _plain_messages(encoding, messages)
+        plain = _plain_messages(encoding, messages, bounded)
     if plain is not None:  # the common case, counted in one loop from the message cache
-        text_tokens, names, first_system = plain
+        text_tokens, names, first_system, content = plain
         count = len(messages)  # type: ignore[arg-type]
         if kind == _OPENAI and not tools:
-            return text_tokens + 3 * count + names + (3 if count else 0)
+            return text_tokens + 3 * count + names + (3 if count else 0), content
         tally = _Tally(kind, bare, encoding, text_tokens, 0, count, names, 0, first_system)
     else:
+        content = None
         tally = _Tally(kind, bare, encoding)
         if system is not None:
             if isinstance(system, str) or _as_mapping(system) is None:
@@ -808,7 +873,7 @@ def estimate_input_tokens(
             total += 3  # every reply is primed with <|start|>assistant<|message|>
         if tools:
             total += _openai_tools_tokens(tally, tools)
-        return total
+        return total, content
 
     total = math.ceil(tally.text * _SAFETY_FACTOR[kind]) + tally.media
     total += _OTHER_PER_MESSAGE * (tally.messages + tally.calls) + tally.names
@@ -819,4 +884,4 @@ def estimate_input_tokens(
         total += math.ceil(schema_tokens * _SAFETY_FACTOR[kind])
         if kind == _ANTHROPIC:
             total += _ANTHROPIC_TOOLS_PROMPT
-    return total
+    return total, content

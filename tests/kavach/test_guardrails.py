@@ -193,9 +193,26 @@ def test_a_long_run_remembers_a_bounded_number_of_requests(make_guard: Make) -> 
     with guard.run() as run_id:
         for i in range(_MAX_FINGERPRINTS + 500):
             guard.reserve(spec(content=f"distinct {i}")).commit(Usage(1, 1))
-        assert len(guard.guardrails._runs[run_id].requests) == _MAX_FINGERPRINTS
+        run = guard.guardrails._runs[run_id]
+        assert _MAX_FINGERPRINTS <= len(run.requests) + len(run.older) <= 2 * _MAX_FINGERPRINTS
+        for i in range(3 * _MAX_FINGERPRINTS):
+            guard.reserve(spec(content=f"more {i}")).commit(Usage(1, 1))
+        assert len(run.requests) + len(run.older) <= 2 * _MAX_FINGERPRINTS
         # A loop is still caught: the latest requests are the ones remembered.
         for _ in range(2):
             guard.reserve(spec(content="stuck")).commit(Usage(1, 1))
         with pytest.raises(LoopDetectedError):
+            guard.reserve(spec(content="stuck"))
+
+
+def test_a_repeat_is_counted_across_the_remembered_generations(make_guard: Make) -> None:
+    from kavach.guardrails import _MAX_FINGERPRINTS
+
+    guard = make_guard(budget=Budget.daily(100), loop_threshold=3, kill_on_guardrail=False)
+    with guard.run():
+        guard.reserve(spec(content="stuck")).commit(Usage(1, 1))
+        for i in range(_MAX_FINGERPRINTS):  # fills a generation: "stuck" is now the older one
+            guard.reserve(spec(content=f"distinct {i}")).commit(Usage(1, 1))
+        guard.reserve(spec(content="stuck")).commit(Usage(1, 1))
+        with pytest.raises(LoopDetectedError, match="3 times"):
             guard.reserve(spec(content="stuck"))

@@ -408,7 +408,7 @@ def test_a_resent_history_counts_the_same_as_the_first_time(provider: str) -> No
     history = [
         *WEATHER_MESSAGES,
         {"role": "user", "name": "ana", "content": "And tomorrow?"},
-        {"role": "assistant", "content": "x" * 2000},  # long: counted by digest, not kept
+        {"role": "assistant", "content": "x" * 2000},  # long: remembered by hash, not kept
         {"role": "user", "content": [{"type": "text", "text": "parts are walked"}]},
     ]
 
@@ -418,8 +418,10 @@ def test_a_resent_history_counts_the_same_as_the_first_time(provider: str) -> No
     tokens._message_counts.clear()
     cold = count()
     assert count() == cold
-    # What the cache holds are short plain messages only; never the long one.
-    assert all(len(str(key)) < 1000 for key in tokens._message_counts)
+    # The cache holds numbers only (hashes and counts), never message text.
+    for generation in (g for gens in tokens._message_counts.values() for g in gens):
+        assert all(type(k) is int and all(type(n) is int for n in v) for k, v in generation.items())
+    assert tokens._message_counts  # and it was used
     tokens._message_counts.clear()
     history.append({"role": "user", "content": "one more turn"})
     assert count() > cold
@@ -737,3 +739,58 @@ def test_packaged_ranks_parse_like_tiktoken(name: str) -> None:
         for token, rank in (line.split() for line in data.splitlines() if line)
     }
     assert tokens._load_ranks(name) == expected
+
+
+def test_a_message_edited_in_place_is_counted_again() -> None:
+    # The cache is keyed by content, never by object: an agent that rewrites its history
+    # (summarising, truncating) gets the new count, and the guard sees a new request.
+    history = [{"role": "user", "content": "short"}]
+    before = estimate_input_tokens("openai", "gpt-4o", messages=history)
+    tokens_before, content_before = tokens.estimate_with_content_hash(
+        "openai", "gpt-4o", messages=history
+    )
+    history[0]["content"] = "a much longer message than the one that was counted first " * 4
+    tokens_after, content_after = tokens.estimate_with_content_hash(
+        "openai", "gpt-4o", messages=history
+    )
+    assert tokens_before == before < tokens_after
+    assert content_before != content_after and content_after is not None
+
+
+def test_the_message_cache_stays_bounded_and_keeps_counting_right() -> None:
+    tokens._message_counts.clear()
+    size = tokens._MESSAGE_CACHE_SIZE
+    first = [{"role": "user", "content": "the first message of a long session"}]
+    expected = estimate_input_tokens("openai", "gpt-4o", messages=first)
+    for i in range(3 * size):
+        estimate_input_tokens("openai", "gpt-4o", messages=[{"role": "user", "content": f"m{i}"}])
+    newer, older = tokens._message_counts["o200k_base"]
+    assert len(newer) <= size and len(older) <= size
+    assert estimate_input_tokens("openai", "gpt-4o", messages=first) == expected
+
+
+def test_a_reservation_bounds_short_new_texts_from_above_and_the_estimate_stays_exact() -> None:
+    samples = [
+        "ok",
+        "What's the weather in Paris tomorrow?",
+        "Summarise item 1000123 of the report in one line.",
+        "x" * 128,
+        "    indented\tcode = [1, 2, 3]  # and a comment!!",
+        "a b c d e f g h i j k l m n o p q r s t u v w x y z 0 1 2 3 4 5 6 7 8 9 ,.;:?!",
+    ]
+    for provider in ("openai", "anthropic"):
+        model = MODEL_OF[provider]
+        for text in samples:
+            messages = [{"role": "user", "content": text}]
+            exact = estimate_input_tokens(provider, model, messages=messages)
+            bounded, _ = tokens.estimate_with_content_hash(
+                provider, model, messages=messages, bounded=True
+            )
+            assert exact <= bounded  # never under-counts
+            assert bounded <= exact + 2 * len(text)  # and over-counts at most the text
+            # The exact count is not disturbed by the bounded one cached beside it.
+            assert estimate_input_tokens(provider, model, messages=messages) == exact
+    long = [{"role": "user", "content": "word " * 40}]  # 200 characters: counted exactly
+    assert tokens.estimate_with_content_hash("openai", "gpt-4o", messages=long, bounded=True)[
+        0
+    ] == estimate_input_tokens("openai", "gpt-4o", messages=long)
