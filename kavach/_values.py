@@ -8,6 +8,7 @@ signature that writes the fields straight into the instance ``__dict__``, at abo
 cost. Everything else stays the dataclass's own: equality, hashing, ``repr``,
 ``dataclasses.replace`` and ``FrozenInstanceError`` on assignment.
 
+>>> from dataclasses import dataclass
 >>> @fast_init
 ... @dataclass(frozen=True)
 ... class Point:

@@ -12,6 +12,7 @@ import contextvars
 import functools
 import itertools
 import logging
+import math
 import os
 import time
 import uuid
@@ -56,7 +57,7 @@ from kavach.guardrails import GuardrailConfig, Guardrails
 from kavach.killswitch import KillSwitch
 from kavach.ledger.base import Hold, Ledger, Refusal
 from kavach.ledger.memory import MemoryLedger
-from kavach.pricing import ModelPrice, Pricing
+from kavach.pricing import ModelPrice, Pricing, _posix
 from kavach.reservation import Reservation
 from kavach.spec import CallSpec
 from kavach.usage import ZERO_USAGE, Usage
@@ -272,13 +273,18 @@ class AgentKavach:
 
             instrument(self, telemetry if isinstance(telemetry, _Config) else _Config())
         self._session_run = f"{agent_name}-{uuid.uuid4().hex[:12]}"
-        # A C call, no Python frame: the clock is read on every call.
         self._clock = clock or functools.partial(datetime.now, timezone.utc)
+        # Without a clock of the user's, calls read time.time(): a datetime is made only when
+        # an event, a refusal or a new period needs one.
+        self._custom_clock = clock
         self._ids = itertools.count(1)
         self._id_prefix = uuid.uuid4().hex[:20]
         # (budgets they were made from, slots, valid until): replaced whole, never mutated,
         # so a budget change from the control channel cannot leave stale keys behind.
-        self._slot_cache: tuple[tuple[Budget, ...], tuple[Slot, ...], datetime | None] | None = None
+        # The fourth item is the third as seconds since the epoch (infinity for never).
+        self._slot_cache: (
+            tuple[tuple[Budget, ...], tuple[Slot, ...], datetime | None, float] | None
+        ) = None
         self._has_run_slots = bool(
             max_tokens_per_run
             or max_calls_per_run
@@ -524,7 +530,11 @@ class AgentKavach:
         if plan is None:
             return r
         try:
-            result = await self.ledger.areserve(plan.lines, plan.min_units, plan.max_units)
+            ledger = self.ledger
+            if getattr(ledger, "in_process", False):  # no I/O: no coroutine to await
+                result = ledger.reserve(plan.lines, plan.min_units, plan.max_units)
+            else:
+                result = await ledger.areserve(plan.lines, plan.min_units, plan.max_units)
         except KavachError:
             raise
         except Exception as exc:
@@ -536,14 +546,20 @@ class AgentKavach:
 
     def _prepare(self, spec: CallSpec) -> Reservation:
         """Check and plan the call: a Reservation not yet held (no plan when disabled)."""
-        now = self._clock()
+        custom = self._custom_clock
+        now: datetime | None = None
+        if custom is None:
+            wall = time.time()
+        else:
+            now = custom()
+            wall = _posix(now)
         run_id = spec.run_id or _current_run.get() or self._session_run
         if not self.enabled:
-            return Reservation(self, spec, None, None, None, run_id, None, now)
+            return Reservation(self, spec, None, None, None, run_id, None, now, wall)
         try:
             self.kill_switch.check(now)
         except AgentKilledError as exc:
-            self._refused(spec, run_id, now, exc)
+            self._refused(spec, run_id, now or _utc(wall), exc)
             raise
         input_tokens = spec.input_tokens
         content = None  # a hash of plain chat messages, taken while counting them
@@ -559,26 +575,26 @@ class AgentKavach:
                     bounded=True,
                 )
             except KavachError as exc:
-                self._refused(spec, run_id, now, exc)
+                self._refused(spec, run_id, now or _utc(wall), exc)
                 raise
         fingerprint = _fingerprint(spec, content) if self.guardrail_config.detect_loops else None
         try:
             self.guardrails.check(run_id, fingerprint)
         except GuardrailError as exc:
-            self._guardrail_tripped(spec, run_id, now, exc)
+            self._guardrail_tripped(spec, run_id, now or _utc(wall), exc)
             raise
         try:
-            price = self.pricing.resolve(spec.provider, spec.model, now)
+            price = self.pricing.resolve_at(spec.provider, spec.model, wall)
             cache = self._slot_cache  # _slots, inlined for the common case
             if (
                 cache is not None
                 and cache[0] is self.budgets
                 and not self._has_run_slots
-                and (cache[2] is None or now < cache[2])
+                and wall < cache[3]
             ):
                 slots = cache[1]
             else:
-                slots = self._slots(run_id, now)
+                slots = self._slots(run_id, now or _utc(wall))
             plan = plan_call(
                 slots=slots,
                 guardrails=self.guardrail_config,
@@ -592,13 +608,13 @@ class AgentKavach:
             )
         except GuardrailError as exc:
             self.guardrails.forget_request(run_id, fingerprint)
-            self._guardrail_tripped(spec, run_id, now, exc)
+            self._guardrail_tripped(spec, run_id, now or _utc(wall), exc)
             raise
         except KavachError as exc:
             self.guardrails.forget_request(run_id, fingerprint)
-            self._refused(spec, run_id, now, exc)
+            self._refused(spec, run_id, now or _utc(wall), exc)
             raise
-        return Reservation(self, spec, plan, None, price, run_id, fingerprint, now)
+        return Reservation(self, spec, plan, None, price, run_id, fingerprint, now, wall)
 
     def set_remote_budgets(self, budgets: Sequence[Budget]) -> None:
         """Enforce budgets set in the dashboard next to the ones given in code.
@@ -616,7 +632,8 @@ class AgentKavach:
         cache = self._slot_cache
         if cache is None or cache[0] is not budgets or (cache[2] is not None and now >= cache[2]):
             slots, until = period_slots(self.agent_name, budgets, now)
-            cache = self._slot_cache = (budgets, slots, until)
+            until_wall = math.inf if until is None else _posix(until)
+            cache = self._slot_cache = (budgets, slots, until, until_wall)
         if not self._has_run_slots:
             return cache[1]
         return cache[1] + run_slots(self.agent_name, run_id, budgets, self.guardrail_config)
@@ -965,6 +982,10 @@ class _ProviderConfig:
 def wrap(client: _C, guard: AgentKavach) -> _C:
     """``guard.wrap(client)``: guard every billable call of a provider SDK client."""
     return guard.wrap(client)
+
+
+def _utc(wall: float) -> datetime:
+    return datetime.fromtimestamp(wall, timezone.utc)
 
 
 def _listens_to_calls(observer: GuardObserver) -> bool:

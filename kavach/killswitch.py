@@ -35,11 +35,16 @@ class KillSwitch:
     def reason(self) -> str | None:
         return self._reason
 
-    def check(self, now: datetime) -> None:
-        """Raise AgentKilledError while stopped; lift a budget stop once its period resets."""
+    def check(self, now: datetime | None = None) -> None:
+        """Raise AgentKilledError while stopped; lift a budget stop once its period resets.
+
+        ``now`` defaults to the current time (UTC).
+        """
         reason = self._reason
         if reason is None:
             return
+        if now is None:
+            now = datetime.now(timezone.utc)
         until = self._until
         if until is not None and now >= until:
             with self._lock:

@@ -419,12 +419,11 @@ class Pricing:
         >>> Pricing().resolve("openai", "gpt-4o-2024-08-06").input  # $2.50 per MTok
         2500000000
         """
-        if at is None:
-            t = time.time()
-        elif at.tzinfo is not None:  # _posix, inlined: this runs on every call
-            t = at.timestamp()
-        else:
-            t = _posix(at)
+        return self.resolve_at(provider, model, time.time() if at is None else _posix(at))
+
+    def resolve_at(self, provider: str | None, model: str, timestamp: float) -> CompiledPrice:
+        """``resolve`` at a time in seconds since the epoch (the guard's hot path)."""
+        t = timestamp
         entry = self._cache.get((provider, model))
         if entry is None or not entry[1] <= t < entry[2]:
             entry = self._cache[(provider, model)] = self._lookup(provider, model, t)

@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Sequence
+from datetime import datetime, timezone
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -23,8 +24,6 @@ from kavach.usage import Usage
 logger = logging.getLogger("kavach")
 
 if TYPE_CHECKING:
-    from datetime import datetime
-
     from kavach.client import AgentKavach
     from kavach.engine import Plan
     from kavach.ledger.base import Hold
@@ -51,8 +50,9 @@ class Reservation:
         "run_id",
         "spec",
         "started",
-        "started_at",
+        "_started_at",
         "trace_context",
+        "wall",
     )
 
     def __init__(
@@ -64,7 +64,8 @@ class Reservation:
         price: CompiledPrice | None,
         run_id: str,
         fingerprint: int | None,
-        started_at: datetime,
+        started_at: datetime | None,
+        wall: float | None = None,
     ) -> None:
         self._guard = guard
         self.spec = spec
@@ -75,13 +76,23 @@ class Reservation:
         self.run_id = run_id
         self.fingerprint = fingerprint
         self.started = time.perf_counter()
-        self.started_at = started_at
+        self._started_at = started_at
+        self.wall = started_at.timestamp() if wall is None and started_at is not None else wall
+        """When the call started, in seconds since the epoch (``started_at`` is made from it
+        only when an event needs it: a datetime costs more than the rest of a clock read)."""
         self._claim = threading.Lock()
         self._event: CallEvent | None = None
         self.trace_context: object | None = None
         """The caller's trace context at reserve time, captured when telemetry is on."""
 
     # -- what the adapter reads ---------------------------------------------------------
+
+    @property
+    def started_at(self) -> datetime:
+        """When the call started (UTC)."""
+        if self._started_at is None:
+            self._started_at = datetime.fromtimestamp(self.wall or 0.0, timezone.utc)
+        return self._started_at
 
     @property
     def max_output_tokens(self) -> int | None:
@@ -169,7 +180,11 @@ class Reservation:
         after: tuple[int, ...] = ()
         if self.hold is not None:
             try:
-                after = await self._guard.ledger.asettle(self.hold, amounts)
+                ledger = self._guard.ledger
+                if getattr(ledger, "in_process", False):  # no I/O: no coroutine to await
+                    after = ledger.settle(self.hold, amounts)
+                else:
+                    after = await ledger.asettle(self.hold, amounts)
             except Exception:
                 logger.exception(
                     "kavach: could not settle %s on the ledger; spend kept locally", self

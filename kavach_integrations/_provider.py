@@ -313,7 +313,10 @@ async def aguarded_call(
     attach: Attach,
 ) -> R:
     """``guarded_call`` for async clients."""
-    r = await guard.areserve(spec := endpoint.read(body))
+    # An in-process ledger does no I/O: its sync methods spare two coroutines a call.
+    in_process = getattr(guard.ledger, "in_process", False)
+    spec = endpoint.read(body)
+    r = guard.reserve(spec) if in_process else await guard.areserve(spec)
     try:
         sent = body  # as it is, unless strict mode or a stream changes it
         if streamed or (endpoint.limit is not None and guard.mode == "strict"):
@@ -328,12 +331,20 @@ async def aguarded_call(
             await r.arelease(status=status, error=error)
         raise
     outcome = _outcome(endpoint, response, r)
-    await r.acommit(
-        outcome.usage,
-        response_model=outcome.response_model,
-        finish_reasons=outcome.finish_reasons,
-        tool_calls=outcome.tool_calls,
-    )
+    if in_process:
+        r.commit(
+            outcome.usage,
+            response_model=outcome.response_model,
+            finish_reasons=outcome.finish_reasons,
+            tool_calls=outcome.tool_calls,
+        )
+    else:
+        await r.acommit(
+            outcome.usage,
+            response_model=outcome.response_model,
+            finish_reasons=outcome.finish_reasons,
+            tool_calls=outcome.tool_calls,
+        )
     return response
 
 

@@ -20,6 +20,9 @@ class MemoryLedger:
     so it never blocks an event loop in a way that matters.
     """
 
+    in_process = True
+    """No I/O: async callers may call the sync methods and skip a coroutine per call."""
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._spent: dict[str, int] = {}
