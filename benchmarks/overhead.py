@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import statistics
 import time
 
@@ -72,6 +73,23 @@ def main() -> None:
             guard.reserve(spec).commit(usage)
 
         rows.append((name, measure(once, args.n)))
+
+    # An agent's turn: it resends its history (here 100 messages of about 200 characters,
+    # counted once and then remembered) with one new message.
+    history = [
+        {"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i}: " + "words " * 32}
+        for i in range(100)
+    ]
+    agent = AgentKavach("bench", Budget.daily(1e9), loop_threshold=10**9)
+    turns = itertools.count()
+
+    def turn() -> None:
+        new = {"role": "user", "content": f"And what about item {next(turns)}?"}
+        agent.reserve(CallSpec(provider="openai", model="gpt-4o", messages=[*history, new])).commit(
+            usage
+        )
+
+    rows.append(("reserve+commit (100-message history + 1 new)", measure(turn, args.n // 5)))
     base = statistics.median(rows[0][1])
     print(f"{'case':48} {'median us':>10} {'p99 us':>10} {'added median':>13}")
     for name, samples in rows:

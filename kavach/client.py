@@ -745,10 +745,11 @@ class AgentKavach:
             spent = after[i]
             before = spent - amount
             marks = slot.marks
+            first = bisect_right(marks, before)  # the first mark above the spend before
             if (
                 slot.limit > 0
                 and not before < slot.limit <= spent
-                and bisect_right(marks, before) == bisect_right(marks, spent)
+                and (first == len(marks) or marks[first] > spent)
             ):
                 continue  # no threshold crossed and the limit not reached: most calls
             info = slot.info
