@@ -198,14 +198,14 @@ class AlertWorker:
             return spend_cache[agent_id]
 
         by_id = {b["id"]: b for b in budgets}
-        for incident in incidents:
-            budget = by_id.get(incident["budget"])
+        for open_incident in incidents:
+            budget = by_id.get(open_incident["budget"])
             if budget is None:
-                await self._resolve(org_id, incident, "the budget was deleted")
+                await self._resolve(org_id, open_incident, "the budget was deleted")
                 continue
             current = (await spend(budget["agent"]))[budget["period"]]["period_id"]
-            if current != incident["period_id"]:
-                await self._resolve(org_id, incident, "a new period started")
+            if current != open_incident["period_id"]:
+                await self._resolve(org_id, open_incident, "a new period started")
 
         for budget in budgets:
             if budget["limit_value"] <= 0:
