@@ -11,7 +11,6 @@ drives this one object and adds nothing of its own to the accounting.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Awaitable, Sequence
 from datetime import datetime, timezone
@@ -80,7 +79,9 @@ class Reservation:
         self.wall = started_at.timestamp() if wall is None and started_at is not None else wall
         """When the call started, in seconds since the epoch (``started_at`` is made from it
         only when an event needs it: a datetime costs more than the rest of a clock read)."""
-        self._claim = threading.Lock()
+        # Settled once: the first settlement pops the token, atomically (one C call on a
+        # list), and any later one finds it gone. A list costs less to make than a lock.
+        self._claim = [True]
         self._event: CallEvent | None = None
         self.trace_context: object | None = None
         """The caller's trace context at reserve time, captured when telemetry is on."""
@@ -108,7 +109,7 @@ class Reservation:
 
     @property
     def settled(self) -> bool:
-        return self._claim.locked()
+        return not self._claim
 
     @property
     def event(self) -> CallEvent | None:
@@ -137,7 +138,9 @@ class Reservation:
         error: str | None = None,
     ) -> CallEvent | None:
         """Settle with what the call actually used. A second settlement is a no-op."""
-        if not self._claim.acquire(blocking=False):
+        try:
+            self._claim.pop()
+        except IndexError:  # settled before
             return self._event
         amounts, cost = self._guard._amounts(self, usage)
         after: tuple[int, ...] = ()
@@ -174,7 +177,9 @@ class Reservation:
         error: str | None = None,
     ) -> CallEvent | None:
         """``commit`` for async code (awaits the ledger when it does I/O)."""
-        if not self._claim.acquire(blocking=False):
+        try:
+            self._claim.pop()
+        except IndexError:  # settled before
             return self._event
         amounts, cost = self._guard._amounts(self, usage)
         after: tuple[int, ...] = ()
@@ -205,13 +210,17 @@ class Reservation:
 
     def release(self, *, status: CallStatus = "error", error: str | None = None) -> None:
         """Give the hold back: the call failed before anything was billed."""
-        if not self._claim.acquire(blocking=False):
+        try:
+            self._claim.pop()
+        except IndexError:  # settled before
             return
         self._guard._ledger_release(self)
         self._event = self._guard._released(self, status, error)
 
     async def arelease(self, *, status: CallStatus = "error", error: str | None = None) -> None:
-        if not self._claim.acquire(blocking=False):
+        try:
+            self._claim.pop()
+        except IndexError:  # settled before
             return
         await self._guard._aledger_release(self)
         self._event = self._guard._released(self, status, error)
