@@ -505,15 +505,15 @@ def guard_request_method(
         return endpoint  # type: ignore[return-value]
 
     if is_async:
-
-        async def arequest(
+        # A plain function returning the awaitable the SDK awaits: one coroutine less a call.
+        def arequest(
             cast_to: Any, options: Any, *, stream: bool = False, stream_cls: Any = None
-        ) -> Any:
+        ) -> Awaitable[Any]:
             endpoint = route(options)
             if endpoint is None:
-                return await original(cast_to, options, stream=stream, stream_cls=stream_cls)
+                return original(cast_to, options, stream=stream, stream_cls=stream_cls)  # type: ignore[no-any-return]
             send = functools.partial(_resend, original, cast_to, options, stream, stream_cls)
-            return await aguarded_call(guard, endpoint, options.json_data, send, stream, attach)
+            return aguarded_call(guard, endpoint, options.json_data, send, stream, attach)
 
         _patch(client, client, "request", arequest)
     else:
