@@ -25,9 +25,7 @@ from __future__ import annotations
 import functools
 import gzip
 import hashlib
-import itertools
 import math
-import operator
 import re
 import threading
 from collections import OrderedDict
@@ -367,69 +365,51 @@ def _add_message(tally: _Tally, message: Any) -> None:
             tally.text += counts[0]
             tally.names += counts[1]
             if tally.first_system is None:
-                tally.first_system = _first_system([message])
+                tally.first_system = counts[2]
             return
     _walk_message(tally, message)
 
 
 def _plain_messages(
     encoding: str, messages: list[Any], bounded: bool = False
-) -> tuple[int, int, int] | None:
-    """Text tokens, names and a content hash of messages that are all plain (dicts with a role
-    whose values are strings or None), from the message cache; None if any message is not
-    plain, so the caller walks them. ``bounded``: see ``estimate_with_content_hash``.
-
-    A resent history is the common case, so the loops over it run in C (``map``); only the
-    messages the cache does not know are counted one by one.
-    """
+) -> tuple[int, int, Any, int] | None:
+    """Text tokens, names, the first system content and a content hash of messages that are
+    all plain (dicts with a role whose values are strings or None), from the message cache;
+    None if any message is not plain, so the caller walks them. ``bounded``: see
+    ``estimate_with_content_hash``."""
+    text = names = 0
+    first_system = None
     cache_key = encoding + _BOUNDED_SUFFIX if bounded else encoding
     generations = _message_counts.get(cache_key)
     if generations is None:
         generations = _message_counts.setdefault(cache_key, [{}, {}])
-    try:
-        keys = list(map(hash, map(tuple, map(dict.items, messages))))
-    except TypeError:  # not a dict, or a value that is a list (parts, tool calls)
-        return None
-    if not all(map(operator.contains, messages, itertools.repeat("role"))):
-        return None
-    newer = generations[0]
-    found: list[Any] = list(map(newer.get, keys))  # every item a (text, names) pair below
-    if None in found:  # messages not seen lately, found by C scans, not a Python loop
-        older = generations[1]
-        i = found.index(None)
-        while True:
-            key = keys[i]
+    newer, older = generations
+    hashes = []
+    for message in messages:
+        if type(message) is not dict or "role" not in message:
+            return None
+        try:
+            key = hash(tuple(message.items()))
+        except TypeError:  # a value that is a list (parts, tool calls)
+            return None
+        counts = newer.get(key)
+        if counts is None:
             counts = older.get(key)
             if counts is None:
-                counts = _plain_message_counts(encoding, messages[i], bounded)
+                counts = _plain_message_counts(encoding, message, bounded)
                 if counts is None:
                     return None
             if len(newer) >= _MESSAGE_CACHE_SIZE:
                 generations[1] = newer
                 newer = generations[0] = {}
-            newer[key] = found[i] = counts
-            try:
-                i = found.index(None, i + 1)
-            except ValueError:
-                break
-    return (
-        sum(map(_TEXT, found)),
-        sum(map(_NAMES, found)),
-        hash(tuple(keys)),
-    )
-
-
-_TEXT = operator.itemgetter(0)
-_NAMES = operator.itemgetter(1)
-
-
-def _first_system(messages: Sequence[Any]) -> Any:
-    """The content of the first system (or developer) message of plain messages, or None."""
-    for message in messages:
-        if message["role"] in ("system", "developer"):
+            newer[key] = counts
+        text += counts[0]
+        names += counts[1]
+        hashes.append(key)
+        if first_system is None and message["role"] in ("system", "developer"):
             content = message.get("content")
-            return message.get("parts") if content is None else content
-    return None
+            first_system = message.get("parts") if content is None else content
+    return text, names, first_system, hash(tuple(hashes))
 
 
 def _plain_message_counts(
@@ -861,12 +841,10 @@ def _estimate(
     if system is None and prompt is None and type(messages) is list:
         plain = _plain_messages(encoding, messages, bounded)
     if plain is not None:  # the common case, counted in one loop from the message cache
-        text_tokens, names, content = plain
+        text_tokens, names, first_system, content = plain
         count = len(messages)  # type: ignore[arg-type]
         if kind == _OPENAI and not tools:
             return text_tokens + 3 * count + names + (3 if count else 0), content
-        # The first system message matters only to OpenAI's tool rendering.
-        first_system = _first_system(messages) if kind == _OPENAI else None  # type: ignore[arg-type]
         tally = _Tally(kind, bare, encoding, text_tokens, 0, count, names, 0, first_system)
     else:
         content = None
