@@ -1,6 +1,6 @@
 """Latency a guard adds to OpenAI SDK calls: guarded against raw client, same run.
 
-    python benchmarks/provider_overhead.py [--calls 3000] [--rounds 3] [--chunks 2000]
+    python benchmarks/provider_overhead.py [--calls 3000] [--rounds 5] [--chunks 2000]
 
 1. Loopback: both clients talk to the same stand-in server (kavach._devtools.standin), run
    in its own process as a real provider is (a server thread in the benchmark's process
@@ -8,7 +8,7 @@
    Per call: after a warmup that brings the guard's caches to their steady state, raw and
    guarded calls run one by one in alternating order, every request new (as an agent's are);
    the added latency is the median guarded call minus the median raw one, and the figure is
-   the median of three such rounds (two raw clients differ by up to 4 us in one round, as
+   the median of five such rounds (two raw clients differ by up to 4 us in one round, as
    their connections do). Per chunk: batches
    of whole streams alternate, the fastest of each side counts, and the difference is
    divided by the chunk count.
@@ -338,7 +338,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=3000)
     parser.add_argument("--chunks", type=int, default=2000)
     parser.add_argument("--streams", type=int, default=40)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
 
     print("1. Loopback stand-in server (its own process; raw and guarded calls alternating)")
