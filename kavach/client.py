@@ -556,11 +556,12 @@ class AgentKavach:
         run_id = spec.run_id or _current_run.get() or self._session_run
         if not self.enabled:
             return Reservation(self, spec, None, None, None, run_id, None, now, wall)
-        try:
-            self.kill_switch.check(now)
-        except AgentKilledError as exc:
-            self._refused(spec, run_id, now or _utc(wall), exc)
-            raise
+        if self.kill_switch.reason is not None:  # stopped: check() raises or lifts the stop
+            try:
+                self.kill_switch.check(now)
+            except AgentKilledError as exc:
+                self._refused(spec, run_id, now or _utc(wall), exc)
+                raise
         input_tokens = spec.input_tokens
         content = None  # a hash of plain chat messages, taken while counting them
         if input_tokens is None:
@@ -577,7 +578,12 @@ class AgentKavach:
             except KavachError as exc:
                 self._refused(spec, run_id, now or _utc(wall), exc)
                 raise
-        fingerprint = _fingerprint(spec, content) if self.guardrail_config.detect_loops else None
+        fingerprint = None
+        if self.guardrail_config.detect_loops:
+            if content is not None and spec.tools is None:  # a plain chat call, no tools
+                fingerprint = hash((spec.model, content, None))
+            else:
+                fingerprint = _fingerprint(spec, content)
         try:
             self.guardrails.check(run_id, fingerprint)
         except GuardrailError as exc:

@@ -23,24 +23,22 @@ class KillSwitch:
         self.agent = agent
         self._on_kill = on_kill
         self._lock = threading.Lock()
-        self._reason: str | None = None
+        self.reason: str | None = None
+        """Why the agent is stopped; None while it runs. Read on every call, so a plain
+        attribute (set only under the lock)."""
         self._until: datetime | None = None
         self._tasks: set[Any] = set()  # running async on_kill tasks, kept alive
 
     @property
     def killed(self) -> bool:
-        return self._reason is not None
-
-    @property
-    def reason(self) -> str | None:
-        return self._reason
+        return self.reason is not None
 
     def check(self, now: datetime | None = None) -> None:
         """Raise AgentKilledError while stopped; lift a budget stop once its period resets.
 
         ``now`` defaults to the current time (UTC).
         """
-        reason = self._reason
+        reason = self.reason
         if reason is None:
             return
         if now is None:
@@ -49,7 +47,7 @@ class KillSwitch:
         if until is not None and now >= until:
             with self._lock:
                 if self._until is not None and now >= self._until:
-                    self._reason = None
+                    self.reason = None
                     self._until = None
                     return
         raise AgentKilledError(self.agent, reason)
@@ -57,9 +55,9 @@ class KillSwitch:
     def kill(self, reason: str, until: datetime | None = None) -> bool:
         """Stop the agent. Returns True (and runs on_kill) only if it was not already stopped."""
         with self._lock:
-            if self._reason is not None:
+            if self.reason is not None:
                 return False
-            self._reason = reason
+            self.reason = reason
             self._until = until
         self._run_callback(reason)
         return True
@@ -67,8 +65,8 @@ class KillSwitch:
     def resume(self) -> bool:
         """Let calls through again. Returns True if the agent was stopped."""
         with self._lock:
-            was = self._reason is not None
-            self._reason = None
+            was = self.reason is not None
+            self.reason = None
             self._until = None
         return was
 
