@@ -803,7 +803,9 @@ def estimate_input_tokens(
     ...                       messages=[{"role": "user", "content": "hello world"}])
     21
     """
-    return _estimate(provider, model, messages, prompt, system, tools)[0]
+    return estimate_with_content_hash(
+        provider, model, messages=messages, prompt=prompt, system=system, tools=tools
+    )[0]
 
 
 def estimate_with_content_hash(
@@ -824,18 +826,6 @@ def estimate_with_content_hash(
     message as one token a character, an upper bound that skips the tokenizer; the count is
     then at least the exact one, never below it.
     """
-    return _estimate(provider, model, messages, prompt, system, tools, bounded)
-
-
-def _estimate(
-    provider: str,
-    model: str,
-    messages: str | Sequence[Any] | None,
-    prompt: str | Sequence[str] | None,
-    system: Any,
-    tools: Sequence[Any] | None,
-    bounded: bool = False,
-) -> tuple[int, int | None]:
     kind, bare, encoding = _model_rules(provider, model)
     plain = None
     if system is None and prompt is None and type(messages) is list:
