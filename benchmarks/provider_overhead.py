@@ -5,20 +5,24 @@
 1. Loopback: both clients talk to the same stand-in server (kavach._devtools.standin), run
    in its own process as a real provider is (a server thread in the benchmark's process
    would take the GIL from the client mid-call and bill that to whichever side it hit).
+   The guarded client is ``raw.copy()`` wrapped, so both share one connection pool and, as
+   calls alternate, one keep-alive connection: two clients with pools of their own differed
+   by up to 25 us a call on a shared VM, which the benchmark would have billed to the guard.
    Per call: after a warmup that brings the guard's caches to their steady state, raw and
    guarded calls run one by one in alternating order, every request new (as an agent's are);
    the added latency is the median guarded call minus the median raw one, and the figure is
-   the median of five such rounds (two raw clients differ by up to 4 us in one round, as
-   their connections do). Per chunk: batches
-   of whole streams alternate, the fastest of each side counts, and the difference is
-   divided by the chunk count.
+   the median of five such rounds. A control runs the same rounds with a second unguarded
+   copy in place of the guarded one: its figure is the measurement's noise floor.
+   Per chunk: batches of whole streams alternate, the fastest of each side counts, and the
+   difference is divided by the chunk count.
 2. In process: the same SDK calls over an httpx MockTransport (no socket, no server
    thread), which removes loopback jitter; and the stream meter alone over already-parsed
    chunks.
 3. Inline: each step the guard adds to a call (read the request, reserve, set max tokens,
    read the response, commit), timed directly in a tight loop. Inside a real call the same
-   steps cost about twice as much: the SDK's own work in between evicts the guard's code and
-   data from the CPU caches, which is why 1 and 2 are the figures that count.
+   steps cost several times as much: the SDK's own work in between evicts the guard's code
+   and data from the CPU caches (``benchmarks/provider_footprint.py`` counts those misses),
+   which is why 1 and 2 are the figures that count.
 
 Targets (issue 3): at most 50 us per call and 2 us per streamed chunk.
 """
@@ -344,50 +348,53 @@ def main() -> None:
     print("1. Loopback stand-in server (its own process; raw and guarded calls alternating)")
     with standin_process(output_tokens=1) as url:
         raw = openai.OpenAI(base_url=url, api_key="k", max_retries=0)
-        wrapped = guard().wrap(openai.OpenAI(base_url=url, api_key="k", max_retries=0))
-        sync_rounds = []
+        # copy() shares raw's HTTP client: one connection pool for both sides.
+        wrapped = guard().wrap(raw.copy())
+        control = raw.copy()
+
+        def create(client: openai.OpenAI) -> Callable[[int], Any]:
+            return lambda i: client.chat.completions.create(model=MODEL, messages=messages(i))
+
+        sync_rounds, sync_control = [], []
         for round_ in range(args.rounds):
-            r, g = paired(
-                lambda i: raw.chat.completions.create(model=MODEL, messages=messages(i)),
-                lambda i: wrapped.chat.completions.create(model=MODEL, messages=messages(i)),
-                args.calls,
-                warmup=2000 if round_ == 0 else 200,
-            )
+            warmup = 2000 if round_ == 0 else 200
+            r, g = paired(create(raw), create(wrapped), args.calls, warmup)
             sync_rounds.append(report(f"chat.completions.create (sync) #{round_ + 1}", r, g))
+            r, g = paired(create(raw), create(control), args.calls, 200)
+            sync_control.append(report(f"  control: unguarded copy #{round_ + 1}", r, g))
 
-        async def run_async() -> list[float]:
+        async def run_async() -> tuple[list[float], list[float]]:
             araw = openai.AsyncOpenAI(base_url=url, api_key="k", max_retries=0)
-            awrapped = guard().wrap(openai.AsyncOpenAI(base_url=url, api_key="k", max_retries=0))
+            awrapped = guard().wrap(araw.copy())
+            acontrol = araw.copy()
 
-            async def a(i: int) -> Any:
-                return await araw.chat.completions.create(model=MODEL, messages=messages(i))
+            def acreate(client: openai.AsyncOpenAI) -> Callable[[int], Any]:
+                return lambda i: client.chat.completions.create(model=MODEL, messages=messages(i))
 
-            async def b(i: int) -> Any:
-                return await awrapped.chat.completions.create(model=MODEL, messages=messages(i))
-
-            rounds = []
+            rounds, controls = [], []
             for round_ in range(args.rounds):
-                r, g = await apaired(a, b, args.calls, warmup=2000 if round_ == 0 else 200)
+                warmup = 2000 if round_ == 0 else 200
+                r, g = await apaired(acreate(araw), acreate(awrapped), args.calls, warmup)
                 rounds.append(report(f"chat.completions.create (async) #{round_ + 1}", r, g))
+                r, g = await apaired(acreate(araw), acreate(acontrol), args.calls, 200)
+                controls.append(report(f"  control: unguarded copy #{round_ + 1}", r, g))
             await araw.close()
-            await awrapped.close()
-            return rounds
+            return rounds, controls
 
-        async_rounds = asyncio.run(run_async())
-        # Two raw clients measured the same way differ by up to about 4 us a round; the
-        # median round is the figure.
+        async_rounds, async_control = asyncio.run(run_async())
         sync_added = statistics.median(sync_rounds)
         async_added = statistics.median(async_rounds)
         print(
             f"  median of {args.rounds} rounds: sync {sync_added:.1f} us, async {async_added:.1f} us"
+            f"  (control: sync {statistics.median(sync_control):.1f} us,"
+            f" async {statistics.median(async_control):.1f} us)"
         )
 
         raw.close()
-        wrapped.close()
 
     with standin_process(output_tokens=args.chunks) as url:
         raw = openai.OpenAI(base_url=url, api_key="k", max_retries=0)
-        wrapped = guard().wrap(openai.OpenAI(base_url=url, api_key="k", max_retries=0))
+        wrapped = guard().wrap(raw.copy())
 
         def consume(client: openai.OpenAI) -> Callable[[int], Any]:
             def run(i: int) -> int:
@@ -406,18 +413,13 @@ def main() -> None:
         r, g = alternate(consume(raw), consume(wrapped), args.streams, batch=1)
         chunk_added = report(f"stream of {args.chunks} chunks (sync)", r, g, args.chunks, "chunk")
         raw.close()
-        wrapped.close()
 
     print("\n2. In process (httpx MockTransport, no socket): the guard's own cost")
     transport, atransport = _mock_transport()
     mraw = openai.OpenAI(
         api_key="k", base_url="http://mock/v1", http_client=httpx.Client(transport=transport)
     )
-    mguarded = guard().wrap(
-        openai.OpenAI(
-            api_key="k", base_url="http://mock/v1", http_client=httpx.Client(transport=transport)
-        )
-    )
+    mguarded = guard().wrap(mraw.copy())
     r, g = paired(
         lambda i: mraw.chat.completions.create(model=MODEL, messages=messages(i)),
         lambda i: mguarded.chat.completions.create(model=MODEL, messages=messages(i)),
@@ -431,13 +433,7 @@ def main() -> None:
             base_url="http://mock/v1",
             http_client=httpx.AsyncClient(transport=atransport),
         )
-        a_guarded = guard().wrap(
-            openai.AsyncOpenAI(
-                api_key="k",
-                base_url="http://mock/v1",
-                http_client=httpx.AsyncClient(transport=atransport),
-            )
-        )
+        a_guarded = guard().wrap(a_raw.copy())
 
         async def a(i: int) -> Any:
             return await a_raw.chat.completions.create(model=MODEL, messages=messages(i))
