@@ -53,7 +53,7 @@ def child(side: str, warmup: int, calls: int) -> None:
     import openai
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from provider_overhead import MODEL, _mock_transport, guard, messages
+    from provider_overhead import _mock_transport, create, guard
 
     transport, _ = _mock_transport()
     client = openai.OpenAI(
@@ -61,13 +61,13 @@ def child(side: str, warmup: int, calls: int) -> None:
     )
     if side == "guarded":
         client = guard().wrap(client)
-    ids = itertools.count(1_000_000)
+    call, ids = create(client), itertools.count(1_000_000)
     for _ in range(warmup):
-        client.chat.completions.create(model=MODEL, messages=messages(next(ids)))
+        call(next(ids))
     gc.collect()
     gc.disable()  # a collection lands in one run and not the other: it is noise here
     for _ in range(calls):
-        client.chat.completions.create(model=MODEL, messages=messages(next(ids)))
+        call(next(ids))
 
 
 def totals(path: Path) -> dict[str, int]:

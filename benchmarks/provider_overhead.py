@@ -60,6 +60,11 @@ def messages(i: int) -> list[dict[str, str]]:
     return [{"role": "user", "content": f"Summarise item {i} of the report in one line."}]
 
 
+def create(client: Any) -> Callable[[int], Any]:
+    """Request ``i`` through ``client``: a response, or for an async client its awaitable."""
+    return lambda i: client.chat.completions.create(model=MODEL, messages=messages(i))
+
+
 # Every request in a run is new (as a real agent's are): no cache answers a repeated one, and
 # loop detection never sees one request five times.
 _request_ids = itertools.count(1_000_000)
@@ -351,10 +356,6 @@ def main() -> None:
         # copy() shares raw's HTTP client: one connection pool for both sides.
         wrapped = guard().wrap(raw.copy())
         control = raw.copy()
-
-        def create(client: openai.OpenAI) -> Callable[[int], Any]:
-            return lambda i: client.chat.completions.create(model=MODEL, messages=messages(i))
-
         sync_rounds, sync_control = [], []
         for round_ in range(args.rounds):
             warmup = 2000 if round_ == 0 else 200
@@ -367,16 +368,12 @@ def main() -> None:
             araw = openai.AsyncOpenAI(base_url=url, api_key="k", max_retries=0)
             awrapped = guard().wrap(araw.copy())
             acontrol = araw.copy()
-
-            def acreate(client: openai.AsyncOpenAI) -> Callable[[int], Any]:
-                return lambda i: client.chat.completions.create(model=MODEL, messages=messages(i))
-
             rounds, controls = [], []
             for round_ in range(args.rounds):
                 warmup = 2000 if round_ == 0 else 200
-                r, g = await apaired(acreate(araw), acreate(awrapped), args.calls, warmup)
+                r, g = await apaired(create(araw), create(awrapped), args.calls, warmup)
                 rounds.append(report(f"chat.completions.create (async) #{round_ + 1}", r, g))
-                r, g = await apaired(acreate(araw), acreate(acontrol), args.calls, 200)
+                r, g = await apaired(create(araw), create(acontrol), args.calls, 200)
                 controls.append(report(f"  control: unguarded copy #{round_ + 1}", r, g))
             await araw.close()
             return rounds, controls
@@ -420,11 +417,7 @@ def main() -> None:
         api_key="k", base_url="http://mock/v1", http_client=httpx.Client(transport=transport)
     )
     mguarded = guard().wrap(mraw.copy())
-    r, g = paired(
-        lambda i: mraw.chat.completions.create(model=MODEL, messages=messages(i)),
-        lambda i: mguarded.chat.completions.create(model=MODEL, messages=messages(i)),
-        args.calls * 2,
-    )
+    r, g = paired(create(mraw), create(mguarded), args.calls * 2)
     mock_sync = report("chat.completions.create (sync)", r, g)
 
     async def run_mock_async() -> tuple[float, float]:
@@ -434,14 +427,7 @@ def main() -> None:
             http_client=httpx.AsyncClient(transport=atransport),
         )
         a_guarded = guard().wrap(a_raw.copy())
-
-        async def a(i: int) -> Any:
-            return await a_raw.chat.completions.create(model=MODEL, messages=messages(i))
-
-        async def b(i: int) -> Any:
-            return await a_guarded.chat.completions.create(model=MODEL, messages=messages(i))
-
-        return await apaired(a, b, args.calls * 2)
+        return await apaired(create(a_raw), create(a_guarded), args.calls * 2)
 
     r, g = asyncio.run(run_mock_async())
     mock_async = report("chat.completions.create (async)", r, g)
