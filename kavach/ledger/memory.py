@@ -36,6 +36,24 @@ class MemoryLedger:
         self, lines: Sequence[LedgerLine], min_units: int, max_units: int
     ) -> Hold | Refusal:
         spent, reserved = self._spent, self._reserved
+        if len(lines) == 1:  # one budget, as most guards have: no lists, no loops
+            key, limit, fixed, per_unit, ttl_seconds = lines[0]
+            with self._lock:
+                was_spent = spent.get(key, 0)
+                was_reserved = reserved.get(key, 0)
+                # grantable_units for one line
+                free = limit - was_spent - was_reserved - fixed
+                fits = -1 if free < 0 else free // per_unit if per_unit > 0 else max_units
+                if fits < min_units:
+                    needed = fixed + per_unit * min_units
+                    return Refusal(0, was_spent, was_reserved, needed)
+                granted = fits if fits < max_units else max_units
+                amount = fixed + per_unit * granted
+                reserved[key] = was_reserved + amount
+                if ttl_seconds is not None:
+                    self._expires[key] = time.monotonic() + ttl_seconds
+                hold_id = self._new_hold()
+            return _new_tuple(Hold, (hold_id, (key,), (amount,), granted))
         with self._lock:
             balances = []  # a loop, not a comprehension: one frame less on every call
             for line in lines:
@@ -52,13 +70,18 @@ class MemoryLedger:
                 keys.append(key)
                 amounts.append(amount)
             self._touch(lines)
-            self._writes += 1
-            if self._writes % _PRUNE_EVERY == 0:
-                self._prune()
-            hold_id = f"m{next(self._ids)}"
-            self._holds.add(hold_id)
+            hold_id = self._new_hold()
         # tuple.__new__ builds the NamedTuple in C; Hold(...) would run Python code per call.
         return _new_tuple(Hold, (hold_id, tuple(keys), tuple(amounts), granted))
+
+    def _new_hold(self) -> str:
+        # Called with the lock held.
+        self._writes += 1
+        if self._writes % _PRUNE_EVERY == 0:
+            self._prune()
+        hold_id = f"m{next(self._ids)}"
+        self._holds.add(hold_id)
+        return hold_id
 
     def settle(self, hold: Hold, actual: Sequence[int]) -> tuple[int, ...]:
         spent, reserved = self._spent, self._reserved
@@ -67,6 +90,11 @@ class MemoryLedger:
             if hold_id not in self._holds:
                 return tuple([spent.get(key, 0) for key in keys])
             self._holds.remove(hold_id)
+            if len(keys) == 1:  # one budget: no list, no loop
+                key = keys[0]
+                reserved[key] = reserved.get(key, 0) - held[0]
+                total = spent[key] = spent.get(key, 0) + actual[0]
+                return (total,)
             after = []
             i = 0
             for key in keys:

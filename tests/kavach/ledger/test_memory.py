@@ -1,10 +1,10 @@
 import threading
 
-from hypothesis import settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from kavach.ledger import Hold, LedgerLine, MemoryLedger, Refusal, grantable_units
+from kavach.ledger import Balance, Hold, LedgerLine, MemoryLedger, Refusal, grantable_units
 
 
 def test_reserve_is_all_or_nothing_across_keys() -> None:
@@ -24,6 +24,35 @@ def test_strict_grant_sizes_to_the_tightest_line() -> None:
     assert grantable_units(lines, [(0, 0), (0, 0)], 1, 10_000) == 300
     assert grantable_units(lines, [(400, 0), (0, 0)], 1, 10_000) == 166
     assert isinstance(grantable_units(lines, [(898, 0), (0, 0)], 1, 10_000), Refusal)
+
+
+@given(
+    limit=st.integers(0, 10_000),
+    spent=st.integers(0, 12_000),
+    fixed=st.integers(0, 3_000),
+    per_unit=st.integers(0, 50),
+    min_units=st.integers(0, 300),
+    extra=st.integers(0, 300),
+)
+def test_one_budget_grants_what_the_general_rule_grants(
+    limit: int, spent: int, fixed: int, per_unit: int, min_units: int, extra: int
+) -> None:
+    # A ledger with one line takes a shorter path than grantable_units; it must agree.
+    max_units = min_units + extra
+    ledger = MemoryLedger()
+    ledger.add_spent("k", spent)
+    line = LedgerLine("k", limit, fixed, per_unit)
+    expected = grantable_units([line], [(spent, 0)], min_units, max_units)
+    result = ledger.reserve([line], min_units, max_units)
+    if isinstance(expected, Refusal):
+        assert result == expected
+        assert ledger.read("k") == Balance(spent, 0)
+    else:
+        assert isinstance(result, Hold) and result.units == expected
+        assert result.amounts == (fixed + per_unit * expected,)
+        assert ledger.read("k") == Balance(spent, fixed + per_unit * expected)
+        assert ledger.settle(result, (5,)) == (spent + 5,)
+        assert ledger.read("k") == Balance(spent + 5, 0)
 
 
 def test_settle_and_release_are_idempotent() -> None:
