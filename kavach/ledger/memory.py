@@ -47,13 +47,13 @@ class MemoryLedger:
                 if fits < min_units:
                     needed = fixed + per_unit * min_units
                     return Refusal(0, was_spent, was_reserved, needed)
-                granted = fits if fits < max_units else max_units
-                amount = fixed + per_unit * granted
+                units = fits if fits < max_units else max_units
+                amount = fixed + per_unit * units
                 reserved[key] = was_reserved + amount
                 if ttl_seconds is not None:
                     self._expires[key] = time.monotonic() + ttl_seconds
                 hold_id = self._new_hold()
-            return _new_tuple(Hold, (hold_id, (key,), (amount,), granted))
+            return _new_tuple(Hold, (hold_id, (key,), (amount,), units))
         with self._lock:
             balances = []  # a loop, not a comprehension: one frame less on every call
             for line in lines:
