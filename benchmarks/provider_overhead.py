@@ -13,11 +13,12 @@
    the added latency is the median guarded call minus the median raw one, and the figure is
    the median of five such rounds. A control runs the same rounds with a second unguarded
    copy in place of the guarded one: its figure is the measurement's noise floor.
-   Per chunk: batches of whole streams alternate, the fastest of each side counts, and the
-   difference is divided by the chunk count.
-2. In process: the same SDK calls over an httpx MockTransport (no socket, no server
-   thread), which removes loopback jitter; and the stream meter alone over already-parsed
-   chunks.
+   Per chunk: a raw and a guarded stream are open side by side and their chunks are read
+   alternately, each read timed; the figure is the difference of the median chunk reads,
+   the median of five rounds, with a control as for calls.
+2. In process: the same SDK calls and streams over an httpx MockTransport (no socket, no
+   server thread), which removes loopback jitter; and the stream meter alone over
+   already-parsed chunks.
 3. Inline: each step the guard adds to a call (read the request, reserve, set max tokens,
    read the response, commit), timed directly in a tight loop. Inside a real call the same
    steps cost several times as much: the SDK's own work in between evicts the guard's code
@@ -63,6 +64,56 @@ def messages(i: int) -> list[dict[str, str]]:
 def create(client: Any) -> Callable[[int], Any]:
     """Request ``i`` through ``client``: a response, or for an async client its awaitable."""
     return lambda i: client.chat.completions.create(model=MODEL, messages=messages(i))
+
+
+def open_stream(client: Any) -> Iterator[Any]:
+    """A new streamed chat request through ``client``, as an iterator of its chunks."""
+    return iter(
+        client.chat.completions.create(
+            model=MODEL,
+            messages=messages(next(_request_ids)),
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+
+
+def paired_chunks(raw: Any, guarded: Any, streams: int) -> tuple[float, float]:
+    """Median microseconds per chunk of raw and guarded streams read side by side.
+
+    One stream of each side is open at a time and their chunks are read alternately, one by
+    one, each read timed: the medians over every chunk of ``streams`` pairs of streams.
+    Timing whole streams instead does not resolve a microsecond a chunk: the SDK spends
+    tens of microseconds on each chunk, and a stream's total moves by more than the guard's
+    share from one stream to the next.
+    """
+    for _ in range(2):
+        for _chunk in open_stream(raw):
+            pass
+        for _chunk in open_stream(guarded):
+            pass
+    a: list[int] = []
+    b: list[int] = []
+    clock = time.perf_counter_ns
+    gc.disable()
+    try:
+        for s in range(streams):
+            x, y = open_stream(raw), open_stream(guarded)
+            first, second, into_first, into_second = (x, y, a, b) if s % 2 else (y, x, b, a)
+            while True:  # which side reads first swaps at every chunk
+                first, second, into_first, into_second = second, first, into_second, into_first
+                t0 = clock()
+                got_first = next(first, None)
+                t1 = clock()
+                got_second = next(second, None)
+                t2 = clock()
+                if got_first is None or got_second is None:
+                    break
+                into_first.append(t1 - t0)
+                into_second.append(t2 - t1)
+    finally:
+        gc.enable()
+    return statistics.median(a) / 1000, statistics.median(b) / 1000
 
 
 # Every request in a run is new (as a real agent's are): no cache answers a repeated one, and
@@ -126,38 +177,6 @@ async def apaired(raw: Any, guarded: Any, n: int, warmup: int = 2000) -> tuple[f
     finally:
         gc.enable()
     return statistics.median(a) / 1000, statistics.median(b) / 1000
-
-
-def alternate(
-    raw: Callable[[int], Any], guarded: Callable[[int], Any], n: int, batch: int = 25
-) -> tuple[float, float]:
-    """Microseconds per call of raw and guarded: batches alternate, the fastest batch counts.
-
-    On a shared machine the noise is all upward (other processes), so the minimum batch mean
-    estimates each side's own cost; alternating keeps drift from favouring either.
-    """
-    for i in range(20):
-        raw(i), guarded(i)
-    best_a = best_b = float("inf")
-    clock = time.perf_counter_ns
-    k = 0
-    gc.disable()
-    try:
-        for round_ in range(max(1, n // batch)):
-            order = ((raw, 0), (guarded, 1)) if round_ % 2 else ((guarded, 1), (raw, 0))
-            for fn, side in order:
-                t0 = clock()
-                for _ in range(batch):
-                    k += 1
-                    fn(k)
-                mean = (clock() - t0) / 1000 / batch
-                if side == 0:
-                    best_a = min(best_a, mean)
-                else:
-                    best_b = min(best_b, mean)
-    finally:
-        gc.enable()
-    return best_a, best_b
 
 
 @contextlib.contextmanager
@@ -244,6 +263,28 @@ def _mock_transport() -> tuple[httpx.MockTransport, httpx.MockTransport]:
         return handle(request)
 
     return httpx.MockTransport(handle), httpx.MockTransport(ahandle)
+
+
+def _stream_transport(chunks: int) -> httpx.MockTransport:
+    """A chat completion stream of ``chunks`` one-token chunks and a usage chunk, as SSE."""
+
+    def event(data: dict[str, Any]) -> bytes:
+        return b"data: " + json.dumps(data).encode() + b"\n\n"
+
+    head = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": MODEL}
+    piece = event({**head, "choices": [{"index": 0, "delta": {"content": "tok "}}]})
+    last = event({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    usage = {"prompt_tokens": 12, "completion_tokens": chunks, "total_tokens": 12 + chunks}
+    events = [piece] * chunks + [last, event({**head, "choices": [], "usage": usage})]
+    events.append(b"data: [DONE]\n\n")
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        # One event a read, as a server flushes them.
+        return httpx.Response(
+            200, content=iter(events), headers={"content-type": "text/event-stream"}
+        )
+
+    return httpx.MockTransport(handle)
 
 
 def chunk_objects(n: int) -> list[Any]:
@@ -346,7 +387,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=3000)
     parser.add_argument("--chunks", type=int, default=2000)
-    parser.add_argument("--streams", type=int, default=40)
+    parser.add_argument("--streams", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
 
@@ -392,23 +433,21 @@ def main() -> None:
     with standin_process(output_tokens=args.chunks) as url:
         raw = openai.OpenAI(base_url=url, api_key="k", max_retries=0)
         wrapped = guard().wrap(raw.copy())
+        control = raw.copy()
 
-        def consume(client: openai.OpenAI) -> Callable[[int], Any]:
-            def run(i: int) -> int:
-                n = 0
-                for _ in client.chat.completions.create(
-                    model=MODEL,
-                    messages=messages(i),
-                    stream=True,
-                    stream_options={"include_usage": True},
-                ):
-                    n += 1
-                return n
-
-            return run
-
-        r, g = alternate(consume(raw), consume(wrapped), args.streams, batch=1)
-        chunk_added = report(f"stream of {args.chunks} chunks (sync)", r, g, args.chunks, "chunk")
+        stream_rounds, stream_control = [], []
+        for round_ in range(args.rounds):
+            r, g = paired_chunks(raw, wrapped, args.streams)
+            label = f"stream of {args.chunks} chunks (sync) #{round_ + 1}"
+            stream_rounds.append(report(label, r, g, 1, "chunk"))
+            r, g = paired_chunks(raw, control, args.streams)
+            label = f"  control: unguarded copy #{round_ + 1}"
+            stream_control.append(report(label, r, g, 1, "chunk"))
+        chunk_added = statistics.median(stream_rounds)
+        print(
+            f"  median of {args.rounds} rounds: {chunk_added:.2f} us/chunk"
+            f"  (control: {statistics.median(stream_control):.2f} us/chunk)"
+        )
         raw.close()
 
     print("\n2. In process (httpx MockTransport, no socket): the guard's own cost")
@@ -431,6 +470,21 @@ def main() -> None:
 
     r, g = asyncio.run(run_mock_async())
     mock_async = report("chat.completions.create (async)", r, g)
+    sraw = openai.OpenAI(
+        api_key="k",
+        base_url="http://mock/v1",
+        http_client=httpx.Client(transport=_stream_transport(args.chunks)),
+    )
+    sguarded = guard().wrap(sraw.copy())
+    rounds = []
+    for _ in range(args.rounds):
+        r, g = paired_chunks(sraw, sguarded, args.streams)
+        rounds.append(g - r)
+    mock_chunk = statistics.median(rounds)
+    print(
+        f"  {f'stream of {args.chunks} chunks (sync)':<34} raw {r:9.2f} us  guarded {g:9.2f} us"
+        f"  added {mock_chunk:7.2f} us/chunk (median of {args.rounds} rounds)"
+    )
     plain_ns, metered_ns = meter_only(chunk_objects(args.chunks), 30)
     print(
         f"  {'stream meter alone':<34} plain {plain_ns / 1000:7.3f} us  metered "
@@ -452,7 +506,8 @@ def main() -> None:
         f"  loopback   sync {sync_added:6.1f} us/call   async {async_added:6.1f} us/call   stream {chunk_added:5.2f} us/chunk"
     )
     print(
-        f"  in process sync {mock_sync:6.1f} us/call   async {mock_async:6.1f} us/call   meter  {(metered_ns - plain_ns) / 1000:5.2f} us/chunk"
+        f"  in process sync {mock_sync:6.1f} us/call   async {mock_async:6.1f} us/call   stream {mock_chunk:5.2f} us/chunk"
+        f" (meter alone {(metered_ns - plain_ns) / 1000:.2f})"
     )
 
 
