@@ -290,6 +290,7 @@ class AgentKavach:
             or max_calls_per_run
             or any(b.period is Period.PER_RUN for b in budgets)
         )
+        self._unmetered_seen: set[tuple[str, str]] = set()  # kinds of call warned about
         self._provider = _ProviderConfig(provider, llm_key, base_url) if provider else None
         self._clients: Any = None
         self._closers: list[tuple[Closer, AsyncCloser | None]] = []
@@ -621,6 +622,35 @@ class AgentKavach:
             self._refused(spec, run_id, now or _utc(wall), exc)
             raise
         return Reservation(self, spec, plan, None, price, run_id, fingerprint, now, wall)
+
+    def admit_unmetered(self, spec: CallSpec) -> None:
+        """Let a billable call the guard cannot meter through, unless the agent is stopped.
+
+        Wrapped clients call this for paid endpoints without a usage-based price (image and
+        video generation, audio, batches, fine-tuning, ...): they still stop with the agent
+        (``AgentKilledError``, reported like any refusal), and the first such call of each
+        kind logs a warning that its cost is not counted against this guard's budgets.
+        """
+        if not self.enabled:
+            return
+        if self.kill_switch.reason is not None:
+            now = self._clock()
+            try:
+                self.kill_switch.check(now)
+            except AgentKilledError as exc:
+                run_id = spec.run_id or _current_run.get() or self._session_run
+                self._refused(spec, run_id, now, exc)
+                raise
+        kind = (spec.provider, spec.operation)
+        if kind not in self._unmetered_seen:
+            self._unmetered_seen.add(kind)
+            logger.warning(
+                "kavach: agent %r made a %s %s call, which the guard cannot meter: it stops "
+                "with the agent, but its cost is not counted against the agent's budgets",
+                self.agent_name,
+                spec.provider,
+                spec.operation,
+            )
 
     def set_remote_budgets(self, budgets: Sequence[Budget]) -> None:
         """Enforce budgets set in the dashboard next to the ones given in code.

@@ -11,6 +11,9 @@ from a response and a ``StreamMeter`` for its stream items. This module drives t
     -> the SDK call, unchanged otherwise (its retries, errors and types are its own)
     -> commit the outcome | release on an error | hand a stream to ``kavach.stream``
 
+Paid APIs the guard cannot price by usage (image generation, audio, batches, ...) are
+``Unmetered``: their calls stop with the agent and are otherwise passed on, not counted.
+
 Clients are instrumented per instance, never per class: OpenAI and Anthropic at their one
 ``request`` method (every resource, ``with_raw_response`` and the ``.stream()`` helpers go
 through it), Google and Mistral at their billable resource methods. The client keeps its
@@ -46,6 +49,7 @@ __all__ = [
     "Endpoint",
     "Outcome",
     "TokenCounter",
+    "Unmetered",
     "field",
     "READERS",
     "reader",
@@ -109,6 +113,28 @@ class Endpoint:
     estimate_unreported_input: bool = False
     """The provider may report no input tokens (Gemini API embeddings): settle such a response
     at the reserved input estimate rather than at zero, which would make a billed call free."""
+
+
+@dataclass(frozen=True, slots=True)
+class Unmetered:
+    """A paid API the guard cannot meter (no usage-based price): its calls go through
+    ``AgentKavach.admit_unmetered``, which stops them with the agent and warns, once, that
+    their cost is not counted."""
+
+    provider: str
+    operation: str
+    """What the call does, as events and the warning name it (``image_generation``)."""
+
+
+def _admit_unmetered(guard: AgentKavach, unmetered: Unmetered, body: Any) -> None:
+    model = body.get("model") if isinstance(body, Mapping) else None
+    guard.admit_unmetered(
+        CallSpec(
+            provider=unmetered.provider,
+            model=str(model or ""),
+            operation=unmetered.operation,
+        )
+    )
 
 
 def set_max_tokens(*names: str) -> Callable[[Body, int], Body]:
@@ -478,7 +504,7 @@ def _resend(
 def guard_request_method(
     client: Any,
     guard: AgentKavach,
-    endpoint_for: Callable[[str, str], Endpoint | None],
+    endpoint_for: Callable[[str, str], Endpoint | Unmetered | None],
     *,
     is_async: bool,
 ) -> None:
@@ -490,18 +516,19 @@ def guard_request_method(
     original = client.request
     attach = attach_async("_iterator") if is_async else attach_sync("_iterator")
 
-    routes: dict[tuple[str, str], Endpoint | None] = {}  # a few paths, asked on every call
+    routes: dict[tuple[str, str], Endpoint | Unmetered | None] = {}  # a few paths, every call
 
-    def route(options: Any) -> Endpoint | None:
-        body = options.json_data
-        if type(body) is not dict and not isinstance(body, Mapping):
-            return None
+    def route(options: Any) -> Endpoint | Unmetered | None:
         key = (options.method, options.url)
         endpoint = routes.get(key, _NO_ROUTE)
         if endpoint is _NO_ROUTE:
             endpoint = endpoint_for(options.method, options.url.split("?", 1)[0])
             if len(routes) < 256:  # paths with ids in them must not grow it forever
                 routes[key] = endpoint
+        if type(endpoint) is Endpoint:
+            body = options.json_data
+            if type(body) is not dict and not isinstance(body, Mapping):
+                return None  # not a JSON request: nothing to read
         return endpoint  # type: ignore[return-value]
 
     if is_async:
@@ -510,10 +537,12 @@ def guard_request_method(
             cast_to: Any, options: Any, *, stream: bool = False, stream_cls: Any = None
         ) -> Awaitable[Any]:
             endpoint = route(options)
-            if endpoint is None:
-                return original(cast_to, options, stream=stream, stream_cls=stream_cls)  # type: ignore[no-any-return]
-            send = functools.partial(_resend, original, cast_to, options, stream, stream_cls)
-            return aguarded_call(guard, endpoint, options.json_data, send, stream, attach)
+            if type(endpoint) is Endpoint:
+                send = functools.partial(_resend, original, cast_to, options, stream, stream_cls)
+                return aguarded_call(guard, endpoint, options.json_data, send, stream, attach)
+            if isinstance(endpoint, Unmetered):
+                _admit_unmetered(guard, endpoint, options.json_data)
+            return original(cast_to, options, stream=stream, stream_cls=stream_cls)  # type: ignore[no-any-return]
 
         _patch(client, client, "request", arequest)
     else:
@@ -522,10 +551,12 @@ def guard_request_method(
             cast_to: Any, options: Any, *, stream: bool = False, stream_cls: Any = None
         ) -> Any:
             endpoint = route(options)
-            if endpoint is None:
-                return original(cast_to, options, stream=stream, stream_cls=stream_cls)
-            send = functools.partial(_resend, original, cast_to, options, stream, stream_cls)
-            return guarded_call(guard, endpoint, options.json_data, send, stream, attach)
+            if type(endpoint) is Endpoint:
+                send = functools.partial(_resend, original, cast_to, options, stream, stream_cls)
+                return guarded_call(guard, endpoint, options.json_data, send, stream, attach)
+            if isinstance(endpoint, Unmetered):
+                _admit_unmetered(guard, endpoint, options.json_data)
+            return original(cast_to, options, stream=stream, stream_cls=stream_cls)
 
         _patch(client, client, "request", request)
 
@@ -567,6 +598,30 @@ def guard_method(
             return guarded_call(
                 guard, endpoint, kwargs, lambda body: original(**body), streamed, attach
             )
+
+        _patch(client, owner, name, functools.wraps(original)(method))
+
+
+def guard_unmetered_method(
+    client: Any, owner: Any, name: str, guard: AgentKavach, unmetered: Unmetered
+) -> None:
+    """Route one paid SDK method the guard cannot meter (Google, Mistral) through
+    ``admit_unmetered``; absent methods (older SDKs) are skipped."""
+    original = getattr(owner, name, None)
+    if original is None:
+        return
+    if asyncio.iscoroutinefunction(original):
+
+        async def amethod(*args: Any, **kwargs: Any) -> Any:
+            _admit_unmetered(guard, unmetered, kwargs)
+            return await original(*args, **kwargs)
+
+        _patch(client, owner, name, functools.wraps(original)(amethod))
+    else:
+
+        def method(*args: Any, **kwargs: Any) -> Any:
+            _admit_unmetered(guard, unmetered, kwargs)
+            return original(*args, **kwargs)
 
         _patch(client, owner, name, functools.wraps(original)(method))
 

@@ -1,7 +1,9 @@
 """Anthropic: how to read Messages requests, usage and stream events.
 
 ``guard.wrap(Anthropic())`` / ``guard.wrap(AsyncAnthropic())`` guard ``messages`` (create,
-stream, parse; ``beta.messages`` too). ``count_tokens`` and batches pass untouched.
+stream, parse; ``beta.messages`` too). ``count_tokens`` passes untouched; message batches
+and legacy text completions stop with the agent but are not counted (see
+``AgentKavach.admit_unmetered``).
 Anthropic reports cache reads and writes beside ``input_tokens``; they are added into it,
 as ``kavach.usage.Usage`` (and genai-prices) count all input there.
 """
@@ -17,6 +19,7 @@ from kavach.usage import Usage
 from kavach_integrations._provider import (
     Endpoint,
     TokenCounter,
+    Unmetered,
     field,
     guard_request_method,
     set_max_tokens,
@@ -157,9 +160,21 @@ MESSAGES = Endpoint(
 )
 
 
-def endpoint_for(method: str, path: str) -> Endpoint | None:
-    if method.lower() == "post" and path.endswith("/messages"):
+# Message batches are billed when they finish, at batch prices; legacy text completions
+# report no usage. Both stop with the agent, and their cost is not counted.
+_BATCHES = Unmetered(PROVIDER, "batch")
+_COMPLETE = Unmetered(PROVIDER, "text_completion")
+
+
+def endpoint_for(method: str, path: str) -> Endpoint | Unmetered | None:
+    if method.lower() != "post":
+        return None
+    if path.endswith("/messages"):
         return MESSAGES
+    if path.endswith("/messages/batches"):
+        return _BATCHES
+    if path.endswith("/complete"):
+        return _COMPLETE
     return None
 
 

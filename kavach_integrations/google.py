@@ -3,7 +3,9 @@ usage and stream chunks.
 
 ``guard.wrap(genai.Client())`` guards ``client.models.generate_content``,
 ``generate_content_stream`` and ``embed_content`` and their ``client.aio`` twins.
-``count_tokens`` and model listing pass untouched. Gemini's ``prompt_token_count`` includes
+``count_tokens`` and model listing pass untouched; image and video generation, batches
+and tuning stop with the agent but are not counted (see ``AgentKavach.admit_unmetered``).
+Gemini's ``prompt_token_count`` includes
 cached tokens; thinking tokens (``thoughts_token_count``) are output beside
 ``candidates_token_count``.
 
@@ -25,9 +27,11 @@ from kavach_integrations._provider import (
     Body,
     Endpoint,
     TokenCounter,
+    Unmetered,
     attach_aiterator,
     field,
     guard_method,
+    guard_unmetered_method,
     tool_signature,
 )
 
@@ -202,11 +206,38 @@ EMBEDDINGS = Endpoint(
 )
 
 
+# Paid per image, second of video or job, not by reported token usage.
+_UNMETERED = {
+    "models": {
+        "generate_images": "image_generation",
+        "edit_image": "image_edit",
+        "upscale_image": "image_upscale",
+        "recontext_image": "image_edit",
+        "segment_image": "image_segmentation",
+        "generate_videos": "video_generation",
+    },
+    "batches": {"create": "batch", "create_embeddings": "batch"},
+    "tunings": {"tune": "fine_tuning"},
+}
+
+
+def _guard_unmetered(client: Any, root: Any, guard: AgentKavach) -> None:
+    for resource, methods in _UNMETERED.items():
+        owner = getattr(root, resource, None)
+        for name, operation in methods.items():
+            if owner is not None:
+                unmetered = Unmetered(PROVIDER, operation)
+                guard_unmetered_method(client, owner, name, guard, unmetered)
+
+
 def instrument(client: Any, guard: AgentKavach) -> None:
     if isinstance(client, genai.Client):
         sync_models, async_models = client.models, client.aio.models
+        _guard_unmetered(client, client, guard)
+        _guard_unmetered(client, client.aio, guard)
     else:  # an AsyncClient (client.aio) wrapped on its own
         sync_models, async_models = None, client.models
+        _guard_unmetered(client, client, guard)
     if sync_models is not None:
         guard_method(client, sync_models, "generate_content", guard, GENERATE)
         guard_method(client, sync_models, "generate_content_stream", guard, GENERATE, streamed=True)

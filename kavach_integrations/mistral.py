@@ -4,6 +4,8 @@
 ``stream_async`` (and ``parse``, which calls them), the same four methods of ``fim``
 (fill-in-the-middle, Codestral) and ``embeddings.create``/``create_async``. Mistral's usage
 has the OpenAI chat shape, FIM's too; streamed usage rides on the finishing chunk.
+Agents, conversations, OCR, classifiers, audio, batch and fine-tuning jobs stop with the agent
+but are not counted (see ``AgentKavach.admit_unmetered``).
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ from kavach.stream import Outcome
 from kavach.usage import Usage
 from kavach_integrations._provider import (
     Endpoint,
+    Unmetered,
     attach_async,
     attach_sync,
     field,
     guard_method,
+    guard_unmetered_method,
     set_max_tokens,
 )
 from kavach_integrations.openai import ChatMeter, chat_outcome
@@ -135,7 +139,45 @@ def _guard_completions(client: Any, owner: Any, guard: AgentKavach, endpoint: En
     )
 
 
+# Paid, but not readable as a chat request with a known model (agents, conversations: the
+# model is the agent's) or priced per page, minute or job rather than by reported usage.
+_ASYNC_TWINS = ("", "_async")
+_UNMETERED = {
+    ("agents",): (("complete", "stream"), "agent_completion"),
+    ("beta", "conversations"): (
+        ("start", "append", "restart", "start_stream", "append_stream", "restart_stream", "run"),
+        "conversation",
+    ),
+    ("ocr",): (("process",), "ocr"),
+    ("classifiers",): (
+        ("moderate", "moderate_chat", "classify", "classify_chat"),
+        "classification",
+    ),
+    ("audio", "transcriptions"): (("complete", "stream"), "transcription"),
+    ("audio", "speech"): (("complete",), "speech"),
+    ("batch", "jobs"): (("create",), "batch"),
+    ("fine_tuning", "jobs"): (("create",), "fine_tuning"),
+}
+
+
+def _resource(client: Any, path: tuple[str, ...]) -> Any:
+    owner = client
+    for name in path:
+        try:
+            owner = getattr(owner, name)
+        except AttributeError:  # not in this SDK version
+            return None
+    return owner
+
+
 def instrument(client: Any, guard: AgentKavach) -> None:
+    for path, (methods, operation) in _UNMETERED.items():
+        owner = _resource(client, path)
+        if owner is not None:
+            unmetered = Unmetered(PROVIDER, operation)
+            for name in methods:
+                for twin in _ASYNC_TWINS:
+                    guard_unmetered_method(client, owner, name + twin, guard, unmetered)
     embeddings = client.embeddings
     _guard_completions(client, client.chat, guard, CHAT)
     _guard_completions(client, client.fim, guard, FIM)

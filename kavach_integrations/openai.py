@@ -2,6 +2,8 @@
 
 ``guard.wrap(OpenAI())`` / ``guard.wrap(AsyncOpenAI())`` guard ``chat.completions`` (create,
 parse, stream), ``responses`` (create, stream, parse), ``completions`` and ``embeddings``.
+Paid endpoints without a token-usage price (images, audio, videos, batches, fine-tuning,
+Assistants runs) stop with the agent but are not counted: see ``AgentKavach.admit_unmetered``.
 Usage maps to ``kavach.usage.Usage`` as OpenAI reports it: ``prompt_tokens`` include
 ``cached_tokens`` (reads) and ``cache_write_tokens``, ``completion_tokens`` include
 reasoning and audio tokens.
@@ -20,6 +22,7 @@ from kavach_integrations._provider import (
     Body,
     Endpoint,
     TokenCounter,
+    Unmetered,
     field,
     guard_request_method,
     reader,
@@ -301,15 +304,29 @@ EMBEDDINGS = Endpoint(
     ),
 )
 
-_ROUTES = {
+_ROUTES: dict[str, Endpoint | Unmetered] = {
     "/chat/completions": CHAT,
     "/responses": RESPONSES,
     "/embeddings": EMBEDDINGS,
     "/completions": COMPLETIONS,
+    # Paid, but priced per image, second or job rather than by reported token usage:
+    # they stop with the agent, and their cost is not counted (a warning says so).
+    "/images/generations": Unmetered(PROVIDER, "image_generation"),
+    "/images/edits": Unmetered(PROVIDER, "image_edit"),
+    "/images/variations": Unmetered(PROVIDER, "image_variation"),
+    "/audio/speech": Unmetered(PROVIDER, "speech"),
+    "/audio/transcriptions": Unmetered(PROVIDER, "transcription"),
+    "/audio/translations": Unmetered(PROVIDER, "translation"),
+    "/videos": Unmetered(PROVIDER, "video_generation"),
+    "/remix": Unmetered(PROVIDER, "video_generation"),
+    "/batches": Unmetered(PROVIDER, "batch"),
+    "/fine_tuning/jobs": Unmetered(PROVIDER, "fine_tuning"),
+    "/runs": Unmetered(PROVIDER, "run"),  # Assistants thread runs, eval runs
+    "/submit_tool_outputs": Unmetered(PROVIDER, "run"),
 }
 
 
-def endpoint_for(method: str, path: str) -> Endpoint | None:
+def endpoint_for(method: str, path: str) -> Endpoint | Unmetered | None:
     """The billable endpoint at ``path`` (Azure deployment prefixes included), or None."""
     if method.lower() != "post":
         return None

@@ -1,0 +1,242 @@
+"""Paid endpoints the guard cannot meter: they stop with the agent, and say they are not counted.
+
+Image and video generation, audio, batches, fine-tuning, Mistral agents and OCR and the like
+are billed per image, second, page or job, not by the token usage the guard prices. Through a
+wrapped client they go through unchanged while the agent runs (the first call of each kind
+logs a warning that its cost is not counted), and are refused, before any request, once the
+agent is stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import anthropic
+import httpx
+import openai
+import pytest
+from google import genai
+from google.genai import types as genai_types
+from mistralai.client import Mistral
+from mistralai.client import errors as mistral_errors
+from openai.types import ImagesResponse
+
+from kavach import AgentKavach, AgentKilledError, Budget
+from kavach._devtools.standin import StandIn
+
+from .conftest import Events
+
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Inheritance class AiohttpClientSession:DeprecationWarning"
+)
+
+_close: list[Callable[[], object]] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    yield
+    while _close:
+        _close.pop()()
+
+
+def warnings_about(caplog: pytest.LogCaptureFixture, operation: str) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.WARNING
+        and "cannot meter" in r.getMessage()
+        and operation in r.getMessage()
+    ]
+
+
+def _images_transport(seen: list[httpx.Request]) -> httpx.MockTransport:
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"created": 0, "data": [{"url": "https://img/1.png"}]})
+
+    return httpx.MockTransport(handle)
+
+
+def test_openai_image_generation_goes_through_and_warns_once(
+    make_guard: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    guard = make_guard(budget=Budget.daily(1))
+    seen: list[httpx.Request] = []
+    http = httpx.Client(transport=_images_transport(seen))
+    _close.append(http.close)
+    client = guard.wrap(openai.OpenAI(api_key="k", base_url="http://mock/v1", http_client=http))
+
+    with caplog.at_level(logging.WARNING, logger="kavach"):
+        first = client.images.generate(model="gpt-image-1", prompt="a lighthouse")
+        second = client.images.generate(model="gpt-image-1", prompt="a harbour")
+
+    assert isinstance(first, ImagesResponse) and isinstance(second, ImagesResponse)
+    assert [r.url.path for r in seen] == ["/v1/images/generations"] * 2
+    [warning] = warnings_about(caplog, "image_generation")  # once, not per call
+    assert "'test-agent'" in warning and "not counted" in warning
+    assert guard.spent == 0  # honest: nothing is made up for a call that cannot be priced
+
+
+def test_openai_image_generation_stops_with_the_agent(make_guard: Any, events: Events) -> None:
+    guard = make_guard(budget=Budget.daily(1))
+    seen: list[httpx.Request] = []
+    http = httpx.Client(transport=_images_transport(seen))
+    _close.append(http.close)
+    client = guard.wrap(openai.OpenAI(api_key="k", base_url="http://mock/v1", http_client=http))
+    guard.kill("stopped from the dashboard")
+
+    with pytest.raises(AgentKilledError, match="stopped from the dashboard"):
+        client.images.generate(model="gpt-image-1", prompt="a lighthouse")
+
+    assert seen == []  # refused before any request
+    [refused] = events.calls
+    assert refused.status == "refused" and refused.operation == "image_generation"
+    assert refused.model == "gpt-image-1" and refused.provider == "openai"
+
+    guard.resume()
+    client.images.generate(model="gpt-image-1", prompt="a lighthouse")
+    assert len(seen) == 1
+
+
+@pytest.mark.anyio
+async def test_async_openai_audio_stops_with_the_agent(make_guard: Any) -> None:
+    guard = make_guard(budget=Budget.daily(1))
+    seen: list[httpx.Request] = []
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, content=b"ID3audio", headers={"content-type": "audio/mpeg"})
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(handle))
+    client = guard.wrap(
+        openai.AsyncOpenAI(api_key="k", base_url="http://mock/v1", http_client=http)
+    )
+    speech = await client.audio.speech.create(model="tts-1", voice="alloy", input="Hello")
+    assert speech.content == b"ID3audio"
+
+    guard.kill("stop")
+    with pytest.raises(AgentKilledError):
+        await client.audio.speech.create(model="tts-1", voice="alloy", input="Hello")
+    assert len(seen) == 1
+    await http.aclose()
+
+
+def test_openai_free_endpoints_neither_warn_nor_stop(
+    make_guard: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    guard = make_guard(budget=Budget.daily(1))
+    seen: list[httpx.Request] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"id": "modr", "model": "omni-moderation", "results": []})
+
+    http = httpx.Client(transport=httpx.MockTransport(handle))
+    _close.append(http.close)
+    client = guard.wrap(openai.OpenAI(api_key="k", base_url="http://mock/v1", http_client=http))
+    guard.kill("stop")
+    with caplog.at_level(logging.WARNING, logger="kavach"):
+        client.moderations.create(input="hello")  # free: not a spend to stop
+    assert len(seen) == 1 and warnings_about(caplog, "") == []
+
+
+def test_anthropic_message_batches_stop_with_the_agent(
+    server: StandIn, make_guard: Any, events: Events, caplog: pytest.LogCaptureFixture
+) -> None:
+    guard = make_guard(budget=Budget.daily(1))
+    client = guard.wrap(
+        anthropic.Anthropic(base_url=server.anthropic_url, api_key="k", max_retries=0)
+    )
+    _close.append(client.close)
+    request = {
+        "custom_id": "a",
+        "params": {
+            "model": "claude-sonnet-4-5",
+            "max_tokens": 10,
+            "messages": [{"role": "user", "content": "Hi"}],
+        },
+    }
+    with caplog.at_level(logging.WARNING, logger="kavach"):
+        # The stand-in has no batches: its 404 reaching the caller shows the call went through.
+        with pytest.raises(anthropic.NotFoundError):
+            client.messages.batches.create(requests=[request])  # type: ignore[list-item]
+    assert server.last.path.endswith("/messages/batches")
+    assert warnings_about(caplog, "batch")
+
+    guard.kill("stop")
+    count = len(server.requests)
+    with pytest.raises(AgentKilledError):
+        client.messages.batches.create(requests=[request])  # type: ignore[list-item]
+    assert len(server.requests) == count
+    assert events.calls[-1].status == "refused" and events.calls[-1].operation == "batch"
+
+
+def test_google_video_generation_stops_with_the_agent(
+    server: StandIn, make_guard: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    guard = make_guard(budget=Budget.daily(1))
+    options = genai_types.HttpOptions(base_url=server.google_url, retry_options=None)
+    client = guard.wrap(genai.Client(api_key="k", http_options=options))
+    _close.append(client.close)
+
+    with caplog.at_level(logging.WARNING, logger="kavach"):
+        # The SDK itself answers in Gemini API mode (Veo there is Vertex-only in this SDK):
+        # its error reaching the caller shows the call went through the guard to the SDK.
+        with pytest.raises(ValueError, match="only supported"):
+            client.models.generate_videos(model="veo-3.0-generate-001", source={"prompt": "waves"})
+    assert warnings_about(caplog, "video_generation")
+
+    guard.kill("stop")
+    with pytest.raises(AgentKilledError):  # the guard answers first now
+        client.models.generate_videos(model="veo-3.0-generate-001", source={"prompt": "waves"})
+    assert server.requests == []
+
+
+@pytest.mark.anyio
+async def test_google_async_batches_stop_with_the_agent(server: StandIn, make_guard: Any) -> None:
+    guard = make_guard(budget=Budget.daily(1))
+    options = genai_types.HttpOptions(base_url=server.google_url, retry_options=None)
+    client = guard.wrap(genai.Client(api_key="k", http_options=options))
+    _close.append(client.close)
+    guard.kill("stop")
+    with pytest.raises(AgentKilledError):
+        await client.aio.batches.create(model="gemini-2.0-flash", src="files/batch-input")
+    assert server.requests == []
+
+
+def test_mistral_ocr_and_agents_stop_with_the_agent(
+    server: StandIn, make_guard: Any, events: Events, caplog: pytest.LogCaptureFixture
+) -> None:
+    guard = make_guard(budget=Budget.daily(1))
+    client = guard.wrap(Mistral(api_key="k", server_url=server.base_url))
+    _close.append(lambda: client.__exit__(None, None, None))
+    document = {"type": "document_url", "document_url": "https://example.com/a.pdf"}
+
+    with caplog.at_level(logging.WARNING, logger="kavach"):
+        with pytest.raises(mistral_errors.SDKError):  # the stand-in's 404: it went through
+            client.ocr.process(model="mistral-ocr-latest", document=document)  # type: ignore[arg-type]
+    assert server.last.path.endswith("/ocr")
+    assert warnings_about(caplog, "ocr")
+
+    guard.kill("stop")
+    count = len(server.requests)
+    with pytest.raises(AgentKilledError):
+        client.ocr.process(model="mistral-ocr-latest", document=document)  # type: ignore[arg-type]
+    with pytest.raises(AgentKilledError):
+        client.agents.complete(agent_id="ag_1", messages=[{"role": "user", "content": "Hi"}])
+    assert len(server.requests) == count
+    assert [e.operation for e in events.calls[-2:]] == ["ocr", "agent_completion"]
+
+
+def test_disabled_guard_lets_unmetered_calls_through(make_guard: Any) -> None:
+    guard: AgentKavach = make_guard(budget=Budget.daily(1), enabled=False)
+    seen: list[httpx.Request] = []
+    http = httpx.Client(transport=_images_transport(seen))
+    _close.append(http.close)
+    client = guard.wrap(openai.OpenAI(api_key="k", base_url="http://mock/v1", http_client=http))
+    guard.kill("stop")
+    client.images.generate(model="gpt-image-1", prompt="a lighthouse")
+    assert len(seen) == 1
