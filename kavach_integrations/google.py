@@ -5,9 +5,8 @@ usage and stream chunks.
 ``generate_content_stream`` and ``embed_content`` and their ``client.aio`` twins.
 ``count_tokens`` and model listing pass untouched; image and video generation, batches
 and tuning stop with the agent but are not counted (see ``AgentKavach.admit_unmetered``).
-Gemini's ``prompt_token_count`` includes
-cached tokens; thinking tokens (``thoughts_token_count``) are output beside
-``candidates_token_count``.
+Gemini's ``prompt_token_count`` includes cached tokens; thinking tokens
+(``thoughts_token_count``) are output beside ``candidates_token_count``.
 
 With automatic function calling (Python callables as tools) the SDK may make several requests
 inside one ``generate_content``; the guard reserves and settles that call as one.
@@ -224,8 +223,8 @@ _UNMETERED = {
 def _guard_unmetered(client: Any, root: Any, guard: AgentKavach) -> None:
     for resource, methods in _UNMETERED.items():
         owner = getattr(root, resource, None)
-        for name, operation in methods.items():
-            if owner is not None:
+        if owner is not None:
+            for name, operation in methods.items():
                 unmetered = Unmetered(PROVIDER, operation)
                 guard_unmetered_method(client, owner, name, guard, unmetered)
 

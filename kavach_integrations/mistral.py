@@ -145,7 +145,8 @@ _ASYNC_TWINS = ("", "_async")
 _UNMETERED = {
     ("agents",): (("complete", "stream"), "agent_completion"),
     ("beta", "conversations"): (
-        ("start", "append", "restart", "start_stream", "append_stream", "restart_stream", "run"),
+        ("start", "append", "restart", "start_stream", "append_stream", "restart_stream")
+        + ("run", "run_stream"),  # run_async and run_stream_async: async only
         "conversation",
     ),
     ("ocr",): (("process",), "ocr"),

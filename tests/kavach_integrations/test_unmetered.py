@@ -240,3 +240,16 @@ def test_disabled_guard_lets_unmetered_calls_through(make_guard: Any) -> None:
     guard.kill("stop")
     client.images.generate(model="gpt-image-1", prompt="a lighthouse")
     assert len(seen) == 1
+
+
+@pytest.mark.anyio
+async def test_mistral_async_conversations_stop_with_the_agent(
+    server: StandIn, make_guard: Any
+) -> None:
+    guard = make_guard(budget=Budget.daily(1))
+    client = guard.wrap(Mistral(api_key="k", server_url=server.base_url))
+    _close.append(lambda: client.__exit__(None, None, None))
+    guard.kill("stop")
+    with pytest.raises(AgentKilledError):
+        await client.beta.conversations.start_async(inputs="Hi", model="mistral-medium-latest")
+    assert server.requests == []
