@@ -17,8 +17,9 @@
    alternately, each read timed; the figure is the difference of the median chunk reads,
    the median of five rounds, with a control as for calls.
 2. In process: the same SDK calls and streams over an httpx MockTransport (no socket, no
-   server thread), which removes loopback jitter; and the stream meter alone over
-   already-parsed chunks.
+   server thread), which removes loopback jitter; the sync call again with each call's event
+   reported as the dashboard link does on the caller's path (built, turned into JSON,
+   queued); and the stream meter alone over already-parsed chunks.
 3. Inline: each step the guard adds to a call (read the request, reserve, set max tokens,
    read the response, commit), timed directly in a tight loop. Inside a real call the same
    steps cost several times as much: the SDK's own work in between evicts the guard's code
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import gc
 import itertools
@@ -47,7 +49,8 @@ from typing import Any
 import httpx
 import openai
 
-from kavach import AgentKavach, Budget
+from kavach import AgentKavach, Budget, CallEvent, NullObserver
+from kavach.reporting.payload import event_json
 
 MODEL = "gpt-4o"
 
@@ -287,6 +290,17 @@ def _stream_transport(chunks: int) -> httpx.MockTransport:
     return httpx.MockTransport(handle)
 
 
+class _Reporting(NullObserver):
+    """What the dashboard link does on the caller's path with each call: its event as JSON,
+    queued for the sender thread (here a bounded deque, never sent)."""
+
+    def __init__(self) -> None:
+        self.queue: collections.deque[dict[str, Any]] = collections.deque(maxlen=10_000)
+
+    def on_call(self, event: CallEvent) -> None:
+        self.queue.append(event_json(event))
+
+
 def chunk_objects(n: int) -> list[Any]:
     from openai.types.chat import ChatCompletionChunk
 
@@ -458,6 +472,10 @@ def main() -> None:
     mguarded = guard().wrap(mraw.copy())
     r, g = paired(create(mraw), create(mguarded), args.calls * 2)
     mock_sync = report("chat.completions.create (sync)", r, g)
+    reporting = guard()
+    reporting.add_observer(_Reporting())
+    r, g = paired(create(mraw), create(reporting.wrap(mraw.copy())), args.calls * 2)
+    mock_reported = report("  the same, events reported", r, g)
 
     async def run_mock_async() -> tuple[float, float]:
         a_raw = openai.AsyncOpenAI(
@@ -508,6 +526,9 @@ def main() -> None:
     print(
         f"  in process sync {mock_sync:6.1f} us/call   async {mock_async:6.1f} us/call   stream {mock_chunk:5.2f} us/chunk"
         f" (meter alone {(metered_ns - plain_ns) / 1000:.2f})"
+    )
+    print(
+        f"  in process, events reported (as with the dashboard connected) {mock_reported:.1f} us/call"
     )
 
 
