@@ -69,6 +69,21 @@ def create(client: Any) -> Callable[[int], Any]:
     return lambda i: client.chat.completions.create(model=MODEL, messages=messages(i))
 
 
+# Every request in a run is new (as a real agent's are): no cache answers a repeated one, and
+# loop detection never sees one request five times.
+_request_ids = itertools.count(1_000_000)
+
+
+@contextlib.contextmanager
+def collector_off() -> Iterator[None]:
+    """The garbage collector off while timing: a collection would land on one side's call."""
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
 def open_stream(client: Any) -> Iterator[Any]:
     """A new streamed chat request through ``client``, as an iterator of its chunks."""
     return iter(
@@ -98,8 +113,7 @@ def paired_chunks(raw: Any, guarded: Any, streams: int) -> tuple[float, float]:
     a: list[int] = []
     b: list[int] = []
     clock = time.perf_counter_ns
-    gc.disable()
-    try:
+    with collector_off():
         for s in range(streams):
             x, y = open_stream(raw), open_stream(guarded)
             first, second, into_first, into_second = (x, y, a, b) if s % 2 else (y, x, b, a)
@@ -114,14 +128,7 @@ def paired_chunks(raw: Any, guarded: Any, streams: int) -> tuple[float, float]:
                     break
                 into_first.append(t1 - t0)
                 into_second.append(t2 - t1)
-    finally:
-        gc.enable()
     return statistics.median(a) / 1000, statistics.median(b) / 1000
-
-
-# Every request in a run is new (as a real agent's are): no cache answers a repeated one, and
-# loop detection never sees one request five times.
-_request_ids = itertools.count(1_000_000)
 
 
 def paired(
@@ -140,8 +147,7 @@ def paired(
     a: list[int] = []
     b: list[int] = []
     clock = time.perf_counter_ns
-    gc.disable()
-    try:
+    with collector_off():
         for k in range(n):
             first, second = (raw, guarded) if k % 2 else (guarded, raw)
             i, j = next(_request_ids), next(_request_ids)
@@ -152,8 +158,6 @@ def paired(
             t2 = clock()
             (a if first is raw else b).append(t1 - t0)
             (b if first is raw else a).append(t2 - t1)
-    finally:
-        gc.enable()
     return statistics.median(a) / 1000, statistics.median(b) / 1000
 
 
@@ -165,8 +169,7 @@ async def apaired(raw: Any, guarded: Any, n: int, warmup: int = 2000) -> tuple[f
     a: list[int] = []
     b: list[int] = []
     clock = time.perf_counter_ns
-    gc.disable()
-    try:
+    with collector_off():
         for k in range(n):
             first, second = (raw, guarded) if k % 2 else (guarded, raw)
             i, j = next(_request_ids), next(_request_ids)
@@ -177,8 +180,6 @@ async def apaired(raw: Any, guarded: Any, n: int, warmup: int = 2000) -> tuple[f
             t2 = clock()
             (a if first is raw else b).append(t1 - t0)
             (b if first is raw else a).append(t2 - t1)
-    finally:
-        gc.enable()
     return statistics.median(a) / 1000, statistics.median(b) / 1000
 
 
@@ -369,8 +370,7 @@ def breakdown(n: int) -> dict[str, float]:
         k: [] for k in ("read request", "reserve", "prepare", "read response", "commit")
     }
     clock = time.perf_counter_ns
-    gc.disable()
-    try:
+    with collector_off():
         for i in range(n):
             body: dict[str, Any] = {"model": MODEL, "messages": messages(i)}
             t0 = clock()
@@ -391,8 +391,6 @@ def breakdown(n: int) -> dict[str, float]:
             t5 = clock()
             for name, a, b in zip(steps, (t0, t1, t2, t3, t4), (t1, t2, t3, t4, t5), strict=True):
                 steps[name].append((b - a) / 1000)
-    finally:
-        gc.enable()
     raw.close()
     return {name: statistics.median(xs) for name, xs in steps.items()}
 
