@@ -558,11 +558,7 @@ class AgentKavach:
         if not self.enabled:
             return Reservation(self, spec, None, None, None, run_id, None, now, wall)
         if self.kill_switch.reason is not None:  # stopped: check() raises or lifts the stop
-            try:
-                self.kill_switch.check(now)
-            except AgentKilledError as exc:
-                self._refused(spec, run_id, now or _utc(wall), exc)
-                raise
+            self._refuse_if_stopped(spec, run_id, now, wall)
         input_tokens = spec.input_tokens
         content = None  # a hash of plain chat messages, taken while counting them
         if input_tokens is None:
@@ -634,13 +630,8 @@ class AgentKavach:
         if not self.enabled:
             return
         if self.kill_switch.reason is not None:
-            now = self._clock()
-            try:
-                self.kill_switch.check(now)
-            except AgentKilledError as exc:
-                run_id = spec.run_id or _current_run.get() or self._session_run
-                self._refused(spec, run_id, now, exc)
-                raise
+            run_id = spec.run_id or _current_run.get() or self._session_run
+            self._refuse_if_stopped(spec, run_id, self._clock(), 0.0)
         kind = (spec.provider, spec.operation)
         if kind not in self._unmetered_seen:
             self._unmetered_seen.add(kind)
@@ -651,6 +642,18 @@ class AgentKavach:
                 spec.provider,
                 spec.operation,
             )
+
+    def _refuse_if_stopped(
+        self, spec: CallSpec, run_id: str, now: datetime | None, wall: float
+    ) -> None:
+        """Raise AgentKilledError (reported as a refusal) while the agent is stopped; a
+        budget stop whose period has reset is lifted instead. ``now`` is None when the guard
+        reads ``time.time()`` (``wall``) rather than a clock of the user's."""
+        try:
+            self.kill_switch.check(now)
+        except AgentKilledError as exc:
+            self._refused(spec, run_id, now or _utc(wall), exc)
+            raise
 
     def set_remote_budgets(self, budgets: Sequence[Budget]) -> None:
         """Enforce budgets set in the dashboard next to the ones given in code.
