@@ -58,16 +58,10 @@ EVENTS = {
 
 def child(side: str, warmup: int, calls: int) -> None:
     """The measured workload: ``warmup`` calls, then ``calls`` more with the collector off."""
-    import httpx
-    import openai
-
     sys.path.insert(0, str(Path(__file__).parent))
-    from provider_overhead import _mock_transport, create, guard
+    from provider_overhead import create, guard, mock_client
 
-    transport, _ = _mock_transport()
-    client = openai.OpenAI(
-        api_key="k", base_url="http://mock/v1", http_client=httpx.Client(transport=transport)
-    )
+    client = mock_client()
     if side == "guarded":
         client = guard().wrap(client)
     call, ids = create(client), itertools.count(1_000_000)
@@ -81,16 +75,10 @@ def child(side: str, warmup: int, calls: int) -> None:
 
 def bytecodes(warmup: int) -> None:
     """Print the bytecodes one guarded call runs beyond a raw one, per function."""
-    import httpx
-    import openai
-
     sys.path.insert(0, str(Path(__file__).parent))
-    from provider_overhead import _mock_transport, create, guard
+    from provider_overhead import create, guard, mock_client
 
-    transport, _ = _mock_transport()
-    raw = openai.OpenAI(
-        api_key="k", base_url="http://mock/v1", http_client=httpx.Client(transport=transport)
-    )
+    raw = mock_client()
     guarded = guard().wrap(raw.copy())
     calls, ids = {"raw": create(raw), "guarded": create(guarded)}, itertools.count(1_000_000)
     for _ in range(warmup):

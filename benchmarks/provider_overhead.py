@@ -269,6 +269,15 @@ def _mock_transport() -> tuple[httpx.MockTransport, httpx.MockTransport]:
     return httpx.MockTransport(handle), httpx.MockTransport(ahandle)
 
 
+def mock_client(transport: httpx.MockTransport | None = None) -> openai.OpenAI:
+    """An unguarded OpenAI client over ``transport`` (default: the canned chat completion)."""
+    if transport is None:
+        transport = _mock_transport()[0]
+    return openai.OpenAI(
+        api_key="k", base_url="http://mock/v1", http_client=httpx.Client(transport=transport)
+    )
+
+
 def _stream_transport(chunks: int) -> httpx.MockTransport:
     """A chat completion stream of ``chunks`` one-token chunks and a usage chunk, as SSE."""
 
@@ -360,10 +369,7 @@ def breakdown(n: int) -> dict[str, float]:
     from kavach_integrations import openai as adapter
     from kavach_integrations._provider import _outcome, _prepare
 
-    transport, _ = _mock_transport()
-    raw = openai.OpenAI(
-        api_key="k", base_url="http://mock/v1", http_client=httpx.Client(transport=transport)
-    )
+    raw = mock_client()
     response = raw.chat.completions.create(model=MODEL, messages=messages(0))
     g = guard()
     steps: dict[str, list[float]] = {
@@ -463,10 +469,8 @@ def main() -> None:
         raw.close()
 
     print("\n2. In process (httpx MockTransport, no socket): the guard's own cost")
-    transport, atransport = _mock_transport()
-    mraw = openai.OpenAI(
-        api_key="k", base_url="http://mock/v1", http_client=httpx.Client(transport=transport)
-    )
+    _, atransport = _mock_transport()
+    mraw = mock_client()
     mguarded = guard().wrap(mraw.copy())
     r, g = paired(create(mraw), create(mguarded), args.calls * 2)
     mock_sync = report("chat.completions.create (sync)", r, g)
@@ -486,11 +490,7 @@ def main() -> None:
 
     r, g = asyncio.run(run_mock_async())
     mock_async = report("chat.completions.create (async)", r, g)
-    sraw = openai.OpenAI(
-        api_key="k",
-        base_url="http://mock/v1",
-        http_client=httpx.Client(transport=_stream_transport(args.chunks)),
-    )
+    sraw = mock_client(_stream_transport(args.chunks))
     sguarded = guard().wrap(sraw.copy())
     rounds = []
     for _ in range(args.rounds):
