@@ -1,11 +1,12 @@
 """The reporter: an observer that ships call events to the backend, never on the call path.
 
-Events go into a bounded memory queue that a background thread drains in batches to
-``POST /v1/ingest`` (gzip, idempotent by event id). While the backend is unreachable,
-answers 5xx, or the key is refused, batches go to a disk spool (see ``spool.py``) and are
-replayed in order once it answers again; ``429`` waits for ``Retry-After``. Nothing is
-dropped: a malformed batch is split until the bad event is found, which is set aside in
-the spool's ``rejected`` file with the backend's reason. ``close()`` flushes, bounded in
+Events go into a bounded memory queue as the guard made them; a background thread turns
+them into JSON and drains them in batches to ``POST /v1/ingest`` (gzip, idempotent by event
+id), so the caller pays one append per call. While the backend is unreachable, answers 5xx,
+or the key is refused, batches go to a disk spool (see ``spool.py``) and are replayed in
+order once it answers again; ``429`` waits for ``Retry-After``. Nothing is dropped: a
+malformed batch is split until the bad event is found, which is set aside in the spool's
+``rejected`` file with the backend's reason. ``close()`` flushes, bounded in
 time, and an ``atexit`` hook does the same for programs that never call it; what is left
 stays on disk for the next process.
 """
@@ -66,8 +67,11 @@ class Reporter(NullObserver):
         self._batch_size = batch_size
         self._flush_interval = flush_interval
         self._max_memory = max_memory
+        self._wake_at = min(batch_size, max_memory + 1)  # queue length that needs the thread
         self._spool = DiskSpool(spool_root or default_spool_root())
-        self._queue: deque[dict[str, Any]] = deque()
+        # CallEvents as the guard made them (turned into JSON by the sender thread, off the
+        # call path) and payloads given to enqueue() as they are.
+        self._queue: deque[CallEvent | dict[str, Any]] = deque()
         self._cond = threading.Condition()
         self._stop = False
         self._idle = threading.Event()
@@ -92,16 +96,21 @@ class Reporter(NullObserver):
     # -- observer (the call path: append and return) -------------------------------------
 
     def on_call(self, event: CallEvent) -> None:
-        self.enqueue(event_json(event))
+        self.enqueue(event)
 
-    def enqueue(self, payload: dict[str, Any]) -> None:
-        with self._cond:
-            self._queue.append(payload)
-            self._idle.clear()
-            if len(self._queue) > self._max_memory:
-                # Overflow while the backend is slow or away: keep order, keep everything.
-                self._spill_locked()
-            if len(self._queue) >= self._batch_size:
+    def enqueue(self, payload: CallEvent | dict[str, Any]) -> None:
+        """Queue one event (a CallEvent, or its wire form) for the sender thread.
+
+        No lock in the common case: deque appends are atomic, and the sender marks itself
+        busy when it takes a batch, so ``flush`` still waits for this event.
+        """
+        queue = self._queue
+        queue.append(payload)
+        if len(queue) >= self._wake_at:
+            with self._cond:
+                if len(queue) > self._max_memory:
+                    # Overflow while the backend is slow or away: keep order, keep everything.
+                    self._spill_locked()
                 self._cond.notify()
 
     # -- control ------------------------------------------------------------------------
@@ -167,10 +176,7 @@ class Reporter(NullObserver):
                     self._spill_locked()  # later events queue behind the spooled ones
                     batch: list[dict[str, Any]] = []
                 else:
-                    batch = [
-                        self._queue.popleft()
-                        for _ in range(min(self._batch_size, len(self._queue)))
-                    ]
+                    batch = self._take(min(self._batch_size, len(self._queue)))
             try:
                 if batch:
                     self._send(batch)
@@ -264,9 +270,22 @@ class Reporter(NullObserver):
             self._warned.add(key)
             logger.warning(message)
 
+    def _take(self, count: int) -> list[dict[str, Any]]:
+        """The queue's first ``count`` events in wire form (callers hold ``_cond``).
+
+        Pops one by one: callers may append meanwhile, without the lock.
+        """
+        if count:
+            self._idle.clear()  # busy until this batch is delivered or spooled
+        popleft = self._queue.popleft
+        batch = []
+        for _ in range(count):
+            item = popleft()
+            batch.append(event_json(item) if isinstance(item, CallEvent) else item)
+        return batch
+
     def _spill_locked(self) -> None:
         if self._queue:
-            batch = list(self._queue)
-            self._queue.clear()
+            batch = self._take(len(self._queue))
             self._spool.append(batch)
             self.stats.spooled += len(batch)

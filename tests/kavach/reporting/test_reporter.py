@@ -6,13 +6,17 @@ import logging
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from kavach import Usage
+from kavach.events import CallEvent
 from kavach.reporting import BackendAPI, BackendConfig, Reporter
 
 from .fakebackend import FakeBackend
@@ -186,3 +190,59 @@ def test_a_replay_interrupted_midway_resumes_without_resending(
     reporter.close()
     assert len(backend.events) == 100
     assert backend.received == 100  # nothing was sent twice
+
+
+def call_event(i: int) -> CallEvent:
+    return CallEvent(
+        id=f"c{i:06d}",
+        agent="bot",
+        run_id="run",
+        provider="openai",
+        model="gpt-4o",
+        operation="chat",
+        status="ok",
+        started_at=datetime(2026, 11, 28, 12, tzinfo=timezone.utc),
+        duration_ms=1.5,
+        usage=Usage(input_tokens=i, output_tokens=1),
+        cost_nanos=i,
+        reserved_nanos=2 * i,
+    )
+
+
+@pytest.fixture
+def fast_switching() -> Iterator[None]:
+    """Threads switch every microsecond, so a race between two of them shows."""
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    yield
+    sys.setswitchinterval(interval)
+
+
+@pytest.mark.usefixtures("fast_switching")
+def test_events_from_many_threads_arrive_once_each_in_wire_form(
+    backend: FakeBackend, tmp_path: Path
+) -> None:
+    # The call path appends without a lock while the sender takes batches and, past the
+    # memory cap, spills to disk: no event may be lost or sent twice.
+    reporter = make(backend, tmp_path, batch_size=40, max_memory=60)
+    threads = [
+        threading.Thread(
+            target=lambda t=t: [reporter.on_call(call_event(t * 1000 + i)) for i in range(500)]
+        )
+        for t in range(4)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert reporter.flush(10)
+    reporter.close()
+    ids = [e["id"] for e in backend.events]
+    assert sorted(ids) == sorted(f"c{t * 1000 + i:06d}" for t in range(4) for i in range(500))
+    assert backend.received == 2000  # none twice
+    first = next(e for e in backend.events if e["id"] == "c000007")
+    assert first["started_at"] == "2026-11-28T12:00:00+00:00"
+    assert first["usage"]["input_tokens"] == 7 and first["reserved_nanos"] == 14
+    for t in range(4):  # each thread's events keep their order
+        mine = [i for i in ids if i.startswith(f"c00{t}")]
+        assert mine == sorted(mine)
