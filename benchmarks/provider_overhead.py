@@ -33,24 +33,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import contextlib
 import gc
+import gzip
 import itertools
 import json
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 
-from kavach import AgentKavach, Budget, CallEvent, NullObserver
-from kavach.reporting.payload import event_json
+from kavach import AgentKavach, Budget
+from kavach.reporting import BackendAPI, BackendConfig, Reporter
 
 MODEL = "gpt-4o"
 
@@ -300,15 +302,16 @@ def _stream_transport(chunks: int) -> httpx.MockTransport:
     return httpx.MockTransport(handle)
 
 
-class _Reporting(NullObserver):
-    """What the dashboard link does on the caller's path with each call: its event as JSON,
-    queued for the sender thread (here a bounded deque, never sent)."""
+def reporter(spool: Path) -> Reporter:
+    """The dashboard link's reporter, as a guard with a backend key has it, posting to an
+    in-process backend that accepts every batch."""
 
-    def __init__(self) -> None:
-        self.queue: collections.deque[dict[str, Any]] = collections.deque(maxlen=10_000)
+    def ingest(request: httpx.Request) -> httpx.Response:
+        events = json.loads(gzip.decompress(request.content))["events"]
+        return httpx.Response(202, json={"accepted": len(events)})
 
-    def on_call(self, event: CallEvent) -> None:
-        self.queue.append(event_json(event))
+    config = BackendConfig(api_key="ak_bench", endpoint="http://backend.test")
+    return Reporter(BackendAPI(config, transport=httpx.MockTransport(ingest)), spool_root=spool)
 
 
 def chunk_objects(n: int) -> list[Any]:
@@ -475,9 +478,13 @@ def main() -> None:
     r, g = paired(create(mraw), create(mguarded), args.calls * 2)
     mock_sync = report("chat.completions.create (sync)", r, g)
     reporting = guard()
-    reporting.add_observer(_Reporting())
-    r, g = paired(create(mraw), create(reporting.wrap(mraw.copy())), args.calls * 2)
-    mock_reported = report("  the same, events reported", r, g)
+    with tempfile.TemporaryDirectory() as spool:
+        sender = reporter(Path(spool))
+        reporting.add_observer(sender)
+        r, g = paired(create(mraw), create(reporting.wrap(mraw.copy())), args.calls * 2)
+        mock_reported = report("  the same, events reported", r, g)
+        sender.close()
+        assert sender.stats.sent >= args.calls * 2, sender.stats
 
     async def run_mock_async() -> tuple[float, float]:
         a_raw = openai.AsyncOpenAI(
