@@ -18,8 +18,9 @@
    the median of five rounds, with a control as for calls.
 2. In process: the same SDK calls and streams over an httpx MockTransport (no socket, no
    server thread), which removes loopback jitter; the sync call again with each call's event
-   reported as the dashboard link does on the caller's path (built, turned into JSON,
-   queued); and the stream meter alone over already-parsed chunks.
+   reported by the dashboard link's real Reporter (queued on the caller's path, turned into
+   JSON and posted by its sender thread to an in-process backend); and the stream meter
+   alone over already-parsed chunks.
 3. Inline: each step the guard adds to a call (read the request, reserve, set max tokens,
    read the response, commit), timed directly in a tight loop. Inside a real call the same
    steps cost several times as much: the SDK's own work in between evicts the guard's code
