@@ -307,6 +307,8 @@ def guarded_call(
     attach: Attach,
 ) -> R:
     """Reserve, make the SDK call with ``send``, then settle or hand the stream to a meter."""
+    if not guard.enabled:  # a passthrough: the request as written, nothing read or held
+        return send(body)
     r = guard.reserve(spec := endpoint.read(body))
     try:
         sent = body  # as it is, unless strict mode or a stream changes it
@@ -339,6 +341,8 @@ async def aguarded_call(
     attach: Attach,
 ) -> R:
     """``guarded_call`` for async clients."""
+    if not guard.enabled:
+        return await send(body)
     # An in-process ledger does no I/O: its sync methods spare two coroutines a call.
     in_process = getattr(guard.ledger, "in_process", False)
     spec = endpoint.read(body)

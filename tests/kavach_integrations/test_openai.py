@@ -124,9 +124,28 @@ def test_timeout_releases_and_the_sdk_error_reaches_the_caller(
 
 def test_disabled_guard_is_a_passthrough(server: StandIn, make_guard: Any, events: Events) -> None:
     guard = make_guard(budget=Budget.daily(0.0000001), mode="strict", enabled=False)
-    client(server, guard).chat.completions.create(model="gpt-4o", messages=MSGS)
+    c = client(server, guard)
+    c.chat.completions.create(model="gpt-4o", messages=MSGS)
     assert "max_completion_tokens" not in server.last.body
-    assert events.calls == []
+    server.script(Reply(output_tokens=5))
+    chunks = list(c.chat.completions.create(model="gpt-4o", messages=MSGS, stream=True))
+    assert "stream_options" not in server.last.body  # the request goes out as written
+    assert chunks and all(chunk.choices for chunk in chunks)
+    assert events.calls == [] and guard.ledger.open_holds == 0
+
+
+@pytest.mark.anyio
+async def test_disabled_guard_is_a_passthrough_for_async_clients(
+    server: StandIn, make_guard: Any, events: Events
+) -> None:
+    guard = make_guard(budget=Budget.daily(0.0000001), mode="strict", enabled=False)
+    async with aclient(server, guard) as c:
+        await c.chat.completions.create(model="gpt-4o", messages=MSGS)
+        assert "max_completion_tokens" not in server.last.body
+        stream = await c.chat.completions.create(model="gpt-4o", messages=MSGS, stream=True)
+        assert [chunk async for chunk in stream]
+        assert "stream_options" not in server.last.body
+    assert events.calls == [] and guard.ledger.open_holds == 0
 
 
 def test_wrapped_client_keeps_its_type_passes_attributes_and_wraps_once(
