@@ -245,15 +245,18 @@ class Reporter(NullObserver):
         if len(batch) > 1:
             half = len(batch) // 2
             return self._deliver(batch[:half]) and self._deliver(batch[half:])
+        self._set_aside(batch[0], f"the backend rejected an event ({exc})")
+        return True
+
+    def _set_aside(self, event: Any, reason: str) -> None:
+        """Keep an event that cannot be delivered in the spool's ``rejected`` file."""
         self.stats.rejected += 1
         with open(self._spool.dir / "rejected.jsonl", "a", encoding="utf-8") as handle:
-            handle.write(json.dumps({"reason": str(exc), "event": batch[0]}) + "\n")
+            record = {"reason": reason, "event": event}
+            handle.write(json.dumps(record, default=repr) + "\n")
         self._warn_once(
-            "rejected",
-            f"kavach: the backend rejected an event ({exc}); it is kept "
-            f"in {self._spool.dir / 'rejected.jsonl'}",
+            "rejected", f"kavach: {reason}; it is kept in {self._spool.dir / 'rejected.jsonl'}"
         )
-        return True
 
     def _fail(self, reason: str, retry_after: float | None = None, key: str | None = None) -> None:
         self.stats.failures += 1
@@ -281,7 +284,13 @@ class Reporter(NullObserver):
         batch = []
         for _ in range(count):
             item = popleft()
-            batch.append(event_json(item) if isinstance(item, CallEvent) else item)
+            if isinstance(item, CallEvent):
+                try:
+                    item = event_json(item)
+                except Exception as exc:  # a field of the wrong type: keep it, send the rest
+                    self._set_aside(item, f"an event could not be turned into JSON ({exc!r})")
+                    continue
+            batch.append(item)
         return batch
 
     def _spill_locked(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import subprocess
 import sys
@@ -216,6 +217,23 @@ def fast_switching() -> Iterator[None]:
     sys.setswitchinterval(1e-6)
     yield
     sys.setswitchinterval(interval)
+
+
+def test_an_event_that_cannot_become_json_is_set_aside_and_the_sender_lives_on(
+    backend: FakeBackend, tmp_path: Path
+) -> None:
+    reporter = make(backend, tmp_path, batch_size=3)
+    broken = dataclasses.replace(call_event(2), started_at="yesterday")  # type: ignore[arg-type]
+    for e in [call_event(1), broken, call_event(3)]:
+        reporter.on_call(e)
+    assert reporter.flush(5)
+    reporter.on_call(call_event(4))  # the sender thread still runs
+    assert reporter.flush(5)
+    reporter.close()
+    assert [e["id"] for e in backend.events] == ["c000001", "c000003", "c000004"]
+    assert reporter.stats.rejected == 1
+    [rejected] = tmp_path.glob("*/rejected.jsonl")
+    assert "c000002" in rejected.read_text() and "isoformat" in rejected.read_text()
 
 
 @pytest.mark.usefixtures("fast_switching")
