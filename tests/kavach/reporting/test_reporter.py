@@ -243,12 +243,12 @@ def test_events_from_many_threads_arrive_once_each_in_wire_form(
     # The call path appends without a lock while the sender takes batches and, past the
     # memory cap, spills to disk: no event may be lost or sent twice.
     reporter = make(backend, tmp_path, batch_size=40, max_memory=60)
-    threads = [
-        threading.Thread(
-            target=lambda t=t: [reporter.on_call(call_event(t * 1000 + i)) for i in range(500)]
-        )
-        for t in range(4)
-    ]
+
+    def report(t: int) -> None:
+        for i in range(500):
+            reporter.on_call(call_event(t * 1000 + i))
+
+    threads = [threading.Thread(target=report, args=(t,)) for t in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:
