@@ -47,19 +47,44 @@ class Secret:
 
 
 def redact(text: str, secrets: Iterable[Secret | None]) -> str:
-    """``text`` with every secret's value (and, for URLs, their path) replaced by a mask."""
+    """``text`` with every secret's value (and, for URLs, their path) replaced by a mask.
+
+    Each secret is looked for in the text as given and the spans found are masked together, so
+    masking one secret cannot break the match of another (one webhook's path ``/s`` is also the
+    start of another's ``/services/T/B/<token>``).
+
+    >>> redact("POST https://h.io/services/T/B/x failed", [Secret("https://h.io/s"),
+    ...     Secret("https://h.io/services/T/B/x")])
+    'POST ******** failed'
+    """
+    needles: set[str] = set()
     for secret in secrets:
-        if secret is None:
-            continue
-        value = secret.get()
+        value = secret.get() if secret is not None else ""
         if not value:
             continue
-        text = text.replace(value, _MASK)
+        needles.add(value)
         # httpx words errors with the URL it was given, sometimes normalised; mask the path too.
         parts = urlsplit(value)
         if parts.scheme and parts.netloc and len(parts.path) > 1:
-            text = text.replace(parts.path, "/" + _MASK)
-    return text
+            needles.add(parts.path)
+    spans: list[tuple[int, int]] = []
+    for needle in needles:
+        at = text.find(needle)
+        while at != -1:
+            spans.append((at, at + len(needle)))
+            at = text.find(needle, at + 1)
+    if not spans:
+        return text
+    out: list[str] = []
+    done = 0
+    for start, end in sorted(spans):
+        if start < done:  # overlaps the span just masked: widen it
+            done = max(done, end)
+            continue
+        out += [text[done:start], "/" + _MASK if text[start] == "/" else _MASK]
+        done = end
+    out.append(text[done:])
+    return "".join(out)
 
 
 def describe_url(url: Secret) -> str:

@@ -249,6 +249,23 @@ def test_delivered_alerts_do_not_log_the_webhook_url(
     assert SLACK_TOKEN not in caplog.text  # ... without the secret part of the URL
 
 
+def test_a_webhook_whose_path_starts_another_ones_does_not_unmask_it(
+    recorder: HttpRecorder, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Another live guard's webhook path "/s" is the start of "/services/<token>": masking it
+    # first must not leave the token bare.
+    other = alert_guard(105, slack_webhook_url=f"{recorder.url}/s", agent_name="other")
+    url = f"{recorder.url}/services/{SLACK_TOKEN}"
+    guard = alert_guard(105, slack_webhook_url=url)
+    with caplog.at_level(logging.DEBUG):
+        spend(guard, 75)
+        guard.close()
+    other.close()
+    assert len(recorder.at(f"/services/{SLACK_TOKEN}")) == 1
+    assert "HTTP Request: POST" in caplog.text
+    assert SLACK_TOKEN not in caplog.text and "B0SECRET" not in caplog.text
+
+
 def test_alerts_public_api() -> None:
     import kavach.alerts
 
