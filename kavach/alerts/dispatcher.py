@@ -29,8 +29,11 @@ PagerDuty incidents opened by a budget threshold are resolved when the budget's 
 resets (a timer, or the first crossing of a later period, whichever comes first) and, with
 every other incident of the agent, when the agent is resumed.
 
-PagerDuty deliveries for one incident are ordered: a resolve waits for the trigger before it
-(retries included).
+Deliveries to one channel are ordered: each waits for the one before it on that channel, so a
+channel shows 70% before 90%; a hanging channel delays the next alert by at most
+``ORDER_PATIENCE_SECONDS`` (1 s), then it goes anyway. A PagerDuty resolve waits for the whole
+delivery before it (retries included), so it never lands before the trigger it closes.
+Different channels never wait for each other.
 
 Flush. ``close(timeout)`` (called by ``guard.close()``; ``guard.aclose()`` runs it in a worker
 thread so the caller's loop keeps running) waits for queued and in-flight alerts up to
@@ -90,6 +93,8 @@ logger = logging.getLogger("kavach.alerts")
 T = TypeVar("T")
 KillFn = Callable[[str, "datetime | None"], object]
 _TOTAL_PERIOD_TTL = 400 * 86_400.0
+ORDER_PATIENCE_SECONDS = 1.0
+"""How long an alert waits for the delivery before it on the same channel before going anyway."""
 
 
 class DedupStore(Protocol):
@@ -199,8 +204,6 @@ class _AlertLoop:
 class _Incident:
     alert: Alert
     timer: asyncio.TimerHandle | None = None
-    last: asyncio.Task[None] | None = None
-    """The latest delivery for this incident; a resolve waits for it, so it lands last."""
 
 
 _live: weakref.WeakSet[AlertDispatcher] = weakref.WeakSet()
@@ -282,6 +285,7 @@ class AlertDispatcher(NullObserver):
         # State below is only touched on the alert loop's thread.
         self._tasks: set[asyncio.Task[None]] = set()
         self._incidents: dict[tuple[str, str], _Incident] = {}
+        self._latest: dict[str, asyncio.Task[None]] = {}  # per channel: the next delivery waits
         self._logged: set[str] = set()
         self._client: httpx.AsyncClient | None = None
         _AlertLoop.get()  # start the thread now, off the call path
@@ -321,7 +325,7 @@ class AlertDispatcher(NullObserver):
             self._pid = os.getpid()
             self._queue.clear()
             self._scheduled = False
-            self._tasks, self._incidents, self._client = set(), {}, None
+            self._tasks, self._incidents, self._latest, self._client = set(), {}, {}, None
 
     def _run_kill(self, c: ThresholdCrossing) -> None:
         kill = self._kill()
@@ -419,9 +423,9 @@ class AlertDispatcher(NullObserver):
                 if not fresh:
                     self.stats.channels[name].deduplicated += 1
                     continue
-                task = self._spawn(self._deliver(channel, alert))
+                self._deliver_in_order(channel, alert)
                 if isinstance(channel, PagerDutyChannel):
-                    self._track(name, alert, task)
+                    self._track(name, alert)
 
     def _dedup_key(self, alert: Alert, channel: str, rule: AlertRule) -> tuple[str, float]:
         cooldown = rule.cooldown_seconds
@@ -435,21 +439,24 @@ class AlertDispatcher(NullObserver):
             return f"kavach:alert:{alert.agent}|guardrail:{alert.guardrail}|{channel}", cooldown
         return f"kavach:alert:{alert.agent}|{alert.kind}|{channel}", cooldown
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        task = asyncio.get_running_loop().create_task(coro)
+    def _deliver_in_order(self, channel: Channel, alert: Alert) -> None:
+        before = self._latest.get(channel.name)
+        patience = None if alert.kind == "resolve" else ORDER_PATIENCE_SECONDS
+        task = asyncio.get_running_loop().create_task(
+            self._deliver(channel, alert, after=before, patience=patience)
+        )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        return task
+        self._latest[channel.name] = task
 
     # -- PagerDuty incidents --------------------------------------------------------------
 
-    def _track(self, name: str, alert: Alert, task: asyncio.Task[None]) -> None:
+    def _track(self, name: str, alert: Alert) -> None:
         slot = (name, alert.incident_key)
         if slot in self._incidents:
             self._incidents[slot].alert = alert
-            self._incidents[slot].last = task
             return
-        incident = _Incident(alert, last=task)
+        incident = _Incident(alert)
         if alert.kind == "threshold" and alert.resets_at is not None:
             delay = (alert.resets_at - datetime.now(timezone.utc)).total_seconds()
             incident.timer = asyncio.get_running_loop().call_later(
@@ -480,15 +487,19 @@ class AlertDispatcher(NullObserver):
             incident.timer.cancel()
         channel = self.config.channels[name]
         resolve = resolving(incident.alert, datetime.now(timezone.utc), why)
-        self._spawn(self._deliver(channel, resolve, after=incident.last))
+        self._deliver_in_order(channel, resolve)
 
     # -- delivery ------------------------------------------------------------------------
 
     async def _deliver(
-        self, channel: Channel, alert: Alert, after: asyncio.Task[None] | None = None
+        self,
+        channel: Channel,
+        alert: Alert,
+        after: asyncio.Task[None] | None = None,
+        patience: float | None = None,
     ) -> None:
         if after is not None and not after.done():
-            await asyncio.wait({after})
+            await asyncio.wait({after}, timeout=patience)
         stats = self.stats.channels[channel.name]
         attempt = 0
         while True:

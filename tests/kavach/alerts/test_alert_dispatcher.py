@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from kavach import AgentKavach, CallLimitError
-from kavach.alerts import MemoryDedupStore
+from kavach.alerts import Alert, MemoryDedupStore
 from kavach.events import GuardrailTrip
 from tests.kavach.alerts.support import (
     SPEC,
@@ -403,6 +403,31 @@ async def test_a_hanging_channel_does_not_block_async_callers(recorder: HttpReco
     assert elapsed < 0.5, elapsed  # the channel hangs for 2 s; the calls did not wait for it
     await guard.aclose(timeout=5)
     assert guard.alerts is not None and guard.alerts.stats.sent == 2
+
+
+def test_one_channel_shows_its_alerts_in_the_order_they_were_raised() -> None:
+    # The 70% alert takes a while to deliver; the 90% one, raised a few calls later, waits for
+    # it instead of overtaking it. Another channel does not wait.
+    shown: list[tuple[str, float]] = []
+
+    def slow_chat(alert: Alert) -> None:
+        if alert.threshold == 0.7:
+            time.sleep(0.3)
+        shown.append(("chat", alert.threshold or 0.0))
+
+    def pager(alert: Alert) -> None:
+        shown.append(("pager", alert.threshold or 0.0))
+
+    guard = alert_guard(
+        105,
+        channels=[
+            AgentKavach.channel(slow_chat, thresholds=[0.7, 0.9], name="chat"),
+            AgentKavach.channel(pager, threshold=0.9, name="pager"),
+        ],
+    )
+    spend(guard, 95)
+    guard.close()
+    assert shown == [("pager", 0.9), ("chat", 0.7), ("chat", 0.9)]
 
 
 def test_the_local_alerts_example_runs() -> None:
