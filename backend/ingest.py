@@ -41,6 +41,9 @@ class IngestUsage(msgspec.Struct, forbid_unknown_fields=False, gc=False):
     input_audio_tokens: Count = 0
     output_audio_tokens: Count = 0
     cache_audio_read_tokens: Count = 0
+    input_image_tokens: Count = 0
+    output_image_tokens: Count = 0
+    input_video_tokens: Count = 0
 
 
 class IngestEvent(msgspec.Struct, forbid_unknown_fields=False, gc=False):
@@ -212,6 +215,9 @@ def _details(event: IngestEvent, sdk: IngestSdk | None) -> str:
             "input_audio_tokens": usage.input_audio_tokens,
             "output_audio_tokens": usage.output_audio_tokens,
             "cache_audio_read_tokens": usage.cache_audio_read_tokens,
+            "input_image_tokens": usage.input_image_tokens,
+            "output_image_tokens": usage.output_image_tokens,
+            "input_video_tokens": usage.input_video_tokens,
             "response_model": event.response_model,
             "finish_reasons": event.finish_reasons,
             "max_output_tokens": event.max_output_tokens,

@@ -561,9 +561,10 @@ class AgentKavach:
             self._refuse_if_stopped(spec, run_id, now, wall)
         input_tokens = spec.input_tokens
         content = None  # a hash of plain chat messages, taken while counting them
+        media = 0
         if input_tokens is None:
             try:
-                input_tokens, content = tokens.estimate_with_content_hash(
+                input_tokens, content, media = tokens.estimate_with_content_hash(
                     spec.provider,
                     spec.model,
                     messages=spec.messages,
@@ -608,6 +609,8 @@ class AgentKavach:
                 default_max_output=self.default_max_output_tokens,
                 min_output=self.min_output_tokens,
                 cache_writes=spec.cache_writes,
+                media_tokens=media,
+                text_output=spec.text_output,
             )
         except GuardrailError as exc:
             self.guardrails.forget_request(run_id, fingerprint)

@@ -163,6 +163,9 @@ class PriceConfig(_Model):
     cache_write_1h_per_mtok: NonNegativeDollars | None = None
     input_audio_per_mtok: NonNegativeDollars | None = None
     output_audio_per_mtok: NonNegativeDollars | None = None
+    input_image_per_mtok: NonNegativeDollars | None = None
+    output_image_per_mtok: NonNegativeDollars | None = None
+    input_video_per_mtok: NonNegativeDollars | None = None
 
 
 class PeriodLimit(_Model):

@@ -157,9 +157,16 @@ def plan_call(
     default_max_output: int,
     min_output: int,
     cache_writes: bool = False,
+    media_tokens: int = 0,
+    text_output: bool = False,
 ) -> Plan:
-    """Plan the ledger lines for one call; raises CostPerCallError before touching a ledger."""
-    input_cost, per_token = price.reservation_rates(input_tokens, cache_writes)
+    """Plan the ledger lines for one call; raises CostPerCallError before touching a ledger.
+
+    ``media_tokens`` of the input and, unless ``text_output``, the output are held at the
+    dearest rate the model bills them at (see ``CompiledPrice.reservation_rates``)."""
+    input_cost, per_token = price.reservation_rates(
+        input_tokens, cache_writes, media_tokens, text_output
+    )
     max_units = requested_max_output if requested_max_output is not None else default_max_output
     min_units = max_units if mode == "reserve" else min(min_output, max_units)
 

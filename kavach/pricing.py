@@ -13,7 +13,9 @@ Token conventions are genai-prices' own, so costs match ``calc_price`` exactly:
 - ``cache_read_tokens`` includes ``cache_audio_read_tokens``, and so does
   ``input_tokens`` / ``input_audio_tokens``: an audio cache read is both audio and a read.
 - ``cache_write_tokens`` (5-minute) and ``cache_write_1h_tokens`` are disjoint.
-- ``output_tokens`` includes ``reasoning_tokens`` and ``output_audio_tokens``.
+- ``input_image_tokens`` and ``input_video_tokens`` are inside ``input_tokens``;
+  ``output_tokens`` includes ``reasoning_tokens``, ``output_audio_tokens`` and
+  ``output_image_tokens``.
 - Long-context tiers apply to *every* token of a call whose total ``input_tokens`` is
   above the tier's start (the "cliff" model of Anthropic, Google and OpenAI).
 
@@ -28,6 +30,7 @@ import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from dataclasses import field as dataclass_field
 from datetime import date, datetime, timedelta, timezone
 from decimal import ROUND_CEILING, Decimal
 from typing import TYPE_CHECKING, Any
@@ -51,8 +54,8 @@ class ModelPrice:
 
     A rate left as ``None`` falls back as genai-prices would price the tokens: cache reads
     and 5-minute cache writes at the input rate, 1-hour cache writes at the 5-minute
-    cache-write rate (else input), input audio at the input rate, output audio at the
-    output rate.
+    cache-write rate (else input), input audio, images and video at the input rate, output
+    audio and images at the output rate.
 
     >>> ModelPrice(input_per_mtok=3.0, output_per_mtok=15.0, cache_read_per_mtok=0.3)
     ModelPrice(input_per_mtok=3.0, output_per_mtok=15.0, cache_read_per_mtok=0.3, ...)
@@ -65,6 +68,9 @@ class ModelPrice:
     cache_write_1h_per_mtok: float | None = None
     input_audio_per_mtok: float | None = None
     output_audio_per_mtok: float | None = None
+    input_image_per_mtok: float | None = None
+    output_image_per_mtok: float | None = None
+    input_video_per_mtok: float | None = None
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -106,6 +112,9 @@ class ModelPrice:
             "cache_write_1h_mtok": self.cache_write_1h_per_mtok,
             "input_audio_mtok": self.input_audio_per_mtok,
             "output_audio_mtok": self.output_audio_per_mtok,
+            "input_image_mtok": self.input_image_per_mtok,
+            "output_image_mtok": self.output_image_per_mtok,
+            "input_video_mtok": self.input_video_per_mtok,
         }
         return _compile(
             {key: Decimal(str(value)) for key, value in prices.items() if value is not None}
@@ -119,6 +128,11 @@ class CompiledPrice:
     ``tiers`` holds long-context prices, highest start first: ``(start, price)`` applies
     to a call whose total input tokens exceed ``start``. Costs are rounded up to the
     nano-dollar, so spend is never under-counted.
+
+    A reservation prices what it cannot yet tell apart at the dearest rate it may be
+    billed at: ``media_input`` for images, audio, video and documents in the input,
+    ``worst_output`` for a reply that may be audio or images (Gemini image models reply
+    at ten times their text rate), ``text_output`` for one the request keeps to text.
 
     >>> price = ModelPrice(input_per_mtok=2.5, output_per_mtok=10.0).compile()
     >>> price.cost(Usage(input_tokens=1000, output_tokens=500))  # $0.0025 + $0.005
@@ -134,7 +148,25 @@ class CompiledPrice:
     input_audio: int
     reasoning: int
     output_audio: int
+    input_image: int
+    output_image: int
+    input_video: int
     tiers: tuple[tuple[int, CompiledPrice], ...] = ()
+    media_input: int = dataclass_field(init=False, compare=False, repr=False)
+    text_output: int = dataclass_field(init=False, compare=False, repr=False)
+    worst_output: int = dataclass_field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        text_output = max(self.output, self.reasoning)
+        object.__setattr__(
+            self,
+            "media_input",
+            max(self.input, self.input_audio, self.input_image, self.input_video),
+        )
+        object.__setattr__(self, "text_output", text_output)
+        object.__setattr__(
+            self, "worst_output", max(text_output, self.output_audio, self.output_image)
+        )
 
     def for_input(self, input_tokens: int) -> CompiledPrice:
         """The tier in force for a call with this many input tokens (``self`` if untiered)."""
@@ -160,20 +192,30 @@ class CompiledPrice:
             or usage.input_audio_tokens
             or usage.output_audio_tokens
             or usage.cache_audio_read_tokens
+            or usage.input_image_tokens
+            or usage.output_image_tokens
+            or usage.input_video_tokens
         ):  # plain input and output, as most calls are
             total = max(usage.input_tokens, 0) * p.input + max(usage.output_tokens, 0) * p.output
             return -(-total // _TOKENS_PER_MTOK)
         audio_read = usage.cache_audio_read_tokens
         text_read = usage.cache_read_tokens - audio_read
         audio_in = usage.input_audio_tokens - audio_read
+        image_in = max(usage.input_image_tokens, 0)
+        video_in = max(usage.input_video_tokens, 0)
+        image_out = max(usage.output_image_tokens, 0)
         plain_in = (
             usage.input_tokens
             - usage.cache_read_tokens
             - usage.cache_write_tokens
             - usage.cache_write_1h_tokens
             - audio_in
+            - image_in
+            - video_in
         )
-        plain_out = usage.output_tokens - usage.reasoning_tokens - usage.output_audio_tokens
+        plain_out = (
+            usage.output_tokens - usage.reasoning_tokens - usage.output_audio_tokens - image_out
+        )
         # A usage whose parts exceed their total (an adapter that did not add cache tokens
         # into input_tokens) must still be charged for every token it reports.
         if text_read < 0:
@@ -194,6 +236,9 @@ class CompiledPrice:
             + plain_out * p.output
             + usage.reasoning_tokens * p.reasoning
             + usage.output_audio_tokens * p.output_audio
+            + image_in * p.input_image
+            + video_in * p.input_video
+            + image_out * p.output_image
         )
         return -(-total // _TOKENS_PER_MTOK)
 
@@ -214,18 +259,38 @@ class CompiledPrice:
             rate = max(rate, tier.cache_write, tier.cache_write_1h)
         return -(-input_tokens * rate // _TOKENS_PER_MTOK)
 
-    def reservation_rates(self, input_tokens: int, cache_writes: bool = False) -> tuple[int, int]:
-        """``worst_case_input_cost`` and ``output_nanos_per_token_ceil`` in one call, as a
-        reservation is planned (on every call).
+    def reservation_rates(
+        self,
+        input_tokens: int,
+        cache_writes: bool = False,
+        media_tokens: int = 0,
+        text_output: bool = False,
+    ) -> tuple[int, int]:
+        """The worst-case input cost and the worst output price of one token (nano-dollars,
+        rounded up), as a reservation is planned (on every call).
+
+        ``media_tokens`` of the input (images, audio, video, documents) are priced at the
+        dearest of the input and media rates; the output at the dearest of the text,
+        reasoning, audio and image rates, or of text and reasoning alone with
+        ``text_output`` (the request asks for a text reply).
 
         >>> ModelPrice(input_per_mtok=2.5, output_per_mtok=10.0).compile().reservation_rates(1000)
         (2500000, 10000)
+        >>> image_model = ModelPrice(input_per_mtok=0.3, output_per_mtok=2.5,
+        ...                          output_image_per_mtok=30.0).compile()
+        >>> image_model.reservation_rates(1000), image_model.reservation_rates(1000, text_output=True)
+        ((300000, 30000), (300000, 2500))
         """
         tier = self.for_input(input_tokens) if self.tiers else self
         rate = tier.input
         if cache_writes:
             rate = max(rate, tier.cache_write, tier.cache_write_1h)
-        return -(-input_tokens * rate // _TOKENS_PER_MTOK), -(-tier.output // _TOKENS_PER_MTOK)
+        output = tier.text_output if text_output else tier.worst_output
+        if media_tokens:
+            media = min(media_tokens, input_tokens) if input_tokens > 0 else 0
+            total = (input_tokens - media) * rate + media * max(rate, tier.media_input)
+            return -(-total // _TOKENS_PER_MTOK), -(-output // _TOKENS_PER_MTOK)
+        return -(-input_tokens * rate // _TOKENS_PER_MTOK), -(-output // _TOKENS_PER_MTOK)
 
     def output_cost(self, output_tokens: int, input_tokens: int = 0) -> int:
         """``output_tokens`` at the output rate of the tier ``input_tokens`` selects, rounded up.
@@ -264,6 +329,9 @@ _KIND_DIMS = {
     "input_audio": _dims("input", modality="audio"),
     "reasoning": _dims("output", token_type="reasoning"),
     "output_audio": _dims("output", modality="audio"),
+    "input_image": _dims("input", modality="image"),
+    "output_image": _dims("output", modality="image"),
+    "input_video": _dims("input", modality="video"),
 }
 
 # The units a user's ModelPrice sets (so user prices compile without importing genai-prices,
@@ -276,6 +344,9 @@ _USER_UNITS = {
     "cache_write_1h_mtok": _KIND_DIMS["cache_write_1h"],
     "input_audio_mtok": _KIND_DIMS["input_audio"],
     "output_audio_mtok": _KIND_DIMS["output_audio"],
+    "input_image_mtok": _KIND_DIMS["input_image"],
+    "output_image_mtok": _KIND_DIMS["output_image"],
+    "input_video_mtok": _KIND_DIMS["input_video"],
 }
 
 _PriceValue = Any  # Decimal | genai_prices.types.TieredPrices
@@ -328,6 +399,9 @@ def _price_of(
         input_audio=rates["input_audio"],
         reasoning=rates["reasoning"],
         output_audio=rates["output_audio"],
+        input_image=rates["input_image"],
+        output_image=rates["output_image"],
+        input_video=rates["input_video"],
         tiers=tiers,
     )
 

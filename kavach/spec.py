@@ -39,3 +39,8 @@ class CallSpec:
     cache_writes: bool = False
     """The request may write the provider's prompt cache (Anthropic ``cache_control``): its
     input is reserved at the cache-write price, which is dearer than plain input."""
+    text_output: bool = False
+    """The request asks for a text reply (OpenAI chat without ``audio``, Gemini with
+    ``response_modalities=["TEXT"]``). Otherwise the reply may be audio or images, and a
+    model that bills those above text (Gemini image models: ten times) is reserved at
+    that rate."""

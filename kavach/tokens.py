@@ -817,10 +817,11 @@ def estimate_with_content_hash(
     system: Any = None,
     tools: Sequence[Any] | None = None,
     bounded: bool = False,
-) -> tuple[int, int | None]:
-    """``estimate_input_tokens``, and a hash of ``messages`` when they are a list of plain
-    messages (else None), taken in the same pass: the guard's loop detection uses it instead
-    of hashing the history a second time.
+) -> tuple[int, int | None, int]:
+    """``estimate_input_tokens``, a hash of ``messages`` when they are a list of plain
+    messages (else None), taken in the same pass (the guard's loop detection uses it instead
+    of hashing the history a second time), and how many of the tokens are media (images,
+    audio, video, documents), which some models price above text.
 
     ``bounded`` (what a reservation asks for) counts a new short ASCII text in a plain
     message as one token a character, an upper bound that skips the tokenizer; the count is
@@ -834,7 +835,7 @@ def estimate_with_content_hash(
         text_tokens, names, first_system, content = plain
         count = len(messages)  # type: ignore[arg-type]
         if kind == _OPENAI and not tools:
-            return text_tokens + 3 * count + names + (3 if count else 0), content
+            return text_tokens + 3 * count + names + (3 if count else 0), content, 0
         tally = _Tally(kind, bare, encoding, text_tokens, 0, count, names, 0, first_system)
     else:
         content = None
@@ -863,7 +864,7 @@ def estimate_with_content_hash(
             total += 3  # every reply is primed with <|start|>assistant<|message|>
         if tools:
             total += _openai_tools_tokens(tally, tools)
-        return total, content
+        return total, content, tally.media
 
     total = math.ceil(tally.text * _SAFETY_FACTOR[kind]) + tally.media
     total += _OTHER_PER_MESSAGE * (tally.messages + tally.calls) + tally.names
@@ -874,4 +875,4 @@ def estimate_with_content_hash(
         total += math.ceil(schema_tokens * _SAFETY_FACTOR[kind])
         if kind == _ANTHROPIC:
             total += _ANTHROPIC_TOOLS_PROMPT
-    return total, content
+    return total, content, tally.media

@@ -1,9 +1,10 @@
 """What a call consumed, in tokens, by kind.
 
 Conventions (those of genai-prices and OpenAI, so pricing needs no special
-cases): ``input_tokens`` counts *all* input tokens, including the cache reads
-and cache writes also reported in their own fields; ``output_tokens`` counts
-all output tokens, including ``reasoning_tokens``. Adapters for providers that
+cases): ``input_tokens`` counts *all* input tokens, including the cache reads,
+cache writes, audio, image and video tokens also reported in their own fields;
+``output_tokens`` counts all output tokens, including ``reasoning_tokens`` and
+the audio and image tokens of a reply. Adapters for providers that
 report cache tokens beside the input count (Anthropic) add them in.
 """
 
@@ -34,6 +35,12 @@ class Usage:
     input_audio_tokens: int = 0
     output_audio_tokens: int = 0
     cache_audio_read_tokens: int = 0
+    input_image_tokens: int = 0
+    """Images in the input, where the model prices them apart from text (OpenAI's image
+    models, Gemini embeddings); models without an image rate price them as input."""
+    output_image_tokens: int = 0
+    """Images a model made (Gemini image models, OpenAI's image models), part of output."""
+    input_video_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -60,6 +67,9 @@ class Usage:
             input_audio_tokens=self.input_audio_tokens + other.input_audio_tokens,
             output_audio_tokens=self.output_audio_tokens + other.output_audio_tokens,
             cache_audio_read_tokens=self.cache_audio_read_tokens + other.cache_audio_read_tokens,
+            input_image_tokens=self.input_image_tokens + other.input_image_tokens,
+            output_image_tokens=self.output_image_tokens + other.output_image_tokens,
+            input_video_tokens=self.input_video_tokens + other.input_video_tokens,
         )
 
 

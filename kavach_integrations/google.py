@@ -47,11 +47,22 @@ if TYPE_CHECKING:
 PROVIDER = "google"
 
 
+def _by_modality(details: Any) -> dict[str, int]:
+    """``[{modality: IMAGE, token_count: 1290}, ...]`` as ``{"IMAGE": 1290}``."""
+    counts: dict[str, int] = {}
+    for detail in details or ():
+        modality = str(field(detail, "modality", "")).upper().rsplit(".", 1)[-1]
+        counts[modality] = counts.get(modality, 0) + (field(detail, "token_count", 0) or 0)
+    return counts
+
+
 def gemini_usage(meta: Any) -> Usage:
-    audio = 0
-    for detail in field(meta, "prompt_tokens_details", ()):
-        if str(field(detail, "modality", "")).upper().endswith("AUDIO"):
-            audio += field(detail, "token_count", 0)
+    """Usage metadata, with the input's audio, images and video and the reply's audio and
+    images apart: image models bill the images they make at ten times their text rate."""
+    prompt = _by_modality(field(meta, "prompt_tokens_details"))
+    for modality, count in _by_modality(field(meta, "tool_use_prompt_tokens_details")).items():
+        prompt[modality] = prompt.get(modality, 0) + count
+    reply = _by_modality(field(meta, "candidates_tokens_details"))
     thoughts = field(meta, "thoughts_token_count", 0)
     return Usage(
         input_tokens=field(meta, "prompt_token_count", 0)
@@ -59,8 +70,18 @@ def gemini_usage(meta: Any) -> Usage:
         output_tokens=field(meta, "candidates_token_count", 0) + thoughts,
         cache_read_tokens=field(meta, "cached_content_token_count", 0),
         reasoning_tokens=thoughts,
-        input_audio_tokens=audio,
+        input_audio_tokens=prompt.get("AUDIO", 0),
+        input_image_tokens=prompt.get("IMAGE", 0),
+        input_video_tokens=prompt.get("VIDEO", 0),
+        output_audio_tokens=reply.get("AUDIO", 0),
+        output_image_tokens=reply.get("IMAGE", 0),
     )
+
+
+def _text_reply(config: Any) -> bool:
+    """Whether the request keeps the reply to text (``response_modalities=["TEXT"]``)."""
+    modalities = field(config, "response_modalities")
+    return bool(modalities) and all(str(m).upper().rsplit(".", 1)[-1] == "TEXT" for m in modalities)
 
 
 def _plain(item: Any) -> Any:
@@ -98,6 +119,7 @@ def _read(body: Mapping[str, Any]) -> CallSpec:
         system=_plain(field(config, "system_instruction")),
         tools=[_plain(t) for t in tools] if tools else None,
         max_output_tokens=field(config, "max_output_tokens"),
+        text_output=_text_reply(config),
     )
 
 

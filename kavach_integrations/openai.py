@@ -90,6 +90,8 @@ def read_chat(provider: str) -> Any:
             messages=body.get("messages"),
             tools=body.get("tools"),
             max_output_tokens=max_tokens,
+            # A spoken reply needs ``audio`` (and "audio" in ``modalities``).
+            text_output=body.get("audio") is None,
         )
 
     return read
@@ -226,6 +228,7 @@ def _read_response(body: Mapping[str, Any]) -> CallSpec:
         system=body.get("instructions"),
         tools=body.get("tools"),
         max_output_tokens=body.get("max_output_tokens"),
+        text_output=True,  # no audio replies; the image_generation tool bills apart
     )
 
 

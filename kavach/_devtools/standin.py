@@ -88,6 +88,8 @@ class Reply:
     reasoning_tokens: int = 0
     audio_input_tokens: int = 0
     audio_output_tokens: int = 0
+    image_output_tokens: int = 0
+    """Gemini: tokens of images in the reply, inside ``output_tokens``, reported by modality."""
     tool_calls: Sequence[ToolCall] = ()
     finish_reason: str | None = None
     model: str | None = None
@@ -573,6 +575,12 @@ def _gemini_usage(p: _Plan, output_tokens: int) -> dict[str, Any]:
         usage["cachedContentTokenCount"] = r.cached_tokens
     if r.reasoning_tokens:
         usage["thoughtsTokenCount"] = r.reasoning_tokens
+    if r.image_output_tokens:
+        image = min(r.image_output_tokens, text_out)
+        usage["candidatesTokensDetails"] = [
+            {"modality": "IMAGE", "tokenCount": image},
+            {"modality": "TEXT", "tokenCount": text_out - image},
+        ]
     return usage
 
 

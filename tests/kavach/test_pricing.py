@@ -45,6 +45,11 @@ def gp_usage(usage: Usage) -> genai_prices.Usage:
         cache_audio_read_tokens=usage.cache_audio_read_tokens,
         output_audio_tokens=usage.output_audio_tokens,
         output_reasoning_tokens=usage.reasoning_tokens,
+        input_image_tokens=usage.input_image_tokens,
+        output_image_tokens=usage.output_image_tokens,
+        input_video_tokens=usage.input_video_tokens,
+        # Cached image tokens are not told apart: a cache read is priced as text's.
+        cache_image_read_tokens=0,
     )
 
 
@@ -71,6 +76,11 @@ MODELS = [
     ("google", "gemini-2.5-pro"),  # tiered
     ("google", "gemini-1.5-flash"),  # $0.01875/MTok cache reads
     ("mistral", "mistral-large-latest"),
+    ("google", "gemini-2.5-flash-image"),  # images it makes at $30/MTok, text at $2.50
+    ("google", "gemini-3-pro-image-preview"),
+    ("google", "gemini-embedding-2"),  # input images, audio and video at their own rates
+    ("openai", "gpt-image-1.5"),  # input and output images at their own rates
+    ("openai", "gpt-image-1"),
 ]
 
 USAGES = {
@@ -93,6 +103,13 @@ USAGES = {
         output_audio_tokens=2_000,
         reasoning_tokens=100,
     ),
+    "image": Usage(
+        input_tokens=2_000,
+        output_tokens=2_700,
+        input_image_tokens=1_290,
+        output_image_tokens=2_580,
+    ),
+    "video": Usage(input_tokens=30_000, input_video_tokens=25_000, input_image_tokens=1_000),
     "long-context": Usage(
         input_tokens=300_001, output_tokens=4_096, cache_read_tokens=100_000, cache_write_tokens=1
     ),
@@ -121,9 +138,17 @@ def usages(draw: st.DrawFn) -> Usage:
     text_read, audio_read, audio_in = draw(n), draw(n), draw(n)
     write_5m, write_1h, plain_in = draw(n), draw(n), draw(n)
     reasoning, audio_out, plain_out = draw(n), draw(n), draw(n)
+    image_in, video_in, image_out = draw(n), draw(n), draw(n)
     return Usage(
-        input_tokens=plain_in + text_read + audio_read + audio_in + write_5m + write_1h,
-        output_tokens=plain_out + reasoning + audio_out,
+        input_tokens=plain_in
+        + text_read
+        + audio_read
+        + audio_in
+        + write_5m
+        + write_1h
+        + image_in
+        + video_in,
+        output_tokens=plain_out + reasoning + audio_out + image_out,
         cache_read_tokens=text_read + audio_read,
         cache_write_tokens=write_5m,
         cache_write_1h_tokens=write_1h,
@@ -131,10 +156,15 @@ def usages(draw: st.DrawFn) -> Usage:
         input_audio_tokens=audio_in + audio_read,
         cache_audio_read_tokens=audio_read,
         output_audio_tokens=audio_out,
+        input_image_tokens=image_in,
+        input_video_tokens=video_in,
+        output_image_tokens=image_out,
     )
 
 
 PROPERTY_MODELS = [
+    ("google", "gemini-3.1-flash-image-preview"),
+    ("openai", "chatgpt-image-latest"),
     ("openai", "gpt-4o-realtime-preview"),
     ("anthropic", "claude-sonnet-4-5"),
     ("google", "gemini-2.5-flash"),
@@ -189,9 +219,41 @@ def test_user_prices_fall_back_like_genai_prices() -> None:
         input_audio=3_000_000_000,
         reasoning=15_000_000_000,
         output_audio=15_000_000_000,
+        input_image=3_000_000_000,
+        output_image=15_000_000_000,
+        input_video=3_000_000_000,
     )
     exact = ModelPrice(input_per_mtok=0.0375, output_per_mtok=0.15).compile()
     assert (exact.input, exact.output) == (37_500_000, 150_000_000)
+
+
+def test_a_reservation_holds_media_at_the_rate_it_may_be_billed_at() -> None:
+    # Gemini 2.5 Flash Image: text out at $2.50/MTok, the images it makes at $30/MTok.
+    # Reserving at the text rate let an image agent spend twelve times its budget.
+    price = Pricing().resolve("google", "gemini-2.5-flash-image", at=AT)
+    made = Usage(input_tokens=100, output_tokens=1290, output_image_tokens=1290)
+    billed = gp_nanos("google", "gemini-2.5-flash-image", made)
+    input_cost, per_token = price.reservation_rates(100)
+    assert input_cost + per_token * 1290 >= billed  # the worst case covers the image
+    assert per_token == 30_000  # $30/MTok
+    _, text_per_token = price.reservation_rates(100, text_output=True)
+    assert text_per_token == 2_500  # a text-only request holds the text rate
+    # Gemini embedding 2: video at $12/MTok against $0.20 for text.
+    embed = Pricing().resolve("google", "gemini-embedding-2", at=AT)
+    video = Usage(input_tokens=10_100, input_video_tokens=10_000)
+    held, _ = embed.reservation_rates(10_100, media_tokens=10_000)
+    assert held >= gp_nanos("google", "gemini-embedding-2", video)
+    assert embed.reservation_rates(10_100)[0] < held  # text alone is held at the text rate
+
+
+def test_user_media_rates() -> None:
+    price = ModelPrice(input_per_mtok=1.0, output_per_mtok=2.0, output_image_per_mtok=40.0)
+    compiled = price.compile()
+    assert compiled.cost(Usage(output_tokens=1_000_000, output_image_tokens=1_000_000)) == (
+        40_000_000_000
+    )
+    assert compiled.reservation_rates(0) == (0, 40_000)
+    assert "output_image_per_mtok=40.0" in repr(price)
 
 
 def test_model_price_rejects_bad_rates() -> None:

@@ -592,6 +592,29 @@ def test_gemini_inline_image() -> None:
     assert estimate_input_tokens("google", "gemini-3-pro-preview", messages=contents) == base + 1120
 
 
+def test_the_estimate_says_how_many_of_its_tokens_are_media() -> None:
+    # A reservation prices these at the model's media rates, which can be far above text's.
+    url = "https://example.com/cat.png"
+    total, _, media = tokens.estimate_with_content_hash(
+        "openai", "gpt-4o", messages=image_message(url, "low")
+    )
+    assert media == 85 and total > media
+    gemini = [
+        {
+            "role": "user",
+            "parts": [
+                {"inline_data": {"mime_type": "image/png", "data": png(300, 300)}},
+                {"text": "Describe it."},
+            ],
+        }
+    ]
+    assert (
+        tokens.estimate_with_content_hash("google", "gemini-2.5-flash", messages=gemini)[2] == 258
+    )
+    text = [{"role": "user", "content": "hello"}]
+    assert tokens.estimate_with_content_hash("openai", "gpt-4o", messages=text)[2] == 0
+
+
 def test_audio_and_pdf_are_counted() -> None:
     audio = {"type": "input_audio", "input_audio": {"data": "A" * 40_000, "format": "wav"}}
     with_audio = [{"role": "user", "content": [audio]}]
@@ -746,11 +769,11 @@ def test_a_message_edited_in_place_is_counted_again() -> None:
     # (summarising, truncating) gets the new count, and the guard sees a new request.
     history = [{"role": "user", "content": "short"}]
     before = estimate_input_tokens("openai", "gpt-4o", messages=history)
-    tokens_before, content_before = tokens.estimate_with_content_hash(
+    tokens_before, content_before, _ = tokens.estimate_with_content_hash(
         "openai", "gpt-4o", messages=history
     )
     history[0]["content"] = "a much longer message than the one that was counted first " * 4
-    tokens_after, content_after = tokens.estimate_with_content_hash(
+    tokens_after, content_after, _ = tokens.estimate_with_content_hash(
         "openai", "gpt-4o", messages=history
     )
     assert tokens_before == before < tokens_after
@@ -783,7 +806,7 @@ def test_a_reservation_bounds_short_new_texts_from_above_and_the_estimate_stays_
         for text in samples:
             messages = [{"role": "user", "content": text}]
             exact = estimate_input_tokens(provider, model, messages=messages)
-            bounded, _ = tokens.estimate_with_content_hash(
+            bounded, _, _ = tokens.estimate_with_content_hash(
                 provider, model, messages=messages, bounded=True
             )
             assert exact <= bounded  # never under-counts

@@ -20,6 +20,7 @@ from kavach.tokens import estimate_input_tokens
 from .conftest import Events
 
 MODEL = "gemini-2.0-flash"
+IMAGE_MODEL = "gemini-2.5-flash-image"
 # google-genai's async client subclasses aiohttp's ClientSession, which aiohttp warns about.
 pytestmark = pytest.mark.filterwarnings(
     "ignore:Inheritance class AiohttpClientSession:DeprecationWarning"
@@ -189,6 +190,35 @@ class EmbedProvider:
 @pytest.fixture
 def embedder() -> EmbedProvider:
     return EmbedProvider()
+
+
+def test_an_image_model_is_held_and_charged_at_its_image_rate(
+    server: StandIn, make_guard: Any, events: Events
+) -> None:
+    # Gemini 2.5 Flash Image bills the images it makes at $30/MTok, twelve times its text
+    # rate: one 1024x1024 image (1290 tokens) is $0.039. A $0.05 budget pays for one image.
+    # Held and charged at the text rate, it let through fifteen.
+    guard = make_guard(budget=Budget.daily(0.05))
+    server.default = Reply(text="Here it is.", output_tokens=1300, image_output_tokens=1290)
+    c = client(server, guard)
+    config = types.GenerateContentConfig(max_output_tokens=1300)
+    made = 0
+    with pytest.raises(BudgetExceededError):
+        for _ in range(20):
+            c.models.generate_content(model=IMAGE_MODEL, contents="a cat", config=config)
+            made += 1
+    assert made == 1
+    [event] = events.settled
+    assert event.usage.output_image_tokens == 1290
+    input_tokens = event.usage.input_tokens
+    # Input at $0.30, the image at $30 and ten text tokens at $2.50 per MTok, in nano-dollars.
+    assert event.cost_nanos == input_tokens * 300 + 1290 * 30_000 + 10 * 2_500
+    assert guard.status()[0].spent == event.cost_nanos <= 50_000_000
+    # Asking for a text reply holds the text rate: text calls still fit in what is left.
+    text_only = types.GenerateContentConfig(max_output_tokens=1300, response_modalities=["TEXT"])
+    server.default = Reply(text="A cat.", output_tokens=3)
+    c.models.generate_content(model=IMAGE_MODEL, contents="describe a cat", config=text_only)
+    assert events.settled[-1].status == "ok"
 
 
 def test_embed_content_settles_the_reported_tokens(

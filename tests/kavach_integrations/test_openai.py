@@ -85,6 +85,25 @@ def test_strict_mode_sets_max_completion_tokens_and_reserve_mode_leaves_the_requ
     assert "max_tokens" not in server.last.body
 
 
+def test_a_spoken_reply_is_held_at_the_audio_rate(server: StandIn, make_guard: Any) -> None:
+    # gpt-audio: $10/MTok for text out, $64/MTok for audio out. Strict mode gives a request
+    # what the budget pays for at the rate its reply is billed at.
+    guard = make_guard(budget=Budget.daily(0.01), mode="strict")
+    c = client(server, guard)
+    model = "gpt-audio"
+    c.chat.completions.create(model=model, messages=MSGS)
+    text_granted = server.last.body["max_completion_tokens"]
+    c.chat.completions.create(
+        model=model,
+        messages=MSGS,
+        modalities=["text", "audio"],
+        audio={"voice": "alloy", "format": "wav"},
+    )
+    audio_granted = server.last.body["max_completion_tokens"]
+    assert audio_granted * 64_000 <= 10_000_000  # fits the $0.01 at 64,000 nano-dollars a token
+    assert audio_granted * 5 < text_granted  # the text reply is not held at the audio rate
+
+
 def test_refusal_is_raised_before_any_request_and_never_retried(
     server: StandIn, make_guard: Any
 ) -> None:

@@ -113,3 +113,34 @@ def test_gemini_thoughts_cache_and_audio() -> None:
         reasoning_tokens=40,
         input_audio_tokens=300,
     )
+
+
+def test_gemini_images_in_and_out_are_priced_at_their_rates() -> None:
+    # Gemini 2.5 Flash Image: one 1024x1024 image out is 1290 tokens at $30/MTok; pricing it
+    # as text ($2.50/MTok) under-counted the call twelve times.
+    meta = gtypes.GenerateContentResponseUsageMetadata(
+        prompt_token_count=1300,
+        candidates_token_count=1300,
+        prompt_tokens_details=[
+            gtypes.ModalityTokenCount(modality=gtypes.MediaModality.IMAGE, token_count=1290),
+            gtypes.ModalityTokenCount(modality=gtypes.MediaModality.TEXT, token_count=10),
+        ],
+        candidates_tokens_details=[
+            gtypes.ModalityTokenCount(modality=gtypes.MediaModality.IMAGE, token_count=1290),
+            gtypes.ModalityTokenCount(modality=gtypes.MediaModality.TEXT, token_count=10),
+        ],
+    )
+    usage = gemini_usage(meta)
+    assert usage == Usage(
+        input_tokens=1300, output_tokens=1300, input_image_tokens=1290, output_image_tokens=1290
+    )
+    cost = Pricing().cost("google", "gemini-2.5-flash-image", usage)
+    # 1300 input at $0.30, 1290 image tokens at $30 and 10 text tokens at $2.50 per MTok.
+    assert cost == 390_000 + 38_700_000 + 25_000
+    # The same reply as a dict (a REST response read without the SDK's types), with video in.
+    as_dict = {
+        "prompt_token_count": 5000,
+        "candidates_token_count": 10,
+        "prompt_tokens_details": [{"modality": "VIDEO", "token_count": 4990}],
+    }
+    assert gemini_usage(as_dict).input_video_tokens == 4990
