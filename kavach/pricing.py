@@ -242,23 +242,6 @@ class CompiledPrice:
         )
         return -(-total // _TOKENS_PER_MTOK)
 
-    def worst_case_input_cost(self, input_tokens: int, cache_writes: bool = False) -> int:
-        """``input_tokens`` at the uncached input rate of the tier that count selects.
-
-        With ``cache_writes`` (the request asks the provider to write its prompt cache, as
-        Anthropic's ``cache_control`` does) the input is priced at the dearest of the input
-        and cache-write rates, since any of it may be billed as a write.
-
-        >>> price = ModelPrice(input_per_mtok=2.5, output_per_mtok=10.0).compile()
-        >>> price.worst_case_input_cost(1000)
-        2500000
-        """
-        tier = self.for_input(input_tokens) if self.tiers else self
-        rate = tier.input
-        if cache_writes:
-            rate = max(rate, tier.cache_write, tier.cache_write_1h)
-        return -(-input_tokens * rate // _TOKENS_PER_MTOK)
-
     def reservation_rates(
         self,
         input_tokens: int,
@@ -286,11 +269,10 @@ class CompiledPrice:
         if cache_writes:
             rate = max(rate, tier.cache_write, tier.cache_write_1h)
         output = tier.text_output if text_output else tier.worst_output
-        if media_tokens:
-            media = min(media_tokens, input_tokens) if input_tokens > 0 else 0
-            total = (input_tokens - media) * rate + media * max(rate, tier.media_input)
-            return -(-total // _TOKENS_PER_MTOK), -(-output // _TOKENS_PER_MTOK)
-        return -(-input_tokens * rate // _TOKENS_PER_MTOK), -(-output // _TOKENS_PER_MTOK)
+        total = input_tokens * rate
+        if media_tokens and input_tokens > 0:  # media above the text rate pays the difference
+            total += min(media_tokens, input_tokens) * max(0, tier.media_input - rate)
+        return -(-total // _TOKENS_PER_MTOK), -(-output // _TOKENS_PER_MTOK)
 
     def output_cost(self, output_tokens: int, input_tokens: int = 0) -> int:
         """``output_tokens`` at the output rate of the tier ``input_tokens`` selects, rounded up.
@@ -300,16 +282,6 @@ class CompiledPrice:
         """
         rate = self.for_input(input_tokens).output if self.tiers else self.output
         return -(-output_tokens * rate // _TOKENS_PER_MTOK)
-
-    def output_nanos_per_token_ceil(self, input_tokens: int = 0) -> int:
-        """The output price of one token in nano-dollars, rounded up (for planning max tokens).
-
-        >>> price = ModelPrice(input_per_mtok=0.15, output_per_mtok=0.6).compile()
-        >>> price.output_nanos_per_token_ceil()
-        600
-        """
-        rate = self.for_input(input_tokens).output if self.tiers else self.output
-        return -(-rate // _TOKENS_PER_MTOK)
 
 
 def _dims(direction: str, **more: str) -> frozenset[tuple[str, str]]:

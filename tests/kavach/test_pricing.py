@@ -186,23 +186,21 @@ def test_cost_matches_genai_prices_for_any_usage(usage: Usage, which: tuple[str,
 @pytest.mark.parametrize("input_tokens", [0, 1, 199_999, 200_000, 200_001, 1_000_000])
 def test_tier_boundary_and_planning_helpers(input_tokens: int) -> None:
     price = Pricing().resolve("anthropic", "claude-sonnet-4-5", at=AT)
-    worst_in = price.worst_case_input_cost(input_tokens)
+    worst_in, per_token = price.reservation_rates(input_tokens, text_output=True)
     assert worst_in == gp_nanos("anthropic", "claude-sonnet-4-5", Usage(input_tokens=input_tokens))
     # The tier is chosen by the input count alone, so output priced with it is the
     # genai-prices cost of the whole call minus its input.
     both = Usage(input_tokens=input_tokens, output_tokens=1_000)
     output = price.output_cost(1_000, input_tokens)
     assert worst_in + output == gp_nanos("anthropic", "claude-sonnet-4-5", both)
-    per_token = 22_500 if input_tokens > 200_000 else 15_000  # $22.50 / $15 per MTok
-    assert price.output_nanos_per_token_ceil(input_tokens) == per_token
+    assert per_token == (22_500 if input_tokens > 200_000 else 15_000)  # $22.50 / $15 per MTok
 
 
 def test_output_helpers_round_up() -> None:
     # $0.00015 and $0.0006 per MTok: fractions of a nano-dollar per token.
     price = ModelPrice(input_per_mtok=0.00015, output_per_mtok=0.0006).compile()
     assert price.output_cost(1) == 1  # 0.6 nano
-    assert price.output_nanos_per_token_ceil() == 1
-    assert price.worst_case_input_cost(1) == 1  # 0.15 nano
+    assert price.reservation_rates(1) == (1, 1)  # 0.15 nano of input, 0.6 a token of output
     assert price.cost(Usage(input_tokens=1, output_tokens=1)) == 1  # 0.75 nano, one ceil
 
 
