@@ -53,10 +53,22 @@ class KillSwitch:
         raise AgentKilledError(self.agent, reason)
 
     def kill(self, reason: str, until: datetime | None = None) -> bool:
-        """Stop the agent. Returns True (and runs on_kill) only if it was not already stopped."""
+        """Stop the agent until ``until`` (``None``: until ``resume``). Returns True if this
+        stopped it, or made a stop already on last longer.
+
+        ``on_kill`` runs only when the agent was running. A stop that would end sooner than
+        the one on does not shorten it: a Stop pressed while a daily budget holds the agent
+        keeps it stopped past midnight, and a monthly limit reached with the daily one keeps
+        it stopped until the month resets. The longer stop's reason is the one shown.
+        """
         with self._lock:
             if self.reason is not None:
-                return False
+                current = self._until
+                if current is None or (until is not None and until <= current):
+                    return False  # the stop on already lasts at least as long
+                self.reason = reason
+                self._until = until
+                return True
             self.reason = reason
             self._until = until
         self._run_callback(reason)

@@ -232,6 +232,38 @@ def test_kill_and_resume_run_on_kill_once(make_guard: Make) -> None:
     assert recorder.calls[0].refusal_reason == "killed"
 
 
+def test_a_stop_pressed_while_the_budget_holds_the_agent_outlasts_the_reset(
+    make_guard: Make, clock: Clock
+) -> None:
+    reasons: list[str] = []
+    guard = make_guard(budget=Budget.daily(CALL_COST / 1e9), on_kill=reasons.append, clock=clock)
+    guard.reserve(spec()).commit(Usage(1000, 1000))  # the daily budget reaches 100%
+    assert reasons == ["daily budget reached 100%"]
+    # An operator stops the agent (guard.kill, or Stop in the dashboard) during the incident.
+    assert guard.kill("incident: stopped until investigated")
+    clock.now += timedelta(days=1)  # the daily budget resets
+    with pytest.raises(AgentKilledError) as info:
+        guard.reserve(spec(content="next day"))
+    assert "incident" in str(info.value)
+    assert reasons == ["daily budget reached 100%"]  # on_kill ran once: one stop
+    assert guard.resume()
+    guard.reserve(spec(content="after resume")).commit(Usage(10, 10))
+
+
+def test_a_longer_budget_stop_is_not_shortened_by_a_shorter_one(
+    make_guard: Make, clock: Clock
+) -> None:
+    limit = CALL_COST / 1e9
+    guard = make_guard(budget=[Budget.daily(limit), Budget.monthly(limit)], clock=clock)
+    guard.reserve(spec()).commit(Usage(1000, 1000))  # both reach 100% in one settle
+    clock.now += timedelta(days=1)  # the day resets, the month does not
+    with pytest.raises(AgentKilledError) as info:
+        guard.reserve(spec(content="next day"))
+    assert "monthly" in str(info.value)
+    # A shorter stop leaves the longer one as it is.
+    assert not guard.kill("daily again", until=clock.now + timedelta(hours=1))
+
+
 @pytest.mark.anyio
 async def test_async_on_kill_runs_once_when_concurrent_calls_reach_100_percent(
     make_guard: Make,
