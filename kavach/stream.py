@@ -80,7 +80,7 @@ class StreamMeter(Protocol):
 class StreamSettlement:
     """Settles one streamed call's reservation, exactly once, from whichever path ends it."""
 
-    __slots__ = ("limit", "meter", "pulling", "reservation")
+    __slots__ = ("limit", "meter", "pulling", "raw", "reservation")
 
     def __init__(self, reservation: Reservation, meter: StreamMeter, limited: bool) -> None:
         """``limited``: the request sent to the provider carries its max output tokens."""
@@ -93,6 +93,10 @@ class StreamSettlement:
         self.pulling = False
         """True while the SDK produces the next item: a response it closes then (on its own
         end or failure) is settled by the metering loop, which knows how it ended."""
+        self.raw = False
+        """The caller holds the raw HTTP response (``with_raw_response``,
+        ``with_streaming_response``) and may read its body past the meter (``iter_lines()``):
+        a stream closed with nothing metered is then settled at what was reserved."""
 
     def _args(self, status: CallStatus | None, error: str | None) -> dict[str, Any] | None:
         """Commit arguments, or None when the hold is just given back.
@@ -103,8 +107,13 @@ class StreamSettlement:
         meter = self.meter
         if not meter.received and status == "error":
             return None  # failed before the provider sent anything: nothing to pay for
-        plan = self.reservation.plan
-        outcome = meter.outcome(plan.input_tokens if plan is not None else 0)
+        r = self.reservation
+        plan = r.plan
+        input_tokens = plan.input_tokens if plan is not None else 0
+        outcome = meter.outcome(input_tokens)
+        usage = outcome.usage
+        if self.raw and not meter.received:  # read as bytes, if at all: unseen, so the worst
+            usage = Usage(input_tokens=input_tokens, output_tokens=r.max_output_tokens or 0)
         if status is None:
             status = "ok" if meter.complete else "cancelled"
         return {
@@ -113,7 +122,7 @@ class StreamSettlement:
             "finish_reasons": outcome.finish_reasons,
             "tool_calls": outcome.tool_calls,
             "error": error,
-            "usage": outcome.usage,
+            "usage": usage,
         }
 
     def finish(self, status: CallStatus | None = None, error: str | None = None) -> None:

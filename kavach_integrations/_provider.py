@@ -26,6 +26,7 @@ import asyncio
 import dataclasses
 import functools
 import importlib
+import inspect
 import json
 import logging
 import weakref
@@ -258,22 +259,50 @@ def _limited(guard: AgentKavach, endpoint: Endpoint, spec: CallSpec) -> bool:
 
 
 def _outcome(endpoint: Endpoint, response: Any, r: Reservation) -> Outcome:
+    """The outcome of a non-streamed response (a raw one is parsed first: the SDK caches
+    what ``parse()`` returns, so the caller's own ``parse()`` gets the same object)."""
     raw = _RAW_TYPES.get(type(response))
     if raw is None:
         raw = _is_raw(response)
-    parsed = response.parse() if raw else response
+    if raw:
+        try:
+            response = response.parse()
+        except Exception:
+            return _unreadable(r)
+    return _read_outcome(endpoint, response, r)
+
+
+async def _aoutcome(endpoint: Endpoint, response: Any, r: Reservation) -> Outcome:
+    """``_outcome`` for a raw response of an async client, whose ``parse()`` may be a
+    coroutine (``with_streaming_response``) that reads the body."""
     try:
-        outcome = endpoint.outcome(parsed)
+        parsed = response.parse()
+        if inspect.isawaitable(parsed):
+            parsed = await parsed
     except Exception:
-        # The call was made and billed; settle at the worst case rather than lose it.
-        logger.exception("kavach: could not read usage of a %s response", r.spec.provider)
-        plan = r.plan
-        return Outcome(
-            Usage(
-                input_tokens=plan.input_tokens if plan is not None else 0,
-                output_tokens=r.max_output_tokens or 0,
-            )
-        )
+        return _unreadable(r)
+    return _read_outcome(endpoint, parsed, r)
+
+
+def _unreadable(r: Reservation) -> Outcome:
+    # The call was made and billed; settle at the worst case rather than lose it.
+    logger.exception("kavach: could not read usage of a %s response", r.spec.provider)
+    return Outcome(_worst_usage(r))
+
+
+def _worst_usage(r: Reservation) -> Usage:
+    plan = r.plan
+    return Usage(
+        input_tokens=plan.input_tokens if plan is not None else 0,
+        output_tokens=r.max_output_tokens or 0,
+    )
+
+
+def _read_outcome(endpoint: Endpoint, response: Any, r: Reservation) -> Outcome:
+    try:
+        outcome = endpoint.outcome(response)
+    except Exception:
+        return _unreadable(r)
     if endpoint.estimate_unreported_input and not outcome.usage.input_tokens:
         plan = r.plan
         if plan is not None:
@@ -285,13 +314,20 @@ def _outcome(endpoint: Endpoint, response: Any, r: Reservation) -> Outcome:
 _RAW_TYPES: dict[type, bool] = {}
 
 
+def _parse(response: Any) -> Any:
+    """What a raw response's ``parse()`` gives (for an async one, an awaitable of it)."""
+    return response.parse()
+
+
 def _is_raw(response: Any) -> bool:
-    # with_raw_response: the SDK returns an API response whose parse() is cached. Decided once
-    # per type: hasattr on a pydantic model raises and catches inside, which is slow.
+    # with_raw_response / with_streaming_response: the SDK returns an API response whose
+    # parse() gives (and caches) the response object or stream. Decided once per type, on
+    # the class (``http_request`` is a property there; ``http_response`` is set only on
+    # instances): hasattr on a pydantic model raises and catches inside, which is slow.
     kind = type(response)
     raw = _RAW_TYPES.get(kind)
     if raw is None:
-        raw = _RAW_TYPES[kind] = hasattr(kind, "parse") and hasattr(kind, "http_response")
+        raw = _RAW_TYPES[kind] = hasattr(kind, "parse") and hasattr(kind, "http_request")
     return raw
 
 
@@ -317,6 +353,10 @@ def guarded_call(
         response = send(sent)
         if streamed and endpoint.meter is not None:
             settlement = StreamSettlement(r, endpoint.meter(body), _limited(guard, endpoint, spec))
+            if _is_raw(response):  # the stream is what parse() gives, and caches
+                settlement.raw = True
+                attach(_parse(response), settlement)
+                return response
             return attach(response, settlement)  # type: ignore[no-any-return]
     except BaseException as exc:
         status, error = _failure(exc)
@@ -354,13 +394,29 @@ async def aguarded_call(
         response = await send(sent)
         if streamed and endpoint.meter is not None:
             settlement = StreamSettlement(r, endpoint.meter(body), _limited(guard, endpoint, spec))
+            if _is_raw(response):  # the stream is what parse() gives (awaited), and caches
+                settlement.raw = True
+                stream = _parse(response)
+                attach(await stream if inspect.isawaitable(stream) else stream, settlement)
+                return response
             return attach(response, settlement)  # type: ignore[no-any-return]
     except BaseException as exc:
         status, error = _failure(exc)
         with _shield():
             await r.arelease(status=status, error=error)
         raise
-    outcome = _outcome(endpoint, response, r)
+    raw = _RAW_TYPES.get(type(response))
+    if raw is None:
+        raw = _is_raw(response)
+    if not raw:
+        outcome = _read_outcome(endpoint, response, r)
+    else:
+        try:
+            outcome = await _aoutcome(endpoint, response, r)
+        except BaseException:  # cancelled while reading the body: billed all the same
+            with _shield():
+                await r.acommit(_worst_usage(r), status="cancelled")
+            raise
     if in_process:
         r.commit(
             outcome.usage,
@@ -436,12 +492,11 @@ def attach_sync(attr: str) -> Attach:
     """Meter an SDK stream object whose items come from ``stream.<attr>`` (an iterator)."""
 
     def attach(result: Any, settlement: StreamSettlement) -> Any:
-        stream = result.parse() if _is_raw(result) else result
-        close = _hook_close(stream.response, settlement)
-        gen: Iterator[Any] = metered(getattr(stream, attr), settlement, close)
+        close = _hook_close(result.response, settlement)
+        gen: Iterator[Any] = metered(getattr(result, attr), settlement, close)
         # A stream dropped unread: settle and give the connection back.
         weakref.finalize(gen, _finish_and_close, settlement, close)
-        setattr(stream, attr, gen)
+        setattr(result, attr, gen)
         return result
 
     return attach
@@ -451,11 +506,10 @@ def attach_async(attr: str) -> Attach:
     """Meter an async SDK stream object whose items come from ``stream.<attr>``."""
 
     def attach(result: Any, settlement: StreamSettlement) -> Any:
-        stream = result.parse() if _is_raw(result) else result
-        aclose = _hook_aclose(stream.response, settlement)
-        gen: AsyncIterator[Any] = ametered(getattr(stream, attr), settlement, aclose)
+        aclose = _hook_aclose(result.response, settlement)
+        gen: AsyncIterator[Any] = ametered(getattr(result, attr), settlement, aclose)
         weakref.finalize(gen, settlement.finish_on_gc)
-        setattr(stream, attr, gen)
+        setattr(result, attr, gen)
         return result
 
     return attach
