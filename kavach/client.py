@@ -87,8 +87,17 @@ _PROMPT_CAP = 32_000
 def current_run_id() -> str | None:
     """The run id of the innermost ``guard.run()`` block around this code, or ``None``.
 
-    Framework adapters use it to charge a callback to the run the caller opened (it
-    follows contextvars, so threads and tasks started inside the block see it too).
+    Framework adapters use it to charge a callback to the run the caller opened. It is a
+    contextvar: asyncio tasks created inside the block see it, and so do
+    ``asyncio.to_thread`` calls, but a ``threading.Thread`` or a ``ThreadPoolExecutor``
+    worker does not (by default they start from an empty context), so their calls go to
+    the guard's session run. Carry the run into a thread by running the work in a copy of
+    the caller's context (one copy per thread: a context runs in one thread at a time), or
+    name the run on the call with ``CallSpec(run_id=run_id)``::
+
+        with guard.run() as run_id:
+            pool.submit(contextvars.copy_context().run, work, item)
+            threading.Thread(target=contextvars.copy_context().run, args=(work, item)).start()
 
     >>> from kavach import AgentKavach, current_run_id
     >>> with AgentKavach("bot").run("run-1"):
@@ -139,7 +148,9 @@ class AgentKavach:
     Parameters (money in dollars):
         agent_name: the agent's name in ledger keys, events and the dashboard.
         budget: one ``Budget`` or a list (the agent's, shared ones, the org's); a call must fit
-            every one of them.
+            every one of them. Budgets on the same ledger key (two daily budgets of the agent,
+            or one in code and one set in the dashboard) count spend once: the smaller limit
+            holds and each one's thresholds alert.
         on_kill: called once with the reason when the agent is stopped (sync or async).
         mode: ``"reserve"`` reserves the call's max output tokens (or
             ``default_max_output_tokens`` when the call gives none); ``"strict"`` also sets the
@@ -235,7 +246,11 @@ class AgentKavach:
                 raise KavachConfigError(f"budget must be a Budget, got {type(b).__name__}")
         self.agent_name = agent_name
         self.budgets = budgets
+        # What ``budgets`` is built from (see _apply_budgets): the code's, the dashboard's,
+        # and the thresholds alert rules fire at.
         self._code_budgets = budgets
+        self._remote_budgets: tuple[Budget, ...] = ()
+        self._alert_thresholds: frozenset[float] = frozenset()
         self.mode: Mode = mode
         self.default_max_output_tokens = default_max_output_tokens
         self.min_output_tokens = min_output_tokens
@@ -367,11 +382,8 @@ class AgentKavach:
         config = from_params(**params)
         if not config:
             return
-        extra = config.thresholds
-        # A rule may fire at a threshold the budget does not list: make the budget emit it.
-        self.budgets = tuple(
-            replace(b, thresholds=tuple(sorted(set(b.thresholds) | extra))) for b in self.budgets
-        )
+        self._alert_thresholds = config.thresholds
+        self._apply_budgets()
         self.alerts = AlertDispatcher(config, kill=self.kill, dedup=dedup)
         self.add_observer(self.alerts)
         self.add_closer(self.alerts.close, self.alerts.aclose)
@@ -468,6 +480,9 @@ class AgentKavach:
     def run(self, run_id: str | None = None) -> Iterator[str]:
         """Scope per-run guardrails and budgets to one agent invocation (sync or async code).
 
+        Calls in the block and in asyncio tasks started from it are charged to the run; calls
+        from threads it starts are not, unless given its context (see ``current_run_id``).
+
         >>> with guard.run() as run_id:      # doctest: +SKIP
         ...     agent.invoke(task)
         """
@@ -486,7 +501,10 @@ class AgentKavach:
     # -- kill switch --------------------------------------------------------------------
 
     def kill(self, reason: str = "stopped by guard.kill()", until: datetime | None = None) -> bool:
-        """Stop the agent: later calls raise AgentKilledError. Runs on_kill once."""
+        """Stop the agent until ``until`` (``None``: until ``resume``): later calls raise
+        AgentKilledError. Runs on_kill once per stop; a stop already on is made longer by a
+        longer one (a Stop pressed while a budget holds the agent outlasts the reset), never
+        shorter. Returns True if this stopped the agent or made its stop longer."""
         if self.kill_switch.kill(reason, until):
             logger.warning("kavach: agent %r stopped: %s", self.agent_name, reason)
             self._emit("on_kill", self.agent_name, reason)
@@ -666,7 +684,19 @@ class AgentKavach:
         self._has_run_slots = self._has_run_slots or any(
             b.period is Period.PER_RUN for b in budgets
         )
-        self.budgets = self._code_budgets + tuple(budgets)
+        self._remote_budgets = tuple(budgets)
+        self._apply_budgets()
+
+    def _apply_budgets(self) -> None:
+        """Set ``budgets``: the code's and the dashboard's, each emitting the thresholds the
+        alert rules fire at (a rule may fire at one the budget does not list)."""
+        budgets = self._code_budgets + self._remote_budgets
+        extra = self._alert_thresholds
+        if extra:
+            budgets = tuple(
+                replace(b, thresholds=tuple(sorted(set(b.thresholds) | extra))) for b in budgets
+            )
+        self.budgets = budgets
 
     def _slots(self, run_id: str, now: datetime) -> tuple[Slot, ...]:
         # Period keys change only when a period resets: compute them once per period.
@@ -957,30 +987,36 @@ class AgentKavach:
     # -- status -------------------------------------------------------------------------
 
     def status(self) -> list[BudgetStatus]:
-        """Each budget's spent, reserved and limit right now (this agent's view)."""
+        """Each budget's spent, reserved and limit right now (this agent's view).
+
+        Budgets on one ledger key are one entry, with the smaller limit (the one enforced).
+        """
         now = self._clock()
-        out = []
+        out: dict[str, BudgetStatus] = {}
         for budget in self.budgets:
             if budget.period is Period.PER_RUN:
                 run_id = self.current_run
                 key, resets_at = budget.key(self.agent_name, now, run_id)
             else:
                 key, resets_at = budget.key(self.agent_name, now)
+            seen = out.get(key)
+            if seen is not None:
+                if budget.limit < seen.limit:
+                    out[key] = replace(seen, limit=budget.limit)
+                continue
             balance = self.ledger.read(key)
-            out.append(
-                BudgetStatus(
-                    label=budget.label,
-                    unit=budget.unit,
-                    key=key,
-                    spent=balance.spent,
-                    reserved=balance.reserved,
-                    limit=budget.limit,
-                    period=budget.period.value,
-                    period_id=key.rsplit(":", 1)[1],
-                    resets_at=resets_at,
-                )
+            out[key] = BudgetStatus(
+                label=budget.label,
+                unit=budget.unit,
+                key=key,
+                spent=balance.spent,
+                reserved=balance.reserved,
+                limit=budget.limit,
+                period=budget.period.value,
+                period_id=key.rsplit(":", 1)[1],
+                resets_at=resets_at,
             )
-        return out
+        return list(out.values())
 
     def _primary(self) -> BudgetStatus | None:
         statuses = [s for s in self.status() if s.unit == "usd"]

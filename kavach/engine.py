@@ -95,6 +95,7 @@ def period_slots(
     """Slots of the budgets that are not per run, and when the earliest of them resets.
 
     The guard caches these until that moment, so the hot path does no date arithmetic.
+    Budgets that resolve to the same ledger key share one slot (see ``one_slot_per_key``).
     """
     slots = []
     earliest: datetime | None = None
@@ -114,7 +115,7 @@ def period_slots(
             budget.thresholds,
         )
         slots.append(Slot.of(key, budget.limit, _ttl(now, resets_at, budget.period), info))
-    return tuple(slots), earliest
+    return one_slot_per_key(slots), earliest
 
 
 def run_slots(
@@ -143,7 +144,42 @@ def run_slots(
                     f"agent:{agent}:guard:{unit}:run:{run_id}", limit, _RUN_KEY_TTL_SECONDS, info
                 )
             )
-    return tuple(slots)
+    return one_slot_per_key(slots)
+
+
+def one_slot_per_key(slots: Sequence[Slot]) -> tuple[Slot, ...]:
+    """The slots with those on one ledger key merged, in the order each key first appears.
+
+    Two budgets on one key (``Budget.daily(10)`` in code and a $20 daily budget set in the
+    dashboard, or two daily budgets given in code) are one ledger line: held and settled
+    once, so spend counts once. Both limits must hold, so the smaller one does; each
+    budget's thresholds still alert, once. The key carries scope, unit and period, so the
+    merged budgets share a label.
+    """
+    if len(slots) < 2:
+        return tuple(slots)
+    by_key: dict[str, Slot] = {}
+    for slot in slots:
+        seen = by_key.get(slot.key)
+        by_key[slot.key] = slot if seen is None else _merge(seen, slot)
+    return tuple(by_key.values())
+
+
+def _merge(a: Slot, b: Slot) -> Slot:
+    # Budgets of one period in different time zones can share a key for part of the day:
+    # the line resets with the earlier of them and its key lives as long as the later needs.
+    resets = [t for t in (a.info.resets_at, b.info.resets_at) if t is not None]
+    info = replace(
+        a.info,
+        resets_at=min(resets) if resets else None,
+        thresholds=tuple(sorted(set(a.info.thresholds) | set(b.info.thresholds))),
+    )
+    ttl = (
+        None
+        if a.ttl_seconds is None or b.ttl_seconds is None
+        else max(a.ttl_seconds, b.ttl_seconds)
+    )
+    return Slot.of(a.key, min(a.limit, b.limit), ttl, info)
 
 
 def plan_call(

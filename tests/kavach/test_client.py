@@ -453,3 +453,111 @@ def test_current_run_id_follows_the_innermost_run_block_into_tasks() -> None:
             assert asyncio.run(inside_a_task()) == "inner"
         assert current_run_id() == "outer"
     assert current_run_id() is None
+
+
+# -- budgets on one ledger key, and alert thresholds after a dashboard update ------------------
+
+
+def _calls_until_refused(guard: AgentKavach, run_id: str | None = None) -> int:
+    calls = 0
+    while calls < 100:
+        try:
+            guard.reserve(spec(content=f"c{calls}", run_id=run_id)).commit(Usage(1000, 1000))
+        except (BudgetExceededError, AgentKilledError):
+            return calls
+        calls += 1
+    raise AssertionError("never refused")
+
+
+@pytest.mark.parametrize(("code_calls", "dashboard_calls"), [(10, 20), (20, 10)])
+def test_a_code_and_a_dashboard_daily_budget_count_spend_once_and_the_smaller_holds(
+    make_guard: Make, code_calls: int, dashboard_calls: int
+) -> None:
+    from kavach.reporting.control import budgets_from_backend
+
+    recorder = Recorder()
+    guard = make_guard(
+        budget=Budget.daily(code_calls * CALL_COST / 1e9),
+        observers=[recorder],
+        detect_loops=False,
+    )
+    dashboard = {"scope": "agent", "kind": "usd", "period": "daily"}
+    guard.set_remote_budgets(
+        budgets_from_backend([{**dashboard, "limit": dashboard_calls * CALL_COST}])
+    )
+    assert _calls_until_refused(guard) == 10  # not 5: each call is charged once
+    (daily,) = guard.status()
+    assert daily.label == "daily"
+    assert daily.spent == 10 * CALL_COST and daily.limit == 10 * CALL_COST
+    assert [c.threshold for c in recorder.crossings] == [0.5, 0.7, 0.9, 1.0]
+    assert guard.killed and recorder.kills == ["daily budget reached 100%"]
+
+
+def test_two_budgets_on_one_key_in_code_are_one_line_alerting_at_each_threshold(
+    make_guard: Make,
+) -> None:
+    recorder = Recorder()
+    guard = make_guard(
+        budget=[
+            Budget.daily(CALL_COST * 20 / 1e9, thresholds=[0.5]),
+            Budget.daily(CALL_COST * 10 / 1e9, thresholds=[0.3, 0.5]),
+        ],
+        observers=[recorder],
+        detect_loops=False,
+    )
+    assert _calls_until_refused(guard) == 10
+    assert [c.threshold for c in recorder.crossings] == [0.3, 0.5]
+    assert [(s.spent, s.limit) for s in guard.status()] == [(10 * CALL_COST, 10 * CALL_COST)]
+
+
+def test_two_per_run_budgets_in_code_charge_each_run_once(make_guard: Make) -> None:
+    guard = make_guard(
+        budget=[Budget.per_run(CALL_COST * 4 / 1e9), Budget.per_run(CALL_COST * 6 / 1e9)],
+        detect_loops=False,
+    )
+    assert _calls_until_refused(guard, run_id="run-1") == 4
+    assert _calls_until_refused(guard, run_id="run-2") == 4
+
+
+def test_an_alert_rule_threshold_still_fires_after_the_dashboard_sends_budgets(
+    make_guard: Make,
+) -> None:
+    from kavach.reporting.control import ControlApplier
+
+    alerts: list[float] = []
+    guard = make_guard(
+        budget=Budget.daily(CALL_COST * 10 / 1e9),
+        detect_loops=False,
+        channels=[
+            AgentKavach.channel(lambda alert: alerts.append(alert.threshold), threshold=0.8),
+            AgentKavach.channel("kill", threshold=0.8),
+        ],
+    )
+    applier = ControlApplier("bot", guard.kill, guard.resume, guard.set_remote_budgets)
+    # State messages from the backend, as the control channel applies them: no budgets of
+    # its own in the dashboard, then a weekly one.
+    applier.apply({"type": "state", "agent": "bot", "status": "running", "budgets": []})
+    weekly = {"scope": "agent", "kind": "usd", "period": "weekly", "limit": 20 * CALL_COST}
+    applier.apply({"type": "state", "agent": "bot", "status": "running", "budgets": [weekly]})
+    assert [b.label for b in guard.budgets] == ["daily", "weekly"]
+    assert _calls_until_refused(guard) == 8  # the 80% kill stops the agent
+    guard.close()
+    assert alerts == [0.8]
+    assert guard.killed and "80%" in (guard.kill_switch.reason or "")
+
+
+def test_a_run_reaches_threads_only_through_its_context(make_guard: Make) -> None:
+    import contextvars
+    from concurrent.futures import ThreadPoolExecutor
+
+    guard = make_guard(budget=Budget.per_run(CALL_COST * 2 / 1e9), detect_loops=False)
+
+    def call() -> str:
+        with guard.reserve(spec()) as r:
+            r.commit(Usage(1000, 1000))
+        return r.run_id
+
+    with guard.run("run-1"), ThreadPoolExecutor(2) as pool:
+        assert pool.submit(call).result() != "run-1"  # a bare worker: the session run
+        assert pool.submit(contextvars.copy_context().run, call).result() == "run-1"
+        assert asyncio.run(asyncio.to_thread(call)) == "run-1"
