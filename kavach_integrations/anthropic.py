@@ -102,8 +102,18 @@ def _outcome(message: Any) -> Outcome:
     )
 
 
+# Usage counts a message_delta may restate (``cache_creation``: the 5-minute / 1-hour split).
+_RESTATED = (
+    "input_tokens",
+    "cache_read_input_tokens",
+    "cache_creation_input_tokens",
+    "cache_creation",
+)
+
+
 class MessageMeter(TokenCounter):
-    """Raw message stream events: input usage at ``message_start``, output at ``message_delta``."""
+    """Raw message stream events: usage at ``message_start``, its final counts at
+    ``message_delta``."""
 
     __slots__ = ("start",)
 
@@ -133,17 +143,13 @@ class MessageMeter(TokenCounter):
             self.model = event.message.model
             self.usage = message_usage(self.start)
         elif kind == "message_delta":
-            # Output tokens in message_delta are cumulative; input may be restated there.
-            reported = event.usage
-            base = self.start
-            merged = message_usage(base) if base is not None else Usage()
-            self.usage = Usage(
-                input_tokens=merged.input_tokens,
-                output_tokens=field(reported, "output_tokens", 0),
-                cache_read_tokens=merged.cache_read_tokens,
-                cache_write_tokens=merged.cache_write_tokens,
-                cache_write_1h_tokens=merged.cache_write_1h_tokens,
-            )
+            # Counts in message_delta are cumulative and final: server tools (web search) add
+            # input after message_start. A count it restates replaces message_start's, one it
+            # omits keeps it, as the SDK's own accumulator does.
+            reported, start = event.usage, self.start
+            usage = {name: field(reported, name, field(start, name)) for name in _RESTATED}
+            usage["output_tokens"] = field(reported, "output_tokens", 0)
+            self.usage = message_usage(usage)
             if event.delta.stop_reason:
                 self.finish_reasons.append(str(event.delta.stop_reason))
         elif kind == "message_stop":

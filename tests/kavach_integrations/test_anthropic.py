@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 from collections.abc import Iterator
 from typing import Any
 
 import anthropic
+import httpx2
 import pytest
 from anthropic.types import Message
 
@@ -242,3 +244,72 @@ async def test_200_concurrent_calls_never_pass_the_budget(
     print(f"\nanthropic {mode}: admitted {admitted}/200, spent ${total / 1e9:.6f} of ${limit}")
     assert 0 < admitted < 200
     assert total <= Budget.daily(limit).limit and guard.ledger.open_holds == 0
+
+
+def _sse(event: dict[str, Any]) -> str:
+    return f"event: {event['type']}\ndata: {json.dumps(event)}\n\n"
+
+
+def _web_search_stream(request: httpx2.Request) -> httpx2.Response:
+    """A stream whose message_delta restates input usage, as server tools (web search) make
+    it: cumulative counts, with one of them null (not restated)."""
+    start_usage = {
+        "input_tokens": 10,
+        "output_tokens": 1,
+        "cache_read_input_tokens": 3000,
+        "cache_creation_input_tokens": 100,
+        "cache_creation": {"ephemeral_5m_input_tokens": 100, "ephemeral_1h_input_tokens": 0},
+    }
+    message = {"id": "msg_1", "type": "message", "role": "assistant", "model": MODEL}
+    message |= {"content": [], "stop_reason": None, "stop_sequence": None, "usage": start_usage}
+    delta_usage = {
+        "input_tokens": 20_000,
+        "output_tokens": 120,
+        "cache_read_input_tokens": None,
+        "cache_creation_input_tokens": 400,
+        "cache_creation": {"ephemeral_5m_input_tokens": 100, "ephemeral_1h_input_tokens": 300},
+        "server_tool_use": {"web_search_requests": 1},
+    }
+    events = [
+        {"type": "message_start", "message": message},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        {
+            "type": "content_block_delta",
+            "index": 0,
+            "delta": {"type": "text_delta", "text": "Found."},
+        },
+        {"type": "content_block_stop", "index": 0},
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+            "usage": delta_usage,
+        },
+        {"type": "message_stop"},
+    ]
+    body = "".join(_sse(e) for e in events).encode()
+    return httpx2.Response(200, headers={"content-type": "text/event-stream"}, content=body)
+
+
+def test_stream_settles_the_cumulative_usage_of_message_delta(
+    make_guard: Any, events: Events
+) -> None:
+    guard = make_guard(budget=Budget.daily(1))
+    http = httpx2.Client(transport=httpx2.MockTransport(_web_search_stream))
+    c = guard.wrap(anthropic.Anthropic(api_key="k", max_retries=0, http_client=http))
+    _open.append(c)
+    with c.messages.stream(model=MODEL, max_tokens=500, messages=MSGS) as stream:
+        final = stream.get_final_message()
+    # The SDK's own accumulator: restated counts replace message_start's, a null one keeps it.
+    assert (final.usage.input_tokens, final.usage.cache_read_input_tokens) == (20_000, 3000)
+    assert final.usage.cache_creation_input_tokens == 400
+    [event] = events.settled
+    assert event.status == "ok"
+    assert event.usage == Usage(
+        input_tokens=20_000 + 3000 + 400,
+        output_tokens=120,
+        cache_read_tokens=3000,
+        cache_write_tokens=100,
+        cache_write_1h_tokens=300,
+    )
+    assert event.cost_nanos == 20_000 * 3000 + 3000 * 300 + 100 * 3750 + 300 * 6000 + 120 * 15000
+    assert guard.status()[0].spent == event.cost_nanos and guard.ledger.open_holds == 0
