@@ -8,8 +8,11 @@ and tuning stop with the agent but are not counted (see ``AgentKavach.admit_unme
 Gemini's ``prompt_token_count`` includes cached tokens; thinking tokens
 (``thoughts_token_count``) are output beside ``candidates_token_count``.
 
-With automatic function calling (Python callables as tools) the SDK may make several requests
-inside one ``generate_content``; the guard reserves and settles that call as one.
+With automatic function calling (Python callables as tools, up to ``maximum_remote_calls``
+requests) and automatic continuation, one ``generate_content`` sends several requests, each
+billed. The guard sits where the SDK sends each one (``_generate_content`` and
+``_generate_content_stream``): every request is reserved, sent and settled on its own, with
+its own worst case and its own usage, and the budget can stop the loop between two requests.
 """
 
 from __future__ import annotations
@@ -251,6 +254,17 @@ def _guard_unmetered(client: Any, root: Any, guard: AgentKavach) -> None:
                 guard_unmetered_method(client, owner, name, guard, unmetered)
 
 
+def _request_methods(models: Any) -> tuple[str, str]:
+    """The methods that send one ``generateContent`` / ``streamGenerateContent`` request.
+
+    The public methods loop over them (automatic function calling, continuation); an SDK
+    without them is guarded at the public methods, one reservation a call.
+    """
+    if hasattr(models, "_generate_content") and hasattr(models, "_generate_content_stream"):
+        return "_generate_content", "_generate_content_stream"
+    return "generate_content", "generate_content_stream"  # pragma: no cover - older SDKs
+
+
 def instrument(client: Any, guard: AgentKavach) -> None:
     if isinstance(client, genai.Client):
         sync_models, async_models = client.models, client.aio.models
@@ -259,16 +273,17 @@ def instrument(client: Any, guard: AgentKavach) -> None:
     else:  # an AsyncClient (client.aio) wrapped on its own
         sync_models, async_models = None, client.models
         _guard_unmetered(client, client, guard)
+    one, one_stream = _request_methods(async_models)
     if sync_models is not None:
-        guard_method(client, sync_models, "generate_content", guard, GENERATE)
-        guard_method(client, sync_models, "generate_content_stream", guard, GENERATE, streamed=True)
+        guard_method(client, sync_models, one, guard, GENERATE)
+        guard_method(client, sync_models, one_stream, guard, GENERATE, streamed=True)
         guard_method(client, sync_models, "embed_content", guard, EMBEDDINGS)
-    guard_method(client, async_models, "generate_content", guard, GENERATE, is_async=True)
+    guard_method(client, async_models, one, guard, GENERATE, is_async=True)
     guard_method(client, async_models, "embed_content", guard, EMBEDDINGS, is_async=True)
     guard_method(
         client,
         async_models,
-        "generate_content_stream",
+        one_stream,
         guard,
         GENERATE,
         streamed=True,

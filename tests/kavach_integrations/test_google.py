@@ -287,3 +287,93 @@ async def test_async_embed_content_is_guarded(
     with pytest.raises(BudgetExceededError):
         await c.models.embed_content(model=EMBED_MODEL, contents="hi")
     assert len(embedder.requests) == 1
+
+
+# -- automatic function calling: one generate_content, several billed requests --------------
+
+
+def get_weather(city: str) -> str:
+    """The weather in a city."""
+    return "sunny"
+
+
+AFC = types.GenerateContentConfig(tools=[get_weather], max_output_tokens=100)
+
+
+def script_afc(server: StandIn) -> None:
+    server.script(
+        Reply(
+            input_tokens=3000,
+            output_tokens=40,
+            tool_calls=[ToolCall("get_weather", {"city": "Paris"})],
+        ),
+        Reply(input_tokens=3100, output_tokens=30, text="It is sunny."),
+    )
+
+
+def assert_each_request_settled(server: StandIn, guard: AgentKavach, events: Events) -> None:
+    assert len(server.requests) == 2
+    assert [(e.status, e.usage.input_tokens, e.usage.output_tokens) for e in events.calls] == [
+        ("ok", 3000, 40),
+        ("ok", 3100, 30),
+    ]
+    assert events.calls[0].tool_calls == ('get_weather({"city":"Paris"})',)
+    # Gemini 2.0 Flash: $0.10 input, $0.40 output per million tokens.
+    assert guard.status()[0].spent == 6100 * 100 + 70 * 400
+    assert guard.ledger.open_holds == 0
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_automatic_function_calling_settles_every_request(
+    server: StandIn, make_guard: Any, events: Events, streamed: bool
+) -> None:
+    guard = make_guard(budget=Budget.daily(1))
+    script_afc(server)
+    c = client(server, guard)
+    if streamed:
+        chunks = list(
+            c.models.generate_content_stream(model=MODEL, contents="Weather in Paris?", config=AFC)
+        )
+        assert "".join(chunk.text or "" for chunk in chunks).endswith("It is sunny.")
+    else:
+        response = c.models.generate_content(model=MODEL, contents="Weather in Paris?", config=AFC)
+        assert (response.text or "").endswith("It is sunny.")
+    assert_each_request_settled(server, guard, events)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_async_automatic_function_calling_settles_every_request(
+    server: StandIn, make_guard: Any, events: Events, streamed: bool
+) -> None:
+    guard = make_guard(budget=Budget.daily(1))
+    script_afc(server)
+    c = client(server, guard).aio
+    if streamed:
+        stream = await c.models.generate_content_stream(
+            model=MODEL, contents="Weather in Paris?", config=AFC
+        )
+        assert "".join([chunk.text or "" async for chunk in stream]).endswith("It is sunny.")
+    else:
+        response = await c.models.generate_content(
+            model=MODEL, contents="Weather in Paris?", config=AFC
+        )
+        assert (response.text or "").endswith("It is sunny.")
+    assert_each_request_settled(server, guard, events)
+    await c.aclose()
+
+
+def test_budget_stops_automatic_function_calling_between_requests(
+    server: StandIn, make_guard: Any, events: Events
+) -> None:
+    # The first request spends $0.000316 of $0.00035; the second one's 100 output tokens
+    # alone hold $0.00004, more than is left, so it is refused before it is sent.
+    guard = make_guard(budget=Budget.daily(0.00035))
+    script_afc(server)
+    c = client(server, guard)
+    with pytest.raises(BudgetExceededError):
+        c.models.generate_content(model=MODEL, contents="Weather in Paris?", config=AFC)
+    assert len(server.requests) == 1
+    assert [e.status for e in events.calls] == ["ok", "refused"]
+    assert guard.status()[0].spent == 3000 * 100 + 40 * 400
+    assert guard.ledger.open_holds == 0
