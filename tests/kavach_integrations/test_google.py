@@ -124,6 +124,23 @@ def test_dropped_stream_settles_once(server: StandIn, make_guard: Any, events: E
 
 
 @pytest.mark.anyio
+async def test_a_stream_dropped_unread_is_not_charged(
+    server: StandIn, make_guard: Any, events: Events
+) -> None:
+    # google-genai sends a stream's request on its first read: one never read cost nothing.
+    guard = make_guard(budget=Budget.daily(1))
+    c = client(server, guard)
+    sent = len(server.requests)
+    stream = c.models.generate_content_stream(model=MODEL, contents="word " * 5000)
+    astream = await c.aio.models.generate_content_stream(model=MODEL, contents="more " * 5000)
+    del stream, astream
+    gc.collect()
+    assert len(server.requests) == sent
+    assert events.calls == [] and guard.status()[0].spent == 0
+    assert guard.ledger.open_holds == 0
+
+
+@pytest.mark.anyio
 @pytest.mark.parametrize("mode", ["strict", "reserve"])
 async def test_200_concurrent_calls_never_pass_the_budget(
     server: StandIn, make_guard: Any, mode: str
