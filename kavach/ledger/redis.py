@@ -37,7 +37,14 @@ Redis unreachable: by default the error propagates and the guard refuses the cal
 (``LedgerUnavailableError``: fail closed). With ``fallback="local"`` the ledger switches
 to an in-process ``MemoryLedger`` seeded with the last spend it saw, logs a loud warning,
 and when Redis answers again adds the spend recorded locally to Redis (reconciles).
+A settle is never refused, since the provider has billed the call: in either mode one that
+Redis does not answer is kept in the process and run on Redis before the next command
+that reaches it (or on ``reconcile`` / ``close``); the settle script counts its spend once,
+whether its hold is still open or a reserve reclaimed it after its lease meanwhile.
 Redis Cluster is not supported: a call's keys must live on one server.
+
+A command whose reply is lost (the connection dropped after Redis ran it) is sent once
+more; reserve, settle and release are safe to run twice with the same hold id.
 """
 
 from __future__ import annotations
@@ -84,12 +91,21 @@ class RedisUnavailableError(ConnectionError):
 
 
 class _Script:
-    __slots__ = ("sha", "sha_b", "text")
+    """A Lua script, sent as EVALSHA. ``again`` is what to run instead when the reply to
+    that EVALSHA was lost, so the script may already have run: a variant that is safe to
+    run twice (default: the script itself), sent whole as EVAL so it needs no SCRIPT LOAD
+    (a restarted Redis has forgotten its scripts, and a NOSCRIPT retry would send the
+    EVALSHA once more)."""
 
-    def __init__(self, text: str) -> None:
+    __slots__ = ("again", "sha", "sha_b", "text")
+
+    def __init__(self, text: str, again: str | None = None) -> None:
         self.text = text
         self.sha = _lua.sha1(text)
         self.sha_b = self.sha.encode()
+        body = (text if again is None else again).encode()
+        self.again = b"$4\r\nEVAL\r\n$%d\r\n%s\r\n" % (len(body), body)
+        _BY_SHA[self.sha_b] = self
 
     def pack(self, keys: _PackedKeys, args: Sequence[Any]) -> bytes:
         """``EVALSHA sha numkeys keys... args...`` in RESP, without redis-py's encoder."""
@@ -104,6 +120,17 @@ class _Script:
         )
 
 
+_BY_SHA: dict[bytes, _Script] = {}
+_EVALSHA = len(b"$7\r\nEVALSHA\r\n$40\r\n")
+
+
+def _again(packed: bytes) -> bytes:
+    """A packed EVALSHA turned into its script's ``again`` EVAL, with the same keys and args."""
+    start = packed.index(b"\r\n") + 2  # past the element count, which does not change
+    sha = packed[start + _EVALSHA : start + _EVALSHA + 40]
+    return packed[:start] + _BY_SHA[sha].again + packed[start + _EVALSHA + 42 :]
+
+
 _PackedKeys = tuple[int, bytes]
 """How many keys, and ``numkeys key...`` in RESP."""
 
@@ -116,7 +143,43 @@ def _pack_keys(keys: Sequence[str]) -> _PackedKeys:
     return len(keys), b"".join(parts)
 
 
-_RESERVE = _Script(_lua.RESERVE)
+# Run before RESERVE when its first attempt may have run: if the hold's member is already
+# on its first key, that attempt held the amount, so return its grant (the units follow
+# from the amount held on a line paid per unit) instead of holding it a second time. It
+# scans the key's open holds, a cost paid only on such a retry. A hold that reserve reclaimed
+# in between is gone, and a fresh grant under the same id is then the only one.
+_RESERVE_AGAIN = (
+    """
+local function held(i)
+  local head = ARGV[1] .. ':' .. i .. ':'
+  for _, member in ipairs(redis.call('ZRANGE', KEYS[3*i-1], 0, -1)) do
+    if string.sub(member, 1, #head) == head then
+      return tonumber(string.sub(member, #head + 1))
+    end
+  end
+  return nil
+end
+local function granted()
+  local amount = held(1)
+  if amount == nil then return nil end
+  for i = 1, #KEYS / 3 do
+    local base = 4 + 4 * (i - 1)
+    local per_unit = tonumber(ARGV[base + 3])
+    if per_unit > 0 then
+      if i > 1 then amount = held(i) end
+      if amount == nil then return nil end
+      return (amount - tonumber(ARGV[base + 2])) / per_unit
+    end
+  end
+  return tonumber(ARGV[4])
+end
+local granted_units = granted()
+if granted_units ~= nil then return {1, granted_units, {}} end
+"""
+    + _lua.RESERVE
+)
+
+_RESERVE = _Script(_lua.RESERVE, again=_RESERVE_AGAIN)
 _SETTLE = _Script(_lua.SETTLE)
 _RELEASE = _Script(_lua.RELEASE)
 _READ = _Script(_lua.READ)
@@ -198,6 +261,8 @@ class RedisLedger:
         self._local: MemoryLedger | None = None
         self._local_holds: set[str] = set()
         self._unreconciled: dict[str, tuple[int, int | None]] = {}
+        # Settles Redis did not answer, by hold id: run on Redis before the next command.
+        self._unsettled: dict[str, tuple[Hold, tuple[int, ...]]] = {}
         self._last_spent: dict[str, tuple[int, int | None]] = {}
         self._ttls: dict[str, int | None] = {}
         self._retry_at = 0.0
@@ -235,6 +300,11 @@ class RedisLedger:
         return batcher
 
     def _run(self, script: _Script, keys: _PackedKeys, args: Sequence[Any]) -> Any:
+        if self._unsettled:  # the settles Redis missed go first: this call sees their spend
+            self._apply_unsettled()
+        return self._eval(script, keys, args)
+
+    def _eval(self, script: _Script, keys: _PackedKeys, args: Sequence[Any]) -> Any:
         packed = script.pack(keys, args)
         for _ in range(2):
             try:
@@ -246,14 +316,16 @@ class RedisLedger:
     def _send(self, packed: bytes) -> Any:
         # One command on a pooled connection, skipping redis-py's command machinery (it
         # costs more than the round trip). A pooled connection the server dropped (Redis
-        # restarted) is retried once on a fresh one: safe, because a settle or release
-        # that already ran is a no-op the second time, and a reserve that already ran
-        # leaves at worst an orphan hold that its lease gives back.
+        # restarted) is retried once on a fresh one. The first attempt may have run with
+        # only its reply lost, so the retry sends the script's `again` variant: a settle
+        # or release that already ran is a no-op the second time, and a reserve that
+        # already ran returns the grant it made (see _RESERVE_AGAIN).
         pool = self.client.connection_pool
+        command = packed
         for attempt in (0, 1):
             conn: Any = pool.get_connection()
             try:
-                conn.send_packed_command([packed])
+                conn.send_packed_command([command])
                 return conn.read_response()
             except redis.ResponseError:
                 raise
@@ -261,6 +333,7 @@ class RedisLedger:
                 conn.disconnect()
                 if attempt:
                     raise
+                command = _again(packed)
             except BaseException:
                 conn.disconnect()
                 raise
@@ -269,6 +342,17 @@ class RedisLedger:
         raise AssertionError("unreachable")
 
     async def _arun(
+        self,
+        script: _Script,
+        keys: _PackedKeys,
+        args: Sequence[Any],
+        orphan: _Orphan | None = None,
+    ) -> Any:
+        if self._unsettled:
+            await self._aapply_unsettled()
+        return await self._aeval(script, keys, args, orphan)
+
+    async def _aeval(
         self,
         script: _Script,
         keys: _PackedKeys,
@@ -285,7 +369,16 @@ class RedisLedger:
         return await batcher.call(packed, orphan)
 
     def close(self) -> None:
-        """Close the sync pool (async pools close with their event loop)."""
+        """Run on Redis the settles it missed, if it answers now, and close the sync pool
+        (async pools close with their event loop)."""
+        if self._unsettled:
+            try:
+                self._apply_unsettled()
+            except (redis.ConnectionError, redis.TimeoutError, OSError):
+                self._lost_unsettled()
+        self._close_pool()
+
+    def _close_pool(self) -> None:
         if self._client is not None:
             self._client.close()
 
@@ -295,8 +388,8 @@ class RedisLedger:
 
     async def aclose(self) -> None:
         """Close the running event loop's async pool (after its in-flight commands) and the
-        sync pool. Pools of other, closed event loops are dropped."""
-        self.close()
+        sync pool. Pools of other, closed event loops are dropped. Settles Redis missed are
+        run on it first, if it answers now."""
         loop = asyncio.get_running_loop()
         batcher = self._async.get(loop)
         # In-flight batches can still hand a cancelled reserve's hold back (a new
@@ -305,6 +398,12 @@ class RedisLedger:
             list(batcher._tasks) if batcher is not None else []
         ):
             await asyncio.gather(*mine, return_exceptions=True)
+        if self._unsettled:
+            try:
+                await self._aapply_unsettled()
+            except (redis.ConnectionError, redis.TimeoutError, OSError):
+                self._lost_unsettled()
+        self._close_pool()
         batcher = self._async.pop(loop, None)
         self._async = {lp: b for lp, b in self._async.items() if not lp.is_closed()}
         if batcher is not None:
@@ -419,8 +518,7 @@ class RedisLedger:
         try:
             after = self._run(_SETTLE, self._keys(hold.keys), _settle_args(hold, actual))
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-            self._down(exc)
-            return self._record_unsettled(hold, actual)
+            return self._defer_settle(hold, actual, exc)
         return self._settled(hold, after)
 
     def release(self, hold: Hold) -> None:
@@ -491,8 +589,7 @@ class RedisLedger:
         try:
             after = await self._arun(_SETTLE, self._keys(hold.keys), _settle_args(hold, actual))
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-            self._down(exc)
-            return self._record_unsettled(hold, actual)
+            return self._defer_settle(hold, actual, exc)
         return self._settled(hold, after)
 
     async def arelease(self, hold: Hold) -> None:
@@ -514,6 +611,78 @@ class RedisLedger:
             return self._read_result(key, await self._arun(_READ, self._keys((key,)), []))
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             return self._down(exc).read(key)
+
+    # -- settles Redis missed -------------------------------------------------------------
+
+    def _defer_settle(
+        self, hold: Hold, actual: Sequence[int], exc: BaseException
+    ) -> tuple[int, ...]:
+        """Redis did not answer a settle: keep it, whatever the fallback, and run it on
+        Redis before the next command that reaches it (or on ``reconcile`` / ``close``).
+
+        The provider billed the call, so its spend must not be lost, and the settle
+        script counts it exactly once: on a live hold it gives the hold back and adds
+        the spend; on a hold a reserve reclaimed after its lease it adds the spend only;
+        on a hold already settled (the first attempt ran, its reply was lost) it does
+        nothing. Returns each key's spent after on the local ledger with
+        ``fallback="local"``, else ``()``: not known until Redis answers.
+        """
+        actual = tuple(actual)
+        self._unsettled[hold.id] = (hold, actual)
+        logger.warning(
+            "kavach: Redis at %s did not answer the settle of hold %s (%s: %s): its spend %s "
+            "on %s is kept in this process and will be added to Redis when it answers again; "
+            "until then other processes do not see it, and it is lost if this process exits "
+            "first",
+            self.url,
+            hold.id,
+            type(exc).__name__,
+            exc,
+            list(actual),
+            list(hold.keys),
+        )
+        if self.fallback != "local":
+            return ()
+        local = self._down(exc)
+        return tuple(
+            local.add_spent(key, amount, self._ttls.get(key))
+            for key, amount in zip(hold.keys, actual, strict=True)
+        )
+
+    def _apply_unsettled(self) -> None:
+        """Run the settles Redis missed; raises if it still does not answer (they stay)."""
+        for hold, actual in list(self._unsettled.values()):
+            after = self._eval(_SETTLE, self._keys(hold.keys), _settle_args(hold, actual))
+            self._applied(hold, after)
+
+    async def _aapply_unsettled(self) -> None:
+        for hold, actual in list(self._unsettled.values()):
+            after = await self._aeval(_SETTLE, self._keys(hold.keys), _settle_args(hold, actual))
+            self._applied(hold, after)
+
+    def _applied(self, hold: Hold, after: list[Any]) -> None:
+        # Another thread may have run the same settle meanwhile: the script made it a no-op.
+        if self._unsettled.pop(hold.id, None) is None:
+            return
+        spent = self._settled(hold, after)
+        logger.warning(
+            "kavach: Redis at %s answers again: added the spend of hold %s, which it had not "
+            "seen, to %s (spent now %s)",
+            self.url,
+            hold.id,
+            list(hold.keys),
+            list(spent),
+        )
+
+    def _lost_unsettled(self) -> None:
+        lost, self._unsettled = self._unsettled, {}
+        logger.error(
+            "kavach: closing while Redis at %s does not answer: the spend of %d settle(s) it "
+            "never saw is lost to the shared budget: %s",
+            self.url,
+            len(lost),
+            {hold_id: list(actual) for hold_id, (_, actual) in lost.items()},
+        )
 
     # -- fallback to a local ledger -------------------------------------------------------
 
@@ -620,13 +789,24 @@ class RedisLedger:
         return self._local
 
     def reconcile(self) -> bool:
-        """Try Redis now; if it answers, add the locally recorded spend and leave fallback."""
+        """Try Redis now; if it answers, add the spend it missed (settles it did not answer,
+        and the spend recorded locally) and leave fallback."""
         if self._local is None:
+            if self._unsettled:
+                try:
+                    self._apply_unsettled()
+                except (redis.ConnectionError, redis.TimeoutError, OSError):
+                    return False
             return True
         self._retry_at = 0.0
         return self._local_ledger() is None
 
     def _reconcile(self) -> None:
+        try:
+            self._apply_unsettled()
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            self._retry_at = time.monotonic() + _RETRY_SECONDS
+            return
         with self._fb_lock:
             pending = self._unreconciled
             try:
@@ -724,6 +904,7 @@ class _Batcher:
 
     async def _send(self, batch: list[_Entry]) -> None:
         pool = self.client.connection_pool
+        data = b"".join([cmd for cmd, _, _ in batch])
         for attempt in (0, 1):
             try:
                 # Connections stay with the batcher between batches: the pool's checkout
@@ -734,7 +915,7 @@ class _Batcher:
                 return
             done = 0
             try:
-                await conn.send_packed_command(b"".join([cmd for cmd, _, _ in batch]))
+                await conn.send_packed_command(data)
                 for _, future, orphan in batch:
                     try:
                         reply = await conn.read_response()
@@ -755,11 +936,12 @@ class _Batcher:
                 return
             except redis.ConnectionError as exc:
                 await conn.disconnect()
-                # A dropped pooled connection before any reply: retry the batch once (see
-                # RedisLedger._send for why that is safe).
+                # A dropped pooled connection before any reply: retry the batch once, as
+                # the commands' `again` variants (see RedisLedger._send).
                 if attempt or done:
                     _fail(batch[done:], exc)
                     return
+                data = b"".join([_again(cmd) for cmd, _, _ in batch])
             except BaseException as exc:
                 await conn.disconnect()
                 _fail(batch[done:], exc)

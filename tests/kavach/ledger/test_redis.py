@@ -353,7 +353,11 @@ def unused_tcp_port() -> int:
 
 
 class Proxy:
-    """A loopback TCP proxy to the real Redis that can be started late: Redis 'comes back'."""
+    """A loopback TCP proxy to the real Redis that can be started late: Redis 'comes back'.
+
+    With ``lose_next_reply`` set, the next reply from Redis is dropped with its connection:
+    Redis ran the command, but the client never hears of it.
+    """
 
     def __init__(self, port: int, target: tuple[str, int]) -> None:
         import socket
@@ -364,6 +368,7 @@ class Proxy:
         self.server.bind(("127.0.0.1", port))
         self.server.listen()
         self.stopped = False
+        self.lose_next_reply = False
         self.conns: list[object] = []
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -377,21 +382,27 @@ class Proxy:
                 return
             upstream = socket.create_connection(self.target)
             self.conns += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+            for a, b, replies in ((client, upstream, False), (upstream, client, True)):
+                threading.Thread(target=self._pump, args=(a, b, replies), daemon=True).start()
 
-    @staticmethod
-    def _pump(a: object, b: object) -> None:
+    def _pump(self, a: object, b: object, replies: bool) -> None:
         import socket
 
         assert isinstance(a, socket.socket) and isinstance(b, socket.socket)
         try:
             while data := a.recv(65536):
+                if replies and self.lose_next_reply:
+                    self.lose_next_reply = False  # before the client can see the drop
+                    break
                 b.sendall(data)
         except OSError:
             pass
         finally:
             for s in (a, b):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)  # wakes the other pump, blocked in recv
+                except OSError:
+                    pass
                 try:
                     s.close()
                 except OSError:
@@ -410,7 +421,13 @@ class Proxy:
         self.conns.clear()
 
     def close(self) -> None:
+        import socket
+
         self.stopped = True
+        try:  # wakes the accepting thread; a bare close() would leave it accepting
+            self.server.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self.server.close()
         self.drop()
 
@@ -560,6 +577,111 @@ def test_connections_dropped_by_a_redis_restart_are_replaced_without_an_error(
         asyncio.run(twice_async())
         assert ledger.read("k") == ledger.read("k").__class__(10, 0)
         assert not ledger.degraded
+    finally:
+        proxy.close()
+
+
+def test_a_reserve_whose_reply_is_lost_holds_its_amount_once(
+    unused_tcp_port: int, make_ledger: Any
+) -> None:
+    # Redis ran the reserve, the connection dropped before its reply: the retry must not
+    # hold the amount again under the same hold id (nothing would ever give it back).
+    proxy = Proxy(unused_tcp_port, ("127.0.0.1", 6379))
+    try:
+        ledger = make_ledger(f"redis://127.0.0.1:{unused_tcp_port}/0")
+        lines = [LedgerLine("a", 10**6, 5, 0), LedgerLine("b", 1000, 10, 1)]
+        assert ledger.read("b") == Balance(0, 0)  # opens the pooled connection
+        proxy.lose_next_reply = True
+        hold = ledger.reserve(lines, 1, 600)
+        assert isinstance(hold, Hold) and hold.units == 600 and hold.amounts == (5, 610)
+        assert ledger.read("a") == Balance(0, 5) and ledger.read("b") == Balance(0, 610)
+        proxy.lose_next_reply = True  # a settle run twice counts its spend once
+        assert ledger.settle(hold, (5, 300)) == (5, 300)
+        assert ledger.read("a") == Balance(5, 0) and ledger.read("b") == Balance(300, 0)
+    finally:
+        proxy.close()
+
+
+@pytest.mark.anyio
+async def test_an_async_reserve_whose_reply_is_lost_holds_its_amount_once(
+    unused_tcp_port: int, make_ledger: Any
+) -> None:
+    proxy = Proxy(unused_tcp_port, ("127.0.0.1", 6379))
+    try:
+        ledger = make_ledger(f"redis://127.0.0.1:{unused_tcp_port}/0")
+        line = [LedgerLine("k", 1000, 10, 1)]
+        assert await ledger.aread("k") == Balance(0, 0)  # opens the batcher's connection
+        proxy.lose_next_reply = True
+        hold = await ledger.areserve(line, 1, 600)
+        assert isinstance(hold, Hold) and hold.units == 600
+        assert await ledger.aread("k") == Balance(0, 610)
+        proxy.lose_next_reply = True
+        assert await ledger.asettle(hold, (300,)) == (300,)
+        assert await ledger.aread("k") == Balance(300, 0)
+        await ledger.aclose()
+    finally:
+        proxy.close()
+
+
+def test_a_settle_redis_misses_is_added_when_it_answers_again(
+    redis_url: str,
+    prefix: str,
+    unused_tcp_port: int,
+    caplog: pytest.LogCaptureFixture,
+    make_ledger: Any,
+) -> None:
+    # Fail closed (the default): Redis drops while a call is in flight. The provider bills
+    # the call, so its spend must reach Redis once it answers, and its hold go back once.
+    proxy = Proxy(unused_tcp_port, ("127.0.0.1", 6379))
+    ledger = make_ledger(f"redis://127.0.0.1:{unused_tcp_port}/0")
+    guard = AgentKavach("bot", Budget.daily("0.01"), prices=PRICES, ledger=ledger)
+    r = guard.reserve(spec(input_tokens=1000, max_output=1000))
+    proxy.close()
+    with caplog.at_level(logging.WARNING, logger="kavach"):
+        r.commit(Usage(input_tokens=1000, output_tokens=500))  # $0.0015, never raises
+    assert "did not answer the settle" in caplog.text and "kept in this process" in caplog.text
+    assert "could not settle" not in caplog.text
+    with pytest.raises(LedgerUnavailableError):  # still fails closed meanwhile
+        guard.reserve(spec(content="2"))
+
+    proxy = Proxy(unused_tcp_port, ("127.0.0.1", 6379))
+    try:
+        with caplog.at_level(logging.WARNING, logger="kavach"):
+            status = guard.status()[0]
+        assert (status.spent, status.reserved) == (1_500_000, 0)
+        assert "added the spend of hold" in caplog.text
+        direct = make_ledger()
+        assert direct.read(status.key) == Balance(1_500_000, 0)
+    finally:
+        proxy.close()
+
+
+@pytest.mark.anyio
+async def test_a_missed_settle_counts_once_after_a_lease_reclaimed_its_hold(
+    unused_tcp_port: int, make_ledger: Any
+) -> None:
+    # The settle waits for Redis while the hold's lease ends and another process reclaims
+    # it: the late settle then adds the spend without giving the hold back a second time.
+    reclaimed: list[HoldReclaimed] = []
+    proxy = Proxy(unused_tcp_port, ("127.0.0.1", 6379))
+    ledger = make_ledger(f"redis://127.0.0.1:{unused_tcp_port}/0", lease_seconds=0.2)
+    other = make_ledger(lease_seconds=30, on_reclaim=reclaimed.append)
+    line = [LedgerLine("k", 1000, 100, 0)]
+    hold = await ledger.areserve(line, 0, 0)
+    assert isinstance(hold, Hold)
+    proxy.close()
+    assert await ledger.asettle(hold, (70,)) == ()  # fail closed: spent not known yet
+    await asyncio.sleep(0.3)  # past the lease
+    kept = other.reserve(line, 0, 0)
+    assert isinstance(kept, Hold) and reclaimed == [HoldReclaimed(hold.id, "k", 100)]
+    assert other.read("k") == Balance(0, 100)
+
+    proxy = Proxy(unused_tcp_port, ("127.0.0.1", 6379))
+    try:
+        assert await ledger.aread("k") == Balance(70, 100)  # only the other hold is left
+        other.release(kept)
+        await ledger.aclose()
+        assert other.read("k") == Balance(70, 0)
     finally:
         proxy.close()
 
