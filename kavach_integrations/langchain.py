@@ -29,6 +29,24 @@ How it enforces:
   guardrails apply to one chain, agent or graph invocation. Tool calls in the model's answer
   feed the loop detector.
 
+Calls LangChain never ends are settled too. LangChain sends no ``on_llm_error`` when the
+task awaiting a model is cancelled (``asyncio.wait_for``, a LangGraph branch cancelled by a
+failing sibling), and stops at the first handler that raises, so another handler's error in
+the start or end event hides it from this one. Such a call is settled when its parent run
+(chain, tool, retriever, graph node) ends, or, for an async call, when the task that made it
+ends: released if the error came out of a start event (nothing was sent), billed at the most
+it could cost if it came out of an end event (answered, the answer unseen), otherwise at the
+input estimate plus what streamed (``status="cancelled"`` for a cancellation), as
+``kavach.stream`` bills a dropped stream. A sync ``generate()`` whose prompt fails settles
+the prompts answered before it the same way and releases those never sent. A refusal by one
+``KavachHandler`` releases what the others listed with it reserved for the call, so two
+handlers for two guards (agent and team budgets) hold together or not at all.
+
+Not covered: a sync model call made on its own (no chain around it, no running event loop)
+whose start or end event another handler aborts keeps its hold (nothing tells the handler
+the call is over), as does an async one left by ``asyncio.timeout()`` (it cancels and
+resumes the same task) until that task ends. Run such calls in a chain or a task.
+
 The handler uses the guard's sync API: with the in-memory ledger that does no I/O. A Redis
 ledger makes a short blocking round trip on the event loop for async LangChain calls.
 """
@@ -36,12 +54,15 @@ ledger makes a short blocking round trip on the event loop for async LangChain c
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import logging
+import sys
 import threading
+import weakref
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
 from uuid import UUID
 
 from kavach.client import AgentKavach, current_run_id
@@ -63,6 +84,8 @@ __all__ = ["KavachHandler", "usage_from_metadata"]
 
 logger = logging.getLogger("kavach.langchain")
 
+_CALLBACK_MANAGER = "langchain_core.callbacks.manager"
+
 _ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool"}
 _PROVIDERS = {
     "azure": "openai",
@@ -74,10 +97,34 @@ _PROVIDERS = {
 
 
 @dataclass(slots=True)
+class _Batch:
+    """The model runs of one multi-prompt ``generate()``, in prompt order."""
+
+    size: int
+    serial: bool
+    """Sync chat ``generate()``: prompts are sent one after another, and a failure ends the
+    call with no ``on_llm_end`` for the prompts already answered."""
+    runs: list[UUID] = field(default_factory=list)
+
+
+@dataclass(slots=True)
 class _Call:
     reservation: Reservation
+    parent: UUID | None = None
+    task: asyncio.Task[Any] | None = None
+    """The task that made the call (the handler runs inline on it), if any."""
+    thread: threading.Thread = field(default_factory=threading.current_thread)
+    batch: _Batch | None = None
     output_tokens: int = 0
     cut: bool = False
+
+
+# A call LangChain never ends: was its request sent, and was it answered?
+_Fate = Literal["unsent", "answered", "unknown"]
+
+# Every live handler, so one that refuses a run gives back what the others reserved for it.
+_handlers: weakref.WeakSet[KavachHandler] = weakref.WeakSet()
+_handlers_lock = threading.Lock()
 
 
 def usage_from_metadata(usage_metadata: Mapping[str, Any]) -> Usage:
@@ -134,10 +181,12 @@ class KavachHandler(BaseCallbackHandler):
         self._lock = threading.Lock()
         self._calls: dict[UUID, _Call] = {}
         self._roots: dict[UUID, UUID] = {}
-        # Model runs started by one multi-prompt generate() call: if a later prompt is
-        # refused LangChain never ends the earlier ones, so their holds are given back here.
-        self._batches: dict[tuple[int, UUID | None], list[UUID]] = {}
+        # Multi-prompt generate() calls whose prompts are still being reserved.
+        self._batches: dict[tuple[object, UUID | None], _Batch] = {}
+        self._watched: set[asyncio.Task[Any]] = set()
         self._warned_unseen_parent = False
+        with _handlers_lock:
+            _handlers.add(self)
 
     def __repr__(self) -> str:
         return f"<KavachHandler {self.guard!r} open={len(self._calls)}>"
@@ -153,9 +202,21 @@ class KavachHandler(BaseCallbackHandler):
         if parent_run_id is None and current_run_id() is None:
             self.guard.guardrails.start_run(str(run_id))
 
-    def _exit(self, run_id: UUID) -> None:
+    def _exit(self, run_id: UUID, error: BaseException | None = None) -> None:
+        task, thread = _current_task(), threading.current_thread()
         with self._lock:
             self._roots.pop(run_id, None)
+            # A model call under this run that LangChain never ended: another handler raised
+            # in its start or end event, and LangChain stops at the first handler that raises.
+            orphans = [
+                r
+                for r, c in self._calls.items()
+                if c.parent == run_id and _finished(c, task, thread)
+            ]
+            calls = [c for c in (self._pop(r) for r in orphans) if c is not None]
+        status = _error_status(error) if error is not None else "error"
+        for call in calls:
+            _give_up(call, _fate(error), status, "its parent run ended before the call did")
 
     def _kavach_run(self, parent_run_id: UUID | None) -> str:
         scoped = current_run_id()
@@ -193,7 +254,7 @@ class KavachHandler(BaseCallbackHandler):
         self._exit(run_id)
 
     def on_chain_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
-        self._exit(run_id)
+        self._exit(run_id, error)
 
     def on_tool_start(
         self,
@@ -210,7 +271,24 @@ class KavachHandler(BaseCallbackHandler):
         self._exit(run_id)
 
     def on_tool_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        self._exit(run_id, error)
+
+    def on_retriever_start(
+        self,
+        serialized: dict[str, Any] | None,
+        query: str,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self._enter(run_id, parent_run_id)
+
+    def on_retriever_end(self, documents: Any, *, run_id: UUID, **kwargs: Any) -> None:
         self._exit(run_id)
+
+    def on_retriever_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        self._exit(run_id, error)
 
     # -- model runs: reserve ------------------------------------------------------------
 
@@ -232,6 +310,7 @@ class KavachHandler(BaseCallbackHandler):
             kwargs,
             messages=[_message_dict(m) for m in flat],
             prompt=None,
+            serial=not _called_from_coroutine(),
         )
 
     def on_llm_start(
@@ -245,7 +324,14 @@ class KavachHandler(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         self._reserve(
-            run_id, parent_run_id, metadata, kwargs, messages=None, prompt="\n".join(prompts)
+            run_id,
+            parent_run_id,
+            metadata,
+            kwargs,
+            messages=None,
+            prompt="\n".join(prompts),
+            # A text LLM's generate() sends its prompts in one request and errors them all.
+            serial=False,
         )
 
     def _reserve(
@@ -257,6 +343,7 @@ class KavachHandler(BaseCallbackHandler):
         *,
         messages: list[dict[str, Any]] | None,
         prompt: str | None,
+        serial: bool,
     ) -> None:
         meta = metadata or {}
         params: Mapping[str, Any] = kwargs.get("invocation_params") or {}
@@ -272,27 +359,72 @@ class KavachHandler(BaseCallbackHandler):
             run_id=self._kavach_run(parent_run_id),
             tags={"integration": "langchain"},
         )
-        batch_key = (threading.get_ident(), parent_run_id)
+        task = _current_task()
+        batch_key = (task if task is not None else threading.get_ident(), parent_run_id)
         try:
             reservation = self.guard.reserve(spec)
         except BaseException:
-            if batch_size > 1:
-                self._release_batch(batch_key)
+            # The run never starts, so nothing was sent: every KavachHandler (this one and
+            # any other listed with it) gives back what it holds for the run and its batch.
+            with _handlers_lock:
+                handlers = list(_handlers)
+            for handler in handlers:
+                handler._start_failed(run_id, batch_key)
             raise
+        call = _Call(reservation, parent_run_id, task)
         with self._lock:
-            self._calls[run_id] = _Call(reservation)
+            self._calls[run_id] = call
             if batch_size > 1:
-                group = self._batches.setdefault(batch_key, [])
-                group.append(run_id)
-                if len(group) >= batch_size:
+                batch = self._batches.get(batch_key)
+                if batch is None:
+                    batch = _Batch(batch_size, serial=serial)
+                    self._batches[batch_key] = batch
+                batch.runs.append(run_id)
+                call.batch = batch
+                if len(batch.runs) >= batch_size:
                     del self._batches[batch_key]
+            watch = task is not None and task not in self._watched
+            if task is not None and watch:
+                self._watched.add(task)
+        if task is not None and watch:
+            task.add_done_callback(self._task_done)
 
-    def _release_batch(self, key: tuple[int, UUID | None]) -> None:
+    def _start_failed(self, run_id: UUID, batch_key: tuple[object, UUID | None]) -> None:
         with self._lock:
-            started = self._batches.pop(key, [])
-            calls = [c for c in (self._calls.pop(r, None) for r in started) if c is not None]
+            batch = self._batches.pop(batch_key, None)
+            runs = [*(batch.runs if batch is not None else ()), run_id]
+            calls = [c for c in (self._pop(r) for r in runs) if c is not None]
         for call in calls:
-            call.reservation.release(error="a later prompt of the same batch was refused")
+            call.reservation.release(error="refused before it was sent (this run or its batch)")
+
+    def _pop(self, run_id: UUID) -> _Call | None:
+        """Take an open call off the books (with ``self._lock`` held)."""
+        call = self._calls.pop(run_id, None)
+        if call is not None and call.batch is not None:
+            for key, batch in list(self._batches.items()):
+                if batch is call.batch:  # still being reserved: a later prompt cannot join it
+                    del self._batches[key]
+        return call
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        # A cancelled ainvoke (a timeout, a cancelled graph branch) never gets on_llm_error:
+        # LangChain is awaiting asyncio.gather when the cancellation arrives.
+        with self._lock:
+            self._watched.discard(task)
+            orphans = [r for r, c in self._calls.items() if c.task is task]
+            calls = [c for c in (self._pop(r) for r in orphans) if c is not None]
+        if not calls:
+            return
+        # Read without marking the exception retrieved (task.exception() would), so asyncio
+        # still reports a failed task nobody awaited. Unreadable, the fate is unknown.
+        error = None if task.cancelled() else getattr(task, "_exception", None)
+        if not isinstance(error, BaseException):
+            error = None
+        status: CallStatus = "cancelled" if task.cancelled() else "error"
+        if error is not None:
+            status = _error_status(error)
+        for call in calls:
+            _give_up(call, _fate(error), status, "its task ended before the call did")
 
     # -- model runs: meter and settle ---------------------------------------------------
 
@@ -332,7 +464,7 @@ class KavachHandler(BaseCallbackHandler):
 
     def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
         with self._lock:
-            call = self._calls.pop(run_id, None)
+            call = self._pop(run_id)
         if call is not None:
             _settle(call, lambda: _commit_end(call, response))
 
@@ -344,10 +476,24 @@ class KavachHandler(BaseCallbackHandler):
         response: LLMResult | None = None,
         **kwargs: Any,
     ) -> None:
+        answered: list[_Call] = []
+        unsent: list[_Call] = []
         with self._lock:
-            call = self._calls.pop(run_id, None)
+            call = self._pop(run_id)
+            batch = call.batch if call is not None else None
+            if batch is not None and batch.serial:
+                # Sync chat generate() stops at the failed prompt and raises: the prompts
+                # before it were answered (their on_llm_end never comes), those after unsent.
+                at = batch.runs.index(run_id)
+                answered = [c for c in map(self._pop, batch.runs[:at]) if c is not None]
+                unsent = [c for c in map(self._pop, batch.runs[at + 1 :]) if c is not None]
         if call is not None:
             _settle(call, lambda: _commit_error(call, error, response))
+        why = "another prompt of the same generate() failed"
+        for other in answered:
+            _give_up(other, "answered", "error", why)
+        for other in unsent:
+            _give_up(other, "unsent", "error", why)
 
     @property
     def open_calls(self) -> int:
@@ -366,6 +512,75 @@ def _settle(call: _Call, settle: Callable[[], object]) -> None:
     except Exception:
         logger.exception("kavach: could not settle a LangChain call; releasing its hold")
         call.reservation.release(error="settlement failed")
+
+
+def _give_up(call: _Call, fate: _Fate, status: CallStatus, why: str) -> None:
+    """Settle a call LangChain will never end, as ``kavach.stream`` settles a dropped stream.
+
+    Never sent: the hold goes back. Answered but the answer unseen: the most it could have
+    cost (the input estimate and every output token held). Otherwise the request may have
+    been sent and billed: the input estimate and whatever streamed, like a stream cancelled
+    before or during its first chunks.
+    """
+    r = call.reservation
+    if fate == "unsent":
+        r.release(status=status, error=why)
+        return
+    usage = _estimate(call, None)
+    if fate == "answered":
+        usage = replace(usage, output_tokens=max(usage.output_tokens, r.max_output_tokens or 0))
+    _settle(call, lambda: r.commit(usage, status=status, error=why))
+
+
+def _fate(error: BaseException | None) -> _Fate:
+    """What an error that ended a call's run tells of the call, from where it was raised.
+
+    LangChain raises a callback's error out of the callback manager: out of a model's start
+    event, nothing was sent; out of its end event, the answer came back but we never saw it.
+    """
+    fate: _Fate = "unknown"
+    tb = error.__traceback__ if error is not None else None
+    while tb is not None:
+        frame = tb.tb_frame
+        if frame.f_globals.get("__name__") == _CALLBACK_MANAGER:
+            name = frame.f_code.co_name
+            if name in ("on_chat_model_start", "on_llm_start"):
+                return "unsent"
+            if name == "on_llm_end":
+                fate = "answered"
+        tb = tb.tb_next
+    return fate
+
+
+def _finished(call: _Call, task: asyncio.Task[Any] | None, thread: threading.Thread) -> bool:
+    """True when ``call`` can no longer be in flight as its parent run ends.
+
+    A call on the ending run's own task or thread is over (the run is past it); a call on a
+    task that has finished is over. A branch still running on another task or thread (an
+    ``asyncio.gather`` that raised first) is left to its own end, or to its task's end.
+    """
+    if call.task is not None:
+        return call.task is task or call.task.done()
+    return call.thread is thread or not call.thread.is_alive()
+
+
+def _current_task() -> asyncio.Task[Any] | None:
+    try:
+        return asyncio.current_task()
+    except RuntimeError:  # no event loop running in this thread
+        return None
+
+
+def _called_from_coroutine() -> bool:
+    """True when LangChain's async callback manager calls the handler.
+
+    The handler is sync and inline, so on the async path its caller is a coroutine of
+    ``langchain_core.callbacks.manager``; on the sync path a plain function.
+    """
+    frame = sys._getframe(1)
+    while frame.f_back is not None and frame.f_globals.get("__name__") == __name__:
+        frame = frame.f_back
+    return bool(frame.f_code.co_flags & inspect.CO_COROUTINE)
 
 
 def _commit_end(call: _Call, response: LLMResult) -> None:

@@ -41,6 +41,7 @@ Instrumenting twice is a no-op that returns the same handle.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import uuid
@@ -377,7 +378,7 @@ class Instrumentation:
         error = payload.get(EventPayload.EXCEPTION)
         if isinstance(error, BaseException):
             text = f"{type(error).__name__}: {error}"[:500]
-            status: CallStatus = "cancelled" if isinstance(error, GeneratorExit) else "error"
+            status: CallStatus = _error_status(error)
             if call.streamed_chars == 0:
                 r.release(status=status, error=text)
                 return
@@ -471,6 +472,12 @@ def _estimate(r: Reservation, output_chars: int) -> Usage:
     input_tokens = r.plan.input_tokens if r.plan is not None else 0
     output = max(1, output_chars // 4) if output_chars else 0
     return Usage(input_tokens=input_tokens, output_tokens=output)
+
+
+def _error_status(error: BaseException) -> CallStatus:
+    if isinstance(error, asyncio.CancelledError | KeyboardInterrupt | GeneratorExit):
+        return "cancelled"
+    return "error"
 
 
 def _response_model(response: Any) -> str | None:

@@ -10,6 +10,7 @@ from typing import Annotated, Any, TypedDict
 
 import pytest
 from langchain_anthropic import ChatAnthropic
+from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import HumanMessage
 from langchain_core.prompts import ChatPromptTemplate
@@ -603,3 +604,197 @@ def test_a_settlement_failure_never_breaks_a_call_that_was_answered(
     assert answer.content
     assert handler.guard.ledger.open_holds == 0
     assert recorder.calls[0].error == "settlement failed"
+
+
+# -- calls LangChain never ends are settled all the same ----------------------------------
+
+
+@pytest.mark.anyio
+async def test_timed_out_ainvoke_settles_and_the_budget_stays_usable(
+    server: StandIn, recorder: Recorder
+) -> None:
+    import asyncio
+
+    # Room for two worst cases: two timed-out calls used to hold it forever.
+    handler = KavachHandler(guard(recorder, budget=Budget.daily(0.00013)))
+    model = openai_model(server, handler)
+    server.script(Reply(delay=1.0), Reply(delay=1.0))
+    for _ in range(2):
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(model.ainvoke("hello"), timeout=0.2)
+    assert handler.open_calls == 0
+    assert handler.guard.ledger.open_holds == 0
+    # Sent, maybe billed: the input estimate, as a stream cancelled before its first chunk.
+    assert [(e.status, e.usage.output_tokens) for e in recorder.calls] == [("cancelled", 0)] * 2
+    assert all(e.usage.input_tokens > 0 for e in recorder.calls)
+    await model.ainvoke("hello")
+    assert recorder.calls[-1].status == "ok"
+    assert handler.guard.ledger.open_holds == 0
+
+
+@pytest.mark.anyio
+async def test_graph_branch_cancelled_by_a_failing_sibling_is_settled(
+    server: StandIn, recorder: Recorder
+) -> None:
+    import asyncio
+
+    handler = KavachHandler(guard(recorder))
+    model = openai_model(server, handler)
+    model.callbacks = None
+    server.responder = lambda req: (
+        Reply(status=500) if req.body["messages"][-1]["content"] == "left?" else Reply(delay=1.0)
+    )
+
+    def branch(name: str) -> Any:
+        async def node(state: Answers) -> dict[str, list[str]]:
+            if name == "left":
+                await asyncio.sleep(0.2)
+            answer = await model.ainvoke(f"{name}?")
+            return {"answers": [str(answer.content)]}
+
+        return node
+
+    graph = StateGraph(Answers)
+    graph.add_node("left", branch("left"))
+    graph.add_node("right", branch("right"))
+    graph.add_edge(START, "left")
+    graph.add_edge(START, "right")
+    with pytest.raises(Exception, match="500"):
+        await graph.compile().ainvoke({"answers": []}, config={"callbacks": [handler]})
+    await asyncio.sleep(0.1)
+    assert sorted(e.status for e in recorder.calls) == ["cancelled", "error"]
+    assert handler.open_calls == 0
+    assert handler.guard.ledger.open_holds == 0
+
+
+@pytest.mark.anyio
+async def test_a_failed_branch_does_not_settle_its_sibling_still_in_flight(
+    server: StandIn, recorder: Recorder
+) -> None:
+    import asyncio
+
+    from langchain_core.runnables import RunnableParallel
+
+    handler = KavachHandler(guard(recorder))
+    model = openai_model(server, handler)
+    model.callbacks = None
+    server.responder = lambda req: (
+        Reply(status=500)
+        if req.body["messages"][-1]["content"] == "fail"
+        else Reply(delay=0.4, input_tokens=50, output_tokens=7)
+    )
+    both = RunnableParallel(a=(lambda _: "fail") | model, b=(lambda _: "slow") | model)
+    with pytest.raises(Exception, match="500"):
+        await both.ainvoke({}, config={"callbacks": [handler]})
+    await asyncio.sleep(0.8)  # asyncio.gather raised first; the other branch still answers
+    assert sorted((e.status, e.usage.output_tokens) for e in recorder.calls) == [
+        ("error", 0),
+        ("ok", 7),
+    ]
+    assert handler.guard.ledger.open_holds == 0
+
+
+def test_a_second_guard_refusing_gives_back_the_first_guards_hold(
+    server: StandIn, recorder: Recorder
+) -> None:
+    agent = KavachHandler(guard(recorder))
+    team = KavachHandler(guard(Recorder(), budget=Budget.daily(0.000001)))
+    model = openai_model(server, agent)
+    model.callbacks = [agent, team]
+    for _ in range(3):
+        with pytest.raises(BudgetExceededError):
+            model.invoke("hello")
+    with pytest.raises(BudgetExceededError):
+        model.generate([[HumanMessage("a")], [HumanMessage("b")]])
+    assert server.requests == []
+    assert agent.open_calls == 0
+    assert agent.guard.ledger.open_holds == 0
+    assert agent.guard.spent == 0
+
+
+class Policy(BaseCallbackHandler):
+    """Another handler that rejects a call as it starts."""
+
+    raise_error = True
+
+    def on_chat_model_start(self, *args: Any, **kwargs: Any) -> None:
+        raise ValueError("policy: blocked")
+
+
+class Validator(BaseCallbackHandler):
+    """Another handler that rejects the answer, listed before ours."""
+
+    raise_error = True
+
+    def on_llm_end(self, *args: Any, **kwargs: Any) -> None:
+        raise ValueError("validator: bad answer")
+
+
+def test_another_handler_refusing_the_start_releases_our_hold(
+    server: StandIn, recorder: Recorder
+) -> None:
+    handler = KavachHandler(guard(recorder))
+    model = openai_model(server, handler)
+    model.callbacks = None
+    chain = ChatPromptTemplate.from_messages([("user", "{q}")]) | model
+    with pytest.raises(ValueError, match="policy"):
+        chain.invoke({"q": "hi"}, config={"callbacks": [handler, Policy()]})
+    assert server.requests == []
+    assert [e.status for e in recorder.calls] == ["error"]
+    assert handler.guard.spent == 0
+    assert handler.open_calls == 0
+    assert handler.guard.ledger.open_holds == 0
+
+
+@pytest.mark.anyio
+async def test_another_handler_refusing_an_ainvoke_releases_our_hold_when_its_task_ends(
+    server: StandIn, recorder: Recorder
+) -> None:
+    import asyncio
+
+    handler = KavachHandler(guard(recorder))
+    model = openai_model(server, handler)
+    model.callbacks = [handler, Policy()]
+    with pytest.raises(ValueError, match="policy"):
+        await asyncio.create_task(model.ainvoke("hi"))
+    await asyncio.sleep(0)
+    assert server.requests == []
+    assert handler.guard.spent == 0
+    assert handler.open_calls == 0
+    assert handler.guard.ledger.open_holds == 0
+
+
+def test_an_answer_rejected_before_our_handler_saw_it_is_billed_at_the_worst_case(
+    server: StandIn, recorder: Recorder
+) -> None:
+    handler = KavachHandler(guard(recorder))
+    model = openai_model(server, handler)
+    model.callbacks = None
+    chain = ChatPromptTemplate.from_messages([("user", "{q}")]) | model
+    with pytest.raises(ValueError, match="validator"):
+        chain.invoke({"q": "hi"}, config={"callbacks": [Validator(), handler]})
+    assert len(server.requests) == 1
+    (event,) = recorder.calls
+    assert event.status == "error"
+    assert event.usage.input_tokens > 0 and event.usage.output_tokens == 100  # max_tokens
+    assert handler.open_calls == 0
+    assert handler.guard.ledger.open_holds == 0
+
+
+@pytest.mark.parametrize("failing", [0, 1])
+def test_generate_with_a_failing_prompt_settles_every_prompt(
+    failing: int, server: StandIn, recorder: Recorder
+) -> None:
+    handler = KavachHandler(guard(recorder))
+    model = openai_model(server, handler)
+    server.script(*[Reply(output_tokens=5)] * failing, Reply(status=500))
+    with pytest.raises(Exception, match="500"):
+        model.generate([[HumanMessage("a")], [HumanMessage("b")], [HumanMessage("c")]])
+    assert len(server.requests) == failing + 1
+    # The failed prompt and those never sent are released; one answered before the failure
+    # (its on_llm_end never comes) is billed at the most it could have cost.
+    billed = [e for e in recorder.calls if e.cost_nanos > 0]
+    assert len(recorder.calls) == 3
+    assert [e.usage.output_tokens for e in billed] == [100] * failing
+    assert handler.open_calls == 0
+    assert handler.guard.ledger.open_holds == 0

@@ -455,3 +455,18 @@ async def test_concurrent_calls_hold_separately(server: StandIn, recorder: Recor
     assert len(recorder.by_status("ok")) == 2
     assert handle.guard.ledger.open_holds == 0
     await close_clients()
+
+
+@pytest.mark.anyio
+async def test_a_timed_out_call_is_recorded_as_cancelled(
+    guarded: Instrumentation, server: StandIn, recorder: Recorder
+) -> None:
+    import asyncio
+
+    server.script(Reply(delay=1.0))
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(openai_llm(server).achat(HELLO), timeout=0.2)
+    (event,) = recorder.calls
+    assert event.status == "cancelled"
+    assert guarded.open_calls == 0
+    await close_clients()
