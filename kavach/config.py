@@ -17,7 +17,8 @@ The file, in full (money in dollars; every key is optional except ``agents``)::
     channels:                         # named alert channels, used by agents' alerts
       slack: {type: slack, webhook_url: "${SLACK_URL}"}
       oncall: {type: pagerduty, routing_key: "${PD_KEY}"}
-      stop: {type: kill}              # also: email (to: ...), webhook (url: ..., secret: ...)
+      stop: {type: kill, threshold: 1.0}   # a rule of its own; also: email (to: ...),
+                                      # webhook (url: ..., secret: ..., headers: {...})
 
     shared_budgets:                   # pools several agents draw on
       research-team: {daily: 100}
@@ -67,6 +68,12 @@ Rules:
 - The guards one ``from_yaml`` call builds share one ledger, so shared and org budgets hold
   across the file's agents in this process (across processes with a Redis ledger). Guards
   built one at a time with ``agent=`` share it only if you pass the same ``ledger=``.
+- An ``alerts`` entry sends to the channels it names. Rule keys on a channel (``threshold``,
+  ``thresholds``, ``budgets``, ``units``, ``guardrails``, ``kills``, ``cooldown``) give that
+  channel a rule of its own for every agent, besides the alerts naming it. A channel that no
+  alert in the file names and that has no rule keys alerts every agent on its default rules
+  (see ``kavach.alerts.rules``); a kill channel has none, so it needs a threshold or an alert.
+  Both as in ``kavach.alerts.build_alerting``.
 - Channels, alerts, ``provider``, ``llm_key``, ``api_key``, ``endpoint`` and a ledger URL are
   passed to ``AgentKavach`` when this version accepts them; otherwise loading fails saying
   so. No key is ever ignored.
@@ -219,6 +226,12 @@ class BudgetConfig(_Model):
             if limit is not None:
                 yield name, limit
 
+
+# The rule keywords of ``AgentKavach.channel`` (``kavach.alerts.rules``, not imported here so
+# that reading a file does not load the HTTP stack); on a channel they give it its own rule.
+_RULE_KEYS = frozenset(
+    {"threshold", "thresholds", "budgets", "units", "guardrails", "kills", "cooldown"}
+)
 
 _CHANNEL_REQUIRES: dict[str, tuple[str, ...]] = {
     "slack": ("webhook_url",),
@@ -723,6 +736,7 @@ def guards_from_yaml(
         else []
     )
 
+    own = _own_rule_channels(doc, config)
     guards: dict[str, AgentKavach] = {}
     for name in names:
         agent_config = config.agents[name]
@@ -754,6 +768,8 @@ def guards_from_yaml(
         )
 
         kw: dict[str, Any] = {"agent_name": name, "budget": budgets, "ledger": ledger}
+        alerts: list[AlertRuleConfig] = []
+        alerts_at: FieldPath = ("channels",)
         for key, (value, where) in settings.items():
             if value is None:
                 continue
@@ -768,9 +784,11 @@ def guards_from_yaml(
                     raise _unsupported(doc, where, key)
                 kw[key] = value
             elif key == "alerts":
-                kw["channels"] = _channels(doc, config, value, where, guard_class)
+                alerts, alerts_at = value, where
             else:  # a new AgentSettings field must be wired here, never dropped
                 raise doc.error(where, f"{key!r} is not handled by this version's loader")
+        if alerts or own:
+            kw["channels"] = _channels(doc, config, alerts, alerts_at, guard_class, own)
         for top in ("api_key", "endpoint"):
             if getattr(config, top) is not None:
                 kw[top] = getattr(config, top)
@@ -783,10 +801,13 @@ def guards_from_yaml(
 def _channels(
     doc: _Document,
     config: KavachFileConfig,
-    rules: list[AlertRuleConfig],
+    rules: Sequence[AlertRuleConfig],
     where: FieldPath,
     guard_class: type[AgentKavach],
+    own: Sequence[str],
 ) -> list[Any]:
+    """One agent's channel rules: its ``alerts`` (each sent to the channels it names, with
+    only the channel's settings) and the ``own`` channels' own or default rules."""
     if not _accepts(guard_class, "channels"):
         raise _unsupported(doc, where, "alerts")
     make = getattr(guard_class, "channel", None)
@@ -800,18 +821,53 @@ def _channels(
                     (*where, i, "channels", j),
                     f"no channel {name!r} under channels: ({known})",
                 )
+            # The key under channels: names the channel, unless it sets a name of its own.
+            settings = {
+                "name": name,
+                **{k: v for k, v in channel.settings.items() if k not in _RULE_KEYS},
+            }
+            extra = {
+                key: value
+                for key in ("budgets", "units", "guardrails", "cooldown")
+                if (value := getattr(rule, key)) is not None
+            }
             with _at(doc, ("channels", name)):
-                extra = {
-                    key: value
-                    for key in ("budgets", "units", "guardrails", "cooldown")
-                    if (value := getattr(rule, key)) is not None
-                }
                 if make is not None:
-                    out.append(
-                        make(channel.type, threshold=rule.threshold, **extra, **channel.settings)
-                    )
+                    out.append(make(channel.type, threshold=rule.threshold, **extra, **settings))
                 else:
-                    out.append(
-                        {"type": channel.type, "threshold": rule.threshold, **channel.settings}
-                    )
+                    out.append({"type": channel.type, "threshold": rule.threshold, **settings})
+    for name in own:
+        channel = config.channels[name]
+        settings = {"name": name, **channel.settings}
+        with _at(doc, ("channels", name)):
+            if make is not None:
+                out.append(make(channel.type, **settings))
+            else:
+                out.append({"type": channel.type, **settings})
+    return out
+
+
+def _own_rule_channels(doc: _Document, config: KavachFileConfig) -> list[str]:
+    """Channels that alert every agent by themselves: those carrying rule keys (their own
+    rule) and those no ``alerts`` entry in the file names (their default rules), as
+    ``build_alerting`` treats them."""
+    named = {
+        name
+        for settings in (config.defaults, *config.agents.values())
+        for rule in settings.alerts or ()
+        for name in rule.channels
+    }
+    out = []
+    for name, channel in config.channels.items():
+        has_rule = any(key in _RULE_KEYS for key in channel.settings)
+        if name in named and not has_rule:
+            continue
+        if channel.type == "kill" and not has_rule:
+            raise doc.error(
+                ("channels", name),
+                "no alert names this kill channel and it has no rule of its own, so it would "
+                "never act; name it in an agent's alerts or give it a threshold (e.g. "
+                "{type: kill, threshold: 1.0})",
+            )
+        out.append(name)
     return out

@@ -70,7 +70,7 @@ class Attr:
     COST_NANOS = "kavach.cost.nanos"
     RESERVED_USD = "kavach.reservation.usd"
     RESERVED_NANOS = "kavach.reservation.nanos"
-    BUDGET_NAMES = "kavach.budget.names"
+    BUDGET_NAMES = "kavach.budget.names"  # the dollar budgets, index for index with:
     BUDGET_LIMITS_USD = "kavach.budget.limits_usd"
     BUDGET_NAME = "kavach.budget.name"
     BUDGET_KEY = "kavach.budget.key"
@@ -191,8 +191,11 @@ class KavachTelemetry(NullObserver):
             unit="1",
             description="Spent / limit of each budget in its current period.",
         )
-        self._budget_names = [b.label for b in guard.budgets]
-        self._budget_limits = [_dollars(b.limit) for b in guard.budgets if b.unit == "usd"]
+        # Two parallel arrays: the dollar budgets' labels and their limits, index for index
+        # (a token or call budget has no dollar limit, so it is in neither).
+        usd = [b for b in guard.budgets if b.unit == "usd"]
+        self._budget_names = [b.label for b in usd]
+        self._budget_limits = [_dollars(b.limit) for b in usd]
 
     # -- observer hooks --------------------------------------------------------------------
 

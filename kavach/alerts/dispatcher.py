@@ -41,10 +41,15 @@ thread so the caller's loop keeps running) waits for queued and in-flight alerts
 ``atexit`` hook does the same for every live dispatcher within ``AGENTKAVACH_ALERT_FLUSH_SECONDS``
 (default 5) in total; the loop thread is a daemon, so it never holds the process open.
 
+A delivery that fails for good (not retryable, out of attempts, or cancelled at close)
+releases its claim, so the alert is not lost for the rest of the period: the next event that
+claims the key (a later trip, the same crossing seen by another process sharing the store)
+sends it. While a delivery is being tried the claim holds, so no one else sends it meanwhile.
+
 A ``DedupStore`` backed by Redis would implement ``claim`` as
-``SET key 1 NX PX ceil(ttl_seconds * 1000)`` and return whether the key was set; it is called
-on the alert loop's thread (a blocking client with a short socket timeout is fine; an error
-is logged once and the alert is sent anyway).
+``SET key 1 NX PX ceil(ttl_seconds * 1000)`` and return whether the key was set, and
+``release`` as ``DEL key``; both are called on the alert loop's thread (a blocking client with
+a short socket timeout is fine; an error is logged once and the alert is sent anyway).
 """
 
 from __future__ import annotations
@@ -101,11 +106,17 @@ class DedupStore(Protocol):
     """Claims alert keys so one alert is sent per key; a Redis store shares it across processes.
 
     ``claim`` returns ``True`` for the first caller of ``key`` within ``ttl_seconds`` and
-    ``False`` for everyone else until it expires (Redis: ``SET key 1 NX EX ttl``). It is called
-    on the dispatcher's thread, never on the call path.
+    ``False`` for everyone else until it expires (Redis: ``SET key 1 NX EX ttl``). ``release``
+    gives a claim back after its delivery failed for good, so the alert can be sent by the
+    next event that claims it instead of being lost until the claim expires (Redis: ``DEL``,
+    best compare-and-delete on a token stored by ``claim``, so a claim that expired and was
+    taken by another process is left alone). A store without ``release`` keeps a failed
+    claim until its TTL. Both are called on the dispatcher's thread, never on the call path.
     """
 
     def claim(self, key: str, ttl_seconds: float) -> bool: ...
+
+    def release(self, key: str) -> None: ...
 
 
 class MemoryDedupStore:
@@ -126,6 +137,10 @@ class MemoryDedupStore:
                 self._until = {k: u for k, u in self._until.items() if u > now}
             self._until[key] = now + ttl_seconds
             return True
+
+    def release(self, key: str) -> None:
+        with self._lock:
+            self._until.pop(key, None)
 
 
 @dataclass
@@ -423,7 +438,7 @@ class AlertDispatcher(NullObserver):
                 if not fresh:
                     self.stats.channels[name].deduplicated += 1
                     continue
-                self._deliver_in_order(channel, alert)
+                self._deliver_in_order(channel, alert, claim=key)
                 if isinstance(channel, PagerDutyChannel):
                     self._track(name, alert)
 
@@ -439,11 +454,11 @@ class AlertDispatcher(NullObserver):
             return f"kavach:alert:{alert.agent}|guardrail:{alert.guardrail}|{channel}", cooldown
         return f"kavach:alert:{alert.agent}|{alert.kind}|{channel}", cooldown
 
-    def _deliver_in_order(self, channel: Channel, alert: Alert) -> None:
+    def _deliver_in_order(self, channel: Channel, alert: Alert, claim: str | None = None) -> None:
         before = self._latest.get(channel.name)
         patience = None if alert.kind == "resolve" else ORDER_PATIENCE_SECONDS
         task = asyncio.get_running_loop().create_task(
-            self._deliver(channel, alert, after=before, patience=patience)
+            self._deliver_claimed(channel, alert, claim, after=before, patience=patience)
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -491,15 +506,38 @@ class AlertDispatcher(NullObserver):
 
     # -- delivery ------------------------------------------------------------------------
 
-    async def _deliver(
+    async def _deliver_claimed(
         self,
         channel: Channel,
         alert: Alert,
+        claim: str | None,
         after: asyncio.Task[None] | None = None,
         patience: float | None = None,
     ) -> None:
-        if after is not None and not after.done():
-            await asyncio.wait({after}, timeout=patience)
+        delivered = False
+        try:
+            if after is not None and not after.done():
+                await asyncio.wait({after}, timeout=patience)
+            delivered = await self._deliver(channel, alert)
+        finally:
+            if claim is not None and not delivered:
+                self._release(claim)
+
+    def _release(self, key: str) -> None:
+        release = getattr(self.dedup, "release", None)
+        if release is None:
+            return
+        try:
+            release(key)
+        except Exception as exc:
+            self._log_once(
+                f"dedup-release:{type(exc).__name__}",
+                f"the de-duplication store could not release a failed alert's claim "
+                f"({type(exc).__name__}); that alert is not sent again until the claim expires",
+            )
+
+    async def _deliver(self, channel: Channel, alert: Alert) -> bool:
+        """Try ``channel`` with retries; True once delivered, False when it gave up."""
         stats = self.stats.channels[channel.name]
         attempt = 0
         while True:
@@ -527,7 +565,7 @@ class AlertDispatcher(NullObserver):
                 error = DeliveryError(f"{type(exc).__name__}: {exc}", retryable=True)
             else:
                 stats.sent += 1
-                return
+                return True
             reason = redact(error.reason, channel.secrets())
             if not error.retryable or attempt >= self.max_attempts:
                 stats.failed += 1
@@ -539,7 +577,7 @@ class AlertDispatcher(NullObserver):
                     f"not deliver {alert.kind} alert for agent {alert.agent!r}{tried}: {reason}. "
                     "Further failures of this channel are only counted in dispatcher.stats",
                 )
-                return
+                return False
             stats.retries += 1
             delay = error.retry_after
             if delay is None:

@@ -11,10 +11,13 @@ Secret('********')
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Iterable
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, quote, quote_plus, urlsplit
+
+import httpx
 
 _MASK = "********"
 
@@ -47,7 +50,7 @@ class Secret:
 
 
 def redact(text: str, secrets: Iterable[Secret | None]) -> str:
-    """``text`` with every secret's value (and, for URLs, their path) replaced by a mask.
+    """``text`` with every secret's value (and, for URLs, their path and query) replaced by a mask.
 
     Each secret is looked for in the text as given and the spans found are masked together, so
     masking one secret cannot break the match of another (one webhook's path ``/s`` is also the
@@ -60,13 +63,8 @@ def redact(text: str, secrets: Iterable[Secret | None]) -> str:
     needles: set[str] = set()
     for secret in secrets:
         value = secret.get() if secret is not None else ""
-        if not value:
-            continue
-        needles.add(value)
-        # httpx words errors with the URL it was given, sometimes normalised; mask the path too.
-        parts = urlsplit(value)
-        if parts.scheme and parts.netloc and len(parts.path) > 1:
-            needles.add(parts.path)
+        if value:
+            needles |= _needles(value)
     spans: list[tuple[int, int]] = []
     for needle in needles:
         at = text.find(needle)
@@ -85,6 +83,42 @@ def redact(text: str, secrets: Iterable[Secret | None]) -> str:
         done = end
     out.append(text[done:])
     return "".join(out)
+
+
+# A query value shorter than this (``?v=1``) is not masked on its own: masking every ``1`` in a
+# log line would garble it, and the URL's full forms are masked anyway.
+_MIN_QUERY_VALUE = 8
+
+
+@functools.lru_cache(maxsize=256)
+def _needles(value: str) -> frozenset[str]:
+    """The forms of a secret to look for: as given and, for a URL, as httpx words it.
+
+    httpx logs and raises with the URL it normalised (host lowercased, default port dropped,
+    spaces percent-encoded), so the normalised URL, its path and query, and each long query
+    value (``?token=...``) are masked as well as the string as given.
+    """
+    out = {value}
+    parts = urlsplit(value)
+    if not (parts.scheme and parts.netloc):
+        return frozenset(out)
+    forms = [(parts.path, parts.query)]
+    try:
+        url = httpx.URL(value)
+    except (httpx.InvalidURL, ValueError):
+        pass
+    else:
+        out.add(str(url))
+        forms.append((url.raw_path.decode("ascii").split("?", 1)[0], url.query.decode("ascii")))
+    for path, query in forms:
+        if len(path) > 1:
+            out.add(path)
+        if query:
+            out.add(query)
+            for _, item in parse_qsl(query, keep_blank_values=True):
+                if len(item) >= _MIN_QUERY_VALUE:
+                    out |= {item, quote(item, safe=""), quote_plus(item)}
+    return frozenset(n for n in out if n)
 
 
 def describe_url(url: Secret) -> str:

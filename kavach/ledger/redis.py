@@ -970,6 +970,12 @@ def _fail(batch: Sequence[_Entry], exc: BaseException) -> None:
             future.set_exception(exc)
 
 
+_RELEASE_IF_OURS = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
 class RedisDedupStore:
     """Alert de-duplication across processes: the first ``claim`` of a key in its TTL wins.
 
@@ -982,6 +988,9 @@ class RedisDedupStore:
         self._owned = isinstance(client, str)
         self.client = redis.Redis.from_url(client) if isinstance(client, str) else client
         self.prefix = prefix
+        # The token each claim this process holds was set with, for release: a claim that
+        # expired and was taken by another process has another token, and is left alone.
+        self._tokens: dict[str, bytes] = {}
 
     def close(self) -> None:
         """Close the client if this store opened it from a URL."""
@@ -991,4 +1000,17 @@ class RedisDedupStore:
     def claim(self, key: str, ttl_seconds: float) -> bool:
         """True for the one caller that claims ``key`` first within ``ttl_seconds``."""
         ttl_ms = max(1, int(ttl_seconds * 1000))
-        return bool(self.client.set(f"{self.prefix}dedup:{key}", b"1", nx=True, px=ttl_ms))
+        token = os.urandom(8).hex().encode()
+        claimed = bool(self.client.set(f"{self.prefix}dedup:{key}", token, nx=True, px=ttl_ms))
+        if claimed:
+            if len(self._tokens) > 10_000:  # claims whose deliveries never reported back
+                self._tokens.clear()
+            self._tokens[key] = token
+        return claimed
+
+    def release(self, key: str) -> None:
+        """Give back this process's claim of ``key`` (its delivery failed for good), so the
+        next event that claims it sends the alert; another process's claim is left alone."""
+        token = self._tokens.pop(key, None)
+        if token is not None:
+            self.client.eval(_RELEASE_IF_OURS, 1, f"{self.prefix}dedup:{key}", token)

@@ -538,9 +538,9 @@ def test_options_are_handed_on_when_the_guard_accepts_them(
     assert bot.received == {
         "ledger": "redis://127.0.0.1:6379/0",
         "channels": [
-            ("slack", 0.9, {"webhook_url": "https://hooks.example/T0"}),
-            ("slack", 1.0, {"webhook_url": "https://hooks.example/T0"}),
-            ("kill", 1.0, {}),
+            ("slack", 0.9, {"name": "slack", "webhook_url": "https://hooks.example/T0"}),
+            ("slack", 1.0, {"name": "slack", "webhook_url": "https://hooks.example/T0"}),
+            ("kill", 1.0, {"name": "stop"}),
         ],
         "provider": "anthropic",
         "llm_key": "sk-test",
@@ -572,7 +572,8 @@ def test_the_documented_example_loads(write: Write, monkeypatch: pytest.MonkeyPa
         "org monthly",
     ]
     assert guard.received["provider"] == "openai" and guard.received["api_key"] is None
-    assert len(guard.received["channels"] or []) == 2
+    # slack and oncall from the agent's alert, stop from its own rule
+    assert len(guard.received["channels"] or []) == 3
 
 
 def test_anchors_and_merge_keys_work_and_a_recursive_alias_is_refused(write: Write) -> None:
@@ -602,3 +603,120 @@ def test_anchors_and_merge_keys_work_and_a_recursive_alias_is_refused(write: Wri
     )
     error = error_from(write("agents: &x\n  bot: {shared: *x}\n"))
     assert error.line == 2
+
+
+def alert_rules(guard: AgentKavach) -> list[tuple[str, float | None]]:
+    assert guard.alerts is not None
+    return sorted(
+        ((r.channels[0], r.threshold) for r in guard.alerts.config.rules),
+        key=lambda pair: (pair[0], pair[1] or 0.0),
+    )
+
+
+def test_rule_keys_on_a_channel_give_it_a_rule_of_its_own(write: Write) -> None:
+    path = write(
+        """
+        channels:
+          stop: {type: kill, threshold: 1.0}
+          slack: {type: slack, webhook_url: "https://hooks.slack.com/services/T/B/X", threshold: 0.7}
+        agents:
+          bot:
+            budget: {daily: 10}
+            alerts:
+              - {threshold: 0.9, channels: [slack]}
+          other:
+            budget: {daily: 10}
+        """
+    )
+    guards = AgentKavach.from_yaml(path)
+    # slack: 0.7 of its own and 0.9 from bot's alert, each with guardrail trips; stop at 100%
+    assert alert_rules(guards["bot"]) == [
+        ("slack", None),
+        ("slack", None),
+        ("slack", 0.7),
+        ("slack", 0.9),
+        ("stop", 1.0),
+    ]
+    assert alert_rules(guards["other"]) == [("slack", None), ("slack", 0.7), ("stop", 1.0)]
+    for guard in guards.values():
+        guard.close()
+
+
+def test_a_bad_rule_key_on_a_channel_names_its_line(write: Write) -> None:
+    error = error_from(
+        write(
+            """
+            agents:
+              bot:
+                budget: {daily: 10}
+            channels:
+              slack: {type: slack, webhook_url: "https://hooks.slack.com/x", threshold: 90}
+            """
+        )
+    )
+    assert (error.line, error.field) == (5, "channels.slack")
+    assert "threshold" in str(error)
+
+
+def test_a_channel_no_alert_names_alerts_on_its_default_rules(write: Write) -> None:
+    path = write(
+        """
+        channels:
+          slack: {type: slack, webhook_url: "https://hooks.slack.com/services/T/B/X"}
+        agents:
+          bot:
+            budget: {daily: 10}
+        """
+    )
+    guard = AgentKavach.from_yaml(path, agent="bot")
+    assert alert_rules(guard) == [("slack", None), ("slack", 0.7), ("slack", 0.9), ("slack", 1.0)]
+    guard.close()
+
+
+def test_a_kill_channel_nothing_uses_is_refused(write: Write) -> None:
+    error = error_from(
+        write(
+            """
+            channels:
+              stop: {type: kill}
+            agents:
+              bot:
+                budget: {daily: 10}
+            """
+        )
+    )
+    assert (error.line, error.field) == (2, "channels.stop")
+    assert "give it a threshold" in str(error)
+
+
+def test_yaml_channel_names_are_kept(write: Write) -> None:
+    path = write(
+        """
+        channels:
+          team: {type: slack, webhook_url: "https://hooks.slack.com/services/T/B/AAA"}
+          ops: {type: slack, webhook_url: "https://hooks.slack.com/services/T/B/BBB"}
+        agents:
+          bot:
+            budget: {daily: 10}
+            alerts:
+              - {threshold: 0.9, channels: [ops]}
+              - {threshold: 0.7, channels: [team, ops]}
+        """
+    )
+    guard = AgentKavach.from_yaml(path, agent="bot")
+    assert guard.alerts is not None
+    assert sorted(guard.alerts.config.channels) == ["ops", "team"]
+    assert sorted(guard.alerts.stats.channels) == ["ops", "team"]
+    assert [r for r in alert_rules(guard) if r[1] is not None] == [
+        ("ops", 0.7),
+        ("ops", 0.9),
+        ("team", 0.7),
+    ]
+    guard.close()
+
+
+def test_the_loader_knows_every_rule_key_of_a_channel() -> None:
+    import kavach.alerts.rules
+    import kavach.config
+
+    assert kavach.config._RULE_KEYS == kavach.alerts.rules._RULE_KEYS

@@ -347,3 +347,13 @@ async def test_async_calls_nest_under_the_task_context_at_reserve(otel: Otel) ->
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+def test_budget_names_line_up_with_their_dollar_limits(otel: Otel) -> None:
+    guard = make(otel, [Budget.daily(tokens=100_000), Budget.daily(5), Budget.monthly(50)])
+    with guard.reserve(spec(input_tokens=1000, max_output=500)) as r:
+        r.commit(USAGE)
+    [span] = otel.finished()
+    attrs = span.attributes or {}
+    names, limits = attrs[Attr.BUDGET_NAMES], attrs[Attr.BUDGET_LIMITS_USD]
+    assert dict(zip(names, limits, strict=True)) == {"daily": 5.0, "monthly": 50.0}

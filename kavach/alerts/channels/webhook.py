@@ -102,7 +102,9 @@ class WebhookChannel:
     secret: Secret | None = None
     name: str = "webhook"
     template: str | None = None
-    headers: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    """Extra request headers; often credentials (``Authorization: Bearer ...``), so never in
+    ``repr``."""
     timeout: float = 10.0
     kind: ClassVar[str] = "webhook"
 

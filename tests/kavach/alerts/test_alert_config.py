@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from datetime import datetime, timezone
 
 import pytest
 
@@ -286,4 +287,62 @@ def test_rules_for_one_channel_share_it() -> None:
     assert guard.alerts is not None
     assert list(guard.alerts.config.channels) == ["slack"]
     assert sorted(r.threshold for r in guard.alerts.config.rules if r.threshold) == [0.7, 0.9]
+    guard.close()
+
+
+def test_tokens_in_a_webhook_query_stay_out_of_httpx_logs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # httpx logs the URL it normalised (host lowercased, default port dropped, spaces
+    # encoded, an empty path made "/"), not the string the channel was given.
+    import httpx
+
+    from kavach.alerts import AlertDispatcher
+    from kavach.alerts.rules import merge
+    from kavach.events import GuardrailTrip
+
+    tokens = ["QTOKEN0123456789", "QTOKENabcdefghij", "QTOKENsp4cesp4ce", "PATHTOKEN0123456"]
+    urls = [
+        f"https://HOOKS.Example.COM:443/services/{tokens[3]}?token={tokens[0]}",
+        f"https://example.com?code={tokens[1]}",
+        f"https://example.com/h?sig=a b&token={tokens[2]}",
+    ]
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(str(request.url))
+        return httpx.Response(200, text="ok")
+
+    config = merge(
+        AgentKavach.channel("webhook", name=f"hook{i}", url=url, guardrails=True, thresholds=[1.0])
+        for i, url in enumerate(urls)
+    )
+    dispatcher = AlertDispatcher(config, transport=httpx.MockTransport(handler))
+    with caplog.at_level(logging.INFO, logger="httpx"):
+        dispatcher.on_guardrail(
+            GuardrailTrip(
+                "bot", "run", "loop_detected", "same request 5 times", datetime.now(timezone.utc)
+            )
+        )
+        assert dispatcher.close(5)
+    assert len(seen) == 3 and all(any(t in u for u in seen) for t in tokens)
+    assert caplog.text.count("HTTP Request: POST") == 3
+    assert not [t for t in tokens if t in caplog.text]
+
+
+def test_webhook_headers_and_other_channel_secrets_stay_out_of_repr() -> None:
+    bearer = "Bearer hdr-0123456789abcdef"
+    hook = AgentKavach.channel(
+        "webhook", url="https://example.com/hook", headers={"Authorization": bearer}
+    )
+    mail = AgentKavach.channel(
+        "email", to="ops@example.com", smtp_host="smtp.example.com", password="smtp-pass-0123"
+    )
+    guard = alert_guard(105, channels=[hook, mail], pagerduty_routing_key=ROUTING_KEY)
+    assert guard.alerts is not None
+    shown = " ".join(
+        [repr(guard.alerts.config), repr(hook), repr(mail), repr(hook.channel), repr(mail.channel)]
+    )
+    assert "hdr-0123456789abcdef" not in shown and "smtp-pass-0123" not in shown
+    assert ROUTING_KEY not in shown
     guard.close()

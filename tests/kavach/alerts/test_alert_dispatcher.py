@@ -445,3 +445,61 @@ def test_the_local_alerts_example_runs() -> None:
     assert out.count("signature ok") == 2 and "BAD SIGNATURE" not in out
     assert "callable (error): demo-bot: daily budget passed 90%" in out
     assert "after 20 calls" in out
+
+
+def test_a_failed_delivery_gives_its_claim_back_so_the_next_trip_alerts(
+    recorder: HttpRecorder,
+) -> None:
+    recorder.script("/down", Reply(400, "bad hook"), Reply(200))
+    guard = alert_guard(
+        105,
+        max_calls_per_run=1,
+        kill_on_guardrail=False,
+        channels=[
+            AgentKavach.channel(
+                "webhook", guardrails=True, thresholds=[1.0], url=recorder.url + "/down"
+            )
+        ],
+    )
+    assert guard.alerts is not None
+    with guard.run():
+        spend(guard, 1)
+        for _ in range(3):
+            with pytest.raises(CallLimitError):
+                spend(guard, 1)
+            assert guard.alerts.flush(5)
+    guard.close()
+    # the first trip's alert failed; the second trip sends it, the third is within the cooldown
+    assert len(recorder.at("/down")) == 2
+    stats = guard.alerts.stats.channels["webhook"]
+    assert (stats.failed, stats.sent, stats.deduplicated) == (1, 1, 1)
+
+
+def test_a_threshold_alert_one_process_failed_to_send_is_sent_by_the_next_once(
+    recorder: HttpRecorder,
+) -> None:
+    # Three guards (think: processes) share one store, each crossing 70% on its own ledger.
+    # The first one's delivery fails for good: the second sends it, the third does not.
+    recorder.script("/s", Reply(404, "no_service"), Reply(200))
+    store = MemoryDedupStore()
+    sent = []
+    for _ in range(3):
+        guard = alert_guard(
+            105,
+            channels=[AgentKavach.channel("slack", threshold=0.7, webhook_url=recorder.url + "/s")],
+            alert_dedup_store=store,
+        )
+        spend(guard, 75)
+        guard.close()
+        assert guard.alerts is not None
+        sent.append(guard.alerts.stats.sent)
+    assert len(recorder.at("/s")) == 2
+    assert sent == [0, 1, 0]
+
+
+def test_the_memory_store_releases_a_claim() -> None:
+    store = MemoryDedupStore()
+    assert store.claim("k", 60) and not store.claim("k", 60)
+    store.release("k")
+    assert store.claim("k", 60) and not store.claim("k", 60)
+    store.release("unknown")

@@ -498,6 +498,21 @@ def test_dedup_store_lets_one_claim_through_per_ttl(redis_url: str, prefix: str,
     a.close()
 
 
+def test_a_released_dedup_claim_can_be_claimed_again_but_not_another_processes(
+    prefix: str, raw: Any
+) -> None:
+    # An alert whose delivery failed for good gives its claim back: the next event sends it.
+    a = RedisDedupStore(raw, prefix=prefix)
+    b = RedisDedupStore(raw, prefix=prefix)
+    assert a.claim("bot:daily:0.7", 60) is True
+    assert b.claim("bot:daily:0.7", 60) is False
+    a.release("bot:daily:0.7")
+    assert b.claim("bot:daily:0.7", 60) is True
+    a.release("bot:daily:0.7")  # a's claim is gone: b's, taken since, stays
+    b.release("bot:daily:0.9")  # never claimed by b: nothing happens
+    assert a.claim("bot:daily:0.7", 60) is False
+
+
 def test_async_and_sync_share_one_ledger(redis_url: str, prefix: str, make_ledger: Any) -> None:
     ledger = make_ledger()
 
