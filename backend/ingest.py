@@ -24,10 +24,27 @@ import msgspec
 from backend import db
 from backend.agent_state import control_entries
 
-__all__ = ["IngestBatch", "IngestEvent", "decode_batch", "store_batch", "BatchError", "StoredBatch"]
+__all__ = [
+    "IngestBatch",
+    "IngestEvent",
+    "decode_batch",
+    "store_batch",
+    "BatchError",
+    "StoredBatch",
+    "MAX_COUNT",
+    "agent_name_problem",
+]
 
-_I64 = 2**63 - 1
-Count = Annotated[int, msgspec.Meta(ge=0, le=_I64)]
+# Cost (nano-dollars) and token counts of one event are capped at 2**40: about $1,100 or
+# 1.1 trillion tokens, far above any single call. The cap is what keeps the BIGINT sums
+# (hourly and daily rollups, runs, the dashboard's monthly totals) from overflowing, which
+# PostgreSQL refuses (the batch, and every later one adding to the same row, would fail
+# with a 500) and SQLite silently turns into a float. At the cap, one agent and model would
+# need 2**63 / 2**41 = 4 million events in a day (input and output tokens are added
+# together) to overflow a rollup: more than the Pro plan's events for a month, and
+# $9 billion of reported spend. Values this size also stay exact as JavaScript numbers.
+MAX_COUNT = 2**40
+Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_COUNT)]
 Short = Annotated[str, msgspec.Meta(max_length=200)]
 
 
@@ -115,7 +132,80 @@ def decode_batch(
         raise BatchError(
             f"too many events in one batch: {len(batch.events)} (at most {max_events})", 413
         )
+    _check_events(batch, body)
     return batch
+
+
+# Events are stored by their UTC start: one outside these bounds is a broken clock or a
+# value whose conversion to UTC fails (0001-01-01T00:30+01:00).
+_EARLIEST = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+_LATEST = datetime.datetime(2200, 1, 1, tzinfo=datetime.timezone.utc)
+
+
+def _check_events(batch: IngestBatch, body: bytes) -> None:
+    """What the schema cannot say; the message names the field, as msgspec's do."""
+    # A NUL can only arrive escaped; the walk that finds where runs only when one may be there.
+    if b"\\u0000" in body and (path := _nul_path(msgspec.json.decode(body), "$")):
+        raise BatchError(
+            f"invalid batch: text must not contain the NUL character (\\u0000), which "
+            f"PostgreSQL cannot store - at `{path}`"
+        )
+    checked: set[str] = set()
+    for i, e in enumerate(batch.events):
+        if e.agent not in checked:
+            if problem := agent_name_problem(e.agent):
+                raise BatchError(f"invalid batch: {problem} - at `$.events[{i}].agent`")
+            checked.add(e.agent)
+        try:
+            started: datetime.datetime | None = e.started_at.astimezone(datetime.timezone.utc)
+        except OverflowError:
+            started = None
+        if started is None or not _EARLIEST <= started < _LATEST:
+            raise BatchError(
+                "invalid batch: started_at must be a time from 1970 to 2200 "
+                f"(got {e.started_at.isoformat()}) - at `$.events[{i}].started_at`"
+            )
+
+
+def _nul_path(value: Any, path: str) -> str | None:
+    """The JSON path of the first string (or key) under ``value`` that holds a NUL."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, list):
+        items: Any = ((f"{path}[{i}]", v) for i, v in enumerate(value))
+    elif isinstance(value, dict):
+        for key in value:
+            if "\x00" in key:
+                return f"{path}.{key!r}"
+        items = ((f"{path}.{k}", v) for k, v in value.items())
+    else:
+        return None
+    for item_path, item in items:
+        if found := _nul_path(item, item_path):
+            return found
+    return None
+
+
+# Agent names are URL path segments (/v1/agents/<name>/kill), items of the control
+# stream's comma-separated ``agents`` query and parts of the SDK's ledger keys.
+_NAME_FORBIDDEN = ",/?#%:"
+
+
+def agent_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be an agent's name, or None. The SDK checks the same rule."""
+    bad = sorted({c for c in name if c in _NAME_FORBIDDEN or c < " " or "\x7f" <= c <= "\x9f"})
+    if bad:
+        return (
+            f"agent name {name!r} contains {', '.join(map(repr, bad))}: an agent name must not "
+            "contain any of , / ? # % : or control characters (it is used in URLs, in the "
+            "control stream's comma-separated agent list and in ledger keys)"
+        )
+    if name != name.strip() or name in (".", ".."):
+        return (
+            f"agent name {name!r} must not start or end with whitespace and must not be "
+            "'.' or '..' (it is used in URLs)"
+        )
+    return None
 
 
 @dataclass(frozen=True)

@@ -229,8 +229,22 @@ class AgentKavach:
         llm_key: str | None = None,
         base_url: str | None = None,
     ) -> None:
-        if not agent_name or ":" in agent_name:
-            raise KavachConfigError(f"agent_name must be non-empty without ':', got {agent_name!r}")
+        # The name is a URL path segment (/v1/agents/<name>/kill), an item of the control
+        # stream's comma-separated agent list and a part of ledger keys; the backend
+        # refuses events whose agent breaks any of them, by the same rule.
+        if (
+            not agent_name
+            or any(c in ",/?#%:" or c < " " or "\x7f" <= c <= "\x9f" for c in agent_name)
+            or agent_name != agent_name.strip()
+            or agent_name in (".", "..")
+        ):
+            raise KavachConfigError(
+                f"agent_name {agent_name!r} is not allowed: use a non-empty name without "
+                "any of , / ? # % : or control characters, without leading or trailing "
+                "whitespace, and not '.' or '..' (the name is used in dashboard URLs, in the "
+                "control channel's comma-separated agent list and in ledger keys), "
+                "e.g. 'research-bot'"
+            )
         if mode not in ("reserve", "strict"):
             raise KavachConfigError(f"mode must be 'reserve' or 'strict', got {mode!r}")
         if default_max_output_tokens < 1 or min_output_tokens < 1:

@@ -6,7 +6,7 @@ import asyncio
 import datetime
 import json
 from collections.abc import AsyncIterator
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -25,8 +25,11 @@ from backend.control import ControlHub
 from backend.deps import KEY, USER, AgentNamePath, ObjectId
 from backend.ingest import BatchError, decode_batch, store_batch
 from backend.settings import Settings
-from backend.tables import Agent, AlertEvent, AlertRule, Budget
-from kavach._money import fmt_usd, to_nanos
+from backend.tables import Agent, AlertChannel, AlertEvent, AlertRule, Budget
+from kavach._money import NANOS_PER_DOLLAR, fmt_usd, to_nanos
+from kavach.alerts.channels.base import check_url
+from kavach.alerts.channels.email import check_address
+from kavach.errors import KavachConfigError
 
 _I64 = 2**63 - 1
 Kind = Literal["usd", "tokens", "calls"]
@@ -240,18 +243,29 @@ class BudgetPatch(msgspec.Struct, forbid_unknown_fields=True):
     limit_usd: Annotated[str, msgspec.Meta(max_length=32)] | float | None = None
 
 
+# The largest dollar amount whose nano-dollars fit the BIGINT column.
+_MAX_USD = Decimal(_I64) / NANOS_PER_DOLLAR
+
+
 def _limit(kind: str, limit: int | None, limit_usd: str | float | None) -> int:
     if limit_usd is not None:
         if kind != "usd":
             raise ClientException("limit_usd only applies to usd budgets; use limit")
+        # 0 is a limit, as for the SDK's Budget (it refuses every call); a negative amount is
+        # not, and is checked before rounding up to nano-dollars could turn it into 0.
+        wanted = (
+            f'limit_usd must be a dollar amount from 0 to {_MAX_USD:,.2f} such as "25" or '
+            f'"0.50" (got {limit_usd!r})'
+        )
         try:
-            nanos = to_nanos(Decimal(str(limit_usd)))
-        except (InvalidOperation, ValueError, TypeError):
-            raise ClientException(
-                f"limit_usd must be a dollar amount (got {limit_usd!r})"
-            ) from None
-        if not 0 <= nanos <= _I64:
-            raise ClientException("limit_usd is out of range")
+            dollars = Decimal(str(limit_usd))
+            if not dollars.is_finite() or not 0 <= dollars <= _MAX_USD:
+                raise ClientException(wanted)
+            nanos = to_nanos(dollars)
+        except ArithmeticError:  # decimal's InvalidOperation and Overflow
+            raise ClientException(wanted) from None
+        if nanos > _I64:
+            raise ClientException(wanted)
         return nanos
     if limit is None:
         raise ClientException("give limit (nano-dollars for usd, a count otherwise) or limit_usd")
@@ -369,6 +383,12 @@ async def update_budget(
     }
     if data.limit is not None or data.limit_usd is not None:
         changes[Budget.limit_value] = _limit(kind, data.limit, data.limit_usd)
+    elif kind != row["kind"]:
+        # The limit is in the kind's unit: $10 would silently become 10,000,000,000 tokens.
+        raise ClientException(
+            f"changing kind from {row['kind']} to {kind} needs a new limit in that unit: "
+            "give limit (a count for tokens and calls, nano-dollars for usd) or limit_usd"
+        )
     await Budget.update(changes).where(Budget.id == budget_id)
     await _budget_changed(request, user.org_id, row["agent"])
     updated = await _own_budget(user.org_id, budget_id)
@@ -428,6 +448,26 @@ def _rule_json(row: dict[str, Any], names: dict[int, str]) -> dict[str, Any]:
     return body
 
 
+async def _check_target(org_id: int, channel: str, target: str) -> None:
+    """A rule's target is the name of one of the org's channels or, checked as delivery
+    will use it, an address for its channel: an https URL for slack and webhook (http only
+    to a loopback address), an e-mail address for email. A bad one fails here, not when
+    the alert fires."""
+    named = await AlertChannel.exists().where(
+        (AlertChannel.org == org_id) & (AlertChannel.name == target)
+    )
+    if named:
+        return
+    try:
+        if channel == "email":
+            check_address(target, "target")
+        else:
+            check_url(target, "target")
+    except KavachConfigError as exc:
+        # Not repeated: a URL may carry a token (Slack hooks do).
+        raise ClientException(f"{exc}; or give the name of a channel from /v1/channels") from None
+
+
 async def _own_rule(org_id: int, rule_id: int) -> dict[str, Any]:
     row = (
         await AlertRule.select()
@@ -454,6 +494,7 @@ async def create_alert_rule(
     agent_id = None
     if data.agent is not None:
         agent_id = (await find_agent(user.org_id, data.agent))["id"]
+    await _check_target(user.org_id, data.channel, data.target)
     rule = AlertRule(
         org=user.org_id,
         agent=agent_id,
@@ -479,7 +520,11 @@ async def update_alert_rule(
     user: NamedDependency[UserPrincipal], rule_id: ObjectId, data: JSONBody[AlertRulePatch]
 ) -> dict[str, Any]:
     require_admin(user)
-    await _own_rule(user.org_id, rule_id)
+    row = await _own_rule(user.org_id, rule_id)
+    if data.channel is not None or data.target is not None:
+        await _check_target(
+            user.org_id, data.channel or row["channel"], data.target or row["target"]
+        )
     fields = {
         AlertRule.name: data.name,
         AlertRule.kind: data.kind,

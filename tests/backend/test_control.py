@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.backend.conftest import Account, batch, event
 
@@ -235,3 +236,117 @@ def test_ingest_answer_and_long_poll_report_the_same_state(account: Account) -> 
     assert answer["writer"]["status"] == "stopped" and answer["writer"]["reason"] == "halt"
     assert [b["scope"] for b in answer["research-bot"]["budgets"]] == ["agent", "org"]
     assert [b["scope"] for b in answer["new-bot"]["budgets"]] == ["org"]
+
+
+@pytest.mark.parametrize(
+    "limit_usd", ["Infinity", "-Infinity", "NaN", "1e999999999", "-0.0000000001", "-5", 1e308]
+)
+def test_budget_limit_usd_must_be_a_finite_amount_from_zero(
+    account: Account, limit_usd: str | float
+) -> None:
+    response = account.client.post(
+        "/v1/budgets", json={"kind": "usd", "period": "daily", "limit_usd": limit_usd}
+    )
+    assert response.status_code == 400, response.text
+    assert "limit_usd must be a dollar amount from 0 to" in response.json()["detail"]
+    assert account.client.get("/v1/budgets").json() == []
+
+
+def test_budget_limit_usd_of_zero_and_of_a_nano_dollar_are_kept(account: Account) -> None:
+    for limit_usd, nanos in [("0", 0), ("0.000000001", 1), (" 5 ", 5_000_000_000)]:
+        response = account.client.post(
+            "/v1/budgets", json={"kind": "usd", "period": "daily", "limit_usd": limit_usd}
+        )
+        assert response.status_code == 201, response.text
+        assert response.json()["limit"] == nanos
+
+
+def test_changing_a_budget_kind_needs_a_limit_in_the_new_unit(account: Account) -> None:
+    budget = account.client.post(
+        "/v1/budgets", json={"kind": "usd", "period": "daily", "limit_usd": "10"}
+    ).json()
+    refused = account.client.patch(f"/v1/budgets/{budget['id']}", json={"kind": "tokens"})
+    assert refused.status_code == 400, refused.text
+    assert "needs a new limit" in refused.json()["detail"]
+    assert account.client.get(f"/v1/budgets/{budget['id']}").json()["kind"] == "usd"
+    changed = account.client.patch(
+        f"/v1/budgets/{budget['id']}", json={"kind": "tokens", "limit": 50_000}
+    )
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["kind"] == "tokens" and changed.json()["limit"] == 50_000
+    same_kind = account.client.patch(
+        f"/v1/budgets/{budget['id']}", json={"kind": "tokens", "period": "weekly"}
+    )
+    assert same_kind.status_code == 200 and same_kind.json()["limit"] == 50_000
+
+
+def _rule(channel: str, target: str) -> dict[str, Any]:
+    return {
+        "name": "r",
+        "kind": "usd",
+        "period": "daily",
+        "threshold": 1,
+        "channel": channel,
+        "target": target,
+    }
+
+
+@pytest.mark.parametrize(
+    ("channel", "target"),
+    [
+        ("webhook", "not a url"),
+        ("webhook", "ftp://example.com/hook"),
+        ("webhook", "http://example.com/hook"),  # plain http only to loopback, as delivery
+        ("slack", "hooks.slack.com/x"),
+        ("email", "not an address"),
+    ],
+)
+def test_alert_rule_target_that_cannot_be_delivered_is_400(
+    account: Account, channel: str, target: str
+) -> None:
+    response = account.client.post("/v1/alert-rules", json=_rule(channel, target))
+    assert response.status_code == 400, response.text
+    assert "target" in response.json()["detail"]
+    assert account.client.get("/v1/alert-rules").json() == []
+
+
+def test_alert_rule_target_is_a_url_an_address_or_a_channel_name(account: Account) -> None:
+    # (An e-mail channel: channels with secrets need an encryption key on the server.)
+    channel = account.client.post(
+        "/v1/channels",
+        json={"name": "ops-mail", "kind": "email", "config": {"to": ["ops@example.com"]}},
+    )
+    assert channel.status_code == 201, channel.text
+    for body in [
+        _rule("webhook", "https://hooks.example.com/x"),
+        _rule("webhook", "http://127.0.0.1:9000/x"),
+        _rule("email", "ops-mail"),
+        _rule("email", "oncall@example.com"),
+    ]:
+        response = account.client.post("/v1/alert-rules", json=body)
+        assert response.status_code == 201, (body, response.text)
+    rule_id = response.json()["id"]
+    # A patch is checked against the rule it makes: an e-mail target is no webhook URL.
+    to_webhook = account.client.patch(f"/v1/alert-rules/{rule_id}", json={"channel": "webhook"})
+    assert to_webhook.status_code == 400, to_webhook.text
+    bad = account.client.patch(f"/v1/alert-rules/{rule_id}", json={"target": "not an address"})
+    assert bad.status_code == 400, bad.text
+    rule = account.client.get(f"/v1/alert-rules/{rule_id}").json()
+    assert (rule["channel"], rule["target"]) == ("email", "oncall@example.com")
+
+
+def test_agent_with_a_comma_or_slash_cannot_exist_so_a_kill_reaches_its_stream(
+    account: Account,
+) -> None:
+    # 'team,bot' was stored, then split in two by the stream's agents list; 'team/bot'
+    # could not be opened, killed or resumed from the dashboard.
+    with account.sdk() as sdk:
+        for name in ["team,bot", "team/bot"]:
+            assert sdk.post("/v1/ingest", json=batch(event(agent=name))).status_code == 400
+    seed(account, "team-bot")
+    with sse(account, "team-bot") as received:
+        _, initial = next_message(received)
+        assert initial["agent"] == "team-bot" and initial["initial"] is True
+        assert account.client.post("/v1/agents/team-bot/kill", json={}).status_code == 200
+        _, kill = next_message(received, timeout=1.0)
+    assert (kill["type"], kill["agent"], kill["status"]) == ("kill", "team-bot", "stopped")

@@ -5,10 +5,13 @@ from __future__ import annotations
 import gzip
 import json
 import uuid
+from pathlib import Path
 
 import pytest
 
-from tests.backend.conftest import Account, batch, event
+from kavach.reporting.api import BackendAPI, BackendConfig
+from kavach.reporting.sender import Reporter
+from tests.backend.conftest import Account, LiveServer, batch, event
 
 
 def test_batch_is_accepted_with_control_state(account: Account) -> None:
@@ -174,3 +177,113 @@ def test_prompt_is_stored_only_when_sent(account: Account) -> None:
     by_agent = {e["agent"]: e for e in account.client.get("/v1/events").json()}
     assert by_agent["research-bot"]["prompt"] == "hello"
     assert by_agent["quiet"]["prompt"] is None
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"prompt": "user: a\x00b"}, "$.events[1].prompt"),
+        ({"error": "boom\x00"}, "$.events[1].error"),
+        ({"model": "gpt\x00"}, "$.events[1].model"),
+        ({"tags": {"team": "a\x00"}}, "$.events[1].tags.team"),
+        ({"tool_calls": [{"name": "x", "args": ["\x00"]}]}, "$.events[1].tool_calls[0].args[0]"),
+    ],
+)
+def test_nul_character_in_any_text_is_400_naming_the_field(
+    account: Account, change: dict[str, object], field: str
+) -> None:
+    # PostgreSQL cannot store a NUL in text or JSON: it made the whole batch a 500, which
+    # the SDK retries forever instead of setting the bad event aside.
+    with account.sdk() as sdk:
+        response = sdk.post("/v1/ingest", json=batch(event(), event(**change)))
+    assert response.status_code == 400, response.text
+    assert field in response.json()["detail"] and "NUL" in response.json()["detail"]
+    assert account.client.get("/v1/events").json() == []
+
+
+@pytest.mark.parametrize(
+    "started_at",
+    [
+        "0001-01-01T00:30:00+01:00",  # before year 1 in UTC: the conversion fails
+        "9999-12-31T23:30:00-01:00",  # after year 9999 in UTC
+        "1969-12-31T23:59:59+00:00",
+        "2200-01-01T00:00:00+00:00",
+    ],
+)
+def test_started_at_that_is_not_a_time_from_1970_to_2200_is_400(
+    account: Account, started_at: str
+) -> None:
+    with account.sdk() as sdk:
+        response = sdk.post("/v1/ingest", json=batch(event(), event(started_at=started_at)))
+    assert response.status_code == 400, response.text
+    assert "$.events[1].started_at" in response.json()["detail"]
+    assert account.client.get("/v1/events").json() == []
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"cost_nanos": 2**63 - 1}, "cost_nanos"),
+        ({"cost_nanos": 2**40 + 1}, "cost_nanos"),
+        ({"reserved_nanos": 2**63 - 1}, "reserved_nanos"),
+        ({"usage": {"input_tokens": 2**63 - 1, "output_tokens": 2**63 - 1}}, "input_tokens"),
+        ({"usage": {"output_tokens": 2**40 + 1}}, "output_tokens"),
+    ],
+)
+def test_amounts_above_the_per_event_cap_are_400(
+    account: Account, change: dict[str, object], field: str
+) -> None:
+    with account.sdk() as sdk:
+        response = sdk.post("/v1/ingest", json=batch(event(), event(**change)))
+    assert response.status_code == 400, response.text
+    assert field in response.json()["detail"]
+
+
+def test_events_at_the_cap_are_stored_and_later_batches_still_add_up(account: Account) -> None:
+    # A single event at 2**63 - 1 used to be stored, after which every batch adding to the
+    # same agent/model/day rollup overflowed (a 500 on PostgreSQL).
+    top = {"cost_nanos": 2**40, "usage": {"input_tokens": 2**40, "output_tokens": 2**40}}
+    with account.sdk() as sdk:
+        for _ in range(3):
+            response = sdk.post("/v1/ingest", json=batch(event(**top), event(**top)))
+            assert response.status_code == 202, response.text
+        after = sdk.post("/v1/ingest", json=batch(event(cost_nanos=10)))
+    assert after.status_code == 202, after.text
+    overview = account.client.get("/v1/dashboard/overview")
+    assert overview.status_code == 200
+    assert overview.json()["today"]["cost_nanos"] == 6 * 2**40 + 10
+
+
+@pytest.mark.parametrize(
+    "name", ["team,bot", "team/bot", "a?b", "a#b", "50%", "a:b", "a\tb", " bot", "bot ", ".", ".."]
+)
+def test_agent_names_that_break_dashboard_urls_or_the_control_stream_are_400(
+    account: Account, name: str
+) -> None:
+    with account.sdk() as sdk:
+        response = sdk.post("/v1/ingest", json=batch(event(), event(agent=name)))
+    assert response.status_code == 400, response.text
+    assert "$.events[1].agent" in response.json()["detail"]
+    assert account.client.get("/v1/agents").json() == []
+
+
+def test_reporter_sets_the_bad_event_aside_and_delivers_the_rest(
+    server: LiveServer, account: Account, tmp_path: Path
+) -> None:
+    good = [event(agent="reporting-bot") for _ in range(7)]
+    bad = event(agent="reporting-bot", error="provider said \x00")
+    api = BackendAPI(BackendConfig(api_key=account.new_key(), endpoint=server.url))
+    reporter = Reporter(api, spool_root=tmp_path / "spool", batch_size=100, flush_interval=0.01)
+    try:
+        for payload in [*good[:3], bad, *good[3:]]:
+            reporter.enqueue(payload)
+        assert reporter.flush(timeout=30)
+    finally:
+        reporter.close()
+    stored = account.client.get("/v1/events", params={"limit": 100}).json()
+    assert sorted(e["id"] for e in stored) == sorted(e["id"] for e in good)
+    assert reporter.stats.rejected == 1 and reporter.stats.failures == 0
+    files = list((tmp_path / "spool").rglob("rejected.jsonl"))
+    rejected = [json.loads(line) for f in files for line in f.read_text().splitlines()]
+    assert [r["event"]["id"] for r in rejected] == [bad["id"]]
+    assert "error" in rejected[0]["reason"] and "400" in rejected[0]["reason"]

@@ -561,3 +561,20 @@ def test_a_run_reaches_threads_only_through_its_context(make_guard: Make) -> Non
         assert pool.submit(call).result() != "run-1"  # a bare worker: the session run
         assert pool.submit(contextvars.copy_context().run, call).result() == "run-1"
         assert asyncio.run(asyncio.to_thread(call)) == "run-1"
+
+
+@pytest.mark.parametrize(
+    "name", ["team,bot", "team/bot", "a?b", "a#b", "50%", "a:b", "a\tb", " bot", "bot ", ".", ".."]
+)
+def test_agent_names_that_break_dashboard_urls_or_the_control_stream_are_refused(
+    name: str,
+) -> None:
+    with pytest.raises(KavachConfigError) as caught:
+        AgentKavach(name)
+    message = str(caught.value)
+    assert repr(name) in message and ", / ? # % :" in message
+
+
+def test_agent_names_with_spaces_dots_and_other_scripts_are_allowed() -> None:
+    for name in ["research bot", "team.bot-2", "équipe_α", "a..b"]:
+        assert AgentKavach(name).agent_name == name
