@@ -4,11 +4,13 @@ Events go into a bounded memory queue as the guard made them; a background threa
 them into JSON and drains them in batches to ``POST /v1/ingest`` (gzip, idempotent by event
 id), so the caller pays one append per call. While the backend is unreachable, answers 5xx,
 or the key is refused, batches go to a disk spool (see ``spool.py``) and are replayed in
-order once it answers again; ``429`` waits for ``Retry-After``. Nothing is dropped: a
-malformed batch is split until the bad event is found, which is set aside in the spool's
-``rejected`` file with the backend's reason. ``close()`` flushes, bounded in
-time, and an ``atexit`` hook does the same for programs that never call it; what is left
-stays on disk for the next process.
+order once it answers again; ``429`` waits for ``Retry-After``. Nothing is dropped while
+the disk takes events: a malformed batch is split until the bad event is found, which is
+set aside in the spool's ``rejected`` file with the backend's reason. ``close()`` flushes,
+bounded in time, and an ``atexit`` hook does the same for programs that never call it;
+what is left, the batch still on its way included, stays on disk for the next process.
+When the disk refuses events too, they wait in memory up to ``max_memory``; newer ones
+beyond that are dropped, counted in ``stats.dropped`` and logged.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ class ReporterStats:
     spooled: int = 0
     rejected: int = 0
     failures: int = 0
+    dropped: int = 0
+    """Events lost because neither the backend nor the disk could take them."""
     last_error: str | None = None
 
 
@@ -81,6 +85,13 @@ class Reporter(NullObserver):
         self._auth_refused = False
         self._warned: set[str] = set()
         self._replayed: dict[Path, int] = {}
+        # The batch being sent, with its place in the spool's order: if the send fails or
+        # the process exits first, it goes to disk ahead of anything spilled after it.
+        self._inflight: tuple[int, list[dict[str, Any]]] | None = None
+        self._disk_error: str | None = None
+        self._disk_backoff = 0.0
+        self._disk_retry_at = 0.0
+        self._dropped_now = 0  # while the disk refuses events
         self._thread = threading.Thread(target=self._run, name="kavach-reporter", daemon=True)
         self._thread.start()
         ref = weakref.ref(self)
@@ -110,15 +121,20 @@ class Reporter(NullObserver):
             with self._cond:
                 if len(queue) > self._max_memory:
                     # Overflow while the backend is slow or away: keep order, keep everything.
-                    self._spill_locked()
+                    try:
+                        self._spill_locked()
+                    except Exception:  # reporting never fails the caller's call
+                        logger.exception("kavach: could not spool events")
                 self._cond.notify()
 
     # -- control ------------------------------------------------------------------------
 
     @property
     def pending(self) -> int:
-        """Events not yet accepted by the backend (in memory and on disk)."""
-        return len(self._queue) + self._spool.pending
+        """Events not yet accepted by the backend (in memory, on their way and on disk)."""
+        inflight = self._inflight
+        sending = len(inflight[1]) if inflight is not None else 0
+        return len(self._queue) + sending + self._spool.pending
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until every event so far was accepted; False if time ran out first."""
@@ -135,19 +151,36 @@ class Reporter(NullObserver):
         return self.pending == 0
 
     def close(self, timeout: float = 5.0) -> None:
-        """Flush (bounded by ``timeout``), stop the thread; anything unsent stays on disk."""
+        """Flush and stop the thread within ``timeout``; anything unsent stays on disk."""
         if self._stop:
             return
+        deadline = time.monotonic() + timeout
         self.flush(timeout)
         with self._cond:
             self._stop = True
             self._cond.notify()
-        self._thread.join(timeout=max(0.1, timeout))
+        self._thread.join(timeout=max(0.1, deadline - time.monotonic()))
         with self._cond:
+            self._disk_retry_at = 0.0  # last chance: try the disk whatever its backoff said
+            if self._inflight is not None:
+                # Still on its way: keep it; if it does arrive, the backend drops the copy.
+                seq, batch = self._inflight
+                self._inflight = None
+                self._keep_locked(batch, at=seq)
             self._spill_locked()
+            lost = len(self._queue)
+            self._queue.clear()
         self._spool.close()
         self.api.close()
         atexit.unregister(self._atexit)
+        if lost or self.stats.dropped:
+            self.stats.dropped += lost
+            logger.error(
+                "kavach: %d events are lost: neither the backend nor the spool in %s could "
+                "take them",
+                self.stats.dropped,
+                self._spool.dir,
+            )
         if self._spool.pending:
             logger.warning(
                 "kavach: %d events could not reach the backend yet; they are kept in %s and "
@@ -160,34 +193,52 @@ class Reporter(NullObserver):
 
     def _run(self) -> None:
         while True:
-            with self._cond:
-                if not self._stop and len(self._queue) < self._batch_size:
-                    self._cond.wait(self._flush_interval)
-                if self._stop:
-                    return
-                waiting = time.monotonic() < self._retry_at or self._auth_refused
-                if waiting:
-                    if len(self._queue) >= self._batch_size:
-                        self._spill_locked()
-                    if not self._queue and not self._spool.pending:
-                        self._idle.set()
-                    continue
-                if self._spool.pending:
-                    self._spill_locked()  # later events queue behind the spooled ones
-                    batch: list[dict[str, Any]] = []
-                else:
-                    batch = self._take(min(self._batch_size, len(self._queue)))
             try:
-                if batch:
-                    self._send(batch)
-                else:
-                    self._replay()
-            except Exception:  # never let the reporter thread die
-                logger.exception("kavach: reporter error")
-                self._fail("unexpected error")
+                if not self._step():
+                    return
+            except Exception as exc:  # never let the reporter thread die: log, back off
+                key = f"error:{type(exc).__name__}"
+                if key not in self._warned:
+                    self._warned.add(key)
+                    logger.exception("kavach: reporter error; retrying with backoff")
+                self._fail(f"unexpected error ({exc!r})", key=key)
             with self._cond:
                 if not self._queue and not self._spool.pending:
                     self._idle.set()
+
+    def _step(self) -> bool:
+        """Send, replay or spool one batch; False once stopped."""
+        with self._cond:
+            waiting = time.monotonic() < self._retry_at or self._auth_refused
+            if not self._stop and (waiting or len(self._queue) < self._batch_size):
+                self._cond.wait(self._flush_interval)
+            if self._stop:
+                return False
+            if time.monotonic() < self._retry_at or self._auth_refused:
+                if len(self._queue) >= self._batch_size:
+                    self._spill_locked()
+                return True
+            if self._spool.pending:
+                self._spill_locked()  # later events queue behind the spooled ones
+                batch: list[dict[str, Any]] = []
+            else:
+                batch = self._take(min(self._batch_size, len(self._queue)))
+                if batch:
+                    self._inflight = (self._spool.reserve(), batch)
+        if not batch:
+            self._replay()
+            return True
+        delivered = False
+        try:
+            delivered = self._deliver(batch)
+        finally:
+            with self._cond:
+                inflight = self._inflight
+                if inflight is not None and inflight[1] is batch:  # close() did not keep it
+                    self._inflight = None
+                    if not delivered:
+                        self._keep_locked(batch, at=inflight[0])
+        return True
 
     def _replay(self) -> None:
         for path, events in self._spool.segments():
@@ -201,11 +252,6 @@ class Reporter(NullObserver):
                 start += self._batch_size
             self._replayed.pop(path, None)
             self._spool.done(path, len(events))
-
-    def _send(self, batch: list[dict[str, Any]]) -> None:
-        if not self._deliver(batch):
-            self._spool.append(batch)
-            self.stats.spooled += len(batch)
 
     def _deliver(self, batch: list[dict[str, Any]]) -> bool:
         """Send one batch; True when the backend holds it (or set aside a bad event)."""
@@ -251,9 +297,13 @@ class Reporter(NullObserver):
     def _set_aside(self, event: Any, reason: str) -> None:
         """Keep an event that cannot be delivered in the spool's ``rejected`` file."""
         self.stats.rejected += 1
-        with open(self._spool.dir / "rejected.jsonl", "a", encoding="utf-8") as handle:
-            record = {"reason": reason, "event": event}
-            handle.write(json.dumps(record, default=repr) + "\n")
+        record = json.dumps({"reason": reason, "event": event}, default=repr)
+        try:
+            with open(self._spool.dir / "rejected.jsonl", "a", encoding="utf-8") as handle:
+                handle.write(record + "\n")
+        except OSError as exc:
+            logger.error("kavach: %s; it could not be kept on disk (%s): %s", reason, exc, record)
+            return
         self._warn_once(
             "rejected", f"kavach: {reason}; it is kept in {self._spool.dir / 'rejected.jsonl'}"
         )
@@ -294,7 +344,59 @@ class Reporter(NullObserver):
         return batch
 
     def _spill_locked(self) -> None:
-        if self._queue:
-            batch = self._take(len(self._queue))
-            self._spool.append(batch)
-            self.stats.spooled += len(batch)
+        """Move the memory queue to disk (callers hold ``_cond``)."""
+        if not self._queue:
+            return
+        if time.monotonic() >= self._disk_retry_at:
+            self._keep_locked(self._take(len(self._queue)))
+        if self._disk_error is not None:
+            self._bound_memory_locked()
+
+    def _keep_locked(self, batch: list[dict[str, Any]], at: int | None = None) -> None:
+        """Put a batch on disk or, if the disk refuses it, back in front of the memory queue."""
+        try:
+            self._spool.append(batch, at=at)
+        except OSError as exc:
+            self._queue.extendleft(reversed(batch))
+            self._disk_backoff = min(_MAX_BACKOFF, max(0.25, self._disk_backoff * 2))
+            self._disk_retry_at = time.monotonic() + self._disk_backoff
+            if self._disk_error is None:
+                self._disk_error = str(exc)
+                logger.error(
+                    "kavach: the spool in %s cannot take events (%s); %d events wait in "
+                    "memory meanwhile, up to max_memory=%d: newer ones are dropped beyond that",
+                    self._spool.dir,
+                    exc,
+                    len(self._queue),
+                    self._max_memory,
+                )
+            return
+        self.stats.spooled += len(batch)
+        if self._disk_error is not None:
+            logger.warning(
+                "kavach: the spool in %s takes events again; %d were dropped meanwhile",
+                self._spool.dir,
+                self._dropped_now,
+            )
+            self._disk_error = None
+            self._disk_backoff = 0.0
+            self._dropped_now = 0
+
+    def _bound_memory_locked(self) -> None:
+        """Neither the backend nor the disk takes events: drop the newest past max_memory."""
+        excess = len(self._queue) - self._max_memory
+        if excess <= 0:
+            return
+        pop = self._queue.pop
+        for _ in range(excess):
+            pop()
+        if not self._dropped_now:
+            logger.error(
+                "kavach: dropping events: %d wait in memory (max_memory) and the spool in %s "
+                "cannot take more (%s); the count is in stats.dropped",
+                self._max_memory,
+                self._spool.dir,
+                self._disk_error,
+            )
+        self._dropped_now += excess
+        self.stats.dropped += excess

@@ -264,3 +264,186 @@ def test_events_from_many_threads_arrive_once_each_in_wire_form(
     for t in range(4):  # each thread's events keep their order
         mine = [i for i in ids if i.startswith(f"c00{t}")]
         assert mine == sorted(mine)
+
+
+class ScriptedBackend:
+    """An in-process backend: answers with ``answer(ids)``; a call can be held until released."""
+
+    def __init__(self) -> None:
+        self.received: list[str] = []
+        self.answer = 202
+        self.retry_after: str | None = None
+        self.hold_next = False
+        self.holding = threading.Event()
+        self.release = threading.Event()
+
+    def handler(self, request: Any) -> Any:
+        import gzip
+        import json
+
+        import httpx
+
+        ids = [e["id"] for e in json.loads(gzip.decompress(request.content))["events"]]
+        if self.hold_next:
+            self.hold_next = False
+            self.holding.set()
+            self.release.wait(10)
+            return httpx.Response(503, json={"detail": "overloaded"})
+        if self.answer != 202:
+            headers = {"Retry-After": self.retry_after} if self.retry_after else {}
+            return httpx.Response(self.answer, json={"detail": "no"}, headers=headers)
+        self.received.extend(ids)
+        return httpx.Response(202, json={"accepted": len(ids)})
+
+    def reporter(self, root: Path, **kw: Any) -> Reporter:
+        import httpx
+
+        api = BackendAPI(
+            BackendConfig(api_key="ak_test_x", endpoint="http://backend.test"),
+            transport=httpx.MockTransport(self.handler),
+        )
+        return Reporter(api, spool_root=root, flush_interval=0.01, **kw)
+
+
+def ids(numbers: range) -> list[str]:
+    return [f"e{i:05d}" for i in numbers]
+
+
+def test_a_batch_on_its_way_when_the_program_exits_is_kept_for_the_next_process(
+    tmp_path: Path,
+) -> None:
+    slow = ScriptedBackend()
+    slow.hold_next = True
+    reporter = slow.reporter(tmp_path)
+    for i in range(5):
+        reporter.enqueue(event(i))
+    assert slow.holding.wait(5)
+    assert reporter.pending == 5
+    reporter.close(timeout=0.2)  # the backend has not answered yet
+    slow.release.set()
+    good = ScriptedBackend()
+    nxt = good.reporter(tmp_path)
+    assert nxt.pending == 5
+    assert nxt.flush(5)
+    nxt.close()
+    assert good.received == ids(range(5))
+
+
+def test_overflow_while_a_batch_is_on_its_way_keeps_the_order(tmp_path: Path) -> None:
+    backend = ScriptedBackend()
+    backend.hold_next = True
+    reporter = backend.reporter(tmp_path, batch_size=5, max_memory=10)
+    for i in range(5):
+        reporter.enqueue(event(i))
+    assert backend.holding.wait(5)
+    for i in range(5, 20):  # past max_memory: spilled to disk while 0-4 are on their way
+        reporter.enqueue(event(i))
+    assert reporter.stats.spooled > 0
+    backend.release.set()  # ... and then 0-4 fail
+    assert reporter.flush(5)
+    reporter.close()
+    assert backend.received == ids(range(20))
+
+
+def test_an_unexpected_error_while_sending_loses_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend = ScriptedBackend()
+    reporter = backend.reporter(tmp_path)
+    ingest = reporter.api.ingest
+    calls = 0
+
+    def ingest_failing_once(*args: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("a bug")
+        return ingest(*args)
+
+    reporter.api.ingest = ingest_failing_once  # type: ignore[method-assign]
+    with caplog.at_level(logging.WARNING, logger="kavach.reporting"):
+        for i in range(3):
+            reporter.enqueue(event(i))
+        assert reporter.flush(5)
+        reporter.enqueue(event(3))  # the sender thread lives on
+        assert reporter.flush(5)
+    reporter.close()
+    assert backend.received == ids(range(4))
+    assert "a bug" in caplog.text
+
+
+def test_a_full_disk_never_reaches_the_caller_and_bounds_memory(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import errno
+
+    backend = ScriptedBackend()
+    backend.answer, backend.retry_after = 429, "60"
+    reporter = backend.reporter(tmp_path, batch_size=5, max_memory=20)
+    spool = reporter._spool
+    append = spool.append
+    full = True
+
+    def append_to_a_full_disk(*args: Any, **kw: Any) -> None:
+        if full:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        append(*args, **kw)
+
+    spool.append = append_to_a_full_disk  # type: ignore[method-assign]
+    with caplog.at_level(logging.WARNING, logger="kavach.reporting"):
+        reporter.enqueue(event(0))  # refused by the backend, then by the disk
+        deadline = time.monotonic() + 5
+        while "cannot take events" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.005)
+        for i in range(1, 30):  # the sender waits for Retry-After; memory fills up
+            reporter.enqueue(event(i))
+        assert reporter.stats.dropped == 10
+        assert reporter.pending == 20
+        assert "dropping events" in caplog.text
+        full = False
+        backend.answer = 202
+        assert reporter.flush(5)
+    reporter.close()
+    assert backend.received == ids(range(20))
+
+
+def test_a_torn_line_left_by_a_crash_does_not_stall_flush(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import json
+
+    dead = tmp_path / "99999-deadbeef"
+    dead.mkdir()
+    (dead / "lock").write_text("")
+    lines = [json.dumps(event(i)) for i in range(3)] + ['{"id":"e00003","agent":"bo']
+    (dead / "seg-000000000001.jsonl").write_text("\n".join(lines))
+    backend = ScriptedBackend()
+    with caplog.at_level(logging.WARNING, logger="kavach.reporting"):
+        reporter = backend.reporter(tmp_path)
+        assert reporter.pending == 3
+        assert reporter.flush(1)
+        started = time.monotonic()
+        reporter.close()
+    assert time.monotonic() - started < 1
+    assert backend.received == ids(range(3))
+    assert caplog.text.count("torn line") == 1
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_rejected_event_is_kept_across_restarts_without_errors(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend = ScriptedBackend()
+    backend.answer = 422
+    reporter = backend.reporter(tmp_path)
+    reporter.enqueue(event(1))
+    assert reporter.flush(5)
+    reporter.close()
+    backend.answer = 202
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="kavach.reporting"):
+        for _ in range(2):
+            backend.reporter(tmp_path).close()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [p.name for p in tmp_path.iterdir()] == ["rejected.jsonl"]
+    assert '"e00001"' in (tmp_path / "rejected.jsonl").read_text()
