@@ -142,6 +142,43 @@ return {1, units, reclaimed}
 """
 )
 
+# RESERVE for a retry whose first attempt may have run (its reply was lost): if the hold's
+# member is already on its first key, that attempt held the amount, so return its grant
+# (the units follow from the amount held on a line paid per unit) instead of holding it a
+# second time. It scans the key's open holds, a cost paid only on such a retry. A hold that
+# a reserve reclaimed in between is gone, and a fresh grant under the same id is then the
+# only one.
+RESERVE_AGAIN = (
+    """
+local function held(i)
+  local head = ARGV[1] .. ':' .. i .. ':'
+  for _, member in ipairs(redis.call('ZRANGE', KEYS[3*i-1], 0, -1)) do
+    if string.sub(member, 1, #head) == head then
+      return tonumber(string.sub(member, #head + 1))
+    end
+  end
+  return nil
+end
+local function granted()
+  local amount = held(1)
+  if amount == nil then return nil end
+  for i = 1, #KEYS / 3 do
+    local base = 4 + 4 * (i - 1)
+    local per_unit = tonumber(ARGV[base + 3])
+    if per_unit > 0 then
+      if i > 1 then amount = held(i) end
+      if amount == nil then return nil end
+      return (amount - tonumber(ARGV[base + 2])) / per_unit
+    end
+  end
+  return tonumber(ARGV[4])
+end
+local granted_units = granted()
+if granted_units ~= nil then return {1, granted_units, {}} end
+"""
+    + RESERVE
+)
+
 # KEYS: bal, holds, reclaimed per line. ARGV: hold_id, then per line: actual, held.
 # Returns each line's spent after.
 SETTLE = (

@@ -143,43 +143,7 @@ def _pack_keys(keys: Sequence[str]) -> _PackedKeys:
     return len(keys), b"".join(parts)
 
 
-# Run before RESERVE when its first attempt may have run: if the hold's member is already
-# on its first key, that attempt held the amount, so return its grant (the units follow
-# from the amount held on a line paid per unit) instead of holding it a second time. It
-# scans the key's open holds, a cost paid only on such a retry. A hold that reserve reclaimed
-# in between is gone, and a fresh grant under the same id is then the only one.
-_RESERVE_AGAIN = (
-    """
-local function held(i)
-  local head = ARGV[1] .. ':' .. i .. ':'
-  for _, member in ipairs(redis.call('ZRANGE', KEYS[3*i-1], 0, -1)) do
-    if string.sub(member, 1, #head) == head then
-      return tonumber(string.sub(member, #head + 1))
-    end
-  end
-  return nil
-end
-local function granted()
-  local amount = held(1)
-  if amount == nil then return nil end
-  for i = 1, #KEYS / 3 do
-    local base = 4 + 4 * (i - 1)
-    local per_unit = tonumber(ARGV[base + 3])
-    if per_unit > 0 then
-      if i > 1 then amount = held(i) end
-      if amount == nil then return nil end
-      return (amount - tonumber(ARGV[base + 2])) / per_unit
-    end
-  end
-  return tonumber(ARGV[4])
-end
-local granted_units = granted()
-if granted_units ~= nil then return {1, granted_units, {}} end
-"""
-    + _lua.RESERVE
-)
-
-_RESERVE = _Script(_lua.RESERVE, again=_RESERVE_AGAIN)
+_RESERVE = _Script(_lua.RESERVE, again=_lua.RESERVE_AGAIN)
 _SETTLE = _Script(_lua.SETTLE)
 _RELEASE = _Script(_lua.RELEASE)
 _READ = _Script(_lua.READ)
@@ -319,7 +283,7 @@ class RedisLedger:
         # restarted) is retried once on a fresh one. The first attempt may have run with
         # only its reply lost, so the retry sends the script's `again` variant: a settle
         # or release that already ran is a no-op the second time, and a reserve that
-        # already ran returns the grant it made (see _RESERVE_AGAIN).
+        # already ran returns the grant it made (see _lua.RESERVE_AGAIN).
         pool = self.client.connection_pool
         command = packed
         for attempt in (0, 1):
