@@ -286,8 +286,9 @@ RESPONSES = Endpoint(
 
 
 def _read_embeddings(body: Mapping[str, Any]) -> CallSpec:
+    # Texts, or token ids: a list of ints (one input) or of lists (several), each id a token.
     source = body.get("input")
-    prompt = source if isinstance(source, str) else None
+    prompt = source if isinstance(source, str | list) else None
     if isinstance(source, list) and all(isinstance(s, str) for s in source):
         prompt = "\n".join(source)
     return CallSpec(

@@ -228,6 +228,23 @@ def test_stream_helper_and_responses_and_embeddings_are_guarded(
     assert guard.ledger.open_holds == 0
 
 
+def test_embeddings_of_token_ids_are_held_at_their_count(
+    server: StandIn, make_guard: Any, events: Events
+) -> None:
+    # 32,000 token ids cost $0.00416 at $0.13/M: more than the budget, so refused unsent
+    # (they were held at nothing and let through).
+    guard = make_guard(budget=Budget.daily(0.001))
+    c = client(server, guard)
+    sent = len(server.requests)
+    with pytest.raises(BudgetExceededError):
+        c.embeddings.create(model="text-embedding-3-large", input=[[100] * 8000] * 4)
+    c.embeddings.create(model="text-embedding-3-large", input=[100] * 500)  # one input
+    assert len(server.requests) == sent + 1
+    [refused, ok] = events.calls
+    assert refused.status == "refused" and ok.status == "ok"
+    assert ok.reserved_nanos >= 500 * 130  # $0.13 per million tokens
+
+
 def _cut_setup(server: StandIn, make_guard: Any) -> AgentKavach:
     # Strict mode sizes the call to what is left; this provider ignores max tokens and would
     # stream 10x that.
