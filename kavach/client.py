@@ -643,6 +643,7 @@ class AgentKavach:
                 cache_writes=spec.cache_writes,
                 media_tokens=media,
                 text_output=spec.text_output,
+                choices=spec.choices,
             )
         except GuardrailError as exc:
             self.guardrails.forget_request(run_id, fingerprint)
@@ -1136,13 +1137,43 @@ def _prompt_text(spec: CallSpec) -> str | None:
     if spec.messages is not None:
         for message in spec.messages:
             if isinstance(message, Mapping):
-                parts.append(f"{message.get('role', '?')}: {message.get('content', '')}")
-            else:
-                parts.append(str(message))
+                content = message.get("content")
+                if content is None:  # Gemini contents carry their text in parts
+                    content = message.get("parts")
+                parts.append(f"{message.get('role', '?')}: {_text_of(content)}")
+            else:  # a plain string, or an SDK object (google-genai Content)
+                role = getattr(message, "role", None)
+                text = _text_of(message)
+                parts.append(f"{role}: {text}" if isinstance(role, str) else text)
     if spec.prompt is not None:
-        parts.append(spec.prompt if isinstance(spec.prompt, str) else "\n".join(spec.prompt))
+        parts.append(_text_of(spec.prompt))
     text = "\n".join(parts)
     return text[:_PROMPT_CAP] if text else None
+
+
+def _text_of(content: Any) -> str:
+    """The text in a message's content: a string, text blocks or parts (OpenAI, Anthropic,
+    Gemini), with other blocks (images, audio, files) and token ids named, not dumped."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, bytes | bytearray):
+        return "[bytes]"
+    if isinstance(content, Sequence):
+        if content and all(isinstance(item, int) for item in content):
+            return f"[{len(content)} token ids]"
+        return "\n".join(t for t in (_text_of(item) for item in content) if t)
+    text = content.get("text") if isinstance(content, Mapping) else getattr(content, "text", None)
+    if isinstance(text, str):
+        return text
+    if isinstance(content, Mapping):
+        kind = content.get("type")
+        return f"[{kind}]" if isinstance(kind, str) else ""
+    parts = getattr(content, "parts", None)  # a google-genai Content object
+    if parts is not None:
+        return _text_of(parts)
+    return f"[{type(content).__name__}]"
 
 
 def _resolve_ledger(

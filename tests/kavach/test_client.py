@@ -17,6 +17,7 @@ from kavach import (
     AgentKilledError,
     Budget,
     BudgetExceededError,
+    CallSpec,
     KavachConfigError,
     MemoryLedger,
     ModelPrice,
@@ -394,6 +395,26 @@ def test_save_prompts_is_off_by_default(make_guard: Make) -> None:
     guard2 = make_guard(budget=Budget.daily(1), observers=[recorder], save_prompts=True)
     guard2.reserve(spec(content="keep me")).commit(Usage(1, 1))
     assert recorder.calls[-1].prompt is not None and "keep me" in recorder.calls[-1].prompt
+
+
+def test_saved_prompts_keep_the_text_of_every_provider_shape(make_guard: Make) -> None:
+    recorder = Recorder()
+    guard = make_guard(budget=Budget.daily(1), observers=[recorder], save_prompts=True)
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64," + "A" * 5000}}
+    shapes = {
+        "gemini parts": [{"role": "user", "parts": [{"text": "gemini text"}]}],
+        "content blocks": [
+            {"role": "user", "content": [{"type": "text", "text": "block text"}, image]}
+        ],
+    }
+    for label, messages in shapes.items():
+        r = guard.reserve(CallSpec(provider="openai", model="test-model", messages=messages))
+        r.commit(Usage(1, 1))
+        assert recorder.calls[-1].prompt in ("user: gemini text", "user: block text\n[image_url]")
+        assert "AAAA" not in recorder.calls[-1].prompt, label  # the image is named, not dumped
+    ids = CallSpec(provider="openai", model="test-model", prompt=[[1, 2, 3]], operation="e")
+    guard.reserve(ids).commit(Usage(3, 0))
+    assert recorder.calls[-1].prompt == "[3 token ids]"
 
 
 def test_bad_parameters_are_config_errors() -> None:
