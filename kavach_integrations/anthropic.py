@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from kavach.errors import BudgetExceededError
 from kavach.spec import CallSpec
 from kavach.stream import Outcome
 from kavach.usage import Usage
@@ -157,11 +158,46 @@ class MessageMeter(TokenCounter):
         return False
 
 
+# Anthropic's floor for extended thinking's budget_tokens, which must stay below max_tokens.
+_MIN_THINKING_TOKENS = 1024
+_set_max_tokens = set_max_tokens("max_tokens")
+
+
+def _limit(body: dict[str, Any], tokens: int) -> dict[str, Any]:
+    """Strict mode's max_tokens, with extended thinking's budget kept below it: the API
+    refuses a request whose ``thinking.budget_tokens`` is not under ``max_tokens``."""
+    body = _set_max_tokens(body, tokens)
+    thinking = body.get("thinking")
+    if not isinstance(thinking, Mapping) or thinking.get("type") != "enabled":
+        return body
+    budget, max_tokens = thinking.get("budget_tokens"), body["max_tokens"]
+    if not isinstance(budget, int) or budget < max_tokens:
+        return body
+    if max_tokens - 1 < _MIN_THINKING_TOKENS:
+        raise BudgetExceededError(
+            budget=f"{body.get('model', '')} thinking",
+            unit="tokens",
+            spent=0,
+            reserved=0,
+            limit=max_tokens,
+            requested=_MIN_THINKING_TOKENS + 1,
+            period="this call",
+            resets_at=None,
+            detail=(
+                f"The budget left pays for {max_tokens:,} output tokens; extended thinking "
+                f"needs at least {_MIN_THINKING_TOKENS + 1:,} (budget_tokens of "
+                f"{_MIN_THINKING_TOKENS:,} and a reply). Raise the budget or call without "
+                "thinking."
+            ),
+        )
+    return {**body, "thinking": {**thinking, "budget_tokens": max_tokens - 1}}
+
+
 MESSAGES = Endpoint(
     operation="chat",
     read=_read,
     outcome=_outcome,
-    limit=set_max_tokens("max_tokens"),
+    limit=_limit,
     meter=MessageMeter,
 )
 

@@ -82,6 +82,27 @@ def test_strict_mode_lowers_max_tokens_and_reserve_mode_keeps_it(
     assert server.last.body["max_tokens"] == 4000
 
 
+def test_strict_mode_keeps_extended_thinking_under_max_tokens(
+    server: StandIn, make_guard: Any, events: Events
+) -> None:
+    # The API refuses thinking.budget_tokens >= max_tokens: strict mode lowers both.
+    thinking = {"type": "enabled", "budget_tokens": 4000}
+    strict = make_guard(budget=Budget.daily(0.035), mode="strict")  # ~2,300 tokens at $15/M
+    c = client(server, strict)
+    c.messages.create(model=MODEL, max_tokens=8000, thinking=thinking, messages=MSGS)
+    sent = server.last.body
+    assert 1024 <= sent["thinking"]["budget_tokens"] < sent["max_tokens"] < 4000
+    # Too little left for the 1,024-token minimum: refused before any request.
+    poor = make_guard(agent_name="poor", budget=Budget.daily(0.005), mode="strict")
+    requests = len(server.requests)
+    with pytest.raises(BudgetExceededError, match="extended thinking"):
+        client(server, poor).messages.create(
+            model=MODEL, max_tokens=8000, thinking=thinking, messages=MSGS
+        )
+    assert len(server.requests) == requests and poor.ledger.open_holds == 0
+    assert poor.status()[0].spent == 0
+
+
 def test_refusal_is_not_retried_nor_wrapped(server: StandIn, make_guard: Any) -> None:
     guard = make_guard(budget=Budget.daily(0.0001))
     c = client(server, guard, max_retries=3)
