@@ -195,16 +195,25 @@ def plan_call(
     cache_writes: bool = False,
     media_tokens: int = 0,
     text_output: bool = False,
+    choices: int = 1,
 ) -> Plan:
     """Plan the ledger lines for one call; raises CostPerCallError before touching a ledger.
 
     ``media_tokens`` of the input and, unless ``text_output``, the output are held at the
-    dearest rate the model bills them at (see ``CompiledPrice.reservation_rates``)."""
+    dearest rate the model bills them at (see ``CompiledPrice.reservation_rates``).
+
+    A request for several ``choices`` may produce the output limit once per choice. Units
+    then count the output of all choices together, as the provider bills it and a stream
+    meters it (interleaved choices); every choice gets at least ``min_output`` tokens in
+    strict mode, which sends ``units // choices`` as the per-choice limit."""
     input_cost, per_token = price.reservation_rates(
         input_tokens, cache_writes, media_tokens, text_output
     )
     max_units = requested_max_output if requested_max_output is not None else default_max_output
     min_units = max_units if mode == "reserve" else min(min_output, max_units)
+    if choices != 1:
+        max_units *= choices
+        min_units *= choices
 
     cap = guardrails.max_cost_per_call
     if cap is not None:
@@ -219,6 +228,8 @@ def plan_call(
                 observed=worst,
             )
         max_units = min(max_units, fits)
+        if choices != 1:  # whole tokens per choice; min_units is a multiple too, so >= it
+            max_units -= max_units % choices
 
     # tuple.__new__ builds the NamedTuples in C: this runs on every call.
     lines = []

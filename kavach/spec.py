@@ -44,3 +44,9 @@ class CallSpec:
     ``response_modalities=["TEXT"]``). Otherwise the reply may be audio or images, and a
     model that bills those above text (Gemini image models: ten times) is reserved at
     that rate."""
+    choices: int = 1
+    """How many replies the request asks for (OpenAI and Mistral chat ``n``, Gemini
+    ``candidate_count``). The provider bills each reply's output (the input once), so
+    output is reserved for all of them: ``max_output_tokens`` is per reply, while the
+    reservation's ``max_output_tokens`` counts every reply's output together (as streams
+    meter it). Send ``r.max_output_tokens // choices`` as the request's per-reply limit."""

@@ -244,8 +244,11 @@ def _failure(exc: BaseException) -> tuple[CallStatus, str]:
 def _prepare(
     guard: AgentKavach, endpoint: Endpoint, body: Body, r: Reservation, streamed: bool
 ) -> Body:
-    if endpoint.limit is not None and guard.mode == "strict" and r.max_output_tokens is not None:
-        body = endpoint.limit(body, r.max_output_tokens)
+    units = r.max_output_tokens
+    if endpoint.limit is not None and guard.mode == "strict" and units is not None:
+        # The reservation pays for every choice's output together; the limit is per choice.
+        choices = r.spec.choices
+        body = endpoint.limit(body, units if choices == 1 else units // choices)
     if streamed and endpoint.prepare_stream is not None:
         body = endpoint.prepare_stream(body)
     return body

@@ -110,6 +110,14 @@ def _contents(contents: Any) -> tuple[str | list[str] | None, list[Any] | None]:
     return None, None
 
 
+def _candidates(config: Any) -> int:
+    """How many candidates the request asks for: each may run to max output tokens."""
+    count = field(config, "candidate_count")
+    if count is None and isinstance(config, Mapping):
+        count = config.get("candidateCount")  # a dict config may use the API's spelling
+    return count if type(count) is int and count > 1 else 1
+
+
 def _read(body: Mapping[str, Any]) -> CallSpec:
     config = body.get("config")
     prompt, messages = _contents(body.get("contents"))
@@ -123,6 +131,7 @@ def _read(body: Mapping[str, Any]) -> CallSpec:
         tools=[_plain(t) for t in tools] if tools else None,
         max_output_tokens=field(config, "max_output_tokens"),
         text_output=_text_reply(config),
+        choices=_candidates(config),
     )
 
 

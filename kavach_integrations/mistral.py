@@ -55,12 +55,14 @@ def _read(body: Mapping[str, Any]) -> CallSpec:
     messages = body.get("messages")
     if messages is not None:
         messages = [m if isinstance(m, Mapping) else _plain(m) for m in messages]
+    n = body.get("n")  # each of n choices may run to max tokens, all billed; or UNSET
     return CallSpec(
         provider=PROVIDER,
         model=str(body.get("model", "")),
         messages=messages,
         tools=body.get("tools"),
         max_output_tokens=_max_tokens(body),
+        choices=n if type(n) is int and n > 1 else 1,
     )
 
 

@@ -84,6 +84,7 @@ def read_chat(provider: str) -> Any:
         max_tokens = body.get("max_completion_tokens")
         if max_tokens is None:
             max_tokens = body.get("max_tokens")
+        n = body.get("n")  # each of n choices may run to max tokens, all billed
         return CallSpec(
             provider=provider,
             model=str(body.get("model", "")),
@@ -92,6 +93,7 @@ def read_chat(provider: str) -> Any:
             max_output_tokens=max_tokens,
             # A spoken reply needs ``audio`` (and "audio" in ``modalities``).
             text_output=body.get("audio") is None,
+            choices=n if type(n) is int and n > 1 else 1,
         )
 
     return read
@@ -220,11 +222,12 @@ COMPLETIONS = Endpoint(
 
 def _read_response(body: Mapping[str, Any]) -> CallSpec:
     source = body.get("input")
+    if isinstance(source, str):  # billed as one user message, with the chat overhead
+        source = [{"role": "user", "content": source}]
     return CallSpec(
         provider=PROVIDER,
         model=str(body.get("model", "")),
         messages=source if isinstance(source, list) else None,
-        prompt=source if isinstance(source, str) else None,
         system=body.get("instructions"),
         tools=body.get("tools"),
         max_output_tokens=body.get("max_output_tokens"),

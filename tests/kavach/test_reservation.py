@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import anyio
 import pytest
 
-from kavach import AgentKavach, Budget, Usage
+from kavach import AgentKavach, Budget, BudgetExceededError, Usage
 from kavach.ledger import MemoryLedger
 
 from .conftest import Recorder, spec
@@ -88,3 +89,23 @@ def test_repr_names_the_call(make_guard: Make) -> None:
     assert "test-model" in repr(r) and "open" in repr(r)
     r.release()
     assert "settled" in repr(r)
+
+
+def test_several_choices_are_held_at_max_output_tokens_each(make_guard: Make) -> None:
+    # n choices may each run to max output tokens, all billed; the input is billed once.
+    guard = make_guard(budget=Budget.daily(1))
+    r = guard.reserve(dataclasses.replace(spec(max_output=1000), choices=3))
+    assert r.max_output_tokens == 3000  # every choice's output together, as streams meter it
+    assert r.reserved_nanos == held(guard) == 1000 * 1000 + 3 * 1000 * 1000
+    r.release()
+
+    # Strict mode sizes each choice to what is left: 10,000 nanos after the input pay for
+    # 10 output tokens, three for each choice.
+    budget = Budget.daily(0.001010)
+    strict = make_guard(agent_name="s", budget=budget, mode="strict", min_output_tokens=2)
+    r = strict.reserve(dataclasses.replace(spec(max_output=None), choices=3))
+    assert r.max_output_tokens // 3 == 3 and r.reserved_nanos <= budget.limit
+    r.release()
+    # ... and never fewer than min_output_tokens per choice: 6 choices need 12.
+    with pytest.raises(BudgetExceededError):
+        strict.reserve(dataclasses.replace(spec(max_output=None), choices=6))

@@ -14,7 +14,7 @@ from google import genai
 from google.genai import errors, types
 
 from kavach import AgentKavach, Budget, BudgetExceededError, KavachError, Usage
-from kavach._devtools.standin import Reply, StandIn, ToolCall
+from kavach._devtools.standin import RecordedRequest, Reply, StandIn, ToolCall
 from kavach.tokens import estimate_input_tokens
 
 from .conftest import Events
@@ -394,3 +394,45 @@ def test_budget_stops_automatic_function_calling_between_requests(
     assert [e.status for e in events.calls] == ["ok", "refused"]
     assert guard.status()[0].spent == 3000 * 100 + 40 * 400
     assert guard.ledger.open_holds == 0
+
+
+def _every_candidate_at_its_limit(request: RecordedRequest) -> Reply:
+    # The stand-in sends one candidate; candidatesTokenCount sums over all of them.
+    config = request.body.get("generationConfig") or {}
+    limit = config.get("maxOutputTokens", 8192)
+    return Reply(
+        output_tokens=config.get("candidateCount", 1) * limit,
+        input_tokens=10,
+        honor_max_tokens=False,
+    )
+
+
+def test_strict_mode_sends_max_output_tokens_per_candidate_and_stays_in_budget(
+    server: StandIn, make_guard: Any, events: Events
+) -> None:
+    budget = Budget.daily(0.001)
+    guard = make_guard(budget=budget, mode="strict")
+    server.responder = _every_candidate_at_its_limit
+    c = client(server, guard)
+    c.models.generate_content(model=MODEL, contents="hi", config={"candidate_count": 4})
+    per_candidate = server.last.body["generationConfig"]["maxOutputTokens"]
+    # $0.001 pays for ~2,500 output tokens at $0.40/M: about 625 for each of 4 candidates.
+    assert 600 <= per_candidate <= 625
+    assert events.settled[-1].usage.output_tokens == 4 * per_candidate
+    assert 0 < guard.status()[0].spent <= budget.limit
+
+
+def test_reserve_mode_holds_max_output_tokens_for_every_candidate(
+    server: StandIn, make_guard: Any
+) -> None:
+    budget = Budget.daily(0.001)
+    guard = make_guard(budget=budget, mode="reserve")
+    server.responder = _every_candidate_at_its_limit
+    c = client(server, guard)
+    config = types.GenerateContentConfig(candidate_count=4, max_output_tokens=1000)
+    with pytest.raises(BudgetExceededError):  # 4 x 1,000 tokens: $0.0016 at $0.40/M
+        c.models.generate_content(model=MODEL, contents="hi", config=config)
+    assert server.requests == []
+    config = types.GenerateContentConfig(candidate_count=4, max_output_tokens=500)
+    c.models.generate_content(model=MODEL, contents="hi", config=config)
+    assert 0 < guard.status()[0].spent <= budget.limit

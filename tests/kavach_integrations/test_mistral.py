@@ -12,7 +12,7 @@ import pytest
 from mistralai.client import Mistral, errors, models
 
 from kavach import AgentKavach, Budget, BudgetExceededError, KavachError, Usage
-from kavach._devtools.standin import Reply, StandIn
+from kavach._devtools.standin import RecordedRequest, Reply, StandIn
 
 from .conftest import Events
 
@@ -267,3 +267,25 @@ async def test_async_fim_complete_and_stream_are_guarded(
         await tiny.fim.stream_async(model=FIM_MODEL, prompt="def f(", max_tokens=1000)
     assert len(fim.requests) == 2
     await c.__aexit__(None, None, None)
+
+
+def test_n_choices_are_held_and_limited_per_choice(
+    server: StandIn, make_guard: Any, events: Events
+) -> None:
+    def every_choice_at_its_limit(request: RecordedRequest) -> Reply:
+        body = request.body
+        n, limit = body.get("n") or 1, body.get("max_tokens") or 4096
+        return Reply(output_tokens=n * limit, input_tokens=9, honor_max_tokens=False)
+
+    budget = Budget.daily(0.001)
+    server.responder = every_choice_at_its_limit
+    strict = make_guard(budget=budget, mode="strict")
+    client(server, strict).chat.complete(model=MODEL, messages=MSGS, n=4)
+    per_choice = server.last.body["max_tokens"]
+    assert events.settled[-1].usage.output_tokens == 4 * per_choice
+    assert 0 < strict.status()[0].spent <= budget.limit
+
+    loose = make_guard(agent_name="r", budget=budget, mode="reserve")
+    with pytest.raises(BudgetExceededError):
+        client(server, loose).chat.complete(model=MODEL, messages=MSGS, n=4, max_tokens=1000)
+    assert loose.status()[0].spent == 0

@@ -13,7 +13,7 @@ import pytest
 from openai.types.chat import ChatCompletion
 
 from kavach import AgentKavach, Budget, BudgetExceededError, KavachError, LoopDetectedError, Usage
-from kavach._devtools.standin import Reply, StandIn, ToolCall
+from kavach._devtools.standin import RecordedRequest, Reply, StandIn, ToolCall
 from kavach_integrations._provider import unwrap
 
 from .conftest import Events
@@ -482,4 +482,85 @@ async def test_200_concurrent_calls_never_pass_the_budget(
     print(f"\nopenai {mode}: admitted {admitted}/200, spent ${total / 1e9:.6f} of ${limit}")
     assert admitted > 0 and refused > 0
     assert total <= Budget.daily(limit).limit
+    assert guard.ledger.open_holds == 0
+
+
+def _every_choice_at_its_limit(request: RecordedRequest) -> Reply:
+    # The stand-in sends one choice; its usage bills n choices that all ran to max tokens.
+    body = request.body
+    limit = body.get("max_completion_tokens") or body.get("max_tokens") or 4096
+    return Reply(output_tokens=body.get("n", 1) * limit, input_tokens=9, honor_max_tokens=False)
+
+
+def test_strict_mode_sends_max_tokens_per_choice_and_n_choices_stay_in_budget(
+    server: StandIn, make_guard: Any, events: Events
+) -> None:
+    budget = Budget.daily(0.01)
+    guard = make_guard(budget=budget, mode="strict")
+    server.responder = _every_choice_at_its_limit
+    client(server, guard).chat.completions.create(model="gpt-4o", messages=MSGS, n=5)
+    per_choice = server.last.body["max_completion_tokens"]
+    # $0.01 pays for ~1,000 output tokens at $10/M: about 200 for each of the 5 choices.
+    assert 180 <= per_choice <= 200
+    assert events.settled[-1].usage.output_tokens == 5 * per_choice
+    assert 0 < spent(guard) <= budget.limit
+    assert guard.ledger.open_holds == 0
+
+
+def test_reserve_mode_holds_max_tokens_for_every_choice(server: StandIn, make_guard: Any) -> None:
+    budget = Budget.daily(0.01)
+    guard = make_guard(budget=budget, mode="reserve")
+    server.responder = _every_choice_at_its_limit
+    c = client(server, guard)
+    with pytest.raises(BudgetExceededError):  # 5 x 900 tokens: $0.045 at $10/M
+        c.chat.completions.create(model="gpt-4o", messages=MSGS, n=5, max_tokens=900)
+    assert server.requests == []
+    c.chat.completions.create(model="gpt-4o", messages=MSGS, n=5, max_tokens=150)
+    assert server.last.body["max_tokens"] == 150  # reserve mode leaves the request alone
+    assert 0 < spent(guard) <= budget.limit
+
+
+def test_a_streamed_n_choices_reply_within_its_limits_is_not_cut(
+    server: StandIn, make_guard: Any, events: Events
+) -> None:
+    # Chunks of the n choices interleave; the meter counts them together, so the cut must
+    # allow what all choices together may produce.
+    budget = Budget.daily(0.01)
+    guard = make_guard(budget=budget, mode="strict")
+    server.responder = _every_choice_at_its_limit
+    stream = client(server, guard).chat.completions.create(
+        model="gpt-4o", messages=MSGS, n=3, stream=True
+    )
+    for _ in stream:
+        pass
+    per_choice = server.last.body["max_completion_tokens"]
+    [event] = events.settled
+    assert event.status == "ok" and event.usage.output_tokens == 3 * per_choice
+    assert spent(guard) <= budget.limit
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["strict", "reserve"])
+async def test_200_concurrent_responses_with_string_input_never_pass_the_budget(
+    server: StandIn, make_guard: Any, mode: str
+) -> None:
+    # input="hi" is billed as a user message: 8 tokens with the chat overhead, not 1.
+    budget = Budget.daily(0.02)
+    guard = make_guard(budget=budget, mode=mode, default_max_output_tokens=300)
+    server.default = Reply(output_tokens=300, input_tokens=8)
+    extra = {} if mode == "strict" else {"max_output_tokens": 300}
+    async with aclient(server, guard) as c:
+        calls = iter(range(200))
+
+        async def call() -> Any:
+            if next(calls) % 2:
+                stream = await c.responses.create(model="gpt-4o", input="hi", stream=True, **extra)
+                async for _ in stream:
+                    pass
+                return None
+            return await c.responses.create(model="gpt-4o", input="hi", **extra)
+
+        admitted, refused = await _hammer(call)
+    assert admitted > 0 and refused > 0
+    assert spent(guard) <= budget.limit
     assert guard.ledger.open_holds == 0
