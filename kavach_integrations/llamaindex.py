@@ -17,12 +17,18 @@ What is covered, and how:
   before or after, and whatever callback manager an LLM carries. There the guard reserves
   the call's worst case or raises its refusal, and the provider is never called.
 - **Settlement.** The matching ``on_event_end`` (it runs on success, on error and when a
-  stream ends, breaks or is closed early) commits the usage in ``ChatResponse.raw``: OpenAI
-  chat and Responses usage with cached and reasoning tokens, Anthropic usage with cache
-  reads and writes (5-minute and 1-hour). A streamed OpenAI call reports usage only when
-  the LLM asks for it (``additional_kwargs={"stream_options": {"include_usage": True}}``);
-  without usage, the call is billed at the input estimate plus the streamed text. A failed
-  call that streamed nothing releases its hold.
+  stream ends or is closed) commits the usage in ``ChatResponse.raw``: OpenAI chat and
+  Responses usage with cached and reasoning tokens, Anthropic usage with cache reads and
+  writes (5-minute and 1-hour). A streamed OpenAI call reports usage only when the LLM asks
+  for it (``additional_kwargs={"stream_options": {"include_usage": True}}``); without usage,
+  the call is billed at the input estimate plus the streamed text. As ``kavach.stream``
+  settles a raw stream: a call that failed before anything arrived releases its hold; a
+  cancelled call (a cancelled task, a timeout, a stream closed or broken off) may have been
+  sent, so it is billed at the input estimate plus what streamed. A stream dropped without
+  being read to its end (``break`` and no ``close()``/``aclose()``, or never iterated) is
+  settled the same way when it is garbage collected, at once, not when the event loop gets
+  round to closing it. A call that raised between its start event and the provider call
+  (a cancelled rate limiter wait) was never sent: its hold goes back.
 - **Observation.** A span handler on the root dispatcher maps each call to the outermost
   span it runs in (a query, a chat turn, an agent or workflow run): that span's id is the
   kavach run (unless the code runs inside ``guard.run()``), so per-run guardrails apply to
@@ -33,8 +39,8 @@ What is covered, and how:
 - **Not covered.** Requests are sent unchanged: the reservation is for the LLM's
   ``max_tokens`` (or the guard's ``default_max_output_tokens`` when it has none), so set
   ``max_tokens`` on the LLM for a hard bound; streams are not cut, because no LlamaIndex
-  hook runs per chunk and can raise. Embedding calls are not guarded. A stream that is
-  created and never iterated keeps its hold until ``uninstrument()``.
+  hook runs per chunk and can raise. Embedding calls are not guarded. A stream kept
+  referenced after its consumer stopped reading keeps its hold until it is closed or freed.
 
 Instrumenting twice is a no-op that returns the same handle.
 """
@@ -45,7 +51,8 @@ import asyncio
 import logging
 import threading
 import uuid
-from collections.abc import Callable, Mapping
+import weakref
+from collections.abc import AsyncGenerator, Callable, Generator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -91,6 +98,8 @@ class _Call:
     reservation: Reservation
     span_id: str | None
     streamed_chars: int = 0
+    received: bool = False
+    """True once any chunk arrived: the provider answered, and bills the input."""
 
 
 # -- usage ------------------------------------------------------------------------------
@@ -167,7 +176,14 @@ def usage_from_raw(raw: Any) -> Usage | None:
 
 
 class _RunSpans(BaseSpanHandler[BaseSpan]):
-    """Remembers open spans' parents, to find the outermost span of a call."""
+    """Remembers open spans' parents, to find the outermost span of a call.
+
+    Also tells the guard how each span ended: ``on_exit(span_id, result)`` (an LLM method
+    returning its stream) and ``on_drop(span_id, err)`` (a method that raised).
+    """
+
+    on_exit: Any = None
+    on_drop: Any = None
 
     def new_span(
         self,
@@ -188,6 +204,8 @@ class _RunSpans(BaseSpanHandler[BaseSpan]):
         result: Any | None = None,
         **kwargs: Any,
     ) -> BaseSpan | None:
+        if self.on_exit is not None:
+            self.on_exit(id_, result)
         return self.open_spans.get(id_)
 
     def prepare_to_drop_span(
@@ -198,6 +216,8 @@ class _RunSpans(BaseSpanHandler[BaseSpan]):
         err: BaseException | None = None,
         **kwargs: Any,
     ) -> BaseSpan | None:
+        if self.on_drop is not None:
+            self.on_drop(id_, err)
         return self.open_spans.get(id_)
 
     def ancestry(self, span_id: str | None) -> list[str]:
@@ -222,8 +242,8 @@ class _StreamMeter(BaseEventHandler):
     def handle(self, event: BaseEvent, **kwargs: Any) -> Any:
         if isinstance(event, LLMChatInProgressEvent | LLMCompletionInProgressEvent):
             delta = getattr(event.response, "delta", None)
-            if delta and self.on_delta is not None:
-                self.on_delta(event.span_id, len(delta))
+            if self.on_delta is not None:
+                self.on_delta(event.span_id, len(delta or ""))
         return None
 
 
@@ -242,6 +262,8 @@ class Instrumentation:
         self._spans = _RunSpans()
         self._meter = _StreamMeter()
         self._meter.on_delta = self._streamed
+        self._spans.on_exit = self._returned
+        self._spans.on_drop = self._raised
         self._original_start: Callable[..., str] | None = None
         self._original_end: Callable[..., None] | None = None
 
@@ -267,10 +289,15 @@ class Instrumentation:
             parent_id: str | None = None,
             **kwargs: Any,
         ) -> str:
-            if event_type == CBEventType.LLM:
-                event_id = event_id or str(uuid.uuid4())
-                this._reserve(event_id, payload or {})
-            return original_start(self, event_type, payload, event_id, parent_id, **kwargs)
+            if event_type != CBEventType.LLM:
+                return original_start(self, event_type, payload, event_id, parent_id, **kwargs)
+            event_id = event_id or str(uuid.uuid4())
+            this._reserve(event_id, payload or {})
+            try:
+                return original_start(self, event_type, payload, event_id, parent_id, **kwargs)
+            except BaseException as exc:  # no end event follows, and nothing was sent
+                this._unsent(event_id, exc)
+                raise
 
         def on_event_end(
             self: CallbackManager,
@@ -352,22 +379,68 @@ class Instrumentation:
         event_id = self._by_span.get(span_id)
         call = self._calls.get(event_id) if event_id is not None else None
         if call is not None:
+            call.received = True
             call.streamed_chars += chars
+
+    def _returned(self, span_id: str, result: Any) -> None:
+        """An LLM method returned: if it is a stream, settle its call should it be dropped."""
+        if not isinstance(result, Generator | AsyncGenerator):
+            return
+        event_id = self._by_span.get(span_id)
+        if event_id is not None and event_id in self._calls:
+            # Runs before the generator's own finalizer (weak references are cleared first),
+            # which for an async generator only schedules aclose() on the event loop, if any.
+            weakref.finalize(result, self._dropped, event_id)
+
+    def _raised(self, span_id: str, err: BaseException | None) -> None:
+        """An LLM method raised; its call is still open only if nothing was sent.
+
+        LlamaIndex ends the event of every error raised by the provider call; one raised before
+        its ``try`` (a cancelled rate limiter wait) leaves the event open.
+        """
+        event_id = self._by_span.get(span_id)
+        if event_id is not None:
+            self._unsent(event_id, err)
+
+    def _unsent(self, event_id: str, err: BaseException | None) -> None:
+        call = self._pop(event_id)
+        if call is not None:
+            status = _error_status(err) if err is not None else "error"
+            why = f"{type(err).__name__}: {err}"[:500] if err is not None else None
+            self._safely(call, lambda: call.reservation.release(status=status, error=why))
+
+    def _dropped(self, event_id: str) -> None:
+        # Called by the garbage collector, maybe while this thread holds self._lock, so no
+        # lock: dict.pop is atomic, and whichever path pops the call settles it.
+        call = self._calls.pop(event_id, None)
+        if call is None:
+            return
+        if call.span_id is not None:
+            self._by_span.pop(call.span_id, None)
+        why = "the stream was dropped before its end"
+        self._safely(call, lambda: _give_up(call, "cancelled", why))
 
     # -- settle -------------------------------------------------------------------------
 
-    def _settle(self, event_id: str, payload: Mapping[str, Any]) -> None:
+    def _pop(self, event_id: str) -> _Call | None:
         with self._lock:
             if event_id in self._nested:
                 self._nested.discard(event_id)
-                return
+                return None
             call = self._calls.pop(event_id, None)
             if call is not None and call.span_id is not None:
                 self._by_span.pop(call.span_id, None)
-        if call is None:
-            return
+        return call
+
+    def _settle(self, event_id: str, payload: Mapping[str, Any]) -> None:
+        call = self._pop(event_id)
+        if call is not None:
+            self._safely(call, lambda: self._commit(call, payload))
+
+    @staticmethod
+    def _safely(call: _Call, settle: Callable[[], object]) -> None:
         try:
-            self._commit(call, payload)
+            settle()
         except Exception:
             # Settlement is reporting: never raise into the user's call. Give the hold back.
             logger.exception("kavach: could not settle a LlamaIndex call; releasing its hold")
@@ -377,12 +450,7 @@ class Instrumentation:
         r = call.reservation
         error = payload.get(EventPayload.EXCEPTION)
         if isinstance(error, BaseException):
-            text = f"{type(error).__name__}: {error}"[:500]
-            status: CallStatus = _error_status(error)
-            if call.streamed_chars == 0:
-                r.release(status=status, error=text)
-                return
-            r.commit(_estimate(r, call.streamed_chars), status=status, error=text)
+            _give_up(call, _error_status(error), f"{type(error).__name__}: {error}"[:500])
             return
         response = payload.get(EventPayload.RESPONSE)
         if response is None:
@@ -466,6 +534,20 @@ def _text(response: Any) -> str:
     if message is not None:
         return str(_get(message, "content") or "")
     return str(_get(response, "text") or "")
+
+
+def _give_up(call: _Call, status: CallStatus, why: str) -> None:
+    """Settle a call that ended without an answer, as ``kavach.stream`` settles a raw stream.
+
+    A failure before anything arrived releases the hold: the provider refused the request or
+    was never reached. A cancellation may come after the request was sent, which the provider
+    bills whether or not it answers: the input estimate and whatever streamed.
+    """
+    r = call.reservation
+    if status == "error" and not call.received:
+        r.release(status=status, error=why)
+        return
+    r.commit(_estimate(r, call.streamed_chars), status=status, error=why)
 
 
 def _estimate(r: Reservation, output_chars: int) -> Usage:
