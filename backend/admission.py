@@ -193,7 +193,7 @@ class Admission:
                 return too_many(
                     "plan_events",
                     f"plan limit: the {plan.title} plan includes {plan.events_per_month:,} "
-                    f"events per month and {used:,} are stored this month; events are kept "
+                    f"events per month and {used:,} were received this month; events are kept "
                     f"by the SDK and sent when the month resets, or {upgrade}",
                     wait,
                 )

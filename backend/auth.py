@@ -16,7 +16,7 @@ from litestar.exceptions import NotAuthorizedException, PermissionDeniedExceptio
 
 from backend.security import API_KEY_PREFIXES, hash_api_key, read_token, same
 from backend.settings import Settings
-from backend.tables import ApiKey, Membership
+from backend.tables import ApiKey, Membership, RevokedSession
 
 __all__ = [
     "UserPrincipal",
@@ -26,6 +26,9 @@ __all__ = [
     "key_principal",
     "any_principal",
     "require_admin",
+    "session_is_current",
+    "end_session",
+    "key_is_active",
     "SESSION_COOKIE",
     "CSRF_COOKIE",
     "CSRF_HEADER",
@@ -116,9 +119,46 @@ async def _resolve_user(request: Request[Any, Any, Any]) -> UserPrincipal | None
     )
     if row is None or row["user.token_version"] != claims.token_version:
         raise NotAuthorizedException("invalid or expired session; log in again")
+    if await RevokedSession.exists().where(RevokedSession.jti == claims.session_id):
+        raise NotAuthorizedException("this session was logged out; log in again")
     return UserPrincipal(
         user_id=claims.user_id, org_id=claims.org_id, role=row["role"], email=row["user.email"]
     )
+
+
+async def session_is_current(request: Request[Any, Any, Any]) -> bool:
+    """Whether the session that opened a long-lived response (the live feed) would still
+    be let in: not logged out, password unchanged, still a member."""
+    try:
+        return await _resolve_user(request) is not None
+    except (NotAuthorizedException, PermissionDeniedException):
+        return False
+
+
+async def end_session(request: Request[Any, Any, Any]) -> None:
+    """Revoke the session tokens the request carries (bearer and cookie), so a copy of
+    either stops working now rather than when it expires. The user's other sessions stay."""
+    settings = _settings(request)
+    bearer = _bearer(request)
+    tokens = {request.cookies.get(SESSION_COOKIE, "")}
+    if bearer is not None and not bearer.startswith(API_KEY_PREFIXES):
+        tokens.add(bearer)
+    for token in tokens:
+        claims = read_token(settings.secret_key, token) if token else None
+        if claims is None:
+            continue
+        expires = datetime.datetime.fromtimestamp(claims.expires_at, datetime.timezone.utc)
+        await RevokedSession.raw(
+            "INSERT INTO revoked_sessions (jti, expires_at) VALUES ({}, {}) "
+            "ON CONFLICT (jti) DO NOTHING",
+            claims.session_id,
+            expires,
+        )
+
+
+async def key_is_active(key_id: int) -> bool:
+    """Whether the API key still exists and is not revoked (for streams opened with it)."""
+    return bool(await ApiKey.exists().where((ApiKey.id == key_id) & ApiKey.revoked_at.is_null()))
 
 
 # Updating last_used_at on every ingest would add a write per batch; once a minute is enough.

@@ -15,7 +15,7 @@ from typing import Any
 
 from backend import db
 from backend.ops_settings import OpsSettings
-from backend.tables import Agent, SpendDaily, StripeEvent, Subscription
+from backend.tables import MAX_ID, Agent, StripeEvent, Subscription, UsageMonthly
 
 __all__ = [
     "Plan",
@@ -72,14 +72,16 @@ async def plan_for(settings: OpsSettings, org_id: int) -> Plan:
 
 
 async def events_this_month(org_id: int, today: datetime.date) -> int:
-    """Events stored this UTC month (calls and refusals), from the daily rollups."""
-    rows = await SpendDaily.raw(
-        "SELECT CAST(COALESCE(SUM(calls + refusals), 0) AS BIGINT) AS n FROM spend_daily "
-        "WHERE org = {} AND day >= {}",
-        org_id,
-        today.replace(day=1),
+    """Events received this UTC month (calls and refusals), counted as they arrive.
+
+    Not by the day they say they started: events backdated to an earlier month would
+    otherwise never count against the limit."""
+    row = (
+        await UsageMonthly.select(UsageMonthly.events)
+        .where((UsageMonthly.org == org_id) & (UsageMonthly.month == today.replace(day=1)))
+        .first()
     )
-    return int(rows[0]["n"] or 0)
+    return int(row["events"]) if row else 0
 
 
 async def known_agents(org_id: int, names: list[str]) -> tuple[int, int]:
@@ -127,11 +129,19 @@ async def _ensure_row(org_id: int) -> None:
         await Subscription.insert(Subscription(org=org_id, plan="free"))
 
 
+def _org_id(value: Any) -> int | None:
+    """An organization id from a Stripe object's metadata, if it can be one."""
+    text = str(value or "")
+    if text.isdigit() and 1 <= int(text) <= MAX_ID:
+        return int(text)
+    return None
+
+
 async def _org_of(obj: dict[str, Any]) -> int | None:
     sub_id, customer = obj.get("id"), obj.get("customer")
-    meta_org = (obj.get("metadata") or {}).get("org_id")
-    if meta_org and str(meta_org).isdigit():
-        return int(meta_org)
+    meta_org = _org_id((obj.get("metadata") or {}).get("org_id"))
+    if meta_org is not None:
+        return meta_org
     for column, value in (
         (Subscription.stripe_subscription_id, sub_id),
         (Subscription.stripe_customer_id, customer),
@@ -189,11 +199,13 @@ async def apply_event(settings: OpsSettings, event: dict[str, Any]) -> str:
         if not fresh:
             return "duplicate"
         if kind == "checkout.session.completed":
-            ref = obj.get("client_reference_id") or (obj.get("metadata") or {}).get("org_id")
+            ref = _org_id(
+                obj.get("client_reference_id") or (obj.get("metadata") or {}).get("org_id")
+            )
             plan = (obj.get("metadata") or {}).get("plan")
-            if not (ref and str(ref).isdigit()) or plan not in PLANS:
+            if ref is None or plan not in PLANS:
                 return "ignored"
-            org_id = int(ref)
+            org_id = ref
             await _ensure_row(org_id)
             applied = await _update_if_newer(
                 org_id,

@@ -108,7 +108,7 @@ def create_user(
 
 
 async def _org_id(org: str) -> int:
-    from backend.tables import Membership, Organization, User
+    from backend.tables import MAX_ID, Membership, Organization, User
 
     if "@" in org:
         user = await User.select(User.id).where(User.email == org.strip().lower()).first()
@@ -122,7 +122,11 @@ async def _org_id(org: str) -> int:
             if membership is not None:
                 return int(membership["org"])
         raise ValueError(f"no user with e-mail {org}")
-    if org.isdigit() and await Organization.exists().where(Organization.id == int(org)):
+    if (
+        org.isdigit()
+        and int(org) <= MAX_ID
+        and await Organization.exists().where(Organization.id == int(org))
+    ):
         return int(org)
     rows = await Organization.select(Organization.id).where(Organization.name == org)
     if len(rows) == 1:

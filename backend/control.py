@@ -19,7 +19,11 @@ from collections import defaultdict
 from collections.abc import AsyncIterator
 from typing import Any
 
-__all__ = ["ControlHub"]
+__all__ = ["ControlHub", "KEY_REVOKED"]
+
+# A message of this type (``{"type": KEY_REVOKED, "key": <id>}``) tells the control streams
+# opened with that key to close. It is not an agent change, so no SDK is sent it.
+KEY_REVOKED = "key_revoked"
 
 logger = logging.getLogger("agentkavach.backend.control")
 

@@ -8,11 +8,13 @@ from litestar.di import Provide
 from litestar.params import PathParameter
 
 from backend.auth import any_principal, key_principal, user_principal
+from backend.tables import MAX_ID
 
 USER = {"user": Provide(user_principal)}
 KEY = {"key": Provide(key_principal)}
 ANY = {"principal": Provide(any_principal)}
 
-# Path parameters, bounded so an absurd id is a 400/404 and never reaches the database.
-ObjectId = Annotated[int, PathParameter(ge=1, le=2**63 - 1)]
+# Path parameters, bounded so an id no row can have (ids are int32 on PostgreSQL) is a
+# 400, like 0 is, and never reaches the database.
+ObjectId = Annotated[int, PathParameter(ge=1, le=MAX_ID)]
 AgentNamePath = Annotated[str, PathParameter(min_length=1, max_length=200)]

@@ -618,6 +618,16 @@ async def _store_batch(org_id: int, batch: IngestBatch) -> StoredBatch:
             await _add_rollups("spend_daily", "day", daily)
         if run_totals:
             await _add_to_runs(org_id, run_totals)
+        if inserted:
+            # The plan's monthly limit counts events by when they arrive: the rollups
+            # file them by the time they claim, which a backdated event puts in a month
+            # already over. One row per org, written last like the rollups.
+            await _execute(
+                "INSERT INTO usage_monthly (org, month, events) VALUES ({}, {}, {}) "
+                "ON CONFLICT (org, month) DO UPDATE SET "
+                "events = usage_monthly.events + excluded.events",
+                [org_id, now.date().replace(day=1), len(inserted)],
+            )
         # The agents' rows are locked until the commit: their state cannot change
         # between the update above and the answer. The budgets are read in the same
         # transaction, on its connection.

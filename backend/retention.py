@@ -3,7 +3,8 @@
 The hourly and daily rollups stay, so spend history and budgets are unaffected; only
 the per-call detail goes. Alert history (and the delivery records that de-duplicate
 alerts) older than ``alert_history_days`` goes too, as do PagerDuty incidents resolved before
-then (open ones stay until they are resolved). Runs in every replica on an
+then (open ones stay until they are resolved), and log-outs whose tokens have expired
+anyway. Runs in every replica on an
 interval; deletes are idempotent, so replicas running it at once only share the work.
 """
 
@@ -29,6 +30,7 @@ class Pruned:
     alert_events: int
     deliveries: int
     incidents: int = 0
+    sessions: int = 0
 
 
 async def _delete_batches(sql_ids: str, sql_delete: str, args: list[object], batch: int) -> int:
@@ -80,7 +82,13 @@ async def prune(settings: OpsSettings, now: datetime.datetime | None = None) -> 
         [cutoff],
         settings.retention_batch,
     )
-    return Pruned(events, alert_events, deliveries, incidents)
+    sessions = await _delete_batches(
+        "SELECT id FROM revoked_sessions WHERE expires_at < {} ORDER BY id",
+        "DELETE FROM revoked_sessions WHERE id IN ({ids})",
+        [now],
+        settings.retention_batch,
+    )
+    return Pruned(events, alert_events, deliveries, incidents, sessions)
 
 
 class RetentionJob:

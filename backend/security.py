@@ -55,6 +55,9 @@ class TokenClaims:
     org_id: int
     token_version: int
     csrf: str
+    session_id: str
+    """The token's ``jti``: log-out revokes this one session and no other."""
+    expires_at: int
 
 
 def issue_token(
@@ -68,6 +71,7 @@ def issue_token(
         "org": org_id,
         "tv": token_version,
         "csrf": csrf,
+        "jti": secrets.token_urlsafe(18),
         "iat": now,
         "exp": now + ttl_seconds,
     }
@@ -78,13 +82,15 @@ def read_token(secret: str, token: str) -> TokenClaims | None:
     """The claims of a valid, unexpired token; ``None`` for anything else."""
     try:
         payload = jwt.decode(
-            token, secret, algorithms=[_ALGORITHM], options={"require": ["exp", "sub"]}
+            token, secret, algorithms=[_ALGORITHM], options={"require": ["exp", "sub", "jti"]}
         )
         return TokenClaims(
             user_id=int(payload["sub"]),
             org_id=int(payload["org"]),
             token_version=int(payload["tv"]),
             csrf=str(payload["csrf"]),
+            session_id=str(payload["jti"]),
+            expires_at=int(payload["exp"]),
         )
     except (jwt.PyJWTError, KeyError, TypeError, ValueError):
         return None

@@ -41,8 +41,15 @@ __all__ = [
     "AlertDelivery",
     "StripeEvent",
     "PagerDutyIncident",
+    "RevokedSession",
+    "UsageMonthly",
     "ALL_TABLES",
+    "MAX_ID",
 ]
+
+# Ids are Serial: int32 on PostgreSQL. An id from a client above this is refused before a
+# query, which PostgreSQL would fail with a 500 (and SQLite above 2**63 - 1 with another).
+MAX_ID = 2**31 - 1
 
 
 class Organization(Table, tablename="organizations"):
@@ -280,3 +287,29 @@ class PagerDutyIncident(Table, tablename="pagerduty_incidents"):
 
 
 ALL_TABLES = (*ALL_TABLES, AlertChannel, AlertDelivery, StripeEvent, PagerDutyIncident)
+
+
+# ---- sessions ended by logout, events received per month; migration ..._sessions_usage
+
+
+class RevokedSession(Table, tablename="revoked_sessions"):
+    """A session token ended before it expired (log-out), by its ``jti``; unique index in
+    the migrations. Kept until the token would have expired, then pruned by retention."""
+
+    id: Serial  # declared for type checkers; Piccolo adds the column itself
+    jti = Varchar(length=64)
+    expires_at = Timestamptz()
+
+
+class UsageMonthly(Table, tablename="usage_monthly"):
+    """Events an organization sent in a UTC month, counted when they arrive (not by the
+    time they claim to have started): the plan's monthly event limit reads this. One row
+    per org and month (a unique index in the migrations), added to by every ingest batch."""
+
+    id: Serial  # declared for type checkers; Piccolo adds the column itself
+    org = ForeignKey(references=Organization)
+    month = Date()  # the first day of the UTC month
+    events = BigInt(default=0)
+
+
+ALL_TABLES = (*ALL_TABLES, RevokedSession, UsageMonthly)

@@ -23,12 +23,13 @@ from backend.auth import (
     CSRF_COOKIE,
     SESSION_COOKIE,
     UserPrincipal,
+    end_session,
     require_admin,
 )
 from backend.deps import USER
 from backend.security import hash_password, issue_token, verify_password
 from backend.settings import Settings
-from backend.tables import Membership, Organization, Subscription, User
+from backend.tables import MAX_ID, Membership, Organization, Subscription, User
 
 Email = Annotated[str, msgspec.Meta(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")]
 Password = Annotated[str, msgspec.Meta(min_length=8, max_length=1024)]
@@ -45,7 +46,7 @@ class RegisterBody(msgspec.Struct, forbid_unknown_fields=True):
 class LoginBody(msgspec.Struct, forbid_unknown_fields=True):
     email: Annotated[str, msgspec.Meta(max_length=320)]
     password: AnyPassword
-    organization_id: int | None = None
+    organization_id: Annotated[int, msgspec.Meta(ge=1, le=MAX_ID)] | None = None
 
 
 class PasswordBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -166,9 +167,11 @@ async def login(
 
 
 @post("/v1/auth/logout", status_code=200, tags=["auth"])
-async def logout() -> Response[dict[str, Any]]:
-    """Clear the session cookies. Bearer tokens stay valid until they expire or the
-    password changes."""
+async def logout(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
+    """End this session: its token (cookie or bearer) is revoked on the server, so a
+    copy of it stops working too, and the cookies are cleared. Other sessions of the
+    same user stay logged in; changing the password ends them all."""
+    await end_session(request)
     response = Response({"ok": True}, status_code=200)
     response.delete_cookie(SESSION_COOKIE, path="/")
     response.delete_cookie(CSRF_COOKIE, path="/")

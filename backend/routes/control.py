@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from litestar import Request, delete, get, patch, post
 from litestar.di import NamedDependency
-from litestar.exceptions import ClientException, NotFoundException
+from litestar.exceptions import ClientException, NotAuthorizedException, NotFoundException
 from litestar.params import JSONBody, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from piccolo.columns import Column
@@ -20,8 +20,8 @@ from piccolo.columns import Column
 from backend import db
 from backend.agent_state import budget_json, control_states, find_agent, publish_change
 from backend.alert_worker import AlertWorker
-from backend.auth import KeyPrincipal, UserPrincipal, require_admin
-from backend.control import ControlHub
+from backend.auth import KeyPrincipal, UserPrincipal, key_is_active, require_admin
+from backend.control import KEY_REVOKED, ControlHub
 from backend.deps import KEY, USER, AgentNamePath, ObjectId
 from backend.ingest import BatchError, decode_batch, store_batch
 from backend.settings import Settings
@@ -158,6 +158,15 @@ async def resume_agent(
 # ---------------------------------------------------------------- control channel
 
 
+def _concerns(message: dict[str, Any], names: list[str] | None) -> bool:
+    """Whether a hub message is an agent change for a subscriber watching ``names``."""
+    return "agent" in message and (names is None or message["agent"] in names)
+
+
+def _revokes(message: dict[str, Any], key: KeyPrincipal) -> bool:
+    return message.get("type") == KEY_REVOKED and message.get("key") == key.key_id
+
+
 def _initial(name: str, state: dict[str, Any]) -> dict[str, Any]:
     kind = "kill" if state["status"] == "stopped" else "resume"
     return {"type": kind, "agent": name, "initial": True, **state}
@@ -171,7 +180,10 @@ async def control_stream(
 ) -> ServerSentEvent:
     """Server-sent events: the current state of each agent on connect, then every change
     (``{"type": "kill"|"resume"|"budget", "agent", "status", "reason", "version",
-    "budgets"}``), with keepalive comments in between. No ``agents``: all of the org's."""
+    "budgets"}``), with keepalive comments in between. No ``agents``: all of the org's.
+
+    The stream ends when its key is revoked: at once through the hub, and in any case by
+    the next keepalive, when the key is checked again."""
     names = _agent_list(agents)
     hub = _hub(request)
     keepalive = _settings(request).keepalive_seconds
@@ -186,9 +198,13 @@ async def control_stream(
                 try:
                     message = await asyncio.wait_for(queue.get(), timeout=keepalive)
                 except asyncio.TimeoutError:
+                    if not await key_is_active(key.key_id):
+                        return
                     yield ServerSentEventMessage(comment="keepalive", data=None)
                     continue
-                if names is None or message.get("agent") in names:
+                if _revokes(message, key):
+                    return
+                if _concerns(message, names):
                     yield ServerSentEventMessage(data=json.dumps(message, default=str))
 
     return ServerSentEvent(messages(), headers={"Cache-Control": "no-store"})
@@ -219,7 +235,9 @@ async def control_poll(
                 message = await asyncio.wait_for(queue.get(), timeout=remaining)
             except asyncio.TimeoutError:
                 break
-            if names is None or message.get("agent") in names:
+            if _revokes(message, key):
+                raise NotAuthorizedException("invalid or revoked API key")
+            if _concerns(message, names):
                 states = await control_states(key.org_id, names)
                 version = max((s["version"] for s in states.values()), default=0)
                 return {"control": states, "version": version, "changed": True}

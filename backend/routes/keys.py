@@ -6,13 +6,14 @@ import datetime
 from typing import Annotated, Any
 
 import msgspec
-from litestar import delete, get, post
+from litestar import Request, delete, get, post
 from litestar.di import NamedDependency
 from litestar.exceptions import NotFoundException
 from litestar.params import JSONBody
 
 from backend import db
 from backend.auth import UserPrincipal, require_admin
+from backend.control import KEY_REVOKED, ControlHub
 from backend.deps import USER, ObjectId
 from backend.security import new_api_key
 from backend.tables import ApiKey
@@ -60,6 +61,12 @@ async def _own_key(user: UserPrincipal, key_id: int) -> dict[str, Any]:
     return row
 
 
+async def _revoked(request: Request[Any, Any, Any], org_id: int, key_id: int) -> None:
+    """Close the control streams open with the key now, on every replica."""
+    hub: ControlHub = request.app.state.hub
+    await hub.publish(org_id, {"type": KEY_REVOKED, "key": key_id})
+
+
 @get("/v1/keys", dependencies=USER, tags=["keys"])
 async def list_keys(user: NamedDependency[UserPrincipal]) -> list[dict[str, Any]]:
     rows = await ApiKey.select().where(ApiKey.org == user.org_id).order_by(ApiKey.id)
@@ -79,18 +86,23 @@ async def create_key(
 
 
 @delete("/v1/keys/{key_id:int}", status_code=200, dependencies=USER, tags=["keys"])
-async def revoke_key(user: NamedDependency[UserPrincipal], key_id: ObjectId) -> dict[str, Any]:
+async def revoke_key(
+    request: Request[Any, Any, Any], user: NamedDependency[UserPrincipal], key_id: ObjectId
+) -> dict[str, Any]:
     require_admin(user)
     row = await _own_key(user, key_id)
     if row["revoked_at"] is None:
         now = datetime.datetime.now(datetime.timezone.utc)
         await ApiKey.update({ApiKey.revoked_at: now}).where(ApiKey.id == key_id)
         row["revoked_at"] = now
+        await _revoked(request, user.org_id, key_id)
     return _key_json(row)
 
 
 @post("/v1/keys/{key_id:int}/rotate", status_code=201, dependencies=USER, tags=["keys"])
-async def rotate_key(user: NamedDependency[UserPrincipal], key_id: ObjectId) -> dict[str, Any]:
+async def rotate_key(
+    request: Request[Any, Any, Any], user: NamedDependency[UserPrincipal], key_id: ObjectId
+) -> dict[str, Any]:
     """Revoke the key and issue a replacement with the same name and environment."""
     require_admin(user)
     old = await _own_key(user, key_id)
@@ -105,6 +117,7 @@ async def rotate_key(user: NamedDependency[UserPrincipal], key_id: ObjectId) -> 
             test=old["environment"] == "test",
             created_by=user.user_id,
         )
+    await _revoked(request, user.org_id, key_id)
     return {**_key_json(row), "key": full, "replaces": key_id}
 
 

@@ -4,7 +4,9 @@
 It sends a ``snapshot`` on connect and again whenever something a person would see
 changes: an agent stopped or resumed, a budget edited (woken at once by the control
 hub), or spend moved (ingest does not publish, so the rollups are read every
-``poll_seconds``; one indexed aggregate per connected dashboard).
+``poll_seconds``; one indexed aggregate per connected dashboard). The session is checked
+again on every poll: the feed ends once it is logged out, the password changes or the
+user leaves the organization.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from litestar import Request, get
 from litestar.di import NamedDependency
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
-from backend.auth import UserPrincipal
+from backend.auth import UserPrincipal, session_is_current
 from backend.control import ControlHub
 from backend.deps import USER
 from backend.spend import utc_now
@@ -89,6 +91,8 @@ async def live(
             last: str | None = None
             idle = 0.0
             while True:
+                if not await session_is_current(request):
+                    return
                 data = json.dumps(await live_snapshot(org_id), sort_keys=True)
                 if data != last:
                     last, idle = data, 0.0

@@ -1,4 +1,4 @@
-"""The plan's events-per-month limit at ingest, counted from the rollups (calls and refusals)."""
+"""The plan's events-per-month limit at ingest, counted as events arrive (calls and refusals)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from backend.admission import Admission, _Agentname, _Shape
 from backend.ops_settings import OpsSettings
 from backend.ratelimit import MemoryLimiter
 from backend.settings import DatabaseURL, Settings
-from backend.tables import Agent, Organization, SpendDaily, Subscription
+from backend.tables import Agent, Organization, SpendDaily, Subscription, UsageMonthly
 
 BILLING = OpsSettings(
     stripe_secret_key="sk_test_x",
@@ -49,6 +49,10 @@ async def _org_with_usage(plan: str, calls: int, refusals: int) -> int:
         await SpendDaily.insert(
             SpendDaily(org=org_id, agent=agent, model="m", day=day, calls=n, refusals=refusals)
         )
+    # What ingest counts as the events arrive; the rollups above file them by start time.
+    await UsageMonthly.insert(
+        UsageMonthly(org=org_id, month=NOW.date().replace(day=1), events=calls + refusals)
+    )
     return org_id
 
 
@@ -63,7 +67,7 @@ async def test_events_per_month_are_enforced_with_a_clear_reason(engine: None) -
     assert refused is not None and refused.status_code == 429
     body = refused.content
     assert body["reason"] == "plan_events"
-    assert "Free plan includes 100,000 events per month and 99,998 are stored" in body["detail"]
+    assert "Free plan includes 100,000 events per month and 99,998 were received" in body["detail"]
     assert 1 <= int(refused.headers["Retry-After"]) <= 3600
     # The same usage is well inside Pro.
     pro = await _org_with_usage("pro", calls=99_990, refusals=8)

@@ -125,3 +125,55 @@ def test_invite_member_with_one_time_password_and_roles(account: Account) -> Non
 
     again = account.client.post("/v1/orgs/members", json={"email": email, "role": "admin"})
     assert again.status_code == 409
+
+
+def test_logout_ends_the_session_on_the_server(account: Account) -> None:
+    with httpx.Client(base_url=account.base_url) as browser:
+        login = browser.post(
+            "/v1/auth/login", json={"email": account.email, "password": account.password}
+        )
+        assert login.status_code == 200
+        cookie = browser.cookies["kavach_session"]
+        assert login.json()["access_token"] == cookie
+        assert browser.post("/v1/auth/logout").status_code == 200
+    # A copy of the cookie taken before the log-out no longer opens the session.
+    with httpx.Client(base_url=account.base_url, cookies={"kavach_session": cookie}) as stolen:
+        assert stolen.get("/v1/auth/me").status_code == 401
+    # Logging out with a bearer token ends that token.
+    with httpx.Client(base_url=account.base_url) as anon:
+        bearer = anon.post(
+            "/v1/auth/login", json={"email": account.email, "password": account.password}
+        ).json()["access_token"]
+    with httpx.Client(
+        base_url=account.base_url, headers={"Authorization": f"Bearer {bearer}"}
+    ) as api:
+        assert api.get("/v1/auth/me").status_code == 200
+        assert api.post("/v1/auth/logout").status_code == 200
+        assert api.post("/v1/auth/logout").status_code == 200  # twice is harmless
+        assert api.get("/v1/auth/me").status_code == 401
+    # Other sessions of the same user stay logged in.
+    assert account.client.get("/v1/auth/me").status_code == 200
+
+
+def test_login_with_an_organization_id_no_row_can_have_is_400(account: Account) -> None:
+    with httpx.Client(base_url=account.base_url) as anon:
+        for org_id in (2**31, 2**63, 0):
+            answer = anon.post(
+                "/v1/auth/login",
+                json={
+                    "email": account.email,
+                    "password": account.password,
+                    "organization_id": org_id,
+                },
+            )
+            assert answer.status_code == 400, (org_id, answer.text)
+            assert "organization_id" in answer.text
+        largest = anon.post(
+            "/v1/auth/login",
+            json={
+                "email": account.email,
+                "password": account.password,
+                "organization_id": 2**31 - 1,
+            },
+        )
+        assert largest.status_code == 401  # a valid id the account is not a member of

@@ -319,3 +319,51 @@ def test_a_late_older_event_does_not_undo_a_newer_one(
     again["created"] = now + 30
     assert _post(billing_backend.url, *_signed(again)).json()["outcome"].endswith("on max")
     assert account.client.get("/v1/billing/plan").json()["plan"] == "max"
+
+
+def _backdated(count: int, days: int = 40) -> list[dict[str, Any]]:
+    """Events that claim to have started ``days`` ago: always in an earlier month."""
+    import datetime
+
+    started = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=days)
+    return [
+        {
+            "id": uuid.uuid4().hex,
+            "agent": "bot",
+            "provider": "openai",
+            "model": "gpt-4o",
+            "status": "ok",
+            "started_at": started.isoformat(),
+            "cost_nanos": 1,
+        }
+        for _ in range(count)
+    ]
+
+
+def test_backdated_events_count_toward_this_months_usage(
+    billing_backend: Process, accounts: Any
+) -> None:
+    account = accounts(billing_backend.url)
+    with account.sdk() as sdk:
+        assert sdk.post("/v1/ingest", json=batch(*_backdated(250))).status_code == 202
+        assert sdk.post("/v1/ingest", json=batch(event(agent="bot"))).status_code == 202
+        replay = batch(*_backdated(3))
+        assert sdk.post("/v1/ingest", json=replay).status_code == 202
+        assert sdk.post("/v1/ingest", json=replay).json()["duplicates"] == 3  # counted once
+    plan = account.client.get("/v1/billing/plan").json()
+    assert plan["usage"]["events_this_month"] == 254
+    assert account.client.get("/v1/billing").json()["usage"]["events_per_month"] == 254
+
+
+def test_backdated_events_cannot_get_past_the_monthly_event_limit(
+    billing_backend: Process, accounts: Any
+) -> None:
+    account = accounts(billing_backend.url)
+    with account.sdk() as sdk:
+        for _ in range(20):  # the Free plan's 100,000 events, all dated 40 days ago
+            answer = sdk.post("/v1/ingest", json=batch(*_backdated(5000)))
+            assert answer.status_code == 202, answer.text
+        refused = sdk.post("/v1/ingest", json=batch(*_backdated(1)))
+        assert refused.status_code == 429, refused.text
+        assert refused.json()["reason"] == "plan_events"
+        assert "100,000 were received this month" in refused.json()["detail"]

@@ -350,3 +350,87 @@ def test_agent_with_a_comma_or_slash_cannot_exist_so_a_kill_reaches_its_stream(
         assert account.client.post("/v1/agents/team-bot/kill", json={}).status_code == 200
         _, kill = next_message(received, timeout=1.0)
     assert (kill["type"], kill["agent"], kill["status"]) == ("kill", "team-bot", "stopped")
+
+
+@contextmanager
+def _stream_until_closed(
+    account: Account, key: str
+) -> Iterator[tuple[threading.Thread, list[str]]]:
+    """Read the control stream in a thread that ends when the server closes the stream,
+    or at the next line (keepalives come every second) after the block."""
+    lines: list[str] = []
+    stop = threading.Event()
+
+    def read() -> None:
+        with httpx.Client(
+            base_url=account.base_url,
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=httpx.Timeout(30, read=30),
+        ) as client:
+            with client.stream("GET", "/v1/control/stream") as stream:
+                lines.append(f"status {stream.status_code}")
+                for line in stream.iter_lines():
+                    if stop.is_set():
+                        return
+                    lines.append(line)
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not any(line.startswith("data:") for line in lines):
+            assert time.monotonic() < deadline, lines
+            time.sleep(0.05)
+        yield thread, lines
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+
+
+@pytest.mark.parametrize("how", ["revoke", "rotate"])
+def test_revoking_a_key_closes_its_control_stream(account: Account, how: str) -> None:
+    key = account.new_key("streaming")
+    seed(account)
+    key_id = account.client.get("/v1/keys").json()[-1]["id"]
+    other_key = account.new_key("still-valid")
+    with (
+        _stream_until_closed(account, key) as (thread, lines),
+        _stream_until_closed(account, other_key) as (other_thread, other_lines),
+    ):
+        if how == "revoke":
+            assert account.client.delete(f"/v1/keys/{key_id}").status_code == 200
+        else:
+            assert account.client.post(f"/v1/keys/{key_id}/rotate").status_code == 201
+        thread.join(timeout=3)
+        assert not thread.is_alive(), "the stream of a revoked key stayed open"
+        # A kill after the revocation does not reach it; the other key's stream goes on.
+        assert account.client.post("/v1/agents/research-bot/kill", json={}).status_code == 200
+        deadline = time.monotonic() + 5
+        while not any('"kill"' in line and "initial" not in line for line in other_lines):
+            assert time.monotonic() < deadline, other_lines
+            time.sleep(0.05)
+        assert other_thread.is_alive()
+        assert not any('"kill"' in line for line in lines)
+    with httpx.Client(base_url=account.base_url, headers={"X-API-Key": key}) as sdk:
+        assert sdk.get("/v1/control/stream").status_code == 401
+
+
+def test_a_long_poll_ends_with_401_when_its_key_is_revoked(account: Account) -> None:
+    key = account.new_key("polling")
+    seed(account)
+    key_id = account.client.get("/v1/keys").json()[-1]["id"]
+    with httpx.Client(base_url=account.base_url, headers={"X-API-Key": key}) as sdk:
+        version = sdk.get("/v1/control", params={"wait": 0}).json()["version"]
+        answers: list[httpx.Response] = []
+        thread = threading.Thread(
+            target=lambda: answers.append(
+                sdk.get("/v1/control", params={"since": version, "wait": 20}, timeout=30)
+            ),
+            daemon=True,
+        )
+        thread.start()
+        time.sleep(0.5)
+        assert account.client.delete(f"/v1/keys/{key_id}").status_code == 200
+        thread.join(timeout=5)
+        assert not thread.is_alive()
+        assert answers[0].status_code == 401

@@ -211,3 +211,23 @@ def test_unknown_route_and_method_are_clean_4xx(server: LiveServer) -> None:
         wrong_method = anon.put("/v1/status")
     assert missing.status_code == 404 and "Traceback" not in missing.text
     assert wrong_method.status_code == 405
+
+
+def test_ids_above_int32_are_400_on_every_database(account: Account) -> None:
+    # Ids are int32 on PostgreSQL: a larger one is refused like 0 is, never a 500.
+    for big in (2**31, 2**63 - 1):
+        for method, path in (
+            ("GET", f"/v1/runs/{big}"),
+            ("GET", f"/v1/runs/{big}/events"),
+            ("DELETE", f"/v1/keys/{big}"),
+            ("POST", f"/v1/keys/{big}/rotate"),
+            ("GET", f"/v1/budgets/{big}"),
+            ("DELETE", f"/v1/budgets/{big}"),
+            ("GET", f"/v1/alert-rules/{big}"),
+            ("DELETE", f"/v1/alert-rules/{big}"),
+            ("GET", f"/v1/channels/{big}"),
+            ("DELETE", f"/v1/channels/{big}"),
+        ):
+            answer = account.client.request(method, path)
+            assert answer.status_code == 400, (method, path, answer.status_code, answer.text)
+    assert account.client.get(f"/v1/runs/{2**31 - 1}").status_code == 404

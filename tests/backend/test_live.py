@@ -1,0 +1,89 @@
+"""The dashboard's live feed ends when the session that opened it no longer would be let in."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import httpx
+import pytest
+
+from tests.backend.conftest import Account
+
+
+@contextmanager
+def _live(account: Account, token: str) -> Iterator[threading.Thread]:
+    """Read ``/v1/live`` in a thread that ends when the server closes the feed, or at the
+    next line (keepalives come every second) after the block."""
+    lines: list[str] = []
+    stop = threading.Event()
+
+    def read() -> None:
+        with httpx.Client(
+            base_url=account.base_url,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=httpx.Timeout(30, read=30),
+        ) as client:
+            with client.stream("GET", "/v1/live") as stream:
+                lines.append(f"status {stream.status_code}")
+                for line in stream.iter_lines():
+                    if stop.is_set():
+                        return
+                    lines.append(line)
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not any(line.startswith("data:") for line in lines):
+            assert time.monotonic() < deadline, lines
+            time.sleep(0.05)
+        assert lines[0] == "status 200"
+        yield thread
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+
+
+def _change_password(account: Account, token: str) -> None:
+    with httpx.Client(
+        base_url=account.base_url, headers={"Authorization": f"Bearer {token}"}
+    ) as client:
+        answer = client.post(
+            "/v1/auth/password",
+            json={"current_password": account.password, "new_password": "another long password"},
+        )
+        assert answer.status_code == 200, answer.text
+
+
+def _log_out(account: Account, token: str) -> None:
+    with httpx.Client(
+        base_url=account.base_url, headers={"Authorization": f"Bearer {token}"}
+    ) as client:
+        assert client.post("/v1/auth/logout").status_code == 200
+
+
+@pytest.mark.parametrize("end", [_change_password, _log_out], ids=["password", "logout"])
+def test_live_feed_closes_when_the_session_ends(
+    account: Account, end: Callable[[Account, str], None]
+) -> None:
+    with _live(account, account.token) as thread:
+        end(account, account.token)
+        thread.join(timeout=5)
+        assert not thread.is_alive(), "the live feed outlived its session"
+
+
+def test_live_feed_of_another_session_goes_on_after_a_log_out(account: Account) -> None:
+    with httpx.Client(base_url=account.base_url) as anon:
+        other = anon.post(
+            "/v1/auth/login", json={"email": account.email, "password": account.password}
+        ).json()["access_token"]
+    with _live(account, account.token) as thread:
+        _log_out(account, other)
+        time.sleep(2.5)
+        assert thread.is_alive()
+        _log_out(account, account.token)
+        thread.join(timeout=5)
+        assert not thread.is_alive()
