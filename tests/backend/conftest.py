@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -214,3 +215,40 @@ def event(**overrides: Any) -> dict[str, Any]:
 
 def batch(*events: dict[str, Any]) -> dict[str, Any]:
     return {"sdk": {"version": "0.1.0", "instance_id": str(uuid.uuid4())}, "events": list(events)}
+
+
+@contextmanager
+def stream_until_closed(
+    account: Account, bearer: str, path: str
+) -> Iterator[tuple[threading.Thread, list[str]]]:
+    """Read the event stream at ``path`` (``/v1/control/stream``, ``/v1/live``) in a thread
+    that ends when the server closes the stream, or at the next line (keepalives come every
+    second) after the block. Yields the thread and the lines read, the first being
+    ``status <code>``, once the first ``data:`` line has arrived."""
+    lines: list[str] = []
+    stop = threading.Event()
+
+    def read() -> None:
+        with httpx.Client(
+            base_url=account.base_url,
+            headers={"Authorization": f"Bearer {bearer}"},
+            timeout=httpx.Timeout(30, read=30),
+        ) as client:
+            with client.stream("GET", path) as stream:
+                lines.append(f"status {stream.status_code}")
+                for line in stream.iter_lines():
+                    if stop.is_set():
+                        return
+                    lines.append(line)
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not any(line.startswith("data:") for line in lines):
+            assert time.monotonic() < deadline, lines
+            time.sleep(0.05)
+        yield thread, lines
+    finally:
+        stop.set()
+        thread.join(timeout=10)

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.backend.conftest import Account, batch, event
+from tests.backend.conftest import Account, batch, event, stream_until_closed
 
 
 @contextmanager
@@ -352,41 +352,6 @@ def test_agent_with_a_comma_or_slash_cannot_exist_so_a_kill_reaches_its_stream(
     assert (kill["type"], kill["agent"], kill["status"]) == ("kill", "team-bot", "stopped")
 
 
-@contextmanager
-def _stream_until_closed(
-    account: Account, key: str
-) -> Iterator[tuple[threading.Thread, list[str]]]:
-    """Read the control stream in a thread that ends when the server closes the stream,
-    or at the next line (keepalives come every second) after the block."""
-    lines: list[str] = []
-    stop = threading.Event()
-
-    def read() -> None:
-        with httpx.Client(
-            base_url=account.base_url,
-            headers={"Authorization": f"Bearer {key}"},
-            timeout=httpx.Timeout(30, read=30),
-        ) as client:
-            with client.stream("GET", "/v1/control/stream") as stream:
-                lines.append(f"status {stream.status_code}")
-                for line in stream.iter_lines():
-                    if stop.is_set():
-                        return
-                    lines.append(line)
-
-    thread = threading.Thread(target=read, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 10
-        while not any(line.startswith("data:") for line in lines):
-            assert time.monotonic() < deadline, lines
-            time.sleep(0.05)
-        yield thread, lines
-    finally:
-        stop.set()
-        thread.join(timeout=10)
-
-
 @pytest.mark.parametrize("how", ["revoke", "rotate"])
 def test_revoking_a_key_closes_its_control_stream(account: Account, how: str) -> None:
     key = account.new_key("streaming")
@@ -394,8 +359,11 @@ def test_revoking_a_key_closes_its_control_stream(account: Account, how: str) ->
     key_id = account.client.get("/v1/keys").json()[-1]["id"]
     other_key = account.new_key("still-valid")
     with (
-        _stream_until_closed(account, key) as (thread, lines),
-        _stream_until_closed(account, other_key) as (other_thread, other_lines),
+        stream_until_closed(account, key, "/v1/control/stream") as (thread, lines),
+        stream_until_closed(account, other_key, "/v1/control/stream") as (
+            other_thread,
+            other_lines,
+        ),
     ):
         if how == "revoke":
             assert account.client.delete(f"/v1/keys/{key_id}").status_code == 200

@@ -10,41 +10,15 @@ from contextlib import contextmanager
 import httpx
 import pytest
 
-from tests.backend.conftest import Account
+from tests.backend.conftest import Account, stream_until_closed
 
 
 @contextmanager
 def _live(account: Account, token: str) -> Iterator[threading.Thread]:
-    """Read ``/v1/live`` in a thread that ends when the server closes the feed, or at the
-    next line (keepalives come every second) after the block."""
-    lines: list[str] = []
-    stop = threading.Event()
-
-    def read() -> None:
-        with httpx.Client(
-            base_url=account.base_url,
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=httpx.Timeout(30, read=30),
-        ) as client:
-            with client.stream("GET", "/v1/live") as stream:
-                lines.append(f"status {stream.status_code}")
-                for line in stream.iter_lines():
-                    if stop.is_set():
-                        return
-                    lines.append(line)
-
-    thread = threading.Thread(target=read, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 10
-        while not any(line.startswith("data:") for line in lines):
-            assert time.monotonic() < deadline, lines
-            time.sleep(0.05)
+    """The live feed, read until the server closes it (see ``stream_until_closed``)."""
+    with stream_until_closed(account, token, "/v1/live") as (thread, lines):
         assert lines[0] == "status 200"
         yield thread
-    finally:
-        stop.set()
-        thread.join(timeout=10)
 
 
 def _change_password(account: Account, token: str) -> None:
