@@ -179,13 +179,25 @@ CHAT = Endpoint(
 
 
 def _read_completion(body: Mapping[str, Any]) -> CallSpec:
+    # Every prompt of a batch gets ``best_of`` completions (at least ``n``), each up to
+    # max_tokens and all billed, though only ``n`` are returned.
+    prompt = body.get("prompt")
+    prompts = 1
+    if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int):
+        prompts = len(prompt)  # texts, or token-id lists; a list of ints is one prompt
+    per_prompt = max(_count(body.get("n")), _count(body.get("best_of")))
     return CallSpec(
         provider=PROVIDER,
         model=str(body.get("model", "")),
-        prompt=body.get("prompt"),
+        prompt=prompt,
         max_output_tokens=body.get("max_tokens"),
         operation="text_completion",
+        choices=prompts * per_prompt,
     )
+
+
+def _count(value: Any) -> int:
+    return value if type(value) is int and value > 1 else 1
 
 
 class CompletionMeter(TokenCounter):

@@ -4,7 +4,8 @@ For tests, benchmarks and ``kavach demo``; it never reaches the network. It answ
 
 - OpenAI: ``POST /v1/chat/completions`` (also Mistral's, same path and shape; ``stream: true``
   gives SSE chunks, a usage-only last chunk when ``stream_options.include_usage`` is set),
-  ``POST /v1/responses`` (streamed as ``response.*`` events), ``POST /v1/embeddings``,
+  ``POST /v1/responses`` (streamed as ``response.*`` events), ``POST /v1/completions``
+  (legacy text completions, streamed too), ``POST /v1/embeddings``,
   ``GET /v1/models``.
 - Anthropic: ``POST /v1/messages`` (SSE ``message_start`` ... ``message_stop`` when
   streamed), ``POST /v1/messages/count_tokens``.
@@ -168,7 +169,9 @@ def _plan(reply: Reply, body: Mapping[str, Any], model: str) -> _Plan:
     if reply.input_tokens is not None:
         input_tokens = reply.input_tokens
     else:
-        source = [body.get(k) for k in ("messages", "input", "contents", "system", "tools")]
+        source = [
+            body.get(k) for k in ("messages", "input", "prompt", "contents", "system", "tools")
+        ]
         input_tokens = max(1, _count_text(source))
     return _Plan(
         reply=reply,
@@ -302,6 +305,48 @@ def _chat_stream(p: _Plan, body: Mapping[str, Any], usage_in_last: bool) -> Iter
                 "usage": _openai_usage(p),
             }
         )
+    yield _sse("[DONE]")
+
+
+def _completion(p: _Plan) -> dict[str, Any]:
+    """A legacy ``/completions`` answer: one choice, the usage as planned."""
+    return {
+        "id": f"cmpl-{next(_ids)}",
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": p.model,
+        "choices": [
+            {
+                "index": 0,
+                "text": p.text,
+                "finish_reason": _finish(p, "stop", "stop", "length"),
+                "logprobs": None,
+            }
+        ],
+        "usage": _openai_usage(p),
+    }
+
+
+def _completion_stream(p: _Plan, body: Mapping[str, Any]) -> Iterator[bytes]:
+    cid, created = f"cmpl-{next(_ids)}", int(time.time())
+
+    def chunk(text: str, finish: str | None = None) -> dict[str, Any]:
+        return {
+            "id": cid,
+            "object": "text_completion",
+            "created": created,
+            "model": p.model,
+            "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}],
+        }
+
+    for piece in p.pieces:
+        yield _sse(chunk(piece))
+    yield _sse(chunk("", _finish(p, "stop", "stop", "length")))
+    options = body.get("stream_options") or {}
+    if options.get("include_usage"):
+        last = chunk("")
+        last["choices"], last["usage"] = [], _openai_usage(p)
+        yield _sse(last)
     yield _sse("[DONE]")
 
 
@@ -694,6 +739,11 @@ class _Handler(BaseHTTPRequestHandler):
                 self._stream(_chat_stream(p, body, usage_in_last=mistral), reply)
             else:
                 self._json(200, _chat(p))
+        elif path.endswith("/completions"):
+            if streamed:
+                self._stream(_completion_stream(p, body), reply)
+            else:
+                self._json(200, _completion(p))
         elif path.endswith("/responses"):
             if streamed:
                 self._stream(_responses_stream(p), reply)

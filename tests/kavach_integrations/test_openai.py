@@ -520,6 +520,78 @@ def test_reserve_mode_holds_max_tokens_for_every_choice(server: StandIn, make_gu
     assert 0 < spent(guard) <= budget.limit
 
 
+def _every_completion_at_its_limit(request: RecordedRequest) -> Reply:
+    # Legacy completions: best_of (at least n) completions of every prompt, all billed.
+    body = request.body
+    prompt = body["prompt"]
+    one = not isinstance(prompt, list) or isinstance(prompt[0], int)  # a text, or token ids
+    prompts = [prompt] if one else prompt
+    per_prompt = max(body.get("n", 1), body.get("best_of", 1))
+    output = len(prompts) * per_prompt * body.get("max_tokens", 16)
+    # The tests' prompts are three tokens in all: ["a", "b", "c"], or the ids [1, 2, 3].
+    return Reply(output_tokens=output, input_tokens=3, honor_max_tokens=False)
+
+
+def test_legacy_completions_settle_at_usage_streamed_or_not(
+    server: StandIn, make_guard: Any, events: Events
+) -> None:
+    guard = make_guard(budget=Budget.daily(1))
+    c = client(server, guard)
+    server.script(Reply(output_tokens=7, input_tokens=30))
+    completion = c.completions.create(model="gpt-3.5-turbo-instruct", prompt="Say hi")
+    assert completion.choices[0].text
+    chunks = list(
+        c.completions.create(
+            model="gpt-3.5-turbo-instruct", prompt="Say hi", stream=True, max_tokens=5
+        )
+    )
+    # The guard asked for the usage chunk; the caller, who did not, never sees it.
+    assert server.last.body["stream_options"] == {"include_usage": True}
+    assert chunks and all(chunk.usage is None for chunk in chunks)
+    first, second = events.settled
+    assert first.operation == "text_completion" and first.usage.output_tokens == 7
+    # gpt-3.5-turbo-instruct: $1.50 input and $2 output per million tokens.
+    assert first.cost_nanos == 30 * 1500 + 7 * 2000
+    assert second.status == "ok" and second.usage.output_tokens == 5
+    assert spent(guard) == first.cost_nanos + second.cost_nanos
+    assert guard.ledger.open_holds == 0
+
+
+def test_strict_mode_splits_legacy_completions_max_tokens_over_every_prompt_and_choice(
+    server: StandIn, make_guard: Any, events: Events
+) -> None:
+    budget = Budget.daily(0.002)
+    guard = make_guard(budget=budget, mode="strict")
+    server.responder = _every_completion_at_its_limit
+    c = client(server, guard)
+    c.completions.create(model="gpt-3.5-turbo-instruct", prompt=["a", "b", "c"], n=2)
+    per_choice = server.last.body["max_tokens"]
+    # $0.002 pays for ~1,000 output tokens at $2/M: about 166 for each of 3 x 2 completions.
+    assert 150 <= per_choice <= 166
+    assert events.settled[-1].usage.output_tokens == 6 * per_choice
+    assert 0 < spent(guard) <= budget.limit
+    assert guard.ledger.open_holds == 0
+
+
+def test_reserve_mode_holds_legacy_best_of_completions_in_full(
+    server: StandIn, make_guard: Any
+) -> None:
+    budget = Budget.daily(0.002)
+    guard = make_guard(budget=budget, mode="reserve")
+    server.responder = _every_completion_at_its_limit
+    c = client(server, guard)
+    with pytest.raises(BudgetExceededError):  # 4 x 400 tokens: $0.0032 at $2/M
+        c.completions.create(model="gpt-3.5-turbo-instruct", prompt="a", best_of=4, max_tokens=400)
+    with pytest.raises(BudgetExceededError):  # two token-id prompts x 2 x 400 tokens
+        c.completions.create(
+            model="gpt-3.5-turbo-instruct", prompt=[[1, 2], [3, 4]], n=2, max_tokens=400
+        )
+    assert server.requests == []
+    c.completions.create(model="gpt-3.5-turbo-instruct", prompt=[1, 2, 3], n=2, max_tokens=400)
+    assert 0 < spent(guard) <= budget.limit
+    assert guard.ledger.open_holds == 0
+
+
 def test_a_streamed_n_choices_reply_within_its_limits_is_not_cut(
     server: StandIn, make_guard: Any, events: Events
 ) -> None:
