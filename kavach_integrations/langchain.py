@@ -356,6 +356,7 @@ class KavachHandler(BaseCallbackHandler):
             tools=params.get("tools"),
             max_output_tokens=_max_tokens(meta, params),
             operation="chat" if messages is not None else "text_completion",
+            choices=_choices(params),
             run_id=self._kavach_run(parent_run_id),
             tags={"integration": "langchain"},
         )
@@ -646,6 +647,17 @@ def _max_tokens(meta: Mapping[str, Any], params: Mapping[str, Any]) -> int | Non
         if isinstance(value, int) and value > 0:
             return value
     return None
+
+
+def _choices(params: Mapping[str, Any]) -> int:
+    """Replies the request asks for, each up to max tokens and all billed: ``n`` (OpenAI,
+    Gemini), ``candidate_count`` (Gemini), or a legacy completion's ``best_of``."""
+    most = 1
+    for name in ("n", "candidate_count", "best_of"):
+        value = params.get(name)
+        if type(value) is int and value > most:
+            most = value
+    return most
 
 
 def _message_dict(message: BaseMessage) -> dict[str, Any]:

@@ -204,6 +204,19 @@ def test_refusal_on_invoke_and_stream(make: Factory, server: StandIn, recorder: 
     assert {e.status for e in recorder.calls} == {"refused"}
 
 
+def test_every_reply_of_n_is_held(server: StandIn, recorder: Recorder) -> None:
+    # $0.0005 pays for 100 output tokens of gpt-4o-mini ($0.60/M) but not for 3 x 300.
+    handler = KavachHandler(guard(recorder, budget=Budget.daily(0.0005)))
+    server.default = Reply(input_tokens=8, output_tokens=300)
+    with pytest.raises(BudgetExceededError):
+        openai_model(server, handler, n=3, max_tokens=300).invoke("hello")
+    assert server.requests == []
+    assert recorder.calls[-1].reserved_nanos == 0
+    openai_model(server, handler, n=1, max_tokens=300).invoke("hello")
+    assert recorder.calls[-1].status == "ok"
+    assert handler.guard.ledger.open_holds == 0
+
+
 @MODELS
 @pytest.mark.anyio
 async def test_refusal_on_ainvoke_and_astream(
