@@ -1002,36 +1002,32 @@ class AgentKavach:
     # -- status -------------------------------------------------------------------------
 
     def status(self) -> list[BudgetStatus]:
-        """Each budget's spent, reserved and limit right now (this agent's view).
+        """Each budget's spent, reserved and limit right now (this agent's view): the
+        budgets that reset by period, in the order given, then the per-run ones.
 
-        Budgets on one ledger key are one entry, with the smaller limit (the one enforced).
+        Read from the same slots calls are reserved on, so budgets on one ledger key are one
+        entry, with the limit and reset that are enforced (the smaller and the earlier).
         """
-        now = self._clock()
-        out: dict[str, BudgetStatus] = {}
-        for budget in self.budgets:
-            if budget.period is Period.PER_RUN:
-                run_id = self.current_run
-                key, resets_at = budget.key(self.agent_name, now, run_id)
-            else:
-                key, resets_at = budget.key(self.agent_name, now)
-            seen = out.get(key)
-            if seen is not None:
-                if budget.limit < seen.limit:
-                    out[key] = replace(seen, limit=budget.limit)
+        out = []
+        for slot in self._slots(self.current_run, self._clock()):
+            info = slot.info
+            if info.kind != "budget":  # the per-run token and call guardrails
                 continue
-            balance = self.ledger.read(key)
-            out[key] = BudgetStatus(
-                label=budget.label,
-                unit=budget.unit,
-                key=key,
-                spent=balance.spent,
-                reserved=balance.reserved,
-                limit=budget.limit,
-                period=budget.period.value,
-                period_id=key.rsplit(":", 1)[1],
-                resets_at=resets_at,
+            balance = self.ledger.read(slot.key)
+            out.append(
+                BudgetStatus(
+                    label=info.label,
+                    unit=info.unit,
+                    key=slot.key,
+                    spent=balance.spent,
+                    reserved=balance.reserved,
+                    limit=slot.limit,
+                    period=info.period,
+                    period_id=info.period_id,
+                    resets_at=info.resets_at,
+                )
             )
-        return list(out.values())
+        return out
 
     def _primary(self) -> BudgetStatus | None:
         statuses = [s for s in self.status() if s.unit == "usd"]

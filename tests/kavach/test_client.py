@@ -6,7 +6,7 @@ import asyncio
 import dataclasses
 import threading
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import anyio
 import anyio.lowlevel
@@ -529,6 +529,22 @@ def test_two_budgets_on_one_key_in_code_are_one_line_alerting_at_each_threshold(
     assert _calls_until_refused(guard) == 10
     assert [c.threshold for c in recorder.crossings] == [0.3, 0.5]
     assert [(s.spent, s.limit) for s in guard.status()] == [(10 * CALL_COST, 10 * CALL_COST)]
+
+
+def test_status_of_two_daily_budgets_on_one_key_shows_the_reset_that_is_enforced(
+    make_guard: Make, clock: Clock
+) -> None:
+    # At 12:00 UTC it is 17:30 in Kolkata, the same date: both days are one ledger line,
+    # which resets with the earlier of them, midnight in Kolkata (18:30 UTC).
+    guard = make_guard(
+        budget=[Budget.daily(2), Budget.daily(1, tz="Asia/Kolkata")],
+        clock=clock,
+        detect_loops=False,
+    )
+    guard.reserve(spec()).commit(Usage(1000, 1000))
+    (daily,) = guard.status()
+    assert daily.resets_at == datetime(2026, 11, 28, 18, 30, tzinfo=timezone.utc)
+    assert (daily.spent, daily.limit) == (CALL_COST, Budget.daily(1).limit)
 
 
 def test_two_per_run_budgets_in_code_charge_each_run_once(make_guard: Make) -> None:
