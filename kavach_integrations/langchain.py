@@ -100,6 +100,8 @@ _PROVIDERS = {
 class _Batch:
     """The model runs of one multi-prompt ``generate()``, in prompt order."""
 
+    key: tuple[object, UUID | None]
+    """Its key in ``KavachHandler._batches`` while prompts are still joining it."""
     size: int
     serial: bool
     """Sync chat ``generate()``: prompts are sent one after another, and a failure ends the
@@ -378,7 +380,7 @@ class KavachHandler(BaseCallbackHandler):
             if batch_size > 1:
                 batch = self._batches.get(batch_key)
                 if batch is None:
-                    batch = _Batch(batch_size, serial=serial)
+                    batch = _Batch(batch_key, batch_size, serial=serial)
                     self._batches[batch_key] = batch
                 batch.runs.append(run_id)
                 call.batch = batch
@@ -401,10 +403,9 @@ class KavachHandler(BaseCallbackHandler):
     def _pop(self, run_id: UUID) -> _Call | None:
         """Take an open call off the books (with ``self._lock`` held)."""
         call = self._calls.pop(run_id, None)
-        if call is not None and call.batch is not None:
-            for key, batch in list(self._batches.items()):
-                if batch is call.batch:  # still being reserved: a later prompt cannot join it
-                    del self._batches[key]
+        batch = call.batch if call is not None else None
+        if batch is not None and self._batches.get(batch.key) is batch:
+            del self._batches[batch.key]  # still being reserved: a later prompt cannot join it
         return call
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
