@@ -99,6 +99,24 @@ class BudgetExceededError(KavachError):
             "lower max output tokens, or wait."
         )
 
+    @classmethod
+    def for_one_call(
+        cls, what: str, *, used: int, paid: int, requested: int, scope: str, detail: str
+    ) -> BudgetExceededError:
+        """A refusal about one call's output tokens rather than a budget's period: what the
+        budget left pays for (``paid`` tokens) cannot cover what the call needs."""
+        return cls(
+            budget=what,
+            unit="tokens",
+            spent=used,
+            reserved=0,
+            limit=paid,
+            requested=requested,
+            period=scope,
+            resets_at=None,
+            detail=detail,
+        )
+
 
 class AgentKilledError(KavachError):
     """The agent's kill switch is on: no call is made until ``guard.resume()`` or the period resets."""

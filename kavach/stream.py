@@ -162,15 +162,12 @@ class StreamSettlement:
         r = self.reservation
         consumed = self.meter.output_tokens
         paid = r.max_output_tokens or 0
-        return BudgetExceededError(
-            budget=f"{r.spec.model} stream",
-            unit="tokens",
-            spent=consumed,
-            reserved=0,
-            limit=paid,
+        return BudgetExceededError.for_one_call(
+            f"{r.spec.model} stream",
+            used=consumed,
+            paid=paid,
             requested=0,
-            period="this stream",
-            resets_at=None,
+            scope="this stream",
             detail=(
                 f"The stream was cut after {consumed:,} output tokens: its reservation "
                 f"({fmt_usd(r.reserved_nanos)}) pays for {paid:,}. Set max output "

@@ -174,15 +174,12 @@ def _limit(body: dict[str, Any], tokens: int) -> dict[str, Any]:
     if not isinstance(budget, int) or budget < max_tokens:
         return body
     if max_tokens - 1 < _MIN_THINKING_TOKENS:
-        raise BudgetExceededError(
-            budget=f"{body.get('model', '')} thinking",
-            unit="tokens",
-            spent=0,
-            reserved=0,
-            limit=max_tokens,
+        raise BudgetExceededError.for_one_call(
+            f"{body.get('model', '')} thinking",
+            used=0,
+            paid=max_tokens,
             requested=_MIN_THINKING_TOKENS + 1,
-            period="this call",
-            resets_at=None,
+            scope="this call",
             detail=(
                 f"The budget left pays for {max_tokens:,} output tokens; extended thinking "
                 f"needs at least {_MIN_THINKING_TOKENS + 1:,} (budget_tokens of "
