@@ -209,8 +209,14 @@ return {tonumber(b[1] or '0'), tonumber(b[2] or '0'), reclaimed}
 """
 )
 
-# KEYS: bal. ARGV: amount, ttl (-1: keep the key's expiry). Returns spent after.
+# KEYS: bal, the write's marker (``applied:<token>``). ARGV: amount, ttl (-1: keep the
+# key's expiry), the marker's ttl. Adds the amount only if no write with this token did
+# before (the first attempt ran, its reply was lost), so a retry never counts it twice.
+# Returns spent after either way.
 ADD_SPENT = """
+if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[3]) then
+  return tonumber(redis.call('HGET', KEYS[1], 'spent') or '0')
+end
 local after = redis.call('HINCRBY', KEYS[1], 'spent', ARGV[1])
 local ttl = tonumber(ARGV[2])
 if ttl >= 0 then redis.call('EXPIRE', KEYS[1], ttl) end

@@ -19,6 +19,9 @@ Keys, for a budget key ``K`` such as ``agent:bot:daily:2026-11-28`` and the ``pr
 ``{prefix}{K}:reclaimed``
     set: ids of holds a reserve reclaimed after their lease, so a late settle of such a
     hold still adds its spend, exactly once.
+``{prefix}applied:{token}``
+    marks a write of spend (``add_spent``, or spend recorded locally and added on
+    reconciling) as done, so sending it again adds nothing; expires after a day.
 ``{prefix}dedup:{key}``
     alert de-duplication claims (``RedisDedupStore``), expiring after their TTL.
 
@@ -44,7 +47,9 @@ whether its hold is still open or a reserve reclaimed it after its lease meanwhi
 Redis Cluster is not supported: a call's keys must live on one server.
 
 A command whose reply is lost (the connection dropped after Redis ran it) is sent once
-more; reserve, settle and release are safe to run twice with the same hold id.
+more; reserve, settle and release are safe to run twice with the same hold id, and a write
+of spend twice with the same token (one that Redis still does not answer is kept, with its
+token, and sent again on reconciling).
 """
 
 from __future__ import annotations
@@ -81,6 +86,11 @@ logger = logging.getLogger("kavach")
 DEFAULT_PREFIX = "kavach:"
 DEFAULT_LEASE_SECONDS = 900.0
 _RETRY_SECONDS = 2.0
+# How long Redis remembers that a write of spend was applied. A write whose reply was lost
+# is sent again as soon as Redis answers this process (every _RETRY_SECONDS while it is
+# used), so a day outlives any retry short of a day-long outage; a marker is a few bytes,
+# and there is one per add_spent and per key each time a reconcile is tried.
+_APPLIED_TTL_SECONDS = 86_400
 
 
 Fallback = Literal["closed", "local"]
@@ -224,7 +234,11 @@ class RedisLedger:
         self._fb_lock = threading.Lock()
         self._local: MemoryLedger | None = None
         self._local_holds: set[str] = set()
-        self._unreconciled: dict[str, tuple[int, int | None]] = {}
+        # Spend Redis has not seen, by write token: key, amount, ttl. Once a write has been
+        # sent, Redis may have applied it (its reply lost), so its amount never grows:
+        # `_open_writes` names each key's write that has not been sent yet.
+        self._unreconciled: dict[str, tuple[str, int, int | None]] = {}
+        self._open_writes: dict[str, str] = {}
         # Settles Redis did not answer, by hold id: run on Redis before the next command.
         self._unsettled: dict[str, tuple[Hold, tuple[int, ...]]] = {}
         self._last_spent: dict[str, tuple[int, int | None]] = {}
@@ -512,11 +526,25 @@ class RedisLedger:
         local = self._local_ledger()
         if local is not None:
             return self._local_add(local, key, amount, ttl_seconds)
-        ttl = -1 if ttl_seconds is None else ttl_seconds
+        token = self._write_token()
+        keys, args = self._add_args(key, amount, ttl_seconds, token)
         try:
-            return int(self._run(_ADD_SPENT, _pack_keys([self.prefix + key]), [amount, ttl]))
+            return int(self._run(_ADD_SPENT, _pack_keys(keys), args))
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-            return self._local_add(self._down(exc), key, amount, ttl_seconds)
+            # Redis may have run it with only the reply lost: reconciling sends the same token.
+            return self._local_add(self._down(exc), key, amount, ttl_seconds, token)
+
+    def _write_token(self) -> str:
+        return f"{self._token}-{next(self._ids)}"
+
+    def _add_args(
+        self, key: str, amount: int, ttl_seconds: int | None, token: str
+    ) -> tuple[list[str], list[Any]]:
+        """ADD_SPENT's keys and args: the write ``token`` adds ``amount`` once, however often
+        it is sent."""
+        keys = [self.prefix + key, f"{self.prefix}applied:{token}"]
+        ttl = -1 if ttl_seconds is None else ttl_seconds
+        return keys, [amount, ttl, _APPLIED_TTL_SECONDS]
 
     # -- the Ledger protocol (async): the same scripts, awaited ---------------------------
 
@@ -714,18 +742,32 @@ class RedisLedger:
             after = []
             for key, amount in zip(hold.keys, actual, strict=True):
                 ttl = self._ttls.get(key)
-                prev, _ = self._unreconciled.get(key, (0, ttl))
-                self._unreconciled[key] = (prev + amount, ttl)
+                self._pend(key, amount, ttl)
                 after.append(local.add_spent(key, amount, ttl) if local is not None else 0)
         return tuple(after)
 
     def _local_add(
-        self, local: MemoryLedger, key: str, amount: int, ttl_seconds: int | None
+        self,
+        local: MemoryLedger,
+        key: str,
+        amount: int,
+        ttl_seconds: int | None,
+        token: str | None = None,
     ) -> int:
         with self._fb_lock:
-            prev, _ = self._unreconciled.get(key, (0, ttl_seconds))
-            self._unreconciled[key] = (prev + amount, ttl_seconds)
+            self._pend(key, amount, ttl_seconds, token)
         return local.add_spent(key, amount, ttl_seconds)
+
+    def _pend(self, key: str, amount: int, ttl: int | None, token: str | None = None) -> None:
+        """Keep spend for reconciling (the caller holds ``_fb_lock``). ``token``: a write
+        already sent, which Redis may have applied; else the amount joins the key's open
+        write."""
+        if token is None:
+            token = self._open_writes.get(key)
+            if token is None:
+                token = self._open_writes[key] = self._write_token()
+        _, prev, _ = self._unreconciled.get(token, (key, 0, ttl))
+        self._unreconciled[token] = (key, prev + amount, ttl)
 
     def _local_ledger(self) -> MemoryLedger | None:
         local = self._local
@@ -773,19 +815,21 @@ class RedisLedger:
             return
         with self._fb_lock:
             pending = self._unreconciled
+            # Once sent, a write may be applied though no reply comes back: it is sent again
+            # unchanged, and spend recorded meanwhile goes to new writes.
+            self._open_writes = {}
             try:
                 pipe = self.client.pipeline(transaction=False)
-                for key, (amount, ttl) in pending.items():
-                    pipe.evalsha(
-                        _ADD_SPENT.sha, 1, self.prefix + key, amount, -1 if ttl is None else ttl
-                    )
+                for token, (key, amount, ttl) in pending.items():
+                    keys, args = self._add_args(key, amount, ttl, token)
+                    pipe.evalsha(_ADD_SPENT.sha, len(keys), *keys, *args)
                 if pending:
                     self.client.script_load(_ADD_SPENT.text)
                     pipe.execute()
             except (redis.ConnectionError, redis.TimeoutError, OSError):
                 self._retry_at = time.monotonic() + _RETRY_SECONDS
                 return
-            total = sum(amount for amount, _ in pending.values())
+            total = sum(amount for _, amount, _ in pending.values())
             self._unreconciled = {}
             self._local = None
             logger.warning(

@@ -8,6 +8,7 @@ import random
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -356,7 +357,8 @@ class Proxy:
     """A loopback TCP proxy to the real Redis that can be started late: Redis 'comes back'.
 
     With ``lose_next_reply`` set, the next reply from Redis is dropped with its connection:
-    Redis ran the command, but the client never hears of it.
+    Redis ran the command, but the client never hears of it. With ``stop_after_loss`` too,
+    the proxy then stops, as if Redis went down right after running the command.
     """
 
     def __init__(self, port: int, target: tuple[str, int]) -> None:
@@ -369,6 +371,7 @@ class Proxy:
         self.server.listen()
         self.stopped = False
         self.lose_next_reply = False
+        self.stop_after_loss = False
         self.conns: list[object] = []
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -393,6 +396,8 @@ class Proxy:
             while data := a.recv(65536):
                 if replies and self.lose_next_reply:
                     self.lose_next_reply = False  # before the client can see the drop
+                    if self.stop_after_loss:
+                        self.close()
                     break
                 b.sendall(data)
         except OSError:
@@ -633,6 +638,120 @@ async def test_an_async_reserve_whose_reply_is_lost_holds_its_amount_once(
         proxy.lose_next_reply = True
         assert await ledger.asettle(hold, (300,)) == (300,)
         assert await ledger.aread("k") == Balance(300, 0)
+        await ledger.aclose()
+    finally:
+        proxy.close()
+
+
+def test_an_add_spent_whose_reply_is_lost_counts_once(
+    prefix: str, unused_tcp_port: int, make_ledger: Any, raw: Any
+) -> None:
+    # Seeding adds the spend Redis is missing. Redis ran the write, the connection dropped
+    # before its reply: the retry must not add it again, whether it comes at once or, when
+    # the retry's reply is lost too, on reconciling.
+    proxy = Proxy(unused_tcp_port, ("127.0.0.1", 6379))
+    ledger = make_ledger(f"redis://127.0.0.1:{unused_tcp_port}/0", fallback="local")
+    try:
+        assert ledger.read("k") == Balance(0, 0)  # opens the pooled connection
+        proxy.lose_next_reply = True
+        assert ledger.add_spent("k", 40, 3600) == 40
+        assert raw.hget(prefix + "k", "spent") == "40"
+        proxy.lose_next_reply = proxy.stop_after_loss = True
+        ledger.add_spent("k", 7, 3600)
+        assert ledger.degraded  # kept in this process; Redis ran it all the same
+        assert raw.hget(prefix + "k", "spent") == "47"
+    finally:
+        proxy.close()  # already stopped after the loss, unless an assertion failed first
+
+    proxy = Proxy(unused_tcp_port, ("127.0.0.1", 6379))
+    try:
+        assert ledger.reconcile() and not ledger.degraded
+        assert raw.hget(prefix + "k", "spent") == "47"
+        assert 3590 <= raw.ttl(prefix + "k") <= 3600
+    finally:
+        proxy.close()
+
+
+def _losing_replies(pipeline: Callable[..., Any]) -> Callable[..., Any]:
+    """``client.pipeline`` whose pipelines run on Redis, then fail as if the connection
+    dropped before their replies came back."""
+
+    def make(*args: Any, **kwargs: Any) -> Any:
+        pipe = pipeline(*args, **kwargs)
+        execute = pipe.execute
+
+        def lose(*args: Any, **kwargs: Any) -> Any:
+            execute(*args, **kwargs)
+            raise redis.ConnectionError("the connection dropped before the replies")
+
+        pipe.execute = lose
+        return pipe
+
+    return make
+
+
+def test_a_reconcile_whose_reply_is_lost_adds_the_local_spend_once(
+    prefix: str,
+    unused_tcp_port: int,
+    make_ledger: Any,
+    raw: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Redis ran the reconcile's writes but the process never heard back, so it stays on
+    # the local ledger and sends them again later: Redis must count them once, and the
+    # spend recorded in between too.
+    ledger = make_ledger(f"redis://127.0.0.1:{unused_tcp_port}/0", fallback="local")
+    line = [LedgerLine("k", 1000, 10, 1, 3600)]
+    hold = ledger.reserve(line, 1, 90)  # nothing listens there yet: held locally
+    assert isinstance(hold, Hold) and ledger.degraded
+    ledger.settle(hold, (40,))
+    ledger.add_spent("j", 7)
+
+    proxy = Proxy(unused_tcp_port, ("127.0.0.1", 6379))
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(ledger.client, "pipeline", _losing_replies(ledger.client.pipeline))
+            assert not ledger.reconcile()
+        assert ledger.degraded
+        assert raw.hget(prefix + "k", "spent") == "40" and raw.hget(prefix + "j", "spent") == "7"
+        hold = ledger.reserve(line, 1, 10)
+        assert isinstance(hold, Hold)
+        ledger.settle(hold, (5,))
+        assert ledger.reconcile() and not ledger.degraded
+        assert raw.hget(prefix + "k", "spent") == "45" and raw.hget(prefix + "j", "spent") == "7"
+        assert ledger.read("k") == Balance(45, 0)
+    finally:
+        proxy.close()
+
+
+@pytest.mark.anyio
+async def test_an_async_reconcile_adds_all_the_local_spend(
+    prefix: str,
+    unused_tcp_port: int,
+    make_ledger: Any,
+    raw: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("kavach.ledger.redis._RETRY_SECONDS", 0.05)
+    ledger = make_ledger(f"redis://127.0.0.1:{unused_tcp_port}/0", fallback="local")
+    lines = [LedgerLine("k", 1000, 10, 1, 3600), LedgerLine("j", 1000, 0, 1, 3600)]
+    for actual in ((40, 30), (2, 1)):
+        hold = await ledger.areserve(lines, 1, 90)
+        assert isinstance(hold, Hold) and ledger.degraded
+        await ledger.asettle(hold, actual)
+    ledger.add_spent("i", 7)
+
+    proxy = Proxy(unused_tcp_port, ("127.0.0.1", 6379))
+    try:
+        await asyncio.sleep(0.1)  # past the retry delay: the next command tries Redis
+        assert await ledger.aread("k") == Balance(42, 0)
+        assert not ledger.degraded
+        spent = {key: raw.hget(prefix + key, "spent") for key in ("k", "j", "i")}
+        assert spent == {"k": "42", "j": "31", "i": "7"}
+        # Each write leaves a marker that it was applied, gone after a day.
+        markers = list(raw.scan_iter(match=prefix + "applied:*"))
+        assert len(markers) == 3
+        assert all(86_000 <= raw.ttl(marker) <= 86_400 for marker in markers)
         await ledger.aclose()
     finally:
         proxy.close()
