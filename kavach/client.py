@@ -644,6 +644,7 @@ class AgentKavach:
                 media_tokens=media,
                 text_output=spec.text_output,
                 choices=spec.choices,
+                fixed_output=spec.fixed_output,
             )
         except GuardrailError as exc:
             self.guardrails.forget_request(run_id, fingerprint)
@@ -658,8 +659,8 @@ class AgentKavach:
     def admit_unmetered(self, spec: CallSpec) -> None:
         """Let a billable call the guard cannot meter through, unless the agent is stopped.
 
-        Wrapped clients call this for paid endpoints without a usage-based price (image and
-        video generation, audio, batches, fine-tuning, ...): they still stop with the agent
+        Wrapped clients call this for paid endpoints without a usage-based price (DALL·E
+        images, video generation, audio, batches, fine-tuning, ...): they still stop with the agent
         (``AgentKilledError``, reported like any refusal), and the first such call of each
         kind logs a warning that its cost is not counted against this guard's budgets.
         """

@@ -196,6 +196,7 @@ def plan_call(
     media_tokens: int = 0,
     text_output: bool = False,
     choices: int = 1,
+    fixed_output: bool = False,
 ) -> Plan:
     """Plan the ledger lines for one call; raises CostPerCallError before touching a ledger.
 
@@ -205,12 +206,13 @@ def plan_call(
     A request for several ``choices`` may produce the output limit once per choice. Units
     then count the output of all choices together, as the provider bills it and a stream
     meters it (interleaved choices); every choice gets at least ``min_output`` tokens in
-    strict mode, which sends ``units // choices`` as the per-choice limit."""
+    strict mode, which sends ``units // choices`` as the per-choice limit. A ``fixed_output``
+    call has no limit to send, so it is held for all of its output in strict mode too."""
     input_cost, per_token = price.reservation_rates(
         input_tokens, cache_writes, media_tokens, text_output
     )
     max_units = requested_max_output if requested_max_output is not None else default_max_output
-    min_units = max_units if mode == "reserve" else min(min_output, max_units)
+    min_units = max_units if mode == "reserve" or fixed_output else min(min_output, max_units)
     if choices != 1:
         max_units *= choices
         min_units *= choices

@@ -50,3 +50,7 @@ class CallSpec:
     output is reserved for all of them: ``max_output_tokens`` is per reply, while the
     reservation's ``max_output_tokens`` counts every reply's output together (as streams
     meter it). Send ``r.max_output_tokens // choices`` as the request's per-reply limit."""
+    fixed_output: bool = False
+    """The request's output cannot be limited (OpenAI image generation: its size and quality
+    decide it, and it has no max-tokens parameter), so strict mode reserves all of
+    ``max_output_tokens`` too, or refuses, rather than a smaller limit for the adapter to send."""
