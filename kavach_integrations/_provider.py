@@ -11,8 +11,10 @@ from a response and a ``StreamMeter`` for its stream items. This module drives t
     -> the SDK call, unchanged otherwise (its retries, errors and types are its own)
     -> commit the outcome | release on an error | hand a stream to ``kavach.stream``
 
-Paid APIs the guard cannot price by usage (image generation, audio, batches, ...) are
-``Unmetered``: their calls stop with the agent and are otherwise passed on, not counted.
+Paid APIs the guard cannot price by usage (DALL·E images, audio, batches, ...) are
+``Unmetered``: their calls stop with the agent and are otherwise passed on, not counted. An
+API metered for some models only (OpenAI's Images API) is ``PerRequest``: the request's body
+chooses its ``Endpoint`` or ``Unmetered``, call by call.
 
 Clients are instrumented per instance, never per class: OpenAI and Anthropic at their one
 ``request`` method (every resource, ``with_raw_response`` and the ``.stream()`` helpers go
@@ -49,6 +51,7 @@ logger = logging.getLogger("kavach")
 __all__ = [
     "Endpoint",
     "Outcome",
+    "PerRequest",
     "TokenCounter",
     "Unmetered",
     "field",
@@ -125,6 +128,21 @@ class Unmetered:
     provider: str
     operation: str
     """What the call does, as events and the warning name it (``image_generation``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PerRequest:
+    """A paid API metered for some requests and not others: ``choose`` reads a request's
+    JSON body and returns how to guard it. OpenAI's Images API bills the GPT image models by
+    tokens (an ``Endpoint``) and DALL·E per image (``Unmetered``). Routes are cached per path,
+    so the choice is made on every call, after the cache."""
+
+    choose: Callable[[Mapping[str, Any]], Endpoint | Unmetered]
+    unmetered: Unmetered
+    """For a request without a JSON body, which ``choose`` cannot read."""
+
+
+Route = Endpoint | Unmetered | PerRequest | None
 
 
 def _admit_unmetered(guard: AgentKavach, unmetered: Unmetered, body: Any) -> None:
@@ -565,7 +583,7 @@ def _resend(
 def guard_request_method(
     client: Any,
     guard: AgentKavach,
-    endpoint_for: Callable[[str, str], Endpoint | Unmetered | None],
+    endpoint_for: Callable[[str, str], Route],
     *,
     is_async: bool,
 ) -> None:
@@ -577,7 +595,7 @@ def guard_request_method(
     original = client.request
     attach = attach_async("_iterator") if is_async else attach_sync("_iterator")
 
-    routes: dict[tuple[str, str], Endpoint | Unmetered | None] = {}  # a few paths, every call
+    routes: dict[tuple[str, str], Route] = {}  # a few paths, every call
 
     def route(options: Any) -> Endpoint | Unmetered | None:
         key = (options.method, options.url)
@@ -590,6 +608,12 @@ def guard_request_method(
             body = options.json_data
             if type(body) is not dict and not isinstance(body, Mapping):
                 return None  # not a JSON request: nothing to read
+            return endpoint  # type: ignore[return-value]
+        if type(endpoint) is PerRequest:  # after the Endpoint test: chat calls never get here
+            body = options.json_data
+            if isinstance(body, Mapping):
+                return endpoint.choose(body)
+            return endpoint.unmetered
         return endpoint  # type: ignore[return-value]
 
     if is_async:

@@ -1,9 +1,12 @@
-"""OpenAI: how to read chat completions, Responses and embeddings requests, usage and streams.
+"""OpenAI: how to read chat completions, Responses, embeddings and image requests, usage and
+streams.
 
 ``guard.wrap(OpenAI())`` / ``guard.wrap(AsyncOpenAI())`` guard ``chat.completions`` (create,
-parse, stream), ``responses`` (create, stream, parse), ``completions`` and ``embeddings``.
-Paid endpoints without a token-usage price (images, audio, videos, batches, fine-tuning,
-Assistants runs) stop with the agent but are not counted: see ``AgentKavach.admit_unmetered``.
+parse, stream), ``responses`` (create, stream, parse), ``completions``, ``embeddings`` and
+``images.generate`` with a GPT image model (``gpt-image-*``, streamed too). Paid endpoints
+without a token-usage price (DALL·E images, image edits and variations, audio, videos,
+batches, fine-tuning, Assistants runs) stop with the agent but are not counted: see
+``AgentKavach.admit_unmetered``.
 Usage maps to ``kavach.usage.Usage`` as OpenAI reports it: ``prompt_tokens`` include
 ``cached_tokens`` (reads) and ``cache_write_tokens``, ``completion_tokens`` include
 reasoning and audio tokens.
@@ -11,6 +14,7 @@ reasoning and audio tokens.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +25,7 @@ from kavach_integrations._provider import (
     READERS,
     Body,
     Endpoint,
+    PerRequest,
     TokenCounter,
     Unmetered,
     field,
@@ -323,14 +328,171 @@ EMBEDDINGS = Endpoint(
     ),
 )
 
-_ROUTES: dict[str, Endpoint | Unmetered] = {
+# -- images -------------------------------------------------------------------------------
+
+# Output tokens of one gpt-image-1 image by quality and size, as OpenAI documents them (its
+# image generation guide); gpt-image-1-mini and gpt-image-1.5 bill the same counts.
+_IMAGE_TOKENS = {
+    "low": {"1024x1024": 272, "1024x1536": 408, "1536x1024": 400},
+    "medium": {"1024x1024": 1056, "1024x1536": 1584, "1536x1024": 1568},
+    "high": {"1024x1024": 4160, "1024x1536": 6240, "1536x1024": 6208},
+}
+_SIZE_PIXELS = {"1024x1024": 1024 * 1024, "1024x1536": 1024 * 1536, "1536x1024": 1536 * 1024}
+_PARTIAL_IMAGE_TOKENS = 100  # each streamed partial image, per image
+_IMAGE_GENERATION = Unmetered(PROVIDER, "image_generation")
+
+
+def image_tokens(quality: Any, size: Any) -> int:
+    """The most output tokens one image of ``quality`` and ``size`` can be billed for.
+
+    ``"auto"``, absent or unknown values may be any of the documented ones: the dearest.
+
+    >>> image_tokens("low", "1024x1024"), image_tokens("auto", None), image_tokens(None, "1024x1024")
+    (272, 6240, 4160)
+    """
+    tables = [_IMAGE_TOKENS[quality]] if quality in _IMAGE_TOKENS else _IMAGE_TOKENS.values()
+    if isinstance(size, str) and all(size in table for table in tables):
+        return max(table[size] for table in tables)
+    largest = max(max(table.values()) for table in tables)
+    pixels = _pixels(size)
+    if pixels is None:  # "auto", absent or unreadable: the largest documented size
+        return largest
+    # A size the table lacks (later models allow larger images, and tokens grow with the
+    # area): the dearest documented tokens per pixel, scaled to it, and never less than the
+    # largest documented image. Conservative, so a hard budget still holds.
+    scaled = max(
+        -(-tokens * pixels // _SIZE_PIXELS[known])
+        for table in tables
+        for known, tokens in table.items()
+    )
+    return max(largest, scaled)
+
+
+def _pixels(size: Any) -> int | None:
+    width, _, height = size.partition("x") if isinstance(size, str) else ("", "", "")
+    if width.isdigit() and height.isdigit():
+        return int(width) * int(height)
+    return None
+
+
+def _is_token_priced(model: str) -> bool:
+    # DALL·E (a request without a model gets dall-e-2) is billed per image, not by tokens.
+    return model.startswith("gpt-image-")
+
+
+def _image_generation_tokens(body: Mapping[str, Any]) -> int:
+    """Worst-case output tokens of one image this request makes, partial images included."""
+    partials = body.get("partial_images")
+    per_image = image_tokens(body.get("quality"), body.get("size"))
+    if type(partials) is int and partials > 0:
+        per_image += partials * _PARTIAL_IMAGE_TOKENS
+    return per_image
+
+
+def _read_image_generation(body: Mapping[str, Any]) -> CallSpec:
+    # n images, each billed its image tokens; the request has no limit the guard could lower.
+    return CallSpec(
+        provider=PROVIDER,
+        model=str(body.get("model", "")),
+        prompt=body.get("prompt"),
+        max_output_tokens=_image_generation_tokens(body),
+        operation="image_generation",
+        choices=_count(body.get("n")),
+        fixed_output=True,
+    )
+
+
+def image_usage(usage: Any) -> Usage:
+    """GPT image usage: output tokens are image tokens, unless the split says some are text."""
+    output = field(usage, "output_tokens", 0)
+    output_details = field(usage, "output_tokens_details")
+    text_output = field(output_details, "text_tokens", 0)
+    return Usage(
+        input_tokens=field(usage, "input_tokens", 0),
+        output_tokens=output,
+        input_image_tokens=field(field(usage, "input_tokens_details"), "image_tokens", 0),
+        output_image_tokens=field(output_details, "image_tokens", output - text_output),
+    )
+
+
+def _image_outcome(response: Any) -> Outcome:
+    usage = field(response, "usage")
+    if usage is not None:
+        return Outcome(image_usage(usage))
+    # No usage reported (a proxy, an older API version): the images were made and billed, so
+    # settle at the documented tokens of the quality and size the response names (the worst
+    # when it names none), for every image returned; the input is the reserved estimate.
+    images = max(1, len(field(response, "data", ())))
+    output = images * image_tokens(field(response, "quality"), field(response, "size"))
+    return Outcome(Usage(output_tokens=output, output_image_tokens=output))
+
+
+class ImageMeter(TokenCounter):
+    """``image_generation.*`` events: partial images, then each image's completed event with
+    its usage. A stream that ends before every image completed settles the missing ones at
+    their worst case: they may have been made, and billed."""
+
+    __slots__ = ("completed", "images", "per_image")
+    exact = True
+
+    def __init__(self, body: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.images = _count(body.get("n"))
+        self.per_image = _image_generation_tokens(body)
+        self.completed = 0
+
+    def feed(self, event: Any) -> bool:
+        self.received = True
+        # Output is counted when an image completes, made and billed: nothing left to cut.
+        if event.type == "image_generation.completed":
+            reported = field(event, "usage")
+            if reported is not None:
+                usage = image_usage(reported)
+            else:
+                usage = Usage(output_tokens=self.per_image, output_image_tokens=self.per_image)
+            self.usage = usage if self.usage is None else self.usage + usage
+            self.completed += 1
+            self.complete = self.completed >= self.images
+        return False
+
+    def outcome(self, estimated_input_tokens: int) -> Outcome:
+        missing = (self.images - self.completed) * self.per_image
+        usage = Usage(output_tokens=missing, output_image_tokens=missing)
+        if self.usage is not None:
+            usage += self.usage
+        if not usage.input_tokens:  # nothing reported it: the prompt was billed all the same
+            usage = dataclasses.replace(usage, input_tokens=estimated_input_tokens)
+        return Outcome(usage)
+
+
+IMAGE_GENERATION = Endpoint(
+    operation="image_generation",
+    read=_read_image_generation,
+    outcome=_image_outcome,
+    meter=ImageMeter,
+    estimate_unreported_input=True,  # a response without usage: the prompt was billed
+)
+
+
+def _choose_image_generation(body: Mapping[str, Any]) -> Endpoint | Unmetered:
+    model = body.get("model")
+    if isinstance(model, str) and _is_token_priced(model):
+        return IMAGE_GENERATION
+    return _IMAGE_GENERATION
+
+
+_ROUTES: dict[str, Endpoint | Unmetered | PerRequest] = {
     "/chat/completions": CHAT,
     "/responses": RESPONSES,
     "/embeddings": EMBEDDINGS,
     "/completions": COMPLETIONS,
+    "/images/generations": PerRequest(_choose_image_generation, _IMAGE_GENERATION),
     # Paid, but priced per image, second or job rather than by reported token usage:
-    # they stop with the agent, and their cost is not counted (a warning says so).
-    "/images/generations": Unmetered(PROVIDER, "image_generation"),
+    # they stop with the agent, and their cost is not counted (a warning says so). Image
+    # edits with a GPT image model bill tokens too, but their input images come as a
+    # multipart upload the guard cannot count before sending (a large image costs thousands
+    # of input tokens): a guess would either refuse affordable edits or pass ones that break
+    # the budget, so edits stay unmetered, and said to be. Variations are DALL·E 2 only.
     "/images/edits": Unmetered(PROVIDER, "image_edit"),
     "/images/variations": Unmetered(PROVIDER, "image_variation"),
     "/audio/speech": Unmetered(PROVIDER, "speech"),
@@ -345,7 +507,7 @@ _ROUTES: dict[str, Endpoint | Unmetered] = {
 }
 
 
-def endpoint_for(method: str, path: str) -> Endpoint | Unmetered | None:
+def endpoint_for(method: str, path: str) -> Endpoint | Unmetered | PerRequest | None:
     """The billable endpoint at ``path`` (Azure deployment prefixes included), or None."""
     if method.lower() != "post":
         return None

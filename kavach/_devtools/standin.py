@@ -6,6 +6,8 @@ For tests, benchmarks and ``kavach demo``; it never reaches the network. It answ
   gives SSE chunks, a usage-only last chunk when ``stream_options.include_usage`` is set),
   ``POST /v1/responses`` (streamed as ``response.*`` events), ``POST /v1/completions``
   (legacy text completions, streamed too), ``POST /v1/embeddings``,
+  ``POST /v1/images/generations`` (GPT image models report token usage, DALL·E models none;
+  ``stream: true`` gives ``image_generation.partial_image`` and ``.completed`` events),
   ``GET /v1/models``.
 - Anthropic: ``POST /v1/messages`` (SSE ``message_start`` ... ``message_stop`` when
   streamed), ``POST /v1/messages/count_tokens``.
@@ -90,7 +92,9 @@ class Reply:
     audio_input_tokens: int = 0
     audio_output_tokens: int = 0
     image_output_tokens: int = 0
-    """Gemini: tokens of images in the reply, inside ``output_tokens``, reported by modality."""
+    """Gemini: tokens of images in the reply, inside ``output_tokens``, reported by modality.
+    OpenAI images: when set, the usage splits ``output_tokens`` into these image tokens and
+    text tokens (``output_tokens_details``); an image's output tokens default to 1056."""
     tool_calls: Sequence[ToolCall] = ()
     finish_reason: str | None = None
     model: str | None = None
@@ -485,6 +489,73 @@ def _embeddings(body: Mapping[str, Any], p: _Plan) -> dict[str, Any]:
     }
 
 
+_PIXEL = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+_IMAGE_TOKENS = 1056  # one medium 1024x1024 gpt-image-1 image
+
+
+def _images_count(body: Mapping[str, Any]) -> int:
+    n = body.get("n")
+    return n if isinstance(n, int) and n > 0 else 1
+
+
+def _image_usage(p: _Plan, output_tokens: int, input_tokens: int) -> dict[str, Any]:
+    usage: dict[str, Any] = {
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
+        "total_tokens": input_tokens + output_tokens,
+        "input_tokens_details": {"text_tokens": input_tokens, "image_tokens": 0},
+    }
+    if p.reply.image_output_tokens:
+        image = min(p.reply.image_output_tokens, output_tokens)
+        usage["output_tokens_details"] = {
+            "image_tokens": image,
+            "text_tokens": output_tokens - image,
+        }
+    return usage
+
+
+def _images(body: Mapping[str, Any], p: _Plan) -> dict[str, Any]:
+    """An Images API answer: ``n`` images, with token usage for GPT image models only."""
+    n = _images_count(body)
+    answer: dict[str, Any] = {"created": int(time.time()), "data": [{"b64_json": _PIXEL}] * n}
+    if p.model.startswith("gpt-image"):
+        output = p.reply.output_tokens
+        answer["usage"] = _image_usage(
+            p, output if output is not None else _IMAGE_TOKENS * n, p.input_tokens
+        )
+    return answer
+
+
+def _images_stream(body: Mapping[str, Any], p: _Plan) -> Iterator[bytes]:
+    """``partial_images`` partial images, then a completed event, for each of ``n`` images;
+    each completed event reports its image's share of the usage (the input on the first)."""
+    n = _images_count(body)
+    partials = body.get("partial_images")
+    partials = partials if isinstance(partials, int) else 0
+    output = p.reply.output_tokens
+    total = output if output is not None else _IMAGE_TOKENS * n
+    shown = {"created_at": int(time.time()), "size": "1024x1024", "quality": "medium"}
+    shown |= {"background": "opaque", "output_format": "png"}
+    sent = 0
+    for image in range(n):
+        for index in range(partials + 1):
+            if sent == p.reply.error_after:
+                yield _sse(
+                    {"error": {"message": "stand-in failure mid-stream", "type": "server_error"}}
+                )
+                return
+            sent += 1
+            if index < partials:
+                kind = "image_generation.partial_image"
+                event = {"type": kind, "b64_json": _PIXEL, "partial_image_index": index}
+            else:
+                kind = "image_generation.completed"
+                share = total // n + (total % n if image == n - 1 else 0)
+                usage = _image_usage(p, share, p.input_tokens if image == 0 else 0)
+                event = {"type": kind, "b64_json": _PIXEL, "usage": usage}
+            yield _sse(event | shown, kind)
+
+
 # -- Anthropic ---------------------------------------------------------------------------
 
 
@@ -751,6 +822,11 @@ class _Handler(BaseHTTPRequestHandler):
                 self._json(200, _response_obj(p))
         elif path.endswith("/embeddings"):
             self._json(200, _embeddings(body, p))
+        elif path.endswith("/images/generations"):
+            if streamed:
+                self._stream(_images_stream(body, p), reply)
+            else:
+                self._json(200, _images(body, p))
         elif path.endswith("/messages"):
             if streamed:
                 self._stream(_messages_stream(p), reply)

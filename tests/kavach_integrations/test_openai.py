@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 from collections.abc import Iterator
 from typing import Any
 
 import anyio
 import openai
 import pytest
+from openai.types import ImagesResponse
 from openai.types.chat import ChatCompletion
 
 from kavach import AgentKavach, Budget, BudgetExceededError, KavachError, LoopDetectedError, Usage
@@ -635,4 +637,156 @@ async def test_200_concurrent_responses_with_string_input_never_pass_the_budget(
         admitted, refused = await _hammer(call)
     assert admitted > 0 and refused > 0
     assert spent(guard) <= budget.limit
+    assert guard.ledger.open_holds == 0
+
+
+# -- the Images API -----------------------------------------------------------------------
+
+# gpt-image-1: $5/M text input, $40/M image output; gpt-image-1-mini: $2/M and $8/M;
+# gpt-image-1.5: $5/M text input, $10/M text output, $32/M image output (genai-prices).
+PROMPT = "a lighthouse at dusk"
+
+
+def test_gpt_image_generation_settles_at_its_reported_usage(
+    server: StandIn, make_guard: Any, events: Events
+) -> None:
+    guard = make_guard(budget=Budget.daily(1))
+    server.script(Reply(input_tokens=50, output_tokens=1056))
+    response = client(server, guard).images.generate(model="gpt-image-1", prompt=PROMPT)
+
+    assert isinstance(response, ImagesResponse) and response.data
+    [event] = events.settled
+    assert event.status == "ok" and event.operation == "image_generation"
+    assert event.usage == Usage(input_tokens=50, output_tokens=1056, output_image_tokens=1056)
+    assert event.cost_nanos == 50 * 5_000 + 1056 * 40_000
+    assert spent(guard) == event.cost_nanos
+    assert guard.ledger.open_holds == 0
+
+
+def test_an_image_models_text_output_is_priced_apart_when_reported(
+    server: StandIn, make_guard: Any, events: Events
+) -> None:
+    guard = make_guard(budget=Budget.daily(1))
+    server.script(Reply(input_tokens=50, output_tokens=1100, image_output_tokens=1000))
+    client(server, guard).images.generate(model="gpt-image-1.5", prompt=PROMPT)
+
+    [event] = events.settled
+    assert event.usage.output_image_tokens == 1000
+    assert event.cost_nanos == 50 * 5_000 + 100 * 10_000 + 1000 * 32_000
+
+
+@pytest.mark.parametrize("mode", ["reserve", "strict"])
+def test_an_image_the_budget_cannot_pay_for_is_refused_before_any_request(
+    server: StandIn, make_guard: Any, mode: str
+) -> None:
+    # No quality or size: the worst case is a high-quality 1024x1536 image, 6,240 tokens at
+    # $40/M ($0.25). Strict mode has no max tokens to lower here, so it refuses too.
+    guard = make_guard(budget=Budget.daily(0.10), mode=mode)
+    c = client(server, guard)
+    with pytest.raises(BudgetExceededError):
+        c.images.generate(model="gpt-image-1", prompt=PROMPT)
+    with pytest.raises(BudgetExceededError):
+        c.images.generate(model="gpt-image-1", prompt=PROMPT, quality="high", size="1024x1024")
+    assert server.requests == []
+
+    c.images.generate(model="gpt-image-1", prompt=PROMPT, quality="low")  # 408 tokens: $0.016
+    assert server.last.body == {"model": "gpt-image-1", "prompt": PROMPT, "quality": "low"}
+    assert guard.ledger.open_holds == 0
+
+
+def test_every_image_asked_for_is_held(server: StandIn, make_guard: Any) -> None:
+    guard = make_guard(budget=Budget.daily(1))
+    held: list[int] = []
+
+    def hold_seen(request: RecordedRequest) -> Reply:
+        held.append(guard.status()[0].reserved)
+        return Reply()
+
+    server.responder = hold_seen
+    c = client(server, guard)
+    for n in (1, 3):
+        c.images.generate(model="gpt-image-1", prompt=PROMPT, quality="low", size="1024x1024", n=n)
+    # The same prompt: the holds differ by two more low-quality square images at $40/M.
+    assert held[1] - held[0] == 2 * 272 * 40_000
+
+
+def test_dall_e_still_goes_through_uncounted_with_a_warning(
+    server: StandIn, make_guard: Any, events: Events, caplog: pytest.LogCaptureFixture
+) -> None:
+    guard = make_guard(budget=Budget.daily(0.0001))  # too little for any GPT image
+    c = client(server, guard)
+    with caplog.at_level(logging.WARNING, logger="kavach"):
+        c.images.generate(model="dall-e-3", prompt=PROMPT)
+        c.images.generate(prompt=PROMPT)  # no model: DALL·E 2
+
+    assert [r.path for r in server.requests] == ["/v1/images/generations"] * 2
+    [warning] = [r.getMessage() for r in caplog.records if "cannot meter" in r.getMessage()]
+    assert "image_generation" in warning and "not counted" in warning
+    assert events.calls == [] and spent(guard) == 0
+
+
+def test_an_image_response_without_usage_is_settled_at_what_it_shows(
+    server: StandIn, make_guard: Any, events: Events
+) -> None:
+    # The response names no quality or size: each image it returns is settled at the worst.
+    guard = make_guard(budget=Budget.daily(1))
+    server.script(Reply(model="dall-e-2"))  # the stand-in then reports no usage
+    response = client(server, guard).images.generate(model="gpt-image-1", prompt=PROMPT, n=2)
+
+    assert response.usage is None
+    [event] = events.settled
+    assert event.usage.output_image_tokens == 2 * 6240
+    assert event.usage.input_tokens > 0  # the prompt, as estimated when reserving
+    assert event.cost_nanos == event.usage.input_tokens * 5_000 + 2 * 6240 * 40_000
+
+
+@pytest.mark.anyio
+async def test_async_gpt_image_generation_is_reserved_and_settled(
+    server: StandIn, make_guard: Any, events: Events
+) -> None:
+    guard = make_guard(budget=Budget.daily(0.01))
+    c = aclient(server, guard)
+    with pytest.raises(BudgetExceededError):  # 6,240 tokens at $8/M: $0.05
+        await c.images.generate(model="gpt-image-1-mini", prompt=PROMPT)
+    assert server.requests == []
+
+    server.script(Reply(input_tokens=20, output_tokens=272))
+    await c.images.generate(model="gpt-image-1-mini", prompt=PROMPT, quality="low")
+    await c.close()
+    [event] = events.settled
+    assert event.cost_nanos == 20 * 2_000 + 272 * 8_000
+    assert guard.ledger.open_holds == 0
+
+
+def test_streamed_image_generation_settles_at_the_completed_usage(
+    server: StandIn, make_guard: Any, events: Events
+) -> None:
+    guard = make_guard(budget=Budget.daily(1))
+    server.script(Reply(input_tokens=30, output_tokens=1256))
+    stream = client(server, guard).images.generate(
+        model="gpt-image-1", prompt=PROMPT, stream=True, partial_images=2
+    )
+    kinds = [event.type for event in stream]
+
+    assert kinds == ["image_generation.partial_image"] * 2 + ["image_generation.completed"]
+    [event] = events.settled
+    assert event.status == "ok"
+    assert event.cost_nanos == 30 * 5_000 + 1256 * 40_000
+
+
+def test_a_streamed_image_left_unfinished_is_settled_at_its_worst_case(
+    server: StandIn, make_guard: Any, events: Events
+) -> None:
+    # Broken off after the first partial image: the image may still be made and billed.
+    guard = make_guard(budget=Budget.daily(1))
+    stream = client(server, guard).images.generate(
+        model="gpt-image-1", prompt=PROMPT, stream=True, partial_images=2, quality="low"
+    )
+    for _ in stream:
+        break
+    stream.close()
+
+    [event] = events.settled
+    assert event.status == "cancelled"
+    assert event.usage.output_image_tokens == 408 + 2 * 100
     assert guard.ledger.open_holds == 0

@@ -1,7 +1,7 @@
 """Paid endpoints the guard cannot meter: they stop with the agent, and say they are not counted.
 
-Image and video generation, audio, batches, fine-tuning, Mistral agents and OCR and the like
-are billed per image, second, page or job, not by the token usage the guard prices. Through a
+DALL·E images, image edits, video generation, audio, batches, fine-tuning, Mistral agents and
+OCR and the like are billed per image, second, page or job, not by the token usage the guard prices. Through a
 wrapped client they go through unchanged while the agent runs (the first call of each kind
 logs a warning that its cost is not counted), and are refused, before any request, once the
 agent is stopped.
@@ -70,8 +70,8 @@ def test_openai_image_generation_goes_through_and_warns_once(
     client = guard.wrap(openai.OpenAI(api_key="k", base_url="http://mock/v1", http_client=http))
 
     with caplog.at_level(logging.WARNING, logger="kavach"):
-        first = client.images.generate(model="gpt-image-1", prompt="a lighthouse")
-        second = client.images.generate(model="gpt-image-1", prompt="a harbour")
+        first = client.images.generate(model="dall-e-3", prompt="a lighthouse")
+        second = client.images.generate(model="dall-e-3", prompt="a harbour")
 
     assert isinstance(first, ImagesResponse) and isinstance(second, ImagesResponse)
     assert [r.url.path for r in seen] == ["/v1/images/generations"] * 2
@@ -89,15 +89,15 @@ def test_openai_image_generation_stops_with_the_agent(make_guard: Any, events: E
     guard.kill("stopped from the dashboard")
 
     with pytest.raises(AgentKilledError, match="stopped from the dashboard"):
-        client.images.generate(model="gpt-image-1", prompt="a lighthouse")
+        client.images.generate(model="dall-e-3", prompt="a lighthouse")
 
     assert seen == []  # refused before any request
     [refused] = events.calls
     assert refused.status == "refused" and refused.operation == "image_generation"
-    assert refused.model == "gpt-image-1" and refused.provider == "openai"
+    assert refused.model == "dall-e-3" and refused.provider == "openai"
 
     guard.resume()
-    client.images.generate(model="gpt-image-1", prompt="a lighthouse")
+    client.images.generate(model="dall-e-3", prompt="a lighthouse")
     assert len(seen) == 1
 
 
@@ -238,7 +238,7 @@ def test_disabled_guard_lets_unmetered_calls_through(make_guard: Any) -> None:
     _close.append(http.close)
     client = guard.wrap(openai.OpenAI(api_key="k", base_url="http://mock/v1", http_client=http))
     guard.kill("stop")
-    client.images.generate(model="gpt-image-1", prompt="a lighthouse")
+    client.images.generate(model="dall-e-3", prompt="a lighthouse")
     assert len(seen) == 1
 
 
