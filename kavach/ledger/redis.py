@@ -724,13 +724,7 @@ class RedisLedger:
     def _local_settle(self, hold: Hold, actual: Sequence[int]) -> tuple[int, ...]:
         self._local_holds.discard(hold.id)
         local = self._local
-        if local is None:
-            # Redis came back (and was reconciled) while this call ran: record it there.
-            return tuple(
-                self.add_spent(key, amount, self._ttls.get(key))
-                for key, amount in zip(hold.keys, actual, strict=True)
-            )
-        else:
+        if local is not None:
             # The memory ledger tracks its holds by its own id: give back by amounts.
             local.release(_memory_hold(hold))
         return self._record_unsettled(hold, actual)
@@ -739,12 +733,20 @@ class RedisLedger:
         """Spend that Redis has not seen yet: count it locally and keep it to reconcile."""
         with self._fb_lock:
             local = self._local
-            after = []
-            for key, amount in zip(hold.keys, actual, strict=True):
-                ttl = self._ttls.get(key)
-                self._pend(key, amount, ttl)
-                after.append(local.add_spent(key, amount, ttl) if local is not None else 0)
-        return tuple(after)
+            if local is not None:
+                after = []
+                for key, amount in zip(hold.keys, actual, strict=True):
+                    ttl = self._ttls.get(key)
+                    self._pend(key, amount, ttl)
+                    after.append(local.add_spent(key, amount, ttl))
+                return tuple(after)
+        # Redis came back (and was reconciled) while this call ran, or since the caller
+        # looked: what was kept to reconcile would wait for the next outage, so record it
+        # in Redis now.
+        return tuple(
+            self.add_spent(key, amount, self._ttls.get(key))
+            for key, amount in zip(hold.keys, actual, strict=True)
+        )
 
     def _local_add(
         self,

@@ -724,6 +724,33 @@ def test_a_reconcile_whose_reply_is_lost_adds_the_local_spend_once(
         proxy.close()
 
 
+def test_a_local_settle_that_races_a_reconcile_reaches_redis(
+    prefix: str, unused_tcp_port: int, make_ledger: Any, raw: Any
+) -> None:
+    # A call held while Redis was down settles just as another thread reconciles: its
+    # spend must reach Redis now, not wait in the local books for the next outage.
+    ledger = make_ledger(f"redis://127.0.0.1:{unused_tcp_port}/0", fallback="local")
+    line = [LedgerLine("k", 1000, 10, 1, 3600)]
+    hold = ledger.reserve(line, 1, 90)
+    assert isinstance(hold, Hold) and ledger.degraded
+    proxy = Proxy(unused_tcp_port, ("127.0.0.1", 6379))
+    try:
+        local = ledger._local
+        release = local.release
+
+        def release_then_reconcile(memory_hold: Hold) -> None:
+            release(memory_hold)
+            assert ledger.reconcile()  # another thread, between this settle's two steps
+
+        local.release = release_then_reconcile
+        assert ledger.settle(hold, (40,)) == (40,)
+        assert not ledger.degraded
+        assert raw.hget(prefix + "k", "spent") == "40"
+        assert ledger.read("k") == Balance(40, 0)
+    finally:
+        proxy.close()
+
+
 @pytest.mark.anyio
 async def test_an_async_reconcile_adds_all_the_local_spend(
     prefix: str,
