@@ -468,7 +468,9 @@ class RedisLedger:
     def _read_result(self, key: str, reply: list[Any]) -> Balance:
         if reply[2]:
             self._reclaimed([key], reply[2])
-        return Balance(int(reply[0]), int(reply[1]))
+        spent = int(reply[0])
+        self._last_spent[key] = (spent, self._ttls.get(key))  # where a fallback starts
+        return Balance(spent, int(reply[1]))
 
     # -- the Ledger protocol (sync) -------------------------------------------------------
 
@@ -529,10 +531,12 @@ class RedisLedger:
         token = self._write_token()
         keys, args = self._add_args(key, amount, ttl_seconds, token)
         try:
-            return int(self._run(_ADD_SPENT, _pack_keys(keys), args))
+            spent = int(self._run(_ADD_SPENT, _pack_keys(keys), args))
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             # Redis may have run it with only the reply lost: reconciling sends the same token.
             return self._local_add(self._down(exc), key, amount, ttl_seconds, token)
+        self._last_spent[key] = (spent, ttl_seconds)
+        return spent
 
     def _write_token(self) -> str:
         return f"{self._token}-{next(self._ids)}"

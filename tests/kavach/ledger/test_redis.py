@@ -724,6 +724,25 @@ def test_a_reconcile_whose_reply_is_lost_adds_the_local_spend_once(
         proxy.close()
 
 
+def test_a_fallback_starts_from_the_spend_a_read_or_seed_saw(
+    prefix: str, unused_tcp_port: int, make_ledger: Any, raw: Any
+) -> None:
+    # Other processes spent 40 of 50 today; this one only read (or seeded) the key before
+    # Redis went down: its local ledger must not start the day from zero.
+    raw.hset(prefix + "k", "spent", 40)
+    raw.hset(prefix + "j", "spent", 30)
+    proxy = Proxy(unused_tcp_port, ("127.0.0.1", 6379))
+    ledger = make_ledger(f"redis://127.0.0.1:{unused_tcp_port}/0", fallback="local")
+    try:
+        assert ledger.read("k").spent == 40
+        assert ledger.add_spent("j", 10) == 40
+    finally:
+        proxy.close()
+    assert isinstance(ledger.reserve([LedgerLine("k", 50, 0, 1, 3600)], 11, 11), Refusal)
+    assert isinstance(ledger.reserve([LedgerLine("j", 50, 0, 1, 3600)], 11, 11), Refusal)
+    assert ledger.degraded
+
+
 def test_a_local_settle_that_races_a_reconcile_reaches_redis(
     prefix: str, unused_tcp_port: int, make_ledger: Any, raw: Any
 ) -> None:
