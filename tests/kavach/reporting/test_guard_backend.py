@@ -9,7 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from kavach import AgentKavach, AgentKilledError, Budget, KavachConfigError, ModelPrice, Usage
+from kavach import (
+    AgentKavach,
+    AgentKilledError,
+    Budget,
+    BudgetExceededError,
+    KavachConfigError,
+    ModelPrice,
+    Usage,
+)
 from kavach.spec import CallSpec
 
 from .fakebackend import FakeBackend
@@ -144,6 +152,49 @@ def test_restart_is_seeded_with_the_periods_spend(backend: FakeBackend, tmp_path
     assert weekly.spent == 0  # the backend's week is not this one: not applied
     assert monthly.spent == 900_000_000
     assert guard.remaining == pytest.approx(0.3)
+    guard.close()
+
+
+def test_a_budget_added_in_the_dashboard_starts_from_todays_spend(
+    backend: FakeBackend, tmp_path: Path
+) -> None:
+    # The agent spent $0.70 today with no daily budget of its own; then a $1 daily budget
+    # is set in the dashboard. It must not hand out another full dollar.
+    today = datetime.now(timezone.utc).date().isoformat()
+    backend.spend = {
+        "agent": "bot",
+        "daily": {"period_id": today, "cost_nanos": 700_000_000, "tokens": 5, "calls": 3},
+    }
+    guard = AgentKavach(
+        "bot",
+        Budget.monthly(5),
+        prices=PRICES,
+        api_key="ak_test_123",
+        endpoint=backend.url,
+        spool_dir=tmp_path,
+    )
+    assert guard.backend is not None
+    wait_for(guard.backend.control.connected.is_set)
+    backend.push(
+        {
+            "type": "budget",
+            "agent": "bot",
+            "status": "running",
+            "version": 3,
+            "budgets": [
+                {"scope": "agent", "kind": "usd", "period": "daily", "limit": 1_000_000_000}
+            ],
+        }
+    )
+    wait_for(lambda: len(guard.budgets) == 2)
+    daily = next(s for s in guard.status() if s.period == "daily")
+    assert daily.spent == 700_000_000 and daily.remaining == 300_000_000
+    admitted = 0
+    with pytest.raises((BudgetExceededError, AgentKilledError)):
+        while admitted < 1000:  # $0.002 a call: 150 calls fill the $0.30 left
+            guard.reserve(spec(admitted)).commit(Usage(1000, 1000))
+            admitted += 1
+    assert admitted == 150
     guard.close()
 
 
