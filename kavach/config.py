@@ -60,8 +60,10 @@ Rules:
   A shared or org budget has no ``per_run``.
 - An agent's own setting replaces the one in ``defaults`` (``prices`` and ``alerts`` too,
   as a whole).
-- ``${VAR}`` is replaced by the environment variable (an error if it is unset),
-  ``${VAR:-text}`` falls back to ``text`` when it is unset or empty, ``$${...}`` is a
+- ``${VAR}`` is replaced by the environment variable (an error if it is unset or empty:
+  an empty value would delete the setting, a budget included, and the guard fails
+  closed), ``${VAR:-text}`` falls back to ``text`` when it is unset or empty (``${VAR:-}``
+  allows empty), ``$${...}`` is a
   literal ``${...}``. An unquoted value is typed after substitution (``${N}`` with ``N=40``
   is the number 40); a quoted one stays a string. Keys are not interpolated.
 - Types are strict: ``max_calls_per_run: "40"`` (a string) is an error, not 40.
@@ -477,12 +479,16 @@ class _Document:
                     "digits and _), or $${ for a literal ${",
                 )
             value = self.env.get(name)
-            if value is None or (default is not None and value == ""):
+            if value is None or value == "":
                 if default is None:
+                    # Empty counts as unset: typed after substitution it becomes null, which
+                    # would drop the setting (a budget, a limit) and let every call through.
+                    state = "is not set" if value is None else "is set but empty"
                     raise self.error(
                         path,
-                        f"environment variable {name} is not set; set it, give a default with "
-                        f"${{{name}:-default}}, or write $${{{name}}} for a literal",
+                        f"environment variable {name} {state}; set it, give a default with "
+                        f"${{{name}:-default}} (${{{name}:-}} allows empty), or write "
+                        f"$${{{name}}} for a literal",
                     )
                 return default
             return value

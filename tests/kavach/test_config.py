@@ -254,6 +254,40 @@ def test_a_missing_variable_names_it_with_file_and_line(
     assert "KAVACH_T_UNSET is not set" in str(error)
 
 
+def test_an_empty_variable_is_an_error_not_a_missing_budget(
+    write: Write, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # DAILY= (what docker compose passes for a variable it does not have) must not build
+    # a guard without its budget: every call would go through.
+    monkeypatch.setenv("KAVACH_T_EMPTY", "")
+    path = write(
+        """
+        agents:
+          bot:
+            budget:
+              daily: ${KAVACH_T_EMPTY}
+            max_calls_per_run: ${KAVACH_T_EMPTY:-40}
+            save_prompts: ${KAVACH_T_EMPTY:-}
+        """
+    )
+    error = error_from(path)
+    assert (error.line, error.field) == (4, "agents.bot.budget.daily")
+    assert "KAVACH_T_EMPTY is set but empty" in str(error)
+    assert "${KAVACH_T_EMPTY:-}" in str(error)  # how to allow empty, when meant
+
+    allowed = write(
+        """
+        api_key: ${KAVACH_T_EMPTY:-}
+        agents:
+          bot:
+            budget: {daily: 5}
+            max_calls_per_run: ${KAVACH_T_EMPTY:-40}
+        """
+    )
+    config = load_config(allowed)
+    assert config.agents["bot"].max_calls_per_run == 40
+
+
 def test_an_unknown_key_is_an_error_at_its_line(write: Write) -> None:
     path = write(
         """
