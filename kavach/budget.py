@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from decimal import Decimal, InvalidOperation
 from enum import Enum
 from functools import lru_cache
 from typing import Literal
@@ -64,7 +65,9 @@ class Budget:
 
     def __post_init__(self) -> None:
         if self.limit < 0:
-            raise KavachConfigError(f"budget limit must not be negative, got {self.limit}")
+            raise KavachConfigError(
+                f"budget limit must not be negative, got {self.format_amount(self.limit)}"
+            )
         if self.shared is not None and self.org:
             raise KavachConfigError("a budget is either shared or org-wide, not both")
         if self.shared is not None and (not self.shared or ":" in self.shared):
@@ -100,7 +103,7 @@ class Budget:
             )
         if limit is not None:
             unit: Unit = "usd"
-            amount = to_nanos(limit)
+            amount = _dollars(limit)
         elif tokens is not None:
             unit, amount = "tokens", int(tokens)
         else:
@@ -250,3 +253,16 @@ class Budget:
     def dollars(self) -> float | None:
         """The limit in dollars for cost budgets, else ``None``."""
         return self.limit / 1e9 if self.unit == "usd" else None
+
+
+def _dollars(limit: float | int | str) -> int:
+    """A dollar limit in nano-dollars, or a KavachConfigError saying what is wrong with it."""
+    try:
+        amount = Decimal(str(limit)) if not isinstance(limit, bool) else None
+    except InvalidOperation:
+        amount = None
+    if amount is None or not amount.is_finite():
+        raise KavachConfigError(
+            f"budget limit must be a finite dollar amount such as 50 or '12.5', got {limit!r}"
+        )
+    return to_nanos(amount)

@@ -16,6 +16,7 @@ Heavy imports belong inside the function, so ``kavach --help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -84,7 +85,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if run is None:
         parser.print_help()
         return 2
-    return run(args)
+    from kavach.errors import KavachError
+
+    try:
+        return run(args)
+    except KavachError as exc:  # a setting to fix: one line that says so, no traceback
+        sys.stderr.write(f"kavach: error: {exc}\n")
+        return 2
 
 
 # -- kavach demo ------------------------------------------------------------------------
@@ -144,23 +151,60 @@ def _demo_client(args: argparse.Namespace, out: TextIO) -> tuple[Any, Any, str]:
     return client, server, args.model
 
 
+def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse type: a finite number above zero."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not math.isfinite(value) or value <= 0:
+            raise argparse.ArgumentTypeError(f"must be a number above zero, got {text!r}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+def _not_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, 0 or more, got {text!r}")
+    return value
+
+
 @command(
     "demo",
     "run a small agent loop under a small budget and watch the guard stop it",
-    arg("--budget", type=float, default=0.05, help="daily budget in dollars (default 0.05)"),
+    arg(
+        "--budget",
+        type=_positive(float),
+        default=0.05,
+        help="daily budget in dollars (default 0.05)",
+    ),
     arg("--mode", choices=("strict", "reserve"), default="strict"),
     arg("--model", default="gpt-4o"),
-    arg("--max-steps", type=int, default=200),
-    arg("--output-tokens", type=int, default=400, help="tokens the stand-in writes per step"),
-    arg("--delay", type=float, default=0.15, help="seconds the stand-in takes per step"),
+    arg("--max-steps", type=_positive(int), default=200),
+    arg(
+        "--output-tokens",
+        type=_positive(int),
+        default=400,
+        help="tokens the stand-in writes per step",
+    ),
+    arg("--delay", type=_not_negative, default=0.15, help="seconds the stand-in takes per step"),
     arg("--real", action="store_true", help="use the real OpenAI API (needs OPENAI_API_KEY)"),
 )
 def demo(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    import openai
+
     from kavach import AgentKavach, Budget, KavachError, Usage
     from kavach._money import fmt_usd
 
     out = out or sys.stdout
-    client, server, model = _demo_client(args, out)
     kills: list[str] = []
     guard = AgentKavach(
         "demo-agent",
@@ -170,9 +214,10 @@ def demo(args: argparse.Namespace, out: TextIO | None = None) -> int:
         detect_loops=False,
         default_max_output_tokens=1024,
     )
-    guard.wrap(client)
     limit = guard.budgets[0].limit
-    price = guard.pricing.resolve("openai", model)
+    price = guard.pricing.resolve("openai", args.model)  # an unknown model stops here
+    client, server, model = _demo_client(args, out)
+    guard.wrap(client)
     out.write(
         f"Agent loop on {model}, {args.mode} mode, budget {fmt_usd(limit)} a day. "
         "Each step streams a reply and grows the conversation.\n\n"
@@ -208,6 +253,10 @@ def demo(args: argparse.Namespace, out: TextIO | None = None) -> int:
         out.write(
             f"\nThe guard stopped the agent before its next call:\n  {type(exc).__name__}: {exc}\n"
         )
+    except openai.APIError as exc:  # --real: a bad key, no network, a rate limit
+        bar.done()
+        sys.stderr.write(f"kavach demo: the provider refused or could not be reached: {exc}\n")
+        return 2
     finally:
         if server is not None:
             server.stop()

@@ -76,3 +76,14 @@ def test_shared_and_org_scopes_and_labels() -> None:
 def test_invalid_budgets_say_what_to_fix(make: object) -> None:
     with pytest.raises(KavachConfigError):
         make()  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("limit", [float("nan"), float("inf"), "ten", True])
+def test_a_dollar_limit_that_is_not_a_finite_amount_is_a_clear_error(limit: object) -> None:
+    with pytest.raises(KavachConfigError, match="must be a finite dollar amount"):
+        Budget.daily(limit)  # type: ignore[arg-type]
+
+
+def test_a_negative_limit_is_shown_in_dollars() -> None:
+    with pytest.raises(KavachConfigError, match=r"must not be negative, got -\$1.50"):
+        Budget.daily(-1.5)

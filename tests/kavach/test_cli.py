@@ -22,6 +22,44 @@ def test_reserve_mode_demo_also_stays_within(capsys: pytest.CaptureFixture[str])
     assert "within the limit" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("budget", ["-1", "0", "nan", "inf", "ten"])
+def test_a_bad_demo_budget_is_one_line_that_says_so(
+    budget: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["demo", "--budget", budget])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument --budget: must be a number above zero, got '{budget}'" in err
+    assert "Traceback" not in err
+
+
+def test_an_unknown_demo_model_is_one_line_before_anything_starts(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert cli.main(["demo", "--delay", "0", "--model", "gpt-4o-typo"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("kavach: error: no price known for model 'gpt-4o-typo'")
+    assert captured.err.count("\n") == 1
+    assert "Stand-in" not in captured.out  # refused before a server was started
+
+
+def test_a_real_demo_whose_provider_cannot_be_reached_says_so(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    monkeypatch.setenv("OPENAI_BASE_URL", f"http://127.0.0.1:{port}/v1")
+    assert cli.main(["demo", "--real"]) == 2
+    err = capsys.readouterr().err
+    assert "the provider refused or could not be reached: Connection error." in err
+    assert "Traceback" not in err
+
+
 def test_a_subcommand_is_one_registered_function(capsys: pytest.CaptureFixture[str]) -> None:
     @cli.command("hello", "say hello", cli.arg("--name", default="world"))
     def hello(args: argparse.Namespace) -> int:
