@@ -232,15 +232,15 @@ class TokenCounter:
 
     def outcome(self, estimated_input_tokens: int) -> Outcome:
         usage = self.usage
-        if usage is None or not self.complete:
-            known_input = usage.input_tokens if usage is not None else 0
-            known_output = usage.output_tokens if usage is not None else 0
-            usage = Usage(
-                input_tokens=known_input or estimated_input_tokens,
-                output_tokens=max(known_output, self.output_tokens),
-                cache_read_tokens=usage.cache_read_tokens if usage is not None else 0,
-                cache_write_tokens=usage.cache_write_tokens if usage is not None else 0,
-                cache_write_1h_tokens=usage.cache_write_1h_tokens if usage is not None else 0,
+        if usage is None:
+            usage = Usage(input_tokens=estimated_input_tokens, output_tokens=self.output_tokens)
+        elif not self.complete:
+            # Usage reported so far, with what was metered since: every kind it reports
+            # (images, audio, reasoning, cache) keeps its own price.
+            usage = dataclasses.replace(
+                usage,
+                input_tokens=usage.input_tokens or estimated_input_tokens,
+                output_tokens=max(usage.output_tokens, self.output_tokens),
             )
         return Outcome(
             usage=usage,

@@ -61,6 +61,56 @@ def test_generate_content_settles_usage_with_thoughts_and_cache(
     assert guard.status()[0].spent == event.cost_nanos > 0
 
 
+def _image_then_text_stream(request: httpx.Request) -> httpx.Response:
+    # Gemini reports usage on every chunk: the image arrives first, with its 1290 tokens.
+    usage = {
+        "promptTokenCount": 10,
+        "candidatesTokenCount": 1290,
+        "totalTokenCount": 1300,
+        "candidatesTokensDetails": [{"modality": "IMAGE", "tokenCount": 1290}],
+    }
+    image = {"inlineData": {"mimeType": "image/png", "data": "iVBORw0KGgo="}}
+    chunks = [
+        {"candidates": [{"content": {"role": "model", "parts": [image]}, "index": 0}]},
+        {
+            "candidates": [
+                {
+                    "content": {"role": "model", "parts": [{"text": "Here it is."}]},
+                    "index": 0,
+                    "finishReason": "STOP",
+                }
+            ],
+        },
+    ]
+    body = "".join(
+        f"data: {json.dumps({**chunk, 'usageMetadata': usage, 'modelVersion': IMAGE_MODEL})}\r\n\r\n"
+        for chunk in chunks
+    )
+    return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=body)
+
+
+def test_a_stream_stopped_after_its_image_is_charged_at_the_image_rate(
+    make_guard: Any, events: Events
+) -> None:
+    guard = make_guard(budget=Budget.daily(1))
+    options = types.HttpOptions(
+        base_url="http://127.0.0.1:9/",
+        retry_options=None,
+        httpx_client=httpx.Client(transport=httpx.MockTransport(_image_then_text_stream)),
+    )
+    c = guard.wrap(genai.Client(api_key="k", http_options=options))
+    _open.append(c)
+    stream = c.models.generate_content_stream(model=IMAGE_MODEL, contents="draw a cat")
+    for _chunk in stream:
+        break  # the image is here; the trailing text is not wanted
+    stream.close()
+    [event] = events.settled
+    assert event.status == "cancelled"
+    assert event.usage.output_image_tokens == 1290
+    # Input at $0.30 and the image at $30 per MTok: the image is not priced as text.
+    assert event.cost_nanos == 10 * 300 + 1290 * 30_000
+
+
 def test_strict_mode_sets_generation_config_max_output_tokens(
     server: StandIn, make_guard: Any
 ) -> None:
