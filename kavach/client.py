@@ -359,12 +359,7 @@ class AgentKavach:
         from kavach.reporting.api import BackendConfig
         from kavach.reporting.link import connect_backend
 
-        endpoint = endpoint or os.environ.get("AGENTKAVACH_BACKEND_URL")
-        if not endpoint:
-            raise KavachConfigError(
-                "api_key is set but no backend endpoint: pass endpoint='https://your-backend' "
-                "or set AGENTKAVACH_BACKEND_URL (budgets are enforced locally either way)"
-            )
+        endpoint = backend_endpoint(endpoint)
         self.backend = connect_backend(
             self,
             BackendConfig(api_key=api_key, endpoint=endpoint),
@@ -1173,6 +1168,25 @@ def _text_of(content: Any) -> str:
     return f"[{type(content).__name__}]"
 
 
+def backend_endpoint(endpoint: str | None) -> str:
+    """The backend URL for an api_key: ``endpoint``, else AGENTKAVACH_BACKEND_URL."""
+    endpoint = endpoint or os.environ.get("AGENTKAVACH_BACKEND_URL")
+    if not endpoint:
+        raise KavachConfigError(
+            "api_key is set but no backend endpoint: pass endpoint='https://your-backend' "
+            "or set AGENTKAVACH_BACKEND_URL (budgets are enforced locally either way)"
+        )
+    return endpoint
+
+
+def check_ledger_url(url: str) -> None:
+    """Raise KavachConfigError unless ``url`` is a Redis URL a ledger can be built from."""
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise KavachConfigError(
+            f"ledger must be a Ledger or a redis:// URL, got {url.split('@')[-1]!r}"
+        )
+
+
 def _resolve_ledger(
     ledger: Ledger | str | None, state_file: str | os.PathLike[str] | None
 ) -> Ledger:
@@ -1185,10 +1199,7 @@ def _resolve_ledger(
                 "state_file keeps the in-process ledger's spend; a Redis ledger already "
                 "survives restarts, drop one of them"
             )
-        if not ledger.startswith(("redis://", "rediss://", "unix://")):
-            raise KavachConfigError(
-                f"ledger must be a Ledger or a redis:// URL, got {ledger.split('@')[-1]!r}"
-            )
+        check_ledger_url(ledger)
         from kavach.ledger.redis import RedisLedger
 
         return RedisLedger(ledger)

@@ -693,7 +693,26 @@ def _ledger(doc: _Document, config: KavachFileConfig, guard_class: type[AgentKav
             "a ledger URL is not supported yet in this version of AgentKavach; use "
             "'memory' (the default) or pass ledger=<Ledger object> to from_yaml()",
         )
+    from kavach.client import check_ledger_url
+
+    with _at(doc, ("ledger",)):
+        check_ledger_url(url)
     return url
+
+
+def _check_backend(doc: _Document, config: KavachFileConfig) -> None:
+    """``api_key`` and ``endpoint`` checked once, where they are written (every agent
+    would report the same error at its own line)."""
+    from kavach.client import backend_endpoint
+    from kavach.reporting.api import check_api_key, check_endpoint
+
+    if config.endpoint is not None:
+        with _at(doc, ("endpoint",)):
+            check_endpoint(config.endpoint)
+    if config.api_key is not None:
+        with _at(doc, ("api_key",)):
+            check_api_key(config.api_key)
+            backend_endpoint(config.endpoint)
 
 
 def guards_from_yaml(
@@ -728,6 +747,7 @@ def guards_from_yaml(
     for top in ("api_key", "endpoint"):
         if getattr(config, top) is not None and not _accepts(guard_class, top):
             raise _unsupported(doc, (top,), top)
+    _check_backend(doc, config)
     if config.channels and not _accepts(guard_class, "channels"):
         raise _unsupported(doc, ("channels",), "channels")
     ledger = overrides.pop("ledger") if "ledger" in overrides else _ledger(doc, config, guard_class)

@@ -14,6 +14,24 @@ from kavach import __version__
 from kavach.errors import KavachConfigError
 
 
+def check_api_key(api_key: str) -> None:
+    """Raise KavachConfigError unless ``api_key`` looks like an AgentKavach SDK key."""
+    if not api_key.startswith("ak_"):
+        raise KavachConfigError(
+            "api_key must be an AgentKavach SDK key (it starts with 'ak_live_' or "
+            "'ak_test_'); create one in the dashboard or with `kavach keys create`"
+        )
+
+
+def check_endpoint(endpoint: str) -> None:
+    """Raise KavachConfigError unless ``endpoint`` is an http(s) URL."""
+    if not endpoint.startswith(("http://", "https://")):
+        raise KavachConfigError(
+            f"endpoint must be an http(s) URL such as https://kavach.example.com, got "
+            f"{endpoint!r}"
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class BackendConfig:
     """Where the backend is and the SDK key to talk to it with (the key is never printed)."""
@@ -22,16 +40,8 @@ class BackendConfig:
     endpoint: str
 
     def __post_init__(self) -> None:
-        if not self.api_key.startswith("ak_"):
-            raise KavachConfigError(
-                "api_key must be an AgentKavach SDK key (it starts with 'ak_live_' or "
-                "'ak_test_'); create one in the dashboard or with `kavach keys create`"
-            )
-        if not self.endpoint.startswith(("http://", "https://")):
-            raise KavachConfigError(
-                f"endpoint must be an http(s) URL such as https://kavach.example.com, got "
-                f"{self.endpoint!r}"
-            )
+        check_api_key(self.api_key)
+        check_endpoint(self.endpoint)
 
     def __repr__(self) -> str:
         return f"BackendConfig(api_key='{self.api_key[:12]}…', endpoint={self.endpoint!r})"

@@ -288,6 +288,33 @@ def test_an_empty_variable_is_an_error_not_a_missing_budget(
     assert config.agents["bot"].max_calls_per_run == 40
 
 
+@pytest.mark.parametrize(
+    ("top", "field", "message"),
+    [
+        ("ledger: memroy", "ledger", "ledger must be a Ledger or a redis:// URL, got 'memroy'"),
+        ("api_key: sk-not-ours", "api_key", "api_key must be an AgentKavach SDK key"),
+        ("api_key: ak_test_1", "api_key", "api_key is set but no backend endpoint"),
+        (
+            "api_key: ak_test_1\nendpoint: kavach.internal:8000",
+            "endpoint",
+            "endpoint must be an http(s) URL",
+        ),
+    ],
+)
+def test_a_bad_top_level_setting_is_an_error_at_its_own_line(
+    write: Write, monkeypatch: pytest.MonkeyPatch, top: str, field: str, message: str
+) -> None:
+    monkeypatch.delenv("AGENTKAVACH_BACKEND_URL", raising=False)
+    lines = top.split("\n")
+    path = write("\n".join([*lines, "agents:", "  bot:", "    budget: {daily: 5}", ""]))
+    error = error_from(path)
+    assert (error.field, error.line) == (
+        field,
+        1 + next(i for i, line in enumerate(lines) if line.startswith(field)),
+    )
+    assert message in str(error)
+
+
 def test_an_unknown_key_is_an_error_at_its_line(write: Write) -> None:
     path = write(
         """
