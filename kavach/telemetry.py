@@ -101,7 +101,12 @@ _DURATION_BUCKETS = [
 
 # kavach provider ids -> gen_ai.provider.name well-known values.
 _PROVIDERS = {"google": "gcp.gen_ai", "gemini": "gcp.gemini", "mistral": "mistral_ai"}
+# kavach operations -> gen_ai.operation.name well-known values, where one applies.
+_OPERATIONS = {"fim": "text_completion"}
+# Providers whose chat calls the conventions name generate_content (Gemini's API).
+_GENERATE_CONTENT = {"google", "gemini"}
 _ERROR_STATUSES = {"refused", "error", "cut"}
+_MEASURED = {"ok", "cut"}  # settled at the usage the provider reported
 
 
 @dataclass(frozen=True)
@@ -136,6 +141,13 @@ def instrument(guard: AgentKavach, config: TelemetryConfig | None = None) -> Kav
 
 def _provider(name: str) -> str:
     return _PROVIDERS.get(name, name)
+
+
+def _operation(event: CallEvent) -> str:
+    operation = event.operation
+    if operation == "chat" and event.provider in _GENERATE_CONTENT:
+        return "generate_content"
+    return _OPERATIONS.get(operation, operation)
 
 
 def _dollars(nanos: int) -> float:
@@ -217,7 +229,7 @@ class KavachTelemetry(NullObserver):
         """The span attributes of ``event``."""
         usage = event.usage
         attrs: dict[str, Any] = {
-            Attr.OPERATION_NAME: event.operation,
+            Attr.OPERATION_NAME: _operation(event),
             Attr.PROVIDER_NAME: _provider(event.provider),
             Attr.REQUEST_MODEL: event.model,
             Attr.AGENT_NAME: event.agent,
@@ -240,7 +252,8 @@ class KavachTelemetry(NullObserver):
             attrs[Attr.RESPONSE_MODEL] = event.response_model
         if event.finish_reasons:
             attrs[Attr.RESPONSE_FINISH_REASONS] = list(event.finish_reasons)
-        if event.status != "refused":
+        if event.status in _MEASURED or usage.input_tokens or usage.output_tokens:
+            # A failed call with no usage measured nothing: 0/0 would read as a measurement.
             attrs[Attr.USAGE_INPUT_TOKENS] = usage.input_tokens
             attrs[Attr.USAGE_OUTPUT_TOKENS] = usage.output_tokens
             attrs[Attr.USAGE_CACHE_READ_INPUT_TOKENS] = usage.cache_read_tokens
@@ -259,7 +272,7 @@ class KavachTelemetry(NullObserver):
         start, end = _ns(event)
         parent = event.trace_context
         span = self._tracer.start_span(
-            f"{event.operation} {event.model}",
+            f"{_operation(event)} {event.model}",
             context=parent if isinstance(parent, otel_context.Context) else None,
             kind=SpanKind.CLIENT,
             attributes=self.attributes(event),
@@ -283,7 +296,7 @@ class KavachTelemetry(NullObserver):
             )
             return
         attrs: dict[str, Any] = {
-            Attr.OPERATION_NAME: event.operation,
+            Attr.OPERATION_NAME: _operation(event),
             Attr.PROVIDER_NAME: _provider(event.provider),
             Attr.REQUEST_MODEL: event.model,
         }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import threading
@@ -154,6 +155,38 @@ def test_a_failed_call_is_an_error_span_with_the_error_type(otel: Otel) -> None:
     assert (span.attributes or {})[Attr.ERROR_TYPE] == "TimeoutError"
     [duration] = otel.metrics()[Metric.OPERATION_DURATION]
     assert duration.attributes[Attr.ERROR_TYPE] == "TimeoutError"
+
+
+def test_a_call_that_failed_before_any_usage_reports_no_token_counts(otel: Otel) -> None:
+    guard = make(otel)
+    with pytest.raises(TimeoutError), guard.reserve(spec()):
+        raise TimeoutError("provider timed out")
+    [span] = otel.finished()
+    attributes = span.attributes or {}
+    assert Attr.USAGE_INPUT_TOKENS not in attributes  # not a measured 0
+    assert Attr.USAGE_OUTPUT_TOKENS not in attributes
+
+
+@pytest.mark.parametrize(
+    ("provider", "operation", "expected"),
+    [
+        ("google", "chat", "generate_content"),
+        ("mistral", "fim", "text_completion"),
+        ("openai", "chat", "chat"),
+        ("openai", "embeddings", "embeddings"),
+    ],
+)
+def test_operations_use_the_conventions_well_known_names(
+    otel: Otel, provider: str, operation: str, expected: str
+) -> None:
+    guard = make(otel)
+    call = dataclasses.replace(spec(), provider=provider, operation=operation)
+    guard.reserve(call).commit(USAGE)
+    [span] = otel.finished()
+    assert (span.attributes or {})[Attr.OPERATION_NAME] == expected
+    assert span.name == f"{expected} test-model"
+    [duration] = otel.metrics()[Metric.OPERATION_DURATION]
+    assert duration.attributes[Attr.OPERATION_NAME] == expected
 
 
 def test_the_guard_span_is_a_child_of_the_span_current_at_reserve(otel: Otel) -> None:
