@@ -51,7 +51,7 @@ from backend.tables import (
 from kavach.alerts.alert import Alert, from_crossing
 from kavach.alerts.channels import PagerDutyChannel
 from kavach.alerts.channels.base import DeliveryError, HttpResponse
-from kavach.alerts.secret import redact
+from kavach.alerts.secret import hide_in_logs, redact, show_in_logs
 from kavach.events import ThresholdCrossing
 
 if TYPE_CHECKING:
@@ -486,7 +486,12 @@ class AlertWorker:
                 raise DeliveryError("the channel was deleted", retryable=False)
             channel = build_channel(self.ops.box, row)
             secrets = channel.secrets()
-            await self._send(channel, alert)
+            # httpx logs each request's full URL at INFO: a webhook URL is a credential.
+            hide_in_logs(secrets)
+            try:
+                await self._send(channel, alert)
+            finally:
+                show_in_logs(secrets)
             if incident is not None and isinstance(channel, PagerDutyChannel):
                 opened = str(channel.event(alert)["dedup_key"])  # as the trigger sent it
         except DeliveryError as exc:

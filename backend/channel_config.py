@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from backend.crypto import SecretBox, mask
 from kavach.alerts.channels import EmailChannel, PagerDutyChannel, SlackChannel, WebhookChannel
@@ -25,7 +26,14 @@ from kavach.alerts.channels.pagerduty import EVENTS_URL, check_routing_key
 from kavach.alerts.secret import Secret
 from kavach.errors import KavachConfigError
 
-__all__ = ["SECRET_FIELDS", "PLAIN_FIELDS", "build_channel", "check_channel", "masked"]
+__all__ = [
+    "SECRET_FIELDS",
+    "PLAIN_FIELDS",
+    "build_channel",
+    "check_channel",
+    "masked",
+    "masked_target",
+]
 
 SECRET_FIELDS: dict[str, tuple[str, ...]] = {
     "slack": ("webhook_url",),
@@ -143,3 +151,21 @@ def masked(box: SecretBox, row: dict[str, Any]) -> dict[str, str]:
     except Exception:  # noqa: BLE001 - a rotated key: still never show anything
         return {name: "********" for name in SECRET_FIELDS.get(str(row["kind"]), ())}
     return {name: mask(str(value)) for name, value in secrets.items()}
+
+
+def masked_target(target: str) -> str:
+    """An alert rule's target as the API shows it. A URL keeps its scheme and host; its
+    path and query (where Slack and webhook tokens live) and any user info are masked as
+    channel secrets are. A channel name or an e-mail address is shown as it is.
+
+    >>> masked_target("https://hooks.slack.com/services/T000/B000/SECRETTOKEN123")
+    'https://hooks.slack.com/********N123'
+    >>> masked_target("ops-slack")
+    'ops-slack'
+    """
+    parts = urlsplit(target)
+    if not parts.scheme or not parts.netloc:
+        return target
+    host = parts.netloc.rsplit("@", 1)[-1]
+    rest = urlunsplit(("", "", parts.path, parts.query, parts.fragment)).lstrip("/")
+    return f"{parts.scheme}://{host}/" + (mask(rest) if rest else "")

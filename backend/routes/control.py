@@ -21,6 +21,7 @@ from backend import db
 from backend.agent_state import budget_json, control_states, find_agent, publish_change
 from backend.alert_worker import AlertWorker
 from backend.auth import KeyPrincipal, UserPrincipal, key_is_active, require_admin
+from backend.channel_config import masked_target
 from backend.control import KEY_REVOKED, ControlHub
 from backend.deps import KEY, USER, AgentNamePath, ObjectId
 from backend.ingest import BatchError, decode_batch, store_batch
@@ -457,7 +458,8 @@ def _rule_json(row: dict[str, Any], names: dict[int, str]) -> dict[str, Any]:
         "period": row["period"],
         "threshold": row["threshold"],
         "channel": row["channel"],
-        "target": row["target"],
+        # Slack and webhook URLs carry their token: every member sees this, viewers too.
+        "target": masked_target(row["target"]),
         "enabled": row["enabled"],
         "created_at": row["created_at"],
     }
@@ -539,6 +541,9 @@ async def update_alert_rule(
 ) -> dict[str, Any]:
     require_admin(user)
     row = await _own_rule(user.org_id, rule_id)
+    if data.target is not None and data.target == masked_target(row["target"]):
+        # The masked target as the API showed it, sent back unchanged: keep the stored one.
+        data.target = None
     if data.channel is not None or data.target is not None:
         await _check_target(
             user.org_id, data.channel or row["channel"], data.target or row["target"]

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from cryptography.fernet import Fernet
 
@@ -135,6 +136,61 @@ def test_alert_rule_sends_through_a_named_channel_once_per_period(
         assert "alert rule daily spend" in str(slack.bodies()[0])
         history = account.client.get("/v1/alerts").json()
         assert [h["kind"] for h in history] == ["threshold"]
+
+
+def test_alert_rule_url_target_is_masked_for_members_and_kept_on_edit(
+    backend: Process, accounts: Any
+) -> None:
+    """A Slack or webhook URL in a rule carries its token: members (viewers too) see its
+    scheme and host only, and an edit that sends the masked target back keeps the real one."""
+    account = accounts(backend.url)
+    token = "k" * 24
+    invited = account.client.post(
+        "/v1/orgs/members", json={"email": "viewer@example.com", "role": "viewer"}
+    ).json()
+    with httpx.Client(base_url=backend.url) as anon:
+        login = anon.post(
+            "/v1/auth/login",
+            json={"email": "viewer@example.com", "password": invited["one_time_password"]},
+        )
+    viewer = httpx.Client(
+        base_url=backend.url, headers={"Authorization": f"Bearer {login.json()['access_token']}"}
+    )
+    with recorder(reply="ok") as slack, viewer:
+        created = account.client.post(
+            "/v1/alert-rules",
+            json={
+                "name": "daily spend",
+                "kind": "usd",
+                "period": "daily",
+                "threshold": 5000,
+                "channel": "slack",
+                "target": slack.url + HOOK_PATH,
+            },
+        )
+        assert created.status_code == 201, created.text
+        rule = created.json()
+        shown = slack.url + "/********kkkk"
+        assert rule["target"] == shown
+        rule_id = rule["id"]
+        answers = [
+            viewer.get("/v1/alert-rules").json()[0],
+            viewer.get(f"/v1/alert-rules/{rule_id}").json(),
+            account.client.get("/v1/alert-rules").json()[0],
+        ]
+        assert [a["target"] for a in answers] == [shown] * 3
+        # The dashboard sends the rule back as it showed it: the stored URL stays.
+        edited = account.client.patch(
+            f"/v1/alert-rules/{rule_id}", json={"name": "spend", "target": shown}
+        )
+        assert edited.status_code == 200, edited.text
+        assert (edited.json()["name"], edited.json()["target"]) == ("spend", shown)
+        with account.sdk() as sdk:
+            assert sdk.post("/v1/ingest", json=batch(event(cost_nanos=6000))).status_code == 202
+            assert wait_for(lambda: len(slack.requests) == 1, 5)
+        assert slack.requests[0][0] == HOOK_PATH
+    backend.stop()
+    assert token not in backend.log.read_text()
 
 
 def test_agent_budget_at_100_percent_stops_that_agent_only(backend: Process, accounts: Any) -> None:
