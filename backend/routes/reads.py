@@ -5,7 +5,7 @@ from __future__ import annotations
 import calendar
 import datetime
 import json
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from litestar import get
 from litestar.di import NamedDependency
@@ -169,10 +169,29 @@ async def _own_run(org_id: int, run_id: int) -> dict[str, Any]:
     return row
 
 
+async def _run_event_totals(org_id: int, run_id: int) -> dict[str, int]:
+    """Totals over every stored event of a run, however many the timeline has loaded."""
+    rows = await Event.raw(
+        "SELECT COUNT(*) AS events, "
+        "CAST(COALESCE(SUM(CASE WHEN status = 'refused' THEN 1 ELSE 0 END), 0) AS BIGINT) "
+        "AS refused, CAST(COALESCE(SUM(input_tokens), 0) AS BIGINT) AS input_tokens, "
+        "CAST(COALESCE(SUM(output_tokens), 0) AS BIGINT) AS output_tokens, "
+        "CAST(COALESCE(SUM(cost_nanos), 0) AS BIGINT) AS cost_nanos "
+        "FROM events WHERE org = {} AND run = {}",
+        org_id,
+        run_id,
+    )
+    return {name: int(value) for name, value in rows[0].items()}
+
+
 @get("/v1/runs/{run_id:int}", dependencies=USER, tags=["agents"])
 async def get_run(user: NamedDependency[UserPrincipal], run_id: ObjectId) -> dict[str, Any]:
-    row = await _own_run(user.org_id, run_id)
-    return _run_json(row, row["agent.name"])
+    """A run with ``totals`` over all its stored events (``events``, ``refused``,
+    ``input_tokens``, ``output_tokens``, ``cost_nanos``)."""
+    async with db.read_transaction():
+        row = await _own_run(user.org_id, run_id)
+        totals = await _run_event_totals(user.org_id, run_id)
+    return {**_run_json(row, row["agent.name"]), "totals": totals}
 
 
 def _event_json(row: dict[str, Any], agent_name: str) -> dict[str, Any]:
@@ -210,13 +229,19 @@ async def list_run_events(
     user: NamedDependency[UserPrincipal],
     run_id: ObjectId,
     limit: Annotated[int, QueryParameter(ge=1, le=5000)] = 500,
+    offset: Annotated[int, QueryParameter(ge=0, le=2**31 - 1)] = 0,
+    order: Annotated[Literal["oldest", "newest"], QueryParameter()] = "oldest",
 ) -> list[dict[str, Any]]:
+    """A page of the run's calls, oldest first, or newest first (where a runaway loop
+    ends); ``offset`` skips that many in that order. ``GET /v1/runs/{id}`` counts them all."""
     run = await _own_run(user.org_id, run_id)
+    ascending = order == "oldest"
     rows = (
         await Event.select()
         .where((Event.org == user.org_id) & (Event.run == run_id))
-        .order_by(Event.started_at)
+        .order_by(Event.started_at, Event.id, ascending=ascending)
         .limit(limit)
+        .offset(offset)
     )
     return [_event_json(r, run["agent.name"]) for r in rows]
 

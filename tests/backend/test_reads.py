@@ -231,3 +231,57 @@ def test_ids_above_int32_are_400_on_every_database(account: Account) -> None:
             answer = account.client.request(method, path)
             assert answer.status_code == 400, (method, path, answer.status_code, answer.text)
     assert account.client.get(f"/v1/runs/{2**31 - 1}").status_code == 404
+
+
+def test_run_detail_counts_the_whole_run_and_pages_from_its_newest_call(
+    account: Account,
+) -> None:
+    # More calls than one page of the timeline: the totals are the run's, not the page's,
+    # and the end of a runaway loop is what a newest-first page shows.
+    start = datetime.datetime(2030, 1, 1, tzinfo=datetime.timezone.utc)
+    calls = [
+        event(
+            run_id="loop",
+            started_at=_at(start + datetime.timedelta(seconds=i)),
+            cost_nanos=1_000_000,
+            usage={"input_tokens": 10, "output_tokens": 5},
+        )
+        for i in range(620)
+    ]
+    calls.append(
+        event(
+            run_id="loop",
+            started_at=_at(start + datetime.timedelta(seconds=620)),
+            status="refused",
+            refusal_reason="budget",
+            cost_nanos=0,
+            usage={"input_tokens": 0, "output_tokens": 0},
+        )
+    )
+    with account.sdk() as sdk:
+        assert sdk.post("/v1/ingest", json=batch(*calls)).json()["accepted"] == 621
+    run_id = account.client.get("/v1/agents/research-bot/runs").json()[0]["id"]
+    run = account.client.get(f"/v1/runs/{run_id}").json()
+    assert run["cost_nanos"] == 620_000_000
+    assert run["totals"] == {
+        "events": 621,
+        "refused": 1,
+        "input_tokens": 6200,
+        "output_tokens": 3100,
+        "cost_nanos": 620_000_000,
+    }
+    events = f"/v1/runs/{run_id}/events"
+    newest = account.client.get(events, params={"order": "newest", "limit": 200}).json()
+    assert [e["started_at"][:19] for e in newest[:2]] == [
+        "2030-01-01T00:10:20",
+        "2030-01-01T00:10:19",
+    ]
+    assert newest[0]["status"] == "refused"
+    older = account.client.get(
+        events, params={"order": "newest", "limit": 500, "offset": 200}
+    ).json()
+    assert len(older) == 421
+    seen = {e["id"] for e in newest} | {e["id"] for e in older}
+    assert len(seen) == 621
+    # Without paging parameters the oldest calls come first, as before.
+    assert account.client.get(events).json()[0]["started_at"][:19] == "2030-01-01T00:00:00"

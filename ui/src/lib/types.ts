@@ -53,6 +53,19 @@ export interface Run extends Money {
   calls: number;
 }
 
+/** Totals over every stored event of a run, from the server. */
+export interface RunTotals {
+  events: number;
+  refused: number;
+  input_tokens: number;
+  output_tokens: number;
+  cost_nanos: number;
+}
+
+export interface RunWithTotals extends Run {
+  totals: RunTotals;
+}
+
 export interface CallEvent extends Money {
   id: string;
   agent: string;
