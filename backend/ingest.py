@@ -33,6 +33,7 @@ __all__ = [
     "StoredBatch",
     "MAX_COUNT",
     "agent_name_problem",
+    "counts_as_call",
 ]
 
 # Cost (nano-dollars) and token counts of one event are capped at 2**40: about $1,100 or
@@ -498,6 +499,23 @@ async def _add_rollups(
         )
 
 
+def counts_as_call(event: IngestEvent) -> bool:
+    """Whether the event counts in a calls budget, exactly as the SDK counted it.
+
+    The SDK adds a call to a calls budget when it commits usage: a call that returned
+    (``ok``), a stream it cut, or a stream that failed or was cancelled after it delivered
+    something. A call that failed before anything was billed is released: it reports
+    ``error`` or ``cancelled`` with no usage and no cost, and counts only as an error.
+    Counting it here would make the dashboard, the server-side stop and the spend an SDK
+    seeds from after a restart disagree with the SDK's own count."""
+    if event.status in ("ok", "cut"):
+        return True
+    if event.status in ("error", "cancelled"):
+        usage = event.usage
+        return usage.input_tokens + usage.output_tokens > 0 or event.cost_nanos > 0
+    return False
+
+
 # SQLite has one writer. Queueing batches on a lock in the process is much faster than
 # letting them collide on the file lock, whose busy handler sleeps with back-off.
 _sqlite_writers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
@@ -584,10 +602,9 @@ async def _store_batch(org_id: int, batch: IngestBatch) -> StoredBatch:
                 continue
             agent_id = agent_ids[e.agent]
             started = e.started_at.astimezone(datetime.timezone.utc)
-            made_call = e.status != "refused"
             delta = (
                 e.cost_nanos,
-                1 if made_call else 0,
+                1 if counts_as_call(e) else 0,
                 e.usage.input_tokens + e.usage.output_tokens,
                 e.usage.input_tokens,
                 e.usage.output_tokens,

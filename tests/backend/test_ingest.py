@@ -177,6 +177,34 @@ def test_runs_are_created_and_summed(account: Account) -> None:
     assert events[0]["details"]["response_model"] == "gpt-4o-2024-08-06"
 
 
+_NO_USAGE = {"input_tokens": 0, "output_tokens": 0}
+
+
+def test_a_call_released_before_anything_was_billed_is_not_a_call(account: Account) -> None:
+    # What the SDK reports for each: released (no usage) is not a call in its calls
+    # budgets; a stream that failed or was cancelled after it delivered tokens is.
+    run = f"run-{uuid.uuid4().hex[:6]}"
+    events = [
+        event(run_id=run, status="ok"),
+        event(run_id=run, status="cut"),
+        event(run_id=run, status="error", error="openai 500", cost_nanos=0, usage=_NO_USAGE),
+        event(run_id=run, status="cancelled", cost_nanos=0, usage=_NO_USAGE),
+        event(run_id=run, status="error", error="stream reset"),
+        event(run_id=run, status="cancelled"),
+        event(run_id=run, status="refused", refusal_reason="budget", cost_nanos=0, usage=_NO_USAGE),
+    ]
+    with account.sdk() as sdk:
+        assert sdk.post("/v1/ingest", json=batch(*events)).status_code == 202
+        # What an SDK seeds its calls budgets from when it starts.
+        seed = sdk.get("/v1/agents/research-bot/spend").json()
+    assert seed["daily"]["calls"] == seed["total"]["calls"] == 4
+    agent = account.client.get("/v1/agents/research-bot").json()
+    assert agent["spend"]["daily"]["calls"] == 4
+    assert account.client.get("/v1/dashboard/overview").json()["month"]["calls"] == 4
+    runs = account.client.get("/v1/agents/research-bot/runs").json()
+    assert [r["calls"] for r in runs if r["run_id"] == run] == [4]
+
+
 def test_prompt_is_stored_only_when_sent(account: Account) -> None:
     with account.sdk() as sdk:
         sdk.post("/v1/ingest", json=batch(event(prompt="hello"), event(agent="quiet")))
