@@ -2,14 +2,19 @@
 
 ``guard.wrap(Mistral())`` guards ``chat.complete``/``complete_async``, ``chat.stream``/
 ``stream_async`` (and ``parse``, which calls them), the same four methods of ``fim``
-(fill-in-the-middle, Codestral) and ``embeddings.create``/``create_async``. Mistral's usage
-has the OpenAI chat shape, FIM's too; streamed usage rides on the finishing chunk.
+(fill-in-the-middle, Codestral), ``responses.create``/``create_async`` (the stateless
+Responses API, streamed or not) and ``embeddings.create``/``create_async``. Mistral's usage
+has the OpenAI chat shape, FIM's too; streamed usage rides on the finishing chunk. Responses
+have the OpenAI Responses shape (``input``, ``instructions``, ``max_output_tokens``; usage
+with ``input_tokens_details.cached_tokens``), read by the OpenAI module's functions.
 Agents, conversations, OCR, classifiers, audio, batch and fine-tuning jobs stop with the agent
 but are not counted (see ``AgentKavach.admit_unmetered``).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -17,16 +22,26 @@ from kavach.spec import CallSpec
 from kavach.stream import Outcome
 from kavach.usage import Usage
 from kavach_integrations._provider import (
+    Attach,
     Endpoint,
     Unmetered,
+    _patch,
+    aguarded_call,
     attach_async,
     attach_sync,
     field,
     guard_method,
     guard_unmetered_method,
+    guarded_call,
     set_max_tokens,
 )
-from kavach_integrations.openai import ChatMeter, chat_outcome
+from kavach_integrations.openai import (
+    ChatMeter,
+    ResponsesMeter,
+    _read_response,
+    _response_outcome,
+    chat_outcome,
+)
 
 try:
     import mistralai  # noqa: F401
@@ -122,6 +137,87 @@ EMBEDDINGS = Endpoint(
 )
 
 
+def _read_responses(body: Mapping[str, Any]) -> CallSpec:
+    # The SDK takes models or dicts and UNSET for what is not given: read plain values the way
+    # OpenAI's Responses reader does (a string input is one user message).
+    plain = {
+        name: [_plain(item) for item in value] if isinstance(value, list | tuple) else value
+        for name in ("model", "input", "instructions", "tools")
+        if (value := body.get(name))  # UNSET and None are false
+    }
+    return dataclasses.replace(
+        _read_response(plain), provider=PROVIDER, max_output_tokens=_max_output_tokens(body)
+    )
+
+
+def _max_output_tokens(body: Mapping[str, Any]) -> int | None:
+    value = body.get("max_output_tokens")
+    return value if isinstance(value, int) else None  # not UNSET, not None
+
+
+def _limit_output(body: dict[str, Any], tokens: int) -> dict[str, Any]:
+    current = _max_output_tokens(body)
+    return {**body, "max_output_tokens": tokens if current is None else min(current, tokens)}
+
+
+class ResponsesFrameMeter(ResponsesMeter):
+    """Mistral wraps each Responses event in a frame's ``.data``. Unlike OpenAI it streams
+    the reasoning text, billed as output, so its deltas count toward a cut; a final response
+    without usage (UNSET) leaves the stream metered from its deltas, not settled at zero."""
+
+    __slots__ = ()
+
+    def feed(self, frame: Any) -> bool:
+        event = frame.data
+        kind = event.type
+        if kind == "response.reasoning_text.delta":
+            self.received = True
+            self.count_one(event.delta)
+            return False
+        if kind in ("response.completed", "response.incomplete", "response.failed"):
+            if not field(event.response, "usage"):
+                self.received = True
+                self.model = field(event.response, "model")
+                return False
+        return super().feed(event)
+
+
+RESPONSES = Endpoint(
+    operation="chat",
+    read=_read_responses,
+    outcome=_response_outcome,
+    limit=_limit_output,
+    meter=ResponsesFrameMeter,
+)
+
+
+def _guard_by_stream_flag(
+    client: Any, owner: Any, name: str, guard: AgentKavach, endpoint: Endpoint, attach: Attach
+) -> None:
+    """One method that streams when called with ``stream=True`` (``responses.create``)."""
+    original = getattr(owner, name, None)
+    if original is None:  # an SDK without it
+        return
+
+    def send(body: dict[str, Any]) -> Any:
+        return original(**body)
+
+    if name.endswith("_async"):
+
+        async def amethod(**kwargs: Any) -> Any:
+            streamed = kwargs.get("stream") is True
+            return await aguarded_call(guard, endpoint, kwargs, send, streamed, attach)
+
+        _patch(client, owner, name, functools.wraps(original)(amethod))
+    else:
+
+        def method(**kwargs: Any) -> Any:
+            streamed = kwargs.get("stream") is True
+            return guarded_call(guard, endpoint, kwargs, send, streamed, attach)
+
+        _patch(client, owner, name, functools.wraps(original)(method))
+
+
 def _guard_completions(client: Any, owner: Any, guard: AgentKavach, endpoint: Endpoint) -> None:
     """``complete``, ``complete_async``, ``stream`` and ``stream_async`` of chat or FIM."""
     guard_method(client, owner, "complete", guard, endpoint)
@@ -181,6 +277,11 @@ def instrument(client: Any, guard: AgentKavach) -> None:
             for name in methods:
                 for twin in _ASYNC_TWINS:
                     guard_unmetered_method(client, owner, name + twin, guard, unmetered)
+    responses = _resource(client, ("responses",))
+    if responses is not None:
+        sync, async_ = attach_sync("generator"), attach_async("generator")
+        _guard_by_stream_flag(client, responses, "create", guard, RESPONSES, sync)
+        _guard_by_stream_flag(client, responses, "create_async", guard, RESPONSES, async_)
     embeddings = client.embeddings
     _guard_completions(client, client.chat, guard, CHAT)
     _guard_completions(client, client.fim, guard, FIM)

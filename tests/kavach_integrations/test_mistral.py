@@ -11,7 +11,7 @@ import httpx2
 import pytest
 from mistralai.client import Mistral, errors, models
 
-from kavach import AgentKavach, Budget, BudgetExceededError, KavachError, Usage
+from kavach import AgentKavach, AgentKilledError, Budget, BudgetExceededError, KavachError, Usage
 from kavach._devtools.standin import RecordedRequest, Reply, StandIn
 
 from .conftest import Events
@@ -289,3 +289,187 @@ def test_n_choices_are_held_and_limited_per_choice(
     with pytest.raises(BudgetExceededError):
         client(server, loose).chat.complete(model=MODEL, messages=MSGS, n=4, max_tokens=1000)
     assert loose.status()[0].spent == 0
+
+
+# -- Responses (the stateless Responses API), against an httpx2 mock transport -------------
+
+# genai-prices, mistral-small-latest: $0.15 in, $0.015 cached in, $0.60 out per million tokens.
+
+
+class ResponsesProvider:
+    """``POST /v1/responses``: records requests; answers with ``output_tokens`` tokens (capped
+    at the request's ``max_output_tokens`` when ``honor_max_tokens``), streamed one a delta."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.input_tokens, self.cached_tokens, self.output_tokens = 100, 0, 20
+        self.reasoning_tokens = 0
+        self.honor_max_tokens = True
+
+    def handle(self, request: httpx2.Request) -> httpx2.Response:
+        assert request.url.path == "/v1/responses"
+        body = json.loads(request.content)
+        self.requests.append(body)
+        n = self.output_tokens
+        if self.honor_max_tokens and body.get("max_output_tokens") is not None:
+            n = min(n, body["max_output_tokens"])
+        text = "x" * max(0, n - self.reasoning_tokens)
+        message = {
+            "id": "msg-1",
+            "type": "message",
+            "role": "assistant",
+            "status": "completed",
+            "content": [{"type": "output_text", "text": text, "annotations": []}],
+        }
+        response = {
+            "id": "resp-1",
+            "object": "response",
+            "created_at": 1,
+            "model": body["model"],
+            "status": "completed",
+            "output": [message],
+            "parallel_tool_calls": True,
+            "tool_choice": "auto",
+            "tools": [],
+            "usage": {
+                "input_tokens": self.input_tokens,
+                "input_tokens_details": {
+                    "cached_tokens": self.cached_tokens,
+                    "cache_write_tokens": 0,
+                },
+                "output_tokens": n,
+                "output_tokens_details": {"reasoning_tokens": self.reasoning_tokens},
+                "total_tokens": self.input_tokens + n,
+            },
+        }
+        if not body.get("stream"):
+            return httpx2.Response(200, json=response)
+        events: list[dict[str, Any]] = []
+        for i in range(n):
+            kind = "reasoning_text" if i < self.reasoning_tokens else "output_text"
+            delta = {"item_id": "msg-1", "output_index": 0, "content_index": 0, "delta": "x"}
+            events.append(
+                {"type": f"response.{kind}.delta", **delta}
+                | ({"logprobs": []} if kind == "output_text" else {})
+            )
+        events.append({"type": "response.completed", "response": response})
+        frames = "".join(
+            f"event: {e['type']}\ndata: {json.dumps({**e, 'sequence_number': i})}\n\n"
+            for i, e in enumerate(events)
+        )
+        return httpx2.Response(
+            200, content=frames.encode(), headers={"content-type": "text/event-stream"}
+        )
+
+    def client(self, guard: AgentKavach) -> Mistral:
+        transport = httpx2.MockTransport(self.handle)
+        c = guard.wrap(
+            Mistral(
+                api_key="k",
+                server_url="http://127.0.0.1:9",
+                client=httpx2.Client(transport=transport),
+                async_client=httpx2.AsyncClient(transport=transport),
+            )
+        )
+        _open.append(c)
+        return c
+
+
+@pytest.fixture
+def responses() -> ResponsesProvider:
+    return ResponsesProvider()
+
+
+def test_responses_create_settles_at_the_models_rates_and_strict_sets_max_output_tokens(
+    responses: ResponsesProvider, make_guard: Any, events: Events
+) -> None:
+    guard = make_guard(budget=Budget.daily(0.001), mode="strict")
+    responses.cached_tokens = 40
+    c = responses.client(guard)
+    response = c.responses.create(model=MODEL, input="Say hello", instructions="Be brief.")
+    assert isinstance(response, models.CreateResponseResponse)
+    assert 16 <= responses.requests[-1]["max_output_tokens"] <= 4096
+    [event] = events.settled
+    assert (event.operation, event.status) == ("chat", "ok")
+    assert event.usage == Usage(input_tokens=100, output_tokens=20, cache_read_tokens=40)
+    # 60 x $0.15/M + 40 cached x $0.015/M + 20 x $0.60/M
+    assert guard.status()[0].spent == event.cost_nanos == 9_000 + 600 + 12_000
+
+    c.responses.create(model=MODEL, input="Say hello", max_output_tokens=5)  # a lower one stays
+    assert responses.requests[-1]["max_output_tokens"] == 5
+    loose = responses.client(make_guard(agent_name="loose", budget=Budget.daily(1)))
+    loose.responses.create(model=MODEL, input=[{"role": "user", "content": "Say hello"}])
+    assert "max_output_tokens" not in responses.requests[-1]
+
+
+def test_responses_refused_after_kill_and_over_budget_without_a_request(
+    responses: ResponsesProvider, make_guard: Any
+) -> None:
+    guard = make_guard(budget=Budget.daily(1))
+    c = responses.client(guard)
+    guard.kill("stop everything")
+    with pytest.raises(AgentKilledError):
+        c.responses.create(model=MODEL, input="Say hello")
+    with pytest.raises(AgentKilledError):
+        c.responses.create(model=MODEL, input="Say hello", stream=True)
+    tiny = responses.client(make_guard(agent_name="tiny", budget=Budget.daily(0.0001)))
+    with pytest.raises(BudgetExceededError):  # the input alone is over the budget
+        tiny.responses.create(model=MODEL, input="word " * 100_000, max_output_tokens=1)
+    assert responses.requests == []
+
+
+def test_responses_stream_is_metered_settles_once_and_is_cut_in_strict_mode(
+    responses: ResponsesProvider, make_guard: Any, events: Events
+) -> None:
+    guard = make_guard(budget=Budget.daily(1))
+    responses.input_tokens, responses.output_tokens, responses.reasoning_tokens = 40, 6, 2
+    with responses.client(guard).responses.create(
+        model=MODEL, input="Say hello", stream=True
+    ) as stream:
+        kinds = [frame.data.type for frame in stream]
+    assert kinds[-1] == "response.completed" and len(kinds) == 7
+    [event] = events.settled
+    assert event.status == "ok"
+    assert event.usage == Usage(input_tokens=40, output_tokens=6, reasoning_tokens=2)
+    assert guard.status()[0].spent == event.cost_nanos and guard.ledger.open_holds == 0
+
+    strict = make_guard(agent_name="s", budget=Budget.daily(0.0001), mode="strict")
+    responses.output_tokens, responses.honor_max_tokens = 3000, False
+    seen = 0
+    with pytest.raises(BudgetExceededError):
+        for _ in responses.client(strict).responses.create(
+            model=MODEL, input="Say hello", stream=True
+        ):
+            seen += 1
+    # Reasoning and text deltas, one token each: the consumer gets what the hold paid for.
+    assert seen == responses.requests[-1]["max_output_tokens"]
+    assert [e.status for e in events.settled] == ["ok", "cut"]
+    # The mock ignores max_output_tokens: the cut settles what had arrived, as billed.
+    assert strict.status()[0].spent == events.settled[-1].cost_nanos > 0
+    assert strict.ledger.open_holds == 0
+
+
+@pytest.mark.anyio
+async def test_async_responses_create_and_stream_are_guarded(
+    responses: ResponsesProvider, make_guard: Any, events: Events
+) -> None:
+    guard = make_guard(budget=Budget.daily(1))
+    c = responses.client(guard)
+    response = await c.responses.create_async(model=MODEL, input="Say hello")
+    assert isinstance(response, models.CreateResponseResponse)
+    stream = await c.responses.create_async(model=MODEL, input="Say hello", stream=True)
+    async for _ in stream:
+        pass
+    assert [(e.status, e.usage) for e in events.settled] == [
+        ("ok", Usage(input_tokens=100, output_tokens=20)),
+        ("ok", Usage(input_tokens=100, output_tokens=20)),
+    ]
+    assert guard.status()[0].spent == 2 * (15_000 + 12_000) and guard.ledger.open_holds == 0
+
+    guard.kill("stop")
+    with pytest.raises(AgentKilledError):
+        await c.responses.create_async(model=MODEL, input="Say hello")
+    with pytest.raises(AgentKilledError):
+        await c.responses.create_async(model=MODEL, input="Say hello", stream=True)
+    assert len(responses.requests) == 2
+    await c.__aexit__(None, None, None)
