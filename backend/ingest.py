@@ -464,17 +464,22 @@ async def _select_runs(org_id: int, keys: list[_RunKey]) -> dict[_RunKey, int]:
 
 
 async def _add_to_runs(org_id: int, totals: dict[_RunKey, list[Any]]) -> None:
-    """Add calls and cost to the runs (which exist: :func:`_run_ids` made them)."""
+    """Add calls and cost to the runs (which exist: :func:`_run_ids` made them).
+
+    A run spans its earliest and latest event, in whatever order they arrive: an SDK
+    sends a batch it spooled while the backend was down after later ones."""
     for chunk in _chunks(sorted(totals), _ROWS_PER_STATEMENT):
         args: list[Any] = []
         for agent_id, run_key in chunk:
-            calls, cost, last = totals[(agent_id, run_key)]
-            args += [org_id, agent_id, run_key, last, last, calls, cost]
+            calls, cost, first, last = totals[(agent_id, run_key)]
+            args += [org_id, agent_id, run_key, first, last, calls, cost]
         await _execute(
             "INSERT INTO runs (org, agent, run_key, started_at, last_event_at, calls, cost_nanos) "
             f"VALUES {_values(len(chunk), 7)} ON CONFLICT (org, agent, run_key) DO UPDATE SET "
             "calls = runs.calls + excluded.calls, "
             "cost_nanos = runs.cost_nanos + excluded.cost_nanos, "
+            "started_at = CASE WHEN excluded.started_at < runs.started_at "
+            "THEN excluded.started_at ELSE runs.started_at END, "
             "last_event_at = CASE WHEN runs.last_event_at < excluded.last_event_at "
             "THEN excluded.last_event_at ELSE runs.last_event_at END",
             args,
@@ -621,10 +626,11 @@ async def _store_batch(org_id: int, batch: IngestBatch) -> StoredBatch:
                 for i, value in enumerate(delta):
                     totals[i] += value
             if e.run_id:
-                current = run_totals.setdefault((agent_id, e.run_id), [0, 0, started])
+                current = run_totals.setdefault((agent_id, e.run_id), [0, 0, started, started])
                 current[0] += delta[1]
                 current[1] += e.cost_nanos
-                current[2] = max(current[2], started)
+                current[2] = min(current[2], started)
+                current[3] = max(current[3], started)
 
         # The rows concurrent batches share (agents, rollups, runs) are written last, so
         # their locks are held only until the commit that follows; the events above are

@@ -177,6 +177,27 @@ def test_runs_are_created_and_summed(account: Account) -> None:
     assert events[0]["details"]["response_model"] == "gpt-4o-2024-08-06"
 
 
+def test_a_run_starts_at_its_earliest_event_whatever_order_they_arrive_in(
+    account: Account,
+) -> None:
+    # The SDK sends a batch it spooled while the backend was unreachable after later ones.
+    run = f"run-{uuid.uuid4().hex[:6]}"
+    with account.sdk() as sdk:
+        for started in (
+            "2030-01-15T10:00:00+00:00",
+            "2030-01-15T14:30:00+05:30",  # 09:00Z, from a host in India
+            "2030-01-15T09:30:00+00:00",
+        ):
+            response = sdk.post("/v1/ingest", json=batch(event(run_id=run, started_at=started)))
+            assert response.status_code == 202
+    [row] = account.client.get("/v1/agents/research-bot/runs").json()
+    assert row["started_at"] == "2030-01-15T09:00:00Z"
+    assert row["last_event_at"] == "2030-01-15T10:00:00Z"
+    assert row["calls"] == 3
+    detail = account.client.get(f"/v1/runs/{row['id']}").json()
+    assert detail["started_at"] == "2030-01-15T09:00:00Z"
+
+
 _NO_USAGE = {"input_tokens": 0, "output_tokens": 0}
 
 
