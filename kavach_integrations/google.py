@@ -17,19 +17,22 @@ its own worst case and its own usage, and the budget can stop the loop between t
 
 from __future__ import annotations
 
+import functools
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from kavach.spec import CallSpec
-from kavach.stream import Outcome
+from kavach.stream import Outcome, StreamSettlement
 from kavach.usage import Usage
 from kavach_integrations._provider import (
     Body,
     Endpoint,
     TokenCounter,
     Unmetered,
+    _patch,
     attach_aiterator,
     field,
     guard_method,
@@ -274,6 +277,61 @@ def _request_methods(models: Any) -> tuple[str, str]:
     return "generate_content", "generate_content_stream"  # pragma: no cover - older SDKs
 
 
+# The metered request streams opened while one public async stream is being read. google-genai's
+# aio generate_content_stream yields from generators that never close the ones they iterate,
+# so closing the stream it returns leaves the request stream (and its hold) to the event
+# loop's async generator finalizer, some time later.
+_OPENED: ContextVar[list[AsyncIterator[Any]] | None] = ContextVar("kavach_gemini_streams")
+
+
+def _attach_tracked(result: AsyncIterator[Any], settlement: StreamSettlement) -> Any:
+    stream = attach_aiterator(result, settlement)
+    opened = _OPENED.get(None)
+    if opened is not None:
+        opened.append(stream)
+    return stream
+
+
+async def _closing(outer: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """``outer``'s chunks; closing it closes the metered request streams it opened, which
+    settles them at once (each settles once: a closed stream's later close does nothing)."""
+    opened: list[AsyncIterator[Any]] = []
+    try:
+        while True:
+            # Set only while outer runs (in the caller's context), never across a yield.
+            token = _OPENED.set(opened)
+            try:
+                chunk = await anext(outer)
+            except StopAsyncIteration:
+                return
+            finally:
+                _OPENED.reset(token)
+            yield chunk
+    finally:
+        try:
+            for stream in opened:
+                await stream.aclose()  # type: ignore[attr-defined]
+        finally:
+            await outer.aclose()  # type: ignore[attr-defined]
+
+
+def _close_request_streams(client: Any, models: Any) -> None:
+    """Make the public async ``generate_content_stream``'s ``aclose()`` settle at once."""
+    original = getattr(models, "generate_content_stream", None)
+    if original is None:  # pragma: no cover - older SDKs
+        return
+
+    async def generate_content_stream(**kwargs: Any) -> AsyncIterator[Any]:
+        return _closing(await original(**kwargs))
+
+    _patch(
+        client,
+        models,
+        "generate_content_stream",
+        functools.wraps(original)(generate_content_stream),
+    )
+
+
 def instrument(client: Any, guard: AgentKavach) -> None:
     if isinstance(client, genai.Client):
         sync_models, async_models = client.models, client.aio.models
@@ -297,5 +355,7 @@ def instrument(client: Any, guard: AgentKavach) -> None:
         GENERATE,
         streamed=True,
         is_async=True,
-        attach=attach_aiterator,
+        attach=_attach_tracked,
     )
+    if one_stream != "generate_content_stream":
+        _close_request_streams(client, async_models)

@@ -174,6 +174,37 @@ def test_dropped_stream_settles_once(server: StandIn, make_guard: Any, events: E
 
 
 @pytest.mark.anyio
+async def test_an_async_stream_stopped_and_closed_settles_at_once(
+    server: StandIn, make_guard: Any, events: Events
+) -> None:
+    # A budget that holds one call's worst case at a time: the next call is admitted only if
+    # the stopped stream gave its hold back when it was closed.
+    guard = make_guard(budget=Budget.daily(0.0007))
+    server.default = Reply(output_tokens=50)
+    c = client(server, guard).aio
+    config = {"max_output_tokens": 1000}
+    stream = await c.models.generate_content_stream(model=MODEL, contents="hi", config=config)
+    async for _ in stream:
+        break
+    await stream.aclose()
+    assert guard.ledger.open_holds == 0
+    [event] = events.calls
+    assert event.status == "cancelled" and guard.status()[0].spent == event.cost_nanos > 0
+
+    await c.models.generate_content(model=MODEL, contents="hi", config=config)
+    stream = await c.models.generate_content_stream(model=MODEL, contents="hi", config=config)
+    async for _ in stream:
+        pass
+    await stream.aclose()
+    gc.collect()
+    await asyncio.sleep(0)  # the loop's finalizers have run: nothing settles twice
+    assert [e.status for e in events.calls] == ["cancelled", "ok", "ok"]
+    assert guard.status()[0].spent == sum(e.cost_nanos for e in events.calls)
+    assert guard.ledger.open_holds == 0
+    await c.aclose()
+
+
+@pytest.mark.anyio
 async def test_a_stream_dropped_unread_is_not_charged(
     server: StandIn, make_guard: Any, events: Events
 ) -> None:
