@@ -106,11 +106,17 @@ async def rotate_key(
     """Revoke the key and issue a replacement with the same name and environment."""
     require_admin(user)
     old = await _own_key(user, key_id)
-    if old["revoked_at"] is not None:
-        raise NotFoundException("no such active API key")
     async with db.transaction():
+        # Only the rotation that revokes the key issues its replacement: a double click
+        # or two admins at once would otherwise leave several working keys.
         now = datetime.datetime.now(datetime.timezone.utc)
-        await ApiKey.update({ApiKey.revoked_at: now}).where(ApiKey.id == key_id)
+        revoked = (
+            await ApiKey.update({ApiKey.revoked_at: now})
+            .where((ApiKey.id == key_id) & ApiKey.revoked_at.is_null())
+            .returning(ApiKey.id)
+        )
+        if not revoked:
+            raise NotFoundException("no such active API key")
         row, full = await create_key_row(
             user.org_id,
             old["name"],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 
 from tests.backend.conftest import Account, batch, event
@@ -57,6 +59,31 @@ def test_rotate_returns_a_new_key_and_revokes_the_old(account: Account) -> None:
     assert _ingest_status(account.base_url, new) == 202
     # A revoked key cannot be rotated again.
     assert account.client.post(f"/v1/keys/{key_id}/rotate").status_code == 404
+
+
+def test_rotating_a_key_twice_at_once_leaves_one_working_key(account: Account) -> None:
+    # A double click on Rotate, or two admins at the same moment.
+    old = account.new_key("pressed-twice")
+    key_id = account.client.get("/v1/keys").json()[0]["id"]
+
+    async def rotate_all() -> list[httpx.Response]:
+        async with httpx.AsyncClient(
+            base_url=account.base_url,
+            headers={"Authorization": f"Bearer {account.token}"},
+            timeout=30,
+        ) as client:
+            return await asyncio.gather(
+                *(client.post(f"/v1/keys/{key_id}/rotate") for _ in range(5))
+            )
+
+    answers = asyncio.run(rotate_all())
+    assert sorted(a.status_code for a in answers) == [201, 404, 404, 404, 404]
+    [issued] = [a.json()["key"] for a in answers if a.status_code == 201]
+    active = [k for k in account.client.get("/v1/keys").json() if k["revoked_at"] is None]
+    assert [k["name"] for k in active] == ["pressed-twice"]
+    assert issued.startswith(active[0]["prefix"])
+    assert _ingest_status(account.base_url, issued) == 202
+    assert _ingest_status(account.base_url, old) == 401
 
 
 def test_unknown_and_malformed_keys_are_401(account: Account) -> None:
