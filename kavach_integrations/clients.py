@@ -151,6 +151,7 @@ class ProviderClients:
         self._base_url = base_url
         self._lock = threading.Lock()
         self._pair: tuple[Any, Any] | None = None
+        self._closing = False
 
     def _clients(self) -> tuple[Any, Any]:
         pair = self._pair
@@ -162,8 +163,45 @@ class ProviderClients:
                     if self.provider in ("openai", "anthropic"):
                         wrap(async_, self._guard)
                     self._pair = (sync, async_)
+                    if not self._closing:
+                        self._closing = True
+                        self._guard.add_closer(self._close, self._aclose)
                 pair = self._pair
         return pair
+
+    def _take(self) -> tuple[Any, Any] | None:
+        """The clients to close; the next call builds new ones (a closed guard may be used
+        again)."""
+        with self._lock:
+            pair, self._pair = self._pair, None
+        return pair
+
+    def _close(self, _timeout: float) -> None:
+        """``guard.close()``: close the sync client's connections. An async client's need
+        its event loop: ``await guard.aclose()`` closes both."""
+        pair = self._take()
+        if pair is None:
+            return
+        sync, async_ = pair
+        if self.provider == "mistral":
+            sync.__exit__(None, None, None)
+        else:
+            sync.close()
+
+    async def _aclose(self, _timeout: float) -> None:
+        pair = self._take()
+        if pair is None:
+            return
+        sync, async_ = pair
+        if self.provider == "mistral":
+            sync.__exit__(None, None, None)
+            await sync.__aexit__(None, None, None)
+            return
+        sync.close()
+        if self.provider == "google":
+            await async_.aclose()
+        else:
+            await async_.close()
 
     @property
     def sync(self) -> Any:

@@ -50,8 +50,13 @@ async def test_async_twins(server: StandIn, events: Events) -> None:
     assert [c async for c in stream]
     assert server.last.headers["authorization"] == "Bearer sk-given"
     assert [e.status for e in events.calls] == ["ok", "ok", "ok"]
-    await guard.clients.async_.close()
-    guard.clients.sync.close()
+    sync, async_ = guard.clients.sync, guard.clients.async_
+    await guard.aclose()  # closes the SDK clients the guard made
+    assert sync.is_closed() and async_.is_closed()
+    guard.create(model="gpt-4o", messages=MSGS)  # a closed guard may be used again
+    assert guard.clients.sync is not sync and events.calls[-1].status == "ok"
+    guard.close()
+    assert guard.clients._pair is None
 
 
 @pytest.mark.anyio
@@ -88,12 +93,13 @@ async def test_anthropic_google_and_mistral(server: StandIn, events: Events) -> 
         ("mistral", "ok"),
         ("mistral", "ok"),
     ]
-    await google_guard.clients.async_.aclose()
-    google_guard.clients.sync.close()
-    await anthropic_guard.clients.async_.close()
-    anthropic_guard.clients.sync.close()
-    mistral_guard.clients.sync.__exit__(None, None, None)
-    await mistral_guard.clients.sync.__aexit__(None, None, None)
+    anthropic_clients = anthropic_guard.clients.sync, anthropic_guard.clients.async_
+    mistral_client = mistral_guard.clients.sync
+    for guard in (google_guard, anthropic_guard, mistral_guard):
+        await guard.aclose()  # closes the SDK clients each guard made
+    assert all(client.is_closed() for client in anthropic_clients)
+    assert mistral_client.sdk_configuration.client is None
+    assert mistral_client.sdk_configuration.async_client is None
 
 
 def test_configuration_errors_and_no_secret_in_repr() -> None:
