@@ -3,8 +3,9 @@ usage and stream chunks.
 
 ``guard.wrap(genai.Client())`` guards ``client.models.generate_content``,
 ``generate_content_stream`` and ``embed_content`` and their ``client.aio`` twins.
-``count_tokens`` and model listing pass untouched; image and video generation, batches
-and tuning stop with the agent but are not counted (see ``AgentKavach.admit_unmetered``).
+``count_tokens`` and model listing pass untouched; image and video generation, batches,
+tuning, the Interactions API (``interactions.create``) and Live sessions (``aio.live.connect``)
+stop with the agent but are not counted (see ``AgentKavach.admit_unmetered``).
 Gemini's ``prompt_token_count`` includes cached tokens; thinking tokens
 (``thoughts_token_count``) are output beside ``candidates_token_count``.
 
@@ -242,8 +243,17 @@ EMBEDDINGS = Endpoint(
 )
 
 
-# Paid per image, second of video or job, not by reported token usage.
+# Paid per image, second of video or job, not by reported token usage; or billed by tokens
+# but not through one request a hold can bound:
+# - interactions.create follows continuation tokens itself (several requests, each billing the
+#   input again), runs server-side agents and background interactions, and continues stored
+#   conversations (previous_interaction_id) whose input the guard never sees;
+# - a Live session (websockets) is billed as it runs, for as long as it stays open: the guard
+#   can refuse to open one, not meter it.
 _UNMETERED = {
+    "interactions": {"create": "interaction"},
+    "live": {"connect": "live_session"},
+    "live.music": {"connect": "music_generation"},
     "models": {
         "generate_images": "image_generation",
         "edit_image": "image_edit",
@@ -259,7 +269,9 @@ _UNMETERED = {
 
 def _guard_unmetered(client: Any, root: Any, guard: AgentKavach) -> None:
     for resource, methods in _UNMETERED.items():
-        owner = getattr(root, resource, None)
+        owner = root
+        for name in resource.split("."):
+            owner = getattr(owner, name, None)  # None: not in this SDK version (or sync client)
         if owner is not None:
             for name, operation in methods.items():
                 unmetered = Unmetered(PROVIDER, operation)

@@ -207,6 +207,45 @@ async def test_google_async_batches_stop_with_the_agent(server: StandIn, make_gu
     assert server.requests == []
 
 
+@pytest.mark.anyio
+async def test_google_interactions_and_live_sessions_stop_with_the_agent(
+    server: StandIn, make_guard: Any, events: Events, caplog: pytest.LogCaptureFixture
+) -> None:
+    guard = make_guard(budget=Budget.daily(1))
+    options = genai_types.HttpOptions(base_url=server.google_url, retry_options=None)
+    client = guard.wrap(genai.Client(api_key="k", http_options=options))
+    _close.append(client.close)
+
+    with caplog.at_level(logging.WARNING, logger="kavach"):
+        with pytest.raises(Exception, match="no route"):  # the stand-in's 404: it went through
+            client.interactions.create(model="gemini-2.5-flash", input="Say hello")
+    assert server.last.path.endswith("/interactions")
+    assert warnings_about(caplog, "interaction")
+
+    guard.kill("stop")
+    count = len(server.requests)
+    with pytest.raises(AgentKilledError):
+        client.interactions.create(model="gemini-2.5-flash", input="Say hello")
+    with pytest.raises(AgentKilledError):
+        client.interactions.create(model="gemini-2.5-flash", input="Say hello", stream=True)
+    with pytest.raises(AgentKilledError):
+        await client.aio.interactions.create(model="gemini-2.5-flash", input="Say hello")
+    with pytest.raises(AgentKilledError):  # refused before the websocket is opened
+        async with client.aio.live.connect(model="gemini-live-2.5-flash-preview"):
+            pass
+    with pytest.raises(AgentKilledError):
+        async with client.aio.live.music.connect(model="models/lyria-realtime-exp"):
+            pass
+    assert len(server.requests) == count
+    assert [(e.operation, e.status) for e in events.calls[-5:]] == [
+        ("interaction", "refused"),
+        ("interaction", "refused"),
+        ("interaction", "refused"),
+        ("live_session", "refused"),
+        ("music_generation", "refused"),
+    ]
+
+
 def test_mistral_ocr_and_agents_stop_with_the_agent(
     server: StandIn, make_guard: Any, events: Events, caplog: pytest.LogCaptureFixture
 ) -> None:
