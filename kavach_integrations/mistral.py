@@ -7,8 +7,9 @@ Responses API, streamed or not) and ``embeddings.create``/``create_async``. Mist
 has the OpenAI chat shape, FIM's too; streamed usage rides on the finishing chunk. Responses
 have the OpenAI Responses shape (``input``, ``instructions``, ``max_output_tokens``; usage
 with ``input_tokens_details.cached_tokens``), read by the OpenAI module's functions.
-Agents, conversations, OCR, classifiers, audio, batch and fine-tuning jobs stop with the agent
-but are not counted (see ``AgentKavach.admit_unmetered``).
+Agents, conversations, OCR, classifiers, audio and realtime sessions, batch and fine-tuning
+jobs, judges, search indexes, library documents and workflow runs stop with the agent but are
+not counted (see ``AgentKavach.admit_unmetered``).
 """
 
 from __future__ import annotations
@@ -256,6 +257,21 @@ _UNMETERED = {
     ("audio", "speech"): (("complete",), "speech"),
     ("batch", "jobs"): (("create",), "batch"),
     ("fine_tuning", "jobs"): (("create",), "fine_tuning"),
+    # Runs a judge model, embeds, processes documents ("billed again" on reprocess), opens a
+    # realtime audio session or runs a workflow's agents: billed, but not by a usage the
+    # request or response carries.
+    ("beta", "observability", "judges"): (("judge_conversation",), "judging"),
+    ("beta", "observability", "datasets", "records"): (("judge",), "judging"),
+    ("beta", "context", "search_indexes"): (
+        ("search", "ingest_documents", "generate_index_summary"),
+        "search_index",
+    ),
+    ("beta", "libraries", "documents"): (("upload", "reprocess"), "document_processing"),
+    ("audio", "sessions"): (("create",), "realtime_session"),
+    ("realtime", "sessions"): (("create",), "realtime_session"),
+    ("workflows",): (("execute_workflow", "execute_workflow_registration"), "workflow"),
+    ("workflows", "schedules"): (("trigger_schedule",), "workflow"),
+    ("workflows", "executions"): (("reset_workflow",), "workflow"),
 }
 
 

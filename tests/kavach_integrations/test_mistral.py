@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
 import httpx2
 import pytest
 from mistralai.client import Mistral, errors, models
+from mistralai.client.basesdk import BaseSDK
 
 from kavach import AgentKavach, AgentKilledError, Budget, BudgetExceededError, KavachError, Usage
 from kavach._devtools.standin import RecordedRequest, Reply, StandIn
@@ -473,3 +476,114 @@ async def test_async_responses_create_and_stream_are_guarded(
         await c.responses.create_async(model=MODEL, input="Say hello", stream=True)
     assert len(responses.requests) == 2
     await c.__aexit__(None, None, None)
+
+
+# -- every billable method is guarded ------------------------------------------------------
+
+# Methods that POST but bill nothing (configuration, uploads, searches of stored data, token
+# counts, cancels), by resource. Anything else that POSTs must be guarded or unmetered: a new
+# SDK resource fails this test until it is classified, instead of bypassing the guard.
+FREE = {
+    "beta.prompts": {"create", "create_version"},
+    "beta.skills": {"create", "create_version"},
+    "beta.service_accounts": {"create"},
+    "beta.agents": {"create"},  # defines an agent; running it is agents.complete, guarded
+    "beta.libraries": {"create"},
+    "beta.observability.judges": {"create"},
+    "beta.observability.datasets": {
+        "create",
+        "create_record",
+        "import_from_dataset_records",
+        "import_from_file",
+        "import_from_playground",
+        "import_from_spans",
+    },
+    "beta.observability.datasets.records": {"bulk_delete"},
+    "beta.observability.evaluations": {"create_pipeline"},
+    "beta.observability.evaluations.runs": {"compute_statistics", "search", "search_all"},
+    "beta.observability.evaluations.records": {"search"},
+    "beta.observability.logs": {"search"},
+    "beta.observability.traces": {"aggregate", "search"},
+    "beta.observability.spans": {
+        "aggregate",
+        "aggregate_span_evaluations",
+        "search_latest_span_evaluations",
+        "search_pipeline_results",
+        "search_span_evaluations",
+        "search_spans",
+    },
+    "beta.connectors": {
+        "activate_for_consumer",
+        "call_tool",  # an MCP tool, not a model
+        "create",
+        "create_credentials",
+        "deactivate_for_consumer",
+    },
+    "beta.context.search_indexes": {"create", "grep", "navigate", "read"},
+    "beta.triggers": {"create"},
+    "beta.webhooks": {"create"},
+    "audio.voices": {"create"},
+    "audio.agents": {"create"},
+    "models": {"archive"},
+    "responses": {"count_input_tokens"},
+    "files": {"upload"},
+    "batch.jobs": {"cancel"},
+    "workflows": {"add_workflow_tags"},
+    "workflows.executions": {
+        "batch_cancel_workflow_executions",
+        "batch_terminate_workflow_executions",
+        "cancel_workflow_execution",
+        "query_workflow_execution",
+        "signal_workflow_execution",
+        "terminate_workflow_execution",
+        "update_workflow_execution",
+    },
+    "workflows.schedules": {"pause_schedule", "resume_schedule", "schedule_workflow"},
+    "workflows.deployments": {
+        "create_deployment",
+        "restart_deployment",
+        "start_deployment",
+        "stop_deployment",
+        "unharden_deployment",
+    },
+}
+
+
+def _resources(owner: Any, path: str = "") -> Iterator[tuple[str, Any]]:
+    """Every resource of a Mistral client, lazily loaded ones too, with its dotted path."""
+    yield path, owner
+    names = list(getattr(type(owner), "_sub_sdk_map", {}))
+    names += [n for n, v in vars(owner).items() if isinstance(v, BaseSDK) and n[0] != "_"]
+    for name in dict.fromkeys(names):
+        child = getattr(owner, name)
+        if isinstance(child, BaseSDK) and name != "parent_ref":
+            yield from _resources(child, f"{path}.{name}" if path else name)
+
+
+def test_every_method_that_posts_is_guarded_unmetered_or_declared_free(
+    server: StandIn, make_guard: Any
+) -> None:
+    guard = make_guard(budget=Budget.daily(1))
+    c = client(server, guard)
+    posts = re.compile(r'method="POST"')
+    unguarded, posting = [], 0
+    for path, owner in _resources(c):
+        for name, method in inspect.getmembers(type(owner), inspect.isfunction):
+            if name[0] == "_" or not posts.search(inspect.getsource(method)):
+                continue
+            posting += 1
+            guarded = name in vars(owner)  # patched on the instance by guard.wrap
+            free = name.removesuffix("_async") in FREE.get(path, ())
+            assert not (guarded and free), f"{path}.{name} is guarded and declared free"
+            if not (guarded or free):
+                unguarded.append(f"{path}.{name}")
+    assert posting > 100  # the walk found the SDK's resources
+    assert unguarded == []
+    assert "create" in vars(c.responses) and "create_async" in vars(c.responses)
+
+    guard.kill("stop")  # the newly unmetered ones stop with the agent, before any request
+    with pytest.raises(AgentKilledError):
+        c.workflows.execute_workflow(workflow_identifier="w")
+    with pytest.raises(AgentKilledError):
+        c.beta.observability.judges.judge_conversation(judge_id="j", messages=[])
+    assert server.requests == []
