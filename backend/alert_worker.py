@@ -35,7 +35,7 @@ import anyio.to_thread
 import httpx
 
 from backend import db
-from backend.agent_state import publish_change
+from backend.agent_state import publish_change, raise_to_org_version
 from backend.channel_config import build_channel
 from backend.spend import agent_spend, period_starts, utc_now
 from backend.tables import (
@@ -336,6 +336,7 @@ class AlertWorker:
             if budget["agent"] is not None:
                 query = query.where(Agent.id == budget["agent"])
             stopped = await query.returning(Agent.id, Agent.name)
+            await raise_to_org_version(org_id, [row["id"] for row in stopped])
             for row in stopped:
                 await AlertEvent.insert(
                     AlertEvent(

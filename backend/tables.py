@@ -56,6 +56,9 @@ class Organization(Table, tablename="organizations"):
     id: Serial  # declared for type checkers; Piccolo adds the column itself
     name = Varchar(length=200)
     created_at = Timestamptz(default=TimestamptzNow())
+    # Bumped on every org-wide budget change: the version of an agent not seen yet, and the
+    # least version of every agent of the org (see backend.agent_state).
+    control_version = Integer(default=0)
 
 
 class User(Table, tablename="users"):

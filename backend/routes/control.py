@@ -18,13 +18,22 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 from piccolo.columns import Column
 
 from backend import db
-from backend.agent_state import budget_json, control_states, find_agent, publish_change
+from backend.admission import plan_refused
+from backend.agent_state import (
+    ORG_WIDE,
+    budget_json,
+    bump_versions,
+    control_states,
+    find_agent,
+    publish_change,
+    raise_to_org_version,
+)
 from backend.alert_worker import AlertWorker
 from backend.auth import KeyPrincipal, UserPrincipal, key_is_active, require_admin
 from backend.channel_config import masked_target
 from backend.control import KEY_REVOKED, ControlHub
 from backend.deps import KEY, USER, AgentNamePath, ObjectId
-from backend.ingest import BatchError, decode_batch, store_batch
+from backend.ingest import BatchError, PlanLimitExceeded, decode_batch, store_batch
 from backend.settings import Settings
 from backend.tables import Agent, AlertChannel, AlertEvent, AlertRule, Budget
 from kavach._money import NANOS_PER_DOLLAR, fmt_usd, to_nanos
@@ -67,7 +76,13 @@ class HTTPStatusError(ClientException):
 # ---------------------------------------------------------------- ingest
 
 
-@post("/v1/ingest", status_code=202, dependencies=KEY, tags=["sdk"])
+@post(
+    "/v1/ingest",
+    status_code=202,
+    dependencies=KEY,
+    tags=["sdk"],
+    exception_handlers={PlanLimitExceeded: plan_refused},
+)
 async def ingest(
     request: Request[Any, Any, Any], key: NamedDependency[KeyPrincipal]
 ) -> dict[str, Any]:
@@ -86,7 +101,8 @@ async def ingest(
         )
     except BatchError as exc:
         raise HTTPStatusError(str(exc), exc.status) from None
-    stored = await store_batch(key.org_id, batch)
+    # The plan the admission check found (none when billing is off).
+    stored = await store_batch(key.org_id, batch, request.state.get("ingest_plan"))
     return {
         "accepted": stored.accepted,
         "duplicates": stored.duplicates,
@@ -119,6 +135,7 @@ async def _set_status(
                 Agent.control_version: Agent.control_version + 1,
             }
         ).where(Agent.id == agent["id"])
+        await raise_to_org_version(user.org_id, [agent["id"]])
         message = f"{user.email} {'stopped' if stop else 'resumed'} agent {name}"
         await AlertEvent.insert(
             AlertEvent(
@@ -164,6 +181,12 @@ def _concerns(message: dict[str, Any], names: list[str] | None) -> bool:
     return "agent" in message and (names is None or message["agent"] in names)
 
 
+def _org_wide(message: dict[str, Any]) -> bool:
+    """An org-wide change (a budget of the whole org): it concerns every subscriber, whose
+    agents may not be in the database yet, so each reads its agents' state."""
+    return message.get("scope") == ORG_WIDE
+
+
 def _revokes(message: dict[str, Any], key: KeyPrincipal) -> bool:
     return message.get("type") == KEY_REVOKED and message.get("key") == key.key_id
 
@@ -205,7 +228,12 @@ async def control_stream(
                     continue
                 if _revokes(message, key):
                     return
-                if _concerns(message, names):
+                if _org_wide(message):
+                    states = await control_states(key.org_id, names)
+                    for name, state in states.items():
+                        change = {"type": message["type"], "agent": name, **state}
+                        yield ServerSentEventMessage(data=json.dumps(change, default=str))
+                elif _concerns(message, names):
                     yield ServerSentEventMessage(data=json.dumps(message, default=str))
 
     return ServerSentEvent(messages(), headers={"Cache-Control": "no-store"})
@@ -238,7 +266,7 @@ async def control_poll(
                 break
             if _revokes(message, key):
                 raise NotAuthorizedException("invalid or revoked API key")
-            if _concerns(message, names):
+            if _org_wide(message) or _concerns(message, names):
                 states = await control_states(key.org_id, names)
                 version = max((s["version"] for s in states.values()), default=0)
                 return {"control": states, "version": version, "changed": True}
@@ -299,13 +327,10 @@ async def _agent_names(org_id: int) -> dict[int, str]:
 async def _budget_changed(
     request: Request[Any, Any, Any], org_id: int, agent_id: int | None
 ) -> None:
-    """Bump the version of every agent the budget applies to and tell their SDKs."""
-    query = Agent.update({Agent.control_version: Agent.control_version + 1}).where(
-        Agent.org == org_id
-    )
-    if agent_id is not None:
-        query = query.where(Agent.id == agent_id)
-    await query
+    """Bump the version of every agent the budget applies to (for an org-wide budget, those
+    not seen yet too) and tell their SDKs."""
+    async with db.transaction():
+        await bump_versions(org_id, agent_id)
     names = None
     if agent_id is not None:
         names = [(await _agent_names(org_id))[agent_id]]

@@ -156,6 +156,35 @@ def test_budget_change_is_pushed(account: Account) -> None:
         assert {b["scope"] for b in message["budgets"]} == {"agent", "org"}
 
 
+def test_org_budget_reaches_an_sdk_whose_agent_has_not_reported_yet(account: Account) -> None:
+    # An SDK opens its control channel before its agent's first event: an org-wide budget
+    # set in the dashboard must reach it, on the stream and as a new long-poll version.
+    with sse(account, "new-bot") as received, account.sdk() as sdk:
+        _, initial = next_message(received)
+        assert initial["budgets"] == []
+        before = sdk.get("/v1/control", params={"agents": "new-bot"}).json()["version"]
+        started = time.monotonic()
+        created = account.client.post(
+            "/v1/budgets", json={"kind": "usd", "period": "daily", "limit_usd": "1"}
+        )
+        assert created.status_code == 201, created.text
+        at, message = next_message(received)
+        assert at - started < 1.0
+        assert (message["type"], message["agent"]) == ("budget", "new-bot")
+        assert [b["limit_usd"] for b in message["budgets"]] == ["$1.00"]
+        assert message["version"] > before
+        poll = sdk.get("/v1/control", params={"agents": "new-bot", "since": before, "wait": 5})
+        assert poll.json()["changed"] is True
+        assert poll.json()["version"] == message["version"]
+        # Its first event creates the agent; a stop after that is a newer version still,
+        # which an SDK that heard the budget applies (it ignores older versions).
+        assert sdk.post("/v1/ingest", json=batch(event(agent="new-bot"))).status_code == 202
+        account.client.post("/v1/agents/new-bot/kill", json={"reason": "stop"})
+        _, kill = next_message(received)
+        assert (kill["status"], kill["agent"]) == ("stopped", "new-bot")
+        assert kill["version"] > message["version"]
+
+
 def test_long_poll_answers_at_once_when_behind_and_waits_for_a_change(account: Account) -> None:
     seed(account)
     with account.sdk() as sdk:

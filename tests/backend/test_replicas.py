@@ -99,3 +99,31 @@ async def test_deployments_sharing_a_redis_never_hear_each_others_stops(redis_ur
     finally:
         for hub in hubs:
             await hub.stop()
+
+
+@pytest.mark.redis
+def test_org_budget_on_one_replica_reaches_an_unseen_agent_on_another(
+    tmp_path: Path, redis_url: str, keep_engine: None
+) -> None:
+    # The SDK's agent has sent no event yet, so no replica knows it: each reads the state
+    # of the agents its own subscribers watch.
+    url = str(tmp_path / "replicas.sqlite")
+    first = start_server(url, redis_url=redis_url)
+    second = start_server(url, redis_url=redis_url)
+    try:
+        account = register(first.url)
+        with account.client, sse(account, "not-seen-yet") as received:
+            next_message(received)
+            account.client.base_url = second.url  # type: ignore[misc]
+            started = time.monotonic()
+            created = account.client.post(
+                "/v1/budgets", json={"kind": "calls", "period": "daily", "limit": 7}
+            )
+            assert created.status_code == 201, created.text
+            at, message = next_message(received)
+            assert (message["type"], message["agent"]) == ("budget", "not-seen-yet")
+            assert [b["limit"] for b in message["budgets"]] == [7]
+            assert at - started < 1.0
+    finally:
+        stop_server(first)
+        stop_server(second)
