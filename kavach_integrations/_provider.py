@@ -55,6 +55,7 @@ __all__ = [
     "TokenCounter",
     "Unmetered",
     "field",
+    "patch",
     "READERS",
     "reader",
     "tool_signature",
@@ -561,7 +562,8 @@ def attach_aiterator(
 # -- instrumenting clients ----------------------------------------------------------------
 
 
-def _patch(client: Any, owner: Any, name: str, value: Any) -> None:
+def patch(client: Any, owner: Any, name: str, value: Any) -> None:
+    """Set ``owner.name`` to ``value`` on this instance (never the class), for ``unwrap``."""
     owner.__dict__[name] = value
     client.__dict__.setdefault(_PATCHES_ATTR, []).append((owner, name))
 
@@ -629,7 +631,7 @@ def guard_request_method(
                 _admit_unmetered(guard, endpoint, options.json_data)
             return original(cast_to, options, stream=stream, stream_cls=stream_cls)  # type: ignore[no-any-return]
 
-        _patch(client, client, "request", arequest)
+        patch(client, client, "request", arequest)
     else:
 
         def request(
@@ -643,7 +645,7 @@ def guard_request_method(
                 _admit_unmetered(guard, endpoint, options.json_data)
             return original(cast_to, options, stream=stream, stream_cls=stream_cls)
 
-        _patch(client, client, "request", request)
+        patch(client, client, "request", request)
 
     # with_options()/copy() build a new client: guard it too.
     original_copy = client.copy
@@ -651,8 +653,8 @@ def guard_request_method(
     def copy(*args: Any, **kwargs: Any) -> Any:
         return wrap(original_copy(*args, **kwargs), guard)
 
-    _patch(client, client, "copy", copy)
-    _patch(client, client, "with_options", copy)
+    patch(client, client, "copy", copy)
+    patch(client, client, "with_options", copy)
 
 
 def guard_method(
@@ -662,29 +664,51 @@ def guard_method(
     guard: AgentKavach,
     endpoint: Endpoint,
     *,
-    streamed: bool = False,
+    streamed: bool | Callable[[Mapping[str, Any]], bool] = False,
     is_async: bool = False,
     attach: Attach = attach_iterator,
 ) -> None:
-    """Guard one keyword-argument SDK method (Google, Mistral) with ``endpoint``."""
-    original = getattr(owner, name)
+    """Guard one keyword-argument SDK method (Google, Mistral) with ``endpoint``.
+
+    ``streamed``: whether the method returns a stream, or, for a method that streams when
+    asked (Mistral's ``responses.create(stream=True)``), a function of its arguments that
+    tells. A method missing from ``owner`` (an older SDK) is skipped only in that case.
+    """
+    original = getattr(owner, name, None) if callable(streamed) else getattr(owner, name)
+    if original is None:
+        return
+
+    def send(body: Body) -> Any:
+        return original(**body)
 
     if is_async:
+        if callable(streamed):
+            asks = streamed
 
-        async def amethod(**kwargs: Any) -> Any:
-            return await aguarded_call(
-                guard, endpoint, kwargs, lambda body: original(**body), streamed, attach
-            )
+            async def amethod(**kwargs: Any) -> Any:
+                return await aguarded_call(guard, endpoint, kwargs, send, asks(kwargs), attach)
 
-        _patch(client, owner, name, functools.wraps(original)(amethod))
+        else:
+            always = streamed
+
+            async def amethod(**kwargs: Any) -> Any:
+                return await aguarded_call(guard, endpoint, kwargs, send, always, attach)
+
+        patch(client, owner, name, functools.wraps(original)(amethod))
     else:
+        if callable(streamed):
+            asks = streamed
 
-        def method(**kwargs: Any) -> Any:
-            return guarded_call(
-                guard, endpoint, kwargs, lambda body: original(**body), streamed, attach
-            )
+            def method(**kwargs: Any) -> Any:
+                return guarded_call(guard, endpoint, kwargs, send, asks(kwargs), attach)
 
-        _patch(client, owner, name, functools.wraps(original)(method))
+        else:
+            always = streamed
+
+            def method(**kwargs: Any) -> Any:
+                return guarded_call(guard, endpoint, kwargs, send, always, attach)
+
+        patch(client, owner, name, functools.wraps(original)(method))
 
 
 def guard_unmetered_method(
@@ -701,14 +725,14 @@ def guard_unmetered_method(
             _admit_unmetered(guard, unmetered, kwargs)
             return await original(*args, **kwargs)
 
-        _patch(client, owner, name, functools.wraps(original)(amethod))
+        patch(client, owner, name, functools.wraps(original)(amethod))
     else:
 
         def method(*args: Any, **kwargs: Any) -> Any:
             _admit_unmetered(guard, unmetered, kwargs)
             return original(*args, **kwargs)
 
-        _patch(client, owner, name, functools.wraps(original)(method))
+        patch(client, owner, name, functools.wraps(original)(method))
 
 
 _PROVIDERS = {

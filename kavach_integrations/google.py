@@ -33,11 +33,11 @@ from kavach_integrations._provider import (
     Endpoint,
     TokenCounter,
     Unmetered,
-    _patch,
     attach_aiterator,
     field,
     guard_method,
     guard_unmetered_method,
+    patch,
     tool_signature,
 )
 
@@ -336,7 +336,7 @@ def _close_request_streams(client: Any, models: Any) -> None:
     async def generate_content_stream(**kwargs: Any) -> AsyncIterator[Any]:
         return _closing(await original(**kwargs))
 
-    _patch(
+    patch(
         client,
         models,
         "generate_content_stream",

@@ -15,7 +15,6 @@ not counted (see ``AgentKavach.admit_unmetered``).
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -23,25 +22,21 @@ from kavach.spec import CallSpec
 from kavach.stream import Outcome
 from kavach.usage import Usage
 from kavach_integrations._provider import (
-    Attach,
     Endpoint,
     Unmetered,
-    _patch,
-    aguarded_call,
     attach_async,
     attach_sync,
     field,
     guard_method,
     guard_unmetered_method,
-    guarded_call,
     set_max_tokens,
 )
 from kavach_integrations.openai import (
     ChatMeter,
     ResponsesMeter,
-    _read_response,
-    _response_outcome,
     chat_outcome,
+    read_response,
+    response_outcome,
 )
 
 try:
@@ -147,7 +142,7 @@ def _read_responses(body: Mapping[str, Any]) -> CallSpec:
         if (value := body.get(name))  # UNSET and None are false
     }
     return dataclasses.replace(
-        _read_response(plain), provider=PROVIDER, max_output_tokens=_max_output_tokens(body)
+        read_response(plain), provider=PROVIDER, max_output_tokens=_max_output_tokens(body)
     )
 
 
@@ -186,37 +181,14 @@ class ResponsesFrameMeter(ResponsesMeter):
 RESPONSES = Endpoint(
     operation="chat",
     read=_read_responses,
-    outcome=_response_outcome,
+    outcome=response_outcome,
     limit=_limit_output,
     meter=ResponsesFrameMeter,
 )
 
 
-def _guard_by_stream_flag(
-    client: Any, owner: Any, name: str, guard: AgentKavach, endpoint: Endpoint, attach: Attach
-) -> None:
-    """One method that streams when called with ``stream=True`` (``responses.create``)."""
-    original = getattr(owner, name, None)
-    if original is None:  # an SDK without it
-        return
-
-    def send(body: dict[str, Any]) -> Any:
-        return original(**body)
-
-    if name.endswith("_async"):
-
-        async def amethod(**kwargs: Any) -> Any:
-            streamed = kwargs.get("stream") is True
-            return await aguarded_call(guard, endpoint, kwargs, send, streamed, attach)
-
-        _patch(client, owner, name, functools.wraps(original)(amethod))
-    else:
-
-        def method(**kwargs: Any) -> Any:
-            streamed = kwargs.get("stream") is True
-            return guarded_call(guard, endpoint, kwargs, send, streamed, attach)
-
-        _patch(client, owner, name, functools.wraps(original)(method))
+def _asks_to_stream(kwargs: Mapping[str, Any]) -> bool:
+    return kwargs.get("stream") is True
 
 
 def _guard_completions(client: Any, owner: Any, guard: AgentKavach, endpoint: Endpoint) -> None:
@@ -295,9 +267,25 @@ def instrument(client: Any, guard: AgentKavach) -> None:
                     guard_unmetered_method(client, owner, name + twin, guard, unmetered)
     responses = _resource(client, ("responses",))
     if responses is not None:
-        sync, async_ = attach_sync("generator"), attach_async("generator")
-        _guard_by_stream_flag(client, responses, "create", guard, RESPONSES, sync)
-        _guard_by_stream_flag(client, responses, "create_async", guard, RESPONSES, async_)
+        guard_method(
+            client,
+            responses,
+            "create",
+            guard,
+            RESPONSES,
+            streamed=_asks_to_stream,
+            attach=attach_sync("generator"),
+        )
+        guard_method(
+            client,
+            responses,
+            "create_async",
+            guard,
+            RESPONSES,
+            streamed=_asks_to_stream,
+            is_async=True,
+            attach=attach_async("generator"),
+        )
     embeddings = client.embeddings
     _guard_completions(client, client.chat, guard, CHAT)
     _guard_completions(client, client.fim, guard, FIM)

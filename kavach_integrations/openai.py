@@ -237,7 +237,7 @@ COMPLETIONS = Endpoint(
 # -- Responses ----------------------------------------------------------------------------
 
 
-def _read_response(body: Mapping[str, Any]) -> CallSpec:
+def read_response(body: Mapping[str, Any]) -> CallSpec:
     source = body.get("input")
     if isinstance(source, str):  # billed as one user message, with the chat overhead
         source = [{"role": "user", "content": source}]
@@ -252,7 +252,7 @@ def _read_response(body: Mapping[str, Any]) -> CallSpec:
     )
 
 
-def _response_outcome(response: Any) -> Outcome:
+def response_outcome(response: Any) -> Outcome:
     tool_calls = tuple(
         tool_signature(field(item, "name", ""), field(item, "arguments", ""))
         for item in field(response, "output", ())
@@ -290,14 +290,14 @@ class ResponsesMeter(TokenCounter):
 
     def outcome(self, estimated_input_tokens: int) -> Outcome:
         if self.final is not None and self.complete:
-            return _response_outcome(self.final)
+            return response_outcome(self.final)
         return super().outcome(estimated_input_tokens)
 
 
 RESPONSES = Endpoint(
     operation="chat",
-    read=_read_response,
-    outcome=_response_outcome,
+    read=read_response,
+    outcome=response_outcome,
     limit=set_max_tokens("max_output_tokens"),
     meter=ResponsesMeter,
 )
