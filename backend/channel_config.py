@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from backend.crypto import SecretBox, mask
 from kavach.alerts.channels import EmailChannel, PagerDutyChannel, SlackChannel, WebhookChannel
@@ -154,18 +154,16 @@ def masked(box: SecretBox, row: dict[str, Any]) -> dict[str, str]:
 
 
 def masked_target(target: str) -> str:
-    """An alert rule's target as the API shows it. A URL keeps its scheme and host; its
-    path and query (where Slack and webhook tokens live) and any user info are masked as
-    channel secrets are. A channel name or an e-mail address is shown as it is.
+    """An alert rule's target as the API shows it: a URL as channel secrets are (its scheme
+    and host; the path and query, where Slack and webhook tokens live, masked); a channel
+    name or an e-mail address as it is.
 
     >>> masked_target("https://hooks.slack.com/services/T000/B000/SECRETTOKEN123")
-    'https://hooks.slack.com/********N123'
+    'https://hooks.slack.com/********'
     >>> masked_target("ops-slack")
     'ops-slack'
     """
     parts = urlsplit(target)
     if not parts.scheme or not parts.netloc:
         return target
-    host = parts.netloc.rsplit("@", 1)[-1]
-    rest = urlunsplit(("", "", parts.path, parts.query, parts.fragment)).lstrip("/")
-    return f"{parts.scheme}://{host}/" + (mask(rest) if rest else "")
+    return mask(target)

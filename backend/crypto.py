@@ -5,6 +5,8 @@ Without ``AGENTKAVACH_ENCRYPTION_KEY`` secrets are refused, never stored in clea
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 __all__ = ["SecretBox", "EncryptionUnavailable", "check_key", "mask"]
 
 _GENERATE = (
@@ -57,5 +59,12 @@ class SecretBox:
 
 
 def mask(value: str) -> str:
-    """What the API shows of a secret: its last four characters at most."""
+    """What the API shows of a secret. A URL (a Slack or webhook address): its scheme and
+    host only, since its path and query hold the token, and the last characters of a URL
+    ending in a short ``?token=abc`` would be all of it. Anything else: its last four
+    characters, when it is long enough (16 or more) that they give nothing away."""
+    parts = urlsplit(value)
+    if parts.scheme and parts.netloc:
+        host = parts.netloc.rsplit("@", 1)[-1]  # never user:password@
+        return f"{parts.scheme}://{host}/********"
     return "********" + (value[-4:] if len(value) >= 16 else "")

@@ -76,7 +76,7 @@ def test_org_budget_alerts_once_across_replicas_and_stops_every_sdk(
                 },
             )
             assert made.status_code == 201, made.text
-            assert made.json()["secrets"] == {"webhook_url": "********ssss"}
+            assert made.json()["secrets"] == {"webhook_url": slack.url + "/********"}
             made = account.client.post(
                 "/v1/channels",
                 json={

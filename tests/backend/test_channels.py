@@ -58,7 +58,7 @@ def test_channel_crud_masks_secrets_and_isolates_orgs(backend: Process, accounts
     )
     assert created.status_code == 201, created.text
     channel = created.json()
-    assert channel["secrets"] == {"webhook_url": "********kkkk"}
+    assert channel["secrets"] == {"webhook_url": "https://hooks.slack.com/********"}
     channel_id = channel["id"]
     assert hook not in account.client.get(f"/v1/channels/{channel_id}").text
 
@@ -68,12 +68,25 @@ def test_channel_crud_masks_secrets_and_isolates_orgs(backend: Process, accounts
     )
     assert renamed.status_code == 200, renamed.text
     assert renamed.json()["config"] == {"thresholds": [0.8]}
-    assert renamed.json()["secrets"] == {"webhook_url": "********kkkk"}
+    assert renamed.json()["secrets"] == {"webhook_url": "https://hooks.slack.com/********"}
     rotated = account.client.patch(
         f"/v1/channels/{channel_id}",
         json={"secrets": {"webhook_url": "https://hooks.slack.com/services/T/B/" + "z" * 20}},
     )
-    assert rotated.json()["secrets"] == {"webhook_url": "********zzzz"}
+    assert rotated.status_code == 200, rotated.text
+    assert rotated.json()["secrets"] == {"webhook_url": "https://hooks.slack.com/********"}
+    # A short token at the end of a URL is not shown, not even its last characters.
+    webhook = account.client.post(
+        "/v1/channels",
+        json={
+            "name": "relay",
+            "kind": "webhook",
+            "secrets": {"url": "https://relay.example.com/" + "h" * 20 + "?token=abc"},
+        },
+    )
+    assert webhook.status_code == 201, webhook.text
+    assert webhook.json()["secrets"]["url"] == "https://relay.example.com/********"
+    assert account.client.delete(f"/v1/channels/{webhook.json()['id']}").status_code == 204
 
     bad = account.client.post(
         "/v1/channels",
@@ -170,7 +183,7 @@ def test_alert_rule_url_target_is_masked_for_members_and_kept_on_edit(
         )
         assert created.status_code == 201, created.text
         rule = created.json()
-        shown = slack.url + "/********kkkk"
+        shown = slack.url + "/********"
         assert rule["target"] == shown
         rule_id = rule["id"]
         answers = [
