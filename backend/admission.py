@@ -20,13 +20,14 @@ import msgspec
 from litestar import Request, Response
 
 from backend import billing
+from backend.ingest import PlanLimitExceeded
 from backend.ops_settings import OpsSettings
 from backend.ratelimit import Bucket, Limiter, Refusal, Window
 from backend.security import API_KEY_PREFIXES, hash_api_key
 from backend.settings import Settings
 from backend.tables import ApiKey
 
-__all__ = ["Admission"]
+__all__ = ["Admission", "plan_refused"]
 
 # A plan refusal is re-checked at least this often, so an upgrade takes effect soon.
 _PLAN_RETRY_MAX = 3600.0
@@ -116,9 +117,13 @@ class Admission:
             return None
         count = len(shape.events)
         now = datetime.datetime.now(datetime.timezone.utc)
-        refusal = await self._plan(org_id, shape, count, now)
-        if refusal is not None:
-            return refusal
+        if self.ops.billing_enabled:
+            plan = await billing.plan_for(self.ops, org_id)
+            # Ingest checks the plan again where concurrent batches take turns.
+            request.state.ingest_plan = plan
+            refusal = await self._plan(plan, org_id, shape, count, now)
+            if refusal is not None:
+                return refusal
         limits: list[Bucket | Window] = []
         ops = self.ops
         day = now.date().isoformat()
@@ -180,35 +185,40 @@ class Admission:
         return too_many(code, f"rate limited: {text}; retry in {wait} s", refusal.retry_after)
 
     async def _plan(
-        self, org_id: int, shape: _Shape, count: int, now: datetime.datetime
+        self, plan: billing.Plan, org_id: int, shape: _Shape, count: int, now: datetime.datetime
     ) -> Response[Any] | None:
-        if not self.ops.billing_enabled:
-            return None
-        plan = await billing.plan_for(self.ops, org_id)
-        upgrade = f"upgrade the plan at {self.ops.public_url.rstrip('/')}/billing"
+        """A quick refusal of a batch that is over the plan as things stand, before it is
+        decoded. Concurrent batches can all pass it: ingest checks again."""
         if plan.events_per_month is not None and count:
             used = await billing.events_this_month(org_id, now.date())
             if used + count > plan.events_per_month:
-                wait = min(_PLAN_RETRY_MAX, _seconds_to_month_end(now))
-                return too_many(
-                    "plan_events",
-                    f"plan limit: the {plan.title} plan includes {plan.events_per_month:,} "
-                    f"events per month and {used:,} were received this month; events are kept "
-                    f"by the SDK and sent when the month resets, or {upgrade}",
-                    wait,
-                )
+                return self.plan_refusal(PlanLimitExceeded(plan, "events", used, count))
         if plan.agents is not None:
             names = sorted({e.agent for e in shape.events if e.agent})
             total, known = await billing.known_agents(org_id, names)
             new = len(names) - known
             if new and total + new > plan.agents:
-                return too_many(
-                    "plan_agents",
-                    f"plan limit: the {plan.title} plan includes {plan.agents} agents and the "
-                    f"organization has {total}; this batch adds {new} more; {upgrade}",
-                    _PLAN_RETRY_MAX,
-                )
+                return self.plan_refusal(PlanLimitExceeded(plan, "agents", total, new))
         return None
+
+    def plan_refusal(self, exc: PlanLimitExceeded) -> Response[Any]:
+        plan = exc.plan
+        upgrade = f"upgrade the plan at {self.ops.public_url.rstrip('/')}/billing"
+        if exc.limit == "events":
+            now = datetime.datetime.now(datetime.timezone.utc)
+            return too_many(
+                "plan_events",
+                f"plan limit: the {plan.title} plan includes {plan.events_per_month:,} "
+                f"events per month and {exc.used:,} were received this month; events are kept "
+                f"by the SDK and sent when the month resets, or {upgrade}",
+                min(_PLAN_RETRY_MAX, _seconds_to_month_end(now)),
+            )
+        return too_many(
+            "plan_agents",
+            f"plan limit: the {plan.title} plan includes {plan.agents} agents and the "
+            f"organization has {exc.used}; this batch adds {exc.adding} more; {upgrade}",
+            _PLAN_RETRY_MAX,
+        )
 
     async def check_auth(self, request: Request[Any, Any, Any]) -> Response[Any] | None:
         ops = self.ops
@@ -241,3 +251,12 @@ class Admission:
                 )
         refused = await self.limiter.acquire(limits)
         return None if refused is None else self._refuse(refused)
+
+
+def plan_refused(request: Request[Any, Any, Any], exc: PlanLimitExceeded) -> Response[Any]:
+    """Ingest's answer to a batch that took the organization past its plan: the 429 the
+    admission check gives, which concurrent batches can all pass."""
+    ops = request.app.state.ops
+    answer: Response[Any] = ops.admission.plan_refusal(exc)
+    ops.metrics.inc("agentkavach_rate_limited_total", reason=answer.content["reason"])
+    return answer

@@ -23,6 +23,7 @@ import msgspec
 
 from backend import db
 from backend.agent_state import control_entries
+from backend.billing import Plan
 
 __all__ = [
     "IngestBatch",
@@ -31,6 +32,7 @@ __all__ = [
     "store_batch",
     "BatchError",
     "StoredBatch",
+    "PlanLimitExceeded",
     "MAX_COUNT",
     "agent_name_problem",
     "counts_as_call",
@@ -209,6 +211,20 @@ def agent_name_problem(name: str) -> str | None:
     return None
 
 
+class PlanLimitExceeded(Exception):
+    """The batch would take the organization past its plan; none of it was stored.
+
+    ``used`` is what the organization had before the batch (agents, or events received
+    this month) and ``adding`` what the batch would have added."""
+
+    def __init__(self, plan: Plan, limit: Literal["agents", "events"], used: int, adding: int):
+        super().__init__(f"the {plan.title} plan's {limit} limit: {used} + {adding}")
+        self.plan = plan
+        self.limit = limit
+        self.used = used
+        self.adding = adding
+
+
 @dataclass(frozen=True)
 class StoredBatch:
     accepted: int
@@ -353,20 +369,38 @@ async def _insert_events(rows: list[tuple[Any, ...]]) -> set[str]:
     return inserted
 
 
-async def _agent_ids(org_id: int, names: list[str], now: datetime.datetime) -> dict[str, int]:
-    """The ids of the named agents, creating those seen for the first time."""
+async def _agent_ids(
+    org_id: int, names: list[str], now: datetime.datetime, plan: Plan | None
+) -> dict[str, int]:
+    """The ids of the named agents, creating those seen for the first time.
+
+    With a plan that limits agents, batches that create agents take turns on the
+    organization's row (SQLite's write transaction already makes them) and count the
+    agents after creating theirs: checked before, concurrent first batches of new
+    agents would each see room for themselves."""
     ids = await _select_agents(org_id, names)
     missing = [name for name in names if name not in ids]
     if missing:
+        cap = plan.agents if plan is not None else None
+        if cap is not None and not db.is_sqlite():
+            await _execute("SELECT id FROM organizations WHERE id = {} FOR UPDATE", [org_id])
+        created = 0
         for chunk in _chunks(missing, _ROWS_PER_STATEMENT):
             args: list[Any] = []
             for name in chunk:
                 args += [org_id, name, "running", 0, now, now]
-            await _execute(
-                "INSERT INTO agents (org, name, status, control_version, created_at, "
-                f"last_seen_at) VALUES {_values(len(chunk), 6)} ON CONFLICT (org, name) DO NOTHING",
-                args,
+            created += len(
+                await _execute(
+                    "INSERT INTO agents (org, name, status, control_version, created_at, "
+                    f"last_seen_at) VALUES {_values(len(chunk), 6)} "
+                    "ON CONFLICT (org, name) DO NOTHING RETURNING id",
+                    args,
+                )
             )
+        if plan is not None and cap is not None and created:
+            [(total,)] = await _execute("SELECT COUNT(*) FROM agents WHERE org = {}", [org_id])
+            if total > cap:
+                raise PlanLimitExceeded(plan, "agents", total - created, created)
         ids.update(await _select_agents(org_id, missing))
     return ids
 
@@ -538,16 +572,19 @@ def _writer_lock() -> asyncio.Lock | None:
     return lock
 
 
-async def store_batch(org_id: int, batch: IngestBatch) -> StoredBatch:
-    """Write the batch; the answer counts what was new and what had been stored before."""
+async def store_batch(org_id: int, batch: IngestBatch, plan: Plan | None = None) -> StoredBatch:
+    """Write the batch; the answer counts what was new and what had been stored before.
+
+    Raises :class:`PlanLimitExceeded`, having stored nothing, if the batch would take the
+    organization past the plan's agents or events per month."""
     lock = _writer_lock()
     if lock is None:
-        return await _store_batch(org_id, batch)
+        return await _store_batch(org_id, batch, plan)
     async with lock:
-        return await _store_batch(org_id, batch)
+        return await _store_batch(org_id, batch, plan)
 
 
-async def _store_batch(org_id: int, batch: IngestBatch) -> StoredBatch:
+async def _store_batch(org_id: int, batch: IngestBatch, plan: Plan | None) -> StoredBatch:
     now = datetime.datetime.now(datetime.timezone.utc)
     unique: dict[str, IngestEvent] = {}
     for event in batch.events:
@@ -559,7 +596,7 @@ async def _store_batch(org_id: int, batch: IngestBatch) -> StoredBatch:
         return StoredBatch(accepted=0, duplicates=in_batch_duplicates, agents=[], control={})
 
     async with db.transaction():
-        agent_ids = await _agent_ids(org_id, agent_names, now)
+        agent_ids = await _agent_ids(org_id, agent_names, now, plan)
         run_starts: dict[_RunKey, datetime.datetime] = {}
         for e in events:
             if e.run_id:
@@ -645,12 +682,16 @@ async def _store_batch(org_id: int, batch: IngestBatch) -> StoredBatch:
             # The plan's monthly limit counts events by when they arrive: the rollups
             # file them by the time they claim, which a backdated event puts in a month
             # already over. One row per org, written last like the rollups.
-            await _execute(
+            # Its row lock makes concurrent batches take turns at the plan's limit.
+            [(received,)] = await _execute(
                 "INSERT INTO usage_monthly (org, month, events) VALUES ({}, {}, {}) "
                 "ON CONFLICT (org, month) DO UPDATE SET "
-                "events = usage_monthly.events + excluded.events",
+                "events = usage_monthly.events + excluded.events RETURNING events",
                 [org_id, now.date().replace(day=1), len(inserted)],
             )
+            cap = plan.events_per_month if plan is not None else None
+            if plan is not None and cap is not None and received > cap:
+                raise PlanLimitExceeded(plan, "events", received - len(inserted), len(inserted))
         # The agents' rows are locked until the commit: their state cannot change
         # between the update above and the answer. The budgets are read in the same
         # transaction, on its connection.

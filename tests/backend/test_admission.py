@@ -10,6 +10,7 @@ import pytest
 
 from backend import db
 from backend.admission import Admission, _Agentname, _Shape
+from backend.billing import plan_for
 from backend.ops_settings import OpsSettings
 from backend.ratelimit import MemoryLimiter
 from backend.settings import DatabaseURL, Settings
@@ -61,9 +62,10 @@ async def test_events_per_month_are_enforced_with_a_clear_reason(engine: None) -
     admission = Admission(Settings(secret_key="k" * 32), BILLING, MemoryLimiter())
     org_id = await _org_with_usage("free", calls=99_990, refusals=8)
     two = _Shape(events=[_Agentname("bot"), _Agentname("bot")])
-    assert await admission._plan(org_id, two, 2, NOW) is None  # 99,998 + 2 = the limit
+    plan = await plan_for(BILLING, org_id)
+    assert await admission._plan(plan, org_id, two, 2, NOW) is None  # 99,998 + 2 = the limit
     three = _Shape(events=[_Agentname("bot")] * 3)
-    refused = await admission._plan(org_id, three, 3, NOW)
+    refused = await admission._plan(plan, org_id, three, 3, NOW)
     assert refused is not None and refused.status_code == 429
     body = refused.content
     assert body["reason"] == "plan_events"
@@ -71,4 +73,4 @@ async def test_events_per_month_are_enforced_with_a_clear_reason(engine: None) -
     assert 1 <= int(refused.headers["Retry-After"]) <= 3600
     # The same usage is well inside Pro.
     pro = await _org_with_usage("pro", calls=99_990, refusals=8)
-    assert await admission._plan(pro, three, 3, NOW) is None
+    assert await admission._plan(await plan_for(BILLING, pro), pro, three, 3, NOW) is None

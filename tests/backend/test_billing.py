@@ -4,6 +4,7 @@ and billing switched off when no Stripe key is configured."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -244,6 +245,37 @@ def test_plan_limit_on_agents_is_a_clear_429(billing_backend: Process, accounts:
         assert sdk.post("/v1/ingest", json=batch(event(agent="bot-4"))).status_code == 202
 
 
+def _post_at_once(url: str, key: str, bodies: list[dict[str, Any]]) -> list[httpx.Response]:
+    async def post_all() -> list[httpx.Response]:
+        async with httpx.AsyncClient(
+            base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60
+        ) as client:
+            return await asyncio.gather(*(client.post("/v1/ingest", json=b) for b in bodies))
+
+    return asyncio.run(post_all())
+
+
+def test_concurrent_first_batches_of_new_agents_cannot_pass_the_agent_limit(
+    billing_backend: Process, accounts: Any
+) -> None:
+    account = accounts(billing_backend.url)
+    key = account.new_key()
+    bodies = [batch(event(agent=f"bot-{i}")) for i in range(10)]
+    answers = _post_at_once(billing_backend.url, key, bodies)
+    assert sorted(a.status_code for a in answers) == [202] * 3 + [429] * 7
+    for refused in (a for a in answers if a.status_code == 429):
+        assert refused.json()["reason"] == "plan_agents"
+        assert "Free plan includes 3 agents" in refused.json()["detail"]
+        assert int(refused.headers["Retry-After"]) == 3600
+    admitted = sorted(
+        b["events"][0]["agent"]
+        for b, a in zip(bodies, answers, strict=True)
+        if a.status_code == 202
+    )
+    assert [a["name"] for a in account.client.get("/v1/agents").json()] == admitted
+    assert account.client.get("/v1/billing/plan").json()["usage"]["agents"] == 3
+
+
 def test_self_hosted_has_billing_off_and_no_limits(tmp_path: Path, accounts: Any) -> None:
     proc = start_process(
         {"AGENTKAVACH_DATABASE_URL": str(tmp_path / "db.sqlite")}, tmp_path / "b.log"
@@ -367,3 +399,17 @@ def test_backdated_events_cannot_get_past_the_monthly_event_limit(
         assert refused.status_code == 429, refused.text
         assert refused.json()["reason"] == "plan_events"
         assert "100,000 were received this month" in refused.json()["detail"]
+
+
+def test_concurrent_batches_cannot_pass_the_monthly_event_limit(
+    billing_backend: Process, accounts: Any
+) -> None:
+    account = accounts(billing_backend.url)
+    key = account.new_key()
+    with account.sdk(key) as sdk:
+        for _ in range(19):  # 95,000 of the Free plan's 100,000 events
+            assert sdk.post("/v1/ingest", json=batch(*_backdated(5000))).status_code == 202
+    answers = _post_at_once(billing_backend.url, key, [batch(*_backdated(1000)) for _ in range(10)])
+    assert sorted(a.status_code for a in answers) == [202] * 5 + [429] * 5
+    assert {a.json()["reason"] for a in answers if a.status_code == 429} == {"plan_events"}
+    assert account.client.get("/v1/billing/plan").json()["usage"]["events_this_month"] == 100_000
