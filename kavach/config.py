@@ -5,7 +5,8 @@
 
 The file, in full (money in dollars; every key is optional except ``agents``)::
 
-    ledger: memory                    # or a URL such as redis://localhost:6379/0 (when supported)
+    ledger: memory                    # or redis://localhost:6379/0 (default: AGENTKAVACH_REDIS_URL
+                                      # when it is set, as for AgentKavach(), else memory)
     api_key: ${AGENTKAVACH_API_KEY:-} # backend reporting (when supported); endpoint: https://...
 
     defaults:                         # any agent setting below, for every agent
@@ -684,7 +685,9 @@ def _unsupported(doc: _Document, path: FieldPath, name: str) -> ConfigFileError:
 
 def _ledger(doc: _Document, config: KavachFileConfig, guard_class: type[AgentKavach]) -> Any:
     url = config.ledger
-    if url is None or url.strip().lower() in ("memory", "memory://"):
+    if url is None:  # as AgentKavach() does: processes that share a Redis share budgets
+        url = os.environ.get("AGENTKAVACH_REDIS_URL", "").strip() or "memory"
+    if url.strip().lower() in ("memory", "memory://"):
         return MemoryLedger()
     annotation = inspect.signature(guard_class.__init__).parameters["ledger"].annotation
     if re.search(r"\bstr\b", str(annotation)) is None:

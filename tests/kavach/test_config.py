@@ -472,6 +472,21 @@ def test_a_yaml_ledger_url_puts_the_guards_on_redis(write: Write) -> None:
     assert all(isinstance(g.ledger, RedisLedger) for g in guards.values())
 
 
+def test_without_a_ledger_key_the_guards_use_agentkavach_redis_url(
+    write: Write, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Processes that share a Redis share their org and shared budgets, as AgentKavach()'s
+    # own guards do; each on a private ledger, N processes could spend N times the limit.
+    from kavach.ledger.memory import MemoryLedger
+    from kavach.ledger.redis import RedisLedger
+
+    monkeypatch.setenv("AGENTKAVACH_REDIS_URL", "redis://127.0.0.1:6379/0")
+    guards = AgentKavach.from_yaml(write("org_budget: {daily: 1}\nagents:\n  bot: {}\n"))
+    assert isinstance(guards["bot"].ledger, RedisLedger)
+    pinned = AgentKavach.from_yaml(write("ledger: memory\nagents:\n  bot: {}\n"))
+    assert isinstance(pinned["bot"].ledger, MemoryLedger)  # an explicit choice wins
+
+
 def test_yaml_channels_and_alerts_build_alerting_guards(
     write: Write, monkeypatch: pytest.MonkeyPatch
 ) -> None:
