@@ -808,6 +808,10 @@ class AgentKavach:
         return event
 
     def _released(self, r: Reservation, status: CallStatus, error: str | None) -> CallEvent | None:
+        if r.fingerprint is not None:
+            # Nothing was billed (a provider error, a cancellation): retrying the request
+            # is not a loop, so it is not counted toward one.
+            self.guardrails.forget_request(r.run_id, r.fingerprint)
         if r.plan is None or not self._call_observers:
             return None
         event = self._event(r, status, ZERO_USAGE, 0, error, None, (), ())

@@ -134,6 +134,20 @@ def test_refused_request_does_not_count_toward_a_loop(make_guard: Make) -> None:
         assert type(info.value).__name__ == "BudgetExceededError"
 
 
+def test_retrying_a_request_the_provider_failed_is_not_a_loop(make_guard: Make) -> None:
+    # A 429 or 500 retried with backoff: nothing was billed, and the agent is not stuck.
+    guard = make_guard(budget=Budget.daily(10), loop_threshold=3)
+    with guard.run():
+        for _ in range(5):
+            with pytest.raises(TimeoutError), guard.reserve(spec(content="same")):
+                raise TimeoutError("provider timed out")
+        guard.reserve(spec(content="same")).commit(Usage(1, 1))
+        guard.reserve(spec(content="same")).commit(Usage(1, 1))
+        with pytest.raises(LoopDetectedError):  # answered twice: the third is a loop
+            guard.reserve(spec(content="same"))
+    assert guard.killed  # kill_on_guardrail: the real loop stops the agent
+
+
 def test_bad_guardrail_values() -> None:
     with pytest.raises(KavachConfigError):
         AgentKavach("a", loop_threshold=1)
