@@ -75,7 +75,8 @@ async def get_plan(
 @get("/v1/billing", tags=["billing"])
 async def billing_summary(request: Request[Any, Any, Any]) -> dict[str, Any]:
     """What the dashboard's Billing page reads: 404 when billing is off (the page is hidden),
-    otherwise the plan with ``usage`` keyed like ``limits``."""
+    otherwise the plan with ``usage`` keyed like ``limits``, for the limits that have a
+    usage (retention days has none)."""
     ops = _ops(request)
     if not ops.billing_enabled:
         raise NotFoundException(_DISABLED)
@@ -94,7 +95,6 @@ async def billing_summary(request: Request[Any, Any, Any]) -> dict[str, Any]:
         "usage": {
             "agents": usage["agents"],
             "events_per_month": usage["events_this_month"],
-            "retention_days": plan["limits"]["retention_days"],
         },
     }
 

@@ -129,11 +129,23 @@ def test_signed_checkout_completed_upgrades_the_org(
     # The dashboard's Billing page reads /v1/billing: usage keyed like the limits.
     page = account.client.get("/v1/billing").json()
     assert page["plan"] == "pro" and page["self_hosted"] is False
-    assert set(page["usage"]) == set(page["limits"])
+    assert set(page["usage"]) == {"agents", "events_per_month"}
 
     # Another organization is untouched.
     other = accounts(billing_backend.url)
     assert other.client.get("/v1/billing/plan").json()["plan"] == "free"
+
+
+def test_the_billing_page_shows_usage_only_for_limits_that_have_one(
+    billing_backend: Process, accounts: Any
+) -> None:
+    account = accounts(billing_backend.url)
+    with account.sdk() as sdk:
+        assert sdk.post("/v1/ingest", json=batch(event())).status_code == 202
+    page = account.client.get("/v1/billing").json()
+    assert page["limits"] == {"agents": 3, "events_per_month": 100_000, "retention_days": 7}
+    # Retention is a setting, not something used up: no "used 7 of 7".
+    assert page["usage"] == {"agents": 1, "events_per_month": 1}
 
 
 def test_bad_signature_is_refused_and_changes_nothing(
