@@ -530,7 +530,16 @@ class AgentKavach:
 
     @property
     def killed(self) -> bool:
-        return self.kill_switch.killed
+        """Whether the agent is stopped now (a budget stop whose period has reset is lifted
+        by reading this, as by the next call)."""
+        switch = self.kill_switch
+        if switch.reason is not None and switch.lift_if_reset(self._clock()):
+            self._resumed_at_reset()
+        return switch.killed
+
+    def _resumed_at_reset(self) -> None:
+        logger.warning("kavach: agent %r resumed: its budget's period reset", self.agent_name)
+        self._emit("on_resume", self.agent_name)
 
     # -- reserve ------------------------------------------------------------------------
 
@@ -682,10 +691,12 @@ class AgentKavach:
         budget stop whose period has reset is lifted instead. ``now`` is None when the guard
         reads ``time.time()`` (``wall``) rather than a clock of the user's."""
         try:
-            self.kill_switch.check(now)
+            lifted = self.kill_switch.check(now or _utc(wall))
         except AgentKilledError as exc:
             self._refused(spec, run_id, now or _utc(wall), exc)
             raise
+        if lifted:
+            self._resumed_at_reset()
 
     def set_remote_budgets(self, budgets: Sequence[Budget]) -> None:
         """Enforce budgets set in the dashboard next to the ones given in code.

@@ -33,24 +33,34 @@ class KillSwitch:
     def killed(self) -> bool:
         return self.reason is not None
 
-    def check(self, now: datetime | None = None) -> None:
+    def check(self, now: datetime | None = None) -> bool:
         """Raise AgentKilledError while stopped; lift a budget stop once its period resets.
 
-        ``now`` defaults to the current time (UTC).
+        Returns True if this call lifted it (the caller reports the resume; exactly one
+        caller sees True for each stop). ``now`` defaults to the current time (UTC).
         """
         reason = self.reason
         if reason is None:
-            return
+            return False
+        if self.lift_if_reset(now):
+            return True
+        raise AgentKilledError(self.agent, reason)
+
+    def lift_if_reset(self, now: datetime | None = None) -> bool:
+        """Lift a stop whose ``until`` has passed. True if this call lifted it."""
+        until = self._until
+        if until is None:
+            return False
         if now is None:
             now = datetime.now(timezone.utc)
-        until = self._until
-        if until is not None and now >= until:
-            with self._lock:
-                if self._until is not None and now >= self._until:
-                    self.reason = None
-                    self._until = None
-                    return
-        raise AgentKilledError(self.agent, reason)
+        if now < until:
+            return False
+        with self._lock:
+            if self._until is None or now < self._until:
+                return False
+            self.reason = None
+            self._until = None
+        return True
 
     def kill(self, reason: str, until: datetime | None = None) -> bool:
         """Stop the agent until ``until`` (``None``: until ``resume``). Returns True if this

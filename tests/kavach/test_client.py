@@ -198,6 +198,25 @@ def test_period_rollover_gives_a_fresh_daily_budget_and_lifts_the_stop(
     assert guard.spent == pytest.approx(0.002)
 
 
+def test_a_budget_stop_lifted_by_the_reset_is_reported_as_a_resume(
+    make_guard: Make, clock: Clock
+) -> None:
+    # Anything that tracks the agent from its events (a dashboard, a pager) sees it run
+    # again: every on_kill is followed by an on_resume, once.
+    recorder = Recorder()
+    guard = make_guard(budget=Budget.daily(0.002), clock=clock, observers=[recorder])
+    guard.reserve(spec()).commit(Usage(1000, 1000))
+    assert guard.killed and recorder.kills == ["daily budget reached 100%"]
+    clock.now += timedelta(hours=12)  # past midnight UTC
+    assert not guard.killed  # reading it lifts the stop, as the next call would
+    guard.reserve(spec(content="next day")).commit(Usage(1000, 1000))
+    assert recorder.resumes == ["bot"]  # reported once
+    clock.now += timedelta(days=1)
+    guard.reserve(spec(content="the call lifts it")).commit(Usage(10, 10))
+    assert recorder.kills == ["daily budget reached 100%"] * 2
+    assert recorder.resumes == ["bot", "bot"]
+
+
 def test_unknown_model_is_refused_with_how_to_fix(make_guard: Make) -> None:
     guard = make_guard(budget=Budget.daily(1))
     with pytest.raises(UnknownModelPriceError) as info:
