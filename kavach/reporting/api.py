@@ -27,8 +27,7 @@ def check_endpoint(endpoint: str) -> None:
     """Raise KavachConfigError unless ``endpoint`` is an http(s) URL."""
     if not endpoint.startswith(("http://", "https://")):
         raise KavachConfigError(
-            f"endpoint must be an http(s) URL such as https://kavach.example.com, got "
-            f"{endpoint!r}"
+            f"endpoint must be an http(s) URL such as https://kavach.example.com, got {endpoint!r}"
         )
 
 
