@@ -9,6 +9,10 @@ rename, so a crash never leaves a torn file) and once more at interpreter exit. 
 loses at most the last ``debounce_seconds`` of spend. Holds are not saved: a call in
 flight when the process died never settled.
 
+A missing file is a fresh start. A file that cannot be read or is not a state file (torn by
+a tool, truncated by a full disk, edited by hand) raises ``KavachConfigError`` and is left
+as it is: starting from zero would give the period's budget out a second time.
+
 The file belongs to one process; processes that share a budget need the Redis ledger.
 """
 
@@ -25,6 +29,7 @@ import weakref
 from collections.abc import Sequence
 from pathlib import Path
 
+from kavach.errors import KavachConfigError
 from kavach.ledger.base import Hold, LedgerLine
 from kavach.ledger.memory import MemoryLedger
 
@@ -141,20 +146,48 @@ class PersistentMemoryLedger(MemoryLedger):
 
     def _load(self) -> None:
         try:
-            raw = json.loads(self.path.read_text())
+            data = self.path.read_bytes()
         except FileNotFoundError:
-            return
-        except (OSError, ValueError) as exc:
-            logger.error(
-                "kavach: state file %s is unreadable (%s); starting from zero spend",
-                self.path,
-                exc,
-            )
-            return
+            return  # a fresh start: nothing spent yet
+        except OSError as exc:
+            raise _unusable(self.path, f"cannot be read ({exc})") from exc
+        try:
+            entries = _parse(json.loads(data.decode()))
+        except ValueError as exc:  # bad JSON, bad UTF-8, or not the shape written here
+            raise _unusable(self.path, f"is not a valid state file ({exc})") from exc
         now = time.time()
-        for key, entry in dict(raw.get("keys", {})).items():
-            expires_at = entry.get("expires_at")
+        for key, spent, expires_at in entries:
             if expires_at is not None and expires_at <= now:
                 continue
             ttl = None if expires_at is None else max(1, int(expires_at - now))
-            MemoryLedger.add_spent(self, key, int(entry["spent"]), ttl)
+            MemoryLedger.add_spent(self, key, spent, ttl)
+
+
+def _parse(raw: object) -> list[tuple[str, int, float | None]]:
+    """The (key, spent, expires_at) entries of a state file, or ``ValueError`` saying why not."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"expected a JSON object, got {type(raw).__name__}")
+    if raw.get("version") != _VERSION:
+        raise ValueError(f"unknown version {raw.get('version')!r}, expected {_VERSION}")
+    keys = raw.get("keys")
+    if not isinstance(keys, dict):
+        raise ValueError('"keys" is not an object')
+    entries = []
+    for key, entry in keys.items():
+        spent = entry.get("spent") if isinstance(entry, dict) else None
+        if type(spent) is not int or spent < 0:
+            raise ValueError(f"key {key!r}: spent must be an integer >= 0, got {spent!r}")
+        expires_at = entry.get("expires_at")
+        if expires_at is not None and type(expires_at) not in (int, float):
+            raise ValueError(f"key {key!r}: expires_at must be a number or null")
+        entries.append((key, spent, None if expires_at is None else float(expires_at)))
+    return entries
+
+
+def _unusable(path: Path, what: str) -> KavachConfigError:
+    # Starting from zero would hand out the period's budget again, so refuse instead.
+    return KavachConfigError(
+        f"state file {path} {what}. It holds the spend this guard must not forget, so "
+        "AgentKavach will not start from zero on its own and has not touched it: restore "
+        "it, or move it aside (or delete it) to start from zero spend on purpose"
+    )

@@ -92,14 +92,59 @@ def test_writes_are_atomic_and_past_periods_are_dropped(tmp_path: Path) -> None:
     reloaded.close()
 
 
-def test_an_unreadable_file_starts_from_zero_with_an_error_logged(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+def test_a_torn_file_refuses_to_start_and_is_left_as_it_was(tmp_path: Path) -> None:
+    state = tmp_path / "bot.json"
+    guard = AgentKavach("bot", Budget.daily(1), prices=PRICES, state_file=state)
+    spend(guard, 4000)
+    guard.ledger.close()  # type: ignore[attr-defined]
+    torn = state.read_text()[:40]  # e.g. a copy cut short by a full disk
+    state.write_text(torn)
+
+    with pytest.raises(KavachConfigError) as caught:
+        AgentKavach("bot", Budget.daily(1), prices=PRICES, state_file=state)
+    message = str(caught.value)
+    assert str(state) in message
+    assert "not a valid state file" in message
+    assert "move it aside" in message
+    assert state.read_text() == torn  # not overwritten with zero spend
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ("[]", "expected a JSON object"),
+        ('{"version": 7, "keys": {}}', "unknown version 7"),
+        ('{"version": 1, "keys": []}', '"keys" is not an object'),
+        ('{"version": 1, "keys": {"k": {"spent": "5"}}}', "spent must be an integer"),
+        ('{"version": 1, "keys": {"k": {"spent": -5}}}', "spent must be an integer"),
+        ('{"version": 1, "keys": {"k": 5}}', "spent must be an integer"),
+        ('{"version": 1, "keys": {"k": {"spent": 5, "expires_at": "soon"}}}', "expires_at"),
+        (b"\xff\xfe", "not a valid state file"),
+    ],
+)
+def test_a_file_of_the_wrong_shape_is_refused(
+    tmp_path: Path, content: str | bytes, problem: str
 ) -> None:
     state = tmp_path / "s.json"
-    state.write_text("{not json")
-    ledger = PersistentMemoryLedger(state)
+    if isinstance(content, bytes):
+        state.write_bytes(content)
+    else:
+        state.write_text(content)
+    with pytest.raises(KavachConfigError, match=problem):
+        PersistentMemoryLedger(state)
+
+
+def test_an_unreadable_file_is_refused(tmp_path: Path) -> None:
+    state = tmp_path / "s.json"
+    state.mkdir()  # reading it fails with an OSError, as a file without permission would
+    with pytest.raises(KavachConfigError, match="cannot be read"):
+        PersistentMemoryLedger(state)
+
+
+def test_a_missing_file_is_a_fresh_start(tmp_path: Path) -> None:
+    ledger = PersistentMemoryLedger(tmp_path / "new" / "s.json")
     assert ledger.read("k").spent == 0
-    assert "unreadable" in caplog.text
+    ledger.close()
 
 
 def test_seed_raises_spent_to_the_given_figures_and_is_idempotent() -> None:
