@@ -650,6 +650,8 @@ class AgentKavach:
                 choices=spec.choices,
                 fixed_output=spec.fixed_output,
             )
+            if self.guardrails.records_spend:  # the velocity limit counts it in flight
+                self.guardrails.admit_spend(plan.worst_case(plan.max_units))
         except GuardrailError as exc:
             self.guardrails.forget_request(run_id, fingerprint)
             self._guardrail_tripped(spec, run_id, now or _utc(wall), exc)
@@ -735,7 +737,7 @@ class AgentKavach:
     def _admit(self, r: Reservation, result: Hold | Refusal) -> Reservation:
         if type(result) is not Hold:
             assert isinstance(result, Refusal) and r.plan is not None
-            self.guardrails.forget_request(r.run_id, r.fingerprint)
+            self._not_held(r)
             error = refusal_error(r.plan, result, r.run_id, self.mode)
             if isinstance(error, GuardrailError):
                 self._guardrail_tripped(r.spec, r.run_id, r.started_at, error)
@@ -753,7 +755,7 @@ class AgentKavach:
             "so no budget can be broken. Fix the ledger connection, or choose fail-open "
             "explicitly on the ledger"
         )
-        self.guardrails.forget_request(r.run_id, r.fingerprint)
+        self._not_held(r)
         self._refused(r.spec, r.run_id, r.started_at, error)
         return error
 
@@ -799,8 +801,14 @@ class AgentKavach:
     ) -> CallEvent | None:
         if r.plan is None:
             return None
-        if tool_calls or self.guardrails.records_spend:
-            self.guardrails.record(r.run_id, cost, tuple(tool_calls))
+        guardrails = self.guardrails
+        if guardrails.records_spend:
+            plan = r.plan
+            guardrails.record(
+                r.run_id, cost, tuple(tool_calls), in_flight=plan.worst_case(plan.max_units)
+            )
+        elif tool_calls:
+            guardrails.record(r.run_id, cost, tuple(tool_calls))
         event = None
         if self._call_observers:  # events are built only for someone who listens
             event = self._event(
@@ -818,11 +826,17 @@ class AgentKavach:
             self._check_thresholds(r.plan, amounts, after)
         return event
 
+    def _not_held(self, r: Reservation) -> None:
+        """Undo what the guardrails counted for a call that will not spend: refused after
+        its checks, or released unbilled (a provider error, a cancellation: retrying the
+        request is not a loop)."""
+        guardrails = self.guardrails
+        guardrails.forget_request(r.run_id, r.fingerprint)
+        if guardrails.records_spend and r.plan is not None:
+            guardrails.end_spend(r.plan.worst_case(r.plan.max_units))
+
     def _released(self, r: Reservation, status: CallStatus, error: str | None) -> CallEvent | None:
-        if r.fingerprint is not None:
-            # Nothing was billed (a provider error, a cancellation): retrying the request
-            # is not a loop, so it is not counted toward one.
-            self.guardrails.forget_request(r.run_id, r.fingerprint)
+        self._not_held(r)
         if r.plan is None or not self._call_observers:
             return None
         event = self._event(r, status, ZERO_USAGE, 0, error, None, (), ())

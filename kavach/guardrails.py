@@ -95,14 +95,12 @@ class Guardrails:
         self._runs: OrderedDict[str, _RunState] = OrderedDict()
         self._spend: deque[tuple[float, int]] = deque()
         self._spend_sum = 0
+        self._in_flight = 0
+        """The worst cases of admitted calls not yet settled (for the velocity limit)."""
         self.records_spend = config.max_spend_per_minute is not None
         """Whether ``record`` keeps settled spend (for the velocity limit)."""
         # Whether any limit is checked before a call: most guards set none of them.
-        self._checks = (
-            config.max_runtime_seconds is not None
-            or config.detect_loops
-            or config.max_spend_per_minute is not None
-        )
+        self._checks = config.max_runtime_seconds is not None or config.detect_loops
 
     def start_run(self, run_id: str, now: float | None = None) -> None:
         with self._lock:
@@ -157,18 +155,40 @@ class Guardrails:
                         run.older = requests  # a long run must not grow forever
                         requests = run.requests = {}
                     requests[fingerprint] = seen
-            if cfg.max_spend_per_minute is not None:
-                self._expire_spend(now)
-                window = cfg.velocity_window_seconds
-                allowed = cfg.max_spend_per_minute * window / 60.0
-                if self._spend_sum >= allowed:
-                    raise VelocityError(
-                        f"spent {fmt_usd(self._spend_sum)} in the last {window:g}s, over the "
-                        f"velocity limit of {fmt_usd(cfg.max_spend_per_minute)}/minute; wait for "
-                        "spend to slow or raise max_spend_per_minute",
-                        limit=cfg.max_spend_per_minute,
-                        observed=self._spend_sum,
-                    )
+
+    def admit_spend(self, worst_case: int, now: float | None = None) -> None:
+        """The velocity limit, once the call's worst case is known: refuse when the spend
+        settled in the window plus what calls in flight may still spend has reached the
+        allowance; else count this call's ``worst_case`` in flight until it settles.
+
+        Checked and counted under one lock, so concurrent calls cannot all pass on spend
+        not yet settled: the window ends at most one call's worst case past its allowance.
+        """
+        cfg = self.config
+        if cfg.max_spend_per_minute is None:
+            return
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            self._expire_spend(now)
+            window = cfg.velocity_window_seconds
+            allowed = cfg.max_spend_per_minute * window / 60.0
+            spent, in_flight = self._spend_sum, self._in_flight
+            if spent + in_flight >= allowed:
+                held = f" (+ {fmt_usd(in_flight)} held by calls in flight)" if in_flight else ""
+                raise VelocityError(
+                    f"spent {fmt_usd(spent)}{held} in the last {window:g}s, over the velocity "
+                    f"limit of {fmt_usd(cfg.max_spend_per_minute)}/minute; wait for spend to "
+                    "slow or raise max_spend_per_minute",
+                    limit=cfg.max_spend_per_minute,
+                    observed=spent + in_flight,
+                )
+            self._in_flight = in_flight + worst_case
+
+    def end_spend(self, worst_case: int) -> None:
+        """A call counted by ``admit_spend`` ended without spending (released, refused)."""
+        if self.config.max_spend_per_minute is not None:
+            with self._lock:
+                self._in_flight -= worst_case
 
     def forget_request(self, run_id: str, fingerprint: int | None) -> None:
         """Undo the count of a request that was refused after its check (e.g. by a budget)."""
@@ -186,10 +206,17 @@ class Guardrails:
                     return
 
     def record(
-        self, run_id: str, cost_nanos: int, tool_calls: tuple[str, ...], now: float | None = None
+        self,
+        run_id: str,
+        cost_nanos: int,
+        tool_calls: tuple[str, ...],
+        now: float | None = None,
+        in_flight: int = 0,
     ) -> None:
-        """Record a settled call's cost (for velocity) and tool calls (for cycles)."""
-        if not tool_calls and (not cost_nanos or self.config.max_spend_per_minute is None):
+        """Record a settled call's cost (for velocity; ``in_flight``: the worst case
+        ``admit_spend`` counted for it) and tool calls (for cycles)."""
+        velocity = self.config.max_spend_per_minute is not None
+        if not tool_calls and not velocity:
             return
         now = time.monotonic() if now is None else now
         with self._lock:
@@ -198,9 +225,11 @@ class Guardrails:
                 run.tool_calls.extend(tool_calls)
                 if self.config.detect_loops:
                     run.cycle = find_cycle(run.tool_calls, self.config.loop_threshold)
-            if self.config.max_spend_per_minute is not None and cost_nanos:
-                self._spend.append((now, cost_nanos))
-                self._spend_sum += cost_nanos
+            if velocity:
+                self._in_flight -= in_flight
+                if cost_nanos:
+                    self._spend.append((now, cost_nanos))
+                    self._spend_sum += cost_nanos
 
     def _run(self, run_id: str, now: float) -> _RunState:
         run = self._runs.get(run_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 
@@ -124,6 +125,44 @@ def test_velocity_limit(make_guard: Make) -> None:
         with pytest.raises(VelocityError) as info:
             guard.reserve(spec(content="fast"))
         assert "/minute" in str(info.value)
+
+
+def test_velocity_counts_calls_in_flight(make_guard: Make) -> None:
+    # Concurrent calls all passed on spend not yet settled: fifty $0.002 calls went through
+    # a $0.01/minute limit. Calls in flight count at their worst case until they settle.
+    guard = make_guard(budget=Budget.daily(10), max_spend_per_minute=0.01, kill_on_guardrail=False)
+    held = [guard.reserve(spec(content=str(i))) for i in range(5)]  # $0.002 worst case each
+    with pytest.raises(VelocityError) as info:
+        guard.reserve(spec(content="sixth"))
+    assert "held by calls in flight" in str(info.value)
+    for r in held[:4]:
+        r.commit(Usage(100, 100))  # $0.0002 each, not the $0.002 held
+    held[4].release()  # a failed call spends nothing
+    guard.reserve(spec(content="after")).commit(Usage(100, 100))  # $0.0008 spent: room
+
+
+def test_velocity_holds_under_concurrent_calls(make_guard: Make) -> None:
+    guard = make_guard(budget=Budget.daily(10), max_spend_per_minute=0.01, kill_on_guardrail=False)
+    barrier = threading.Barrier(20)
+    admitted: list[int] = []
+
+    def call(i: int) -> None:
+        barrier.wait()
+        try:
+            r = guard.reserve(spec(content=f"call {i}"))
+        except VelocityError:
+            return
+        admitted.append(i)
+        time.sleep(0.01)
+        r.commit(Usage(1000, 1000))
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(admitted) == 5  # $0.01 a minute pays for five $0.002 calls
+    assert guard.guardrails._spend_sum == 5 * 2_000_000
 
 
 def test_refused_request_does_not_count_toward_a_loop(make_guard: Make) -> None:
