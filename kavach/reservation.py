@@ -138,11 +138,13 @@ class Reservation:
         error: str | None = None,
     ) -> CallEvent | None:
         """Settle with what the call actually used. A second settlement is a no-op."""
+        # Priced before the claim: a bad ``usage`` raises with the hold still open, which
+        # the block's exit (or a release) then gives back.
+        amounts, cost = self._guard._amounts(self, usage)
         try:
             self._claim.pop()
         except IndexError:  # settled before
             return self._event
-        amounts, cost = self._guard._amounts(self, usage)
         after: tuple[int, ...] = ()
         if self.hold is not None:
             try:
@@ -177,11 +179,11 @@ class Reservation:
         error: str | None = None,
     ) -> CallEvent | None:
         """``commit`` for async code (awaits the ledger when it does I/O)."""
+        amounts, cost = self._guard._amounts(self, usage)  # before the claim, as in commit
         try:
             self._claim.pop()
         except IndexError:  # settled before
             return self._event
-        amounts, cost = self._guard._amounts(self, usage)
         after: tuple[int, ...] = ()
         if self.hold is not None:
             try:

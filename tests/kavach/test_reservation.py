@@ -43,6 +43,14 @@ def test_exception_in_block_releases(make_guard: Make) -> None:
     )
 
 
+def test_a_commit_with_bad_usage_leaves_the_hold_to_be_released(make_guard: Make) -> None:
+    guard = make_guard(budget=Budget.daily(1))
+    with pytest.raises(AttributeError), guard.reserve(spec()) as r:
+        r.commit({"input_tokens": 10})  # type: ignore[arg-type]  # a dict, not a Usage
+    assert held(guard) == 0 and guard.ledger.open_holds == 0  # given back, not leaked
+    assert r.settled
+
+
 def test_block_without_commit_releases(make_guard: Make) -> None:
     guard = make_guard(budget=Budget.daily(1))
     with guard.reserve(spec()):
