@@ -13,15 +13,20 @@ A missing file is a fresh start. A file that cannot be read or is not a state fi
 a tool, truncated by a full disk, edited by hand) raises ``KavachConfigError`` and is left
 as it is: starting from zero would give the period's budget out a second time.
 
-The file belongs to one process; processes that share a budget need the Redis ledger.
+The file belongs to one process. Guards in one process given the same file share one set
+of balances (each guard's ledger is a handle on it; the last one closed lets the file go).
+A second process opening the file raises ``KavachConfigError``: the first holds an
+exclusive lock on ``<file>.lock`` (with its pid in it) for as long as it has the file open,
+and the system drops the lock when that process exits, however it dies. Processes that
+share a budget need the Redis ledger.
 """
 
 from __future__ import annotations
 
-import atexit
 import json
 import logging
 import os
+import sys
 import tempfile
 import threading
 import time
@@ -30,7 +35,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from kavach.errors import KavachConfigError
-from kavach.ledger.base import Hold, LedgerLine
+from kavach.ledger.base import Hold
 from kavach.ledger.memory import MemoryLedger
 
 __all__ = ["PersistentMemoryLedger"]
@@ -40,48 +45,91 @@ _VERSION = 1
 
 
 class PersistentMemoryLedger(MemoryLedger):
-    """A ``MemoryLedger`` whose spent amounts survive a restart through ``path``."""
+    """A ``MemoryLedger`` whose spent amounts survive a restart through ``path``.
+
+    Opening a path this process already has open returns a handle on the same balances.
+    """
 
     def __init__(self, path: str | os.PathLike[str], *, debounce_seconds: float = 1.0) -> None:
-        super().__init__()
-        self.path = Path(path).expanduser()
-        self.debounce_seconds = debounce_seconds
-        self._wall_expires: dict[str, float] = {}
-        self._dirty = threading.Event()
-        self._closed = False
-        self._write_lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self._load()
-        # A weak reference, so registering at exit does not keep the ledger alive.
-        ref = weakref.ref(self)
-
-        def close_at_exit() -> None:
-            ledger = ref()
-            if ledger is not None:
-                ledger.close()
-
-        atexit.register(close_at_exit)
-
-    # -- the hot path only flags the change -----------------------------------------------
+        # No MemoryLedger.__init__: the balances are the open file's, shared by its handles.
+        file = _open_file(Path(path).expanduser().resolve(), debounce_seconds)
+        shared = file.memory
+        self._lock = shared._lock
+        self._spent = shared._spent
+        self._reserved = shared._reserved
+        self._expires = shared._expires
+        self._holds = shared._holds
+        self._ids = shared._ids
+        self._writes = 0
+        self._file = file
+        self.path = file.path
+        self.debounce_seconds = file.debounce_seconds
+        # Runs once: at close(), when the handle is collected, or at interpreter exit.
+        self._release = weakref.finalize(self, file.release)
 
     def settle(self, hold: Hold, actual: Sequence[int]) -> tuple[int, ...]:
         after = super().settle(hold, actual)
-        self._changed()
+        self._file.changed()
         return after
 
     def add_spent(self, key: str, amount: int, ttl_seconds: int | None = None) -> int:
         after = super().add_spent(key, amount, ttl_seconds)
-        self._changed()
+        self._file.changed()
         return after
 
-    def _touch(self, lines: Sequence[LedgerLine]) -> None:
-        now = time.time()
-        for line in lines:
-            if line.ttl_seconds is not None:
-                self._wall_expires[line.key] = now + line.ttl_seconds
-        super()._touch(lines)
+    def flush(self) -> None:
+        """Write the spent amounts now (the background writer calls this)."""
+        self._file.flush()
 
-    def _changed(self) -> None:
+    def close(self) -> None:
+        """Write pending changes; the last handle on the file also stops the writer and
+        unlocks the file for another process."""
+        if self._release.alive:
+            self._release()
+        else:
+            self._file.flush_pending()
+
+
+_open_files: dict[Path, _StateFile] = {}
+_open_files_lock = threading.Lock()
+
+
+def _open_file(path: Path, debounce_seconds: float) -> _StateFile:
+    with _open_files_lock:
+        file = _open_files.get(path)
+        if file is None:
+            file = _open_files[path] = _StateFile(path, debounce_seconds)
+        file.users += 1
+        return file
+
+
+if hasattr(os, "register_at_fork"):
+    # A forked child inherits the parent's open files but not its lock: opening the path
+    # again there must try the lock (and fail) instead of joining the parent's copy.
+    os.register_at_fork(after_in_child=_open_files.clear)
+
+
+class _StateFile:
+    """One state file open in this process: its balances, its lock and its writer."""
+
+    def __init__(self, path: Path, debounce_seconds: float) -> None:
+        self.path = path
+        self.debounce_seconds = debounce_seconds
+        self.memory = MemoryLedger()
+        self.users = 0
+        self._dirty = threading.Event()
+        self._closed = False
+        self._write_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
+        self._lock_fd = _lock(path)
+        try:
+            self._load()
+        except BaseException:
+            _unlock(self._lock_fd)
+            raise
+
+    def changed(self) -> None:
         if not self._dirty.is_set():
             self._dirty.set()
         if self._thread is None:
@@ -92,8 +140,6 @@ class PersistentMemoryLedger(MemoryLedger):
                     )
                     self._thread.start()
 
-    # -- background writer ----------------------------------------------------------------
-
     def _writer(self) -> None:
         while not self._closed:
             self._dirty.wait()
@@ -103,17 +149,27 @@ class PersistentMemoryLedger(MemoryLedger):
             if self._dirty.is_set():
                 self.flush()
 
+    def flush_pending(self) -> None:
+        if self._dirty.is_set():
+            self.flush()
+
     def flush(self) -> None:
-        """Write the spent amounts now (the background writer calls this)."""
         with self._write_lock:
+            if self._lock_fd is None or os.getpid() != self._pid:
+                # Closed, or a forked child: the file is no longer (or never was) ours.
+                return
             self._dirty.clear()
-            with self._lock:
+            memory = self.memory
+            with memory._lock:
                 now = time.time()
-                keys = {
-                    key: {"spent": spent, "expires_at": self._wall_expires.get(key)}
-                    for key, spent in self._spent.items()
-                    if self._wall_expires.get(key, now + 1) > now
-                }
+                # The ledger keeps monotonic expiries; the file needs wall-clock ones.
+                to_wall = now - time.monotonic()
+                keys = {}
+                for key, spent in memory._spent.items():
+                    expires = memory._expires.get(key)
+                    expires_at = None if expires is None else expires + to_wall
+                    if expires_at is None or expires_at > now:
+                        keys[key] = {"spent": spent, "expires_at": expires_at}
             data = json.dumps({"version": _VERSION, "saved_at": now, "keys": keys})
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -131,9 +187,15 @@ class PersistentMemoryLedger(MemoryLedger):
                 # Enforcement goes on in memory; only restart safety is at risk.
                 logger.exception("kavach: could not write the state file %s", self.path)
 
-    def close(self) -> None:
-        """Write pending changes and stop the writer."""
-        if self._closed:
+    def release(self) -> None:
+        """One handle fewer; the last one writes what is pending and lets the file go."""
+        with _open_files_lock:
+            self.users -= 1
+            last = self.users == 0
+            if last and _open_files.get(self.path) is self:
+                del _open_files[self.path]
+        if not last:
+            self.flush_pending()
             return
         pending = self._dirty.is_set()
         self._closed = True
@@ -143,6 +205,9 @@ class PersistentMemoryLedger(MemoryLedger):
             thread.join(timeout=self.debounce_seconds + 5)
         if pending:
             self.flush()
+        with self._write_lock:
+            fd, self._lock_fd = self._lock_fd, None
+        _unlock(fd)
 
     def _load(self) -> None:
         try:
@@ -160,7 +225,51 @@ class PersistentMemoryLedger(MemoryLedger):
             if expires_at is not None and expires_at <= now:
                 continue
             ttl = None if expires_at is None else max(1, int(expires_at - now))
-            MemoryLedger.add_spent(self, key, spent, ttl)
+            self.memory.add_spent(key, spent, ttl)
+
+
+if sys.platform == "win32":
+    # No fcntl on Windows: a second process on the same file is not detected there; the
+    # one-process rule is the user's to keep (the in-process sharing above still holds).
+    def _lock(path: Path) -> int | None:
+        return None
+
+    def _unlock(fd: int | None) -> None:
+        return None
+
+else:
+    import fcntl
+
+    def _lock(path: Path) -> int | None:
+        lock_path = path.with_name(path.name + ".lock")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise KavachConfigError(f"state file {path}: cannot open {lock_path} ({exc})") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise KavachConfigError(
+                f"state file {path} belongs to another process (pid {holder}, which holds "
+                f"{lock_path}); a state file keeps one process's spend. Processes that "
+                "share a budget need the Redis ledger: ledger='redis://...' or "
+                "AGENTKAVACH_REDIS_URL"
+            ) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        return fd
+
+    def _unlock(fd: int | None) -> None:
+        # Closing the descriptor drops the lock; the lock file stays, so that a process
+        # waiting on it never locks a file that a new one is about to replace.
+        if fd is not None:
+            os.close(fd)
 
 
 def _parse(raw: object) -> list[tuple[str, int, float | None]]:

@@ -33,6 +33,8 @@ def test_a_restarted_guard_keeps_the_days_spend(tmp_path: Path) -> None:
     assert guard.remaining == pytest.approx(1 - 0.008)
     assert isinstance(guard.ledger, PersistentMemoryLedger)
     guard.ledger.close()  # what interpreter exit does
+    entries = json.loads(state.read_text())["keys"].values()
+    assert all(entry["expires_at"] for entry in entries)  # the day's key is dropped later
 
     restarted = AgentKavach("bot", Budget.daily(1), prices=PRICES, state_file=state)
     assert restarted.spent == pytest.approx(0.008)
@@ -83,7 +85,8 @@ def test_writes_are_atomic_and_past_periods_are_dropped(tmp_path: Path) -> None:
     ledger.close()
     data = json.loads(state.read_text())
     assert data["keys"]["agent:bot:daily:2026-11-28"]["spent"] == 5
-    assert [p.name for p in tmp_path.iterdir()] == ["s.json"]  # no temp file left behind
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["s.json", "s.json.lock"]  # no temp file left behind
     data["keys"]["agent:bot:daily:2026-11-27"]["expires_at"] = time.time() - 1
     state.write_text(json.dumps(data))
     reloaded = PersistentMemoryLedger(state)
@@ -145,6 +148,59 @@ def test_a_missing_file_is_a_fresh_start(tmp_path: Path) -> None:
     ledger = PersistentMemoryLedger(tmp_path / "new" / "s.json")
     assert ledger.read("k").spent == 0
     ledger.close()
+
+
+def test_two_guards_on_one_file_share_its_budget_and_both_spends_are_kept(
+    tmp_path: Path,
+) -> None:
+    state = tmp_path / "team.json"
+    a = AgentKavach("a", Budget.daily(1, shared="team"), prices=PRICES, state_file=state)
+    b = AgentKavach(
+        "b", Budget.daily(1, shared="team"), prices=PRICES, state_file=tmp_path / "." / "team.json"
+    )
+    spend(a, 4000)  # $0.005
+    assert b.remaining == pytest.approx(1 - 0.005)  # b sees a's spend: one budget, not two
+    a.close()
+    spend(b, 2000)  # $0.003, after a let go of the file
+    b.close()
+
+    restarted = AgentKavach("a", Budget.daily(1, shared="team"), prices=PRICES, state_file=state)
+    assert restarted.spent == pytest.approx(0.008)  # the file kept both, not the last writer's
+    restarted.close()
+
+
+def test_a_second_process_on_the_file_is_refused_until_the_first_dies(tmp_path: Path) -> None:
+    state = tmp_path / "bot.json"
+    code = textwrap.dedent(
+        f"""
+        import time
+        from kavach import AgentKavach, Budget
+        guard = AgentKavach("bot", Budget.daily(1), state_file={str(state)!r})
+        print("open", flush=True)
+        time.sleep(600)
+        """
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "open"
+        with pytest.raises(KavachConfigError) as caught:
+            AgentKavach("bot", Budget.daily(1), prices=PRICES, state_file=state)
+        message = str(caught.value)
+        assert f"{state} belongs to another process (pid {proc.pid}" in message
+        assert "Redis ledger" in message
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        assert proc.stdout is not None
+        proc.stdout.close()
+    guard = AgentKavach("bot", Budget.daily(1), prices=PRICES, state_file=state)  # lock gone
+    guard.close()
 
 
 def test_seed_raises_spent_to_the_given_figures_and_is_idempotent() -> None:
