@@ -3,11 +3,28 @@
 >>> guard = AgentKavach("bot", Budget.daily(5), state_file="~/.kavach/bot.json")  # doctest: +SKIP
 
 A guard restarted mid-day loads the file and keeps the day's spend, so a restart does not
-hand out a fresh daily budget. Writes are off the call path: a settle only sets a flag;
-a background thread writes at most once per ``debounce_seconds`` (temp file, fsync,
-rename, so a crash never leaves a torn file) and once more at interpreter exit. A crash
-loses at most the last ``debounce_seconds`` of spend. Holds are not saved: a call in
-flight when the process died never settled.
+hand out a fresh daily budget. Every write is a temp file, fsync and rename, so a crash
+never leaves a torn file.
+
+What a crash (kill -9, the OOM killer) can lose, and why a limit still holds: for each key
+the file records a *claim*, an amount at least the key's spent plus everything held for
+calls in flight, and a restart counts the claim as spent. A reserve whose hold would take
+spent + held past the claim on disk writes a new claim before it returns, so before the
+call can go out: spent + held + a tenth of what the limit has left. (A settle above its
+hold, possible in reserve mode, writes the same way, after the fact.) Other writes are
+off the call path: a settle only sets a flag, and a background thread writes the spent
+amounts at most once per ``debounce_seconds``, moving the claims ahead as it goes; a clean
+exit writes exact figures, no claim above spent + held.
+
+So a crash never lets spend past a limit across restarts, and a crash loop cannot either.
+What a crash costs is budget left unused: after a restart, spent shows the claim, which
+is above the true spend by at most the holds in flight plus a tenth of what was left when
+the claim was written. Far from a limit the claims run ahead and calls write nothing; near
+it the tenth shrinks, so the last calls before a limit each wait for one write (the
+figures are in the commit that added this). If a write fails (disk full), the error is
+logged, enforcement goes on in memory and each reserve past the claim tries again; only
+crash safety is lost meanwhile. The rename is not followed by a directory fsync, so after
+a power loss (not a process crash) some file systems may come back with the previous file.
 
 A missing file is a fresh start. A file that cannot be read or is not a state file (torn by
 a tool, truncated by a full disk, edited by hand) raises ``KavachConfigError`` and is left
@@ -35,13 +52,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from kavach.errors import KavachConfigError
-from kavach.ledger.base import Hold
+from kavach.ledger.base import Hold, LedgerLine, Refusal
 from kavach.ledger.memory import MemoryLedger
 
 __all__ = ["PersistentMemoryLedger"]
 
 logger = logging.getLogger("kavach")
-_VERSION = 1
+_VERSION = 2
+_READS = (1, 2)  # version 1 had no claims: its claim is its spent
+_HEADROOM = 0.1
+"""Share of what a limit has left that a claim runs ahead of spent + held."""
 
 
 class PersistentMemoryLedger(MemoryLedger):
@@ -61,21 +81,45 @@ class PersistentMemoryLedger(MemoryLedger):
         self._holds = shared._holds
         self._ids = shared._ids
         self._writes = 0
+        self._claimed = file.claimed
         self._file = file
         self.path = file.path
         self.debounce_seconds = file.debounce_seconds
         # Runs once: at close(), when the handle is collected, or at interpreter exit.
         self._release = weakref.finalize(self, file.release)
 
+    def reserve(
+        self, lines: Sequence[LedgerLine], min_units: int, max_units: int
+    ) -> Hold | Refusal:
+        got = super().reserve(lines, min_units, max_units)
+        if type(got) is Hold and self._past_claim(got.keys):
+            self._file.claim(lines)  # before the call can go out
+        return got
+
     def settle(self, hold: Hold, actual: Sequence[int]) -> tuple[int, ...]:
         after = super().settle(hold, actual)
-        self._file.changed()
+        if self._past_claim(hold.keys):  # settled above the hold
+            self._file.claim(())
+        else:
+            self._file.changed()
         return after
 
     def add_spent(self, key: str, amount: int, ttl_seconds: int | None = None) -> int:
         after = super().add_spent(key, amount, ttl_seconds)
-        self._file.changed()
+        if self._past_claim((key,)):
+            self._file.claim(())
+        else:
+            self._file.changed()
         return after
+
+    def _past_claim(self, keys: Sequence[str]) -> bool:
+        # Without the lock: a stale read only errs towards a write, and a concurrent
+        # reserve that raised a key checks it itself after its own update.
+        spent, reserved, claimed = self._spent, self._reserved, self._claimed
+        for key in keys:
+            if spent.get(key, 0) + reserved.get(key, 0) > claimed.get(key, 0):
+                return True
+        return False
 
     def flush(self) -> None:
         """Write the spent amounts now (the background writer calls this)."""
@@ -116,9 +160,13 @@ class _StateFile:
         self.path = path
         self.debounce_seconds = debounce_seconds
         self.memory = MemoryLedger()
+        self.claimed: dict[str, int] = {}
+        """Per key, what the file on disk covers; only ever raised while the file is open."""
+        self._limits: dict[str, int] = {}
         self.users = 0
         self._dirty = threading.Event()
         self._closed = False
+        self._stop = threading.Event()  # wakes the writer from its debounce on close
         self._write_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
@@ -145,7 +193,8 @@ class _StateFile:
             self._dirty.wait()
             if self._closed:
                 return
-            time.sleep(self.debounce_seconds)
+            if self._stop.wait(self.debounce_seconds):
+                return  # closing: release() writes the last figures
             if self._dirty.is_set():
                 self.flush()
 
@@ -153,23 +202,45 @@ class _StateFile:
         if self._dirty.is_set():
             self.flush()
 
-    def flush(self) -> None:
+    def claim(self, lines: Sequence[LedgerLine]) -> None:
+        """Write now: some key's spent + held is past what the file covers."""
+        for line in lines:
+            self._limits[line.key] = line.limit
+        self.flush()
+
+    def flush(self, exact: bool = False) -> None:
+        """Write spent and claims; ``exact`` claims spent + held only (a clean close)."""
+        while self._write(exact) and not exact:
+            pass
+
+    def _write(self, exact: bool) -> bool:
+        # True when a key went past its new claim while this was written: write again.
         with self._write_lock:
             if self._lock_fd is None or os.getpid() != self._pid:
                 # Closed, or a forked child: the file is no longer (or never was) ours.
-                return
+                return False
             self._dirty.clear()
-            memory = self.memory
+            memory, limits, claimed = self.memory, self._limits, self.claimed
             with memory._lock:
                 now = time.time()
                 # The ledger keeps monotonic expiries; the file needs wall-clock ones.
                 to_wall = now - time.monotonic()
                 keys = {}
-                for key, spent in memory._spent.items():
+                claims = {}
+                for key in memory._spent.keys() | memory._reserved.keys():
+                    spent = memory._spent.get(key, 0)
+                    used = spent + memory._reserved.get(key, 0)
                     expires = memory._expires.get(key)
                     expires_at = None if expires is None else expires + to_wall
-                    if expires_at is None or expires_at > now:
-                        keys[key] = {"spent": spent, "expires_at": expires_at}
+                    if expires_at is not None and expires_at <= now:
+                        continue
+                    if exact:
+                        claim = used
+                    else:
+                        ahead = int(_HEADROOM * max(0, limits.get(key, used) - used))
+                        claim = max(claimed.get(key, 0), used + ahead)
+                    claims[key] = claim
+                    keys[key] = {"spent": spent, "claimed": claim, "expires_at": expires_at}
             data = json.dumps({"version": _VERSION, "saved_at": now, "keys": keys})
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -186,6 +257,15 @@ class _StateFile:
             except OSError:
                 # Enforcement goes on in memory; only restart safety is at risk.
                 logger.exception("kavach: could not write the state file %s", self.path)
+                return False
+            for key in [k for k in claimed if k not in claims]:
+                del claimed[key]  # past periods
+            claimed.update(claims)
+            with memory._lock:
+                for key in claims:
+                    if memory._spent.get(key, 0) + memory._reserved.get(key, 0) > claimed[key]:
+                        return True
+            return False
 
     def release(self) -> None:
         """One handle fewer; the last one writes what is pending and lets the file go."""
@@ -199,12 +279,13 @@ class _StateFile:
             return
         pending = self._dirty.is_set()
         self._closed = True
+        self._stop.set()
         self._dirty.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=self.debounce_seconds + 5)
-        if pending:
-            self.flush()
+        if pending or self.claimed:
+            self.flush(exact=True)
         with self._write_lock:
             fd, self._lock_fd = self._lock_fd, None
         _unlock(fd)
@@ -221,11 +302,13 @@ class _StateFile:
         except ValueError as exc:  # bad JSON, bad UTF-8, or not the shape written here
             raise _unusable(self.path, f"is not a valid state file ({exc})") from exc
         now = time.time()
-        for key, spent, expires_at in entries:
+        for key, claimed, expires_at in entries:
             if expires_at is not None and expires_at <= now:
                 continue
             ttl = None if expires_at is None else max(1, int(expires_at - now))
-            self.memory.add_spent(key, spent, ttl)
+            # After a crash the claim is all that is known: count it all as spent.
+            self.memory.add_spent(key, claimed, ttl)
+            self.claimed[key] = claimed
 
 
 if sys.platform == "win32":
@@ -273,10 +356,11 @@ else:
 
 
 def _parse(raw: object) -> list[tuple[str, int, float | None]]:
-    """The (key, spent, expires_at) entries of a state file, or ``ValueError`` saying why not."""
+    """The (key, claimed, expires_at) entries of a state file, or ``ValueError`` saying why
+    not."""
     if not isinstance(raw, dict):
         raise ValueError(f"expected a JSON object, got {type(raw).__name__}")
-    if raw.get("version") != _VERSION:
+    if raw.get("version") not in _READS:
         raise ValueError(f"unknown version {raw.get('version')!r}, expected {_VERSION}")
     keys = raw.get("keys")
     if not isinstance(keys, dict):
@@ -286,10 +370,14 @@ def _parse(raw: object) -> list[tuple[str, int, float | None]]:
         spent = entry.get("spent") if isinstance(entry, dict) else None
         if type(spent) is not int or spent < 0:
             raise ValueError(f"key {key!r}: spent must be an integer >= 0, got {spent!r}")
+        claimed = entry.get("claimed", spent)
+        if type(claimed) is not int or claimed < 0:
+            raise ValueError(f"key {key!r}: claimed must be an integer >= 0, got {claimed!r}")
         expires_at = entry.get("expires_at")
         if expires_at is not None and type(expires_at) not in (int, float):
             raise ValueError(f"key {key!r}: expires_at must be a number or null")
-        entries.append((key, spent, None if expires_at is None else float(expires_at)))
+        at = None if expires_at is None else float(expires_at)
+        entries.append((key, max(spent, claimed), at))
     return entries
 
 
