@@ -21,7 +21,8 @@ What a crash costs is budget left unused: after a restart, spent shows the claim
 is above the true spend by at most the holds in flight plus a tenth of what was left when
 the claim was written. Far from a limit the claims run ahead and calls write nothing; near
 it the tenth shrinks, so the last calls before a limit each wait for one write (the
-figures are in the commit that added this). If a write fails (disk full), the error is
+figures are in the commit that added this); an async call awaits it in a worker thread,
+so the event loop goes on meanwhile. If a write fails (disk full), the error is
 logged, enforcement goes on in memory and each reserve past the claim tries again; only
 crash safety is lost meanwhile. The rename is not followed by a directory fsync, so after
 a power loss (not a process crash) some file systems may come back with the previous file.
@@ -48,7 +49,7 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from kavach.errors import KavachConfigError
@@ -104,6 +105,29 @@ class PersistentMemoryLedger(MemoryLedger):
             self._file.changed()
         return after
 
+    # Async callers await a claim's write in a worker thread: the file write (an fsync,
+    # a few hundred microseconds, far longer on a slow disk) never blocks the event loop.
+    # So this ledger is not ``in_process``: async adapters call these, not the sync twins.
+    in_process = False
+
+    async def areserve(
+        self, lines: Sequence[LedgerLine], min_units: int, max_units: int
+    ) -> Hold | Refusal:
+        got = MemoryLedger.reserve(self, lines, min_units, max_units)
+        if type(got) is Hold and self._past_claim(got.keys):
+            # Not abandoned on cancellation: the caller gets its hold (and gives it back),
+            # and the claim is on disk before the call can go out.
+            await _in_thread(self._file.claim, lines)
+        return got
+
+    async def asettle(self, hold: Hold, actual: Sequence[int]) -> tuple[int, ...]:
+        after = MemoryLedger.settle(self, hold, actual)
+        if self._past_claim(hold.keys):
+            await _in_thread(self._file.claim, ())
+        else:
+            self._file.changed()
+        return after
+
     def add_spent(self, key: str, amount: int, ttl_seconds: int | None = None) -> int:
         after = super().add_spent(key, amount, ttl_seconds)
         if self._past_claim((key,)):
@@ -132,6 +156,14 @@ class PersistentMemoryLedger(MemoryLedger):
             self._release()
         else:
             self._file.flush_pending()
+
+
+async def _in_thread(
+    claim: Callable[[Sequence[LedgerLine]], None], lines: Sequence[LedgerLine]
+) -> None:
+    import anyio.to_thread  # imported on first use: async code has anyio loaded already
+
+    await anyio.to_thread.run_sync(claim, lines)
 
 
 _open_files: dict[Path, _StateFile] = {}

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -269,3 +271,39 @@ def test_seed_raises_spent_to_the_given_figures_and_is_idempotent() -> None:
 def test_state_file_with_a_redis_ledger_is_a_config_error() -> None:
     with pytest.raises(KavachConfigError, match="state_file"):
         AgentKavach("bot", ledger="redis://127.0.0.1:6379/0", state_file="x.json")
+
+
+@pytest.mark.anyio
+async def test_an_async_reserve_writes_its_claim_without_blocking_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The write of a claim waits until the event loop has run another task: with the write
+    # made on the loop's own thread, that task could never run and the gate stays shut.
+    gate, waited = threading.Event(), []
+    replace = os.replace
+
+    def gated_replace(a: str, b: str) -> None:
+        waited.append(gate.wait(timeout=5))
+        replace(a, b)
+
+    monkeypatch.setattr(os, "replace", gated_replace)
+    state = tmp_path / "bot.json"
+    guard = AgentKavach("bot", Budget.daily(1), prices=PRICES, state_file=state)
+
+    async def open_the_gate() -> None:
+        gate.set()
+
+    opener = asyncio.get_running_loop().create_task(open_the_gate())
+    async with await guard.areserve(spec(input_tokens=1000, max_output=2000)) as r:
+        assert waited == [True]  # the loop ran the opener while the claim was written
+        # ... and the claim was on disk before the call could go out
+        claimed = json.loads(state.read_text())["keys"]
+        held = 3_000_000  # $0.003 in nano-dollars, and a tenth of what the $1 has left
+        assert [entry["claimed"] for entry in claimed.values()] == [
+            held + (1_000_000_000 - held) // 10
+        ]
+        await r.acommit(Usage(input_tokens=1000, output_tokens=2000))
+    await opener
+    assert guard.spent == pytest.approx(0.003)
+    guard.ledger.close()  # type: ignore[attr-defined]
+    assert json.loads(state.read_text())["keys"].popitem()[1]["spent"] == 3_000_000
