@@ -538,6 +538,19 @@ class RedisLedger:
         self._last_spent[key] = (spent, ttl_seconds)
         return spent
 
+    async def _aadd_spent(self, key: str, amount: int, ttl_seconds: int | None) -> int:
+        local = await self._alocal_ledger()
+        if local is not None:
+            return self._local_add(local, key, amount, ttl_seconds)
+        token = self._write_token()
+        keys, args = self._add_args(key, amount, ttl_seconds, token)
+        try:
+            spent = int(await self._arun(_ADD_SPENT, _pack_keys(keys), args))
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            return self._local_add(self._down(exc), key, amount, ttl_seconds, token)
+        self._last_spent[key] = (spent, ttl_seconds)
+        return spent
+
     def _write_token(self) -> str:
         return f"{self._token}-{next(self._ids)}"
 
@@ -581,7 +594,7 @@ class RedisLedger:
         if not hold.keys:
             return ()
         if hold.id in self._local_holds:
-            return self._local_settle(hold, actual)
+            return await self._alocal_settle(hold, actual)
         try:
             after = await self._arun(_SETTLE, self._keys(hold.keys), _settle_args(hold, actual))
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
@@ -726,31 +739,45 @@ class RedisLedger:
         return result
 
     def _local_settle(self, hold: Hold, actual: Sequence[int]) -> tuple[int, ...]:
+        after = self._settle_locally(hold, actual)
+        if after is not None:
+            return after
+        return tuple(
+            self.add_spent(key, amount, self._ttls.get(key))
+            for key, amount in zip(hold.keys, actual, strict=True)
+        )
+
+    async def _alocal_settle(self, hold: Hold, actual: Sequence[int]) -> tuple[int, ...]:
+        after = self._settle_locally(hold, actual)
+        if after is not None:
+            return after
+        return tuple(
+            [
+                await self._aadd_spent(key, amount, self._ttls.get(key))
+                for key, amount in zip(hold.keys, actual, strict=True)
+            ]
+        )
+
+    def _settle_locally(self, hold: Hold, actual: Sequence[int]) -> tuple[int, ...] | None:
+        """Settle a hold taken on the local ledger: count the spend there and keep it to
+        reconcile. None when Redis came back (and was reconciled) while the call ran, or
+        since the caller looked: what is kept to reconcile would wait for the next outage,
+        so the caller records the spend in Redis now."""
         self._local_holds.discard(hold.id)
         local = self._local
         if local is not None:
             # The memory ledger tracks its holds by its own id: give back by amounts.
             local.release(_memory_hold(hold))
-        return self._record_unsettled(hold, actual)
-
-    def _record_unsettled(self, hold: Hold, actual: Sequence[int]) -> tuple[int, ...]:
-        """Spend that Redis has not seen yet: count it locally and keep it to reconcile."""
         with self._fb_lock:
             local = self._local
-            if local is not None:
-                after = []
-                for key, amount in zip(hold.keys, actual, strict=True):
-                    ttl = self._ttls.get(key)
-                    self._pend(key, amount, ttl)
-                    after.append(local.add_spent(key, amount, ttl))
-                return tuple(after)
-        # Redis came back (and was reconciled) while this call ran, or since the caller
-        # looked: what was kept to reconcile would wait for the next outage, so record it
-        # in Redis now.
-        return tuple(
-            self.add_spent(key, amount, self._ttls.get(key))
-            for key, amount in zip(hold.keys, actual, strict=True)
-        )
+            if local is None:
+                return None
+            after = []
+            for key, amount in zip(hold.keys, actual, strict=True):
+                ttl = self._ttls.get(key)
+                self._pend(key, amount, ttl)
+                after.append(local.add_spent(key, amount, ttl))
+            return tuple(after)
 
     def _local_add(
         self,

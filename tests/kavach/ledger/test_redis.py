@@ -900,3 +900,44 @@ def test_guards_on_a_redis_ledger_share_alert_deduplication(make_ledger: Any) ->
     assert second.alerts.dedup.claim("bot:daily:0.5", 5) is False
     first.close()
     second.close()
+
+
+@pytest.mark.anyio
+async def test_an_async_local_settle_that_races_a_reconcile_does_not_block_the_loop(
+    prefix: str, unused_tcp_port: int, make_ledger: Any, raw: Any
+) -> None:
+    # As above, from async code: the spend reaches Redis through the async client. The sync
+    # one would hold the event loop for each round trip (longer on a slow network).
+    ledger = make_ledger(f"redis://127.0.0.1:{unused_tcp_port}/0", fallback="local")
+    line = [LedgerLine("k", 1000, 10, 1, 3600)]
+    hold = await ledger.areserve(line, 1, 90)
+    assert isinstance(hold, Hold) and ledger.degraded
+    proxy = Proxy(unused_tcp_port, ("127.0.0.1", 6379))
+    try:
+        local = ledger._local
+        release = local.release
+        loop_thread = threading.current_thread()
+        blocking: list[bytes] = []
+        send = ledger._send
+
+        def recorded_send(packed: Any) -> Any:
+            if threading.current_thread() is loop_thread:
+                blocking.append(packed)
+            return send(packed)
+
+        def release_then_reconcile(memory_hold: Hold) -> None:
+            release(memory_hold)
+            reconciler = threading.Thread(target=ledger.reconcile)  # another thread
+            reconciler.start()
+            reconciler.join()
+            ledger._send = recorded_send
+
+        local.release = release_then_reconcile
+        assert await ledger.asettle(hold, (40,)) == (40,)
+        assert not ledger.degraded
+        assert raw.hget(prefix + "k", "spent") == "40"
+        assert await ledger.aread("k") == Balance(40, 0)
+        assert blocking == []
+        await ledger.aclose()
+    finally:
+        proxy.close()
