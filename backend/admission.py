@@ -36,6 +36,7 @@ _KEY_CACHE_SECONDS = 10.0
 
 class _Agentname(msgspec.Struct, forbid_unknown_fields=False):
     agent: str = ""
+    id: str = ""
 
 
 class _Shape(msgspec.Struct, forbid_unknown_fields=False):
@@ -192,7 +193,13 @@ class Admission:
         if plan.events_per_month is not None and count:
             used = await billing.events_this_month(org_id, now.date())
             if used + count > plan.events_per_month:
-                return self.plan_refusal(PlanLimitExceeded(plan, "events", used, count))
+                # Near the limit, count only what the batch would add: a batch the SDK
+                # sends again because the reply was lost holds events already stored.
+                ids = sorted({e.id for e in shape.events if e.id})
+                adding = len(ids) + sum(1 for e in shape.events if not e.id)
+                adding -= await billing.stored_events(org_id, ids)
+                if used + adding > plan.events_per_month:
+                    return self.plan_refusal(PlanLimitExceeded(plan, "events", used, adding))
         if plan.agents is not None:
             names = sorted({e.agent for e in shape.events if e.agent})
             total, known = await billing.known_agents(org_id, names)

@@ -15,7 +15,7 @@ from typing import Any
 
 from backend import db
 from backend.ops_settings import OpsSettings
-from backend.tables import MAX_ID, Agent, StripeEvent, Subscription, UsageMonthly
+from backend.tables import MAX_ID, Agent, Event, StripeEvent, Subscription, UsageMonthly
 
 __all__ = [
     "Plan",
@@ -23,6 +23,7 @@ __all__ = [
     "SELF_HOSTED",
     "plan_for",
     "events_this_month",
+    "stored_events",
     "apply_event",
     "stripe_client",
 ]
@@ -82,6 +83,18 @@ async def events_this_month(org_id: int, today: datetime.date) -> int:
         .first()
     )
     return int(row["events"]) if row else 0
+
+
+async def stored_events(org_id: int, ids: list[str]) -> int:
+    """How many of ``ids`` (distinct) the organization's events already have: a batch the
+    SDK sends again, its reply lost, adds none of them."""
+    stored = 0
+    for i in range(0, len(ids), 500):
+        chunk = ids[i : i + 500]
+        stored += await Event.count().where(
+            (Event.org == org_id) & Event.idempotency_key.is_in(chunk)
+        )
+    return stored
 
 
 async def known_agents(org_id: int, names: list[str]) -> tuple[int, int]:

@@ -425,3 +425,26 @@ def test_concurrent_batches_cannot_pass_the_monthly_event_limit(
     assert sorted(a.status_code for a in answers) == [202] * 5 + [429] * 5
     assert {a.json()["reason"] for a in answers if a.status_code == 429} == {"plan_events"}
     assert account.client.get("/v1/billing/plan").json()["usage"]["events_this_month"] == 100_000
+
+
+def test_a_resent_batch_at_the_monthly_event_limit_is_not_refused(
+    billing_backend: Process, accounts: Any
+) -> None:
+    """The SDK sends a batch again when the reply was lost; at the limit, the events it
+    already stored add nothing, so the early check must not refuse them."""
+    account = accounts(billing_backend.url)
+    with account.sdk() as sdk:
+        for size in [5000] * 19 + [4000]:  # 99,000 of the Free plan's 100,000 events
+            assert sdk.post("/v1/ingest", json=batch(*_backdated(size))).status_code == 202
+        last = batch(*_backdated(1000))
+        first = sdk.post("/v1/ingest", json=last)
+        assert first.status_code == 202 and first.json()["accepted"] == 1000  # at the limit
+        resent = sdk.post("/v1/ingest", json=last)
+        assert resent.status_code == 202, resent.text
+        assert (resent.json()["accepted"], resent.json()["duplicates"]) == (0, 1000)
+        # One new event with the resent ones is still one too many, and stores nothing.
+        mixed = batch(*last["events"][:10], *_backdated(1))
+        refused = sdk.post("/v1/ingest", json=mixed)
+        assert refused.status_code == 429, refused.text
+        assert refused.json()["reason"] == "plan_events"
+    assert account.client.get("/v1/billing/plan").json()["usage"]["events_this_month"] == 100_000
