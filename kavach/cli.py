@@ -92,6 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KavachError as exc:  # a setting to fix: one line that says so, no traceback
         sys.stderr.write(f"kavach: error: {exc}\n")
         return 2
+    except KeyboardInterrupt:  # Ctrl-C before a command could handle it: no traceback
+        sys.stderr.write("\n")
+        return 130
 
 
 # -- kavach demo ------------------------------------------------------------------------
@@ -110,21 +113,42 @@ class _Bar:
         from kavach._money import fmt_usd
 
         share = min(1.0, spent / self.limit) if self.limit else 1.0
-        filled = round(share * self.width)
-        colour = "\033[32m" if share < 0.8 else "\033[33m" if share < 1 else "\033[31m"
-        bar = "#" * filled + "-" * (self.width - filled)
+        text = f" {fmt_usd(spent):>11} of {fmt_usd(self.limit)} {share:4.0%}  {label}"
+        width = self.width
         if self.live:
-            bar = f"{colour}{bar}\033[0m"
-        line = f"[{bar}] {fmt_usd(spent):>11} of {fmt_usd(self.limit)} {share:4.0%}  {label}"
+            # A line that wraps cannot be redrawn in place ("\r" goes back one row only):
+            # each update would leave a row behind. Fit the line to the terminal instead.
+            room = _columns(self.out) - 1
+            if room - 2 - len(text) < 10:
+                text = f" {fmt_usd(spent)} {share:.0%} {label}"
+            width = max(5, min(self.width, room - 2 - len(text)))
+            text = text[: max(0, room - 2 - width)]
+        filled = round(share * width)
+        bar = "#" * filled + "-" * (width - filled)
         if self.live:
-            self.out.write("\r\033[K" + line)
+            colour = "\033[32m" if share < 0.8 else "\033[33m" if share < 1 else "\033[31m"
+            self.out.write(f"\r\033[K[{colour}{bar}\033[0m]{text}")
         else:
-            self.out.write(line + "\n")
+            self.out.write(f"[{bar}]{text}\n")
         self.out.flush()
 
     def done(self) -> None:
         if self.live:
             self.out.write("\n")
+
+
+def _columns(out: TextIO) -> int:
+    """The terminal's width: ``COLUMNS`` when set, else the terminal ``out`` writes to."""
+    try:
+        columns = int(os.environ.get("COLUMNS", ""))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(out.fileno()).columns
+        except (AttributeError, OSError, ValueError):
+            columns = 80
+    return columns if columns > 0 else 80
 
 
 def _demo_client(args: argparse.Namespace, out: TextIO) -> tuple[Any, Any, str]:
@@ -134,8 +158,9 @@ def _demo_client(args: argparse.Namespace, out: TextIO) -> tuple[Any, Any, str]:
     if args.real:
         if not os.environ.get("OPENAI_API_KEY"):
             raise SystemExit("kavach demo --real needs OPENAI_API_KEY in the environment")
-        out.write("Running against the real OpenAI API (OPENAI_API_KEY).\n")
-        return openai.OpenAI(), None, args.model
+        client = openai.OpenAI()
+        out.write(f"Running against the OpenAI API at {client.base_url} (OPENAI_API_KEY).\n")
+        return client, None, args.model
 
     from kavach._devtools.standin import Reply, StandIn
 
@@ -228,19 +253,23 @@ def demo(args: argparse.Namespace, out: TextIO | None = None) -> int:
         {"role": "user", "content": "Research budget guards for LLM agents."},
     ]
     calls = 0
+    interrupted = False
     started = time.perf_counter()
     try:
         for step in range(1, args.max_steps + 1):
-            stream = client.chat.completions.create(model=model, messages=messages, stream=True)
             text = []
             before = guard.status()[0].spent
-            for chunk in stream:
-                if chunk.choices and chunk.choices[0].delta.content:
-                    text.append(chunk.choices[0].delta.content)
-                    if bar.live and len(text) % 25 == 0:
-                        # Live: what this call has produced so far, at its output price.
-                        so_far = price.cost(Usage(output_tokens=len(text)))
-                        bar.draw(before + so_far, f"step {step} streaming")
+            # ``with``: a Ctrl-C mid-stream closes it, which settles what it consumed.
+            with client.chat.completions.create(
+                model=model, messages=messages, stream=True
+            ) as stream:
+                for chunk in stream:
+                    if chunk.choices and chunk.choices[0].delta.content:
+                        text.append(chunk.choices[0].delta.content)
+                        if bar.live and len(text) % 25 == 0:
+                            # Live: what this call has produced so far, at its output price.
+                            so_far = price.cost(Usage(output_tokens=len(text)))
+                            bar.draw(before + so_far, f"step {step} streaming")
             calls += 1
             messages.append({"role": "assistant", "content": "".join(text)})
             messages.append({"role": "user", "content": f"Good. Now go deeper, step {step + 1}."})
@@ -253,9 +282,16 @@ def demo(args: argparse.Namespace, out: TextIO | None = None) -> int:
         out.write(
             f"\nThe guard stopped the agent before its next call:\n  {type(exc).__name__}: {exc}\n"
         )
+    except KeyboardInterrupt:  # Ctrl-C: say where it stopped, not a traceback
+        interrupted = True
+        bar.draw(guard.status()[0].spent, f"interrupted after {calls} calls")
+        bar.done()
     except openai.APIError as exc:  # --real: a bad key, no network, a rate limit
         bar.done()
-        sys.stderr.write(f"kavach demo: the provider refused or could not be reached: {exc}\n")
+        sys.stderr.write(
+            f"kavach demo: the provider at {client.base_url} refused or could not be "
+            f"reached: {exc}\n"
+        )
         return 2
     finally:
         if server is not None:
@@ -269,7 +305,9 @@ def demo(args: argparse.Namespace, out: TextIO | None = None) -> int:
     )
     if kills:
         out.write(f"on_kill ran once: {kills[0]}\n")
-    return 0 if status.spent <= limit else 1
+    if status.spent > limit:
+        return 1
+    return 130 if interrupted else 0  # 130: the shell's code for a Ctrl-C
 
 
 # -- the backend: serve, migrate, user create, keys create ------------------------------

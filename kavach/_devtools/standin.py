@@ -48,6 +48,7 @@ import base64
 import itertools
 import json
 import struct
+import sys
 import threading
 import time
 from collections import deque
@@ -888,6 +889,13 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 512
     standin: StandIn
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that goes away (Ctrl-C, a reset keep-alive connection) is normal here;
+        # socketserver would print a traceback for it on the terminal of whoever runs this.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
 
 
 class StandIn:

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import argparse
+import io
+import re
 from pathlib import Path
 
 import pytest
@@ -55,9 +57,95 @@ def test_a_real_demo_whose_provider_cannot_be_reached_says_so(
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     monkeypatch.setenv("OPENAI_BASE_URL", f"http://127.0.0.1:{port}/v1")
     assert cli.main(["demo", "--real"]) == 2
-    err = capsys.readouterr().err
-    assert "the provider refused or could not be reached: Connection error." in err
+    captured = capsys.readouterr()
+    # Which provider: the base URL comes from the environment and may be the mistake.
+    assert f"Running against the OpenAI API at http://127.0.0.1:{port}/v1/" in captured.out
+    err = captured.err
+    assert (
+        f"the provider at http://127.0.0.1:{port}/v1/ refused or could not be reached: "
+        "Connection error." in err
+    )
     assert "Traceback" not in err
+
+
+class _Terminal(io.StringIO):
+    """Output that says it is a terminal; ``interrupt_on`` raises Ctrl-C on that text."""
+
+    def __init__(self, interrupt_on: str | None = None) -> None:
+        super().__init__()
+        self.interrupt_on = interrupt_on
+
+    def isatty(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        if self.interrupt_on is not None and self.interrupt_on in text:
+            self.interrupt_on = None
+            raise KeyboardInterrupt
+        return super().write(text)
+
+
+def _redraws(out: str) -> list[str]:
+    """What each in-place redraw of the bar shows, colour codes removed."""
+    shown = re.sub(r"\x1b\[[0-9;]*[mK]", "", out)
+    return [part for line in shown.split("\n") for part in line.split("\r") if part]
+
+
+@pytest.mark.parametrize("columns", [40, 80, 20])
+def test_the_live_bar_fits_a_narrow_terminal(columns: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A line longer than the terminal wraps, and "\r" cannot go back over the wrap:
+    # every redraw would leave a row of the old bar behind.
+    monkeypatch.setenv("COLUMNS", str(columns))
+    monkeypatch.setenv("TERM", "xterm")
+    out = _Terminal()
+    bar = cli._Bar(out, 50_000_000)
+    bar.draw(1_234_567, "step 12 streaming")
+    bar.draw(47_750_000, "stopped after 123 calls")
+    bar.done()
+    redraws = _redraws(out.getvalue())
+    assert len(redraws) == 2
+    assert all(len(line) < columns for line in redraws), redraws
+    assert redraws[1].startswith("[") and "$0.04775" in redraws[1]
+
+
+def test_ctrl_c_mid_stream_bills_what_streamed_and_exits_130(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TERM", "xterm")
+    out = _Terminal(interrupt_on="step 2 streaming")
+    args = cli.build_parser().parse_args(["demo", "--delay", "0"])
+    try:
+        code = cli.demo(args, out=out)
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C escaped the demo: the user sees a traceback")
+    shown = _redraws(out.getvalue())
+    assert code == 130
+    assert any("interrupted after 1 calls" in line for line in shown), shown
+    # The stream cut by Ctrl-C is settled: its output so far counts, no hold is left.
+    spent = re.search(r"Spent \$([0-9.]+) of \$0\.05 in 1 calls", out.getvalue())
+    assert spent is not None, shown
+    assert float(spent.group(1)) > 0.004065  # step 1 alone cost $0.004065
+
+
+def test_the_stand_in_prints_nothing_when_a_client_goes_away(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from kavach._devtools.standin import StandIn
+
+    with StandIn() as server:
+        httpd = server._httpd
+        assert httpd is not None
+        try:
+            raise ConnectionResetError(104, "Connection reset by peer")
+        except ConnectionResetError:
+            httpd.handle_error(None, ("127.0.0.1", 1))
+        try:
+            raise RuntimeError("a real bug")
+        except RuntimeError:
+            httpd.handle_error(None, ("127.0.0.1", 1))
+    err = capsys.readouterr().err
+    assert "ConnectionResetError" not in err
+    assert "RuntimeError: a real bug" in err  # real errors still show
 
 
 def test_a_subcommand_is_one_registered_function(capsys: pytest.CaptureFixture[str]) -> None:
