@@ -14,6 +14,8 @@ requests) and automatic continuation, one ``generate_content`` sends several req
 billed. The guard sits where the SDK sends each one (``_generate_content`` and
 ``_generate_content_stream``): every request is reserved, sent and settled on its own, with
 its own worst case and its own usage, and the budget can stop the loop between two requests.
+A refusal or a cut stops the whole ``generate_content_stream``: the SDK's continuation loop,
+which resumes a failed stream from its last checkpoint, neither retries nor resumes it.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ from __future__ import annotations
 import functools
 import json
 import math
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
+from kavach.errors import KavachError
 from kavach.spec import CallSpec
 from kavach.stream import Outcome, StreamSettlement
 from kavach.usage import Usage
@@ -344,6 +347,91 @@ def _close_request_streams(client: Any, models: Any) -> None:
     )
 
 
+class _Stopped(BaseException):
+    """A guard's error raised by one streamed request, on its way out of google-genai's
+    continuation loop. The loop catches every ``Exception`` a request raises and resumes from
+    the stream's last checkpoint (or retries, three times): a cut stream went on in a new
+    request, and a new reservation, each time it was cut, and a refusal was retried."""
+
+    def __init__(self, error: KavachError) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+def _stopping(stream: Iterator[Any]) -> Iterator[Any]:
+    try:
+        yield from stream
+    except KavachError as exc:
+        raise _Stopped(exc) from None
+
+
+async def _astopping(stream: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    try:
+        async for chunk in stream:
+            yield chunk
+    except KavachError as exc:
+        raise _Stopped(exc) from None
+    finally:
+        await stream.aclose()  # type: ignore[attr-defined]
+
+
+def _stopped(stream: Iterator[Any]) -> Iterator[Any]:
+    try:
+        yield from stream
+    except _Stopped as stop:
+        raise stop.error from None
+
+
+async def _astopped(stream: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    try:
+        async for chunk in stream:
+            yield chunk
+    except _Stopped as stop:
+        raise stop.error from None
+    finally:
+        await stream.aclose()  # type: ignore[attr-defined]
+
+
+def _stop_continuation(client: Any, models: Any, *, is_async: bool) -> None:
+    """Carry the guard's errors of the (guarded) ``_generate_content_stream`` past the
+    continuation loop that calls it, to the caller, as they were raised."""
+    loop: Callable[..., Any] | None = getattr(
+        models, "_generate_content_stream_with_continuation", None
+    )
+    one: Callable[..., Any] | None = models.__dict__.get("_generate_content_stream")
+    if loop is None or one is None:  # pragma: no cover - SDKs without continuation
+        return
+    guarded, original_loop = one, loop
+    if is_async:
+
+        async def arequest(**kwargs: Any) -> AsyncIterator[Any]:
+            try:
+                stream = await guarded(**kwargs)
+            except KavachError as exc:
+                raise _Stopped(exc) from None
+            return _astopping(stream)
+
+        def aloop(**kwargs: Any) -> AsyncIterator[Any]:
+            return _astopped(original_loop(**kwargs))
+
+        patch(client, models, "_generate_content_stream", functools.wraps(guarded)(arequest))
+        patch(client, models, "_generate_content_stream_with_continuation", aloop)
+    else:
+
+        def request(**kwargs: Any) -> Iterator[Any]:
+            try:
+                stream = guarded(**kwargs)
+            except KavachError as exc:
+                raise _Stopped(exc) from None
+            return _stopping(stream)
+
+        def sync_loop(**kwargs: Any) -> Iterator[Any]:
+            return _stopped(original_loop(**kwargs))
+
+        patch(client, models, "_generate_content_stream", functools.wraps(guarded)(request))
+        patch(client, models, "_generate_content_stream_with_continuation", sync_loop)
+
+
 def instrument(client: Any, guard: AgentKavach) -> None:
     if isinstance(client, genai.Client):
         sync_models, async_models = client.models, client.aio.models
@@ -371,3 +459,6 @@ def instrument(client: Any, guard: AgentKavach) -> None:
     )
     if one_stream != "generate_content_stream":
         _close_request_streams(client, async_models)
+    if sync_models is not None:
+        _stop_continuation(client, sync_models, is_async=False)
+    _stop_continuation(client, async_models, is_async=True)
