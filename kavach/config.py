@@ -193,6 +193,17 @@ class PeriodLimit(_Model):
 
 
 def _dollars_shorthand(value: Any) -> Any:
+    if isinstance(value, str):
+        plain = value.strip().replace("$", "").replace(",", "").replace("_", "").strip()
+        try:
+            amount = float(plain)
+        except ValueError:
+            amount = None
+        if amount is not None:  # "50$", "$1,000", "50" quoted, 1e3 (text to YAML 1.1)
+            raise ValueError(
+                "write the dollar amount as a plain number such as 50 or 0.25 (no $ sign, "
+                "quotes, commas or exponent)"
+            )
     if isinstance(value, bool) or isinstance(value, (str, list)):
         raise ValueError(
             "expected a dollar amount such as 50, or a mapping such as "
@@ -386,8 +397,9 @@ class _Document:
             mark = exc.problem_mark or exc.context_mark
             what = " ".join(str(p) for p in (exc.context, exc.problem) if p)
             line = mark.line + 1 if mark is not None else None
+            hint = _yaml_hint(what, text, line)
             raise ConfigFileError(
-                f"{file}:{line}: invalid YAML: {what}", file=file, line=line, field=""
+                f"{file}:{line}: invalid YAML: {what}{hint}", file=file, line=line, field=""
             ) from None
         except yaml.YAMLError as exc:
             raise ConfigFileError(
@@ -497,6 +509,24 @@ class _Document:
         return _REF.sub(substitute, text)
 
 
+def _yaml_hint(problem: str, text: str, line: int | None) -> str:
+    """What the usual causes of PyYAML's terse syntax errors are, in the user's terms."""
+    source = text.splitlines()[line - 1] if line and line <= len(text.splitlines()) else ""
+    if "'\\t'" in problem or "\t" in source[: len(source) - len(source.lstrip())]:
+        return "; YAML indents with spaces, not tabs"
+    if "flow mapping" in problem and "${" in source:
+        return (
+            "; inside {...} a ${VAR} must be quoted, or write the key on its own line "
+            "(key: ${VAR}) so a number from the environment stays a number"
+        )
+    if "expected <block end>" in problem or "mapping values are not allowed" in problem:
+        return (
+            "; check the indentation of this line and the one before: keys of one mapping "
+            "line up, a value goes after 'key: ' or indented on the lines below, not both"
+        )
+    return ""
+
+
 def _is_secret(path: FieldPath) -> bool:
     return any(isinstance(p, str) and p.lower().endswith(_SECRET_SUFFIXES) for p in path)
 
@@ -567,10 +597,50 @@ def _describe(doc: _Document, error: Mapping[str, Any]) -> tuple[FieldPath, str]
         return path, message
     message = message.removeprefix("Value error, ")
     value = error.get("input")
+    if kind == "invalid_key":  # ``{daily: 1,000}`` is {daily: 1, 000: null}
+        return path, (
+            f"key {value!r} is not a name; inside {{...}} a comma separates entries, so write "
+            "1000, not 1,000"
+        )
+    if kind in ("model_type", "dict_type", "list_type"):
+        message = _shape_message(kind, error.get("ctx", {}).get("class_name"), value)
+        if value is None:
+            return path, message  # "(got None)" says nothing the message does not
     if path and not _is_secret(path) and path not in doc.from_env:
         if not isinstance(value, (dict, list)):
             message += f" (got {value!r})"
     return path, message
+
+
+# What a section looks like, for "Input should be a valid dictionary or instance of X".
+_SHAPES = {
+    "BudgetConfig": "periods and their limits, such as {daily: 50} or "
+    "{daily: 50, monthly: {dollars: 1000, tokens: 5000000}}",
+    "AgentConfig": "the agent's settings indented below its name (budget: ..., mode: ...), "
+    "or {} for none",
+    "AgentSettings": "settings indented below it (mode: ..., detect_loops: ...)",
+    "PriceConfig": "a price such as {input_per_mtok: 2.5, output_per_mtok: 10} "
+    "(dollars per million tokens)",
+    "AlertRuleConfig": "a rule such as {threshold: 0.9, channels: [slack]}",
+    "ChannelConfig": "a channel such as {type: slack, webhook_url: ...}",
+}
+
+
+def _shape_message(kind: str, model: str | None, value: Any) -> str:
+    if kind == "list_type":
+        wanted = "a list such as [a, b] (or '- a' lines below)"
+    elif kind == "dict_type":
+        wanted = "a mapping of names to their settings (name: ... lines indented below)"
+    else:
+        wanted = _SHAPES.get(model or "", "a mapping of key: value lines indented below")
+    if value is None:
+        return f"is empty; expected {wanted}"
+    message = f"expected {wanted}"
+    if kind != "list_type" and isinstance(value, list):
+        message += "; remove the '- ' before each entry"
+    elif isinstance(value, str) and re.search(r"\w:\S", value):
+        message += "; put a space after the colon (daily: 50, not daily:50)"
+    return message
 
 
 # -- building guards ----------------------------------------------------------------------
@@ -588,10 +658,21 @@ def _load(
 ) -> tuple[KavachFileConfig, _Document]:
     file = os.fspath(path)
     try:
-        text = Path(file).read_text(encoding="utf-8")
+        raw = Path(file).read_bytes()
     except OSError as exc:
         raise ConfigFileError(
             f"cannot read config file {file}: {exc.strerror or exc}", file=file, line=None, field=""
+        ) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ConfigFileError(
+            f"{file}:{line}: the file is not UTF-8 text (byte 0x{raw[exc.start]:02x}); save it "
+            "as UTF-8",
+            file=file,
+            line=line,
+            field="",
         ) from None
     doc = _Document(text, file, os.environ if env is None else env)
     if not isinstance(doc.data, dict):

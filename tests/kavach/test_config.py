@@ -796,3 +796,47 @@ def test_the_loader_knows_every_rule_key_of_a_channel() -> None:
     import kavach.config
 
     assert kavach.config._RULE_KEYS == kavach.alerts.rules._RULE_KEYS
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "says"),
+    [
+        # A budget written the way people write money.
+        ("agents:\n  bot:\n    budget:\n      daily: 50$\n", 4, "as a plain number such as 50"),
+        ("agents:\n  bot:\n    budget: {daily: $50}\n", 3, "no $ sign"),
+        ('agents:\n  bot:\n    budget: {daily: "50"}\n', 3, "as a plain number such as 50"),
+        ("agents:\n  bot:\n    budget: {daily: 1e3}\n", 3, "as a plain number such as 50"),
+        ("agents:\n  bot:\n    budget: {daily: 1,000}\n", 3, "write 1000, not 1,000"),
+        # A budget with no period, an agent or a pool with nothing under it.
+        ("agents:\n  bot:\n    budget: 50\n", 3, "expected periods and their limits"),
+        ("shared_budgets:\n  team: 100\nagents:\n  bot: {}\n", 2, "such as {daily: 50}"),
+        ("agents:\n  bot:\n", 2, "is empty; expected the agent's settings indented below"),
+        ("agents:\n  bot:\n  budget:\n    daily: 5\n", 2, "is empty; expected the agent's"),
+        ("agents:\n  bot:\n    budget:\n      daily:50\n", 3, "put a space after the colon"),
+        ("agents:\n  - bot:\n      budget: {daily: 5}\n", 1, "remove the '- '"),
+        ("agents:\n  bot:\n    shared: team\n", 3, "expected a list such as"),
+        # YAML syntax, with what usually causes PyYAML's wording.
+        ("agents:\n  bot:\n    budget:\n      daily: 5\n     weekly: 9\n", 5, "indentation"),
+        ("agents:\n\tbot:\n\t  budget: {daily: 5}\n", 2, "spaces, not tabs"),
+        ("agents:\n  bot:\n    budget: daily: 5\n", 3, "indentation"),
+        ("agents:\n  bot:\n    budget: {daily: ${KAVACH_T_DAILY}}\n", 3, "on its own line"),
+    ],
+)
+def test_a_broken_file_says_what_to_fix_at_its_line(
+    write: Write, monkeypatch: pytest.MonkeyPatch, text: str, line: int, says: str
+) -> None:
+    monkeypatch.setenv("KAVACH_T_DAILY", "5")
+    error = error_from(write(text))
+    assert error.line == line
+    assert f"kavach.yaml:{line}: " in str(error)
+    assert says in str(error)
+    assert "Input should be a valid dictionary" not in str(error)
+    assert "Keys should be strings" not in str(error)
+
+
+def test_a_file_that_is_not_utf8_is_a_config_error_at_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "kavach.yaml"
+    path.write_bytes(b"agents:\n  bot:\n    # caf\xe9 budget (Latin-1)\n    budget: {daily: 5}\n")
+    error = error_from(path)  # was a UnicodeDecodeError traceback
+    assert error.line == 3
+    assert "not UTF-8 text" in str(error) and "save it as UTF-8" in str(error)
