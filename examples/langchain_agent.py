@@ -1,7 +1,10 @@
 """A LangChain tool-calling agent under a kavach budget.
 
+    pip install 'agentkavach[openai,langchain]' langchain-openai
+    python examples/langchain_agent.py
+
 Runs against OpenAI when OPENAI_API_KEY is set; otherwise against the local stand-in provider
-(no network, no key). Run: ``python examples/langchain_agent.py``.
+(no network, no key).
 
 The handler reserves each model call before it is made and settles it at the reported
 usage. A second run with a budget too small for one call is refused before anything is sent.

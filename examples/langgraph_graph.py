@@ -1,8 +1,10 @@
 """A LangGraph ReAct graph under kavach: per-run guardrails stop an agent stuck in a loop.
 
+    pip install 'agentkavach[anthropic,langchain]' langchain-anthropic langgraph
+    python examples/langgraph_graph.py
+
 Runs against Anthropic when ANTHROPIC_API_KEY is set; otherwise against the local stand-in
 provider (no network, no key), which is scripted to keep asking for the same tool call.
-Run: ``python examples/langgraph_graph.py``.
 
 Pass the handler in the graph's config: the whole graph invocation is then one kavach run,
 so ``max_calls_per_run`` and loop detection apply to one agent invocation.

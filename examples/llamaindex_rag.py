@@ -1,7 +1,10 @@
 """A LlamaIndex RAG query engine with every LLM call guarded by kavach.
 
+    pip install 'agentkavach[openai,llamaindex]' llama-index-llms-openai
+    python examples/llamaindex_rag.py
+
 Runs against OpenAI when OPENAI_API_KEY is set; otherwise against the local stand-in provider
-and a mock embedding model (no network, no key). Run: ``python examples/llamaindex_rag.py``.
+and a mock embedding model (no network, no key).
 
 ``instrument(guard)`` guards every LlamaIndex LLM call in the process (``Settings.llm`` and
 LLMs created later); each query is one kavach run.

@@ -1,5 +1,6 @@
 """Guarded OpenAI and Anthropic calls, offline, against the local stand-in provider.
 
+    pip install 'agentkavach[openai,anthropic]'
     python examples/provider_quickstart.py
 
 Swap the stand-in's base URL for nothing (and set OPENAI_API_KEY / ANTHROPIC_API_KEY) to
