@@ -105,7 +105,7 @@ class Admission:
                 return None
         try:
             return msgspec.json.decode(body, type=_Shape)
-        except msgspec.MsgspecError:
+        except (msgspec.MsgspecError, RecursionError):
             return None  # the handler explains what is wrong with it
 
     async def check_ingest(self, request: Request[Any, Any, Any]) -> Response[Any] | None:

@@ -131,6 +131,8 @@ def decode_batch(
         raise BatchError(f"invalid batch: {exc}") from None
     except msgspec.DecodeError as exc:
         raise BatchError(f"the body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BatchError(f"invalid batch: {_TOO_DEEP}") from None
     if len(batch.events) > max_events:
         raise BatchError(
             f"too many events in one batch: {len(batch.events)} (at most {max_events})", 413
@@ -143,10 +145,40 @@ def decode_batch(
 # value whose conversion to UTC fails (0001-01-01T00:30+01:00).
 _EARLIEST = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 _LATEST = datetime.datetime(2200, 1, 1, tzinfo=datetime.timezone.utc)
+# An event that starts later than this after the server's clock comes from a host whose
+# clock is wrong: filed in a later day or month, it would count as this month's spend on
+# the overview, head the event list and outlive the plan's retention. A day leaves room
+# for skew and for local time sent as UTC.
+_AHEAD = datetime.timedelta(days=1)
+# tags and tool_calls are free-form JSON. Deeper than this, decoding them again (the reads,
+# the dashboard) could exhaust the stack.
+_MAX_NESTING = 32
+_TOO_DEEP = f"the JSON nests too deeply (tags and tool_calls may nest {_MAX_NESTING} levels)"
+
+
+def _nests_deeper(value: Any, limit: int) -> bool:
+    """Whether lists and objects nest more than ``limit`` levels in ``value``."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        for child in children:
+            if isinstance(child, (dict, list)):
+                if depth >= limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
 
 
 def _check_events(batch: IngestBatch, body: bytes) -> None:
     """What the schema cannot say; the message names the field, as msgspec's do."""
+    for i, e in enumerate(batch.events):
+        for name, value in (("tags", e.tags), ("tool_calls", e.tool_calls)):
+            if value and _nests_deeper(value, _MAX_NESTING):
+                raise BatchError(
+                    f"invalid batch: {name} nests more than {_MAX_NESTING} levels of lists and "
+                    f"objects - at `$.events[{i}].{name}`"
+                )
     # A NUL can only arrive escaped; the walk that finds where runs only when one may be there.
     if b"\\u0000" in body and (path := _nul_path(msgspec.json.decode(body), "$")):
         raise BatchError(
@@ -154,7 +186,16 @@ def _check_events(batch: IngestBatch, body: bytes) -> None:
             f"PostgreSQL cannot store - at `{path}`"
         )
     checked: set[str] = set()
+    first_of: dict[str, int] = {}
+    latest = min(_LATEST, datetime.datetime.now(datetime.timezone.utc) + _AHEAD)
     for i, e in enumerate(batch.events):
+        first = first_of.setdefault(e.id, i)
+        if first != i and batch.events[first] != e:
+            # The same event sent twice is one event; two events under one id would lose one.
+            raise BatchError(
+                f"invalid batch: events[{first}] and events[{i}] have the same id {e.id!r} but "
+                f"differ; give each event its own id - at `$.events[{i}].id`"
+            )
         if e.agent not in checked:
             if problem := agent_name_problem(e.agent):
                 raise BatchError(f"invalid batch: {problem} - at `$.events[{i}].agent`")
@@ -167,6 +208,12 @@ def _check_events(batch: IngestBatch, body: bytes) -> None:
             raise BatchError(
                 "invalid batch: started_at must be a time from 1970 to 2200 "
                 f"(got {e.started_at.isoformat()}) - at `$.events[{i}].started_at`"
+            )
+        if started >= latest:
+            raise BatchError(
+                f"invalid batch: started_at {e.started_at.isoformat()} is more than a day "
+                f"ahead of the server's clock ({(latest - _AHEAD).isoformat(timespec='seconds')})"
+                f": the sending host's clock is wrong; set it (NTP) - at `$.events[{i}].started_at`"
             )
 
 

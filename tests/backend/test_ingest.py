@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import gzip
 import json
 import uuid
@@ -184,18 +185,18 @@ def test_a_run_starts_at_its_earliest_event_whatever_order_they_arrive_in(
     run = f"run-{uuid.uuid4().hex[:6]}"
     with account.sdk() as sdk:
         for started in (
-            "2030-01-15T10:00:00+00:00",
-            "2030-01-15T14:30:00+05:30",  # 09:00Z, from a host in India
-            "2030-01-15T09:30:00+00:00",
+            "2025-01-15T10:00:00+00:00",
+            "2025-01-15T14:30:00+05:30",  # 09:00Z, from a host in India
+            "2025-01-15T09:30:00+00:00",
         ):
             response = sdk.post("/v1/ingest", json=batch(event(run_id=run, started_at=started)))
             assert response.status_code == 202
     [row] = account.client.get("/v1/agents/research-bot/runs").json()
-    assert row["started_at"] == "2030-01-15T09:00:00Z"
-    assert row["last_event_at"] == "2030-01-15T10:00:00Z"
+    assert row["started_at"] == "2025-01-15T09:00:00Z"
+    assert row["last_event_at"] == "2025-01-15T10:00:00Z"
     assert row["calls"] == 3
     detail = account.client.get(f"/v1/runs/{row['id']}").json()
-    assert detail["started_at"] == "2030-01-15T09:00:00Z"
+    assert detail["started_at"] == "2025-01-15T09:00:00Z"
 
 
 _NO_USAGE = {"input_tokens": 0, "output_tokens": 0}
@@ -342,3 +343,66 @@ def test_reporter_sets_the_bad_event_aside_and_delivers_the_rest(
     rejected = [json.loads(line) for f in files for line in f.read_text().splitlines()]
     assert [r["event"]["id"] for r in rejected] == [bad["id"]]
     assert "error" in rejected[0]["reason"] and "400" in rejected[0]["reason"]
+
+
+def _with_nested_tags(depth: int) -> bytes:
+    """A batch of a good event and one whose tags nest ``depth`` lists deep."""
+    body = json.dumps(batch(event(), event())).encode()
+    assert body.endswith(b"}]}")
+    return body[:-3] + b', "tags": {"a": ' + b"[" * depth + b"]" * depth + b"}}]}"
+
+
+@pytest.mark.parametrize("depth", [40, 5000])
+def test_tags_nested_too_deeply_are_400_not_500(account: Account, depth: int) -> None:
+    # 5000 levels made the JSON decoder raise RecursionError: a 500, which the SDK retries
+    # for ever instead of setting the event aside; a few hundred were stored and could
+    # break the reads that decode them again.
+    with account.sdk() as sdk:
+        response = sdk.post(
+            "/v1/ingest",
+            content=_with_nested_tags(depth),
+            headers={"Content-Type": "application/json"},
+        )
+        assert response.status_code == 400, response.text
+        assert "nest" in response.json()["detail"] and "tags" in response.json()["detail"]
+        assert account.client.get("/v1/events").json() == []
+        fine = sdk.post(
+            "/v1/ingest",
+            content=_with_nested_tags(20),
+            headers={"Content-Type": "application/json"},
+        )
+        assert fine.status_code == 202, fine.text
+    assert len(account.client.get("/v1/events").json()) == 2
+
+
+def test_started_at_far_ahead_of_the_servers_clock_is_400(account: Account) -> None:
+    # A host whose clock runs a year ahead filed its spend into a later month: the
+    # overview counted it as this month's, /v1/events listed it first for a year and the
+    # plan's retention never deleted it.
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ahead = (now + datetime.timedelta(days=400)).isoformat()
+    with account.sdk() as sdk:
+        response = sdk.post("/v1/ingest", json=batch(event(), event(started_at=ahead)))
+        assert response.status_code == 400, response.text
+        detail = response.json()["detail"]
+        assert "$.events[1].started_at" in detail and "clock" in detail
+        assert account.client.get("/v1/events").json() == []
+        # A clock a few hours off (or local time sent as UTC) is still taken.
+        skewed = (now + datetime.timedelta(hours=12)).isoformat()
+        assert sdk.post("/v1/ingest", json=batch(event(started_at=skewed))).status_code == 202
+
+
+def test_one_id_for_two_different_events_in_a_batch_is_400(account: Account) -> None:
+    # The second event was dropped as a "duplicate": its $0.5 never reached the rollups.
+    first = event(cost_nanos=1_000)
+    other = event(id=first["id"], cost_nanos=500_000_000)
+    with account.sdk() as sdk:
+        response = sdk.post("/v1/ingest", json=batch(event(), first, other))
+        assert response.status_code == 400, response.text
+        detail = response.json()["detail"]
+        assert first["id"] in detail and "$.events[2].id" in detail and "events[1]" in detail
+        assert account.client.get("/v1/events").json() == []
+        # The same event twice (a batch put together from a replay) is one event.
+        same = sdk.post("/v1/ingest", json=batch(first, dict(first)))
+        assert same.status_code == 202, same.text
+        assert (same.json()["accepted"], same.json()["duplicates"]) == (1, 1)

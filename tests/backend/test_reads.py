@@ -238,7 +238,7 @@ def test_run_detail_counts_the_whole_run_and_pages_from_its_newest_call(
 ) -> None:
     # More calls than one page of the timeline: the totals are the run's, not the page's,
     # and the end of a runaway loop is what a newest-first page shows.
-    start = datetime.datetime(2030, 1, 1, tzinfo=datetime.timezone.utc)
+    start = datetime.datetime(2025, 1, 1, tzinfo=datetime.timezone.utc)
     calls = [
         event(
             run_id="loop",
@@ -273,8 +273,8 @@ def test_run_detail_counts_the_whole_run_and_pages_from_its_newest_call(
     events = f"/v1/runs/{run_id}/events"
     newest = account.client.get(events, params={"order": "newest", "limit": 200}).json()
     assert [e["started_at"][:19] for e in newest[:2]] == [
-        "2030-01-01T00:10:20",
-        "2030-01-01T00:10:19",
+        "2025-01-01T00:10:20",
+        "2025-01-01T00:10:19",
     ]
     assert newest[0]["status"] == "refused"
     older = account.client.get(
@@ -284,4 +284,4 @@ def test_run_detail_counts_the_whole_run_and_pages_from_its_newest_call(
     seen = {e["id"] for e in newest} | {e["id"] for e in older}
     assert len(seen) == 621
     # Without paging parameters the oldest calls come first, as before.
-    assert account.client.get(events).json()[0]["started_at"][:19] == "2030-01-01T00:00:00"
+    assert account.client.get(events).json()[0]["started_at"][:19] == "2025-01-01T00:00:00"
