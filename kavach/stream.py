@@ -47,6 +47,10 @@ class Outcome:
     response_model: str | None = None
     finish_reasons: Sequence[str] = ()
     tool_calls: Sequence[str] = ()
+    billed_later: bool = False
+    """The provider goes on with the call after it answered and reports its usage elsewhere
+    (an OpenAI ``background`` response): ``usage`` is not what it bills, so the call is
+    settled at its reservation's worst case."""
 
 
 class StreamMeter(Protocol):
@@ -112,7 +116,8 @@ class StreamSettlement:
         input_tokens = plan.input_tokens if plan is not None else 0
         outcome = meter.outcome(input_tokens)
         usage = outcome.usage
-        if self.raw and not meter.received:  # read as bytes, if at all: unseen, so the worst
+        if (self.raw and not meter.received) or outcome.billed_later:
+            # Read as bytes, if at all (unseen), or still running at the provider: the worst.
             usage = Usage(input_tokens=input_tokens, output_tokens=r.max_output_tokens or 0)
         if status is None:
             status = "ok" if meter.complete else "cancelled"

@@ -325,6 +325,8 @@ def _read_outcome(endpoint: Endpoint, response: Any, r: Reservation) -> Outcome:
         outcome = endpoint.outcome(response)
     except Exception:
         return _unreadable(r)
+    if outcome.billed_later:  # still running: it bills up to its limits, and no one reports it
+        return dataclasses.replace(outcome, usage=_worst_usage(r))
     if endpoint.estimate_unreported_input and not outcome.usage.input_tokens:
         plan = r.plan
         if plan is not None:

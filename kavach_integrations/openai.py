@@ -2,11 +2,14 @@
 streams.
 
 ``guard.wrap(OpenAI())`` / ``guard.wrap(AsyncOpenAI())`` guard ``chat.completions`` (create,
-parse, stream), ``responses`` (create, stream, parse), ``completions``, ``embeddings`` and
-``images.generate`` with a GPT image model (``gpt-image-*``, streamed too). Paid endpoints
-without a token-usage price (DALL·E images, image edits and variations, audio, videos,
-batches, fine-tuning, Assistants runs) stop with the agent but are not counted: see
-``AgentKavach.admit_unmetered``.
+parse, stream), ``responses`` (create, stream, parse, compact), ``completions``,
+``embeddings`` and ``images.generate`` with a GPT image model (``gpt-image-*``, streamed
+too). A ``background=True`` response answers before it runs and reports its usage only when
+retrieved later: it is settled at its worst case (its input and max output tokens, which
+strict mode sets) when created, as is a background stream closed before it completed.
+Paid endpoints without a token-usage price (DALL·E images, image edits and variations,
+audio, videos, batches, fine-tuning, Assistants runs) stop with the agent but are not
+counted: see ``AgentKavach.admit_unmetered``.
 Usage maps to ``kavach.usage.Usage`` as OpenAI reports it: ``prompt_tokens`` include
 ``cached_tokens`` (reads) and ``cache_write_tokens``, ``completion_tokens`` include
 reasoning and audio tokens.
@@ -264,16 +267,23 @@ def response_outcome(response: Any) -> Outcome:
         response_model=field(response, "model"),
         finish_reasons=(str(status),) if status else (),
         tool_calls=tool_calls,
+        # A background response answers "queued" and runs on, billed when it finishes.
+        billed_later=status in _RUNNING,
     )
 
 
+_RUNNING = ("queued", "in_progress")
+
+
 class ResponsesMeter(TokenCounter):
-    __slots__ = ("final",)
+    __slots__ = ("background", "final")
     exact = True
 
     def __init__(self, body: Mapping[str, Any]) -> None:
         super().__init__()
         self.final: Any = None
+        # A background response runs on when its stream is closed or cut, billed in full.
+        self.background = body.get("background") is True
 
     def feed(self, event: Any) -> bool:
         self.received = True
@@ -291,7 +301,10 @@ class ResponsesMeter(TokenCounter):
     def outcome(self, estimated_input_tokens: int) -> Outcome:
         if self.final is not None and self.complete:
             return response_outcome(self.final)
-        return super().outcome(estimated_input_tokens)
+        outcome = super().outcome(estimated_input_tokens)
+        if self.background:
+            return dataclasses.replace(outcome, billed_later=True)
+        return outcome
 
 
 RESPONSES = Endpoint(
@@ -301,6 +314,15 @@ RESPONSES = Endpoint(
     limit=set_max_tokens("max_output_tokens"),
     meter=ResponsesMeter,
 )
+
+
+def _read_compaction(body: Mapping[str, Any]) -> CallSpec:
+    # ``responses.compact`` runs the model over a conversation and bills its usage, but takes
+    # no output limit: it is held at the default max output tokens, in strict mode too.
+    return dataclasses.replace(read_response(body), max_output_tokens=None, fixed_output=True)
+
+
+COMPACTION = Endpoint(operation="chat", read=_read_compaction, outcome=response_outcome)
 
 # -- embeddings ---------------------------------------------------------------------------
 
@@ -484,6 +506,7 @@ def _choose_image_generation(body: Mapping[str, Any]) -> Endpoint | Unmetered:
 _ROUTES: dict[str, Endpoint | Unmetered | PerRequest] = {
     "/chat/completions": CHAT,
     "/responses": RESPONSES,
+    "/responses/compact": COMPACTION,
     "/embeddings": EMBEDDINGS,
     "/completions": COMPLETIONS,
     "/images/generations": PerRequest(_choose_image_generation, _IMAGE_GENERATION),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import importlib
+import json
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -14,7 +16,15 @@ import pytest
 from openai.types import ImagesResponse
 from openai.types.chat import ChatCompletion
 
-from kavach import AgentKavach, Budget, BudgetExceededError, KavachError, LoopDetectedError, Usage
+from kavach import (
+    AgentKavach,
+    AgentKilledError,
+    Budget,
+    BudgetExceededError,
+    KavachError,
+    LoopDetectedError,
+    Usage,
+)
 from kavach._devtools.standin import RecordedRequest, Reply, StandIn, ToolCall
 from kavach_integrations._provider import unwrap
 
@@ -790,3 +800,147 @@ def test_a_streamed_image_left_unfinished_is_settled_at_its_worst_case(
     assert event.status == "cancelled"
     assert event.usage.output_image_tokens == 408 + 2 * 100
     assert guard.ledger.open_holds == 0
+
+
+# openai 2.x is built on httpx, 3.x on httpx2: mock transports come from the SDK's own.
+_http: Any = importlib.import_module(
+    "httpx2" if int(openai.__version__.split(".", 1)[0]) >= 3 else "httpx"
+)
+
+
+class MockOpenAI:
+    """Answers every request with ``payload`` and records the JSON bodies it got."""
+
+    def __init__(self, payload: dict[str, Any]) -> None:
+        self.payload = payload
+        self.bodies: list[dict[str, Any]] = []
+
+    def handle(self, request: Any) -> Any:
+        content = request.read()
+        is_json = request.headers.get("content-type", "").startswith("application/json")
+        self.bodies.append(json.loads(content) if is_json else {})
+        return _http.Response(200, json=self.payload)
+
+    async def ahandle(self, request: Any) -> Any:
+        return self.handle(request)
+
+    def client(self, guard: AgentKavach) -> openai.OpenAI:
+        http = _http.Client(transport=_http.MockTransport(self.handle))
+        c = guard.wrap(
+            openai.OpenAI(api_key="k", base_url="http://mock/v1", http_client=http, max_retries=0)
+        )
+        _open.append(c)
+        return c
+
+    def aclient(self, guard: AgentKavach) -> openai.AsyncOpenAI:
+        http = _http.AsyncClient(transport=_http.MockTransport(self.ahandle))
+        return guard.wrap(
+            openai.AsyncOpenAI(
+                api_key="k", base_url="http://mock/v1", http_client=http, max_retries=0
+            )
+        )
+
+
+QUEUED = {  # what responses.create(background=True) answers: the work starts after it
+    "id": "resp_bg",
+    "object": "response",
+    "created_at": 0,
+    "status": "queued",
+    "background": True,
+    "model": "gpt-4o",
+    "output": [],
+    "parallel_tool_calls": True,
+    "tool_choice": "auto",
+    "tools": [],
+    "usage": None,
+}
+
+
+def test_background_responses_are_settled_at_their_worst_case_and_stay_in_budget(
+    make_guard: Any, events: Events
+) -> None:
+    # Answered "queued", with no usage: the response runs (and bills) after the call returns.
+    # Settled at zero, any number of them passed a $0.01 budget.
+    guard = make_guard(budget=Budget.daily(0.01))
+    mock = MockOpenAI(QUEUED)
+    c = mock.client(guard)
+    with pytest.raises(BudgetExceededError):
+        for _ in range(20):
+            c.responses.create(
+                model="gpt-4o", input="Write an essay", background=True, max_output_tokens=200
+            )
+    first = events.settled[0]
+    assert first.usage.output_tokens == 200
+    assert first.cost_nanos >= 200 * 10_000  # gpt-4o output: $10 per million tokens
+    assert 1 <= len(mock.bodies) == len(events.settled) < 20
+    assert spent(guard) <= 10_000_000
+    assert guard.ledger.open_holds == 0
+
+
+@pytest.mark.anyio
+async def test_async_background_response_is_settled_at_its_worst_case(
+    make_guard: Any, events: Events
+) -> None:
+    guard = make_guard(budget=Budget.daily(1), mode="strict")
+    mock = MockOpenAI(QUEUED)
+    c = mock.aclient(guard)
+    response = await c.responses.create(model="gpt-4o", input="Write an essay", background=True)
+    assert response.status == "queued"
+    [event] = events.settled
+    # Strict mode sent a limit: the response can bill no more than that, and is held to it.
+    assert event.usage.output_tokens == mock.bodies[0]["max_output_tokens"] > 0
+    assert spent(guard) == event.cost_nanos
+    await c.close()
+
+
+def test_a_background_stream_closed_early_is_settled_at_its_worst_case(
+    server: StandIn, make_guard: Any, events: Events
+) -> None:
+    guard = make_guard(budget=Budget.daily(1))
+    c = client(server, guard)
+    for background in (False, True):
+        server.script(Reply(output_tokens=50))
+        stream = c.responses.create(
+            model="gpt-4o", input="hi", stream=True, background=background, max_output_tokens=80
+        )
+        for event in stream:
+            if event.type == "response.output_text.delta":
+                break
+        stream.close()
+    foreground, background_ = events.settled
+    assert foreground.usage.output_tokens == 1  # closing the stream stopped it
+    assert background_.usage.output_tokens == 80  # it runs on at the provider
+    assert guard.ledger.open_holds == 0
+
+
+COMPACTED = {
+    "id": "cmp_1",
+    "object": "response.compaction",
+    "created_at": 0,
+    "output": [],
+    "usage": {
+        "input_tokens": 1000,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": 300,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": 1300,
+    },
+}
+
+
+def test_responses_compact_is_reserved_settled_and_stops_with_the_agent(
+    make_guard: Any, events: Events
+) -> None:
+    guard = make_guard(budget=Budget.daily(1))
+    mock = MockOpenAI(COMPACTED)
+    c = mock.client(guard)
+    c.responses.compact(model="gpt-4o", input=[{"role": "user", "content": "a long chat"}])
+    [event] = events.settled
+    assert event.usage == Usage(input_tokens=1000, output_tokens=300)
+    assert event.cost_nanos == 1000 * 2500 + 300 * 10_000
+    assert spent(guard) == event.cost_nanos
+
+    guard.kill("stop")
+    with pytest.raises(AgentKilledError):
+        c.responses.compact(model="gpt-4o", input="a long chat")
+    assert len(mock.bodies) == 1
