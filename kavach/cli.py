@@ -95,6 +95,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C before a command could handle it: no traceback
         sys.stderr.write("\n")
         return 130
+    except BrokenPipeError:  # `kavach demo | head`: the reader left; stop quietly
+        # Python flushes stdout at exit and would fail again: point it at /dev/null.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # what a shell reports for a command ended by SIGPIPE
 
 
 # -- kavach demo ------------------------------------------------------------------------
@@ -126,8 +131,11 @@ class _Bar:
         filled = round(share * width)
         bar = "#" * filled + "-" * (width - filled)
         if self.live:
-            colour = "\033[32m" if share < 0.8 else "\033[33m" if share < 1 else "\033[31m"
-            self.out.write(f"\r\033[K[{colour}{bar}\033[0m]{text}")
+            if os.environ.get("NO_COLOR"):  # https://no-color.org
+                self.out.write(f"\r\033[K[{bar}]{text}")
+            else:
+                colour = "\033[32m" if share < 0.8 else "\033[33m" if share < 1 else "\033[31m"
+                self.out.write(f"\r\033[K[{colour}{bar}\033[0m]{text}")
         else:
             self.out.write(f"[{bar}]{text}\n")
         self.out.flush()

@@ -233,3 +233,34 @@ def test_backend_commands_create_a_user_and_a_key_then_serve(tmp_path: Path) -> 
         server.wait(timeout=30)
         assert server.stderr is not None
         server.stderr.close()
+
+
+def test_no_color_turns_the_bar_colours_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TERM", "xterm")
+    monkeypatch.setenv("NO_COLOR", "1")
+    out = _Terminal()
+    cli._Bar(out, 50_000_000).draw(45_000_000, "step 6")
+    assert "\x1b[3" not in out.getvalue()  # no colour; the in-place redraw stays
+    assert out.getvalue().startswith("\r\x1b[K[")
+
+
+def test_demo_piped_into_head_stops_quietly() -> None:
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    # Long steps: the demo cannot finish before the reader below goes away.
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "kavach.cli", "demo", "--budget", "1000", "--delay", "0.5"],
+        cwd=root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert demo.stdout is not None and demo.stderr is not None
+    assert demo.stdout.readline().startswith("Stand-in OpenAI server")
+    demo.stdout.close()  # what `| head -1` does after its line
+    err = demo.stderr.read()
+    demo.stderr.close()
+    assert demo.wait(timeout=120) == 141
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
