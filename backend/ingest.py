@@ -36,6 +36,7 @@ __all__ = [
     "MAX_COUNT",
     "agent_name_problem",
     "counts_as_call",
+    "nests_deeper",
 ]
 
 # Cost (nano-dollars) and token counts of one event are capped at 2**40: about $1,100 or
@@ -156,8 +157,10 @@ _MAX_NESTING = 32
 _TOO_DEEP = f"the JSON nests too deeply (tags and tool_calls may nest {_MAX_NESTING} levels)"
 
 
-def _nests_deeper(value: Any, limit: int) -> bool:
+def nests_deeper(value: Any, limit: int) -> bool:
     """Whether lists and objects nest more than ``limit`` levels in ``value``."""
+    if not isinstance(value, (dict, list, tuple)):
+        return False
     stack = [(value, 1)]
     while stack:
         item, depth = stack.pop()
@@ -174,7 +177,7 @@ def _check_events(batch: IngestBatch, body: bytes) -> None:
     """What the schema cannot say; the message names the field, as msgspec's do."""
     for i, e in enumerate(batch.events):
         for name, value in (("tags", e.tags), ("tool_calls", e.tool_calls)):
-            if value and _nests_deeper(value, _MAX_NESTING):
+            if value and nests_deeper(value, _MAX_NESTING):
                 raise BatchError(
                     f"invalid batch: {name} nests more than {_MAX_NESTING} levels of lists and "
                     f"objects - at `$.events[{i}].{name}`"

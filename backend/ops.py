@@ -12,11 +12,13 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import msgspec
 from litestar import Litestar, Request, Response
 
 from backend.admission import Admission
 from backend.alert_worker import AlertWorker
 from backend.crypto import SecretBox
+from backend.ingest import nests_deeper
 from backend.metrics import Metrics, metrics_endpoint
 from backend.ops_settings import OpsSettings
 from backend.ratelimit import Limiter, MemoryLimiter, RedisLimiter
@@ -26,6 +28,20 @@ from backend.settings import Settings
 __all__ = ["Operations"]
 
 _AUTH_PATHS = frozenset({"/v1/auth/login", "/v1/auth/register", "/v1/auth/password"})
+# JSON bodies (ingest's aside, which checks its own) may nest this deep. Far deeper, the
+# decoders raise RecursionError, which was a 500.
+_MAX_BODY_NESTING = 64
+
+
+def _nests_too_deeply(body: bytes) -> bool:
+    if body.count(b"[") + body.count(b"{") <= _MAX_BODY_NESTING:
+        return False  # the quick answer for every ordinary body
+    try:
+        return nests_deeper(msgspec.json.decode(body), _MAX_BODY_NESTING)
+    except RecursionError:
+        return True
+    except msgspec.DecodeError:
+        return False  # not JSON: the handler says so
 
 
 class Operations:
@@ -55,6 +71,15 @@ class Operations:
     async def before_request(self, request: Request[Any, Any, Any]) -> Response[Any] | None:
         path = request.url.path
         answer = None
+        if (
+            request.method in ("POST", "PUT", "PATCH")
+            and path != "/v1/ingest"
+            and _nests_too_deeply(await request.body())
+        ):
+            detail = (
+                f"the JSON body nests more than {_MAX_BODY_NESTING} levels of arrays and objects"
+            )
+            return Response({"status_code": 400, "detail": detail}, status_code=400)
         if path == "/v1/ingest" and request.method == "POST":
             answer = await self.admission.check_ingest(request)
         elif path in _AUTH_PATHS and request.method == "POST":
