@@ -68,6 +68,8 @@ Rules:
   literal ``${...}``. An unquoted value is typed after substitution (``${N}`` with ``N=40``
   is the number 40); a quoted one stays a string. Keys are not interpolated.
 - Types are strict: ``max_calls_per_run: "40"`` (a string) is an error, not 40.
+- A key written with no value (``daily:``, ``null``, ``~``) is an error, for the same reason
+  as an empty variable: read as "not set" it would drop the setting.
 - The guards one ``from_yaml`` call builds share one ledger, so shared and org budgets hold
   across the file's agents in this process (across processes with a Redis ledger). Guards
   built one at a time with ``agent=`` share it only if you pass the same ``ledger=``.
@@ -368,6 +370,7 @@ _DIRECT = (
 
 _REF = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\{")
 _STR_TAG = "tag:yaml.org,2002:str"
+_NULL_TAG = "tag:yaml.org,2002:null"
 
 
 def _fmt_path(path: Sequence[str | int]) -> str:
@@ -388,6 +391,7 @@ class _Document:
         self.env = env
         self.lines: dict[FieldPath, int] = {(): 1}
         self.from_env: set[FieldPath] = set()
+        self.empty: list[FieldPath] = []  # ``key:`` with nothing after it, written so
         self._open: set[int] = set()  # nodes being walked, to refuse a recursive alias
         loader = yaml.SafeLoader(text)
         try:
@@ -474,6 +478,8 @@ class _Document:
                 else _STR_TAG
             )
             node = yaml.ScalarNode(tag, text, node.start_mark, node.end_mark, node.style)
+        elif node.tag == _NULL_TAG:
+            self.empty.append(path)
         try:
             return loader.construct_object(node, deep=True)
         except ValueError as exc:  # e.g. a date that does not exist
@@ -689,6 +695,14 @@ def _load(
         raise ConfigFileError(
             "\n".join(lines), file=file, line=doc.line(first_path), field=_fmt_path(first_path)
         ) from None
+    if doc.empty:
+        # Read as "not set", an empty value would drop what its key sets: ``daily:`` with the
+        # amount forgotten would leave the agent without its budget, every call let through.
+        raise doc.error(
+            doc.empty[0],
+            "has no value; write one or delete the line (an empty value would drop the "
+            "setting; from the environment, ${VAR:-} allows empty)",
+        )
     return config, doc
 
 

@@ -840,3 +840,26 @@ def test_a_file_that_is_not_utf8_is_a_config_error_at_its_line(tmp_path: Path) -
     error = error_from(path)  # was a UnicodeDecodeError traceback
     assert error.line == 3
     assert "not UTF-8 text" in str(error) and "save it as UTF-8" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "field"),
+    [
+        # The amount forgotten: the agent would have had no budget at all.
+        ("agents:\n  bot:\n    budget:\n      daily:\n", 4, "agents.bot.budget.daily"),
+        ("agents:\n  bot:\n    budget:\n    mode: strict\n", 3, "agents.bot.budget"),
+        ("agents:\n  bot:\n    budget: {daily: {dollars: ~, calls: 9}}\n", 3, "agents.bot.budget"),
+        (
+            "agents:\n  bot:\n    budget: {daily: 5}\n    max_calls_per_run:\n",
+            4,
+            "agents.bot.max_calls_per_run",
+        ),
+        ("org_budget:\nagents:\n  bot:\n    budget: {daily: 5}\n", 1, "org_budget"),
+    ],
+)
+def test_an_empty_value_is_an_error_not_a_dropped_limit(
+    write: Write, text: str, line: int, field: str
+) -> None:
+    error = error_from(write(text))
+    assert (error.line, error.field.startswith(field)) == (line, True), str(error)
+    assert "has no value; write one or delete the line" in str(error)
