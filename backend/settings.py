@@ -69,8 +69,15 @@ class DatabaseURL:
         parsed = urlparse(self.dsn)
         if parsed.password:
             netloc = parsed.netloc.replace(f":{parsed.password}@", ":***@")
-            return parsed._replace(netloc=netloc).geturl()
-        return self.dsn
+            parsed = parsed._replace(netloc=netloc)
+        if parsed.query:
+            # asyncpg also reads the password from the query (``?password=...``).
+            query = "&".join(
+                f"{name}=***" if name.lower() == "password" else f"{name}{sep}{value}"
+                for name, sep, value in (item.partition("=") for item in parsed.query.split("&"))
+            )
+            parsed = parsed._replace(query=query)
+        return parsed.geturl()
 
 
 @dataclass(frozen=True)

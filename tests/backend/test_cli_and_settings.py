@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from backend import cli, db
-from backend.settings import Settings, SettingsError
+from backend.settings import DatabaseURL, Settings, SettingsError
 from tests.backend.conftest import SECRET, _free_port, batch, event
 
 
@@ -147,3 +147,18 @@ def test_module_cli_reports_errors_without_a_traceback(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "no organization named 'missing'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "logged"),
+    [
+        ("postgresql://u:pw@127.0.0.1/db", "postgresql://u:***@127.0.0.1/db"),
+        # asyncpg also takes the password as a query parameter; it was logged in clear.
+        (
+            "postgresql://u@db.internal/kavach?sslmode=require&password=hunter2",
+            "postgresql://u@db.internal/kavach?sslmode=require&password=***",
+        ),
+    ],
+)
+def test_the_logged_database_url_hides_every_password(url: str, logged: str) -> None:
+    assert DatabaseURL.parse(url).redacted() == logged
