@@ -32,6 +32,7 @@ from kavach.spec import CallSpec
 from kavach.stream import Outcome, StreamSettlement
 from kavach.usage import Usage
 from kavach_integrations._provider import (
+    _GUARD_ATTR,
     Body,
     Endpoint,
     TokenCounter,
@@ -432,24 +433,13 @@ def _stop_continuation(client: Any, models: Any, *, is_async: bool) -> None:
         patch(client, models, "_generate_content_stream_with_continuation", sync_loop)
 
 
-def instrument(client: Any, guard: AgentKavach) -> None:
-    if isinstance(client, genai.Client):
-        sync_models, async_models = client.models, client.aio.models
-        _guard_unmetered(client, client, guard)
-        _guard_unmetered(client, client.aio, guard)
-    else:  # an AsyncClient (client.aio) wrapped on its own
-        sync_models, async_models = None, client.models
-        _guard_unmetered(client, client, guard)
-    one, one_stream = _request_methods(async_models)
-    if sync_models is not None:
-        guard_method(client, sync_models, one, guard, GENERATE)
-        guard_method(client, sync_models, one_stream, guard, GENERATE, streamed=True)
-        guard_method(client, sync_models, "embed_content", guard, EMBEDDINGS)
-    guard_method(client, async_models, one, guard, GENERATE, is_async=True)
-    guard_method(client, async_models, "embed_content", guard, EMBEDDINGS, is_async=True)
+def _guard_async(client: Any, models: Any, guard: AgentKavach) -> None:
+    one, one_stream = _request_methods(models)
+    guard_method(client, models, one, guard, GENERATE, is_async=True)
+    guard_method(client, models, "embed_content", guard, EMBEDDINGS, is_async=True)
     guard_method(
         client,
-        async_models,
+        models,
         one_stream,
         guard,
         GENERATE,
@@ -458,7 +448,26 @@ def instrument(client: Any, guard: AgentKavach) -> None:
         attach=_attach_tracked,
     )
     if one_stream != "generate_content_stream":
-        _close_request_streams(client, async_models)
-    if sync_models is not None:
-        _stop_continuation(client, sync_models, is_async=False)
-    _stop_continuation(client, async_models, is_async=True)
+        _close_request_streams(client, models)
+    _stop_continuation(client, models, is_async=True)
+
+
+def instrument(client: Any, guard: AgentKavach) -> None:
+    if not isinstance(client, genai.Client):  # an AsyncClient (client.aio) wrapped on its own
+        _guard_unmetered(client, client, guard)
+        _guard_async(client, client.models, guard)
+        return
+    models = client.models
+    _guard_unmetered(client, client, guard)
+    one, one_stream = _request_methods(models)
+    guard_method(client, models, one, guard, GENERATE)
+    guard_method(client, models, one_stream, guard, GENERATE, streamed=True)
+    guard_method(client, models, "embed_content", guard, EMBEDDINGS)
+    _stop_continuation(client, models, is_async=False)
+    aio = client.aio
+    # client.aio is guarded with the client, once: wrapping it as well (before or after)
+    # guarded its calls twice, two reservations and two charges for one request.
+    if aio.__dict__.get(_GUARD_ATTR) is None:
+        _guard_unmetered(client, aio, guard)
+        _guard_async(client, aio.models, guard)
+        patch(client, aio, _GUARD_ATTR, guard)
