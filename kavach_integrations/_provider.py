@@ -578,10 +578,30 @@ def _resend(
     stream_cls: Any,
     body: Body,
 ) -> Any:
-    """Make the SDK's request with ``body``, which strict mode or a stream may have changed."""
-    if body is not options.json_data:
-        options = options.model_copy(update={"json_data": body})
+    """Make the SDK's request with ``body``, which strict mode or a stream may have changed
+    and which holds the caller's ``extra_body`` already (see ``_request_body``)."""
+    merged = isinstance(options.extra_json, Mapping)
+    if body is not options.json_data or merged:
+        update = {"json_data": body, "extra_json": None} if merged else {"json_data": body}
+        options = options.model_copy(update=update)
     return original(cast_to, options, stream=stream, stream_cls=stream_cls)
+
+
+def _request_body(options: Any) -> Any:
+    """The JSON body the SDK will send: its ``json_data`` with the caller's ``extra_body``
+    over it, as the SDK merges them when it builds the request. Read apart, an
+    ``extra_body={"max_tokens": ...}`` would undo strict mode's limit and be reserved for
+    the default, and an ``extra_body`` ``stream_options`` would drop the usage chunk."""
+    body, extra = options.json_data, options.extra_json
+    if extra is None or not isinstance(extra, Mapping):
+        return body
+    if body is None:
+        body = {}
+    elif not isinstance(body, Mapping):
+        return body  # the SDK refuses to merge these itself
+    # The SDKs drop ``Omit`` values when they merge (each SDK has its own Omit class).
+    merged = {**body, **extra}
+    return {k: v for k, v in merged.items() if type(v).__name__ != "Omit"}
 
 
 def guard_request_method(
@@ -601,7 +621,7 @@ def guard_request_method(
 
     routes: dict[tuple[str, str], Route] = {}  # a few paths, every call
 
-    def route(options: Any) -> Endpoint | Unmetered | None:
+    def route(options: Any, body: Any) -> Endpoint | Unmetered | None:
         key = (options.method, options.url)
         endpoint = routes.get(key, _NO_ROUTE)
         if endpoint is _NO_ROUTE:
@@ -609,12 +629,10 @@ def guard_request_method(
             if len(routes) < 256:  # paths with ids in them must not grow it forever
                 routes[key] = endpoint
         if type(endpoint) is Endpoint:
-            body = options.json_data
             if type(body) is not dict and not isinstance(body, Mapping):
                 return None  # not a JSON request: nothing to read
             return endpoint  # type: ignore[return-value]
         if type(endpoint) is PerRequest:  # after the Endpoint test: chat calls never get here
-            body = options.json_data
             if isinstance(body, Mapping):
                 return endpoint.choose(body)
             return endpoint.unmetered
@@ -625,12 +643,13 @@ def guard_request_method(
         def arequest(
             cast_to: Any, options: Any, *, stream: bool = False, stream_cls: Any = None
         ) -> Awaitable[Any]:
-            endpoint = route(options)
+            body = options.json_data if options.extra_json is None else _request_body(options)
+            endpoint = route(options, body)
             if type(endpoint) is Endpoint:
                 send = functools.partial(_resend, original, cast_to, options, stream, stream_cls)
-                return aguarded_call(guard, endpoint, options.json_data, send, stream, attach)
+                return aguarded_call(guard, endpoint, body, send, stream, attach)
             if isinstance(endpoint, Unmetered):
-                _admit_unmetered(guard, endpoint, options.json_data)
+                _admit_unmetered(guard, endpoint, body)
             return original(cast_to, options, stream=stream, stream_cls=stream_cls)  # type: ignore[no-any-return]
 
         patch(client, client, "request", arequest)
@@ -639,12 +658,13 @@ def guard_request_method(
         def request(
             cast_to: Any, options: Any, *, stream: bool = False, stream_cls: Any = None
         ) -> Any:
-            endpoint = route(options)
+            body = options.json_data if options.extra_json is None else _request_body(options)
+            endpoint = route(options, body)
             if type(endpoint) is Endpoint:
                 send = functools.partial(_resend, original, cast_to, options, stream, stream_cls)
-                return guarded_call(guard, endpoint, options.json_data, send, stream, attach)
+                return guarded_call(guard, endpoint, body, send, stream, attach)
             if isinstance(endpoint, Unmetered):
-                _admit_unmetered(guard, endpoint, options.json_data)
+                _admit_unmetered(guard, endpoint, body)
             return original(cast_to, options, stream=stream, stream_cls=stream_cls)
 
         patch(client, client, "request", request)

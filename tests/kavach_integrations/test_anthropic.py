@@ -103,6 +103,20 @@ def test_strict_mode_keeps_extended_thinking_under_max_tokens(
     assert poor.status()[0].spent == 0
 
 
+def test_strict_mode_holds_a_max_tokens_given_in_extra_body(
+    server: StandIn, make_guard: Any
+) -> None:
+    # The SDK merges extra_body over the request when it sends it: a limit read and set
+    # beside it was overridden, and $0.03 of output went through a $0.002 budget.
+    strict = make_guard(budget=Budget.daily(0.002), mode="strict")
+    server.script(Reply(output_tokens=2000))
+    client(server, strict).messages.create(
+        model=MODEL, max_tokens=10, messages=MSGS, extra_body={"max_tokens": 2000}
+    )
+    assert 16 <= server.last.body["max_tokens"] < 200
+    assert strict.status()[0].spent <= 2_000_000
+
+
 def test_refusal_is_not_retried_nor_wrapped(server: StandIn, make_guard: Any) -> None:
     guard = make_guard(budget=Budget.daily(0.0001))
     c = client(server, guard, max_retries=3)

@@ -97,6 +97,39 @@ def test_strict_mode_sets_max_completion_tokens_and_reserve_mode_leaves_the_requ
     assert "max_tokens" not in server.last.body
 
 
+def test_strict_mode_and_streams_read_the_request_with_its_extra_body(
+    server: StandIn, make_guard: Any, events: Events
+) -> None:
+    # The SDK merges extra_body over the request when it sends it. Read apart, strict mode's
+    # limit was overridden ($0.02 spent of a $0.001 budget) and a stream_options there
+    # dropped the usage chunk, so the stream settled "cancelled" at an estimate.
+    strict = make_guard(budget=Budget.daily(0.001), mode="strict")
+    server.script(Reply(output_tokens=2000))
+    client(server, strict).chat.completions.create(
+        model="gpt-4o", messages=MSGS, extra_body={"max_completion_tokens": 2000}
+    )
+    assert 16 <= server.last.body["max_completion_tokens"] < 100
+    assert spent(strict) <= 1_000_000
+
+    guard = make_guard(agent_name="streams", budget=Budget.daily(1))
+    server.script(Reply(output_tokens=5, input_tokens=50))
+    stream = client(server, guard).chat.completions.create(
+        model="gpt-4o",
+        messages=MSGS,
+        stream=True,
+        extra_body={"stream_options": {"include_obfuscation": False}},
+    )
+    assert all(chunk.choices for chunk in stream)
+    assert server.last.body["stream_options"] == {
+        "include_obfuscation": False,
+        "include_usage": True,
+    }
+    assert (events.settled[-1].status, events.settled[-1].usage) == (
+        "ok",
+        Usage(input_tokens=50, output_tokens=5),
+    )
+
+
 def test_a_spoken_reply_is_held_at_the_audio_rate(server: StandIn, make_guard: Any) -> None:
     # gpt-audio: $10/MTok for text out, $64/MTok for audio out. Strict mode gives a request
     # what the budget pays for at the rate its reply is billed at.
