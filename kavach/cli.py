@@ -232,7 +232,12 @@ def _not_negative(text: str) -> float:
     arg("--real", action="store_true", help="use the real OpenAI API (needs OPENAI_API_KEY)"),
 )
 def demo(args: argparse.Namespace, out: TextIO | None = None) -> int:
-    import openai
+    try:
+        import openai
+    except ImportError as exc:  # installed without the [openai] extra
+        from kavach.errors import MissingDependencyError
+
+        raise MissingDependencyError("openai", "openai") from exc
 
     from kavach import AgentKavach, Budget, KavachError, Usage
     from kavach._money import fmt_usd

@@ -264,3 +264,17 @@ def test_demo_piped_into_head_stops_quietly() -> None:
     demo.stderr.close()
     assert demo.wait(timeout=120) == 141
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
+
+
+def test_demo_without_the_openai_extra_says_what_to_install(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "openai", None)  # `pip install agentkavach`, no extra
+    assert cli.main(["demo"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "kavach: error: 'openai' is not installed; install it with: "
+        "pip install 'agentkavach[openai]'\n"
+    )
