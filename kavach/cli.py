@@ -76,15 +76,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    run: Run | None
     if argv and argv[0] in _PASSTHROUGH:
         # These hand their options to the backend's own parser untouched.
-        return _PASSTHROUGH[argv[0]](argparse.Namespace(rest=argv[1:]))
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    run: Run | None = getattr(args, "_run", None)
-    if run is None:
-        parser.print_help()
-        return 2
+        run, args = _PASSTHROUGH[argv[0]], argparse.Namespace(rest=argv[1:])
+    else:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        run = getattr(args, "_run", None)
+        if run is None:
+            parser.print_help()
+            return 2
     from kavach.errors import KavachError
 
     try:

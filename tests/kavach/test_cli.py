@@ -278,3 +278,15 @@ def test_demo_without_the_openai_extra_says_what_to_install(
         "kavach: error: 'openai' is not installed; install it with: "
         "pip install 'agentkavach[openai]'\n"
     )
+
+
+def test_backend_commands_without_the_server_extra_say_what_to_install(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "backend.__main__", None)  # no [server] packages
+    assert cli.main(["migrate", "--database-url", "unused.sqlite"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("kavach: error: ") and "pip install 'agentkavach[server]'" in err
+    assert err.count("\n") == 1  # one line, no traceback
