@@ -89,13 +89,34 @@ def _read_fim(body: Mapping[str, Any]) -> CallSpec:
     )
 
 
+def _has_text(content: list[Any]) -> bool:
+    """Whether a delta's list of content chunks carries text: reasoning models (Magistral)
+    stream their thinking as ``[{"type": "thinking", "thinking": [{"type": "text", ...}]}]``
+    and their answer as text chunks, one token a delta, all billed as output."""
+    for part in content:
+        kind = field(part, "type")
+        if kind == "text" and field(part, "text"):
+            return True
+        if kind == "thinking" and any(field(t, "text") for t in field(part, "thinking", ())):
+            return True
+    return False
+
+
 class EventMeter(ChatMeter):
-    """Mistral stream events wrap OpenAI-shaped chunks in ``.data``."""
+    """Mistral stream events wrap OpenAI-shaped chunks in ``.data``; a delta's content may
+    be a list of chunks rather than a string."""
 
     __slots__ = ()
 
     def feed(self, event: Any) -> bool:
-        return super().feed(event.data)
+        chunk = event.data
+        hidden = super().feed(chunk)
+        choices = chunk.choices
+        if choices:
+            content = choices[0].delta.content
+            if type(content) is list and _has_text(content):
+                self.output_tokens += 1
+        return hidden
 
 
 def _read_embeddings(body: Mapping[str, Any]) -> CallSpec:
