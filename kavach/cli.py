@@ -221,17 +221,38 @@ def _not_negative(text: str) -> float:
         default=0.05,
         help="daily budget in dollars (default 0.05)",
     ),
-    arg("--mode", choices=("strict", "reserve"), default="strict"),
-    arg("--model", default="gpt-4o"),
-    arg("--max-steps", type=_positive(int), default=200),
+    arg(
+        "--mode",
+        choices=("strict", "reserve"),
+        default="strict",
+        help="strict: each call's max output tokens are sized to the budget left; reserve: "
+        "calls go as written and one whose worst case does not fit is refused (default strict)",
+    ),
+    arg("--model", default="gpt-4o", help="an OpenAI model with a known price (default gpt-4o)"),
+    arg(
+        "--max-steps",
+        type=_positive(int),
+        default=200,
+        help="stop the loop after this many calls (default 200)",
+    ),
     arg(
         "--output-tokens",
         type=_positive(int),
         default=400,
-        help="tokens the stand-in writes per step",
+        help="tokens the stand-in writes per step (default 400)",
     ),
-    arg("--delay", type=_not_negative, default=0.15, help="seconds the stand-in takes per step"),
-    arg("--real", action="store_true", help="use the real OpenAI API (needs OPENAI_API_KEY)"),
+    arg(
+        "--delay",
+        type=_not_negative,
+        default=0.15,
+        help="seconds the stand-in takes per step (default 0.15)",
+    ),
+    arg(
+        "--real",
+        action="store_true",
+        help="use the OpenAI API instead of the stand-in (needs OPENAI_API_KEY; honours "
+        "OPENAI_BASE_URL); this spends real money, within --budget",
+    ),
 )
 def demo(args: argparse.Namespace, out: TextIO | None = None) -> int:
     try:

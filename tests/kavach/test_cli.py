@@ -290,3 +290,13 @@ def test_backend_commands_without_the_server_extra_say_what_to_install(
     err = capsys.readouterr().err
     assert err.startswith("kavach: error: ") and "pip install 'agentkavach[server]'" in err
     assert err.count("\n") == 1  # one line, no traceback
+
+
+def test_every_demo_option_says_what_it_does(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["demo", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    demo = cli._COMMANDS["demo"]
+    for option in demo.args:
+        assert option.options.get("help"), f"{option.flags[0]} has no help text"
+        assert " ".join(option.options["help"].split()) in shown
