@@ -21,6 +21,7 @@ which resumes a failed stream from its last checkpoint, neither retries nor resu
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import math
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
@@ -126,6 +127,25 @@ def _candidates(config: Any) -> int:
     return count if type(count) is int and count > 1 else 1
 
 
+@functools.lru_cache(maxsize=256)
+def _declaration(function: Callable[..., Any]) -> Any:
+    """A Python function given as a tool, as the SDK declares it in the request (name,
+    docstring and the parameters' JSON schema, all billed input), once per function."""
+    try:
+        declaration = genai.types.FunctionDeclaration.from_callable_with_api_option(
+            callable=function, use_json_schema=True
+        )
+    except Exception:  # the SDK refuses it too, when it sends the request
+        return {"name": function.__name__, "description": inspect.getdoc(function) or ""}
+    return {"function_declarations": [declaration.model_dump(mode="json", exclude_none=True)]}
+
+
+def _tool(tool: Any) -> Any:
+    if inspect.isfunction(tool) or inspect.ismethod(tool):
+        return _declaration(tool)
+    return _plain(tool)
+
+
 def _read(body: Mapping[str, Any]) -> CallSpec:
     config = body.get("config")
     prompt, messages = _contents(body.get("contents"))
@@ -136,7 +156,7 @@ def _read(body: Mapping[str, Any]) -> CallSpec:
         messages=messages,
         prompt=prompt,
         system=_plain(field(config, "system_instruction")),
-        tools=[_plain(t) for t in tools] if tools else None,
+        tools=[_tool(t) for t in tools] if tools else None,
         max_output_tokens=field(config, "max_output_tokens"),
         text_output=_text_reply(config),
         choices=_candidates(config),
