@@ -84,12 +84,13 @@ class StreamMeter(Protocol):
 class StreamSettlement:
     """Settles one streamed call's reservation, exactly once, from whichever path ends it."""
 
-    __slots__ = ("limit", "meter", "pulling", "raw", "reservation")
+    __slots__ = ("limit", "limited", "meter", "pulling", "raw", "reservation")
 
     def __init__(self, reservation: Reservation, meter: StreamMeter, limited: bool) -> None:
         """``limited``: the request sent to the provider carries its max output tokens."""
         self.reservation = reservation
         self.meter = meter
+        self.limited = limited
         units = reservation.max_output_tokens
         if units is not None and limited and not meter.exact:
             units = 2 * units + 16
@@ -175,8 +176,13 @@ class StreamSettlement:
             scope="this stream",
             detail=(
                 f"The stream was cut after {consumed:,} output tokens: its reservation "
-                f"({fmt_usd(r.reserved_nanos)}) pays for {paid:,}. Set max output "
-                "tokens on the request so the provider stops in time."
+                f"({fmt_usd(r.reserved_nanos)}) pays for {paid:,}. "
+                + (
+                    # Strict mode or the caller set it: telling them to set it misleads.
+                    "The provider sent more than the max output tokens the request carried."
+                    if self.limited
+                    else "Set max output tokens on the request so the provider stops in time."
+                )
             ),
         )
 

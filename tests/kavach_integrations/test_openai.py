@@ -290,6 +290,29 @@ def test_embeddings_of_token_ids_are_held_at_their_count(
     assert ok.reserved_nanos >= 500 * 130  # $0.13 per million tokens
 
 
+def test_a_cut_stream_says_whether_its_request_carried_a_limit(
+    server: StandIn, make_guard: Any
+) -> None:
+    # Strict mode had set max_completion_tokens: the error told the caller to set it.
+    guard = _cut_setup(server, make_guard)
+    with pytest.raises(BudgetExceededError) as caught:
+        for _ in client(server, guard).chat.completions.create(
+            model="gpt-4o", messages=MSGS, stream=True
+        ):
+            pass
+    assert "max_completion_tokens" in server.last.body
+    assert "more than the max output tokens the request carried" in str(caught.value)
+    assert "Set max output tokens" not in str(caught.value)
+
+    # Reserve mode, no limit on the request: the provider was never told where to stop.
+    loose = make_guard(agent_name="loose", budget=Budget.daily(1), default_max_output_tokens=50)
+    with pytest.raises(BudgetExceededError, match="Set max output tokens on the request"):
+        for _ in client(server, loose).chat.completions.create(
+            model="gpt-4o", messages=MSGS, stream=True
+        ):
+            pass
+
+
 def _cut_setup(server: StandIn, make_guard: Any) -> AgentKavach:
     # Strict mode sizes the call to what is left; this provider ignores max tokens and would
     # stream 10x that.
