@@ -112,6 +112,7 @@ def test_ctrl_c_mid_stream_bills_what_streamed_and_exits_130(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("TERM", "xterm")
+    monkeypatch.setenv("COLUMNS", "200")  # the bar's labels in full, whatever runs the tests
     out = _Terminal(interrupt_on="step 2 streaming")
     args = cli.build_parser().parse_args(["demo", "--delay", "0"])
     try:
@@ -237,6 +238,7 @@ def test_backend_commands_create_a_user_and_a_key_then_serve(tmp_path: Path) -> 
 
 def test_no_color_turns_the_bar_colours_off(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TERM", "xterm")
+    monkeypatch.setenv("COLUMNS", "200")
     monkeypatch.setenv("NO_COLOR", "1")
     out = _Terminal()
     cli._Bar(out, 50_000_000).draw(45_000_000, "step 6")
