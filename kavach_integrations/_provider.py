@@ -777,8 +777,10 @@ def wrap(client: C, guard: AgentKavach) -> C:
     """
     if getattr(client, "__dict__", {}).get(_GUARD_ATTR) is not None:
         return client
-    root = type(client).__module__.split(".", 1)[0]
-    if root not in _PROVIDERS:
+    # The SDK's own class, or the one an application subclassed (class MyClient(OpenAI)).
+    roots = (kind.__module__.split(".", 1)[0] for kind in type(client).__mro__)
+    root = next((name for name in roots if name in _PROVIDERS), "")
+    if not root:
         raise KavachConfigError(
             f"cannot guard a {type(client).__module__}.{type(client).__name__}: wrap() takes an "
             "OpenAI, Anthropic, google-genai or Mistral client (sync or async)"

@@ -230,6 +230,22 @@ def test_wrapped_client_keeps_its_type_passes_attributes_and_wraps_once(
     assert len(events.settled) == 2
 
 
+class AppClient(openai.OpenAI):
+    """An application's own client class, as some subclass the SDK's."""
+
+
+def test_a_subclass_of_the_sdk_client_is_guarded(
+    server: StandIn, make_guard: Any, events: Events
+) -> None:
+    # It was refused with "wrap() takes an OpenAI ... client": its class lives elsewhere.
+    guard = make_guard(budget=Budget.daily(1))
+    c = guard.wrap(AppClient(base_url=server.openai_url, api_key="sk-test", max_retries=0))
+    _open.append(c)
+    c.with_options(timeout=5).chat.completions.create(model="gpt-4o", messages=MSGS)
+    assert [e.status for e in events.settled] == ["ok"]
+    assert spent(guard) == events.settled[0].cost_nanos > 0
+
+
 def test_stream_asks_for_usage_and_hides_the_usage_chunk(
     server: StandIn, make_guard: Any, events: Events
 ) -> None:
