@@ -294,7 +294,10 @@ def test_backend_commands_without_the_server_extra_say_what_to_install(
     assert err.count("\n") == 1  # one line, no traceback
 
 
-def test_every_demo_option_says_what_it_does(capsys: pytest.CaptureFixture[str]) -> None:
+def test_every_demo_option_says_what_it_does(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "200")  # argparse breaks long words on a narrow terminal
     with pytest.raises(SystemExit):
         cli.main(["demo", "--help"])
     shown = " ".join(capsys.readouterr().out.split())
