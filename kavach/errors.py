@@ -74,6 +74,7 @@ class BudgetExceededError(KavachError):
         period: str,
         resets_at: datetime | None,
         detail: str = "",
+        message: str | None = None,
     ) -> None:
         self.budget = budget
         self.unit = unit
@@ -83,20 +84,32 @@ class BudgetExceededError(KavachError):
         self.requested = requested
         self.period = period
         self.resets_at = resets_at
+        if message is not None:  # not about a budget's period: see for_one_call
+            super().__init__(message)
+            return
         fmt = fmt_usd if unit == "usd" else (lambda n: f"{n:,} {unit}")
         over = spent + reserved + requested - limit
-        when = (
-            f"It resets at {resets_at:%Y-%m-%d %H:%M} UTC"
-            if resets_at is not None
-            else "It does not reset"
-        )
+        # Waiting helps only for a reset, or for calls in flight to give back their holds.
+        if resets_at is not None:
+            when = f"It resets at {resets_at:%Y-%m-%d %H:%M} UTC; raise the limit, "
+            advice = "lower max output tokens, or wait."
+        else:
+            when = (
+                "It lasts this run; start a new run, raise the limit"
+                if period.startswith("run ")
+                else "It does not reset; raise the limit"
+            )
+            advice = (
+                ", lower max output tokens, or wait for the calls in flight to settle."
+                if reserved
+                else " or lower max output tokens."
+            )
         super().__init__(
             f"{budget} budget exceeded: spent {fmt(spent)}"
             + (f" + {fmt(reserved)} held by calls in flight" if reserved else "")
             + f" of {fmt(limit)} ({period}); this call needs up to {fmt(requested)}"
             + (f", {fmt(over)} over" if over > 0 else "")
-            + f". {detail + ' ' if detail else ''}{when}; raise the limit, "
-            "lower max output tokens, or wait."
+            + f". {detail + ' ' if detail else ''}{when}{advice}"
         )
 
     @classmethod
@@ -104,8 +117,11 @@ class BudgetExceededError(KavachError):
         cls, what: str, *, used: int, paid: int, requested: int, scope: str, detail: str
     ) -> BudgetExceededError:
         """A refusal about one call's output tokens rather than a budget's period: what the
-        budget left pays for (``paid`` tokens) cannot cover what the call needs."""
+        budget left pays for (``paid`` tokens) cannot cover what the call needs. The message
+        is ``detail``, which says what to change: a period's "resets at" and "or wait" would
+        mislead here."""
         return cls(
+            message=f"Budget exceeded ({what}): {detail}",
             budget=what,
             unit="tokens",
             spent=used,
