@@ -1,7 +1,8 @@
 """Anthropic: how to read Messages requests, usage and stream events.
 
 ``guard.wrap(Anthropic())`` / ``guard.wrap(AsyncAnthropic())`` guard ``messages`` (create,
-stream, parse; ``beta.messages`` too). ``count_tokens`` passes untouched; message batches
+stream, parse; ``beta.messages`` too), as do the SDK's Vertex AI and Bedrock clients (Bedrock
+calls are priced as ``aws.bedrock``, by their Bedrock model ids). ``count_tokens`` passes untouched; message batches
 and legacy text completions stop with the agent but are not counted (see
 ``AgentKavach.admit_unmetered``).
 Anthropic reports cache reads and writes beside ``input_tokens``; they are added into it,
@@ -10,6 +11,9 @@ as ``kavach.usage.Usage`` (and genai-prices) count all input there.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +32,7 @@ from kavach_integrations._provider import (
 )
 
 try:
-    import anthropic
+    import anthropic  # noqa: F401  (the extra must be installed: its error names it)
 except ImportError as exc:  # pragma: no cover - exercised without the extra installed
     from kavach.errors import MissingDependencyError
 
@@ -205,11 +209,25 @@ _BATCHES = Unmetered(PROVIDER, "batch")
 _COMPLETE = Unmetered(PROVIDER, "text_completion")
 
 
-def endpoint_for(method: str, path: str) -> Endpoint | Unmetered | None:
+def _read_bedrock(body: Mapping[str, Any]) -> CallSpec:
+    return dataclasses.replace(_read(body), provider=BEDROCK)
+
+
+# Claude on Amazon Bedrock (``AnthropicBedrock``): Bedrock model ids
+# (``us.anthropic.claude-...-v1:0``, inference profile ARNs) at Bedrock's prices, which
+# genai-prices lists under AWS (regional endpoints 10% above Anthropic's). Read as
+# Anthropic's, every call was refused: no Anthropic price has such a name.
+BEDROCK = "aws.bedrock"
+BEDROCK_MESSAGES = dataclasses.replace(MESSAGES, read=_read_bedrock)
+
+
+def endpoint_for(
+    method: str, path: str, messages: Endpoint = MESSAGES
+) -> Endpoint | Unmetered | None:
     if method.lower() != "post":
         return None
     if path.endswith("/messages"):
-        return MESSAGES
+        return messages
     if path.endswith("/messages/batches"):
         return _BATCHES
     if path.endswith("/complete"):
@@ -218,6 +236,10 @@ def endpoint_for(method: str, path: str) -> Endpoint | Unmetered | None:
 
 
 def instrument(client: Any, guard: AgentKavach) -> None:
-    guard_request_method(
-        client, guard, endpoint_for, is_async=isinstance(client, anthropic.AsyncAnthropic)
-    )
+    # AsyncAnthropicVertex and AsyncAnthropicBedrock are no AsyncAnthropic: the SDK's async
+    # clients share only their base, whose request is a coroutine function.
+    is_async = inspect.iscoroutinefunction(type(client).request)
+    route = endpoint_for
+    if any(kind.__name__ == "BaseBedrockClient" for kind in type(client).__mro__):
+        route = functools.partial(endpoint_for, messages=BEDROCK_MESSAGES)
+    guard_request_method(client, guard, route, is_async=is_async)

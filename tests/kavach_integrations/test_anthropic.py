@@ -348,3 +348,86 @@ def test_stream_settles_the_cumulative_usage_of_message_delta(
     )
     assert event.cost_nanos == 20_000 * 3000 + 3000 * 300 + 100 * 3750 + 300 * 6000 + 120 * 15000
     assert guard.status()[0].spent == event.cost_nanos and guard.ledger.open_holds == 0
+
+
+def _message(request: httpx2.Request) -> httpx2.Response:
+    usage = {"input_tokens": 1000, "output_tokens": 100}
+    return httpx2.Response(
+        200,
+        json={
+            "id": "msg_1",
+            "type": "message",
+            "role": "assistant",
+            "model": MODEL,
+            "content": [{"type": "text", "text": "Hi"}],
+            "stop_reason": "end_turn",
+            "stop_sequence": None,
+            "usage": usage,
+        },
+    )
+
+
+async def _amessage(request: httpx2.Request) -> httpx2.Response:
+    return _message(request)
+
+
+@pytest.mark.anyio
+async def test_async_vertex_and_bedrock_clients_are_charged(
+    make_guard: Any, events: Events
+) -> None:
+    # Neither is an AsyncAnthropic: they were guarded as sync clients, whose wrapper read
+    # the usage of a coroutine and settled every call at $0.
+    guard = make_guard(budget=Budget.daily(1))
+    vertex = guard.wrap(
+        anthropic.AsyncAnthropicVertex(
+            region="us-east5",
+            project_id="p",
+            access_token="t",
+            max_retries=0,
+            http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(_amessage)),
+        )
+    )
+    message = await vertex.messages.create(
+        model="claude-sonnet-4-5@20250929", max_tokens=200, messages=MSGS
+    )
+    assert isinstance(message, Message)
+    bedrock = guard.wrap(
+        anthropic.AsyncAnthropicBedrock(
+            aws_region="us-east-1",
+            api_key="bedrock-key",  # a bearer token: no SigV4, which needs botocore
+            max_retries=0,
+            http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(_amessage)),
+        )
+    )
+    await bedrock.messages.create(
+        model="us.anthropic.claude-sonnet-4-5-20250929-v1:0", max_tokens=200, messages=MSGS
+    )
+    on_vertex, on_bedrock = events.settled
+    assert on_vertex.cost_nanos == 1000 * 3000 + 100 * 15_000  # Anthropic's $3 / $15 per MTok
+    assert on_bedrock.cost_nanos > on_vertex.cost_nanos  # Bedrock's regional prices: +10%
+    assert guard.status()[0].spent == on_vertex.cost_nanos + on_bedrock.cost_nanos
+    await vertex.close()
+    await bedrock.close()
+
+
+def test_bedrock_model_ids_are_priced_not_refused(make_guard: Any, events: Events) -> None:
+    # Read as Anthropic's, a Bedrock model id had no price: every call was refused.
+    guard = make_guard(budget=Budget.daily(1))
+    c = guard.wrap(
+        anthropic.AnthropicBedrock(
+            aws_region="us-east-1",
+            api_key="bedrock-key",  # a bearer token: no SigV4, which needs botocore
+            max_retries=0,
+            http_client=httpx2.Client(transport=httpx2.MockTransport(_message)),
+        )
+    )
+    _open.append(c)
+    for model in (
+        "us.anthropic.claude-sonnet-4-5-20250929-v1:0",
+        "arn:aws:bedrock:us-east-1:123456789012:inference-profile/"
+        "us.anthropic.claude-sonnet-4-5-20250929-v1:0",
+    ):
+        c.messages.create(model=model, max_tokens=200, messages=MSGS)
+    assert [(e.status, e.provider) for e in events.settled] == [("ok", "aws.bedrock")] * 2
+    assert events.settled[0].cost_nanos == 1000 * 3300 + 100 * 16_500
+    assert guard.ledger.open_holds == 0
