@@ -551,7 +551,9 @@ class AgentKavach:
             return r
         try:
             result = self.ledger.reserve(plan.lines, plan.min_units, plan.max_units)
-        except KavachError:
+        except KavachError as exc:  # the ledger refused the request itself (a config error)
+            self._not_held(r)
+            self._refused(r.spec, r.run_id, r.started_at, exc)
             raise
         except Exception as exc:
             raise self._ledger_down(r, exc) from exc
@@ -572,7 +574,9 @@ class AgentKavach:
                 result = ledger.reserve(plan.lines, plan.min_units, plan.max_units)
             else:
                 result = await ledger.areserve(plan.lines, plan.min_units, plan.max_units)
-        except KavachError:
+        except KavachError as exc:
+            self._not_held(r)
+            self._refused(r.spec, r.run_id, r.started_at, exc)
             raise
         except Exception as exc:
             raise self._ledger_down(r, exc) from exc

@@ -8,7 +8,8 @@ still counts its spend, exactly once). The amount lives in the member, so a rese
 one sorted-set entry per key and a settle removes it with one ZREM.
 
 Numbers: Redis Lua numbers are doubles, exact for integers below 2**53 (9e15 nano-dollars
-is $9 million). Division is corrected to the exact floor, so the reserve script grants the
+is $9 million; ``RedisLedger`` refuses a budget above that). Division is corrected to the
+exact floor, so the reserve script grants the
 same units as ``kavach.ledger.base.grantable_units``; integers go back to Redis formatted
 with ``%d`` (Lua would print 1e+15).
 """
@@ -27,10 +28,12 @@ local function int(x)
   return string.format('%d', x)
 end
 
+-- Below 2**53 the double quotient is off by at most one: one step each way corrects it.
+-- No loop: past 2**53 (q + 1 == q) a loop would never end and hold Redis busy.
 local function floordiv(a, b)
   local q = math.floor(a / b)
-  while q * b > a do q = q - 1 end
-  while (q + 1) * b <= a do q = q + 1 end
+  if q * b > a then q = q - 1 end
+  if (q + 1) * b <= a then q = q + 1 end
   return q
 end
 

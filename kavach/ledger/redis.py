@@ -6,7 +6,9 @@ Each operation is one Lua script, atomic across all the budgets a call draws on,
 round trip: ``reserve`` (after reclaiming expired holds on its keys), ``settle``,
 ``release``. Scripts are loaded once and run with EVALSHA; a server that lost them
 (restart, SCRIPT FLUSH) gets them again on NOSCRIPT. Amounts are integer nano-dollars
-(or tokens / calls), so Redis arithmetic is exact up to 2**53.
+(or tokens / calls), so Redis arithmetic is exact up to 2**53: a budget whose limit is
+above that (about $9 million for a cost budget) is refused with ``KavachConfigError`` at its
+first call.
 
 Keys, for a budget key ``K`` such as ``agent:bot:daily:2026-11-28`` and the ``prefix``
 (default ``kavach:``):
@@ -64,7 +66,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from kavach.errors import MissingDependencyError
+from kavach.errors import KavachConfigError, MissingDependencyError
 from kavach.ledger import _lua
 from kavach.ledger.base import Balance, Hold, HoldReclaimed, LedgerLine, Refusal
 from kavach.ledger.memory import MemoryLedger
@@ -433,6 +435,8 @@ class RedisLedger:
         hold_id = f"{self._token}-{next(self._ids)}"
         args: list[Any] = [hold_id, self.lease_ms, min_units, max_units]
         for line in lines:
+            if line.limit > MAX_LIMIT:
+                raise _too_large(line)
             ttl = line.ttl_seconds
             args += (line.limit, line.fixed, line.per_unit, -1 if ttl is None else ttl)
             self._ttls[line.key] = ttl
@@ -876,6 +880,20 @@ class RedisLedger:
     def __repr__(self) -> str:
         state = " degraded" if self._local is not None else ""
         return f"<RedisLedger {self.url} prefix={self.prefix!r}{state}>"
+
+
+MAX_LIMIT = 2**53 - 1
+"""The largest budget limit the Redis ledger counts exactly (its scripts' numbers are
+doubles): 9,007,199,254,740,991 in the budget's unit, about $9 million in nano-dollars."""
+
+
+def _too_large(line: LedgerLine) -> KavachConfigError:
+    return KavachConfigError(
+        f"budget {line.key!r}: its limit ({line.limit:,} in its unit, nano-dollars for a cost "
+        f"budget) is above the {MAX_LIMIT:,} the Redis ledger counts exactly (about "
+        f"${MAX_LIMIT / 1e9:,.0f} for a cost budget); lower the limit, or leave the budget out "
+        "if it is meant to be unlimited"
+    )
 
 
 def _settle_args(hold: Hold, actual: Sequence[int]) -> list[Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import threading
@@ -17,12 +18,18 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from kavach import AgentKavach, Budget, BudgetExceededError, LedgerUnavailableError
+from kavach import (
+    AgentKavach,
+    Budget,
+    BudgetExceededError,
+    KavachConfigError,
+    LedgerUnavailableError,
+)
 from kavach.events import NullObserver
 from kavach.ledger import Balance, Hold, HoldReclaimed, LedgerLine, MemoryLedger, Refusal
 from kavach.ledger.redis import RedisDedupStore, RedisLedger
 from kavach.usage import Usage
-from tests.kavach.conftest import PRICES, spec
+from tests.kavach.conftest import PRICES, Recorder, spec
 from tests.kavach.ledger.conftest import REDIS_URL
 
 pytestmark = pytest.mark.redis
@@ -941,3 +948,40 @@ async def test_an_async_local_settle_that_races_a_reconcile_does_not_block_the_l
         await ledger.aclose()
     finally:
         proxy.close()
+
+
+def test_a_budget_too_large_to_count_exactly_is_a_clear_error_and_redis_stays_free(
+    make_ledger: Any, raw: Any
+) -> None:
+    # $10 million a day is past 2**53 nano-dollars, where the scripts' doubles stop being
+    # exact: it was counted inexactly, and far larger limits made the reserve script loop
+    # for ever, holding Redis (every client of it, not only the guard) busy.
+    guard = AgentKavach(
+        "big", Budget.daily(10_000_000), ledger=make_ledger(socket_timeout=3), prices=PRICES
+    )
+    events = Recorder()
+    guard.add_observer(events)
+    with pytest.raises(KavachConfigError, match=r"above the 9,007,199,254,740,991 the Redis"):
+        guard.reserve(spec(input_tokens=10, max_output=10))
+    assert raw.ping()
+    assert [(e.status, e.refusal_reason) for e in events.calls] == [("refused", "config")]
+    # Just under the bound works, exactly.
+    fits = AgentKavach("fits", Budget.daily(9_000_000), ledger=make_ledger(), prices=PRICES)
+    with fits.reserve(spec(input_tokens=10, max_output=10)) as r:
+        r.commit(Usage(input_tokens=10, output_tokens=10))
+    assert fits.remaining == pytest.approx(9_000_000 - fits.spent)
+
+
+def test_the_reserve_script_ends_for_amounts_past_exact_doubles(raw: Any, prefix: str) -> None:
+    # The script itself never loops, whatever reaches it (another client, an older guard).
+    from kavach.ledger import _lua
+
+    client = redis.Redis.from_url(REDIS_URL, socket_timeout=3)
+    keys = [prefix + "bal", prefix + "holds", prefix + "reclaimed"]
+    try:
+        reply = client.eval(_lua.RESERVE, 3, *keys, "h-1", 60_000, 1, 10, 2**60, 0, 7, -1)
+        assert reply[0] == 1 and int(reply[1]) == 10
+    finally:
+        with contextlib.suppress(redis.ResponseError):
+            raw.script_kill()  # only if the script is still running: Redis free for others
+        client.close()
