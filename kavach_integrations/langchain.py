@@ -14,7 +14,9 @@ How it enforces:
   path and runs it inline (in order, on the calling task) on the async path, so the refusal
   holds for ``invoke``, ``ainvoke``, ``stream``, ``astream``, ``batch`` and ``abatch``. (An
   ``AsyncCallbackHandler``'s errors are logged and swallowed when LangChain drives it from
-  sync code, so it could not refuse there.)
+  sync code, so it could not refuse there.) LangChain logs every error a handler raises
+  (``Error in KavachHandler.on_chat_model_start callback: ...``) before re-raising it; for
+  the guard's refusals, which reach the caller as they are, that line is dropped.
 - ``on_llm_new_token`` meters a stream and cuts it, by raising, once it produces more output
   than the reservation pays for; the cut call is committed at what it consumed.
 - ``on_llm_end`` settles at the actual ``usage_metadata`` (cache reads and writes, reasoning);
@@ -85,6 +87,41 @@ __all__ = ["KavachHandler", "usage_from_metadata"]
 logger = logging.getLogger("kavach.langchain")
 
 _CALLBACK_MANAGER = "langchain_core.callbacks.manager"
+
+
+class _RefusalsReachTheCaller(logging.Filter):
+    """Drops LangChain's warning about a KavachHandler refusal: the refusal is re-raised to
+    the caller (``raise_error``), so the line would only repeat it, as an error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if record.msg != "Error in %s.%s callback: %s" or not isinstance(args, tuple):
+            return True
+        if len(args) != 3 or not _is_kavach_handler(args[0]):
+            return True
+        error = str(args[2])
+        return not error.startswith(_kavach_error_names())
+
+
+def _is_kavach_handler(name: object) -> bool:
+    return name == "KavachHandler" or any(
+        name == kind.__name__ for kind in _subclasses(KavachHandler)
+    )
+
+
+def _subclasses(kind: type) -> list[type]:
+    found: list[type] = []
+    sub: type
+    for sub in kind.__subclasses__():
+        found += [sub, *_subclasses(sub)]
+    return found
+
+
+def _kavach_error_names() -> tuple[str, ...]:
+    from kavach.errors import KavachError
+
+    return tuple(f"{kind.__name__}(" for kind in [KavachError, *_subclasses(KavachError)])
+
 
 _ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool"}
 _PROVIDERS = {
@@ -764,3 +801,6 @@ def _error_status(error: BaseException) -> CallStatus:
     if isinstance(error, asyncio.CancelledError | KeyboardInterrupt | GeneratorExit):
         return "cancelled"
     return "error"
+
+
+logging.getLogger(_CALLBACK_MANAGER).addFilter(_RefusalsReachTheCaller())

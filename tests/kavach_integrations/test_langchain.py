@@ -811,3 +811,25 @@ def test_generate_with_a_failing_prompt_settles_every_prompt(
     assert [e.usage.output_tokens for e in billed] == [100] * failing
     assert handler.open_calls == 0
     assert handler.guard.ledger.open_holds == 0
+
+
+def test_a_refusal_is_raised_without_langchains_callback_error_warning(
+    server: StandIn, recorder: Recorder, caplog: pytest.LogCaptureFixture
+) -> None:
+    # LangChain logs "Error in KavachHandler.on_chat_model_start callback: ..." for every
+    # error a handler raises; a refusal reaches the caller, so that line only alarmed.
+    class Failing(BaseCallbackHandler):
+        raise_error = False
+
+        def on_chat_model_start(self, *args: Any, **kwargs: Any) -> None:
+            raise RuntimeError("a broken handler of the application")
+
+    model = openai_model(server, broke(recorder))
+    with caplog.at_level("WARNING"), pytest.raises(BudgetExceededError):
+        model.invoke("hello", config={"callbacks": [Failing()]})
+    warnings = [r.getMessage() for r in caplog.records if r.name.startswith("langchain_core")]
+    # Another handler's error is still logged, as LangChain does.
+    assert warnings == [
+        "Error in Failing.on_chat_model_start callback: "
+        "RuntimeError('a broken handler of the application')"
+    ]
