@@ -20,6 +20,7 @@ import msgspec
 from litestar import Request, Response
 
 from backend import billing
+from backend.auth import api_key_from
 from backend.ingest import PlanLimitExceeded
 from backend.ops_settings import OpsSettings
 from backend.ratelimit import Bucket, Limiter, Refusal, Window
@@ -71,12 +72,10 @@ class Admission:
         self._keys: dict[str, tuple[float, int, int, str] | None] = {}
 
     async def _key(self, request: Request[Any, Any, Any]) -> tuple[int, int, str] | None:
-        header = request.headers.get("authorization", "")
-        scheme, _, value = header.partition(" ")
-        key = value.strip() if scheme.lower() == "bearer" else ""
-        if not key:
-            key = request.headers.get("x-api-key", "").strip()
-        if not key.startswith(API_KEY_PREFIXES):
+        # The key ingest will authenticate with: checking another would let a batch in
+        # unchecked (a bearer that is not an API key, beside X-API-Key).
+        key = api_key_from(request)
+        if key is None or not key.startswith(API_KEY_PREFIXES):
             return None
         digest = hash_api_key(key)
         now = time.monotonic()

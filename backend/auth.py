@@ -29,6 +29,7 @@ __all__ = [
     "session_is_current",
     "end_session",
     "key_is_active",
+    "api_key_from",
     "SESSION_COOKIE",
     "CSRF_COOKIE",
     "CSRF_HEADER",
@@ -80,7 +81,8 @@ def _bearer(request: Request[Any, Any, Any]) -> str | None:
     return None
 
 
-def _api_key_from(request: Request[Any, Any, Any]) -> str | None:
+def api_key_from(request: Request[Any, Any, Any]) -> str | None:
+    """The API key the request authenticates with: the bearer if it is one, else X-API-Key."""
     token = _bearer(request)
     if token is not None and token.startswith(API_KEY_PREFIXES):
         return token
@@ -167,7 +169,7 @@ _last_used_written: dict[str, float] = {}
 
 
 async def _resolve_key(request: Request[Any, Any, Any]) -> KeyPrincipal | None:
-    key = _api_key_from(request)
+    key = api_key_from(request)
     if key is None:
         return None
     if not key.startswith(API_KEY_PREFIXES):
@@ -204,7 +206,7 @@ async def key_principal(request: Request[Any, Any, Any]) -> KeyPrincipal:
 
 
 async def any_principal(request: Request[Any, Any, Any]) -> Principal:
-    if _api_key_from(request) is not None:
+    if api_key_from(request) is not None:
         return Principal(org_id=(await key_principal(request)).org_id, is_key=True)
     return Principal(org_id=(await user_principal(request)).org_id, is_key=False)
 

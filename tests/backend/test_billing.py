@@ -448,3 +448,20 @@ def test_a_resent_batch_at_the_monthly_event_limit_is_not_refused(
         assert refused.status_code == 429, refused.text
         assert refused.json()["reason"] == "plan_events"
     assert account.client.get("/v1/billing/plan").json()["usage"]["events_this_month"] == 100_000
+
+
+def test_a_key_in_x_api_key_beside_another_bearer_is_held_to_the_plan(
+    billing_backend: Process, accounts: Any
+) -> None:
+    """Ingest takes the key from X-API-Key when the bearer is not an API key; the plan and
+    rate limits looked only at the bearer and let such a batch through unchecked."""
+    account = accounts(billing_backend.url)
+    key = account.new_key()
+    headers = {"Authorization": "Bearer not-an-api-key", "X-API-Key": key}
+    with httpx.Client(base_url=billing_backend.url, headers=headers, timeout=30) as sdk:
+        for i in range(3):  # the Free plan's 3 agents
+            assert sdk.post("/v1/ingest", json=batch(event(agent=f"bot-{i}"))).status_code == 202
+        refused = sdk.post("/v1/ingest", json=batch(event(agent="bot-3")))
+        assert refused.status_code == 429, refused.text
+        assert refused.json()["reason"] == "plan_agents"
+    assert account.client.get("/v1/billing/plan").json()["usage"]["agents"] == 3
