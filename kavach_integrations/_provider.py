@@ -280,7 +280,9 @@ def _limited(guard: AgentKavach, endpoint: Endpoint, spec: CallSpec) -> bool:
     )
 
 
-def _outcome(endpoint: Endpoint, response: Any, r: Reservation) -> Outcome:
+def _outcome(
+    endpoint: Endpoint, response: Any, r: Reservation, answered: Answered = None
+) -> Outcome:
     """The outcome of a non-streamed response (a raw one is parsed first: the SDK caches
     what ``parse()`` returns, so the caller's own ``parse()`` gets the same object)."""
     raw = _RAW_TYPES.get(type(response))
@@ -290,11 +292,16 @@ def _outcome(endpoint: Endpoint, response: Any, r: Reservation) -> Outcome:
         try:
             response = response.parse()
         except Exception:
-            return _unreadable(r)
+            billed = answered() if answered is not None else None
+            if billed is None:
+                return _unreadable(r)
+            response = billed  # read, then refused by the SDK's post-parser
     return _read_outcome(endpoint, response, r)
 
 
-async def _aoutcome(endpoint: Endpoint, response: Any, r: Reservation) -> Outcome:
+async def _aoutcome(
+    endpoint: Endpoint, response: Any, r: Reservation, answered: Answered = None
+) -> Outcome:
     """``_outcome`` for a raw response of an async client, whose ``parse()`` may be a
     coroutine (``with_streaming_response``) that reads the body."""
     try:
@@ -302,8 +309,24 @@ async def _aoutcome(endpoint: Endpoint, response: Any, r: Reservation) -> Outcom
         if inspect.isawaitable(parsed):
             parsed = await parsed
     except Exception:
-        return _unreadable(r)
+        parsed = answered() if answered is not None else None
+        if parsed is None:
+            return _unreadable(r)
     return _read_outcome(endpoint, parsed, r)
+
+
+def _failed_settlement(
+    endpoint: Endpoint, response: Any, r: Reservation, status: CallStatus, error: str
+) -> tuple[Usage, dict[str, Any]]:
+    """How to settle a call the provider answered (and billed) but the SDK then failed."""
+    outcome = _read_outcome(endpoint, response, r)
+    return outcome.usage, {
+        "status": status,
+        "error": error,
+        "response_model": outcome.response_model,
+        "finish_reasons": outcome.finish_reasons,
+        "tool_calls": outcome.tool_calls,
+    }
 
 
 def _unreadable(r: Reservation) -> Outcome:
@@ -356,6 +379,7 @@ def _is_raw(response: Any) -> bool:
 
 
 Attach = Callable[[Any, StreamSettlement], Any]
+Answered = Callable[[], Any] | None
 
 
 def guarded_call(
@@ -365,8 +389,12 @@ def guarded_call(
     send: Callable[[Body], R],
     streamed: bool,
     attach: Attach,
+    answered: Answered = None,
 ) -> R:
-    """Reserve, make the SDK call with ``send``, then settle or hand the stream to a meter."""
+    """Reserve, make the SDK call with ``send``, then settle or hand the stream to a meter.
+
+    ``answered``: the provider's response when the SDK failed after it came (see
+    ``_observe_post_parser``), so a billed call is settled rather than given back."""
     if not guard.enabled:  # a passthrough: the request as written, nothing read or held
         return send(body)
     r = guard.reserve(spec := endpoint.read(body))
@@ -384,9 +412,14 @@ def guarded_call(
             return attach(response, settlement)  # type: ignore[no-any-return]
     except BaseException as exc:
         status, error = _failure(exc)
-        r.release(status=status, error=error)
+        billed = answered() if answered is not None else None
+        if billed is None:
+            r.release(status=status, error=error)
+        else:
+            usage, details = _failed_settlement(endpoint, billed, r, status, error)
+            r.commit(usage, **details)
         raise
-    outcome = _outcome(endpoint, response, r)
+    outcome = _outcome(endpoint, response, r, answered)
     r.commit(
         outcome.usage,
         response_model=outcome.response_model,
@@ -403,6 +436,7 @@ async def aguarded_call(
     send: Callable[[Body], Awaitable[R]],
     streamed: bool,
     attach: Attach,
+    answered: Answered = None,
 ) -> R:
     """``guarded_call`` for async clients."""
     if not guard.enabled:
@@ -426,8 +460,13 @@ async def aguarded_call(
             return attach(response, settlement)  # type: ignore[no-any-return]
     except BaseException as exc:
         status, error = _failure(exc)
+        billed = answered() if answered is not None else None
         with _shield():
-            await r.arelease(status=status, error=error)
+            if billed is None:
+                await r.arelease(status=status, error=error)
+            else:
+                usage, details = _failed_settlement(endpoint, billed, r, status, error)
+                await r.acommit(usage, **details)
         raise
     raw = _RAW_TYPES.get(type(response))
     if raw is None:
@@ -436,7 +475,7 @@ async def aguarded_call(
         outcome = _read_outcome(endpoint, response, r)
     else:
         try:
-            outcome = await _aoutcome(endpoint, response, r)
+            outcome = await _aoutcome(endpoint, response, r, answered)
         except BaseException:  # cancelled while reading the body: billed all the same
             with _shield():
                 await r.acommit(_worst_usage(r), status="cancelled")
@@ -604,6 +643,29 @@ def _request_body(options: Any) -> Any:
     return {k: v for k, v in merged.items() if type(v).__name__ != "Omit"}
 
 
+def _observe_post_parser(options: Any) -> tuple[Any, Callable[[], Any]]:
+    """Keep what a ``parse()`` call's post-parser is given: the provider's response.
+
+    ``chat.completions.parse``, ``responses.parse`` and Anthropic's ``messages.parse`` read
+    the reply into the caller's type in a post-parser the SDK runs inside ``request``. When
+    it raises (a reply cut at max tokens: ``LengthFinishReasonError``; JSON that does not
+    validate), the call was made and billed, but the error left no response to read, and
+    the hold was given back as if nothing had been spent. The SDK's own post-parser still
+    runs, unchanged, on the same object.
+    """
+    post_parser = options.post_parser
+    seen: list[Any] = []
+
+    def observe(parsed: Any) -> Any:
+        seen.append(parsed)
+        return post_parser(parsed)
+
+    def answered() -> Any:
+        return seen[0] if seen else None
+
+    return options.model_copy(update={"post_parser": observe}), answered
+
+
 def guard_request_method(
     client: Any,
     guard: AgentKavach,
@@ -646,8 +708,11 @@ def guard_request_method(
             body = options.json_data if options.extra_json is None else _request_body(options)
             endpoint = route(options, body)
             if type(endpoint) is Endpoint:
+                answered = None
+                if callable(options.post_parser):  # a parse() call
+                    options, answered = _observe_post_parser(options)
                 send = functools.partial(_resend, original, cast_to, options, stream, stream_cls)
-                return aguarded_call(guard, endpoint, body, send, stream, attach)
+                return aguarded_call(guard, endpoint, body, send, stream, attach, answered)
             if isinstance(endpoint, Unmetered):
                 _admit_unmetered(guard, endpoint, body)
             return original(cast_to, options, stream=stream, stream_cls=stream_cls)  # type: ignore[no-any-return]
@@ -661,8 +726,11 @@ def guard_request_method(
             body = options.json_data if options.extra_json is None else _request_body(options)
             endpoint = route(options, body)
             if type(endpoint) is Endpoint:
+                answered = None
+                if callable(options.post_parser):  # a parse() call
+                    options, answered = _observe_post_parser(options)
                 send = functools.partial(_resend, original, cast_to, options, stream, stream_cls)
-                return guarded_call(guard, endpoint, body, send, stream, attach)
+                return guarded_call(guard, endpoint, body, send, stream, attach, answered)
             if isinstance(endpoint, Unmetered):
                 _admit_unmetered(guard, endpoint, body)
             return original(cast_to, options, stream=stream, stream_cls=stream_cls)

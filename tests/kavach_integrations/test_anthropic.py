@@ -10,6 +10,7 @@ from typing import Any
 
 import anthropic
 import httpx2
+import pydantic
 import pytest
 from anthropic.types import Message
 
@@ -430,4 +431,25 @@ def test_bedrock_model_ids_are_priced_not_refused(make_guard: Any, events: Event
         c.messages.create(model=model, max_tokens=200, messages=MSGS)
     assert [(e.status, e.provider) for e in events.settled] == [("ok", "aws.bedrock")] * 2
     assert events.settled[0].cost_nanos == 1000 * 3300 + 100 * 16_500
+    assert guard.ledger.open_holds == 0
+
+
+class Answer(pydantic.BaseModel):
+    answer: str
+
+
+def test_a_parse_the_sdk_rejects_after_the_reply_is_still_charged(
+    server: StandIn, make_guard: Any, events: Events
+) -> None:
+    # messages.parse validates the reply inside the SDK's request: JSON that does not
+    # validate raised there, and the billed call was given back as free.
+    guard = make_guard(budget=Budget.daily(1))
+    server.script(Reply(text="not json", input_tokens=1000))
+    with pytest.raises(pydantic.ValidationError):
+        client(server, guard).messages.parse(
+            model=MODEL, max_tokens=200, messages=MSGS, output_format=Answer
+        )
+    [event] = events.settled
+    assert event.status == "error" and event.usage.input_tokens == 1000
+    assert guard.status()[0].spent == event.cost_nanos > 0
     assert guard.ledger.open_holds == 0

@@ -12,6 +12,7 @@ from typing import Any
 
 import anyio
 import openai
+import pydantic
 import pytest
 from openai.types import ImagesResponse
 from openai.types.chat import ChatCompletion
@@ -1016,3 +1017,58 @@ def test_responses_compact_is_reserved_settled_and_stops_with_the_agent(
     with pytest.raises(AgentKilledError):
         c.responses.compact(model="gpt-4o", input="a long chat")
     assert len(mock.bodies) == 1
+
+
+class Answer(pydantic.BaseModel):
+    answer: str
+
+
+def test_a_parse_the_sdk_rejects_after_the_reply_is_still_charged(
+    server: StandIn, make_guard: Any, events: Events
+) -> None:
+    # The SDK parses the reply into the caller's type inside its request: a reply cut at max
+    # tokens (LengthFinishReasonError) or JSON that does not validate raised there, and the
+    # billed call was given back as free. A retry loop on those spent without a limit.
+    guard = make_guard(budget=Budget.daily(1))
+    c = client(server, guard)
+    server.script(Reply(output_tokens=50, input_tokens=1000))
+    with pytest.raises(openai.LengthFinishReasonError):
+        c.chat.completions.parse(
+            model="gpt-4o", messages=MSGS, response_format=Answer, max_completion_tokens=10
+        )
+    server.script(Reply(text="not json", input_tokens=1000))
+    with pytest.raises(pydantic.ValidationError):
+        c.responses.parse(model="gpt-4o", input="hi", text_format=Answer)
+    server.script(Reply(text="not json", input_tokens=1000))
+    raw = c.chat.completions.with_raw_response.parse(
+        model="gpt-4o", messages=MSGS, response_format=Answer
+    )
+    with pytest.raises(pydantic.ValidationError):
+        raw.parse()  # the caller's own parse still fails as the SDK makes it
+    length, invalid, raw_invalid = events.settled
+    assert (length.status, length.usage) == ("error", Usage(input_tokens=1000, output_tokens=10))
+    assert length.cost_nanos == 1000 * 2500 + 10 * 10_000
+    assert invalid.status == "error" and invalid.usage.input_tokens == 1000
+    assert raw_invalid.status == "ok" and raw_invalid.usage.input_tokens == 1000  # not worst
+    assert spent(guard) == sum(e.cost_nanos for e in events.settled)
+    assert guard.ledger.open_holds == 0
+
+    server.script(Reply(text='{"answer": "hi"}', input_tokens=1000))
+    parsed = c.chat.completions.parse(model="gpt-4o", messages=MSGS, response_format=Answer)
+    assert parsed.choices[0].message.parsed == Answer(answer="hi")
+
+
+@pytest.mark.anyio
+async def test_an_async_parse_the_sdk_rejects_is_still_charged(
+    server: StandIn, make_guard: Any, events: Events
+) -> None:
+    guard = make_guard(budget=Budget.daily(1))
+    async with aclient(server, guard) as c:
+        server.script(Reply(output_tokens=50, input_tokens=1000))
+        with pytest.raises(openai.LengthFinishReasonError):
+            await c.chat.completions.parse(
+                model="gpt-4o", messages=MSGS, response_format=Answer, max_completion_tokens=10
+            )
+    [event] = events.settled
+    assert (event.status, event.usage) == ("error", Usage(input_tokens=1000, output_tokens=10))
+    assert spent(guard) == event.cost_nanos > 0
