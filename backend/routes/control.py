@@ -62,10 +62,20 @@ def _alerts(request: Request[Any, Any, Any]) -> AlertWorker:
     return worker
 
 
+_MAX_WATCHED = 1000
+
+
 def _agent_list(agents: str | None) -> list[str] | None:
     if agents is None or not agents.strip():
         return None
-    return sorted({a.strip() for a in agents.split(",") if a.strip()})[:1000]
+    names = sorted({a.strip() for a in agents.split(",") if a.strip()})
+    if len(names) > _MAX_WATCHED:
+        # Dropping the rest would leave those agents deaf to a stop.
+        raise ClientException(
+            f"agents= lists {len(names)} agents; at most {_MAX_WATCHED} per request: split them "
+            "over several, or leave agents out to follow every agent of the organization"
+        )
+    return names
 
 
 class HTTPStatusError(ClientException):

@@ -431,3 +431,18 @@ def test_a_long_poll_ends_with_401_when_its_key_is_revoked(account: Account) -> 
         thread.join(timeout=5)
         assert not thread.is_alive()
         assert answers[0].status_code == 401
+
+
+def test_more_agents_than_a_request_can_watch_is_400_not_a_silent_cut(account: Account) -> None:
+    # The list was cut to its first 1000 names in sorted order: the agents after them
+    # never heard a stop.
+    seed(account, "zz-last")
+    names = ",".join([f"a{i:04d}" for i in range(1000)] + ["zz-last"])
+    with account.sdk() as sdk:
+        answer = sdk.get("/v1/control", params={"agents": names, "wait": 0})
+        assert answer.status_code == 400, answer.text
+        assert "at most 1000" in answer.json()["detail"]
+        with sdk.stream("GET", "/v1/control/stream", params={"agents": names}) as stream:
+            assert stream.status_code == 400
+        fits = sdk.get("/v1/control", params={"agents": names.split(",", 1)[1], "wait": 0})
+        assert fits.status_code == 200 and "zz-last" in fits.json()["control"]
