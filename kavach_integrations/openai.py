@@ -8,8 +8,9 @@ too). A ``background=True`` response answers before it runs and reports its usag
 retrieved later: it is settled at its worst case (its input and max output tokens, which
 strict mode sets) when created, as is a background stream closed before it completed.
 Paid endpoints without a token-usage price (DALL·E images, image edits and variations,
-audio, videos, batches, fine-tuning, Assistants runs) stop with the agent but are not
-counted: see ``AgentKavach.admit_unmetered``.
+audio, videos, batches, fine-tuning, Assistants runs) and WebSocket sessions
+(``responses.connect()``, Realtime) stop with the agent but are not counted: see
+``AgentKavach.admit_unmetered``.
 Usage maps to ``kavach.usage.Usage`` as OpenAI reports it: ``prompt_tokens`` include
 ``cached_tokens`` (reads) and ``cache_write_tokens``, ``completion_tokens`` include
 reasoning and audio tokens.
@@ -33,6 +34,7 @@ from kavach_integrations._provider import (
     Unmetered,
     field,
     guard_request_method,
+    guard_unmetered_method,
     reader,
     set_max_tokens,
     tool_signature,
@@ -522,6 +524,9 @@ _ROUTES: dict[str, Endpoint | Unmetered | PerRequest] = {
     "/audio/transcriptions": Unmetered(PROVIDER, "transcription"),
     "/audio/translations": Unmetered(PROVIDER, "translation"),
     "/videos": Unmetered(PROVIDER, "video_generation"),
+    # A key for a browser's Realtime session, a SIP call taken into one: billed sessions.
+    "/realtime/client_secrets": Unmetered(PROVIDER, "realtime_session"),
+    "/accept": Unmetered(PROVIDER, "realtime_session"),  # /realtime/calls/{id}/accept
     "/remix": Unmetered(PROVIDER, "video_generation"),
     "/batches": Unmetered(PROVIDER, "batch"),
     "/fine_tuning/jobs": Unmetered(PROVIDER, "fine_tuning"),
@@ -540,7 +545,25 @@ def endpoint_for(method: str, path: str) -> Endpoint | Unmetered | PerRequest | 
     return None
 
 
+# WebSocket sessions bypass ``request``: responses created over ``responses.connect()`` and
+# Realtime sessions are billed, but their usage arrives as socket events the guard does not
+# read. Opening one stops with the agent, and its cost is not counted.
+_SOCKETS = (
+    (("responses",), "responses_websocket"),
+    (("beta", "responses"), "responses_websocket"),
+    (("realtime",), "realtime_session"),
+    (("beta", "realtime"), "realtime_session"),
+)
+
+
 def instrument(client: Any, guard: AgentKavach) -> None:
     guard_request_method(
         client, guard, endpoint_for, is_async=isinstance(client, openai.AsyncOpenAI)
     )
+    for path, operation in _SOCKETS:
+        owner = client
+        for name in path:  # absent from some SDK versions
+            owner = getattr(owner, name, None)
+        if owner is not None:
+            unmetered = Unmetered(PROVIDER, operation)
+            guard_unmetered_method(client, owner, "connect", guard, unmetered)

@@ -1072,3 +1072,30 @@ async def test_an_async_parse_the_sdk_rejects_is_still_charged(
     [event] = events.settled
     assert (event.status, event.usage) == ("error", Usage(input_tokens=1000, output_tokens=10))
     assert spent(guard) == event.cost_nanos > 0
+
+
+def test_websocket_and_realtime_sessions_stop_with_the_agent(
+    make_guard: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Responses over responses.connect() and Realtime sessions are billed but bypass the
+    # HTTP request the guard sits on: a stopped agent could still open them.
+    guard = make_guard(budget=Budget.daily(1))
+    mock = MockOpenAI({"value": "ek_1", "expires_at": 0})
+    c = mock.client(guard)
+    with caplog.at_level(logging.WARNING, logger="kavach"):
+        c.responses.connect()  # a connection manager: nothing is sent until it is entered
+    assert any("cannot meter" in r.getMessage() for r in caplog.records)
+    c.realtime.client_secrets.create(session={"type": "realtime", "model": "gpt-realtime"})
+    assert len(mock.bodies) == 1
+
+    guard.kill("stop")
+    for open_session in (
+        c.responses.connect,
+        c.realtime.connect,
+        c.beta.realtime.connect,
+        lambda: c.realtime.client_secrets.create(session={"type": "realtime"}),
+        lambda: c.realtime.calls.accept("call_1", type="realtime", model="gpt-realtime"),
+    ):
+        with pytest.raises(AgentKilledError):
+            open_session()
+    assert len(mock.bodies) == 1
