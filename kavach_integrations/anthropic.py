@@ -2,8 +2,9 @@
 
 ``guard.wrap(Anthropic())`` / ``guard.wrap(AsyncAnthropic())`` guard ``messages`` (create,
 stream, parse; ``beta.messages`` too), as do the SDK's Vertex AI and Bedrock clients (Bedrock
-calls are priced as ``aws.bedrock``, by their Bedrock model ids). ``count_tokens`` passes untouched; message batches
-and legacy text completions stop with the agent but are not counted (see
+calls are priced as ``aws.bedrock``, by their Bedrock model ids). ``count_tokens`` passes
+untouched; message batches, legacy text completions and Managed Agents runs (session
+events, deployment runs) stop with the agent but are not counted (see
 ``AgentKavach.admit_unmetered``).
 Anthropic reports cache reads and writes beside ``input_tokens``; they are added into it,
 as ``kavach.usage.Usage`` (and genai-prices) count all input there.
@@ -207,6 +208,9 @@ MESSAGES = Endpoint(
 # report no usage. Both stop with the agent, and their cost is not counted.
 _BATCHES = Unmetered(PROVIDER, "batch")
 _COMPLETE = Unmetered(PROVIDER, "text_completion")
+# Managed Agents (beta): events sent to a session, or a deployment run now, set Claude to
+# work at Anthropic, billed there; no usage comes back on the call.
+_AGENT_RUN = Unmetered(PROVIDER, "agent_run")
 
 
 def _read_bedrock(body: Mapping[str, Any]) -> CallSpec:
@@ -232,6 +236,10 @@ def endpoint_for(
         return _BATCHES
     if path.endswith("/complete"):
         return _COMPLETE
+    if (path.endswith("/events") and "/sessions/" in path) or (
+        path.endswith("/run") and "/deployments/" in path
+    ):
+        return _AGENT_RUN
     return None
 
 

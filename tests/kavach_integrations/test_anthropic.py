@@ -14,7 +14,7 @@ import pydantic
 import pytest
 from anthropic.types import Message
 
-from kavach import AgentKavach, Budget, BudgetExceededError, KavachError, Usage
+from kavach import AgentKavach, AgentKilledError, Budget, BudgetExceededError, KavachError, Usage
 from kavach._devtools.standin import Reply, StandIn, ToolCall
 
 from .conftest import Events
@@ -453,3 +453,27 @@ def test_a_parse_the_sdk_rejects_after_the_reply_is_still_charged(
     assert event.status == "error" and event.usage.input_tokens == 1000
     assert guard.status()[0].spent == event.cost_nanos > 0
     assert guard.ledger.open_holds == 0
+
+
+def test_managed_agent_runs_stop_with_the_agent(make_guard: Any) -> None:
+    # Events sent to a Managed Agents session, or a deployment run, set Claude to work (and
+    # bill) at Anthropic: a stopped agent could still start them.
+    guard = make_guard(budget=Budget.daily(1))
+    seen: list[httpx2.Request] = []
+
+    def handle(request: httpx2.Request) -> httpx2.Response:
+        seen.append(request)
+        return httpx2.Response(200, json={"data": []})
+
+    http = httpx2.Client(transport=httpx2.MockTransport(handle))
+    c = guard.wrap(anthropic.Anthropic(api_key="k", max_retries=0, http_client=http))
+    _open.append(c)
+    message = {"type": "user.message", "content": [{"type": "text", "text": "Go"}]}
+    c.beta.sessions.events.send("sesn_1", events=[message])
+    guard.kill("stop")
+    with pytest.raises(AgentKilledError):
+        c.beta.sessions.events.send("sesn_1", events=[message])
+    with pytest.raises(AgentKilledError):
+        c.beta.deployments.run("dep_1")
+    c.beta.sessions.events.list("sesn_1")  # reading a session's events costs nothing
+    assert [r.method for r in seen] == ["POST", "GET"]
