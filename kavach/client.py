@@ -60,7 +60,7 @@ from kavach.ledger.memory import MemoryLedger
 from kavach.pricing import ModelPrice, Pricing, _posix
 from kavach.reservation import Reservation
 from kavach.spec import CallSpec
-from kavach.usage import ZERO_USAGE, Usage
+from kavach.usage import ZERO_USAGE, PriceVariant, Usage
 
 if TYPE_CHECKING:
     from kavach.alerts import AlertDispatcher, ChannelRule, DedupStore
@@ -320,6 +320,8 @@ class AgentKavach:
             or any(b.period is Period.PER_RUN for b in budgets)
         )
         self._unmetered_seen: set[tuple[str, str]] = set()  # kinds of call warned about
+        # provider -> the tier it served the last call that left the tier to the account
+        self._served_variants: dict[str, PriceVariant] = {}
         self._provider = _ProviderConfig(provider, llm_key, base_url) if provider else None
         self._clients: Any = None
         self._closers: list[tuple[Closer, AsyncCloser | None]] = []
@@ -628,7 +630,10 @@ class AgentKavach:
             self._guardrail_tripped(spec, run_id, now or _utc(wall), exc)
             raise
         try:
-            price = self.pricing.resolve_at(spec.provider, spec.model, wall)
+            variant = spec.price_variant
+            if variant is None:  # the account's default tier, as last served
+                variant = self._served_variants.get(spec.provider, ())
+            price = self.pricing.resolve_at(spec.provider, spec.model, wall, variant)
             cache = self._slot_cache  # _slots, inlined for the common case
             if (
                 cache is not None
@@ -664,7 +669,7 @@ class AgentKavach:
             self.guardrails.forget_request(run_id, fingerprint)
             self._refused(spec, run_id, now or _utc(wall), exc)
             raise
-        return Reservation(self, spec, plan, None, price, run_id, fingerprint, now, wall)
+        return Reservation(self, spec, plan, None, price, run_id, fingerprint, now, wall, variant)
 
     def admit_unmetered(self, spec: CallSpec) -> None:
         """Let a billable call the guard cannot meter through, unless the agent is stopped.
@@ -769,10 +774,25 @@ class AgentKavach:
         plan = r.plan
         if plan is None:
             return (), 0
+        served = usage.price_variant
+        if served is not None and served != r.variant:
+            self._priced_as_served(r, served)
         cost = r.price.cost(usage)  # type: ignore[union-attr]  # a plan always has a price
         if len(plan.slots) == 1 and plan.slots[0].info.unit == "usd":
             return (cost,), cost  # one dollar budget, as most guards have
         return actual_amounts(plan, usage, cost), cost
+
+    def _priced_as_served(self, r: Reservation, served: PriceVariant) -> None:
+        """Price ``r`` at the tier the provider served it at, not the one it was reserved at.
+
+        A request that left the tier to the account (OpenAI's ``auto``) teaches the guard
+        that account's default: the next such calls are reserved at it, so a project whose
+        default is priority is not held at standard prices, half of what it pays."""
+        spec = r.spec
+        r.price = self.pricing.resolve_at(spec.provider, spec.model, r.wall or time.time(), served)
+        r.variant = served
+        if spec.price_variant is None:
+            self._served_variants[spec.provider] = served
 
     def _ledger_release(self, r: Reservation) -> None:
         if r.hold is None:

@@ -19,6 +19,10 @@ Token conventions are genai-prices' own, so costs match ``calc_price`` exactly:
 - Long-context tiers apply to *every* token of a call whose total ``input_tokens`` is
   above the tier's start (the "cliff" model of Anthropic, Google and OpenAI).
 
+Price variants (tiers) come from genai-prices too: ``resolve(..., variant=(("service_tier",
+"priority"),))`` is the price of an OpenAI or Gemini priority call, ``(("speed", "fast"),)``
+an Anthropic fast-mode one; a tier the model does not list is priced at its standard rates.
+
 genai-prices is imported only when a model is first resolved: importing it takes
 ~200 ms, which ``import kavach`` must not pay.
 """
@@ -36,7 +40,7 @@ from decimal import ROUND_CEILING, Decimal
 from typing import TYPE_CHECKING, Any
 
 from kavach.errors import KavachConfigError, UnknownModelPriceError
-from kavach.usage import Usage
+from kavach.usage import PriceVariant, Usage
 
 if TYPE_CHECKING:
     from genai_prices import types as gp_types
@@ -455,24 +459,32 @@ class Pricing:
     ) -> None:
         self._overrides = {name: price.compile() for name, price in (overrides or {}).items()}
         self._unknown = unknown_model_price.compile() if unknown_model_price else None
-        self._cache: dict[tuple[str | None, str], _Entry] = {}
+        self._cache: dict[tuple[str | None, str, PriceVariant], _Entry] = {}
 
     def resolve(
-        self, provider: str | None, model: str, at: datetime | None = None
+        self,
+        provider: str | None,
+        model: str,
+        at: datetime | None = None,
+        variant: PriceVariant = (),
     ) -> CompiledPrice:
-        """The compiled price of ``model`` in force at ``at`` (default: now).
+        """The compiled price of ``model`` in force at ``at`` (default: now), at the price
+        ``variant`` (a tier such as ``(("service_tier", "priority"),)``; standard by default).
 
         >>> Pricing().resolve("openai", "gpt-4o-2024-08-06").input  # $2.50 per MTok
         2500000000
         """
-        return self.resolve_at(provider, model, time.time() if at is None else _posix(at))
+        return self.resolve_at(provider, model, time.time() if at is None else _posix(at), variant)
 
-    def resolve_at(self, provider: str | None, model: str, timestamp: float) -> CompiledPrice:
+    def resolve_at(
+        self, provider: str | None, model: str, timestamp: float, variant: PriceVariant = ()
+    ) -> CompiledPrice:
         """``resolve`` at a time in seconds since the epoch (the guard's hot path)."""
         t = timestamp
-        entry = self._cache.get((provider, model))
+        key = (provider, model, variant)
+        entry = self._cache.get(key)
         if entry is None or not entry[1] <= t < entry[2]:
-            entry = self._cache[(provider, model)] = self._lookup(provider, model, t)
+            entry = self._cache[key] = self._lookup(provider, model, t, variant)
         price = entry[0]
         if price is None:
             raise UnknownModelPriceError(model, provider, entry[3])
@@ -484,7 +496,7 @@ class Pricing:
         """Nano-dollars ``usage`` of ``model`` costs at ``at`` (default: now), rounded up."""
         return self.resolve(provider, model, at).cost(usage)
 
-    def _lookup(self, provider: str | None, model: str, t: float) -> _Entry:
+    def _lookup(self, provider: str | None, model: str, t: float, variant: PriceVariant) -> _Entry:
         bare = model.removeprefix("models/")  # the Gemini API's resource names
         names = [model] if bare == model else [model, bare]
         if provider:
@@ -492,13 +504,15 @@ class Pricing:
         for name in names:
             if (price := self._overrides.get(name)) is not None:
                 return (price, *_FOREVER, "")
-        found = _from_genai_prices(provider, bare, t)
+        found = _from_genai_prices(provider, bare, t, variant)
         if found[0] is None and self._unknown is not None:
             return (self._unknown, *_FOREVER, "")
         return found
 
 
-def _from_genai_prices(provider: str | None, model: str, t: float) -> _Entry:
+def _from_genai_prices(
+    provider: str | None, model: str, t: float, variant: PriceVariant = ()
+) -> _Entry:
     import genai_prices
     from genai_prices import data_snapshot
 
@@ -518,23 +532,28 @@ def _from_genai_prices(provider: str | None, model: str, t: float) -> _Entry:
         except LookupError:
             continue
         moment = datetime.fromtimestamp(t, _UTC)
-        record = info.get_prices(moment)
+        # A tier genai-prices does not list for the model is priced at the standard rates.
+        record = info.get_prices(moment, dict(variant) if variant else None)
         prices = {key: value for key, value in vars(record).items() if value is not None}
         if prices.get("input_mtok") is None and prices.get("output_mtok") is None:
             detail = f"genai-prices prices {info.id!r} only per {', '.join(sorted(prices))}"
             return (None, *_FOREVER, detail)
-        return (_compile(prices, _genai_token_units()), *_window(info, moment), "")
+        window = _window(info, moment, bool(variant))
+        return (_compile(prices, _genai_token_units()), *window, "")
     return (None, *_FOREVER, f"genai-prices {genai_prices.__version__} does not list it")
 
 
-def _window(info: gp_types.ModelInfo, moment: datetime) -> tuple[float, float]:
-    """The POSIX-seconds interval around ``moment`` in which no price constraint changes state."""
-    if not isinstance(info.prices, list):
-        return _FOREVER
+def _window(
+    info: gp_types.ModelInfo, moment: datetime, variants: bool = False
+) -> tuple[float, float]:
+    """The POSIX-seconds interval around ``moment`` in which no price constraint changes
+    state (with ``variants``, the constraints of the model's price variants too)."""
+    constraints = [c.constraint for c in info.prices] if isinstance(info.prices, list) else []
+    if variants:
+        constraints += [v.constraint for v in info.price_variants or ()]
     changes: list[datetime] = []
     day = moment.date()
-    for conditional in info.prices:
-        constraint = conditional.constraint
+    for constraint in constraints:
         if constraint is None:
             continue
         start_date = getattr(constraint, "start_date", None)

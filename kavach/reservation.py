@@ -18,7 +18,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from kavach.events import CallEvent, CallStatus
-from kavach.usage import Usage
+from kavach.usage import PriceVariant, Usage
 
 logger = logging.getLogger("kavach")
 
@@ -51,6 +51,7 @@ class Reservation:
         "started",
         "_started_at",
         "trace_context",
+        "variant",
         "wall",
     )
 
@@ -65,13 +66,17 @@ class Reservation:
         fingerprint: int | None,
         started_at: datetime | None,
         wall: float | None = None,
+        variant: PriceVariant = (),
     ) -> None:
         self._guard = guard
         self.spec = spec
         self.plan = plan
         self.hold = hold
         self.price = price
-        """The model's price this call is reserved and settled at (``None`` when disabled)."""
+        """The model's price this call is reserved and settled at (``None`` when disabled):
+        at the tier the provider served it at once its usage says so."""
+        self.variant = variant
+        """The price variant (tier) ``price`` is for: ``()`` is the standard price."""
         self.run_id = run_id
         self.fingerprint = fingerprint
         self.started = time.perf_counter()

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kavach._values import fast_init
+from kavach.usage import PriceVariant
 
 
 @fast_init
@@ -54,3 +55,9 @@ class CallSpec:
     """The request's output cannot be limited (OpenAI image generation: its size and quality
     decide it, and it has no max-tokens parameter), so strict mode reserves all of
     ``max_output_tokens`` too, or refuses, rather than a smaller limit for the adapter to send."""
+    price_variant: PriceVariant | None = None
+    """The price tier the request asks for (OpenAI and Gemini ``service_tier="priority"`` or
+    ``"flex"``, Anthropic ``speed="fast"``), as genai-prices names it; ``()`` for the standard
+    price. ``None`` when the request leaves the tier to the account (OpenAI's ``auto``): the
+    guard then reserves at the tier the provider last reported serving such calls at, since
+    a project whose default is priority pays priority prices without asking."""

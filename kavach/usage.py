@@ -10,9 +10,13 @@ report cache tokens beside the input count (Anthropic) add them in.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from kavach._values import fast_init
+
+PriceVariant = tuple[tuple[str, str], ...]
+"""A price variant as genai-prices selects it: request-context pairs such as
+``(("service_tier", "priority"),)`` or ``(("speed", "fast"),)``; ``()`` is the standard price."""
 
 
 @fast_init
@@ -41,6 +45,11 @@ class Usage:
     output_image_tokens: int = 0
     """Images a model made (Gemini image models, OpenAI's image models), part of output."""
     input_video_tokens: int = 0
+    price_variant: PriceVariant | None = field(default=None, compare=False)
+    """The price variant the provider says it served the call at (OpenAI's response
+    ``service_tier``, Anthropic's ``usage.speed``): ``()`` for the standard price. ``None``
+    when the response does not say, and the call is priced as it was reserved. Not part of
+    equality: two usages with the same counts are the same usage."""
 
     @property
     def total_tokens(self) -> int:
@@ -70,6 +79,9 @@ class Usage:
             input_image_tokens=self.input_image_tokens + other.input_image_tokens,
             output_image_tokens=self.output_image_tokens + other.output_image_tokens,
             input_video_tokens=self.input_video_tokens + other.input_video_tokens,
+            price_variant=(
+                self.price_variant if other.price_variant is None else other.price_variant
+            ),
         )
 
 

@@ -40,7 +40,7 @@ from kavach.errors import KavachConfigError, MissingDependencyError
 from kavach.events import CallStatus
 from kavach.spec import CallSpec
 from kavach.stream import Outcome, StreamMeter, StreamSettlement, ametered, metered
-from kavach.usage import Usage
+from kavach.usage import PriceVariant, Usage
 
 if TYPE_CHECKING:
     from kavach.client import AgentKavach
@@ -53,6 +53,7 @@ __all__ = [
     "Outcome",
     "PerRequest",
     "TokenCounter",
+    "price_variant",
     "Unmetered",
     "field",
     "patch",
@@ -168,6 +169,36 @@ def set_max_tokens(*names: str) -> Callable[[Body, int], Body]:
         return {**body, names[0]: tokens}
 
     return limit
+
+
+def price_variant(key: str, tier: Any) -> PriceVariant | None:
+    """The price variant a request's or response's tier names (``key`` is genai-prices' name
+    for it: ``service_tier``, ``speed``): ``None`` when it names none or leaves the tier to
+    the account (``auto``), ``()`` for the standard tier. Enums (Gemini's) give their value.
+
+    >>> price_variant("service_tier", "priority"), price_variant("service_tier", "default")
+    ((('service_tier', 'priority'),), ())
+    """
+    if tier is None:
+        return None
+    known = _VARIANTS.get((key, tier), _UNKNOWN) if type(tier) is str else _UNKNOWN
+    if known is not _UNKNOWN:
+        return known  # type: ignore[return-value]
+    name = str(getattr(tier, "value", tier)).lower()
+    variant: PriceVariant | None = ((key, name),)
+    if name in _ACCOUNT_TIERS:
+        variant = None
+    elif name in _STANDARD_TIERS:
+        variant = ()
+    if type(tier) is str and len(_VARIANTS) < 256:  # every response names its tier
+        _VARIANTS[(key, tier)] = variant
+    return variant
+
+
+_VARIANTS: dict[tuple[str, str], PriceVariant | None] = {}
+_UNKNOWN = object()
+_ACCOUNT_TIERS = frozenset(("auto", "unspecified", "service_tier_unspecified", ""))
+_STANDARD_TIERS = frozenset(("default", "standard"))
 
 
 def tool_signature(name: str, arguments: Any) -> str:

@@ -28,6 +28,7 @@ from kavach_integrations._provider import (
     Unmetered,
     field,
     guard_request_method,
+    price_variant,
     set_max_tokens,
     tool_signature,
 )
@@ -58,6 +59,8 @@ def message_usage(usage: Any) -> Usage:
         cache_read_tokens=read,
         cache_write_tokens=max(0, five_min),
         cache_write_1h_tokens=one_hour,
+        # fast mode (beta) is billed at a premium: the usage says which speed served it
+        price_variant=price_variant("speed", field(usage, "speed")),
     )
 
 
@@ -90,6 +93,8 @@ def _read(body: Mapping[str, Any]) -> CallSpec:
         system=body.get("system"),
         tools=body.get("tools"),
         max_output_tokens=body.get("max_tokens"),
+        # speed="fast" costs several times the standard price; standard is the default
+        price_variant=price_variant("speed", body.get("speed")) or (),
     )
 
 
@@ -114,6 +119,7 @@ _RESTATED = (
     "cache_read_input_tokens",
     "cache_creation_input_tokens",
     "cache_creation",
+    "speed",
 )
 
 

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from kavach.errors import KavachError
 from kavach.spec import CallSpec
 from kavach.stream import Outcome, StreamSettlement
-from kavach.usage import Usage
+from kavach.usage import PriceVariant, Usage
 from kavach_integrations._provider import (
     _GUARD_ATTR,
     Body,
@@ -43,6 +43,7 @@ from kavach_integrations._provider import (
     guard_method,
     guard_unmetered_method,
     patch,
+    price_variant,
     tool_signature,
 )
 
@@ -87,6 +88,7 @@ def gemini_usage(meta: Any) -> Usage:
         input_video_tokens=prompt.get("VIDEO", 0),
         output_audio_tokens=reply.get("AUDIO", 0),
         output_image_tokens=reply.get("IMAGE", 0),
+        price_variant=price_variant("service_tier", field(meta, "service_tier")),
     )
 
 
@@ -160,7 +162,16 @@ def _read(body: Mapping[str, Any]) -> CallSpec:
         max_output_tokens=field(config, "max_output_tokens"),
         text_output=_text_reply(config),
         choices=_candidates(config),
+        price_variant=_tier(config),
     )
+
+
+def _tier(config: Any) -> PriceVariant:
+    """``service_tier`` (flex, priority: each priced apart); unset, the standard tier."""
+    tier = field(config, "service_tier")
+    if tier is None and isinstance(config, Mapping):
+        tier = config.get("serviceTier")  # a dict config may use the API's spelling
+    return price_variant("service_tier", tier) or ()
 
 
 def _limit(body: Body, tokens: int) -> Body:

@@ -72,8 +72,8 @@ from kavach.errors import BudgetExceededError, KavachConfigError, MissingDepende
 from kavach.events import CallStatus
 from kavach.reservation import Reservation
 from kavach.spec import CallSpec
-from kavach.usage import Usage
-from kavach_integrations._provider import tool_signature
+from kavach.usage import PriceVariant, Usage
+from kavach_integrations._provider import price_variant, tool_signature
 
 try:
     from langchain_core.callbacks import BaseCallbackHandler
@@ -180,16 +180,24 @@ def usage_from_metadata(usage_metadata: Mapping[str, Any]) -> Usage:
     inp = usage_metadata.get("input_token_details") or {}
     out = usage_metadata.get("output_token_details") or {}
     five_minute = int(inp.get("ephemeral_5m_input_tokens") or 0)
+    # langchain-openai names an answer's priority or flex tier by its token details, and
+    # prefixes the cache and reasoning counts with it ("priority_cache_read").
+    tier = next((t for t in _TIERS if t in inp or t in out), None)
+    pre = f"{tier}_" if tier else ""
     return Usage(
         input_tokens=int(usage_metadata.get("input_tokens") or 0),
         output_tokens=int(usage_metadata.get("output_tokens") or 0),
-        cache_read_tokens=int(inp.get("cache_read") or 0),
-        cache_write_tokens=int(inp.get("cache_creation") or 0) + five_minute,
+        cache_read_tokens=int(inp.get(f"{pre}cache_read") or 0),
+        cache_write_tokens=int(inp.get(f"{pre}cache_creation") or 0) + five_minute,
         cache_write_1h_tokens=int(inp.get("ephemeral_1h_input_tokens") or 0),
-        reasoning_tokens=int(out.get("reasoning") or 0),
+        reasoning_tokens=int(out.get(f"{pre}reasoning") or 0),
         input_audio_tokens=int(inp.get("audio") or 0),
         output_audio_tokens=int(out.get("audio") or 0),
+        price_variant=(("service_tier", tier),) if tier else None,
     )
+
+
+_TIERS = ("priority", "flex")
 
 
 class KavachHandler(BaseCallbackHandler):
@@ -396,6 +404,7 @@ class KavachHandler(BaseCallbackHandler):
             max_output_tokens=_max_tokens(meta, params),
             operation="chat" if messages is not None else "text_completion",
             choices=_choices(params),
+            price_variant=_price_variant(params),
             run_id=self._kavach_run(parent_run_id),
             tags={"integration": "langchain"},
         )
@@ -744,11 +753,25 @@ def _first_message(response: LLMResult | None) -> Any:
     return None
 
 
+def _price_variant(params: Mapping[str, Any]) -> PriceVariant | None:
+    """The tier the model's parameters ask for (``ChatOpenAI(service_tier="priority")``,
+    Anthropic's ``speed="fast"`` among ``model_kwargs``), or ``None``: the account's."""
+    tier = params.get("service_tier")
+    if tier is not None:
+        return price_variant("service_tier", tier)
+    speed = params.get("speed")
+    return None if speed is None else price_variant("speed", speed)
+
+
 def _usage(response: LLMResult | None, message: Any) -> Usage | None:
+    llm_output = (response.llm_output if response is not None else None) or {}
     metadata = getattr(message, "usage_metadata", None)
     if metadata:
-        return usage_from_metadata(metadata)
-    llm_output = (response.llm_output if response is not None else None) or {}
+        usage = usage_from_metadata(metadata)
+        served = llm_output.get("service_tier")  # langchain-openai: the answer's tier
+        if usage.price_variant is None and isinstance(served, str):
+            usage = replace(usage, price_variant=price_variant("service_tier", served))
+        return usage
     token_usage = llm_output.get("token_usage") or llm_output.get("usage")
     if isinstance(token_usage, Mapping) and token_usage:
         return Usage(

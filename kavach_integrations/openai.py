@@ -35,6 +35,7 @@ from kavach_integrations._provider import (
     field,
     guard_request_method,
     guard_unmetered_method,
+    price_variant,
     reader,
     set_max_tokens,
     tool_signature,
@@ -53,8 +54,9 @@ if TYPE_CHECKING:
 PROVIDER = "openai"
 
 
-def chat_usage(usage: Any) -> Usage:
-    """Chat completions (and Mistral) usage: ``prompt_tokens`` already include cached ones."""
+def chat_usage(usage: Any, tier: Any = None) -> Usage:
+    """Chat completions (and Mistral) usage: ``prompt_tokens`` already include cached ones.
+    ``tier`` is the response's ``service_tier``, which decides the price (priority, flex)."""
     read = READERS.get(type(usage)) or reader(usage)
     prompt = read(usage, "prompt_tokens_details", None)
     completion = read(usage, "completion_tokens_details", None)
@@ -68,10 +70,11 @@ def chat_usage(usage: Any) -> Usage:
         reasoning_tokens=read_completion(completion, "reasoning_tokens", None) or 0,
         input_audio_tokens=read_prompt(prompt, "audio_tokens", None) or 0,
         output_audio_tokens=read_completion(completion, "audio_tokens", None) or 0,
+        price_variant=None if tier is None else price_variant("service_tier", tier),
     )
 
 
-def responses_usage(usage: Any) -> Usage:
+def responses_usage(usage: Any, tier: Any = None) -> Usage:
     details = field(usage, "input_tokens_details")
     return Usage(
         input_tokens=field(usage, "input_tokens", 0),
@@ -79,6 +82,7 @@ def responses_usage(usage: Any) -> Usage:
         cache_read_tokens=field(details, "cached_tokens", 0),
         cache_write_tokens=field(details, "cache_write_tokens", 0),
         reasoning_tokens=field(field(usage, "output_tokens_details"), "reasoning_tokens", 0),
+        price_variant=None if tier is None else price_variant("service_tier", tier),
     )
 
 
@@ -104,6 +108,7 @@ def read_chat(provider: str) -> Any:
             # A spoken reply needs ``audio`` (and "audio" in ``modalities``).
             text_output=body.get("audio") is None,
             choices=n if type(n) is int and n > 1 else 1,
+            price_variant=price_variant("service_tier", body.get("service_tier")),
         )
 
     return read
@@ -123,7 +128,7 @@ def chat_outcome(response: Any) -> Outcome:
             fn = field(call, "function")
             tool_calls.append(tool_signature(field(fn, "name", ""), field(fn, "arguments", "")))
     return Outcome(
-        usage=chat_usage(read(response, "usage", None)),
+        usage=chat_usage(read(response, "usage", None), read(response, "service_tier", None)),
         response_model=read(response, "model", None),
         finish_reasons=tuple(finish),
         tool_calls=tuple(tool_calls),
@@ -147,7 +152,7 @@ class ChatMeter(TokenCounter):
         usage = chunk.usage
         if usage is not None:
             # OpenAI: a last chunk with no choices; Mistral: on the finishing chunk.
-            self.usage = chat_usage(usage)
+            self.usage = chat_usage(usage, getattr(chunk, "service_tier", None))
             self.model = chunk.model
             self.complete = True
         if choices:
@@ -254,6 +259,7 @@ def read_response(body: Mapping[str, Any]) -> CallSpec:
         tools=body.get("tools"),
         max_output_tokens=body.get("max_output_tokens"),
         text_output=True,  # no audio replies; the image_generation tool bills apart
+        price_variant=price_variant("service_tier", body.get("service_tier")),
     )
 
 
@@ -265,7 +271,7 @@ def response_outcome(response: Any) -> Outcome:
     )
     status = field(response, "status")
     return Outcome(
-        usage=responses_usage(field(response, "usage")),
+        usage=responses_usage(field(response, "usage"), field(response, "service_tier")),
         response_model=field(response, "model"),
         finish_reasons=(str(status),) if status else (),
         tool_calls=tool_calls,
@@ -296,7 +302,9 @@ class ResponsesMeter(TokenCounter):
             self.final = event.response
             self.model = field(event.response, "model")
             if field(event.response, "usage") is not None:
-                self.usage = responses_usage(event.response.usage)
+                self.usage = responses_usage(
+                    event.response.usage, field(event.response, "service_tier")
+                )
                 self.complete = True
         return False
 

@@ -107,6 +107,10 @@ class Reply:
     honor_max_tokens: bool = True
     error_after: int | None = None
     """Streams only: send this many text chunks, then the provider's SSE error event."""
+    service_tier: str | None = None
+    """The tier the answer says served the call (OpenAI ``service_tier``, Anthropic
+    ``usage.speed``), as a project whose default tier is priority gets without asking. By
+    default the tier the request asked for (its ``service_tier`` or ``speed``), if any."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +134,7 @@ class _Plan:
     input_tokens: int
     output_tokens: int
     truncated: bool
+    tier: str | None = None
 
     @property
     def text(self) -> str:
@@ -185,7 +190,15 @@ def _plan(reply: Reply, body: Mapping[str, Any], model: str) -> _Plan:
         input_tokens=input_tokens,
         output_tokens=text_tokens + reply.reasoning_tokens,
         truncated=truncated,
+        tier=reply.service_tier or _asked_tier(body),
     )
+
+
+def _asked_tier(body: Mapping[str, Any]) -> str | None:
+    tier = body.get("service_tier") or body.get("speed")
+    if tier == "auto":
+        return "default"  # a project that set no default tier
+    return tier if isinstance(tier, str) else None
 
 
 def _sse(data: Any, event: str | None = None) -> bytes:
@@ -247,7 +260,12 @@ def _chat(p: _Plan) -> dict[str, Any]:
             }
         ],
         "usage": _openai_usage(p),
+        **_tier(p, "service_tier"),
     }
+
+
+def _tier(p: _Plan, name: str) -> dict[str, str]:
+    return {name: p.tier} if p.tier is not None else {}
 
 
 def _chat_stream(p: _Plan, body: Mapping[str, Any], usage_in_last: bool) -> Iterator[bytes]:
@@ -260,6 +278,7 @@ def _chat_stream(p: _Plan, body: Mapping[str, Any], usage_in_last: bool) -> Iter
             "created": created,
             "model": p.model,
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            **_tier(p, "service_tier"),
         }
 
     yield _sse(chunk({"role": "assistant", "content": ""}))
@@ -308,6 +327,7 @@ def _chat_stream(p: _Plan, body: Mapping[str, Any], usage_in_last: bool) -> Iter
                 "model": p.model,
                 "choices": [],
                 "usage": _openai_usage(p),
+                **_tier(p, "service_tier"),
             }
         )
     yield _sse("[DONE]")
@@ -398,6 +418,7 @@ def _response_obj(p: _Plan, status: str = "completed") -> dict[str, Any]:
         }
         if status == "completed"
         else None,
+        **_tier(p, "service_tier"),
     }
 
 
@@ -574,6 +595,7 @@ def _anthropic_usage(p: _Plan, output_tokens: int) -> dict[str, Any]:
             "ephemeral_5m_input_tokens": r.cache_write_tokens,
             "ephemeral_1h_input_tokens": r.cache_write_1h_tokens,
         },
+        **_tier(p, "speed"),
     }
 
 

@@ -455,3 +455,67 @@ def _repo_root() -> str:
     from pathlib import Path
 
     return str(Path(__file__).resolve().parents[2])
+
+
+# -- price variants (tiers) ---------------------------------------------------------------
+
+TIERED = [
+    ("openai", "gpt-4o", {"service_tier": "priority"}),
+    ("openai", "gpt-5", {"service_tier": "flex"}),
+    ("anthropic", "claude-opus-4-8", {"speed": "fast"}),
+    ("google", "gemini-4-argon", {"service_tier": "priority"}),
+    ("openai", "gpt-4o", {"service_tier": "scale"}),  # no such variant: the standard price
+]
+
+
+@pytest.mark.parametrize(("provider", "model", "context"), TIERED)
+def test_a_tier_costs_what_genai_prices_says(
+    provider: str, model: str, context: dict[str, str]
+) -> None:
+    usage = Usage(input_tokens=12_345, output_tokens=678, cache_read_tokens=2_000)
+    variant = tuple(context.items())
+    calc = genai_prices.calc_price(
+        gp_usage(usage),
+        model,
+        provider_id=provider,
+        genai_request_timestamp=AT,
+        price_context=context,
+    )
+    assert Pricing().cost(provider, model, usage, at=AT) == gp_nanos(provider, model, usage)
+    tiered = Pricing().resolve(provider, model, at=AT, variant=variant).cost(usage)
+    assert tiered == math.ceil(calc.total_price * 1_000_000_000)
+
+
+def test_a_tier_that_starts_later_is_priced_from_its_start_date() -> None:
+    model = gp.ModelInfo(
+        id="acme-1",
+        match=gp.ClauseEquals(equals="acme-1"),
+        prices=mtok("1", "2"),
+        price_variants=[
+            gp.PriceVariant(
+                when={"service_tier": "priority"},
+                prices=mtok("3", "6"),
+                constraint=gp.StartDateConstraint(start_date=date(2027, 1, 1)),
+            )
+        ],
+    )
+    provider = gp.Provider(id="acme", name="Acme", api_pattern="acme", models=[model])
+    data_snapshot.set_custom_snapshot(
+        data_snapshot.DataSnapshot(providers=[provider], from_auto_update=False)
+    )
+    pricing = Pricing()
+    priority = (("service_tier", "priority"),)
+    before = datetime(2026, 12, 31, 23, 59, tzinfo=UTC)
+    after = datetime(2027, 1, 1, 0, 1, tzinfo=UTC)
+    # The same cached entry must not outlive the variant's start date.
+    assert pricing.resolve("acme", "acme-1", at=before, variant=priority).input == 10**9
+    assert pricing.resolve("acme", "acme-1", at=after, variant=priority).input == 3 * 10**9
+    assert pricing.resolve("acme", "acme-1", at=after).input == 10**9
+
+
+def test_usage_equality_ignores_the_tier_and_addition_keeps_the_latest() -> None:
+    priority = (("service_tier", "priority"),)
+    assert Usage(input_tokens=1, price_variant=priority) == Usage(input_tokens=1)
+    total = Usage(input_tokens=1, price_variant=priority) + Usage(output_tokens=2)
+    assert total.price_variant == priority
+    assert (total + Usage(price_variant=())).price_variant == ()

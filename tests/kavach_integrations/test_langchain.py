@@ -100,6 +100,26 @@ def test_openai_invoke_settles_at_reported_usage_with_cache_and_reasoning(
     assert handler.guard.ledger.open_holds == 0
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["invoke", "stream"])
+def test_priority_tier_is_charged_at_priority_prices_with_its_cache_reads(
+    server: StandIn, recorder: Recorder, stream: bool
+) -> None:
+    handler = KavachHandler(guard(recorder))
+    server.script(Reply(input_tokens=1000, output_tokens=40, cached_tokens=800))
+    model = openai_model(server, handler, service_tier="priority")
+    if stream:
+        list(model.stream("hello"))
+    else:
+        model.invoke("hello")
+    (event,) = recorder.calls
+    assert server.requests[0].body["service_tier"] == "priority"
+    # langchain-openai reports a priority answer's cache reads as "priority_cache_read".
+    assert event.usage.cache_read_tokens == 800
+    # gpt-4o-mini at priority: $0.25 input, $0.125 cached input, $1 output per million.
+    assert event.cost_nanos == 200 * 250 + 800 * 125 + 40 * 1000
+    assert handler.guard.ledger.open_holds == 0
+
+
 def test_anthropic_invoke_counts_cache_reads_and_writes_once(
     server: StandIn, recorder: Recorder
 ) -> None:
