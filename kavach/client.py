@@ -658,6 +658,7 @@ class AgentKavach:
                 text_output=spec.text_output,
                 choices=spec.choices,
                 fixed_output=spec.fixed_output,
+                searches=spec.max_searches,
             )
             if self.guardrails.records_spend:  # the velocity limit counts it in flight
                 self.guardrails.admit_spend(plan.worst_case(plan.max_units))

@@ -197,6 +197,7 @@ def plan_call(
     text_output: bool = False,
     choices: int = 1,
     fixed_output: bool = False,
+    searches: int = 0,
 ) -> Plan:
     """Plan the ledger lines for one call; raises CostPerCallError before touching a ledger.
 
@@ -207,10 +208,14 @@ def plan_call(
     then count the output of all choices together, as the provider bills it and a stream
     meters it (interleaved choices); every choice gets at least ``min_output`` tokens in
     strict mode, which sends ``units // choices`` as the per-choice limit. A ``fixed_output``
-    call has no limit to send, so it is held for all of its output in strict mode too."""
+    call has no limit to send, so it is held for all of its output in strict mode too.
+    ``searches`` a server-side search tool may make are held at the dearest search price,
+    with the input (they are billed whatever the output)."""
     input_cost, per_token = price.reservation_rates(
         input_tokens, cache_writes, media_tokens, text_output
     )
+    if searches:
+        input_cost += searches * max(price.web_search, price.file_search)
     max_units = requested_max_output if requested_max_output is not None else default_max_output
     min_units = max_units if mode == "reserve" or fixed_output else min(min_output, max_units)
     if choices != 1:

@@ -156,6 +156,11 @@ class CompiledPrice:
     output_image: int
     input_video: int
     tiers: tuple[tuple[int, CompiledPrice], ...] = ()
+    web_search: int = 0
+    """Nano-dollars per web search a server-side search tool makes (genai-prices'
+    ``web_searches_kcount``), charged on top of the tokens."""
+    file_search: int = 0
+    """Nano-dollars per file search (OpenAI's ``file_search``: ``storage_searches_kcount``)."""
     media_input: int = dataclass_field(init=False, compare=False, repr=False)
     text_output: int = dataclass_field(init=False, compare=False, repr=False)
     worst_output: int = dataclass_field(init=False, compare=False, repr=False)
@@ -199,6 +204,8 @@ class CompiledPrice:
             or usage.input_image_tokens
             or usage.output_image_tokens
             or usage.input_video_tokens
+            or usage.web_searches
+            or usage.file_searches
         ):  # plain input and output, as most calls are
             total = max(usage.input_tokens, 0) * p.input + max(usage.output_tokens, 0) * p.output
             return -(-total // _TOKENS_PER_MTOK)
@@ -243,6 +250,8 @@ class CompiledPrice:
             + image_in * p.input_image
             + video_in * p.input_video
             + image_out * p.output_image
+            + (max(usage.web_searches, 0) * p.web_search) * _TOKENS_PER_MTOK
+            + (max(usage.file_searches, 0) * p.file_search) * _TOKENS_PER_MTOK
         )
         return -(-total // _TOKENS_PER_MTOK)
 
@@ -358,14 +367,31 @@ def _compile(prices: Mapping[str, _PriceValue], units: _Units = _USER_UNITS) -> 
             rates[kind] = max(candidates, default=(0, 0))[1]
         return rates
 
-    tiers = tuple((start, _price_of(rates_at(start + 1))) for start in starts)
-    return _price_of(rates_at(0), tiers)
+    searches = {
+        kind: _nanos_per_search(prices[key])
+        for kind, key in (
+            ("web_search", "web_searches_kcount"),
+            ("file_search", "storage_searches_kcount"),
+        )
+        if prices.get(key) is not None
+    }
+    tiers = tuple((start, _price_of(rates_at(start + 1), (), searches)) for start in starts)
+    return _price_of(rates_at(0), tiers, searches)
+
+
+def _nanos_per_search(dollars_per_thousand: _PriceValue) -> int:
+    per_search = Decimal(dollars_per_thousand) * _NANOS_PER_DOLLAR / 1000
+    return int(per_search.to_integral_value(rounding=ROUND_CEILING))
 
 
 def _price_of(
-    rates: Mapping[str, int], tiers: tuple[tuple[int, CompiledPrice], ...] = ()
+    rates: Mapping[str, int],
+    tiers: tuple[tuple[int, CompiledPrice], ...] = (),
+    searches: Mapping[str, int] | None = None,
 ) -> CompiledPrice:
     return CompiledPrice(
+        web_search=(searches or {}).get("web_search", 0),
+        file_search=(searches or {}).get("file_search", 0),
         input=rates["input"],
         output=rates["output"],
         cache_read=rates["cache_read"],

@@ -61,3 +61,7 @@ class CallSpec:
     price. ``None`` when the request leaves the tier to the account (OpenAI's ``auto``): the
     guard then reserves at the tier the provider last reported serving such calls at, since
     a project whose default is priority pays priority prices without asking."""
+    max_searches: int = 0
+    """Server-side searches the request may make (a web or file search tool's ``max_uses``,
+    OpenAI's ``max_tool_calls``), each billed per search: held at the search price on top of
+    the tokens."""

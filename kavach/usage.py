@@ -45,6 +45,11 @@ class Usage:
     output_image_tokens: int = 0
     """Images a model made (Gemini image models, OpenAI's image models), part of output."""
     input_video_tokens: int = 0
+    web_searches: int = 0
+    """Searches a server-side web search tool made (Anthropic's ``web_search``, OpenAI's
+    ``web_search`` in the Responses API), billed per search on top of the tokens."""
+    file_searches: int = 0
+    """OpenAI ``file_search`` tool calls, billed per call on top of the tokens."""
     price_variant: PriceVariant | None = field(default=None, compare=False)
     """The price variant the provider says it served the call at (OpenAI's response
     ``service_tier``, Anthropic's ``usage.speed``): ``()`` for the standard price. ``None``
@@ -79,6 +84,8 @@ class Usage:
             input_image_tokens=self.input_image_tokens + other.input_image_tokens,
             output_image_tokens=self.output_image_tokens + other.output_image_tokens,
             input_video_tokens=self.input_video_tokens + other.input_video_tokens,
+            web_searches=self.web_searches + other.web_searches,
+            file_searches=self.file_searches + other.file_searches,
             price_variant=(
                 self.price_variant if other.price_variant is None else other.price_variant
             ),

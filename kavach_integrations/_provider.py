@@ -60,6 +60,7 @@ __all__ = [
     "READERS",
     "reader",
     "tool_signature",
+    "web_search_uses",
     "unwrap",
     "wrap",
 ]
@@ -169,6 +170,24 @@ def set_max_tokens(*names: str) -> Callable[[Body, int], Body]:
         return {**body, names[0]: tokens}
 
     return limit
+
+
+ASSUMED_SEARCHES = 10
+"""Searches held for a request whose search tool sets no bound (Anthropic ``max_uses``,
+OpenAI ``max_tool_calls``): the 10 iterations Anthropic allows a turn of server tools.
+The call is settled at the searches it reports, whatever this assumed."""
+
+
+def web_search_uses(tools: Any) -> int:
+    """Searches Anthropic-style web search tools may make (``{"type": "web_search_...",
+    "max_uses": 5}``): their ``max_uses``, or ``ASSUMED_SEARCHES`` for one that sets none."""
+    total = 0
+    for tool in tools if isinstance(tools, list) else ():
+        kind = tool.get("type") if isinstance(tool, Mapping) else None
+        if isinstance(kind, str) and kind.startswith("web_search"):
+            uses = tool.get("max_uses")
+            total += uses if type(uses) is int and uses >= 0 else ASSUMED_SEARCHES
+    return total
 
 
 def price_variant(key: str, tier: Any) -> PriceVariant | None:

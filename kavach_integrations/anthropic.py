@@ -31,6 +31,7 @@ from kavach_integrations._provider import (
     price_variant,
     set_max_tokens,
     tool_signature,
+    web_search_uses,
 )
 
 try:
@@ -54,6 +55,7 @@ def message_usage(usage: Any) -> Usage:
     one_hour = field(creation, "ephemeral_1h_input_tokens", 0)
     five_min = field(creation, "ephemeral_5m_input_tokens", written - one_hour)
     return Usage(
+        web_searches=field(field(usage, "server_tool_use"), "web_search_requests", 0),
         input_tokens=field(usage, "input_tokens", 0) + read + written,
         output_tokens=field(usage, "output_tokens", 0),
         cache_read_tokens=read,
@@ -95,6 +97,7 @@ def _read(body: Mapping[str, Any]) -> CallSpec:
         max_output_tokens=body.get("max_tokens"),
         # speed="fast" costs several times the standard price; standard is the default
         price_variant=price_variant("speed", body.get("speed")) or (),
+        max_searches=web_search_uses(body.get("tools")),
     )
 
 
@@ -120,6 +123,7 @@ _RESTATED = (
     "cache_creation_input_tokens",
     "cache_creation",
     "speed",
+    "server_tool_use",
 )
 
 

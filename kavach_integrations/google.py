@@ -20,6 +20,7 @@ which resumes a failed stream from its last checkpoint, neither retries nor resu
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import json
@@ -34,6 +35,7 @@ from kavach.stream import Outcome, StreamSettlement
 from kavach.usage import PriceVariant, Usage
 from kavach_integrations._provider import (
     _GUARD_ATTR,
+    ASSUMED_SEARCHES,
     Body,
     Endpoint,
     TokenCounter,
@@ -152,9 +154,10 @@ def _read(body: Mapping[str, Any]) -> CallSpec:
     config = body.get("config")
     prompt, messages = _contents(body.get("contents"))
     tools = field(config, "tools")
+    model = _model_name(str(body.get("model", "")))
     return CallSpec(
         provider=PROVIDER,
-        model=_model_name(str(body.get("model", ""))),
+        model=model,
         messages=messages,
         prompt=prompt,
         system=_plain(field(config, "system_instruction")),
@@ -163,6 +166,7 @@ def _read(body: Mapping[str, Any]) -> CallSpec:
         text_output=_text_reply(config),
         choices=_candidates(config),
         price_variant=_tier(config),
+        max_searches=_max_searches(tools, model) if tools else 0,
     )
 
 
@@ -187,6 +191,35 @@ def _limit(body: Body, tokens: int) -> Body:
     return {**body, "config": new_config}
 
 
+def _per_prompt(model: Any) -> bool:
+    """Gemini 1 and 2 bill Grounding with Google Search per grounded prompt; later models
+    per search query."""
+    name = str(model or "").removeprefix("models/")
+    return name.startswith(("gemini-1", "gemini-2"))
+
+
+def _searches(candidates: Any, model: Any) -> int:
+    """Billed Google Search grounding: the queries the answer ran (one, for the models
+    billed per grounded prompt)."""
+    queries = 0
+    for candidate in candidates or ():
+        grounding = field(candidate, "grounding_metadata")
+        queries += len(field(grounding, "web_search_queries", ()) or ())
+    return min(queries, 1) if _per_prompt(model) else queries
+
+
+def _max_searches(tools: Any, model: str) -> int:
+    """Searches a request with a Google Search tool may be billed for (assumed, as for the
+    other providers' search tools, at most ten a call on the models billed per query)."""
+    grounded = any(
+        field(t, "google_search") is not None or field(t, "google_search_retrieval") is not None
+        for t in tools or ()
+    )
+    if not grounded:
+        return 0
+    return 1 if _per_prompt(model) else ASSUMED_SEARCHES
+
+
 def _outcome(response: Any) -> Outcome:
     finish: list[str] = []
     tool_calls: list[str] = []
@@ -197,8 +230,12 @@ def _outcome(response: Any) -> Outcome:
             call = field(part, "function_call")
             if call is not None:
                 tool_calls.append(tool_signature(field(call, "name", ""), field(call, "args", {})))
+    usage = gemini_usage(field(response, "usage_metadata"))
+    searches = _searches(field(response, "candidates", ()), field(response, "model_version"))
+    if searches:
+        usage = dataclasses.replace(usage, web_searches=searches)
     return Outcome(
-        usage=gemini_usage(field(response, "usage_metadata")),
+        usage=usage,
         response_model=field(response, "model_version"),
         finish_reasons=tuple(finish),
         tool_calls=tuple(tool_calls),
@@ -208,11 +245,12 @@ def _outcome(response: Any) -> Outcome:
 class GeminiMeter(TokenCounter):
     """Stream chunks are whole ``GenerateContentResponse`` values; the last has full usage."""
 
-    __slots__ = ("calls",)
+    __slots__ = ("calls", "searches")
 
     def __init__(self, body: Mapping[str, Any]) -> None:
         super().__init__()
         self.calls = 0
+        self.searches = 0
 
     def feed(self, chunk: Any) -> bool:
         self.received = True
@@ -229,6 +267,8 @@ class GeminiMeter(TokenCounter):
                 reason = candidate.finish_reason
                 self.finish_reasons.append(str(getattr(reason, "value", reason)))
                 self.complete = True
+        if chunk.candidates:  # grounding comes with the last chunks; never sum repeats
+            self.searches = max(self.searches, _searches(chunk.candidates, chunk.model_version))
         meta = chunk.usage_metadata
         if meta is not None:
             self.usage = gemini_usage(meta)
@@ -236,6 +276,9 @@ class GeminiMeter(TokenCounter):
             # Gemini's running count, when it sends one, replaces the estimate from text.
             if self.usage.output_tokens:
                 self.output_tokens = self.usage.output_tokens
+        usage = self.usage
+        if self.searches and usage is not None and usage.web_searches != self.searches:
+            self.usage = dataclasses.replace(usage, web_searches=self.searches)
         self.complete = self.complete and self.usage is not None
         return False
 
@@ -247,9 +290,10 @@ def _read_embeddings(body: Mapping[str, Any]) -> CallSpec:
     # Text is counted as a prompt; parts (images, files for multimodal embedding models) are
     # counted the way generate_content counts them.
     prompt, messages = _contents(body.get("contents"))
+    model = _model_name(str(body.get("model", "")))
     return CallSpec(
         provider=PROVIDER,
-        model=_model_name(str(body.get("model", ""))),
+        model=model,
         messages=messages,
         prompt=prompt,
         max_output_tokens=0,

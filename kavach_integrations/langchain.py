@@ -73,7 +73,7 @@ from kavach.events import CallStatus
 from kavach.reservation import Reservation
 from kavach.spec import CallSpec
 from kavach.usage import PriceVariant, Usage
-from kavach_integrations._provider import price_variant, tool_signature
+from kavach_integrations._provider import price_variant, tool_signature, web_search_uses
 
 try:
     from langchain_core.callbacks import BaseCallbackHandler
@@ -405,6 +405,7 @@ class KavachHandler(BaseCallbackHandler):
             operation="chat" if messages is not None else "text_completion",
             choices=_choices(params),
             price_variant=_price_variant(params),
+            max_searches=web_search_uses(params.get("tools")),
             run_id=self._kavach_run(parent_run_id),
             tags={"integration": "langchain"},
         )
@@ -753,6 +754,16 @@ def _first_message(response: LLMResult | None) -> Any:
     return None
 
 
+def _web_searches(message: Any) -> int:
+    """Anthropic web searches, which usage_metadata leaves out: langchain-anthropic keeps
+    the API's own usage (``server_tool_use.web_search_requests``) in response_metadata."""
+    meta = getattr(message, "response_metadata", None)
+    usage = meta.get("usage") if isinstance(meta, Mapping) else None
+    tools = usage.get("server_tool_use") if isinstance(usage, Mapping) else None
+    count = tools.get("web_search_requests") if isinstance(tools, Mapping) else None
+    return count if type(count) is int and count > 0 else 0
+
+
 def _price_variant(params: Mapping[str, Any]) -> PriceVariant | None:
     """The tier the model's parameters ask for (``ChatOpenAI(service_tier="priority")``,
     Anthropic's ``speed="fast"`` among ``model_kwargs``), or ``None``: the account's."""
@@ -771,6 +782,9 @@ def _usage(response: LLMResult | None, message: Any) -> Usage | None:
         served = llm_output.get("service_tier")  # langchain-openai: the answer's tier
         if usage.price_variant is None and isinstance(served, str):
             usage = replace(usage, price_variant=price_variant("service_tier", served))
+        searches = _web_searches(message)
+        if searches:
+            usage = replace(usage, web_searches=searches)
         return usage
     token_usage = llm_output.get("token_usage") or llm_output.get("usage")
     if isinstance(token_usage, Mapping) and token_usage:

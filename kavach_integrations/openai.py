@@ -26,6 +26,7 @@ from kavach.spec import CallSpec
 from kavach.stream import Outcome
 from kavach.usage import Usage
 from kavach_integrations._provider import (
+    ASSUMED_SEARCHES,
     READERS,
     Body,
     Endpoint,
@@ -74,9 +75,20 @@ def chat_usage(usage: Any, tier: Any = None) -> Usage:
     )
 
 
-def responses_usage(usage: Any, tier: Any = None) -> Usage:
+def responses_usage(usage: Any, tier: Any = None, output: Any = ()) -> Usage:
+    """Responses API usage; ``output`` (the response's items) gives the web and file search
+    calls, each billed apart from the tokens."""
     details = field(usage, "input_tokens_details")
+    web = files = 0
+    for item in output or ():
+        kind = field(item, "type")
+        if kind == "web_search_call":
+            web += 1
+        elif kind == "file_search_call":
+            files += 1
     return Usage(
+        web_searches=web,
+        file_searches=files,
         input_tokens=field(usage, "input_tokens", 0),
         output_tokens=field(usage, "output_tokens", 0),
         cache_read_tokens=field(details, "cached_tokens", 0),
@@ -260,7 +272,23 @@ def read_response(body: Mapping[str, Any]) -> CallSpec:
         max_output_tokens=body.get("max_output_tokens"),
         text_output=True,  # no audio replies; the image_generation tool bills apart
         price_variant=price_variant("service_tier", body.get("service_tier")),
+        max_searches=_max_searches(body),
     )
+
+
+_SEARCH_TOOLS = ("web_search", "file_search")
+
+
+def _max_searches(body: Mapping[str, Any]) -> int:
+    """Searches a Responses request may make: ``max_tool_calls`` (which bounds every built-in
+    tool call of the response) when it has a web or file search tool, else an assumed 10."""
+    tools = body.get("tools")
+    if not isinstance(tools, list) or not any(
+        isinstance(t, Mapping) and str(t.get("type", "")).startswith(_SEARCH_TOOLS) for t in tools
+    ):
+        return 0
+    limit = body.get("max_tool_calls")
+    return limit if type(limit) is int and limit >= 0 else ASSUMED_SEARCHES
 
 
 def response_outcome(response: Any) -> Outcome:
@@ -271,7 +299,9 @@ def response_outcome(response: Any) -> Outcome:
     )
     status = field(response, "status")
     return Outcome(
-        usage=responses_usage(field(response, "usage"), field(response, "service_tier")),
+        usage=responses_usage(
+            field(response, "usage"), field(response, "service_tier"), field(response, "output")
+        ),
         response_model=field(response, "model"),
         finish_reasons=(str(status),) if status else (),
         tool_calls=tool_calls,

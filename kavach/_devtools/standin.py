@@ -107,6 +107,9 @@ class Reply:
     honor_max_tokens: bool = True
     error_after: int | None = None
     """Streams only: send this many text chunks, then the provider's SSE error event."""
+    web_searches: int = 0
+    """Searches a server-side web search tool made: Anthropic ``usage.server_tool_use``, OpenAI
+    Responses ``web_search_call`` output items, Gemini ``groundingMetadata.webSearchQueries``."""
     service_tier: str | None = None
     """The tier the answer says served the call (OpenAI ``service_tier``, Anthropic
     ``usage.speed``), as a project whose default tier is priority gets without asking. By
@@ -376,7 +379,15 @@ def _completion_stream(p: _Plan, body: Mapping[str, Any]) -> Iterator[bytes]:
 
 
 def _response_obj(p: _Plan, status: str = "completed") -> dict[str, Any]:
-    output: list[dict[str, Any]] = []
+    output: list[dict[str, Any]] = [
+        {
+            "type": "web_search_call",
+            "id": f"ws_{next(_ids)}",
+            "status": "completed",
+            "action": {"type": "search", "query": f"search {n}"},
+        }
+        for n in range(p.reply.web_searches)
+    ]
     if p.pieces:
         output.append(
             {
@@ -433,6 +444,10 @@ def _responses_stream(p: _Plan) -> Iterator[bytes]:
 
     yield event("response.created", response=started)
     for index, item in enumerate(done["output"]):
+        if item["type"] == "web_search_call":
+            yield event("response.output_item.added", output_index=index, item=item)
+            yield event("response.output_item.done", output_index=index, item=item)
+            continue
         if item["type"] == "message":
             part = item["content"][0]
             yield event(
@@ -596,6 +611,7 @@ def _anthropic_usage(p: _Plan, output_tokens: int) -> dict[str, Any]:
             "ephemeral_1h_input_tokens": r.cache_write_1h_tokens,
         },
         **_tier(p, "speed"),
+        **({"server_tool_use": {"web_search_requests": r.web_searches}} if r.web_searches else {}),
     }
 
 
@@ -731,6 +747,9 @@ def _gemini(
         candidate["finishReason"] = p.reply.finish_reason or (
             "MAX_TOKENS" if p.truncated else "STOP"
         )
+        if p.reply.web_searches:  # Grounding with Google Search: the queries it ran
+            queries = [f"search {n}" for n in range(p.reply.web_searches)]
+            candidate["groundingMetadata"] = {"webSearchQueries": queries}
     return {
         "candidates": [candidate],
         "usageMetadata": _gemini_usage(p, output_tokens),

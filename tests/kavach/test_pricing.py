@@ -50,6 +50,8 @@ def gp_usage(usage: Usage) -> genai_prices.Usage:
         input_video_tokens=usage.input_video_tokens,
         # Cached image tokens are not told apart: a cache read is priced as text's.
         cache_image_read_tokens=0,
+        web_searches=usage.web_searches,
+        storage_searches=usage.file_searches,
     )
 
 
@@ -519,3 +521,43 @@ def test_usage_equality_ignores_the_tier_and_addition_keeps_the_latest() -> None
     total = Usage(input_tokens=1, price_variant=priority) + Usage(output_tokens=2)
     assert total.price_variant == priority
     assert (total + Usage(price_variant=())).price_variant == ()
+
+
+@pytest.mark.parametrize(
+    ("provider", "model"),
+    [
+        ("anthropic", "claude-sonnet-4-5"),
+        ("openai", "gpt-4o"),
+        ("openai", "gpt-5"),
+        ("google", "gemini-2.5-flash"),
+        ("google", "gemini-2.5-pro"),  # long-context tiers keep the search price
+    ],
+)
+def test_searches_cost_what_genai_prices_says(provider: str, model: str) -> None:
+    for input_tokens in (1000, 300_000):
+        usage = Usage(input_tokens=input_tokens, output_tokens=50, web_searches=7, file_searches=3)
+        assert Pricing().cost(provider, model, usage, at=AT) == gp_nanos(provider, model, usage)
+    price = Pricing().resolve(provider, model, at=AT)
+    assert price.web_search > 0
+
+
+def test_searches_are_held_at_the_dearest_search_price() -> None:
+    from kavach.engine import plan_call
+    from kavach.guardrails import GuardrailConfig
+
+    price = Pricing().resolve("openai", "gpt-4o", at=AT)
+    plans = [
+        plan_call(
+            slots=(),
+            guardrails=GuardrailConfig(),
+            price=price,
+            input_tokens=100,
+            requested_max_output=10,
+            mode="reserve",
+            default_max_output=10,
+            min_output=1,
+            searches=n,
+        )
+        for n in (0, 4)
+    ]
+    assert plans[1].input_cost - plans[0].input_cost == 4 * price.web_search

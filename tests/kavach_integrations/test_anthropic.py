@@ -346,8 +346,11 @@ def test_stream_settles_the_cumulative_usage_of_message_delta(
         cache_read_tokens=3000,
         cache_write_tokens=100,
         cache_write_1h_tokens=300,
+        web_searches=1,  # server_tool_use.web_search_requests, $10 per thousand
     )
-    assert event.cost_nanos == 20_000 * 3000 + 3000 * 300 + 100 * 3750 + 300 * 6000 + 120 * 15000
+    assert event.usage.web_searches == 1
+    tokens = 20_000 * 3000 + 3000 * 300 + 100 * 3750 + 300 * 6000 + 120 * 15000
+    assert event.cost_nanos == tokens + 10_000_000
     assert guard.status()[0].spent == event.cost_nanos and guard.ledger.open_holds == 0
 
 

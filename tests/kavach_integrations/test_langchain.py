@@ -120,6 +120,30 @@ def test_priority_tier_is_charged_at_priority_prices_with_its_cache_reads(
     assert handler.guard.ledger.open_holds == 0
 
 
+def test_anthropic_web_searches_are_charged(server: StandIn, recorder: Recorder) -> None:
+    handler = KavachHandler(guard(recorder))
+    server.script(Reply(input_tokens=1000, output_tokens=40, web_searches=2))
+    anthropic_model(server, handler).invoke("hello")
+    (event,) = recorder.calls
+    assert event.usage.web_searches == 2
+    # claude-sonnet-4-0: $3 input and $15 output per million tokens, $10 per 1000 searches.
+    assert event.cost_nanos == 1000 * 3000 + 40 * 15_000 + 2 * 10_000_000
+
+
+def test_anthropic_web_searches_are_held_before_the_call(
+    server: StandIn, recorder: Recorder
+) -> None:
+    handler = KavachHandler(guard(recorder, budget=Budget.daily(0.03)))
+    tool = {"type": "web_search_20250305", "name": "web_search", "max_uses": 5}
+    with pytest.raises(BudgetExceededError):  # five searches: $0.05
+        anthropic_model(server, handler).bind_tools([tool]).invoke("hello")
+    assert server.requests == []
+    server.script(Reply(input_tokens=10, output_tokens=5, web_searches=1))
+    anthropic_model(server, handler).bind_tools([{**tool, "max_uses": 1}]).invoke("hello")
+    assert len(server.requests) == 1
+    assert handler.guard.ledger.open_holds == 0
+
+
 def test_anthropic_invoke_counts_cache_reads_and_writes_once(
     server: StandIn, recorder: Recorder
 ) -> None:
