@@ -618,6 +618,8 @@ class AgentKavach:
             except KavachError as exc:
                 self._refused(spec, run_id, now or _utc(wall), exc)
                 raise
+        if spec.context_tokens:
+            input_tokens += spec.context_tokens
         fingerprint = None
         if self.guardrail_config.detect_loops:
             if content is not None and spec.tools is None:  # a plain chat call, no tools

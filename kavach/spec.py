@@ -65,3 +65,7 @@ class CallSpec:
     """Server-side searches the request may make (a web or file search tool's ``max_uses``,
     OpenAI's ``max_tool_calls``), each billed per search: held at the search price on top of
     the tokens."""
+    context_tokens: int = 0
+    """Tokens of context the provider keeps and adds to this request's input (an OpenAI
+    ``previous_response_id`` or ``conversation`` the guard saw answered): held on top of the
+    input counted from the request itself."""

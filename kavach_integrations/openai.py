@@ -273,7 +273,44 @@ def read_response(body: Mapping[str, Any]) -> CallSpec:
         text_output=True,  # no audio replies; the image_generation tool bills apart
         price_variant=price_variant("service_tier", body.get("service_tier")),
         max_searches=_max_searches(body),
+        context_tokens=_stored_context(body),
     )
+
+
+# What each response this process saw answered left in its conversation (input and visible
+# output), by response id and conversation id: a request that continues one is billed for
+# all of it as input, so it is held for it too. Bounded: the oldest entries go first.
+_CONTEXT: dict[str, int] = {}
+_CONTEXT_MAX = 10_000
+
+
+def _stored_context(body: Mapping[str, Any]) -> int:
+    """Input tokens the provider adds from ``previous_response_id`` or ``conversation``
+    (0 for one this process never saw answered: it cannot know them)."""
+    previous = body.get("previous_response_id")
+    conversation = body.get("conversation")
+    if previous is None and conversation is None:
+        return 0
+    if isinstance(conversation, Mapping):
+        conversation = conversation.get("id")
+    return max(
+        _CONTEXT.get(previous, 0) if isinstance(previous, str) else 0,
+        _CONTEXT.get(conversation, 0) if isinstance(conversation, str) else 0,
+    )
+
+
+def _remember_context(response: Any, usage: Usage) -> None:
+    tokens = usage.input_tokens + usage.output_tokens - usage.reasoning_tokens
+    conversation = field(field(response, "conversation"), "id")
+    for key in (field(response, "id"), conversation):
+        if isinstance(key, str):
+            _CONTEXT.pop(key, None)  # re-inserted last: the newest
+            _CONTEXT[key] = tokens
+    while len(_CONTEXT) > _CONTEXT_MAX:
+        try:
+            del _CONTEXT[next(iter(_CONTEXT))]
+        except (KeyError, RuntimeError, StopIteration):  # another thread got there first
+            break
 
 
 _SEARCH_TOOLS = ("web_search", "file_search")
@@ -298,10 +335,13 @@ def response_outcome(response: Any) -> Outcome:
         if field(item, "type") == "function_call"
     )
     status = field(response, "status")
+    usage = responses_usage(
+        field(response, "usage"), field(response, "service_tier"), field(response, "output")
+    )
+    if status not in _RUNNING:
+        _remember_context(response, usage)
     return Outcome(
-        usage=responses_usage(
-            field(response, "usage"), field(response, "service_tier"), field(response, "output")
-        ),
+        usage=usage,
         response_model=field(response, "model"),
         finish_reasons=(str(status),) if status else (),
         tool_calls=tool_calls,
