@@ -349,22 +349,6 @@ def demo(args: argparse.Namespace, out: TextIO | None = None) -> int:
 # -- the backend: serve, migrate, user create, keys create ------------------------------
 
 
-def _backend_argv(name: str, rest: Sequence[str]) -> list[str]:
-    """``kavach serve --port 9000 --database-url X`` as ``python -m backend`` wants it."""
-    rest = list(rest)
-    front: list[str] = []
-    for i, item in enumerate(rest):
-        if item == "--database-url" and i + 1 < len(rest):
-            front = ["--database-url", rest[i + 1]]
-            del rest[i : i + 2]
-            break
-        if item.startswith("--database-url="):
-            front = [item]
-            del rest[i]
-            break
-    return [*front, name, *rest]
-
-
 def _run_backend(name: str, rest: Sequence[str]) -> int:
     try:
         from backend.__main__ import main as backend_main
@@ -372,7 +356,7 @@ def _run_backend(name: str, rest: Sequence[str]) -> int:
         from kavach.errors import MissingDependencyError
 
         raise MissingDependencyError(exc.name or "litestar", "server") from exc
-    return int(backend_main(_backend_argv(name, rest)))
+    return int(backend_main([name, *rest], prog="kavach"))
 
 
 def _ensure_dashboard_built(out: TextIO) -> None:

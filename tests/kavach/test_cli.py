@@ -305,3 +305,29 @@ def test_every_demo_option_says_what_it_does(
     for option in demo.args:
         assert option.options.get("help"), f"{option.flags[0]} has no help text"
         assert " ".join(option.options["help"].split()) in shown
+
+
+def test_serve_help_names_the_command_and_every_option(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("litestar", reason="the backend commands need the [server] extra")
+    monkeypatch.setenv("COLUMNS", "100")
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["serve", "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: kavach serve ")  # not `python -m backend serve`
+    for option in ("--database-url", "--host", "--port", "(8000)", "AGENTKAVACH_DATABASE_URL"):
+        assert option in out
+
+
+def test_database_url_may_come_before_or_after_the_command(tmp_path: Path) -> None:
+    pytest.importorskip("litestar", reason="the backend commands need the [server] extra")
+    from backend.__main__ import main as backend_main
+
+    for n, argv in enumerate(
+        (["--database-url", "{db}", "migrate"], ["migrate", "--database-url", "{db}"])
+    ):
+        db = tmp_path / f"k{n}.sqlite"
+        assert backend_main([a.format(db=db) for a in argv]) == 0
+        assert db.is_file()
