@@ -166,8 +166,62 @@ def _read(body: Mapping[str, Any]) -> CallSpec:
         text_output=_text_reply(config),
         choices=_candidates(config),
         price_variant=_tier(config),
+        context_tokens=_cached_tokens(field(config, "cached_content")),
         max_searches=_max_searches(tools, model) if tools else 0,
     )
+
+
+# Explicit context caches created, read or updated through a wrapped client: name -> the
+# tokens it holds, which Gemini adds to the input of every request that names the cache.
+_CACHED: dict[str, int] = {}
+_CACHED_MAX = 10_000
+
+
+def _cached_tokens(name: Any) -> int:
+    """Tokens of the context cache a request names (0 for one this process never saw: a
+    cache made elsewhere is counted when the answer reports it)."""
+    return _CACHED.get(name, 0) if isinstance(name, str) else 0
+
+
+def _remember_cache(cache: Any) -> None:
+    name = field(cache, "name")
+    tokens = field(field(cache, "usage_metadata"), "total_token_count")
+    if not isinstance(name, str) or type(tokens) is not int:
+        return
+    _CACHED.pop(name, None)
+    _CACHED[name] = tokens
+    while len(_CACHED) > _CACHED_MAX:
+        try:
+            del _CACHED[next(iter(_CACHED))]
+        except (KeyError, RuntimeError, StopIteration):  # another thread got there first
+            break
+
+
+def _track_caches(client: Any, caches: Any, is_async: bool) -> None:
+    """Learn the size of the caches made or read through ``caches``."""
+    for name in ("create", "get", "update"):
+        original = getattr(caches, name, None)
+        if original is not None:
+            track = _atracked if is_async else _tracked
+            patch(client, caches, name, functools.wraps(original)(track(original)))
+
+
+def _tracked(original: Callable[..., Any]) -> Callable[..., Any]:
+    def call(*args: Any, **kwargs: Any) -> Any:
+        cache = original(*args, **kwargs)
+        _remember_cache(cache)
+        return cache
+
+    return call
+
+
+def _atracked(original: Callable[..., Any]) -> Callable[..., Any]:
+    async def call(*args: Any, **kwargs: Any) -> Any:
+        cache = await original(*args, **kwargs)
+        _remember_cache(cache)
+        return cache
+
+    return call
 
 
 def _tier(config: Any) -> PriceVariant:
@@ -531,9 +585,11 @@ def instrument(client: Any, guard: AgentKavach) -> None:
     if not isinstance(client, genai.Client):  # an AsyncClient (client.aio) wrapped on its own
         _guard_unmetered(client, client, guard)
         _guard_async(client, client.models, guard)
+        _track_caches(client, client.caches, is_async=True)
         return
     models = client.models
     _guard_unmetered(client, client, guard)
+    _track_caches(client, client.caches, is_async=False)
     one, one_stream = _request_methods(models)
     guard_method(client, models, one, guard, GENERATE)
     guard_method(client, models, one_stream, guard, GENERATE, streamed=True)
@@ -545,4 +601,5 @@ def instrument(client: Any, guard: AgentKavach) -> None:
     if aio.__dict__.get(_GUARD_ATTR) is None:
         _guard_unmetered(client, aio, guard)
         _guard_async(client, aio.models, guard)
+        _track_caches(client, aio.caches, is_async=True)
         patch(client, aio, _GUARD_ATTR, guard)

@@ -829,6 +829,16 @@ class _Handler(BaseHTTPRequestHandler):
                 200, {"input_tokens": max(1, len(json.dumps(body.get("messages", []))) // 4)}
             )
             return
+        if split.path.endswith("/cachedContents") and isinstance(body, dict):
+            # Gemini explicit context caching: the cache and the tokens it holds.
+            tokens = max(1, _count_text([body.get("contents"), body.get("systemInstruction")]))
+            cache = {
+                "name": f"cachedContents/c{next(_ids)}",
+                "model": body.get("model", ""),
+                "usageMetadata": {"totalTokenCount": tokens},
+            }
+            self._json(200, cache)
+            return
         reply = standin._next_reply(recorded)
         if reply.hang:
             standin._stopping.wait()

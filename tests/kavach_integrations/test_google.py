@@ -517,3 +517,39 @@ def test_reserve_mode_holds_max_output_tokens_for_every_candidate(
     config = types.GenerateContentConfig(candidate_count=4, max_output_tokens=500)
     c.models.generate_content(model=MODEL, contents="hi", config=config)
     assert 0 < guard.status()[0].spent <= budget.limit
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+def test_a_request_naming_a_context_cache_is_held_for_its_tokens(
+    server: StandIn, make_guard: Any, is_async: bool
+) -> None:
+    # gemini-2.5-flash input is $0.30 per million: a 10,000-token cache is $0.003 a call.
+    guard = make_guard(budget=Budget.daily(0.002))
+    c = client(server, guard)
+    report = "x" * 40_000
+    config = {"contents": [report], "system_instruction": "You answer questions on it."}
+
+    async def acreate() -> Any:
+        try:
+            return await c.aio.caches.create(model="gemini-2.5-flash", config=config)
+        finally:
+            await c.aio.aclose()
+
+    cache = (
+        asyncio.run(acreate())
+        if is_async
+        else c.caches.create(model="gemini-2.5-flash", config=config)
+    )
+    assert cache.usage_metadata.total_token_count >= 10_000
+    with pytest.raises(BudgetExceededError):
+        c.models.generate_content(
+            model="gemini-2.5-flash",
+            contents="Hi",
+            config={"cached_content": cache.name, "max_output_tokens": 100},
+        )
+    assert not [r for r in server.requests if r.path.endswith(":generateContent")]
+    # Without the cache the same question fits.
+    c.models.generate_content(
+        model="gemini-2.5-flash", contents="Hi", config={"max_output_tokens": 100}
+    )
+    assert guard.ledger.open_holds == 0
