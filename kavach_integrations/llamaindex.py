@@ -62,7 +62,7 @@ from kavach.events import CallStatus
 from kavach.reservation import Reservation
 from kavach.spec import CallSpec
 from kavach.usage import Usage
-from kavach_integrations._provider import tool_signature
+from kavach_integrations._provider import price_variant, tool_signature
 
 try:
     from llama_index.core.callbacks import CallbackManager, CBEventType, EventPayload
@@ -124,6 +124,22 @@ def _int(value: Any) -> int:
 
 
 def usage_from_raw(raw: Any) -> Usage | None:
+    """``_usage_from_raw`` with the tier the answer says served it (OpenAI's
+    ``service_tier``, Anthropic's ``usage.speed``) and Anthropic's web searches."""
+    usage = _usage_from_raw(raw)
+    if usage is None:
+        return None
+    reported = _get(raw, "usage")
+    tier = price_variant("service_tier", _get(raw, "service_tier"))
+    if tier is None:
+        tier = price_variant("speed", _get(reported, "speed"))
+    searches = _int(_get(_get(reported, "server_tool_use"), "web_search_requests"))
+    if tier is None and not searches:
+        return usage
+    return replace(usage, price_variant=tier, web_searches=searches)
+
+
+def _usage_from_raw(raw: Any) -> Usage | None:
     """A kavach ``Usage`` from a provider response LlamaIndex keeps in ``ChatResponse.raw``.
 
     Reads OpenAI chat completions (``prompt_tokens``, cached and reasoning details), OpenAI

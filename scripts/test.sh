@@ -53,4 +53,6 @@ if [ ! -f "$VENV_OPENAI3/.installed" ] || [ pyproject.toml -nt "$VENV_OPENAI3/.i
   touch "$VENV_OPENAI3/.installed"
 fi
 "$VENV_OPENAI3/bin/python" -m pytest tests/kavach_integrations/test_openai.py \
-  tests/kavach_integrations/test_anthropic.py -q -p no:cacheprovider
+  tests/kavach_integrations/test_anthropic.py tests/kavach_integrations/test_price_tiers.py \
+  tests/kavach_integrations/test_search_fees.py tests/kavach_integrations/test_stored_context.py \
+  -q -p no:cacheprovider -rs

@@ -107,6 +107,16 @@ def test_chat_settles_at_raw_usage_with_cache_and_reasoning(
     assert guarded.guard.spent > 0
 
 
+def test_a_priority_answer_is_charged_at_priority_prices(
+    guarded: Instrumentation, server: StandIn, recorder: Recorder
+) -> None:
+    server.script(Reply(input_tokens=1000, output_tokens=40, service_tier="priority"))
+    openai_llm(server).chat(HELLO)
+    (event,) = recorder.calls
+    # gpt-4o-mini at priority: $0.25 input and $1 output per million (standard $0.15, $0.60).
+    assert event.cost_nanos == 1000 * 250 + 40 * 1000
+
+
 def test_stream_with_include_usage_settles_exactly(
     guarded: Instrumentation, server: StandIn, recorder: Recorder
 ) -> None:
