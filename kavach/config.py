@@ -178,6 +178,8 @@ class PriceConfig(_Model):
     input_image_per_mtok: NonNegativeDollars | None = None
     output_image_per_mtok: NonNegativeDollars | None = None
     input_video_per_mtok: NonNegativeDollars | None = None
+    web_search_per_1k: NonNegativeDollars | None = None
+    file_search_per_1k: NonNegativeDollars | None = None
 
 
 class PeriodLimit(_Model):

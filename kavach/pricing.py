@@ -75,6 +75,11 @@ class ModelPrice:
     input_image_per_mtok: float | None = None
     output_image_per_mtok: float | None = None
     input_video_per_mtok: float | None = None
+    web_search_per_1k: float | None = None
+    """Dollars per thousand web searches a server-side search tool makes ($10 at Anthropic
+    and OpenAI); unset, searches are not charged."""
+    file_search_per_1k: float | None = None
+    """Dollars per thousand OpenAI ``file_search`` calls."""
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -87,9 +92,10 @@ class ModelPrice:
                 or not math.isfinite(value)
                 or value < 0
             ):
+                per = "thousand searches" if f.name.endswith("_1k") else "million tokens"
                 raise KavachConfigError(
                     f"ModelPrice.{f.name} must be a finite, non-negative number of dollars "
-                    f"per million tokens, got {value!r}"
+                    f"per {per}, got {value!r}"
                 )
 
     def __repr__(self) -> str:
@@ -119,6 +125,8 @@ class ModelPrice:
             "input_image_mtok": self.input_image_per_mtok,
             "output_image_mtok": self.output_image_per_mtok,
             "input_video_mtok": self.input_video_per_mtok,
+            "web_searches_kcount": self.web_search_per_1k,
+            "storage_searches_kcount": self.file_search_per_1k,
         }
         return _compile(
             {key: Decimal(str(value)) for key, value in prices.items() if value is not None}

@@ -537,13 +537,15 @@ def test_prices_become_model_prices(write: Write) -> None:
         agents:
           bot:
             prices:
-              my-model: {input_per_mtok: 2, output_per_mtok: 8}
+              my-model: {input_per_mtok: 2, output_per_mtok: 8, web_search_per_1k: 10}
         """
     )
     guard = AgentKavach.from_yaml(path, agent="bot")
     price = guard.pricing.resolve("openai", "my-model", None)
-    expected = AgentKavach(prices={"x": ModelPrice(input_per_mtok=2, output_per_mtok=8)})
+    given = ModelPrice(input_per_mtok=2, output_per_mtok=8, web_search_per_1k=10)
+    expected = AgentKavach(prices={"x": given})
     assert price == expected.pricing.resolve("openai", "x", None)
+    assert price.web_search == 10_000_000
 
 
 def test_import_kavach_does_not_load_the_config_machinery() -> None:

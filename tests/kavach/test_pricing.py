@@ -256,6 +256,20 @@ def test_user_media_rates() -> None:
     assert "output_image_per_mtok=40.0" in repr(price)
 
 
+def test_user_search_prices() -> None:
+    price = ModelPrice(
+        input_per_mtok=1.0, output_per_mtok=2.0, web_search_per_1k=10, file_search_per_1k=2.5
+    ).compile()
+    assert (price.web_search, price.file_search) == (10_000_000, 2_500_000)
+    assert price.cost(Usage(input_tokens=1000, web_searches=3, file_searches=2)) == (
+        1000 * 1000 + 3 * 10_000_000 + 2 * 2_500_000
+    )
+    # An override without them charges no searches, as before they were priced.
+    assert ModelPrice(input_per_mtok=1.0, output_per_mtok=2.0).compile().web_search == 0
+    with pytest.raises(KavachConfigError, match="per thousand searches"):
+        ModelPrice(input_per_mtok=1.0, output_per_mtok=1.0, web_search_per_1k=-1)
+
+
 def test_model_price_rejects_bad_rates() -> None:
     with pytest.raises(KavachConfigError, match="input_per_mtok"):
         ModelPrice(input_per_mtok=-1.0, output_per_mtok=1.0)
