@@ -53,6 +53,7 @@ __all__ = [
     "Outcome",
     "PerRequest",
     "TokenCounter",
+    "bound_web_searches",
     "price_variant",
     "Unmetered",
     "field",
@@ -188,6 +189,26 @@ def web_search_uses(tools: Any) -> int:
             uses = tool.get("max_uses")
             total += uses if type(uses) is int and uses >= 0 else ASSUMED_SEARCHES
     return total
+
+
+def bound_web_searches(body: Body) -> Body:
+    """Strict mode: give each Anthropic-style web search tool without ``max_uses`` the
+    ``ASSUMED_SEARCHES`` it is held for, so the provider stops there too."""
+    tools = body.get("tools")
+    if not isinstance(tools, list) or not any(_unbounded_search(t) for t in tools):
+        return body
+    bounded = [
+        {**tool, "max_uses": ASSUMED_SEARCHES} if _unbounded_search(tool) else tool
+        for tool in tools
+    ]
+    return {**body, "tools": bounded}
+
+
+def _unbounded_search(tool: Any) -> bool:
+    if not isinstance(tool, Mapping):
+        return False
+    kind, uses = tool.get("type"), tool.get("max_uses")
+    return isinstance(kind, str) and kind.startswith("web_search") and type(uses) is not int
 
 
 def price_variant(key: str, tier: Any) -> PriceVariant | None:

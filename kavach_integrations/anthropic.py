@@ -26,6 +26,7 @@ from kavach_integrations._provider import (
     Endpoint,
     TokenCounter,
     Unmetered,
+    bound_web_searches,
     field,
     guard_request_method,
     price_variant,
@@ -180,8 +181,9 @@ _set_max_tokens = set_max_tokens("max_tokens")
 
 def _limit(body: dict[str, Any], tokens: int) -> dict[str, Any]:
     """Strict mode's max_tokens, with extended thinking's budget kept below it: the API
-    refuses a request whose ``thinking.budget_tokens`` is not under ``max_tokens``."""
-    body = _set_max_tokens(body, tokens)
+    refuses a request whose ``thinking.budget_tokens`` is not under ``max_tokens``. A web
+    search tool without ``max_uses`` gets the searches it is held for."""
+    body = bound_web_searches(_set_max_tokens(body, tokens))
     thinking = body.get("thinking")
     if not isinstance(thinking, Mapping) or thinking.get("type") != "enabled":
         return body

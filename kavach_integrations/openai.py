@@ -387,11 +387,23 @@ class ResponsesMeter(TokenCounter):
         return outcome
 
 
+_set_max_output_tokens = set_max_tokens("max_output_tokens")
+
+
+def _limit_response(body: Body, tokens: int) -> Body:
+    """Strict mode: max_output_tokens, and ``max_tool_calls`` for a request with a search
+    tool and none, at the searches it is held for (the provider stops there too)."""
+    body = _set_max_output_tokens(body, tokens)
+    if body.get("max_tool_calls") is None and _max_searches(body):
+        body = {**body, "max_tool_calls": ASSUMED_SEARCHES}
+    return body
+
+
 RESPONSES = Endpoint(
     operation="chat",
     read=read_response,
     outcome=response_outcome,
-    limit=set_max_tokens("max_output_tokens"),
+    limit=_limit_response,
     meter=ResponsesMeter,
 )
 

@@ -192,3 +192,30 @@ def test_gemini_google_search_grounding_is_charged(
         billed * price.web_search
     )
     assert guard.ledger.open_holds == 0
+
+
+@pytest.mark.parametrize("mode", ["strict", "reserve"])
+def test_strict_mode_sends_the_searches_it_holds(
+    server: StandIn, make_guard: Any, mode: str
+) -> None:
+    guard = make_guard(budget=Budget.daily(1), mode=mode)
+    claude_client, gpt_client = claude(server, guard), gpt(server, guard)
+    bounded = {**WEB_SEARCH, "name": "bounded", "max_uses": 3}
+    claude_client.messages.create(
+        model="claude-sonnet-4-5",
+        max_tokens=100,
+        messages=MSGS,
+        tools=[WEB_SEARCH, bounded],  # type: ignore[list-item]
+    )
+    gpt_client.responses.create(model="gpt-4o", input="hi", tools=[{"type": "web_search"}])
+    gpt_client.responses.create(
+        model="gpt-4o", input="hi", tools=[{"type": "web_search"}], max_tool_calls=2
+    )
+    anthropic_tools = server.requests[0].body["tools"]
+    uses = [tool.get("max_uses") for tool in anthropic_tools]
+    calls = [r.body.get("max_tool_calls") for r in server.requests[1:]]
+    if mode == "strict":  # held for 10 searches, and the provider told to stop at them
+        assert uses == [10, 3] and calls == [10, 2]
+    else:  # the request as written
+        assert uses == [None, 3] and calls == [None, 2]
+    assert guard.ledger.open_holds == 0
