@@ -321,15 +321,24 @@ def test_the_sdk_logs_the_plan_limit_once_and_keeps_the_events(
 
     account = accounts(billing_backend.url)
     api = BackendAPI(BackendConfig(api_key=account.new_key(), endpoint=billing_backend.url))
-    reporter = Reporter(api, spool_root=tmp_path / "spool", batch_size=10, flush_interval=0.01)
+    # A long flush interval: the five events go in one batch, sent when flush() asks (with
+    # 10 ms, a slow machine sent the first three alone, and the backend rightly took them).
+    reporter = Reporter(api, spool_root=tmp_path / "spool", batch_size=10, flush_interval=60)
+
+    def messages() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "plan limit" in r.getMessage()]
+
     with caplog.at_level(logging.WARNING, logger="kavach"):
         for i in range(5):
             reporter.enqueue(event(agent=f"agent-{i}"))
-        assert not reporter.flush(timeout=2)
+        deadline = time.monotonic() + 30
+        while not messages() and time.monotonic() < deadline:
+            assert not reporter.flush(timeout=0.5)
+        assert not reporter.flush(timeout=0.5)  # refused again: not logged again
         reporter.close(timeout=1)
-    messages = [r.getMessage() for r in caplog.records if "plan limit" in r.getMessage()]
-    assert len(messages) == 1
-    assert "Free plan includes 3 agents" in messages[0] and "3600" in messages[0]
+    assert len(messages()) == 1
+    message = messages()[0]
+    assert "Free plan includes 3 agents" in message and "3600" in message
     assert reporter.pending == 5  # kept on disk for the next try
 
 
