@@ -60,6 +60,7 @@ __all__ = [
     "patch",
     "READERS",
     "reader",
+    "remember",
     "tool_signature",
     "web_search_uses",
     "unwrap",
@@ -179,16 +180,32 @@ OpenAI ``max_tool_calls``): the 10 iterations Anthropic allows a turn of server 
 The call is settled at the searches it reports, whatever this assumed."""
 
 
+def remember(store: dict[str, int], key: str, value: int, limit: int) -> None:
+    """Set ``store[key]`` as its newest entry, dropping the oldest past ``limit`` entries
+    (stored context by id: response ids, cache names)."""
+    store.pop(key, None)  # re-inserted last: the newest
+    store[key] = value
+    while len(store) > limit:
+        try:
+            del store[next(iter(store))]
+        except (KeyError, RuntimeError, StopIteration):  # another thread got there first
+            break
+
+
 def web_search_uses(tools: Any) -> int:
     """Searches Anthropic-style web search tools may make (``{"type": "web_search_...",
     "max_uses": 5}``): their ``max_uses``, or ``ASSUMED_SEARCHES`` for one that sets none."""
     total = 0
     for tool in tools if isinstance(tools, list) else ():
-        kind = tool.get("type") if isinstance(tool, Mapping) else None
-        if isinstance(kind, str) and kind.startswith("web_search"):
+        if _is_web_search(tool):
             uses = tool.get("max_uses")
             total += uses if type(uses) is int and uses >= 0 else ASSUMED_SEARCHES
     return total
+
+
+def _is_web_search(tool: Any) -> bool:
+    kind = tool.get("type") if isinstance(tool, Mapping) else None
+    return isinstance(kind, str) and kind.startswith("web_search")
 
 
 def bound_web_searches(body: Body) -> Body:
@@ -205,10 +222,7 @@ def bound_web_searches(body: Body) -> Body:
 
 
 def _unbounded_search(tool: Any) -> bool:
-    if not isinstance(tool, Mapping):
-        return False
-    kind, uses = tool.get("type"), tool.get("max_uses")
-    return isinstance(kind, str) and kind.startswith("web_search") and type(uses) is not int
+    return _is_web_search(tool) and type(tool.get("max_uses")) is not int
 
 
 def price_variant(key: str, tier: Any) -> PriceVariant | None:

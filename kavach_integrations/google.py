@@ -46,6 +46,7 @@ from kavach_integrations._provider import (
     guard_unmetered_method,
     patch,
     price_variant,
+    remember,
     tool_signature,
 )
 
@@ -186,15 +187,8 @@ def _cached_tokens(name: Any) -> int:
 def _remember_cache(cache: Any) -> None:
     name = field(cache, "name")
     tokens = field(field(cache, "usage_metadata"), "total_token_count")
-    if not isinstance(name, str) or type(tokens) is not int:
-        return
-    _CACHED.pop(name, None)
-    _CACHED[name] = tokens
-    while len(_CACHED) > _CACHED_MAX:
-        try:
-            del _CACHED[next(iter(_CACHED))]
-        except (KeyError, RuntimeError, StopIteration):  # another thread got there first
-            break
+    if isinstance(name, str) and type(tokens) is int:
+        remember(_CACHED, name, tokens, _CACHED_MAX)
 
 
 def _track_caches(client: Any, caches: Any, is_async: bool) -> None:

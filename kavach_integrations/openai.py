@@ -38,6 +38,7 @@ from kavach_integrations._provider import (
     guard_unmetered_method,
     price_variant,
     reader,
+    remember,
     set_max_tokens,
     tool_signature,
 )
@@ -304,13 +305,7 @@ def _remember_context(response: Any, usage: Usage) -> None:
     conversation = field(field(response, "conversation"), "id")
     for key in (field(response, "id"), conversation):
         if isinstance(key, str):
-            _CONTEXT.pop(key, None)  # re-inserted last: the newest
-            _CONTEXT[key] = tokens
-    while len(_CONTEXT) > _CONTEXT_MAX:
-        try:
-            del _CONTEXT[next(iter(_CONTEXT))]
-        except (KeyError, RuntimeError, StopIteration):  # another thread got there first
-            break
+            remember(_CONTEXT, key, tokens, _CONTEXT_MAX)
 
 
 _SEARCH_TOOLS = ("web_search", "file_search")
