@@ -67,3 +67,40 @@ class Recorder(Events):
 @pytest.fixture
 def recorder() -> Recorder:
     return Recorder()
+
+
+# -- SDK clients wrapped by a guard, against the stand-in, closed when the test ends ---------
+
+_opened: list[Any] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_opened() -> Iterator[None]:
+    yield
+    while _opened:
+        _opened.pop().close()
+
+
+def opened(client: Any) -> Any:
+    """``client``, closed when the test ends."""
+    _opened.append(client)
+    return client
+
+
+def guarded_openai(server: StandIn, guard: AgentKavach) -> Any:
+    import openai
+
+    client = openai.OpenAI(base_url=server.openai_url, api_key="sk-t", max_retries=0)
+    return guard.wrap(opened(client))
+
+
+def guarded_anthropic(server: StandIn, guard: AgentKavach) -> Any:
+    import anthropic
+
+    client = anthropic.Anthropic(base_url=server.anthropic_url, api_key="sk-t", max_retries=0)
+    return guard.wrap(opened(client))
+
+
+def spent(guard: AgentKavach) -> int:
+    """What the guard's first budget has spent, in nano-dollars."""
+    return guard.status()[0].spent

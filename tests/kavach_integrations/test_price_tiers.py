@@ -7,18 +7,16 @@ price: a guard that priced them as standard let a budget be spent twice over.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 
-import anthropic
 import openai
 import pytest
 
-from kavach import AgentKavach, Budget, BudgetExceededError, Usage
+from kavach import Budget, BudgetExceededError, Usage
 from kavach._devtools.standin import Reply, StandIn
 from kavach.pricing import Pricing
 
-from .conftest import Events
+from .conftest import Events, guarded_anthropic, guarded_openai, opened, spent
 
 MSGS = [{"role": "user", "content": "Say hello"}]
 PRIORITY = (("service_tier", "priority"),)
@@ -26,26 +24,6 @@ PRIORITY = (("service_tier", "priority"),)
 # gpt-4o per million tokens: standard $2.50 input, $10 output; priority $4.25 and $17.
 GPT4O_STANDARD = 1000 * 2500 + 40 * 10_000
 GPT4O_PRIORITY = 1000 * 4250 + 40 * 17_000
-
-
-_open: list[Any] = []
-
-
-@pytest.fixture(autouse=True)
-def _close_clients() -> Iterator[None]:
-    yield
-    while _open:
-        _open.pop().close()
-
-
-def openai_client(server: StandIn, guard: AgentKavach) -> openai.OpenAI:
-    client = openai.OpenAI(base_url=server.openai_url, api_key="sk-t", max_retries=0)
-    _open.append(client)
-    return guard.wrap(client)
-
-
-def spent(guard: AgentKavach) -> int:
-    return guard.status()[0].spent
 
 
 @pytest.mark.parametrize(
@@ -58,7 +36,7 @@ def test_chat_is_charged_at_the_tier_it_asks_for(
     guard = make_guard(budget=Budget.daily(1))
     server.script(Reply(input_tokens=1000, output_tokens=40))
     extra = {"service_tier": tier} if tier else {}
-    openai_client(server, guard).chat.completions.create(model="gpt-4o", messages=MSGS, **extra)
+    guarded_openai(server, guard).chat.completions.create(model="gpt-4o", messages=MSGS, **extra)
 
     [event] = events.settled
     assert event.cost_nanos == cost
@@ -70,7 +48,7 @@ def test_a_priority_stream_is_charged_at_priority_prices(
 ) -> None:
     guard = make_guard(budget=Budget.daily(1))
     server.script(Reply(input_tokens=1000, output_tokens=40))
-    stream = openai_client(server, guard).chat.completions.create(
+    stream = guarded_openai(server, guard).chat.completions.create(
         model="gpt-4o", messages=MSGS, service_tier="priority", stream=True
     )
     assert len([c for c in stream if c.choices and c.choices[0].delta.content]) == 40
@@ -85,7 +63,7 @@ def test_responses_api_priority_is_charged_at_priority_prices(
 ) -> None:
     guard = make_guard(budget=Budget.daily(1))
     server.script(Reply(input_tokens=1000, output_tokens=40))
-    openai_client(server, guard).responses.create(
+    guarded_openai(server, guard).responses.create(
         model="gpt-4o", input="Say hello", service_tier="priority"
     )
     [event] = events.settled
@@ -98,7 +76,7 @@ def test_the_tier_the_response_reports_is_what_is_charged(
     # A project whose default tier is priority: requests name no tier, answers say priority.
     guard = make_guard(budget=Budget.daily(1))
     server.script(Reply(input_tokens=1000, output_tokens=40, service_tier="priority"))
-    openai_client(server, guard).chat.completions.create(model="gpt-4o", messages=MSGS)
+    guarded_openai(server, guard).chat.completions.create(model="gpt-4o", messages=MSGS)
     [event] = events.settled
     assert event.cost_nanos == GPT4O_PRIORITY
 
@@ -107,7 +85,7 @@ def _second_limit(server: StandIn, make_guard: Any, asked: str | None, served: s
     """The max_completion_tokens strict mode sends on a second call, the first one having
     been served (and charged) at ``served``."""
     guard = make_guard(budget=Budget.daily(0.01), mode="strict")
-    client = openai_client(server, guard)
+    client = guarded_openai(server, guard)
     extra = {"service_tier": asked} if asked else {}
     for _ in range(2):
         server.script(Reply(input_tokens=100, output_tokens=10, service_tier=served))
@@ -170,10 +148,7 @@ def test_anthropic_fast_mode_is_charged_at_its_price(
     server: StandIn, make_guard: Any, events: Events
 ) -> None:
     guard = make_guard(budget=Budget.daily(1))
-    client = guard.wrap(
-        anthropic.Anthropic(base_url=server.anthropic_url, api_key="sk-t", max_retries=0)
-    )
-    _open.append(client)
+    client = guarded_anthropic(server, guard)
     server.script(
         Reply(input_tokens=1000, output_tokens=40), Reply(input_tokens=1000, output_tokens=40)
     )
@@ -200,7 +175,7 @@ def test_gemini_priority_tier_is_charged_at_its_price(
     guard = make_guard(budget=Budget.daily(1))
     options = genai.types.HttpOptions(base_url=server.google_url, retry_options=None)
     client = guard.wrap(genai.Client(api_key="k", http_options=options))
-    _open.append(client)
+    opened(client)
     server.script(
         Reply(input_tokens=1000, output_tokens=40), Reply(input_tokens=1000, output_tokens=40)
     )

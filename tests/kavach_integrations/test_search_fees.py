@@ -8,46 +8,19 @@ counted none of it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 
 import anthropic
-import openai
 import pytest
 
-from kavach import AgentKavach, Budget, BudgetExceededError
+from kavach import Budget, BudgetExceededError
 from kavach._devtools.standin import Reply, StandIn
 
-from .conftest import Events
+from .conftest import Events, guarded_anthropic, guarded_openai, opened, spent
 
 MSGS = [{"role": "user", "content": "What happened today?"}]
 SEARCH = 10_000_000  # $0.01 a search, in nano-dollars
 WEB_SEARCH = {"type": "web_search_20250305", "name": "web_search"}
-
-_open: list[Any] = []
-
-
-@pytest.fixture(autouse=True)
-def _close_clients() -> Iterator[None]:
-    yield
-    while _open:
-        _open.pop().close()
-
-
-def claude(server: StandIn, guard: AgentKavach) -> anthropic.Anthropic:
-    client = anthropic.Anthropic(base_url=server.anthropic_url, api_key="sk-t", max_retries=0)
-    _open.append(client)
-    return guard.wrap(client)
-
-
-def gpt(server: StandIn, guard: AgentKavach) -> openai.OpenAI:
-    client = openai.OpenAI(base_url=server.openai_url, api_key="sk-t", max_retries=0)
-    _open.append(client)
-    return guard.wrap(client)
-
-
-def spent(guard: AgentKavach) -> int:
-    return guard.status()[0].spent
 
 
 # claude-sonnet-4-5: $3 input and $15 output per million tokens.
@@ -60,7 +33,7 @@ def test_anthropic_web_searches_are_charged(
 ) -> None:
     guard = make_guard(budget=Budget.daily(1))
     server.script(Reply(input_tokens=1000, output_tokens=40, web_searches=3))
-    response = claude(server, guard).messages.create(
+    response = guarded_anthropic(server, guard).messages.create(
         model="claude-sonnet-4-5",
         max_tokens=100,
         messages=MSGS,
@@ -80,7 +53,7 @@ def test_searches_a_request_may_make_are_held_before_it_is_sent(
     server: StandIn, make_guard: Any
 ) -> None:
     guard = make_guard(budget=Budget.daily(0.03))
-    client = claude(server, guard)
+    client = guarded_anthropic(server, guard)
 
     def ask(tool: dict[str, Any]) -> None:
         client.messages.create(
@@ -107,7 +80,7 @@ def test_openai_responses_web_searches_are_charged(
 ) -> None:
     guard = make_guard(budget=Budget.daily(1))
     server.script(Reply(input_tokens=1000, output_tokens=40, web_searches=2))
-    response = gpt(server, guard).responses.create(
+    response = guarded_openai(server, guard).responses.create(
         model="gpt-4o",
         input="What happened today?",
         tools=[{"type": "web_search"}],
@@ -176,7 +149,7 @@ def test_gemini_google_search_grounding_is_charged(
     guard = make_guard(budget=Budget.daily(1))
     options = genai.types.HttpOptions(base_url=server.google_url, retry_options=None)
     client = guard.wrap(genai.Client(api_key="k", http_options=options))
-    _open.append(client)
+    opened(client)
     server.script(Reply(input_tokens=1000, output_tokens=40, web_searches=3))
     config = {"tools": [{"google_search": {}}]}
     if stream:
@@ -199,7 +172,7 @@ def test_strict_mode_sends_the_searches_it_holds(
     server: StandIn, make_guard: Any, mode: str
 ) -> None:
     guard = make_guard(budget=Budget.daily(1), mode=mode)
-    claude_client, gpt_client = claude(server, guard), gpt(server, guard)
+    claude_client, gpt_client = guarded_anthropic(server, guard), guarded_openai(server, guard)
     bounded = {**WEB_SEARCH, "name": "bounded", "max_uses": 3}
     claude_client.messages.create(
         model="claude-sonnet-4-5",

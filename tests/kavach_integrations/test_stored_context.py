@@ -7,30 +7,15 @@ like a 10-token call.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
-import openai
 import pytest
 
-from kavach import AgentKavach, Budget, BudgetExceededError
+from kavach import Budget, BudgetExceededError
 from kavach._devtools.standin import Reply, StandIn
 from kavach_integrations import openai as adapter
 
-_open: list[Any] = []
-
-
-@pytest.fixture(autouse=True)
-def _close_clients() -> Iterator[None]:
-    yield
-    while _open:
-        _open.pop().close()
-
-
-def gpt(server: StandIn, guard: AgentKavach) -> openai.OpenAI:
-    client = openai.OpenAI(base_url=server.openai_url, api_key="sk-t", max_retries=0)
-    _open.append(client)
-    return guard.wrap(client)
+from .conftest import guarded_openai
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["create", "stream"])
@@ -38,7 +23,7 @@ def test_a_continued_conversation_is_refused_when_its_context_does_not_fit(
     server: StandIn, make_guard: Any, stream: bool
 ) -> None:
     guard = make_guard(budget=Budget.daily(0.06))
-    client = gpt(server, guard)
+    client = guarded_openai(server, guard)
     # gpt-4o, $2.50 input and $10 output per million: $0.055 for the first turn.
     server.script(Reply(input_tokens=20_000, output_tokens=500))
     first = client.responses.create(
