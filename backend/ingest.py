@@ -65,6 +65,8 @@ class IngestUsage(msgspec.Struct, forbid_unknown_fields=False, gc=False):
     input_image_tokens: Count = 0
     output_image_tokens: Count = 0
     input_video_tokens: Count = 0
+    web_searches: Count = 0
+    file_searches: Count = 0
 
 
 class IngestEvent(msgspec.Struct, forbid_unknown_fields=False, gc=False):
@@ -88,6 +90,7 @@ class IngestEvent(msgspec.Struct, forbid_unknown_fields=False, gc=False):
     max_output_tokens: Count | None = None
     tool_calls: tuple[Any, ...] = ()
     tags: dict[Short, Any] = msgspec.field(default_factory=dict)
+    price_tier: Annotated[str, msgspec.Meta(max_length=64)] | None = None
 
 
 class IngestSdk(msgspec.Struct, forbid_unknown_fields=False):
@@ -375,6 +378,9 @@ def _details(event: IngestEvent, sdk: IngestSdk | None) -> str:
             "input_image_tokens": usage.input_image_tokens,
             "output_image_tokens": usage.output_image_tokens,
             "input_video_tokens": usage.input_video_tokens,
+            "web_searches": usage.web_searches,
+            "file_searches": usage.file_searches,
+            "price_tier": event.price_tier,
             "response_model": event.response_model,
             "finish_reasons": event.finish_reasons,
             "max_output_tokens": event.max_output_tokens,

@@ -60,7 +60,7 @@ from kavach.ledger.memory import MemoryLedger
 from kavach.pricing import ModelPrice, Pricing, _posix
 from kavach.reservation import Reservation
 from kavach.spec import CallSpec
-from kavach.usage import ZERO_USAGE, PriceVariant, Usage
+from kavach.usage import ZERO_USAGE, PriceVariant, Usage, tier_name
 
 if TYPE_CHECKING:
     from kavach.alerts import AlertDispatcher, ChannelRule, DedupStore
@@ -953,6 +953,7 @@ class AgentKavach:
             max_output_tokens=r.max_output_tokens,
             tool_calls=tool_calls,
             tags=dict(spec.tags),
+            price_tier=tier_name(r.variant),
             trace_context=r.trace_context,
         )
 

@@ -47,6 +47,9 @@ class CallEvent:
     max_output_tokens: int | None = None
     tool_calls: tuple[str, ...] = ()
     tags: Mapping[str, str] = field(default_factory=dict)
+    price_tier: str | None = None
+    """The provider's price tier the call was charged at (``"priority"``, ``"flex"``,
+    Anthropic's ``"fast"``); ``None`` for the standard price."""
     trace_context: object | None = field(default=None, repr=False, compare=False)
     """The caller's OpenTelemetry context at reserve time (only with telemetry on)."""
 

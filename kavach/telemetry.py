@@ -80,6 +80,9 @@ class Attr:
     RUN_ID = "kavach.run.id"
     MODE = "kavach.mode"
     LEDGER_KEY = "kavach.ledger.key"
+    PRICE_TIER = "kavach.price.tier"
+    WEB_SEARCHES = "kavach.usage.web_searches"
+    FILE_SEARCHES = "kavach.usage.file_searches"
 
 
 class Metric:
@@ -261,6 +264,12 @@ class KavachTelemetry(NullObserver):
                 usage.cache_write_tokens + usage.cache_write_1h_tokens
             )
             attrs[Attr.USAGE_REASONING_OUTPUT_TOKENS] = usage.reasoning_tokens
+        if usage.web_searches:
+            attrs[Attr.WEB_SEARCHES] = usage.web_searches
+        if usage.file_searches:
+            attrs[Attr.FILE_SEARCHES] = usage.file_searches
+        if event.price_tier is not None:
+            attrs[Attr.PRICE_TIER] = event.price_tier
         if event.refusal_reason:
             attrs[Attr.REFUSAL_REASON] = event.refusal_reason
         error_type = _error_type(event)

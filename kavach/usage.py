@@ -19,6 +19,18 @@ PriceVariant = tuple[tuple[str, str], ...]
 ``(("service_tier", "priority"),)`` or ``(("speed", "fast"),)``; ``()`` is the standard price."""
 
 
+def tier_name(variant: PriceVariant | None) -> str | None:
+    """How events and the dashboard name a price variant: its values (``"priority"``,
+    ``"flex"``, ``"fast"``), or ``None`` for the standard price.
+
+    >>> tier_name((("service_tier", "priority"),)), tier_name(())
+    ('priority', None)
+    """
+    if not variant:
+        return None
+    return "+".join(value for _, value in variant)
+
+
 @fast_init
 @dataclass(frozen=True)
 class Usage:

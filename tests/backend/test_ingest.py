@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import gzip
 import json
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from kavach import AgentKavach, Budget, CallSpec, Usage
 from kavach.reporting.api import BackendAPI, BackendConfig
 from kavach.reporting.sender import Reporter
 from tests.backend.conftest import Account, LiveServer, batch, event
@@ -406,3 +408,40 @@ def test_one_id_for_two_different_events_in_a_batch_is_400(account: Account) -> 
         same = sdk.post("/v1/ingest", json=batch(first, dict(first)))
         assert same.status_code == 202, same.text
         assert (same.json()["accepted"], same.json()["duplicates"]) == (1, 1)
+
+
+def test_a_calls_price_tier_and_searches_reach_its_run_timeline(
+    server: LiveServer, account: Account, tmp_path: Path
+) -> None:
+    # A priority-tier call that searched the web twice, then a standard call, as a guard
+    # with a backend key reports them: the timeline says why the first cost more.
+    guard = AgentKavach("search-bot", Budget.daily(10))
+    api = BackendAPI(BackendConfig(api_key=account.new_key(), endpoint=server.url))
+    reporter = Reporter(api, spool_root=tmp_path / "spool", flush_interval=0.01)
+    guard.add_observer(reporter)
+    run = f"run-{uuid.uuid4().hex[:6]}"
+    priority = CallSpec(
+        provider="openai",
+        model="gpt-4o",
+        prompt="news today?",
+        max_output_tokens=100,
+        run_id=run,
+        price_variant=(("service_tier", "priority"),),
+    )
+    try:
+        with guard.reserve(priority) as r:
+            r.commit(Usage(input_tokens=500, output_tokens=50, web_searches=2))
+        with guard.reserve(dataclasses.replace(priority, price_variant=())) as r:
+            r.commit(Usage(input_tokens=500, output_tokens=50))
+        assert reporter.flush(timeout=30)
+    finally:
+        reporter.close()
+    [stored_run] = account.client.get("/v1/agents/search-bot/runs").json()
+    events = account.client.get(f"/v1/runs/{stored_run['id']}/events").json()
+    tiered, standard = events
+    assert tiered["details"]["price_tier"] == "priority"
+    assert tiered["details"]["web_searches"] == 2 and tiered["details"]["file_searches"] == 0
+    assert standard["details"]["price_tier"] is None and standard["details"]["web_searches"] == 0
+    # Two searches at $10/1k and priority tokens: what the guard charged is what is stored.
+    assert tiered["cost_nanos"] - standard["cost_nanos"] > 20_000_000
+    assert sum(e["cost_nanos"] for e in events) == guard.status()[0].spent

@@ -21,7 +21,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from kavach import AgentKavach, Budget, BudgetExceededError, Usage
+from kavach import AgentKavach, Budget, BudgetExceededError, CallSpec, Usage
 from kavach.telemetry import Attr, KavachTelemetry, Metric, TelemetryConfig, instrument
 from tests.kavach.conftest import PRICES, spec
 
@@ -121,6 +121,31 @@ def test_one_span_per_call_with_every_attribute_and_the_calls_timing(otel: Otel)
         "kavach.budget.names": ("daily",),
         "kavach.budget.limits_usd": (1.0,),
     }
+
+
+def test_the_price_tier_and_search_counts_are_on_the_span_when_they_apply(otel: Otel) -> None:
+    guard = AgentKavach(
+        "research-bot",
+        Budget.daily(1),
+        telemetry=TelemetryConfig(
+            tracer_provider=otel.tracer_provider, meter_provider=otel.meter_provider
+        ),
+    )
+    priority = CallSpec(
+        provider="openai",
+        model="gpt-4o",
+        input_tokens=100,
+        max_output_tokens=100,
+        price_variant=(("service_tier", "priority"),),
+    )
+    with guard.reserve(priority) as r:
+        r.commit(Usage(input_tokens=100, output_tokens=10, web_searches=2, file_searches=1))
+    with guard.reserve(dataclasses.replace(priority, price_variant=())) as r:
+        r.commit(Usage(input_tokens=100, output_tokens=10))
+    tiered, standard = (dict(span.attributes or {}) for span in otel.finished())
+    assert tiered[Attr.PRICE_TIER] == "priority"
+    assert tiered[Attr.WEB_SEARCHES] == 2 and tiered[Attr.FILE_SEARCHES] == 1
+    assert not {Attr.PRICE_TIER, Attr.WEB_SEARCHES, Attr.FILE_SEARCHES} & standard.keys()
 
 
 def test_a_refused_call_is_an_error_span_with_the_reason(otel: Otel) -> None:

@@ -87,6 +87,16 @@ export interface CallEvent extends Money {
     reasoning_tokens: number;
   };
   prompt: string | null;
+  /** What the SDK reported beyond the main columns; older events may lack any key. */
+  details?: CallDetails | null;
+}
+
+export interface CallDetails {
+  /** The provider's price tier the call was charged at ("priority", "flex", "fast"); null = standard. */
+  price_tier?: string | null;
+  web_searches?: number;
+  file_searches?: number;
+  [key: string]: unknown;
 }
 
 export interface Overview {

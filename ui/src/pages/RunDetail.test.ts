@@ -38,7 +38,8 @@ function call(n: number) {
     reserved_nanos: 2e6,
     usage: { input_tokens: 10, output_tokens: 5, cache_read_tokens: 0, cache_write_tokens: 0, reasoning_tokens: 0 },
     prompt: null,
-    details: {},
+    // The run's last call was a priority-tier call that searched the web three times.
+    details: n === TOTAL - 1 ? { price_tier: 'priority', web_searches: 3, file_searches: 0 } : {},
   };
 }
 
@@ -85,5 +86,20 @@ describe('Run detail page', () => {
     await waitFor(() => expect(within(timeline).getAllByRole('listitem')).toHaveLength(450));
     expect(within(timeline).getAllByRole('listitem')[0].textContent).toContain('#1 chat');
     expect(screen.queryByTestId('timeline-count')).toBeNull();
+  }, 30_000); // renders 450 calls in three loads: seconds on a loaded 2-core machine
+
+  it("shows a call's price tier and web searches, and nothing extra for a standard call", async () => {
+    backend();
+    render(RunDetail, { props: { params: { id: '9' } } });
+    expect(await screen.findByText('Showing the latest 200 of 450 calls.', { exact: false })).toBeTruthy();
+    const timeline = screen.getByRole('list', { name: 'Calls in this run, in order' });
+    const items = within(timeline).getAllByRole('listitem');
+    const last = items[items.length - 1];
+    expect(last.textContent).toContain('#450 chat');
+    expect(within(last).getByText('Price tier').nextElementSibling?.textContent).toBe('priority');
+    expect(within(last).getByText('Web searches').nextElementSibling?.textContent).toBe('3');
+    expect(within(last).queryByText('File searches')).toBeNull();
+    expect(within(items[0]).queryByText('Price tier')).toBeNull();
+    expect(within(items[0]).queryByText('Web searches')).toBeNull();
   });
 });
