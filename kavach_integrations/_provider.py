@@ -52,6 +52,7 @@ __all__ = [
     "Endpoint",
     "Outcome",
     "PerRequest",
+    "StoredContext",
     "TokenCounter",
     "bound_web_searches",
     "price_variant",
@@ -122,6 +123,24 @@ class Endpoint:
     estimate_unreported_input: bool = False
     """The provider may report no input tokens (Gemini API embeddings): settle such a response
     at the reserved input estimate rather than at zero, which would make a billed call free."""
+    context: StoredContext | None = None
+    """Context the provider keeps and adds to a request's input, which ``read`` holds only
+    when this process knows it: how to look up what it does not (the one part that does I/O)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredContext:
+    """Earlier turns a provider adds to a request's input (an OpenAI ``previous_response_id``).
+
+    ``unknown`` names the stored item a request refers to that this process has not seen
+    answered (None: nothing to look up); ``fetch`` / ``afetch`` read it through the wrapped
+    client before the call is reserved, and remember its size for ``read``. A lookup that
+    fails is logged and the request held for its own input, as before: the provider refuses
+    a request whose stored item cannot be read."""
+
+    unknown: Callable[[Mapping[str, Any]], str | None]
+    fetch: Callable[[Any, str], object]
+    afetch: Callable[[Any, str], Awaitable[object]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -751,6 +770,31 @@ def _observe_post_parser(options: Any) -> tuple[Any, Callable[[], Any]]:
     return options.model_copy(update={"post_parser": observe}), answered
 
 
+def _look_up(fetch: Callable[[Any, str], object], client: Any, ref: str) -> None:
+    try:
+        fetch(client, ref)
+    except Exception as exc:
+        _lookup_failed(ref, exc)
+
+
+async def _alooked_up(context: StoredContext, client: Any, ref: str, call: Awaitable[R]) -> R:
+    try:
+        await context.afetch(client, ref)
+    except Exception as exc:
+        _lookup_failed(ref, exc)
+    return await call
+
+
+def _lookup_failed(ref: str, exc: Exception) -> None:
+    logger.warning(
+        "kavach: could not look up %s, whose earlier turns the provider adds to this request's "
+        "input (%s: %s); the request is held for its own input only",
+        ref,
+        type(exc).__name__,
+        str(exc)[:200],
+    )
+
+
 def guard_request_method(
     client: Any,
     guard: AgentKavach,
@@ -797,7 +841,13 @@ def guard_request_method(
                 if callable(options.post_parser):  # a parse() call
                     options, answered = _observe_post_parser(options)
                 send = functools.partial(_resend, original, cast_to, options, stream, stream_cls)
-                return aguarded_call(guard, endpoint, body, send, stream, attach, answered)
+                call = aguarded_call(guard, endpoint, body, send, stream, attach, answered)
+                context = endpoint.context
+                if context is not None and guard.enabled:
+                    ref = context.unknown(body)
+                    if ref is not None:
+                        return _alooked_up(context, client, ref, call)
+                return call
             if isinstance(endpoint, Unmetered):
                 _admit_unmetered(guard, endpoint, body)
             return original(cast_to, options, stream=stream, stream_cls=stream_cls)  # type: ignore[no-any-return]
@@ -814,6 +864,11 @@ def guard_request_method(
                 answered = None
                 if callable(options.post_parser):  # a parse() call
                     options, answered = _observe_post_parser(options)
+                context = endpoint.context
+                if context is not None and guard.enabled:
+                    ref = context.unknown(body)
+                    if ref is not None:
+                        _look_up(context.fetch, client, ref)
                 send = functools.partial(_resend, original, cast_to, options, stream, stream_cls)
                 return guarded_call(guard, endpoint, body, send, stream, attach, answered)
             if isinstance(endpoint, Unmetered):

@@ -31,6 +31,7 @@ from kavach_integrations._provider import (
     Body,
     Endpoint,
     PerRequest,
+    StoredContext,
     TokenCounter,
     Unmetered,
     field,
@@ -300,6 +301,28 @@ def _stored_context(body: Mapping[str, Any]) -> int:
     )
 
 
+def _unknown_context(body: Mapping[str, Any]) -> str | None:
+    """The ``previous_response_id`` of a request whose earlier turns this process has not
+    seen answered (made by another worker or process): looked up before it is reserved.
+    A ``conversation`` has no size to read short of listing all of its items; it is not."""
+    previous = body.get("previous_response_id")
+    if isinstance(previous, str) and previous and previous not in _CONTEXT:
+        return previous
+    return None
+
+
+def _fetch_context(client: Any, response_id: str) -> None:
+    # response_outcome remembers a finished response's context (not a running one's).
+    response_outcome(client.responses.retrieve(response_id))
+
+
+async def _afetch_context(client: Any, response_id: str) -> None:
+    response_outcome(await client.responses.retrieve(response_id))
+
+
+_PREVIOUS_RESPONSE = StoredContext(_unknown_context, _fetch_context, _afetch_context)
+
+
 def _remember_context(response: Any, usage: Usage) -> None:
     tokens = usage.input_tokens + usage.output_tokens - usage.reasoning_tokens
     conversation = field(field(response, "conversation"), "id")
@@ -400,6 +423,7 @@ RESPONSES = Endpoint(
     outcome=response_outcome,
     limit=_limit_response,
     meter=ResponsesMeter,
+    context=_PREVIOUS_RESPONSE,
 )
 
 
@@ -409,7 +433,9 @@ def _read_compaction(body: Mapping[str, Any]) -> CallSpec:
     return dataclasses.replace(read_response(body), max_output_tokens=None, fixed_output=True)
 
 
-COMPACTION = Endpoint(operation="chat", read=_read_compaction, outcome=response_outcome)
+COMPACTION = Endpoint(
+    operation="chat", read=_read_compaction, outcome=response_outcome, context=_PREVIOUS_RESPONSE
+)
 
 # -- embeddings ---------------------------------------------------------------------------
 

@@ -5,7 +5,8 @@ For tests, benchmarks and ``kavach demo``; it never reaches the network. It answ
 - OpenAI: ``POST /v1/chat/completions`` (also Mistral's, same path and shape; ``stream: true``
   gives SSE chunks, a usage-only last chunk when ``stream_options.include_usage`` is set),
   ``POST /v1/responses`` (streamed as ``response.*`` events), ``POST /v1/completions``
-  (legacy text completions, streamed too), ``POST /v1/embeddings``,
+  (legacy text completions, streamed too), ``GET /v1/responses/{id}`` (a response it
+  answered, as ``responses.retrieve`` reads it), ``POST /v1/embeddings``,
   ``POST /v1/images/generations`` (GPT image models report token usage, DALL·E models none;
   ``stream: true`` gives ``image_generation.partial_image`` and ``.completed`` events),
   ``GET /v1/models``.
@@ -433,11 +434,10 @@ def _response_obj(p: _Plan, status: str = "completed") -> dict[str, Any]:
     }
 
 
-def _responses_stream(p: _Plan) -> Iterator[bytes]:
+def _responses_stream(p: _Plan, done: dict[str, Any]) -> Iterator[bytes]:
     seq = itertools.count()
     started = _response_obj(p, "in_progress")
-    done = _response_obj(p)
-    done["id"] = started["id"]
+    started["id"] = done["id"]
 
     def event(kind: str, **fields: Any) -> bytes:
         return _sse({"type": kind, "sequence_number": next(seq), **fields}, kind)
@@ -819,6 +819,15 @@ class _Handler(BaseHTTPRequestHandler):
                     for m in standin.models
                 ]
                 self._json(200, {"object": "list", "data": data})
+            elif "/responses/" in split.path:
+                kept = standin.responses.get(split.path.rstrip("/").rsplit("/", 1)[1])
+                if kept is not None:
+                    self._json(200, kept)
+                else:
+                    message = f"Response with id '{split.path.rsplit('/', 1)[1]}' not found."
+                    self._json(
+                        404, {"error": {"message": message, "type": "invalid_request_error"}}
+                    )
             else:
                 self._json(
                     404, {"error": {"message": f"no route {split.path}", "type": "not_found"}}
@@ -868,10 +877,12 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 self._json(200, _completion(p))
         elif path.endswith("/responses"):
+            done = _response_obj(p)
+            standin._keep_response(done)
             if streamed:
-                self._stream(_responses_stream(p), reply)
+                self._stream(_responses_stream(p, done), reply)
             else:
-                self._json(200, _response_obj(p))
+                self._json(200, done)
         elif path.endswith("/embeddings"):
             self._json(200, _embeddings(body, p))
         elif path.endswith("/images/generations"):
@@ -967,6 +978,8 @@ class StandIn:
         self.responder: Callable[[RecordedRequest], Reply] | None = None
         """If set, chooses the reply for each request not covered by ``script``."""
         self.requests: list[RecordedRequest] = []
+        self.responses: dict[str, dict[str, Any]] = {}
+        """The Responses API answers given, by id (``GET /v1/responses/{id}`` reads them)."""
 
     # -- scripting ------------------------------------------------------------------
 
@@ -980,6 +993,7 @@ class StandIn:
         with self._lock:
             self._queue.clear()
             self.requests.clear()
+            self.responses.clear()
         self.default = Reply()
         self.responder = None
 
@@ -991,6 +1005,12 @@ class StandIn:
     def _record(self, request: RecordedRequest) -> None:
         with self._lock:
             self.requests.append(request)
+
+    def _keep_response(self, response: dict[str, Any]) -> None:
+        with self._lock:
+            if len(self.responses) >= 10_000:  # a long demo or benchmark: the oldest go
+                del self.responses[next(iter(self.responses))]
+            self.responses[response["id"]] = response
 
     def _next_reply(self, request: RecordedRequest) -> Reply:
         with self._lock:

@@ -15,7 +15,7 @@ from kavach import Budget, BudgetExceededError
 from kavach._devtools.standin import Reply, StandIn
 from kavach_integrations import openai as adapter
 
-from .conftest import guarded_openai
+from .conftest import guarded_openai, spent
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["create", "stream"])
@@ -38,12 +38,77 @@ def test_a_continued_conversation_is_refused_when_its_context_does_not_fit(
             model="gpt-4o", input="ok", previous_response_id=first.id, max_output_tokens=50
         )
     assert len(server.requests) == 1
-    # A conversation this process never saw answered is counted from the request alone.
+
+
+def test_a_response_this_process_never_saw_is_looked_up_once_before_the_call_is_held(
+    server: StandIn, make_guard: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Turn one ran in another worker: 20,000 tokens in, 500 out, as the provider stored it.
+    server.script(Reply(input_tokens=20_000, output_tokens=500))
+    elsewhere = guarded_openai(server, make_guard(budget=Budget.daily(1)))
+    first = elsewhere.responses.create(model="gpt-4o", input="Summarise", max_output_tokens=500)
+    monkeypatch.setattr(adapter, "_CONTEXT", {})  # this process knows nothing of it
+    guard = make_guard(budget=Budget.daily(0.03))
+    client = guarded_openai(server, guard)
+    # Turn two carries 20,500 tokens of input ($0.051): more than the $0.03 this agent has.
+    with pytest.raises(BudgetExceededError):
+        client.responses.create(
+            model="gpt-4o", input="ok", previous_response_id=first.id, max_output_tokens=50
+        )
+    lookup = server.requests[1]
+    assert (lookup.method, lookup.path) == ("GET", f"/v1/responses/{first.id}")
+    assert len(server.requests) == 2  # the turn itself was never sent
+    assert spent(guard) == 0 and guard.status()[0].reserved == 0
+    # Once looked up it is known: a richer agent's next turn holds it without asking again.
+    richer = make_guard(budget=Budget.daily(1))
+    server.script(Reply(input_tokens=20_510, output_tokens=5))
+    guarded_openai(server, richer).responses.create(
+        model="gpt-4o", input="ok", previous_response_id=first.id, max_output_tokens=50
+    )
+    assert [r.method for r in server.requests[2:]] == ["POST"]
+    assert spent(richer) == 20_510 * 2500 + 5 * 10_000
+
+
+def test_a_response_that_cannot_be_looked_up_leaves_the_request_to_the_provider(
+    server: StandIn, make_guard: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # OpenAI answers 404 for an id it does not have, and refuses the turn that names it; a
+    # failed lookup is logged and the request held for what it says itself.
+    guard = make_guard(budget=Budget.daily(1))
+    client = guarded_openai(server, guard)
     server.script(Reply(input_tokens=10, output_tokens=5))
     client.responses.create(
         model="gpt-4o", input="ok", previous_response_id="resp_elsewhere", max_output_tokens=50
     )
-    assert len(server.requests) == 2
+    assert [(r.method, r.path) for r in server.requests] == [
+        ("GET", "/v1/responses/resp_elsewhere"),
+        ("POST", "/v1/responses"),
+    ]
+    assert "could not look up resp_elsewhere" in caplog.text and "NotFoundError" in caplog.text
+    assert spent(guard) == 10 * 2500 + 5 * 10_000
+
+
+@pytest.mark.anyio
+async def test_an_async_client_looks_the_response_up_too(
+    server: StandIn, make_guard: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import openai
+
+    server.script(Reply(input_tokens=20_000, output_tokens=500))
+    raw = openai.AsyncOpenAI(base_url=server.openai_url, api_key="sk-t", max_retries=0)
+    try:
+        first = await raw.responses.create(model="gpt-4o", input="Summarise")
+        monkeypatch.setattr(adapter, "_CONTEXT", {})
+        client = make_guard(budget=Budget.daily(0.03)).wrap(raw.copy())
+        with pytest.raises(BudgetExceededError):
+            await client.responses.create(
+                model="gpt-4o", input="ok", previous_response_id=first.id, max_output_tokens=50
+            )
+    finally:
+        await raw.close()
+    assert [(r.method, r.path) for r in server.requests[1:]] == [
+        ("GET", f"/v1/responses/{first.id}")
+    ]
 
 
 def test_conversations_and_responses_are_remembered_and_bounded(
