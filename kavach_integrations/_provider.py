@@ -911,6 +911,11 @@ def guard_method(
     def send(body: Body) -> Any:
         return original(**body)
 
+    context = endpoint.context
+    if context is not None:  # look up stored context this process has not seen, then call
+        return _guard_method_with_context(
+            client, owner, name, guard, endpoint, context, send, streamed, is_async, attach
+        )
     if is_async:
         if callable(streamed):
             asks = streamed
@@ -937,6 +942,45 @@ def guard_method(
 
             def method(**kwargs: Any) -> Any:
                 return guarded_call(guard, endpoint, kwargs, send, always, attach)
+
+        patch(client, owner, name, functools.wraps(original)(method))
+
+
+def _guard_method_with_context(
+    client: Any,
+    owner: Any,
+    name: str,
+    guard: AgentKavach,
+    endpoint: Endpoint,
+    context: StoredContext,
+    send: Callable[[Body], Any],
+    streamed: bool | Callable[[Mapping[str, Any]], bool],
+    is_async: bool,
+    attach: Attach,
+) -> None:
+    """``guard_method`` for an endpoint whose requests may name stored context."""
+    original = getattr(owner, name)
+
+    def asks(kwargs: Mapping[str, Any]) -> bool:
+        return streamed(kwargs) if callable(streamed) else streamed
+
+    if is_async:
+
+        async def amethod(**kwargs: Any) -> Any:
+            call = aguarded_call(guard, endpoint, kwargs, send, asks(kwargs), attach)
+            ref = context.unknown(kwargs) if guard.enabled else None
+            if ref is not None:
+                return await _alooked_up(context, client, ref, call)
+            return await call
+
+        patch(client, owner, name, functools.wraps(original)(amethod))
+    else:
+
+        def method(**kwargs: Any) -> Any:
+            ref = context.unknown(kwargs) if guard.enabled else None
+            if ref is not None:
+                _look_up(context.fetch, client, ref)
+            return guarded_call(guard, endpoint, kwargs, send, asks(kwargs), attach)
 
         patch(client, owner, name, functools.wraps(original)(method))
 

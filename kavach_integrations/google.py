@@ -38,6 +38,7 @@ from kavach_integrations._provider import (
     ASSUMED_SEARCHES,
     Body,
     Endpoint,
+    StoredContext,
     TokenCounter,
     Unmetered,
     attach_aiterator,
@@ -182,6 +183,32 @@ def _cached_tokens(name: Any) -> int:
     """Tokens of the context cache a request names (0 for one this process never saw: a
     cache made elsewhere is counted when the answer reports it)."""
     return _CACHED.get(name, 0) if isinstance(name, str) else 0
+
+
+def _unknown_cache(body: Mapping[str, Any]) -> str | None:
+    """The context cache a request names that this process has not seen made or read (by
+    another worker): looked up before the request is held."""
+    name = field(body.get("config"), "cached_content")
+    return name if isinstance(name, str) and name and name not in _CACHED else None
+
+
+def _fetch_cache(client: Any, name: str) -> None:
+    _remember_cache(_caches(client, is_async=False).get(name=name))
+
+
+async def _afetch_cache(client: Any, name: str) -> None:
+    _remember_cache(await _caches(client, is_async=True).get(name=name))
+
+
+def _caches(client: Any, is_async: bool) -> Any:
+    """The caches API of ``client``: its async one for an async call (a ``Client``'s
+    ``.aio`` is guarded with it, so an async call may come with the sync client)."""
+    if is_async and isinstance(client, genai.Client):
+        return client.aio.caches
+    return client.caches
+
+
+_CACHE_CONTEXT = StoredContext(_unknown_cache, _fetch_cache, _afetch_cache)
 
 
 def _remember_cache(cache: Any) -> None:
@@ -331,7 +358,7 @@ class GeminiMeter(TokenCounter):
         return False
 
 
-GENERATE = Endpoint(operation="chat", read=_read, outcome=_outcome, limit=_limit, meter=GeminiMeter)
+GENERATE = Endpoint("chat", _read, _outcome, _limit, GeminiMeter, context=_CACHE_CONTEXT)
 
 
 def _read_embeddings(body: Mapping[str, Any]) -> CallSpec:

@@ -13,7 +13,8 @@ For tests, benchmarks and ``kavach demo``; it never reaches the network. It answ
 - Anthropic: ``POST /v1/messages`` (SSE ``message_start`` ... ``message_stop`` when
   streamed), ``POST /v1/messages/count_tokens``.
 - Google: ``POST /v1beta/models/{model}:generateContent`` and
-  ``:streamGenerateContent?alt=sse``.
+  ``:streamGenerateContent?alt=sse``, ``POST /v1beta/cachedContents`` and
+  ``GET /v1beta/cachedContents/{id}`` (context caches).
 
 Usage::
 
@@ -819,6 +820,22 @@ class _Handler(BaseHTTPRequestHandler):
                     for m in standin.models
                 ]
                 self._json(200, {"object": "list", "data": data})
+            elif "/cachedContents/" in split.path:
+                name = "cachedContents/" + split.path.rsplit("/", 1)[1]
+                found = standin.caches.get(name)
+                if found is not None:
+                    self._json(200, found)
+                else:
+                    self._json(
+                        404,
+                        {
+                            "error": {
+                                "code": 404,
+                                "message": f"{name} not found",
+                                "status": "NOT_FOUND",
+                            }
+                        },
+                    )
             elif "/responses/" in split.path:
                 kept = standin.responses.get(split.path.rstrip("/").rsplit("/", 1)[1])
                 if kept is not None:
@@ -846,6 +863,8 @@ class _Handler(BaseHTTPRequestHandler):
                 "model": body.get("model", ""),
                 "usageMetadata": {"totalTokenCount": tokens},
             }
+            with standin._lock:
+                standin.caches[cache["name"]] = cache
             self._json(200, cache)
             return
         reply = standin._next_reply(recorded)
@@ -980,6 +999,8 @@ class StandIn:
         self.requests: list[RecordedRequest] = []
         self.responses: dict[str, dict[str, Any]] = {}
         """The Responses API answers given, by id (``GET /v1/responses/{id}`` reads them)."""
+        self.caches: dict[str, dict[str, Any]] = {}
+        """Gemini context caches made, by name (``GET /v1beta/cachedContents/{id}``)."""
 
     # -- scripting ------------------------------------------------------------------
 
@@ -994,6 +1015,7 @@ class StandIn:
             self._queue.clear()
             self.requests.clear()
             self.responses.clear()
+            self.caches.clear()
         self.default = Reply()
         self.responder = None
 

@@ -16,6 +16,7 @@ from google.genai import errors, types
 from kavach import AgentKavach, Budget, BudgetExceededError, KavachError, Usage
 from kavach._devtools.standin import RecordedRequest, Reply, StandIn, ToolCall
 from kavach.tokens import estimate_input_tokens
+from kavach_integrations import google as google_adapter
 
 from .conftest import Events
 
@@ -552,4 +553,34 @@ def test_a_request_naming_a_context_cache_is_held_for_its_tokens(
     c.models.generate_content(
         model="gemini-2.5-flash", contents="Hi", config={"max_output_tokens": 100}
     )
+    assert guard.ledger.open_holds == 0
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+def test_a_context_cache_made_by_another_worker_is_looked_up_before_the_call_is_held(
+    server: StandIn, make_guard: Any, is_async: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    maker = genai.Client(api_key="k", http_options={"base_url": server.google_url})
+    _open.append(maker)
+    config = {"contents": ["x" * 40_000], "system_instruction": "You answer questions on it."}
+    cache = maker.caches.create(model="gemini-2.5-flash", config=config)
+    monkeypatch.setattr(google_adapter, "_CACHED", {})  # this process never saw it made
+    guard = make_guard(budget=Budget.daily(0.002))
+    c = client(server, guard)
+    request = {
+        "model": "gemini-2.5-flash",
+        "contents": "Hi",
+        "config": {"cached_content": cache.name, "max_output_tokens": 100},
+    }
+
+    async def agenerate() -> Any:
+        try:
+            return await c.aio.models.generate_content(**request)
+        finally:
+            await c.aio.aclose()
+
+    with pytest.raises(BudgetExceededError):
+        asyncio.run(agenerate()) if is_async else c.models.generate_content(**request)
+    [lookup] = server.requests[1:]  # the call itself was never sent
+    assert lookup.method == "GET" and lookup.path.endswith(f"/{cache.name}")
     assert guard.ledger.open_holds == 0
