@@ -32,7 +32,7 @@ import inspect
 import json
 import logging
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -777,11 +777,16 @@ def _look_up(fetch: Callable[[Any, str], object], client: Any, ref: str) -> None
         _lookup_failed(ref, exc)
 
 
-async def _alooked_up(context: StoredContext, client: Any, ref: str, call: Awaitable[R]) -> R:
+async def _alooked_up(
+    context: StoredContext, client: Any, ref: str, call: Coroutine[Any, Any, R]
+) -> R:
     try:
         await context.afetch(client, ref)
     except Exception as exc:
         _lookup_failed(ref, exc)
+    except BaseException:  # cancelled while looking up: the call never started
+        call.close()
+        raise
     return await call
 
 

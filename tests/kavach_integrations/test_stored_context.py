@@ -137,3 +137,43 @@ def test_conversations_and_responses_are_remembered_and_bounded(
     assert len(adapter._CONTEXT) == 3
     assert adapter._stored_context({"previous_response_id": "resp_1"}) == 0  # the oldest went
     assert adapter._stored_context({"previous_response_id": "resp_4"}) == 1000
+
+
+@pytest.mark.anyio
+async def test_a_call_cancelled_while_its_context_is_looked_up_holds_nothing(
+    make_guard: Any,
+) -> None:
+    import asyncio
+    import gc
+    import warnings
+
+    import httpx
+    import openai
+
+    never = asyncio.Event()
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        await never.wait()  # the lookup never answers
+        raise AssertionError("unreachable")
+
+    guard = make_guard(budget=Budget.daily(1))
+    raw = openai.AsyncOpenAI(
+        api_key="sk-t",
+        base_url="http://provider.test/v1",
+        http_client=httpx.AsyncClient(transport=httpx.MockTransport(handle)),
+        max_retries=0,
+    )
+    client = guard.wrap(raw)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(
+                client.responses.create(
+                    model="gpt-4o", input="ok", previous_response_id="resp_slow"
+                ),
+                0.2,
+            )
+        gc.collect()
+    await raw.close()
+    assert not [w for w in caught if "never awaited" in str(w.message)]
+    assert guard.ledger.open_holds == 0 and guard.status()[0].spent == 0
