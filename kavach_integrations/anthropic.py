@@ -4,7 +4,7 @@
 stream, parse; ``beta.messages`` too), as do the SDK's Vertex AI and Bedrock clients (Bedrock
 calls are priced as ``aws.bedrock``, by their Bedrock model ids). ``count_tokens`` passes
 untouched; message batches, legacy text completions and Managed Agents runs (session
-events, deployment runs) stop with the agent but are not counted (see
+events, deployment runs) and dreams stop with the agent but are not counted (see
 ``AgentKavach.admit_unmetered``).
 Anthropic reports cache reads and writes beside ``input_tokens``; they are added into it,
 as ``kavach.usage.Usage`` (and genai-prices) count all input there.
@@ -223,6 +223,9 @@ _COMPLETE = Unmetered(PROVIDER, "text_completion")
 # Managed Agents (beta): events sent to a session, or a deployment run now, set Claude to
 # work at Anthropic, billed there; no usage comes back on the call.
 _AGENT_RUN = Unmetered(PROVIDER, "agent_run")
+# Dreams (beta): a job in which a model reads past sessions and rewrites a memory store,
+# billed at Anthropic when it runs; the call that starts it reports no usage.
+_DREAM = Unmetered(PROVIDER, "dream")
 
 
 def _read_bedrock(body: Mapping[str, Any]) -> CallSpec:
@@ -252,6 +255,8 @@ def endpoint_for(
         path.endswith("/run") and "/deployments/" in path
     ):
         return _AGENT_RUN
+    if path.endswith("/dreams"):
+        return _DREAM
     return None
 
 

@@ -3,8 +3,8 @@ streams.
 
 ``guard.wrap(OpenAI())`` / ``guard.wrap(AsyncOpenAI())`` guard ``chat.completions`` (create,
 parse, stream), ``responses`` (create, stream, parse, compact), ``completions``,
-``embeddings`` and ``images.generate`` with a GPT image model (``gpt-image-*``, streamed
-too). A ``background=True`` response answers before it runs and reports its usage only when
+``embeddings``, ``decisions`` (openai 3.x) and ``images.generate`` with a GPT image model
+(``gpt-image-*``, streamed too). A ``background=True`` response answers before it runs and reports its usage only when
 retrieved later: it is settled at its worst case (its input and max output tokens, which
 strict mode sets) when created, as is a background stream closed before it completed.
 Paid endpoints without a token-usage price (DALL·E images, image edits and variations,
@@ -19,6 +19,7 @@ reasoning and audio tokens.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -437,6 +438,35 @@ COMPACTION = Endpoint(
     operation="chat", read=_read_compaction, outcome=response_outcome, context=_PREVIOUS_RESPONSE
 )
 
+# -- decisions ----------------------------------------------------------------------------
+# ``decisions.create`` (openai 3.x) answers classification and scoring questions about an
+# input, billed by tokens like a response. It takes no output limit: it is held at the
+# default max output tokens, in strict mode too. The questions are input.
+
+
+def _read_decision(body: Mapping[str, Any]) -> CallSpec:
+    source = body.get("input")
+    if isinstance(source, str):
+        source = [{"role": "user", "content": source}]
+    questions = body.get("questions")
+    return CallSpec(
+        provider=PROVIDER,
+        model=str(body.get("model", "")),
+        messages=source if isinstance(source, list) else None,
+        prompt=json.dumps(questions, default=str) if questions else None,
+        text_output=True,
+        fixed_output=True,
+    )
+
+
+def decision_outcome(response: Any) -> Outcome:
+    return Outcome(
+        usage=responses_usage(field(response, "usage")), response_model=field(response, "model")
+    )
+
+
+DECISIONS = Endpoint(operation="chat", read=_read_decision, outcome=decision_outcome)
+
 # -- embeddings ---------------------------------------------------------------------------
 
 
@@ -620,6 +650,7 @@ _ROUTES: dict[str, Endpoint | Unmetered | PerRequest] = {
     "/chat/completions": CHAT,
     "/responses": RESPONSES,
     "/responses/compact": COMPACTION,
+    "/decisions": DECISIONS,
     "/embeddings": EMBEDDINGS,
     "/completions": COMPLETIONS,
     "/images/generations": PerRequest(_choose_image_generation, _IMAGE_GENERATION),

@@ -6,7 +6,8 @@ For tests, benchmarks and ``kavach demo``; it never reaches the network. It answ
   gives SSE chunks, a usage-only last chunk when ``stream_options.include_usage`` is set),
   ``POST /v1/responses`` (streamed as ``response.*`` events), ``POST /v1/completions``
   (legacy text completions, streamed too), ``GET /v1/responses/{id}`` (a response it
-  answered, as ``responses.retrieve`` reads it), ``POST /v1/embeddings``,
+  answered, as ``responses.retrieve`` reads it), ``POST /v1/decisions``,
+  ``POST /v1/embeddings``,
   ``POST /v1/images/generations`` (GPT image models report token usage, DALL·E models none;
   ``stream: true`` gives ``image_generation.partial_image`` and ``.completed`` events),
   ``GET /v1/models``.
@@ -432,6 +433,31 @@ def _response_obj(p: _Plan, status: str = "completed") -> dict[str, Any]:
         if status == "completed"
         else None,
         **_tier(p, "service_tier"),
+    }
+
+
+def _decision(p: _Plan, body: Mapping[str, Any]) -> dict[str, Any]:
+    """An OpenAI Decisions answer: a predicate answer to each question asked."""
+    questions = body.get("questions")
+    answers = [
+        {
+            "type": "predicate",
+            "name": q.get("name") if isinstance(q, dict) else None,
+            "probability": 0.5,
+        }
+        for q in (questions if isinstance(questions, list) else [])
+    ]
+    r = p.reply
+    return {
+        "answers": answers,
+        "model": p.model,
+        "usage": {
+            "input_tokens": p.input_tokens,
+            "input_tokens_details": {"cached_tokens": r.cached_tokens, "cache_write_tokens": 0},
+            "output_tokens": p.output_tokens,
+            "output_tokens_details": {"reasoning_tokens": r.reasoning_tokens},
+            "total_tokens": p.input_tokens + p.output_tokens,
+        },
     }
 
 
@@ -902,6 +928,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._stream(_responses_stream(p, done), reply)
             else:
                 self._json(200, done)
+        elif path.endswith("/decisions"):
+            self._json(200, _decision(p, body))
         elif path.endswith("/embeddings"):
             self._json(200, _embeddings(body, p))
         elif path.endswith("/images/generations"):

@@ -478,5 +478,11 @@ def test_managed_agent_runs_stop_with_the_agent(make_guard: Any) -> None:
         c.beta.sessions.events.send("sesn_1", events=[message])
     with pytest.raises(AgentKilledError):
         c.beta.deployments.run("dep_1")
+    # A dream (a model rewriting a memory store from past sessions) is such a job too.
+    with pytest.raises(AgentKilledError):
+        c.beta.dreams.create(
+            inputs=[{"type": "memory_store", "memory_store_id": "mem_1"}],
+            model="claude-sonnet-4-6",
+        )
     c.beta.sessions.events.list("sesn_1")  # reading a session's events costs nothing
     assert [r.method for r in seen] == ["POST", "GET"]

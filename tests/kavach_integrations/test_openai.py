@@ -80,6 +80,40 @@ def test_chat_call_settles_at_the_reported_usage(
     assert guard.ledger.open_holds == 0
 
 
+def decide(c: openai.OpenAI, **request: Any) -> Any:
+    """``decisions.create`` on openai 3.x; on 2.x, which has no Decisions API, the same
+    request through ``client.post`` (the guard routes by path, as it would any new SDK)."""
+    if hasattr(c, "decisions"):
+        return c.decisions.create(**request)
+    return c.post("/decisions", body=request, cast_to=object)
+
+
+def test_decisions_are_charged_held_and_stop_with_the_agent(
+    server: StandIn, make_guard: Any, events: Events
+) -> None:
+    # The Decisions API answers questions about an input and bills tokens like a response;
+    # it went through unguarded: not counted, not refused when over budget or stopped.
+    question = {"type": "predicate", "name": "spam", "instructions": "Is this spam? " * 50}
+    request = {"model": "gpt-6-luna", "input": "Buy now!!!", "questions": [question]}
+    guard = make_guard(budget=Budget.daily(1))
+    c = client(server, guard)
+    server.script(Reply(input_tokens=300, output_tokens=12))
+    decide(c, **request)
+    [event] = events.settled
+    assert (event.usage.input_tokens, event.usage.output_tokens) == (300, 12)
+    price = guard.pricing.resolve("openai", "gpt-6-luna")
+    assert spent(guard) == event.cost_nanos == price.cost(Usage(300, 12)) > 0
+    # The questions are input: a request is held for them (and the default max output).
+    assert event.reserved_nanos > price.cost(Usage(150, 0))
+    poor = make_guard(agent_name="poor", budget=Budget.daily(event.reserved_nanos / 2e9))
+    with pytest.raises(BudgetExceededError):
+        decide(client(server, poor), **request)
+    guard.kill("stop")
+    with pytest.raises(AgentKilledError):
+        decide(c, **request)
+    assert len(server.requests) == 1
+
+
 def test_strict_mode_sets_max_completion_tokens_and_reserve_mode_leaves_the_request(
     server: StandIn, make_guard: Any
 ) -> None:
