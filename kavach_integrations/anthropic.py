@@ -251,8 +251,10 @@ def endpoint_for(
         return _BATCHES
     if path.endswith("/complete"):
         return _COMPLETE
-    if (path.endswith("/events") and "/sessions/" in path) or (
-        path.endswith("/run") and "/deployments/" in path
+    if (
+        path.endswith("/v1/sessions")  # a session may start with initial events
+        or (path.endswith("/events") and "/sessions/" in path)
+        or (path.endswith(("/run", "/unpause")) and "/deployments/" in path)
     ):
         return _AGENT_RUN
     if path.endswith("/dreams"):

@@ -666,9 +666,24 @@ _ROUTES: dict[str, Endpoint | Unmetered | PerRequest] = {
     "/audio/transcriptions": Unmetered(PROVIDER, "transcription"),
     "/audio/translations": Unmetered(PROVIDER, "translation"),
     "/videos": Unmetered(PROVIDER, "video_generation"),
-    # A key for a browser's Realtime session, a SIP call taken into one: billed sessions.
-    "/realtime/client_secrets": Unmetered(PROVIDER, "realtime_session"),
+    "/videos/edits": Unmetered(PROVIDER, "video_generation"),
+    "/videos/extensions": Unmetered(PROVIDER, "video_generation"),
+    # A key for a browser's Realtime session (speech to speech, transcription, translation),
+    # a session made for one, a SIP call taken into one (Realtime or Live), a Live WebRTC
+    # session or a stored one forked onto a new connection: billed sessions.
+    "/client_secrets": Unmetered(PROVIDER, "realtime_session"),
+    "/realtime/sessions": Unmetered(PROVIDER, "realtime_session"),
+    "/realtime/transcription_sessions": Unmetered(PROVIDER, "realtime_session"),
     "/accept": Unmetered(PROVIDER, "realtime_session"),  # /realtime/calls/{id}/accept
+    "/live/sessions": Unmetered(PROVIDER, "realtime_session"),
+    "/fork": Unmetered(PROVIDER, "realtime_session"),  # /live/sessions/{id}/fork
+    "/chatkit/sessions": Unmetered(PROVIDER, "chatkit_session"),
+    # Managed agents (beta): an automation invoked sets the agent to work at OpenAI, billed
+    # there (sessions and their events: see endpoint_for).
+    "/invocations": Unmetered(PROVIDER, "agent_run"),
+    # Code Interpreter containers are billed per container session.
+    "/containers": Unmetered(PROVIDER, "container"),
+    "/graders/run": Unmetered(PROVIDER, "grader_run"),  # a model grader runs a model
     "/remix": Unmetered(PROVIDER, "video_generation"),
     "/batches": Unmetered(PROVIDER, "batch"),
     "/fine_tuning/jobs": Unmetered(PROVIDER, "fine_tuning"),
@@ -684,7 +699,18 @@ def endpoint_for(method: str, path: str) -> Endpoint | Unmetered | PerRequest | 
     for suffix, endpoint in _ROUTES.items():
         if path.endswith(suffix):
             return endpoint
+    if "/agents/" in path and (
+        path.endswith(("/agents/sessions", "/resume"))
+        or (path.endswith("/events") and "/agents/sessions/" in path)
+    ):
+        return _AGENT_RUN  # a session started (with its input), an event, an automation resumed
+    if path.endswith("/resume") and "/fine_tuning/jobs/" in path:
+        return _FINE_TUNING  # a paused job trains on, billed
     return None
+
+
+_AGENT_RUN = Unmetered(PROVIDER, "agent_run")
+_FINE_TUNING = Unmetered(PROVIDER, "fine_tuning")
 
 
 # WebSocket sessions bypass ``request``: responses created over ``responses.connect()`` and

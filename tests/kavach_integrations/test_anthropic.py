@@ -478,6 +478,10 @@ def test_managed_agent_runs_stop_with_the_agent(make_guard: Any) -> None:
         c.beta.sessions.events.send("sesn_1", events=[message])
     with pytest.raises(AgentKilledError):
         c.beta.deployments.run("dep_1")
+    with pytest.raises(AgentKilledError):
+        c.post("/v1/sessions", body={"agent": "agent_1"}, cast_to=object)
+    with pytest.raises(AgentKilledError):
+        c.post("/v1/deployments/dep_1/unpause", body={}, cast_to=object)
     # A dream (a model rewriting a memory store from past sessions) is such a job too.
     with pytest.raises(AgentKilledError):
         c.beta.dreams.create(

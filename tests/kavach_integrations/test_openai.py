@@ -1108,6 +1108,44 @@ async def test_an_async_parse_the_sdk_rejects_is_still_charged(
     assert spent(guard) == event.cost_nanos > 0
 
 
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/agents/sessions",  # a managed agent set to work on an input
+        "/agents/sessions/sess_1/events",
+        "/agents/automations/auto_1/invocations",
+        "/agents/automations/auto_1/resume",
+        "/fine_tuning/jobs/ftjob_1/resume",
+        "/live/sessions",  # a Live WebRTC session
+        "/live/sessions/live_1/fork",
+        "/live/sessions/live_1/accept",
+        "/realtime/sessions",
+        "/realtime/transcription_sessions",
+        "/realtime/translations/client_secrets",
+        "/chatkit/sessions",
+        "/containers",  # Code Interpreter, billed per container session
+        "/fine_tuning/alpha/graders/run",
+        "/videos/edits",
+        "/videos/extensions",
+    ],
+)
+def test_paid_jobs_and_sessions_of_newer_sdks_stop_with_the_agent(
+    make_guard: Any, path: str
+) -> None:
+    # Routed by path, as every SDK version (openai 3.x has methods for each) sends them:
+    # billed at OpenAI, they went through a stopped agent's client unchecked.
+    guard = make_guard(budget=Budget.daily(1))
+    mock = MockOpenAI({"id": "x"})
+    c = mock.client(guard)
+    c.post(path, body={"model": "gpt-realtime"}, cast_to=object)
+    guard.kill("stop")
+    with pytest.raises(AgentKilledError):
+        c.post(path, body={"model": "gpt-realtime"}, cast_to=object)
+    c.post("/containers/ctr_1/files", body={}, cast_to=object)  # uploading costs nothing
+    c.post("/agents/sessions/sess_1", body={}, cast_to=object)  # nor renaming a session
+    assert len(mock.bodies) == 3
+
+
 def test_websocket_and_realtime_sessions_stop_with_the_agent(
     make_guard: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
