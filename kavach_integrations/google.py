@@ -403,9 +403,18 @@ EMBEDDINGS = Endpoint(
 #   input again), runs server-side agents and background interactions, and continues stored
 #   conversations (previous_interaction_id) whose input the guard never sees;
 # - a Live session (websockets) is billed as it runs, for as long as it stays open: the guard
-#   can refuse to open one, not meter it.
+#   can refuse to open one, not meter it;
+# - decisions.create answers a set of questions about an input, and reports its usage in the
+#   Interactions API's form; importing or uploading a file into a File Search store is
+#   billed for embedding it. (Agent trigger runs are not guarded: reading ``client.triggers``
+#   makes the SDK warn that it is experimental, which wrapping must not do.)
 _UNMETERED = {
     "interactions": {"create": "interaction"},
+    "decisions": {"create": "decision"},
+    "file_search_stores": {
+        "import_file": "file_search_indexing",
+        "upload_to_file_search_store": "file_search_indexing",
+    },
     "live": {"connect": "live_session"},
     "live.music": {"connect": "music_generation"},
     "models": {

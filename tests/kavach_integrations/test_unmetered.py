@@ -9,6 +9,7 @@ agent is stopped.
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -292,3 +293,43 @@ async def test_mistral_async_conversations_stop_with_the_agent(
     with pytest.raises(AgentKilledError):
         await client.beta.conversations.start_async(inputs="Hi", model="mistral-medium-latest")
     assert server.requests == []
+
+
+@pytest.mark.anyio
+async def test_google_decisions_and_file_search_indexing_stop_with_the_agent(
+    server: StandIn, make_guard: Any, events: Events, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Billed calls of google-genai 3.x that went through a stopped agent's client unchecked.
+    guard = make_guard(budget=Budget.daily(1))
+    options = genai_types.HttpOptions(base_url=server.google_url, retry_options=None)
+    client = guard.wrap(genai.Client(api_key="k", http_options=options))
+    _close.append(client.close)
+    question: Any = {"is_spam": {"type": "noul", "instructions": "Is it spam?"}}
+
+    with caplog.at_level(logging.WARNING, logger="kavach"):
+        client.decisions.create(model="gemini-2.5-flash", input="Buy!", questions=question)
+    assert server.last.path.endswith("/decisions") and warnings_about(caplog, "decision")
+
+    guard.kill("stop")
+    count = len(server.requests)
+    with pytest.raises(AgentKilledError):
+        client.decisions.create(model="gemini-2.5-flash", input="Buy!", questions=question)
+    with pytest.raises(AgentKilledError):
+        await client.aio.decisions.create(
+            model="gemini-2.5-flash", input="Buy!", questions=question
+        )
+    with pytest.raises(AgentKilledError):
+        client.file_search_stores.import_file(
+            file_search_store_name="fileSearchStores/s1", file_name="files/f1"
+        )
+    with pytest.raises(AgentKilledError):
+        await client.aio.file_search_stores.upload_to_file_search_store(
+            file_search_store_name="fileSearchStores/s1", file=io.BytesIO(b"report")
+        )
+    assert len(server.requests) == count
+    assert [e.operation for e in events.calls[-4:]] == [
+        "decision",
+        "decision",
+        "file_search_indexing",
+        "file_search_indexing",
+    ]
