@@ -175,13 +175,18 @@ def test_anthropic_message_batches_stop_with_the_agent(
     assert events.calls[-1].status == "refused" and events.calls[-1].operation == "batch"
 
 
+def guarded_gemini(server: StandIn, guard: Any) -> genai.Client:
+    options = genai_types.HttpOptions(base_url=server.google_url, retry_options=None)
+    client = guard.wrap(genai.Client(api_key="k", http_options=options))
+    _close.append(client.close)
+    return client
+
+
 def test_google_video_generation_stops_with_the_agent(
     server: StandIn, make_guard: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     guard = make_guard(budget=Budget.daily(1))
-    options = genai_types.HttpOptions(base_url=server.google_url, retry_options=None)
-    client = guard.wrap(genai.Client(api_key="k", http_options=options))
-    _close.append(client.close)
+    client = guarded_gemini(server, guard)
 
     with caplog.at_level(logging.WARNING, logger="kavach"):
         # The SDK itself answers in Gemini API mode (Veo there is Vertex-only in this SDK):
@@ -199,9 +204,7 @@ def test_google_video_generation_stops_with_the_agent(
 @pytest.mark.anyio
 async def test_google_async_batches_stop_with_the_agent(server: StandIn, make_guard: Any) -> None:
     guard = make_guard(budget=Budget.daily(1))
-    options = genai_types.HttpOptions(base_url=server.google_url, retry_options=None)
-    client = guard.wrap(genai.Client(api_key="k", http_options=options))
-    _close.append(client.close)
+    client = guarded_gemini(server, guard)
     guard.kill("stop")
     with pytest.raises(AgentKilledError):
         await client.aio.batches.create(model="gemini-2.0-flash", src="files/batch-input")
@@ -213,9 +216,7 @@ async def test_google_interactions_and_live_sessions_stop_with_the_agent(
     server: StandIn, make_guard: Any, events: Events, caplog: pytest.LogCaptureFixture
 ) -> None:
     guard = make_guard(budget=Budget.daily(1))
-    options = genai_types.HttpOptions(base_url=server.google_url, retry_options=None)
-    client = guard.wrap(genai.Client(api_key="k", http_options=options))
-    _close.append(client.close)
+    client = guarded_gemini(server, guard)
 
     with caplog.at_level(logging.WARNING, logger="kavach"):
         with pytest.raises(Exception, match="no route"):  # the stand-in's 404: it went through
@@ -301,9 +302,7 @@ async def test_google_decisions_and_file_search_indexing_stop_with_the_agent(
 ) -> None:
     # Billed calls of google-genai 3.x that went through a stopped agent's client unchecked.
     guard = make_guard(budget=Budget.daily(1))
-    options = genai_types.HttpOptions(base_url=server.google_url, retry_options=None)
-    client = guard.wrap(genai.Client(api_key="k", http_options=options))
-    _close.append(client.close)
+    client = guarded_gemini(server, guard)
     question: Any = {"is_spam": {"type": "noul", "instructions": "Is it spam?"}}
 
     with caplog.at_level(logging.WARNING, logger="kavach"):
