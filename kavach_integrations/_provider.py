@@ -133,14 +133,14 @@ class StoredContext:
     """Earlier turns a provider adds to a request's input (an OpenAI ``previous_response_id``).
 
     ``unknown`` names the stored item a request refers to that this process has not seen
-    answered (None: nothing to look up); ``fetch`` / ``afetch`` read it through the wrapped
+    answered (None: nothing to look up; logged as ``str(ref)``); ``fetch`` / ``afetch`` read it through the wrapped
     client before the call is reserved, and remember its size for ``read``. A lookup that
     fails is logged and the request held for its own input, as before: the provider refuses
     a request whose stored item cannot be read."""
 
-    unknown: Callable[[Mapping[str, Any]], str | None]
-    fetch: Callable[[Any, str], object]
-    afetch: Callable[[Any, str], Awaitable[object]]
+    unknown: Callable[[Mapping[str, Any]], Any]
+    fetch: Callable[[Any, Any], object]
+    afetch: Callable[[Any, Any], Awaitable[object]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -770,7 +770,7 @@ def _observe_post_parser(options: Any) -> tuple[Any, Callable[[], Any]]:
     return options.model_copy(update={"post_parser": observe}), answered
 
 
-def _look_up(fetch: Callable[[Any, str], object], client: Any, ref: str) -> None:
+def _look_up(fetch: Callable[[Any, Any], object], client: Any, ref: Any) -> None:
     try:
         fetch(client, ref)
     except Exception as exc:
@@ -778,7 +778,7 @@ def _look_up(fetch: Callable[[Any, str], object], client: Any, ref: str) -> None
 
 
 async def _alooked_up(
-    context: StoredContext, client: Any, ref: str, call: Coroutine[Any, Any, R]
+    context: StoredContext, client: Any, ref: Any, call: Coroutine[Any, Any, R]
 ) -> R:
     try:
         await context.afetch(client, ref)
@@ -790,7 +790,7 @@ async def _alooked_up(
     return await call
 
 
-def _lookup_failed(ref: str, exc: Exception) -> None:
+def _lookup_failed(ref: Any, exc: Exception) -> None:
     logger.warning(
         "kavach: could not look up %s, whose earlier turns the provider adds to this request's "
         "input (%s: %s); the request is held for its own input only",

@@ -21,10 +21,11 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from kavach.spec import CallSpec
 from kavach.stream import Outcome
+from kavach.tokens import estimate_input_tokens
 from kavach.usage import Usage
 from kavach_integrations._provider import (
     ASSUMED_SEARCHES,
@@ -289,7 +290,7 @@ _CONTEXT_MAX = 10_000
 
 def _stored_context(body: Mapping[str, Any]) -> int:
     """Input tokens the provider adds from ``previous_response_id`` or ``conversation``
-    (0 for one this process never saw answered: it cannot know them)."""
+    (0 for one this process neither saw answered nor could look up)."""
     previous = body.get("previous_response_id")
     conversation = body.get("conversation")
     if previous is None and conversation is None:
@@ -302,23 +303,57 @@ def _stored_context(body: Mapping[str, Any]) -> int:
     )
 
 
-def _unknown_context(body: Mapping[str, Any]) -> str | None:
-    """The ``previous_response_id`` of a request whose earlier turns this process has not
-    seen answered (made by another worker or process): looked up before it is reserved.
-    A ``conversation`` has no size to read short of listing all of its items; it is not."""
+class _Stored(NamedTuple):
+    """A stored response or conversation a request continues, to look up (see below)."""
+
+    kind: str  # "response" or "conversation"
+    id: str
+    model: str
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.id}"
+
+
+def _unknown_context(body: Mapping[str, Any]) -> _Stored | None:
+    """The ``previous_response_id`` or ``conversation`` of a request whose earlier turns this
+    process has not seen answered (another worker or process made them): looked up before
+    the request is held."""
     previous = body.get("previous_response_id")
-    if isinstance(previous, str) and previous and previous not in _CONTEXT:
-        return previous
+    if isinstance(previous, str) and previous:
+        if previous in _CONTEXT:
+            return None
+        return _Stored("response", previous, str(body.get("model", "")))
+    conversation = body.get("conversation")
+    if isinstance(conversation, Mapping):
+        conversation = conversation.get("id")
+    if isinstance(conversation, str) and conversation and conversation not in _CONTEXT:
+        return _Stored("conversation", conversation, str(body.get("model", "")))
     return None
 
 
-def _fetch_context(client: Any, response_id: str) -> None:
-    # response_outcome remembers a finished response's context (not a running one's).
-    response_outcome(client.responses.retrieve(response_id))
+def _fetch_context(client: Any, ref: _Stored) -> None:
+    if ref.kind == "response":
+        # response_outcome remembers a finished response's context (not a running one's).
+        response_outcome(client.responses.retrieve(ref.id))
+    else:
+        items = client.conversations.items.list(ref.id, limit=100, order="asc")
+        _remember_items(ref, list(items))
 
 
-async def _afetch_context(client: Any, response_id: str) -> None:
-    response_outcome(await client.responses.retrieve(response_id))
+async def _afetch_context(client: Any, ref: _Stored) -> None:
+    if ref.kind == "response":
+        response_outcome(await client.responses.retrieve(ref.id))
+    else:
+        items = client.conversations.items.list(ref.id, limit=100, order="asc")
+        _remember_items(ref, [item async for item in items])
+
+
+def _remember_items(ref: _Stored, items: list[Any]) -> None:
+    """A conversation's size, counted from its items as the guard counts a request's input
+    (the items API reports no usage): every item is input to the next turn."""
+    messages = [i.model_dump() if hasattr(i, "model_dump") else i for i in items]
+    tokens = estimate_input_tokens(PROVIDER, ref.model or "gpt-4o", messages=messages)
+    remember(_CONTEXT, ref.id, tokens, _CONTEXT_MAX)
 
 
 _PREVIOUS_RESPONSE = StoredContext(_unknown_context, _fetch_context, _afetch_context)

@@ -6,7 +6,8 @@ For tests, benchmarks and ``kavach demo``; it never reaches the network. It answ
   gives SSE chunks, a usage-only last chunk when ``stream_options.include_usage`` is set),
   ``POST /v1/responses`` (streamed as ``response.*`` events), ``POST /v1/completions``
   (legacy text completions, streamed too), ``GET /v1/responses/{id}`` (a response it
-  answered, as ``responses.retrieve`` reads it), ``POST /v1/decisions``,
+  answered, as ``responses.retrieve`` reads it), ``POST /v1/conversations`` and
+  ``GET /v1/conversations/{id}/items`` (a turn naming one joins it), ``POST /v1/decisions``,
   ``POST /v1/embeddings``,
   ``POST /v1/images/generations`` (GPT image models report token usage, DALL·E models none;
   ``stream: true`` gives ``image_generation.partial_image`` and ``.completed`` events),
@@ -436,6 +437,22 @@ def _response_obj(p: _Plan, status: str = "completed") -> dict[str, Any]:
     }
 
 
+def _items(source: Any) -> list[dict[str, Any]]:
+    """Responses API input (a string or items) as the conversation items it becomes."""
+    if isinstance(source, str):
+        source = [{"role": "user", "content": source}]
+    items = []
+    for item in source if isinstance(source, list) else []:
+        item = dict(item) if isinstance(item, dict) else {"role": "user", "content": str(item)}
+        if isinstance(item.get("content"), str):
+            item["content"] = [{"type": "input_text", "text": item["content"]}]
+        item.setdefault("type", "message")
+        item.setdefault("status", "completed")
+        item.setdefault("id", f"msg_{next(_ids)}")
+        items.append(item)
+    return items
+
+
 def _decision(p: _Plan, body: Mapping[str, Any]) -> dict[str, Any]:
     """An OpenAI Decisions answer: a predicate answer to each question asked."""
     questions = body.get("questions")
@@ -862,6 +879,19 @@ class _Handler(BaseHTTPRequestHandler):
                             }
                         },
                     )
+            elif split.path.endswith("/items") and "/conversations/" in split.path:
+                conversation_id = split.path.rsplit("/", 2)[1]
+                items = standin.conversations.get(conversation_id)
+                if items is None:
+                    message = f"Conversation with id '{conversation_id}' not found."
+                    self._json(
+                        404, {"error": {"message": message, "type": "invalid_request_error"}}
+                    )
+                else:  # one page: the stand-in's conversations are short
+                    page = {"object": "list", "data": items, "has_more": False}
+                    page.update(first_id=items[0]["id"] if items else None)
+                    page.update(last_id=items[-1]["id"] if items else None)
+                    self._json(200, page)
             elif "/responses/" in split.path:
                 kept = standin.responses.get(split.path.rstrip("/").rsplit("/", 1)[1])
                 if kept is not None:
@@ -880,6 +910,14 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(
                 200, {"input_tokens": max(1, len(json.dumps(body.get("messages", []))) // 4)}
             )
+            return
+        if split.path.endswith("/conversations") and isinstance(body, dict):
+            conversation_id = f"conv_{next(_ids)}"
+            with standin._lock:
+                standin.conversations[conversation_id] = _items(body.get("items"))
+            created: dict[str, Any] = {"id": conversation_id, "object": "conversation"}
+            created.update(created_at=int(time.time()), metadata=body.get("metadata") or {})
+            self._json(200, created)
             return
         if split.path.endswith("/cachedContents") and isinstance(body, dict):
             # Gemini explicit context caching: the cache and the tokens it holds.
@@ -924,6 +962,13 @@ class _Handler(BaseHTTPRequestHandler):
         elif path.endswith("/responses"):
             done = _response_obj(p)
             standin._keep_response(done)
+            joined = body.get("conversation")
+            if isinstance(joined, dict):
+                joined = joined.get("id")
+            with standin._lock:
+                items = standin.conversations.get(joined) if isinstance(joined, str) else None
+                if items is not None:  # the turn joins the conversation
+                    items += _items(body.get("input")) + done["output"]
             if streamed:
                 self._stream(_responses_stream(p, done), reply)
             else:
@@ -1027,6 +1072,8 @@ class StandIn:
         self.requests: list[RecordedRequest] = []
         self.responses: dict[str, dict[str, Any]] = {}
         """The Responses API answers given, by id (``GET /v1/responses/{id}`` reads them)."""
+        self.conversations: dict[str, list[dict[str, Any]]] = {}
+        """OpenAI conversations made, by id: their items (``GET .../conversations/{id}/items``)."""
         self.caches: dict[str, dict[str, Any]] = {}
         """Gemini context caches made, by name (``GET /v1beta/cachedContents/{id}``)."""
 
@@ -1044,6 +1091,7 @@ class StandIn:
             self.requests.clear()
             self.responses.clear()
             self.caches.clear()
+            self.conversations.clear()
         self.default = Reply()
         self.responder = None
 

@@ -15,7 +15,7 @@ from kavach import Budget, BudgetExceededError
 from kavach._devtools.standin import Reply, StandIn
 from kavach_integrations import openai as adapter
 
-from .conftest import guarded_openai, spent
+from .conftest import guarded_openai, opened, spent
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["create", "stream"])
@@ -69,6 +69,45 @@ def test_a_response_this_process_never_saw_is_looked_up_once_before_the_call_is_
     assert spent(richer) == 20_510 * 2500 + 5 * 10_000
 
 
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+def test_a_conversation_made_elsewhere_is_counted_from_its_items_before_the_call_is_held(
+    server: StandIn, make_guard: Any, monkeypatch: pytest.MonkeyPatch, is_async: bool
+) -> None:
+    import asyncio
+
+    import openai
+
+    # Another worker started the conversation with a long document (~20,000 tokens).
+    maker = opened(openai.OpenAI(base_url=server.openai_url, api_key="sk-t", max_retries=0))
+    report = " ".join(f"figure{n}" for n in range(10_000))
+    conversation = maker.conversations.create(items=[{"role": "user", "content": report}])
+    monkeypatch.setattr(adapter, "_CONTEXT", {})
+    guard = make_guard(budget=Budget.daily(0.03))  # $0.05 of input at gpt-4o's $2.50/M
+    turn = {"model": "gpt-4o", "input": "ok", "conversation": conversation.id}
+
+    async def aturn() -> Any:
+        raw = openai.AsyncOpenAI(base_url=server.openai_url, api_key="sk-t", max_retries=0)
+        try:
+            return await guard.wrap(raw).responses.create(**turn, max_output_tokens=50)
+        finally:
+            await raw.close()
+
+    with pytest.raises(BudgetExceededError):
+        if is_async:
+            asyncio.run(aturn())
+        else:
+            guarded_openai(server, guard).responses.create(**turn, max_output_tokens=50)
+    assert [(r.method, r.path) for r in server.requests[1:]] == [
+        ("GET", f"/v1/conversations/{conversation.id}/items")
+    ]
+    assert adapter._stored_context(turn) >= 20_000
+    assert guard.ledger.open_holds == 0
+    # A turn that fits joins the conversation, as OpenAI's do: its input and its answer.
+    guarded_openai(server, make_guard(budget=Budget.daily(1))).responses.create(**turn)
+    kinds = [(item.type, item.role) for item in maker.conversations.items.list(conversation.id)]
+    assert kinds == [("message", "user"), ("message", "user"), ("message", "assistant")]
+
+
 def test_a_response_that_cannot_be_looked_up_leaves_the_request_to_the_provider(
     server: StandIn, make_guard: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -84,7 +123,10 @@ def test_a_response_that_cannot_be_looked_up_leaves_the_request_to_the_provider(
         ("GET", "/v1/responses/resp_elsewhere"),
         ("POST", "/v1/responses"),
     ]
-    assert "could not look up resp_elsewhere" in caplog.text and "NotFoundError" in caplog.text
+    assert (
+        "could not look up response resp_elsewhere" in caplog.text
+        and "NotFoundError" in caplog.text
+    )
     assert spent(guard) == 10 * 2500 + 5 * 10_000
 
 
