@@ -2,10 +2,11 @@
 usage and stream chunks.
 
 ``guard.wrap(genai.Client())`` guards ``client.models.generate_content``,
-``generate_content_stream`` and ``embed_content`` and their ``client.aio`` twins.
-``count_tokens`` and model listing pass untouched; image and video generation, batches,
-tuning, the Interactions API (``interactions.create``) and Live sessions (``aio.live.connect``)
-stop with the agent but are not counted (see ``AgentKavach.admit_unmetered``).
+``generate_content_stream``, ``embed_content`` and ``decisions.create`` (google-genai 3.x), and
+their ``client.aio`` twins. ``count_tokens`` and model listing pass untouched; image and video
+generation, batches, tuning, File Search indexing, the Interactions API
+(``interactions.create``) and Live sessions (``aio.live.connect``) stop with the agent but are
+not counted (see ``AgentKavach.admit_unmetered``).
 Gemini's ``prompt_token_count`` includes cached tokens; thinking tokens
 (``thoughts_token_count``) are output beside ``candidates_token_count``.
 
@@ -404,13 +405,10 @@ EMBEDDINGS = Endpoint(
 #   conversations (previous_interaction_id) whose input the guard never sees;
 # - a Live session (websockets) is billed as it runs, for as long as it stays open: the guard
 #   can refuse to open one, not meter it;
-# - decisions.create answers a set of questions about an input, and reports its usage in the
-#   Interactions API's form; importing or uploading a file into a File Search store is
-#   billed for embedding it. (Agent trigger runs are not guarded: reading ``client.triggers``
+# - importing or uploading a file into a File Search store is billed for embedding it. (Agent trigger runs are not guarded: reading ``client.triggers``
 #   makes the SDK warn that it is experimental, which wrapping must not do.)
 _UNMETERED = {
     "interactions": {"create": "interaction"},
-    "decisions": {"create": "decision"},
     "file_search_stores": {
         "import_file": "file_search_indexing",
         "upload_to_file_search_store": "file_search_indexing",
@@ -428,6 +426,53 @@ _UNMETERED = {
     "batches": {"create": "batch", "create_embeddings": "batch"},
     "tunings": {"tune": "fine_tuning"},
 }
+
+
+# -- decisions ----------------------------------------------------------------------------
+# ``decisions.create`` (google-genai 3.x) answers questions about an input, billed by tokens
+# and reported in the Interactions API's usage form. It takes no output limit: it is held at
+# the default max output tokens. Input and questions are counted as the JSON sent (images
+# in the input as their base64 text: more than Gemini bills, never less).
+
+
+def _read_decision(body: Mapping[str, Any]) -> CallSpec:
+    payload = {"input": body.get("input"), "questions": body.get("questions")}
+    return CallSpec(
+        provider=PROVIDER,
+        model=_model_name(str(body.get("model", ""))),
+        prompt=json.dumps(payload, default=_as_json),
+        text_output=True,
+        fixed_output=True,
+    )
+
+
+def _as_json(value: Any) -> Any:
+    dump = getattr(value, "model_dump", None)
+    return dump(mode="json") if callable(dump) else str(value)
+
+
+def _decision_outcome(response: Any) -> Outcome:
+    usage = field(response, "usage")
+    thoughts = field(usage, "total_thought_tokens", 0)
+    return Outcome(
+        usage=Usage(
+            input_tokens=field(usage, "total_input_tokens", 0)
+            + field(usage, "total_tool_use_tokens", 0),
+            output_tokens=field(usage, "total_output_tokens", 0) + thoughts,
+            cache_read_tokens=field(usage, "total_cached_tokens", 0),
+            reasoning_tokens=thoughts,
+        ),
+        response_model=field(response, "model"),
+    )
+
+
+DECISIONS = Endpoint(operation="chat", read=_read_decision, outcome=_decision_outcome)
+
+
+def _guard_decisions(client: Any, root: Any, guard: AgentKavach, is_async: bool) -> None:
+    decisions = getattr(root, "decisions", None)  # google-genai 3.x
+    if decisions is not None:
+        guard_method(client, decisions, "create", guard, DECISIONS, is_async=is_async)
 
 
 def _guard_unmetered(client: Any, root: Any, guard: AgentKavach) -> None:
@@ -614,11 +659,13 @@ def _guard_async(client: Any, models: Any, guard: AgentKavach) -> None:
 def instrument(client: Any, guard: AgentKavach) -> None:
     if not isinstance(client, genai.Client):  # an AsyncClient (client.aio) wrapped on its own
         _guard_unmetered(client, client, guard)
+        _guard_decisions(client, client, guard, is_async=True)
         _guard_async(client, client.models, guard)
         _track_caches(client, client.caches, is_async=True)
         return
     models = client.models
     _guard_unmetered(client, client, guard)
+    _guard_decisions(client, client, guard, is_async=False)
     _track_caches(client, client.caches, is_async=False)
     one, one_stream = _request_methods(models)
     guard_method(client, models, one, guard, GENERATE)
@@ -630,6 +677,7 @@ def instrument(client: Any, guard: AgentKavach) -> None:
     # guarded its calls twice, two reservations and two charges for one request.
     if aio.__dict__.get(_GUARD_ATTR) is None:
         _guard_unmetered(client, aio, guard)
+        _guard_decisions(client, aio, guard, is_async=True)
         _guard_async(client, aio.models, guard)
         _track_caches(client, aio.caches, is_async=True)
         patch(client, aio, _GUARD_ATTR, guard)

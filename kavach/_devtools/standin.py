@@ -437,6 +437,25 @@ def _response_obj(p: _Plan, status: str = "completed") -> dict[str, Any]:
     }
 
 
+def _gemini_decision(p: _Plan, body: Mapping[str, Any]) -> dict[str, Any]:
+    """A Gemini Decisions answer: a true/false answer to each question, usage in the
+    Interactions API's form (thinking apart from output)."""
+    questions = body.get("questions")
+    names = list(questions) if isinstance(questions, dict) else []
+    r = p.reply
+    return {
+        "answers": {name: {"type": "noul", "value": True, "confidence": 0.5} for name in names},
+        "model": p.model,
+        "usage": {
+            "total_input_tokens": p.input_tokens,
+            "total_cached_tokens": r.cached_tokens,
+            "total_output_tokens": max(0, p.output_tokens - r.reasoning_tokens),
+            "total_thought_tokens": r.reasoning_tokens,
+            "total_tokens": p.input_tokens + p.output_tokens,
+        },
+    }
+
+
 def _items(source: Any) -> list[dict[str, Any]]:
     """Responses API input (a string or items) as the conversation items it becomes."""
     if isinstance(source, str):
@@ -974,7 +993,8 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 self._json(200, done)
         elif path.endswith("/decisions"):
-            self._json(200, _decision(p, body))
+            gemini = "x-goog-api-key" in recorded.headers
+            self._json(200, _gemini_decision(p, body) if gemini else _decision(p, body))
         elif path.endswith("/embeddings"):
             self._json(200, _embeddings(body, p))
         elif path.endswith("/images/generations"):

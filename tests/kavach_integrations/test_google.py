@@ -13,7 +13,7 @@ import pytest
 from google import genai
 from google.genai import errors, types
 
-from kavach import AgentKavach, Budget, BudgetExceededError, KavachError, Usage
+from kavach import AgentKavach, AgentKilledError, Budget, BudgetExceededError, KavachError, Usage
 from kavach._devtools.standin import RecordedRequest, Reply, StandIn, ToolCall
 from kavach.tokens import estimate_input_tokens
 from kavach_integrations import google as google_adapter
@@ -584,3 +584,43 @@ def test_a_context_cache_made_by_another_worker_is_looked_up_before_the_call_is_
     [lookup] = server.requests[1:]  # the call itself was never sent
     assert lookup.method == "GET" and lookup.path.endswith(f"/{cache.name}")
     assert guard.ledger.open_holds == 0
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+def test_decisions_are_charged_held_and_stop_with_the_agent(
+    server: StandIn, make_guard: Any, events: Events, is_async: bool
+) -> None:
+    # google-genai 3.x decisions.create bills tokens (usage in the Interactions form, thinking
+    # apart); it went through unguarded: not counted, not refused over budget or stopped.
+    question = {"is_spam": {"type": "noul", "instructions": "Is this spam? " * 50}}
+    request: Any = {"model": "gemini-2.5-flash", "input": "Buy now!!!", "questions": question}
+    guard = make_guard(budget=Budget.daily(1))
+    c = client(server, guard)
+
+    def decide(target: genai.Client) -> Any:
+        if not is_async:
+            return target.decisions.create(**request)
+
+        async def adecide() -> Any:
+            try:
+                return await target.aio.decisions.create(**request)
+            finally:
+                await target.aio.aclose()
+
+        return asyncio.run(adecide())
+
+    server.script(Reply(input_tokens=300, output_tokens=32, reasoning_tokens=20))
+    decide(c)
+    [event] = events.settled
+    assert (event.usage.input_tokens, event.usage.output_tokens) == (300, 32)
+    assert event.usage.reasoning_tokens == 20
+    price = guard.pricing.resolve("google", "gemini-2.5-flash")
+    assert guard.status()[0].spent == event.cost_nanos == price.cost(event.usage) > 0
+    assert event.reserved_nanos > price.cost(Usage(input_tokens=150))  # the questions count
+    poor = make_guard(agent_name="poor", budget=Budget.daily(event.reserved_nanos / 2e9))
+    with pytest.raises(BudgetExceededError):
+        decide(client(server, poor))
+    guard.kill("stop")
+    with pytest.raises(AgentKilledError):
+        decide(client(server, guard))
+    assert len(server.requests) == 1
