@@ -101,6 +101,13 @@ def guarded_anthropic(server: StandIn, guard: AgentKavach) -> Any:
     return guard.wrap(opened(client))
 
 
+def guarded_gemini(server: StandIn, guard: AgentKavach) -> Any:
+    from google import genai
+
+    options = genai.types.HttpOptions(base_url=server.google_url, retry_options=None)
+    return guard.wrap(opened(genai.Client(api_key="k", http_options=options)))
+
+
 def spent(guard: AgentKavach) -> int:
     """What the guard's first budget has spent, in nano-dollars."""
     return guard.status()[0].spent

@@ -18,7 +18,7 @@ from kavach._devtools.standin import RecordedRequest, Reply, StandIn, ToolCall
 from kavach.tokens import estimate_input_tokens
 from kavach_integrations import google as google_adapter
 
-from .conftest import Events
+from .conftest import Events, guarded_gemini
 
 MODEL = "gemini-2.0-flash"
 IMAGE_MODEL = "gemini-2.5-flash-image"
@@ -39,10 +39,7 @@ def _close_clients() -> Iterator[None]:
 
 
 def client(server: StandIn, guard: AgentKavach) -> genai.Client:
-    options = types.HttpOptions(base_url=server.google_url, retry_options=None)
-    c = guard.wrap(genai.Client(api_key="k", http_options=options))
-    _open.append(c)
-    return c
+    return guarded_gemini(server, guard)  # type: ignore[no-any-return]
 
 
 def test_generate_content_settles_usage_with_thoughts_and_cache(

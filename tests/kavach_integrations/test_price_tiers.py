@@ -16,7 +16,7 @@ from kavach import Budget, BudgetExceededError, Usage
 from kavach._devtools.standin import Reply, StandIn
 from kavach.pricing import Pricing
 
-from .conftest import Events, guarded_anthropic, guarded_openai, opened, spent
+from .conftest import Events, guarded_anthropic, guarded_gemini, guarded_openai, spent
 
 MSGS = [{"role": "user", "content": "Say hello"}]
 PRIORITY = (("service_tier", "priority"),)
@@ -171,11 +171,9 @@ def test_gemini_priority_tier_is_charged_at_its_price(
     server: StandIn, make_guard: Any, events: Events
 ) -> None:
     # The openai 3.x stage of scripts/test.sh has no google-genai; the main stage runs this.
-    genai = pytest.importorskip("google.genai", reason="google-genai is not installed")
+    pytest.importorskip("google.genai", reason="google-genai is not installed")
     guard = make_guard(budget=Budget.daily(1))
-    options = genai.types.HttpOptions(base_url=server.google_url, retry_options=None)
-    client = guard.wrap(genai.Client(api_key="k", http_options=options))
-    opened(client)
+    client = guarded_gemini(server, guard)
     server.script(
         Reply(input_tokens=1000, output_tokens=40), Reply(input_tokens=1000, output_tokens=40)
     )

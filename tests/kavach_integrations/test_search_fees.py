@@ -16,7 +16,7 @@ import pytest
 from kavach import Budget, BudgetExceededError
 from kavach._devtools.standin import Reply, StandIn
 
-from .conftest import Events, guarded_anthropic, guarded_openai, opened, spent
+from .conftest import Events, guarded_anthropic, guarded_gemini, guarded_openai, spent
 
 MSGS = [{"role": "user", "content": "What happened today?"}]
 SEARCH = 10_000_000  # $0.01 a search, in nano-dollars
@@ -141,15 +141,13 @@ def test_gemini_google_search_grounding_is_charged(
     server: StandIn, make_guard: Any, events: Events, stream: bool, model: str, billed: int
 ) -> None:
     # The openai 3.x stage of scripts/test.sh has no google-genai; the main stage runs this.
-    genai = pytest.importorskip("google.genai", reason="google-genai is not installed")
+    pytest.importorskip("google.genai", reason="google-genai is not installed")
 
     from kavach import Usage
     from kavach.pricing import Pricing
 
     guard = make_guard(budget=Budget.daily(1))
-    options = genai.types.HttpOptions(base_url=server.google_url, retry_options=None)
-    client = guard.wrap(genai.Client(api_key="k", http_options=options))
-    opened(client)
+    client = guarded_gemini(server, guard)
     server.script(Reply(input_tokens=1000, output_tokens=40, web_searches=3))
     config = {"tools": [{"google_search": {}}]}
     if stream:

@@ -18,8 +18,6 @@ import anthropic
 import httpx
 import openai
 import pytest
-from google import genai
-from google.genai import types as genai_types
 from mistralai.client import Mistral
 from mistralai.client import errors as mistral_errors
 from openai.types import ImagesResponse
@@ -27,7 +25,7 @@ from openai.types import ImagesResponse
 from kavach import AgentKavach, AgentKilledError, Budget
 from kavach._devtools.standin import StandIn
 
-from .conftest import Events
+from .conftest import Events, guarded_gemini
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:Inheritance class AiohttpClientSession:DeprecationWarning"
@@ -173,13 +171,6 @@ def test_anthropic_message_batches_stop_with_the_agent(
         client.messages.batches.create(requests=[request])  # type: ignore[list-item]
     assert len(server.requests) == count
     assert events.calls[-1].status == "refused" and events.calls[-1].operation == "batch"
-
-
-def guarded_gemini(server: StandIn, guard: Any) -> genai.Client:
-    options = genai_types.HttpOptions(base_url=server.google_url, retry_options=None)
-    client = guard.wrap(genai.Client(api_key="k", http_options=options))
-    _close.append(client.close)
-    return client
 
 
 def test_google_video_generation_stops_with_the_agent(
