@@ -288,18 +288,25 @@ _CONTEXT: dict[str, int] = {}
 _CONTEXT_MAX = 10_000
 
 
+def _continued(body: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """The ``previous_response_id`` and ``conversation`` id a request continues, if any."""
+    previous = body.get("previous_response_id")
+    conversation = body.get("conversation")
+    if isinstance(conversation, Mapping):
+        conversation = conversation.get("id")
+    return (
+        previous if isinstance(previous, str) and previous else None,
+        conversation if isinstance(conversation, str) and conversation else None,
+    )
+
+
 def _stored_context(body: Mapping[str, Any]) -> int:
     """Input tokens the provider adds from ``previous_response_id`` or ``conversation``
     (0 for one this process neither saw answered nor could look up)."""
-    previous = body.get("previous_response_id")
-    conversation = body.get("conversation")
-    if previous is None and conversation is None:
-        return 0
-    if isinstance(conversation, Mapping):
-        conversation = conversation.get("id")
+    previous, conversation = _continued(body)
     return max(
-        _CONTEXT.get(previous, 0) if isinstance(previous, str) else 0,
-        _CONTEXT.get(conversation, 0) if isinstance(conversation, str) else 0,
+        _CONTEXT.get(previous, 0) if previous is not None else 0,
+        _CONTEXT.get(conversation, 0) if conversation is not None else 0,
     )
 
 
@@ -318,15 +325,12 @@ def _unknown_context(body: Mapping[str, Any]) -> _Stored | None:
     """The ``previous_response_id`` or ``conversation`` of a request whose earlier turns this
     process has not seen answered (another worker or process made them): looked up before
     the request is held."""
-    previous = body.get("previous_response_id")
-    if isinstance(previous, str) and previous:
+    previous, conversation = _continued(body)
+    if previous is not None:
         if previous in _CONTEXT:
             return None
         return _Stored("response", previous, str(body.get("model", "")))
-    conversation = body.get("conversation")
-    if isinstance(conversation, Mapping):
-        conversation = conversation.get("id")
-    if isinstance(conversation, str) and conversation and conversation not in _CONTEXT:
+    if conversation is not None and conversation not in _CONTEXT:
         return _Stored("conversation", conversation, str(body.get("model", "")))
     return None
 
@@ -356,7 +360,7 @@ def _remember_items(ref: _Stored, items: list[Any]) -> None:
     remember(_CONTEXT, ref.id, tokens, _CONTEXT_MAX)
 
 
-_PREVIOUS_RESPONSE = StoredContext(_unknown_context, _fetch_context, _afetch_context)
+_STORED_TURNS = StoredContext(_unknown_context, _fetch_context, _afetch_context)
 
 
 def _remember_context(response: Any, usage: Usage) -> None:
@@ -459,7 +463,7 @@ RESPONSES = Endpoint(
     outcome=response_outcome,
     limit=_limit_response,
     meter=ResponsesMeter,
-    context=_PREVIOUS_RESPONSE,
+    context=_STORED_TURNS,
 )
 
 
@@ -470,7 +474,7 @@ def _read_compaction(body: Mapping[str, Any]) -> CallSpec:
 
 
 COMPACTION = Endpoint(
-    operation="chat", read=_read_compaction, outcome=response_outcome, context=_PREVIOUS_RESPONSE
+    operation="chat", read=_read_compaction, outcome=response_outcome, context=_STORED_TURNS
 )
 
 # -- decisions ----------------------------------------------------------------------------
