@@ -32,7 +32,7 @@ import inspect
 import json
 import logging
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -494,13 +494,22 @@ def guarded_call(
     streamed: bool,
     attach: Attach,
     answered: Answered = None,
+    client: Any = None,
 ) -> R:
     """Reserve, make the SDK call with ``send``, then settle or hand the stream to a meter.
 
     ``answered``: the provider's response when the SDK failed after it came (see
-    ``_observe_post_parser``), so a billed call is settled rather than given back."""
+    ``_observe_post_parser``), so a billed call is settled rather than given back.
+    ``client``: the wrapped client, through which stored context the request names and this
+    process has not seen is looked up first (``Endpoint.context``)."""
     if not guard.enabled:  # a passthrough: the request as written, nothing read or held
         return send(body)
+    context = endpoint.context
+    if context is not None and (ref := context.unknown(body)) is not None:
+        try:
+            context.fetch(client, ref)
+        except Exception as exc:
+            _lookup_failed(ref, exc)
     r = guard.reserve(spec := endpoint.read(body))
     try:
         sent = body  # as it is, unless strict mode or a stream changes it
@@ -541,10 +550,17 @@ async def aguarded_call(
     streamed: bool,
     attach: Attach,
     answered: Answered = None,
+    client: Any = None,
 ) -> R:
     """``guarded_call`` for async clients."""
     if not guard.enabled:
         return await send(body)
+    context = endpoint.context
+    if context is not None and (ref := context.unknown(body)) is not None:
+        try:
+            await context.afetch(client, ref)
+        except Exception as exc:
+            _lookup_failed(ref, exc)
     # An in-process ledger does no I/O: its sync methods spare two coroutines a call.
     in_process = getattr(guard.ledger, "in_process", False)
     spec = endpoint.read(body)
@@ -770,26 +786,6 @@ def _observe_post_parser(options: Any) -> tuple[Any, Callable[[], Any]]:
     return options.model_copy(update={"post_parser": observe}), answered
 
 
-def _look_up(fetch: Callable[[Any, Any], object], client: Any, ref: Any) -> None:
-    try:
-        fetch(client, ref)
-    except Exception as exc:
-        _lookup_failed(ref, exc)
-
-
-async def _alooked_up(
-    context: StoredContext, client: Any, ref: Any, call: Coroutine[Any, Any, R]
-) -> R:
-    try:
-        await context.afetch(client, ref)
-    except Exception as exc:
-        _lookup_failed(ref, exc)
-    except BaseException:  # cancelled while looking up: the call never started
-        call.close()
-        raise
-    return await call
-
-
 def _lookup_failed(ref: Any, exc: Exception) -> None:
     logger.warning(
         "kavach: could not look up %s, whose earlier turns the provider adds to this request's "
@@ -846,13 +842,7 @@ def guard_request_method(
                 if callable(options.post_parser):  # a parse() call
                     options, answered = _observe_post_parser(options)
                 send = functools.partial(_resend, original, cast_to, options, stream, stream_cls)
-                call = aguarded_call(guard, endpoint, body, send, stream, attach, answered)
-                context = endpoint.context
-                if context is not None and guard.enabled:
-                    ref = context.unknown(body)
-                    if ref is not None:
-                        return _alooked_up(context, client, ref, call)
-                return call
+                return aguarded_call(guard, endpoint, body, send, stream, attach, answered, client)
             if isinstance(endpoint, Unmetered):
                 _admit_unmetered(guard, endpoint, body)
             return original(cast_to, options, stream=stream, stream_cls=stream_cls)  # type: ignore[no-any-return]
@@ -869,13 +859,8 @@ def guard_request_method(
                 answered = None
                 if callable(options.post_parser):  # a parse() call
                     options, answered = _observe_post_parser(options)
-                context = endpoint.context
-                if context is not None and guard.enabled:
-                    ref = context.unknown(body)
-                    if ref is not None:
-                        _look_up(context.fetch, client, ref)
                 send = functools.partial(_resend, original, cast_to, options, stream, stream_cls)
-                return guarded_call(guard, endpoint, body, send, stream, attach, answered)
+                return guarded_call(guard, endpoint, body, send, stream, attach, answered, client)
             if isinstance(endpoint, Unmetered):
                 _admit_unmetered(guard, endpoint, body)
             return original(cast_to, options, stream=stream, stream_cls=stream_cls)
@@ -916,23 +901,22 @@ def guard_method(
     def send(body: Body) -> Any:
         return original(**body)
 
-    context = endpoint.context
-    if context is not None:  # look up stored context this process has not seen, then call
-        return _guard_method_with_context(
-            client, owner, name, guard, endpoint, context, send, streamed, is_async, attach
-        )
     if is_async:
         if callable(streamed):
             asks = streamed
 
             async def amethod(**kwargs: Any) -> Any:
-                return await aguarded_call(guard, endpoint, kwargs, send, asks(kwargs), attach)
+                return await aguarded_call(
+                    guard, endpoint, kwargs, send, asks(kwargs), attach, client=client
+                )
 
         else:
             always = streamed
 
             async def amethod(**kwargs: Any) -> Any:
-                return await aguarded_call(guard, endpoint, kwargs, send, always, attach)
+                return await aguarded_call(
+                    guard, endpoint, kwargs, send, always, attach, client=client
+                )
 
         patch(client, owner, name, functools.wraps(original)(amethod))
     else:
@@ -940,52 +924,15 @@ def guard_method(
             asks = streamed
 
             def method(**kwargs: Any) -> Any:
-                return guarded_call(guard, endpoint, kwargs, send, asks(kwargs), attach)
+                return guarded_call(
+                    guard, endpoint, kwargs, send, asks(kwargs), attach, client=client
+                )
 
         else:
             always = streamed
 
             def method(**kwargs: Any) -> Any:
-                return guarded_call(guard, endpoint, kwargs, send, always, attach)
-
-        patch(client, owner, name, functools.wraps(original)(method))
-
-
-def _guard_method_with_context(
-    client: Any,
-    owner: Any,
-    name: str,
-    guard: AgentKavach,
-    endpoint: Endpoint,
-    context: StoredContext,
-    send: Callable[[Body], Any],
-    streamed: bool | Callable[[Mapping[str, Any]], bool],
-    is_async: bool,
-    attach: Attach,
-) -> None:
-    """``guard_method`` for an endpoint whose requests may name stored context."""
-    original = getattr(owner, name)
-
-    def asks(kwargs: Mapping[str, Any]) -> bool:
-        return streamed(kwargs) if callable(streamed) else streamed
-
-    if is_async:
-
-        async def amethod(**kwargs: Any) -> Any:
-            call = aguarded_call(guard, endpoint, kwargs, send, asks(kwargs), attach)
-            ref = context.unknown(kwargs) if guard.enabled else None
-            if ref is not None:
-                return await _alooked_up(context, client, ref, call)
-            return await call
-
-        patch(client, owner, name, functools.wraps(original)(amethod))
-    else:
-
-        def method(**kwargs: Any) -> Any:
-            ref = context.unknown(kwargs) if guard.enabled else None
-            if ref is not None:
-                _look_up(context.fetch, client, ref)
-            return guarded_call(guard, endpoint, kwargs, send, asks(kwargs), attach)
+                return guarded_call(guard, endpoint, kwargs, send, always, attach, client=client)
 
         patch(client, owner, name, functools.wraps(original)(method))
 
