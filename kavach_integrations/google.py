@@ -193,12 +193,13 @@ def _unknown_cache(body: Mapping[str, Any]) -> str | None:
     return name if isinstance(name, str) and name and name not in _CACHED else None
 
 
+# The wrapped client's caches.get is tracked (_track_caches): reading the cache remembers it.
 def _fetch_cache(client: Any, name: str) -> None:
-    _remember_cache(_caches(client, is_async=False).get(name=name))
+    _caches(client, is_async=False).get(name=name)
 
 
 async def _afetch_cache(client: Any, name: str) -> None:
-    _remember_cache(await _caches(client, is_async=True).get(name=name))
+    await _caches(client, is_async=True).get(name=name)
 
 
 def _caches(client: Any, is_async: bool) -> Any:
