@@ -456,6 +456,11 @@ def _gemini_decision(p: _Plan, body: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def _not_found(kind: str, object_id: str) -> dict[str, Any]:
+    """OpenAI's error for an id it does not have."""
+    return {"message": f"{kind} with id '{object_id}' not found.", "type": "invalid_request_error"}
+
+
 def _items(source: Any) -> list[dict[str, Any]]:
     """Responses API input (a string or items) as the conversation items it becomes."""
     if isinstance(source, str):
@@ -884,42 +889,20 @@ class _Handler(BaseHTTPRequestHandler):
                 self._json(200, {"object": "list", "data": data})
             elif "/cachedContents/" in split.path:
                 name = "cachedContents/" + split.path.rsplit("/", 1)[1]
-                found = standin.caches.get(name)
-                if found is not None:
-                    self._json(200, found)
-                else:
-                    self._json(
-                        404,
-                        {
-                            "error": {
-                                "code": 404,
-                                "message": f"{name} not found",
-                                "status": "NOT_FOUND",
-                            }
-                        },
-                    )
+                missing = {"code": 404, "message": f"{name} not found", "status": "NOT_FOUND"}
+                self._found(standin.caches.get(name), missing)
             elif split.path.endswith("/items") and "/conversations/" in split.path:
                 conversation_id = split.path.rsplit("/", 2)[1]
                 items = standin.conversations.get(conversation_id)
-                if items is None:
-                    message = f"Conversation with id '{conversation_id}' not found."
-                    self._json(
-                        404, {"error": {"message": message, "type": "invalid_request_error"}}
-                    )
-                else:  # one page: the stand-in's conversations are short
+                page = None
+                if items is not None:  # one page: the stand-in's conversations are short
                     page = {"object": "list", "data": items, "has_more": False}
                     page.update(first_id=items[0]["id"] if items else None)
                     page.update(last_id=items[-1]["id"] if items else None)
-                    self._json(200, page)
+                self._found(page, _not_found("Conversation", conversation_id))
             elif "/responses/" in split.path:
-                kept = standin.responses.get(split.path.rstrip("/").rsplit("/", 1)[1])
-                if kept is not None:
-                    self._json(200, kept)
-                else:
-                    message = f"Response with id '{split.path.rsplit('/', 1)[1]}' not found."
-                    self._json(
-                        404, {"error": {"message": message, "type": "invalid_request_error"}}
-                    )
+                response_id = split.path.rstrip("/").rsplit("/", 1)[1]
+                self._found(standin.responses.get(response_id), _not_found("Response", response_id))
             else:
                 self._json(
                     404, {"error": {"message": f"no route {split.path}", "type": "not_found"}}
@@ -1013,6 +996,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._stream(_gemini_stream(p), reply)
         else:
             self._json(404, {"error": {"message": f"no route {path}", "type": "not_found"}})
+
+    def _found(self, kept: Any, missing: dict[str, Any]) -> None:
+        """``kept`` as the answer, or a 404 with ``missing`` as its error."""
+        if kept is not None:
+            self._json(200, kept)
+        else:
+            self._json(404, {"error": missing})
 
     def _json(self, status: int, payload: Any) -> None:
         data = json.dumps(payload).encode()
