@@ -685,6 +685,8 @@ def _choose_image_generation(body: Mapping[str, Any]) -> Endpoint | Unmetered:
     return _IMAGE_GENERATION
 
 
+_AGENT_RUN = Unmetered(PROVIDER, "agent_run")
+_FINE_TUNING = Unmetered(PROVIDER, "fine_tuning")
 _ROUTES: dict[str, Endpoint | Unmetered | PerRequest] = {
     "/chat/completions": CHAT,
     "/responses": RESPONSES,
@@ -719,13 +721,13 @@ _ROUTES: dict[str, Endpoint | Unmetered | PerRequest] = {
     "/chatkit/sessions": Unmetered(PROVIDER, "chatkit_session"),
     # Managed agents (beta): an automation invoked sets the agent to work at OpenAI, billed
     # there (sessions and their events: see endpoint_for).
-    "/invocations": Unmetered(PROVIDER, "agent_run"),
+    "/invocations": _AGENT_RUN,
     # Code Interpreter containers are billed per container session.
     "/containers": Unmetered(PROVIDER, "container"),
     "/graders/run": Unmetered(PROVIDER, "grader_run"),  # a model grader runs a model
     "/remix": Unmetered(PROVIDER, "video_generation"),
     "/batches": Unmetered(PROVIDER, "batch"),
-    "/fine_tuning/jobs": Unmetered(PROVIDER, "fine_tuning"),
+    "/fine_tuning/jobs": _FINE_TUNING,
     "/runs": Unmetered(PROVIDER, "run"),  # Assistants thread runs, eval runs
     "/submit_tool_outputs": Unmetered(PROVIDER, "run"),
 }
@@ -746,10 +748,6 @@ def endpoint_for(method: str, path: str) -> Endpoint | Unmetered | PerRequest | 
     if path.endswith("/resume") and "/fine_tuning/jobs/" in path:
         return _FINE_TUNING  # a paused job trains on, billed
     return None
-
-
-_AGENT_RUN = Unmetered(PROVIDER, "agent_run")
-_FINE_TUNING = Unmetered(PROVIDER, "fine_tuning")
 
 
 # WebSocket sessions bypass ``request``: responses created over ``responses.connect()`` and
