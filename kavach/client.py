@@ -82,6 +82,11 @@ _current_run: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "kavach_run", default=None
 )
 _PROMPT_CAP = 32_000
+# The dearest tier an account can make its default, by provider: calls that leave the tier to
+# the account are held at it while the first such call is learning the account's tier. An
+# OpenAI project's default can be priority; other providers price no account tier above
+# standard.
+_ACCOUNT_TIER_CEILING: dict[str, PriceVariant] = {"openai": (("service_tier", "priority"),)}
 
 
 def current_run_id() -> str | None:
@@ -322,6 +327,8 @@ class AgentKavach:
         self._unmetered_seen: set[tuple[str, str]] = set()  # kinds of call warned about
         # provider -> the tier it served the last call that left the tier to the account
         self._served_variants: dict[str, PriceVariant] = {}
+        # provider -> id() of the spec of the call that is learning the account's tier
+        self._tier_probes: dict[str, int] = {}
         self._provider = _ProviderConfig(provider, llm_key, base_url) if provider else None
         self._clients: Any = None
         self._closers: list[tuple[Closer, AsyncCloser | None]] = []
@@ -548,47 +555,69 @@ class AgentKavach:
     def reserve(self, spec: CallSpec) -> Reservation:
         """Hold the worst-case cost of ``spec`` in every budget, or raise why it cannot run."""
         r = self._prepare(spec)
-        plan = r.plan
-        if plan is None:
-            return r
-        try:
-            result = self.ledger.reserve(plan.lines, plan.min_units, plan.max_units)
-        except KavachError as exc:  # the ledger refused the request itself (a config error)
-            self._not_held(r)
-            self._refused(r.spec, r.run_id, r.started_at, exc)
-            raise
-        except Exception as exc:
-            raise self._ledger_down(r, exc) from exc
-        if type(result) is Hold and self._context_hook is None:
-            r.hold = result  # admitted: _admit's common case, inlined
-            return r
-        return self._admit(r, result)
+        while (plan := r.plan) is not None:
+            try:
+                result = self.ledger.reserve(plan.lines, plan.min_units, plan.max_units)
+            except KavachError as exc:  # the ledger refused the request itself (a config error)
+                self._not_held(r)
+                self._refused(r.spec, r.run_id, r.started_at, exc)
+                raise
+            except Exception as exc:
+                raise self._ledger_down(r, exc) from exc
+            if type(result) is Hold and self._context_hook is None:
+                r.hold = result  # admitted: _admit's common case, inlined
+                return r
+            if type(result) is Hold or not self._held_above_account_tier(r):
+                return self._admit(r, result)
+            r = self._at_account_tier(r)
+        return r
 
     async def areserve(self, spec: CallSpec) -> Reservation:
         """``reserve`` for async code (awaits the ledger when it does I/O)."""
         r = self._prepare(spec)
-        plan = r.plan
-        if plan is None:
-            return r
-        try:
-            ledger = self.ledger
-            if getattr(ledger, "in_process", False):  # no I/O: no coroutine to await
-                result = ledger.reserve(plan.lines, plan.min_units, plan.max_units)
-            else:
-                result = await ledger.areserve(plan.lines, plan.min_units, plan.max_units)
-        except KavachError as exc:
-            self._not_held(r)
-            self._refused(r.spec, r.run_id, r.started_at, exc)
-            raise
-        except Exception as exc:
-            raise self._ledger_down(r, exc) from exc
-        if type(result) is Hold and self._context_hook is None:
-            r.hold = result  # admitted: _admit's common case, inlined
-            return r
-        return self._admit(r, result)
+        while (plan := r.plan) is not None:
+            try:
+                ledger = self.ledger
+                if getattr(ledger, "in_process", False):  # no I/O: no coroutine to await
+                    result = ledger.reserve(plan.lines, plan.min_units, plan.max_units)
+                else:
+                    result = await ledger.areserve(plan.lines, plan.min_units, plan.max_units)
+            except KavachError as exc:
+                self._not_held(r)
+                self._refused(r.spec, r.run_id, r.started_at, exc)
+                raise
+            except Exception as exc:
+                raise self._ledger_down(r, exc) from exc
+            if type(result) is Hold and self._context_hook is None:
+                r.hold = result  # admitted: _admit's common case, inlined
+                return r
+            if type(result) is Hold or not self._held_above_account_tier(r):
+                return self._admit(r, result)
+            r = self._at_account_tier(r)
+        return r
 
-    def _prepare(self, spec: CallSpec) -> Reservation:
-        """Check and plan the call: a Reservation not yet held (no plan when disabled)."""
+    def _held_above_account_tier(self, r: Reservation) -> bool:
+        """Whether ``r`` is held at the dearest tier its account can default to only
+        because no answer has named the account's tier yet (``_unknown_account_tier``)."""
+        spec = r.spec
+        ceiling = _ACCOUNT_TIER_CEILING.get(spec.provider)
+        return (
+            spec.price_variant is None
+            and r.variant == ceiling
+            and self._served_variants.get(spec.provider) != ceiling
+        )
+
+    def _at_account_tier(self, r: Reservation) -> Reservation:
+        """``r``, refused at the dearest tier its account can default to, planned again at
+        the account's tier as now known, or standard. Refusing it would refuse a call that
+        fits at standard prices, the tier of nearly every account: near the limit, one call
+        of a project whose default is priority may be held at standard prices instead."""
+        self._not_held(r)
+        return self._prepare(r.spec, self._served_variants.get(r.spec.provider, ()))
+
+    def _prepare(self, spec: CallSpec, tier: PriceVariant | None = None) -> Reservation:
+        """Check and plan the call: a Reservation not yet held (no plan when disabled).
+        ``tier``: the price variant to hold it at, when the request leaves it to the account."""
         custom = self._custom_clock
         now: datetime | None = None
         if custom is None:
@@ -632,9 +661,11 @@ class AgentKavach:
             self._guardrail_tripped(spec, run_id, now or _utc(wall), exc)
             raise
         try:
-            variant = spec.price_variant
+            variant = spec.price_variant if tier is None else tier
             if variant is None:  # the account's default tier, as last served
-                variant = self._served_variants.get(spec.provider, ())
+                variant = self._served_variants.get(spec.provider)
+                if variant is None:
+                    variant = self._unknown_account_tier(spec)
             price = self.pricing.resolve_at(spec.provider, spec.model, wall, variant)
             cache = self._slot_cache  # _slots, inlined for the common case
             if (
@@ -673,6 +704,23 @@ class AgentKavach:
             self._refused(spec, run_id, now or _utc(wall), exc)
             raise
         return Reservation(self, spec, plan, None, price, run_id, fingerprint, now, wall, variant)
+
+    def _unknown_account_tier(self, spec: CallSpec) -> PriceVariant:
+        """The tier to hold a call at that leaves the tier to an account whose default no
+        answer has named yet.
+
+        The first such call is held at standard prices, and its answer teaches the guard the
+        account's tier. Calls made while it is in flight are held at the dearest tier the
+        account can default to (OpenAI's priority): held at standard, a burst of concurrent
+        first calls from a project whose default is priority would all pass the check at
+        about half of what each is billed. Each is settled at the tier its answer names."""
+        ceiling = _ACCOUNT_TIER_CEILING.get(spec.provider)
+        if ceiling is None:
+            return ()
+        probe = id(spec)
+        if self._tier_probes.setdefault(spec.provider, probe) == probe:  # atomic: one probe
+            return ()
+        return ceiling
 
     def admit_unmetered(self, spec: CallSpec) -> None:
         """Let a billable call the guard cannot meter through, unless the agent is stopped.
@@ -778,6 +826,15 @@ class AgentKavach:
         if plan is None:
             return (), 0
         served = usage.price_variant
+        spec = r.spec
+        if spec.price_variant is None:  # the tier was left to the account: its answer teaches it
+            learned = self._served_variants
+            if served is None:  # and names none: the account's as last named, else standard
+                served = learned.get(spec.provider)
+                if served is None:
+                    served = learned[spec.provider] = ()
+            else:
+                learned[spec.provider] = served
         if served is not None and served != r.variant:
             self._priced_as_served(r, served)
         cost = r.price.cost(usage)  # type: ignore[union-attr]  # a plan always has a price
@@ -788,14 +845,13 @@ class AgentKavach:
     def _priced_as_served(self, r: Reservation, served: PriceVariant) -> None:
         """Price ``r`` at the tier the provider served it at, not the one it was reserved at.
 
-        A request that left the tier to the account (OpenAI's ``auto``) teaches the guard
-        that account's default: the next such calls are reserved at it, so a project whose
-        default is priority is not held at standard prices, half of what it pays."""
+        A request that left the tier to the account (OpenAI's ``auto``) has taught the guard
+        that account's default (``_amounts``): the next such calls are reserved at it, so a
+        project whose default is priority is not held at standard prices, half of what it
+        pays."""
         spec = r.spec
         r.price = self.pricing.resolve_at(spec.provider, spec.model, r.wall or time.time(), served)
         r.variant = served
-        if spec.price_variant is None:
-            self._served_variants[spec.provider] = served
 
     def _ledger_release(self, r: Reservation) -> None:
         if r.hold is None:
@@ -861,6 +917,9 @@ class AgentKavach:
         guardrails.forget_request(r.run_id, r.fingerprint)
         if guardrails.records_spend and r.plan is not None:
             guardrails.end_spend(r.plan.worst_case(r.plan.max_units))
+        provider = r.spec.provider
+        if self._tier_probes.get(provider) == id(r.spec) and provider not in self._served_variants:
+            self._tier_probes.pop(provider, None)  # unanswered: the next such call learns it
 
     def _released(self, r: Reservation, status: CallStatus, error: str | None) -> CallEvent | None:
         self._not_held(r)

@@ -105,10 +105,12 @@ def test_a_project_default_tier_is_learned_and_reserved_at(
     assert learned < standard * 0.65
 
 
-def test_spend_holds_the_limit_for_a_project_whose_default_is_priority(
-    server: StandIn, make_guard: Any
-) -> None:
-    budget = Budget.daily(0.02)
+def _priority_project(
+    server: StandIn, make_guard: Any, budget: Budget, taught: bool
+) -> tuple[int, int, Any]:
+    """201 calls that name no tier from a project whose default is priority, in strict mode
+    with 300 max output tokens: after one answered call (``taught``), or all at once. What
+    was admitted, what the provider billed and the guard."""
     guard = make_guard(budget=budget, mode="strict", default_max_output_tokens=300)
     # Input as OpenAI counts "Say hello"; every answer says the project's priority tier.
     server.default = Reply(output_tokens=300, input_tokens=9, service_tier="priority")
@@ -124,10 +126,9 @@ def test_spend_holds_the_limit_for_a_project_whose_default_is_priority(
         return True
 
     async def main() -> list[bool]:
-        # One answer teaches the guard the tier; reserved at standard prices, the 200 calls
-        # after it would be admitted for 3.0 and charged 5.1 millidollars each.
         try:
-            return [await call()] + list(await asyncio.gather(*(call() for _ in range(200))))
+            first = [await call()] if taught else []
+            return first + list(await asyncio.gather(*(call() for _ in range(201 - len(first)))))
         finally:
             await client.close()
 
@@ -137,11 +138,86 @@ def test_spend_holds_the_limit_for_a_project_whose_default_is_priority(
     billed = sum(
         9 * 4250 + min(300, r.body["max_completion_tokens"]) * 17_000 for r in server.requests
     )
-    print(f"\npriority project: admitted {admitted}/201, billed ${billed / 1e9:.6f} of $0.02")
     assert admitted > 1 and len(server.requests) == admitted
     assert spent(guard) == billed
-    assert billed <= budget.limit
     assert guard.ledger.open_holds == 0
+    return admitted, billed, guard
+
+
+def test_spend_holds_the_limit_for_a_project_whose_default_is_priority(
+    server: StandIn, make_guard: Any
+) -> None:
+    # One answer teaches the guard the tier; reserved at standard prices, the 200 calls after
+    # it would be admitted for 3.0 and charged 5.1 millidollars each.
+    budget = Budget.daily(0.02)
+    admitted, billed, _ = _priority_project(server, make_guard, budget, taught=True)
+    print(f"\npriority project: admitted {admitted}/201, billed ${billed / 1e9:.6f} of $0.02")
+    assert billed <= budget.limit
+
+
+def test_a_first_burst_from_a_priority_project_is_held_at_priority(
+    server: StandIn, make_guard: Any
+) -> None:
+    # 201 calls at once, before any answer has named the project's tier. Held at standard
+    # prices, seven of them passed the check and were billed 0.034 of a 0.02 budget.
+    # Now the first is held at standard while it learns the tier and the others at priority:
+    # the first's hold is short by the price difference of its 300 tokens, no more.
+    budget = Budget.daily(0.02)
+    admitted, billed, _ = _priority_project(server, make_guard, budget, taught=False)
+    print(f"\nfirst burst: admitted {admitted}/201, billed ${billed / 1e9:.6f} of $0.02")
+    first_short_by = 9 * (4250 - 2500) + 300 * (17_000 - 10_000)
+    assert billed <= budget.limit + first_short_by
+
+
+@pytest.mark.parametrize("answered_tier", ["default", None])
+def test_a_first_burst_from_a_standard_project_is_admitted_and_charged_as_before(
+    server: StandIn, make_guard: Any, events: Events, answered_tier: str | None
+) -> None:
+    # Room for two calls at standard prices, not for one at standard and one at priority:
+    # the second, refused at priority while the first learns the tier, is held at standard.
+    # An answer that names no tier (an OpenAI-compatible server) is charged at standard.
+    worst = 9 * 2500 + 300 * 10_000
+    guard = make_guard(budget=Budget.daily((2 * worst + 1000) / 1e9))
+    server.default = Reply(output_tokens=40, input_tokens=9, service_tier=answered_tier, delay=0.2)
+    client = guard.wrap(
+        openai.AsyncOpenAI(base_url=server.openai_url, api_key="sk-t", max_retries=0)
+    )
+
+    async def main() -> None:
+        try:
+            calls = (
+                client.chat.completions.create(model="gpt-4o", messages=MSGS, max_tokens=300)
+                for _ in range(2)
+            )
+            await asyncio.gather(*calls)
+        finally:
+            await client.close()
+
+    asyncio.run(main())
+    assert [(e.cost_nanos, e.price_tier) for e in events.settled] == [
+        (9 * 2500 + 40 * 10_000, None)
+    ] * 2
+    assert guard.ledger.open_holds == 0
+
+
+def test_a_call_that_failed_while_learning_the_tier_leaves_it_to_the_next(
+    server: StandIn, make_guard: Any
+) -> None:
+    def first_limit(fail_first: bool) -> int:
+        guard = make_guard(budget=Budget.daily(0.01), mode="strict")
+        client = guarded_openai(server, guard)
+        if fail_first:
+            server.script(Reply(status=500))
+            with pytest.raises(openai.InternalServerError):
+                client.chat.completions.create(model="gpt-4o", messages=MSGS)
+        server.script(Reply(input_tokens=100, output_tokens=10))
+        client.chat.completions.create(model="gpt-4o", messages=MSGS)
+        assert guard.ledger.open_holds == 0
+        return int(server.last.body["max_completion_tokens"])
+
+    # Held at standard prices as the first call of a fresh guard is, not at priority (which
+    # would let it produce about 590 tokens).
+    assert first_limit(fail_first=True) == first_limit(fail_first=False) > 900
 
 
 def test_anthropic_fast_mode_is_charged_at_its_price(
