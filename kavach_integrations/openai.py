@@ -710,11 +710,13 @@ _ROUTES: dict[str, Endpoint | Unmetered | PerRequest] = {
     "/videos/edits": Unmetered(PROVIDER, "video_generation"),
     "/videos/extensions": Unmetered(PROVIDER, "video_generation"),
     # A key for a browser's Realtime session (speech to speech, transcription, translation),
-    # a session made for one, a SIP call taken into one (Realtime or Live), a Live WebRTC
-    # session or a stored one forked onto a new connection: billed sessions.
+    # a session made for one, a WebRTC call started in one, a SIP call taken into one
+    # (Realtime or Live), a Live WebRTC session or a stored one forked onto a new
+    # connection: billed sessions.
     "/client_secrets": Unmetered(PROVIDER, "realtime_session"),
     "/realtime/sessions": Unmetered(PROVIDER, "realtime_session"),
     "/realtime/transcription_sessions": Unmetered(PROVIDER, "realtime_session"),
+    "/realtime/calls": Unmetered(PROVIDER, "realtime_session"),  # an SDP offer answered
     "/accept": Unmetered(PROVIDER, "realtime_session"),  # /realtime/calls/{id}/accept
     "/live/sessions": Unmetered(PROVIDER, "realtime_session"),
     "/fork": Unmetered(PROVIDER, "realtime_session"),  # /live/sessions/{id}/fork

@@ -1120,6 +1120,7 @@ async def test_an_async_parse_the_sdk_rejects_is_still_charged(
         "/live/sessions/live_1/fork",
         "/live/sessions/live_1/accept",
         "/realtime/sessions",
+        "/realtime/calls",  # a Realtime session started over WebRTC
         "/realtime/transcription_sessions",
         "/realtime/translations/client_secrets",
         "/chatkit/sessions",
@@ -1143,7 +1144,8 @@ def test_paid_jobs_and_sessions_of_newer_sdks_stop_with_the_agent(
         c.post(path, body={"model": "gpt-realtime"}, cast_to=object)
     c.post("/containers/ctr_1/files", body={}, cast_to=object)  # uploading costs nothing
     c.post("/agents/sessions/sess_1", body={}, cast_to=object)  # nor renaming a session
-    assert len(mock.bodies) == 3
+    c.post("/realtime/calls/call_1/hangup", body={}, cast_to=object)  # nor ending a call
+    assert len(mock.bodies) == 4
 
 
 def test_websocket_and_realtime_sessions_stop_with_the_agent(
