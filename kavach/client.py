@@ -60,6 +60,7 @@ from kavach.ledger.memory import MemoryLedger
 from kavach.pricing import ModelPrice, Pricing, _posix
 from kavach.reservation import Reservation
 from kavach.spec import CallSpec
+from kavach.tiers import AccountTiers
 from kavach.usage import ZERO_USAGE, PriceVariant, Usage, tier_name
 
 if TYPE_CHECKING:
@@ -82,11 +83,6 @@ _current_run: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "kavach_run", default=None
 )
 _PROMPT_CAP = 32_000
-# The dearest tier an account can make its default, by provider: calls that leave the tier to
-# the account are held at it while the first such call is learning the account's tier. An
-# OpenAI project's default can be priority; other providers price no account tier above
-# standard.
-_ACCOUNT_TIER_CEILING: dict[str, PriceVariant] = {"openai": (("service_tier", "priority"),)}
 
 
 def current_run_id() -> str | None:
@@ -325,10 +321,7 @@ class AgentKavach:
             or any(b.period is Period.PER_RUN for b in budgets)
         )
         self._unmetered_seen: set[tuple[str, str]] = set()  # kinds of call warned about
-        # provider -> the tier it served the last call that left the tier to the account
-        self._served_variants: dict[str, PriceVariant] = {}
-        # provider -> id() of the spec of the call that is learning the account's tier
-        self._tier_probes: dict[str, int] = {}
+        self._tiers = AccountTiers()  # what calls that leave the tier to the account cost
         self._provider = _ProviderConfig(provider, llm_key, base_url) if provider else None
         self._clients: Any = None
         self._closers: list[tuple[Closer, AsyncCloser | None]] = []
@@ -567,7 +560,7 @@ class AgentKavach:
             if type(result) is Hold and self._context_hook is None:
                 r.hold = result  # admitted: _admit's common case, inlined
                 return r
-            if type(result) is Hold or not self._held_above_account_tier(r):
+            if type(result) is Hold or not self._tiers.held_above(r.spec, r.variant):
                 return self._admit(r, result)
             r = self._at_account_tier(r)
         return r
@@ -591,21 +584,10 @@ class AgentKavach:
             if type(result) is Hold and self._context_hook is None:
                 r.hold = result  # admitted: _admit's common case, inlined
                 return r
-            if type(result) is Hold or not self._held_above_account_tier(r):
+            if type(result) is Hold or not self._tiers.held_above(r.spec, r.variant):
                 return self._admit(r, result)
             r = self._at_account_tier(r)
         return r
-
-    def _held_above_account_tier(self, r: Reservation) -> bool:
-        """Whether ``r`` is held at the dearest tier its account can default to only
-        because no answer has named the account's tier yet (``_unknown_account_tier``)."""
-        spec = r.spec
-        ceiling = _ACCOUNT_TIER_CEILING.get(spec.provider)
-        return (
-            spec.price_variant is None
-            and r.variant == ceiling
-            and self._served_variants.get(spec.provider) != ceiling
-        )
 
     def _at_account_tier(self, r: Reservation) -> Reservation:
         """``r``, refused at the dearest tier its account can default to, planned again at
@@ -613,7 +595,7 @@ class AgentKavach:
         fits at standard prices, the tier of nearly every account: near the limit, one call
         of a project whose default is priority may be held at standard prices instead."""
         self._not_held(r)
-        return self._prepare(r.spec, self._served_variants.get(r.spec.provider, ()))
+        return self._prepare(r.spec, self._tiers.known(r.spec.provider))
 
     def _prepare(self, spec: CallSpec, tier: PriceVariant | None = None) -> Reservation:
         """Check and plan the call: a Reservation not yet held (no plan when disabled).
@@ -662,10 +644,8 @@ class AgentKavach:
             raise
         try:
             variant = spec.price_variant if tier is None else tier
-            if variant is None:  # the account's default tier, as last served
-                variant = self._served_variants.get(spec.provider)
-                if variant is None:
-                    variant = self._unknown_account_tier(spec)
+            if variant is None:  # left to the account: its tier as last served
+                variant = self._tiers.to_hold(spec)
             price = self.pricing.resolve_at(spec.provider, spec.model, wall, variant)
             cache = self._slot_cache  # _slots, inlined for the common case
             if (
@@ -704,23 +684,6 @@ class AgentKavach:
             self._refused(spec, run_id, now or _utc(wall), exc)
             raise
         return Reservation(self, spec, plan, None, price, run_id, fingerprint, now, wall, variant)
-
-    def _unknown_account_tier(self, spec: CallSpec) -> PriceVariant:
-        """The tier to hold a call at that leaves the tier to an account whose default no
-        answer has named yet.
-
-        The first such call is held at standard prices, and its answer teaches the guard the
-        account's tier. Calls made while it is in flight are held at the dearest tier the
-        account can default to (OpenAI's priority): held at standard, a burst of concurrent
-        first calls from a project whose default is priority would all pass the check at
-        about half of what each is billed. Each is settled at the tier its answer names."""
-        ceiling = _ACCOUNT_TIER_CEILING.get(spec.provider)
-        if ceiling is None:
-            return ()
-        probe = id(spec)
-        if self._tier_probes.setdefault(spec.provider, probe) == probe:  # atomic: one probe
-            return ()
-        return ceiling
 
     def admit_unmetered(self, spec: CallSpec) -> None:
         """Let a billable call the guard cannot meter through, unless the agent is stopped.
@@ -826,15 +789,8 @@ class AgentKavach:
         if plan is None:
             return (), 0
         served = usage.price_variant
-        spec = r.spec
-        if spec.price_variant is None:  # the tier was left to the account: its answer teaches it
-            learned = self._served_variants
-            if served is None:  # and names none: the account's as last named, else standard
-                served = learned.get(spec.provider)
-                if served is None:
-                    served = learned[spec.provider] = ()
-            else:
-                learned[spec.provider] = served
+        if r.spec.price_variant is None:  # the tier was left to the account: this answer tells
+            served = self._tiers.served(r.spec, served)
         if served is not None and served != r.variant:
             self._priced_as_served(r, served)
         cost = r.price.cost(usage)  # type: ignore[union-attr]  # a plan always has a price
@@ -917,9 +873,8 @@ class AgentKavach:
         guardrails.forget_request(r.run_id, r.fingerprint)
         if guardrails.records_spend and r.plan is not None:
             guardrails.end_spend(r.plan.worst_case(r.plan.max_units))
-        provider = r.spec.provider
-        if self._tier_probes.get(provider) == id(r.spec) and provider not in self._served_variants:
-            self._tier_probes.pop(provider, None)  # unanswered: the next such call learns it
+        if r.spec.price_variant is None:
+            self._tiers.unanswered(r.spec)
 
     def _released(self, r: Reservation, status: CallStatus, error: str | None) -> CallEvent | None:
         self._not_held(r)
