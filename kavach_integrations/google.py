@@ -405,16 +405,19 @@ EMBEDDINGS = Endpoint(
 #   input again), runs server-side agents and background interactions, and continues stored
 #   conversations (previous_interaction_id) whose input the guard never sees;
 # - a Live session (websockets) is billed as it runs, for as long as it stays open: the guard
-#   can refuse to open one, not meter it;
+#   can refuse to open one (or to join a live interaction), not meter it, and refuses to hand
+#   out an ephemeral token that opens one from a browser (as OpenAI's Realtime client secrets);
 # - importing or uploading a file into a File Search store is billed for embedding it. (Agent trigger runs are not guarded: reading ``client.triggers``
 #   makes the SDK warn that it is experimental, which wrapping must not do.)
 _UNMETERED = {
-    "interactions": {"create": "interaction"},
+    "interactions": {"create": "interaction", "connect": "live_session"},
+    "interactions.auth_tokens": {"create": "live_session"},
     "file_search_stores": {
         "import_file": "file_search_indexing",
         "upload_to_file_search_store": "file_search_indexing",
     },
     "live": {"connect": "live_session"},
+    "auth_tokens": {"create": "live_session"},
     "live.music": {"connect": "music_generation"},
     "models": {
         "generate_images": "image_generation",

@@ -229,14 +229,23 @@ async def test_google_interactions_and_live_sessions_stop_with_the_agent(
     with pytest.raises(AgentKilledError):
         async with client.aio.live.music.connect(model="models/lyria-realtime-exp"):
             pass
+    with pytest.raises(AgentKilledError):  # joining a live interaction, before its websocket
+        client.aio.interactions.connect("interactions/live_1")
+    # An ephemeral token lets a browser open a Live session billed to the project.
+    with pytest.raises(AgentKilledError):
+        client.auth_tokens.create(config={"uses": 1})
+    with pytest.raises(AgentKilledError):
+        await client.aio.auth_tokens.create(config={"uses": 1})
+    with pytest.raises(AgentKilledError):
+        await client.aio.interactions.auth_tokens.create()
     assert len(server.requests) == count
-    assert [(e.operation, e.status) for e in events.calls[-5:]] == [
+    assert [(e.operation, e.status) for e in events.calls[-9:]] == [
         ("interaction", "refused"),
         ("interaction", "refused"),
         ("interaction", "refused"),
         ("live_session", "refused"),
         ("music_generation", "refused"),
-    ]
+    ] + [("live_session", "refused")] * 4
 
 
 def test_mistral_ocr_and_agents_stop_with_the_agent(
