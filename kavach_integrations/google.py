@@ -5,8 +5,8 @@ usage and stream chunks.
 ``generate_content_stream``, ``embed_content`` and ``decisions.create`` (google-genai 3.x), and
 their ``client.aio`` twins. ``count_tokens`` and model listing pass untouched; image and video
 generation, batches, tuning, File Search indexing, the Interactions API
-(``interactions.create``) and Live sessions (``aio.live.connect``) stop with the agent but are
-not counted (see ``AgentKavach.admit_unmetered``).
+(``interactions.create``) and Live sessions (``aio.live.connect``, and the ephemeral tokens that
+open them) stop with the agent but are not counted (see ``AgentKavach.admit_unmetered``).
 Gemini's ``prompt_token_count`` includes cached tokens; thinking tokens
 (``thoughts_token_count``) are output beside ``candidates_token_count``.
 
@@ -407,8 +407,9 @@ EMBEDDINGS = Endpoint(
 # - a Live session (websockets) is billed as it runs, for as long as it stays open: the guard
 #   can refuse to open one (or to join a live interaction), not meter it, and refuses to hand
 #   out an ephemeral token that opens one from a browser (as OpenAI's Realtime client secrets);
-# - importing or uploading a file into a File Search store is billed for embedding it. (Agent trigger runs are not guarded: reading ``client.triggers``
-#   makes the SDK warn that it is experimental, which wrapping must not do.)
+# - importing or uploading a file into a File Search store is billed for embedding it.
+# (Agent trigger runs are not guarded: reading ``client.triggers`` makes the SDK warn that it
+# is experimental, which wrapping must not do.)
 _UNMETERED = {
     "interactions": {"create": "interaction", "connect": "live_session"},
     "interactions.auth_tokens": {"create": "live_session"},
@@ -641,7 +642,13 @@ def _stop_continuation(client: Any, models: Any, *, is_async: bool) -> None:
         patch(client, models, "_generate_content_stream_with_continuation", sync_loop)
 
 
-def _guard_async(client: Any, models: Any, guard: AgentKavach) -> None:
+def _guard_async(client: Any, root: Any, guard: AgentKavach) -> None:
+    """Guard an async client's APIs: a ``Client``'s ``.aio``, or an ``AsyncClient`` wrapped
+    on its own."""
+    _guard_unmetered(client, root, guard)
+    _guard_decisions(client, root, guard, is_async=True)
+    _track_caches(client, root.caches, is_async=True)
+    models = root.models
     one, one_stream = _request_methods(models)
     guard_method(client, models, one, guard, GENERATE, is_async=True)
     guard_method(client, models, "embed_content", guard, EMBEDDINGS, is_async=True)
@@ -662,10 +669,7 @@ def _guard_async(client: Any, models: Any, guard: AgentKavach) -> None:
 
 def instrument(client: Any, guard: AgentKavach) -> None:
     if not isinstance(client, genai.Client):  # an AsyncClient (client.aio) wrapped on its own
-        _guard_unmetered(client, client, guard)
-        _guard_decisions(client, client, guard, is_async=True)
-        _guard_async(client, client.models, guard)
-        _track_caches(client, client.caches, is_async=True)
+        _guard_async(client, client, guard)
         return
     models = client.models
     _guard_unmetered(client, client, guard)
@@ -680,8 +684,5 @@ def instrument(client: Any, guard: AgentKavach) -> None:
     # client.aio is guarded with the client, once: wrapping it as well (before or after)
     # guarded its calls twice, two reservations and two charges for one request.
     if aio.__dict__.get(_GUARD_ATTR) is None:
-        _guard_unmetered(client, aio, guard)
-        _guard_decisions(client, aio, guard, is_async=True)
-        _guard_async(client, aio.models, guard)
-        _track_caches(client, aio.caches, is_async=True)
+        _guard_async(client, aio, guard)
         patch(client, aio, _GUARD_ATTR, guard)
