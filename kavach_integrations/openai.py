@@ -4,9 +4,10 @@ streams.
 ``guard.wrap(OpenAI())`` / ``guard.wrap(AsyncOpenAI())`` guard ``chat.completions`` (create,
 parse, stream), ``responses`` (create, stream, parse, compact), ``completions``,
 ``embeddings``, ``decisions`` (openai 3.x) and ``images.generate`` with a GPT image model
-(``gpt-image-*``, streamed too). A ``background=True`` response answers before it runs and reports its usage only when
-retrieved later: it is settled at its worst case (its input and max output tokens, which
-strict mode sets) when created, as is a background stream closed before it completed.
+(``gpt-image-*``, streamed too). A ``background=True`` response answers before it runs and
+reports its usage only when retrieved later: it is settled at its worst case (its input and
+max output tokens, which strict mode sets) when created, as is a background stream closed
+before it completed.
 Paid endpoints without a token-usage price (DALL·E images, image edits and variations,
 audio, videos, batches, fine-tuning, Assistants runs) and WebSocket sessions
 (``responses.connect()``, Realtime) stop with the agent but are not counted: see
@@ -687,6 +688,7 @@ def _choose_image_generation(body: Mapping[str, Any]) -> Endpoint | Unmetered:
 
 _AGENT_RUN = Unmetered(PROVIDER, "agent_run")
 _FINE_TUNING = Unmetered(PROVIDER, "fine_tuning")
+_REALTIME = Unmetered(PROVIDER, "realtime_session")
 _ROUTES: dict[str, Endpoint | Unmetered | PerRequest] = {
     "/chat/completions": CHAT,
     "/responses": RESPONSES,
@@ -713,13 +715,13 @@ _ROUTES: dict[str, Endpoint | Unmetered | PerRequest] = {
     # a session made for one, a WebRTC call started in one, a SIP call taken into one
     # (Realtime or Live), a Live WebRTC session or a stored one forked onto a new
     # connection: billed sessions.
-    "/client_secrets": Unmetered(PROVIDER, "realtime_session"),
-    "/realtime/sessions": Unmetered(PROVIDER, "realtime_session"),
-    "/realtime/transcription_sessions": Unmetered(PROVIDER, "realtime_session"),
-    "/realtime/calls": Unmetered(PROVIDER, "realtime_session"),  # an SDP offer answered
-    "/accept": Unmetered(PROVIDER, "realtime_session"),  # /realtime/calls/{id}/accept
-    "/live/sessions": Unmetered(PROVIDER, "realtime_session"),
-    "/fork": Unmetered(PROVIDER, "realtime_session"),  # /live/sessions/{id}/fork
+    "/client_secrets": _REALTIME,
+    "/realtime/sessions": _REALTIME,
+    "/realtime/transcription_sessions": _REALTIME,
+    "/realtime/calls": _REALTIME,  # an SDP offer answered
+    "/accept": _REALTIME,  # /realtime/calls/{id}/accept
+    "/live/sessions": _REALTIME,
+    "/fork": _REALTIME,  # /live/sessions/{id}/fork
     "/chatkit/sessions": Unmetered(PROVIDER, "chatkit_session"),
     # Managed agents (beta): an automation invoked sets the agent to work at OpenAI, billed
     # there (sessions and their events: see endpoint_for).
