@@ -107,10 +107,10 @@ def test_a_project_default_tier_is_learned_and_reserved_at(
 
 def _priority_project(
     server: StandIn, make_guard: Any, budget: Budget, taught: bool
-) -> tuple[int, int, Any]:
+) -> tuple[int, int]:
     """201 calls that name no tier from a project whose default is priority, in strict mode
-    with 300 max output tokens: after one answered call (``taught``), or all at once. What
-    was admitted, what the provider billed and the guard."""
+    with 300 max output tokens: after one answered call (``taught``), or all at once. How many
+    were admitted and what the provider billed."""
     guard = make_guard(budget=budget, mode="strict", default_max_output_tokens=300)
     # Input as OpenAI counts "Say hello"; every answer says the project's priority tier.
     server.default = Reply(output_tokens=300, input_tokens=9, service_tier="priority")
@@ -141,7 +141,7 @@ def _priority_project(
     assert admitted > 1 and len(server.requests) == admitted
     assert spent(guard) == billed
     assert guard.ledger.open_holds == 0
-    return admitted, billed, guard
+    return admitted, billed
 
 
 def test_spend_holds_the_limit_for_a_project_whose_default_is_priority(
@@ -150,7 +150,7 @@ def test_spend_holds_the_limit_for_a_project_whose_default_is_priority(
     # One answer teaches the guard the tier; reserved at standard prices, the 200 calls after
     # it would be admitted for 3.0 and charged 5.1 millidollars each.
     budget = Budget.daily(0.02)
-    admitted, billed, _ = _priority_project(server, make_guard, budget, taught=True)
+    admitted, billed = _priority_project(server, make_guard, budget, taught=True)
     print(f"\npriority project: admitted {admitted}/201, billed ${billed / 1e9:.6f} of $0.02")
     assert billed <= budget.limit
 
@@ -163,7 +163,7 @@ def test_a_first_burst_from_a_priority_project_is_held_at_priority(
     # Now the first is held at standard while it learns the tier and the others at priority:
     # the first's hold is short by the price difference of its 300 tokens, no more.
     budget = Budget.daily(0.02)
-    admitted, billed, _ = _priority_project(server, make_guard, budget, taught=False)
+    admitted, billed = _priority_project(server, make_guard, budget, taught=False)
     print(f"\nfirst burst: admitted {admitted}/201, billed ${billed / 1e9:.6f} of $0.02")
     first_short_by = 9 * (4250 - 2500) + 300 * (17_000 - 10_000)
     assert billed <= budget.limit + first_short_by
