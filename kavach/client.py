@@ -695,9 +695,7 @@ class AgentKavach:
         """
         if not self.enabled:
             return
-        if self.kill_switch.reason is not None:
-            run_id = spec.run_id or _current_run.get() or self._session_run
-            self._refuse_if_stopped(spec, run_id, self._clock(), 0.0)
+        self.check_stopped(spec)
         kind = (spec.provider, spec.operation)
         if kind not in self._unmetered_seen:
             self._unmetered_seen.add(kind)
@@ -708,6 +706,14 @@ class AgentKavach:
                 spec.provider,
                 spec.operation,
             )
+
+    def check_stopped(self, spec: CallSpec) -> None:
+        """Raise ``AgentKilledError`` (reported as a refusal of ``spec``) while the agent is
+        stopped. For a session whose calls are held one by one later (a WebSocket): it is
+        not opened for an agent that may make no call."""
+        if self.enabled and self.kill_switch.reason is not None:
+            run_id = spec.run_id or _current_run.get() or self._session_run
+            self._refuse_if_stopped(spec, run_id, self._clock(), 0.0)
 
     def _refuse_if_stopped(
         self, spec: CallSpec, run_id: str, now: datetime | None, wall: float
