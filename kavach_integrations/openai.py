@@ -8,10 +8,11 @@ parse, stream), ``responses`` (create, stream, parse, compact), ``completions``,
 reports its usage only when retrieved later: it is settled at its worst case (its input and
 max output tokens, which strict mode sets) when created, as is a background stream closed
 before it completed.
+Responses over a WebSocket (``responses.connect()``) are held and settled one
+``response.create`` at a time, as streams (``kavach_integrations._sockets``).
 Paid endpoints without a token-usage price (DALL·E images, image edits and variations,
-audio, videos, batches, fine-tuning, Assistants runs) and WebSocket sessions
-(``responses.connect()``, Realtime) stop with the agent but are not counted: see
-``AgentKavach.admit_unmetered``.
+audio, videos, batches, fine-tuning, Assistants runs) and Realtime sessions stop with the
+agent but are not counted: see ``AgentKavach.admit_unmetered``.
 Usage maps to ``kavach.usage.Usage`` as OpenAI reports it: ``prompt_tokens`` include
 ``cached_tokens`` (reads) and ``cache_write_tokens``, ``completion_tokens`` include
 reasoning and audio tokens.
@@ -46,6 +47,7 @@ from kavach_integrations._provider import (
     set_max_tokens,
     tool_signature,
 )
+from kavach_integrations._sockets import SocketProtocol, guard_socket
 
 try:
     import openai
@@ -428,12 +430,11 @@ class ResponsesMeter(TokenCounter):
         if kind == "response.output_text.delta" or kind == "response.function_call_arguments.delta":
             self.count_one(event.delta)
         elif kind in ("response.completed", "response.incomplete", "response.failed"):
-            self.final = event.response
-            self.model = field(event.response, "model")
-            if field(event.response, "usage") is not None:
-                self.usage = responses_usage(
-                    event.response.usage, field(event.response, "service_tier")
-                )
+            final = self.final = event.response  # a dict over a WebSocket (_sockets)
+            self.model = field(final, "model")
+            usage = field(final, "usage")
+            if usage is not None:
+                self.usage = responses_usage(usage, field(final, "service_tier"))
                 self.complete = True
         return False
 
@@ -754,25 +755,54 @@ def endpoint_for(method: str, path: str) -> Endpoint | Unmetered | PerRequest | 
     return None
 
 
-# WebSocket sessions bypass ``request``: responses created over ``responses.connect()`` and
-# Realtime sessions are billed, but their usage arrives as socket events the guard does not
-# read. Opening one stops with the agent, and its cost is not counted.
-_SOCKETS = (
-    (("responses",), "responses_websocket"),
-    (("beta", "responses"), "responses_websocket"),
-    (("realtime",), "realtime_session"),
-    (("beta", "realtime"), "realtime_session"),
+def _successor(response: Mapping[str, Any]) -> dict[str, Any]:
+    """The request a response the server started itself amounts to (after steering, it
+    continues the previous response with the same settings): read from that response."""
+    return {name: response[name] for name in _SUCCESSOR_FIELDS if response.get(name) is not None}
+
+
+_SUCCESSOR_FIELDS = (
+    "model",
+    "instructions",
+    "tools",
+    "max_output_tokens",
+    "max_tool_calls",
+    "previous_response_id",
+    "conversation",
 )
+
+# Responses over ``responses.connect()``: each ``response.create`` event is held before it
+# is sent and settled from the events that answer it (kavach_integrations._sockets).
+RESPONSES_SOCKET = SocketProtocol(
+    provider=PROVIDER,
+    endpoint=RESPONSES,
+    request="response.create",
+    started="response.created",
+    finished=("response.completed", "response.incomplete", "response.failed"),
+    error="error",
+    successor=_successor,
+)
+_RESPONSE_SOCKETS = (("responses",), ("beta", "responses"))
+
+# Realtime sessions bypass ``request`` too, and their usage arrives as socket events the
+# guard does not read (the server starts responses itself as the user speaks). Opening one
+# stops with the agent, and its cost is not counted.
+_REALTIME_SOCKETS = (("realtime",), ("beta", "realtime"))
+
+
+def _owner(client: Any, path: tuple[str, ...]) -> Any:
+    owner = client
+    for name in path:  # absent from some SDK versions
+        owner = getattr(owner, name, None)
+    return owner
 
 
 def instrument(client: Any, guard: AgentKavach) -> None:
-    guard_request_method(
-        client, guard, endpoint_for, is_async=isinstance(client, openai.AsyncOpenAI)
-    )
-    for path, operation in _SOCKETS:
-        owner = client
-        for name in path:  # absent from some SDK versions
-            owner = getattr(owner, name, None)
-        if owner is not None:
-            unmetered = Unmetered(PROVIDER, operation)
-            guard_unmetered_method(client, owner, "connect", guard, unmetered)
+    is_async = isinstance(client, openai.AsyncOpenAI)
+    guard_request_method(client, guard, endpoint_for, is_async=is_async)
+    for path in _RESPONSE_SOCKETS:
+        if (owner := _owner(client, path)) is not None and hasattr(owner, "connect"):
+            guard_socket(client, owner, guard, RESPONSES_SOCKET, is_async=is_async)
+    for path in _REALTIME_SOCKETS:
+        if (owner := _owner(client, path)) is not None:
+            guard_unmetered_method(client, owner, "connect", guard, _REALTIME)

@@ -46,13 +46,15 @@ VENV_OPENAI3=${VENV_OPENAI3:-.venv-openai3}
 if [ ! -x "$VENV_OPENAI3/bin/python" ]; then
   "$PYTHON" -m venv "$VENV_OPENAI3"
 fi
-if [ ! -f "$VENV_OPENAI3/.installed" ] || [ pyproject.toml -nt "$VENV_OPENAI3/.installed" ]; then
+if [ ! -f "$VENV_OPENAI3/.installed" ] || [ pyproject.toml -nt "$VENV_OPENAI3/.installed" ] \
+  || [ scripts/test.sh -nt "$VENV_OPENAI3/.installed" ]; then
   "$VENV_OPENAI3/bin/python" -m pip install --quiet --upgrade pip
   "$VENV_OPENAI3/bin/python" -m pip install --quiet -e '.[openai,anthropic]' 'openai>=3' \
-    pytest pytest-timeout pytest-asyncio hypothesis anyio
+    pytest pytest-timeout pytest-asyncio hypothesis anyio websockets
   touch "$VENV_OPENAI3/.installed"
 fi
 "$VENV_OPENAI3/bin/python" -m pytest tests/kavach_integrations/test_openai.py \
   tests/kavach_integrations/test_anthropic.py tests/kavach_integrations/test_price_tiers.py \
   tests/kavach_integrations/test_search_fees.py tests/kavach_integrations/test_stored_context.py \
+  tests/kavach_integrations/test_responses_socket.py \
   -q -p no:cacheprovider -rs -k "not gemini"  # Gemini: no google-genai here; stage one runs them

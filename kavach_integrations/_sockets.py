@@ -1,0 +1,442 @@
+"""Metering of a provider's WebSocket session: OpenAI's Responses over ``responses.connect()``.
+
+Over a socket a call is an event the client sends (``response.create``) and its answer the
+events that come back, ending in the response's usage. The guard sits on the socket the SDK
+opens (a ``websockets`` connection), so every way the SDK sends and receives passes it:
+
+=================================  ===========================================================
+a request event sent               held first (refused: raised, and never sent); strict mode
+                                   sets its max output tokens
+its events received                metered as a stream's (``StreamSettlement``): settled on the
+                                   response's final event, cut (the socket closed,
+                                   ``BudgetExceededError`` raised by ``recv``) when its output
+                                   passes what was held
+an ``error`` event                 the request it answers is released (or settled for what
+                                   it consumed)
+a response the server starts       held when it starts (a steered response's successor); when
+itself                             the budget cannot pay for it, the socket is closed
+the socket closed or dropped       calls still open are settled for what they consumed
+=================================  ===========================================================
+
+The provider answers requests in order on each lane (``stream_id``; one lane by default).
+``SocketCalls`` does the reading and bookkeeping and no I/O; ``MeteredSocket`` and
+``AsyncMeteredSocket`` are the thin shells that send, receive and settle.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import weakref
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
+
+from kavach.errors import KavachError
+from kavach.spec import CallSpec
+from kavach.stream import StreamSettlement
+from kavach_integrations._provider import Endpoint, _limited, _lookup_failed, _prepare, patch
+
+if TYPE_CHECKING:
+    from kavach.client import AgentKavach
+    from kavach.reservation import Reservation
+
+logger = logging.getLogger("kavach")
+
+Event = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class SocketProtocol:
+    """How a provider's socket carries calls: the event types that start and end one."""
+
+    provider: str
+    endpoint: Endpoint
+    """Reads a request event (its fields are the HTTP request's) and meters its answer."""
+    request: str
+    started: str
+    finished: tuple[str, ...]
+    error: str
+    successor: Callable[[Mapping[str, Any]], Event]
+    """The request a response the server started itself amounts to, read from the response
+    its ``started`` event carries."""
+    lane: str = "stream_id"
+
+
+class _Call:
+    """One request held on a socket: its settlement, and whether its response started."""
+
+    __slots__ = ("settlement", "started")
+
+    def __init__(self, settlement: StreamSettlement, started: bool = False) -> None:
+        self.settlement = settlement
+        self.started = started
+
+
+class _Answer:
+    """What one received event does to the calls: ``kind`` is done, error, cut or started."""
+
+    __slots__ = ("detail", "kind", "settlement")
+
+    def __init__(self, kind: str, settlement: StreamSettlement | None, detail: Any = None):
+        self.kind = kind
+        self.settlement = settlement
+        self.detail = detail
+
+
+class SocketCalls:
+    """The calls of one socket, in the order the provider answers them, lane by lane."""
+
+    __slots__ = ("client", "guard", "lanes", "protocol", "refused")
+
+    def __init__(
+        self,
+        guard: AgentKavach,
+        protocol: SocketProtocol,
+        client: Any,
+        refused: deque[str | bytes],
+    ) -> None:
+        self.guard = guard
+        self.protocol = protocol
+        self.client = client  # looks up stored context a request continues
+        self.lanes: dict[Any, deque[_Call]] = {}
+        self.refused = refused
+        """Request messages refused: the SDK queues a message whose send raised and sends
+        it again after a reconnect; a refused request must never go out."""
+
+    def request(self, message: Any) -> Event | None:
+        """The request event ``message`` is, or None for any other message."""
+        if self.refused and any(message is m for m in self.refused):
+            raise _Dropped
+        if not isinstance(message, str | bytes):
+            return None
+        try:
+            event = json.loads(message)
+        except ValueError:
+            return None
+        if type(event) is not dict or event.get("type") != self.protocol.request:
+            return None
+        return event
+
+    def spec(self, event: Event) -> CallSpec:
+        return self.protocol.endpoint.read(event)
+
+    def unknown_context(self, event: Event) -> Any:
+        context = self.protocol.endpoint.context
+        return None if context is None else context.unknown(event)
+
+    def fetch(self, ref: Any) -> None:
+        context = self.protocol.endpoint.context
+        assert context is not None
+        try:
+            context.fetch(self.client, ref)
+        except Exception as exc:
+            _lookup_failed(ref, exc)
+
+    async def afetch(self, ref: Any) -> None:
+        context = self.protocol.endpoint.context
+        assert context is not None
+        try:
+            await context.afetch(self.client, ref)
+        except Exception as exc:
+            _lookup_failed(ref, exc)
+
+    def held(self, event: Event, r: Reservation, message: str | bytes) -> str | bytes:
+        """Track the held request ``event``; the message to send (strict mode's limit set)."""
+        endpoint = self.protocol.endpoint
+        sent = _prepare(self.guard, endpoint, event, r, streamed=False)
+        meter = endpoint.meter(event)  # type: ignore[misc]  # a socket endpoint has one
+        settlement = StreamSettlement(r, meter, _limited(self.guard, endpoint, r.spec))
+        self.lanes.setdefault(event.get(self.protocol.lane), deque()).append(_Call(settlement))
+        return message if sent is event else json.dumps(sent)
+
+    def unsent(self, event: Event) -> StreamSettlement:
+        """The settlement of ``event``, whose message could not be sent: to release."""
+        return self.lanes[event.get(self.protocol.lane)].pop().settlement
+
+    def refuse(self, message: str | bytes) -> None:
+        self.refused.append(message)
+
+    def answer(self, message: Any) -> _Answer | None:
+        """Meter one received message: what it does to the calls, if anything."""
+        try:
+            event = json.loads(message)
+        except (TypeError, ValueError):
+            return None
+        if type(event) is not dict:
+            return None
+        protocol = self.protocol
+        kind = event.get("type")
+        queue = self.lanes.get(event.get(protocol.lane))
+        call = queue[0] if queue else None
+        if kind == protocol.error:
+            if call is None or queue is None:
+                return None
+            queue.popleft()
+            return _Answer("error", call.settlement, _error_text(event))
+        if kind == protocol.started:
+            if call is None or call.started:  # no request of ours is waiting for it
+                return _Answer("started", None, event)
+            call.started = True
+        if call is None or queue is None or not call.started:
+            return None  # nothing of ours, or not running yet (queued): nothing billed
+        settlement = call.settlement
+        meter = settlement.meter
+        meter.feed(SimpleNamespace(**event))
+        limit = settlement.limit
+        if limit is not None and meter.output_tokens > limit:
+            queue.popleft()
+            return _Answer("cut", settlement)
+        if kind in protocol.finished:
+            queue.popleft()
+            return _Answer("done", settlement)
+        return None
+
+    def successor(self, event: Event) -> CallSpec:
+        return self.spec(self.protocol.successor(event.get("response") or {}))
+
+    def adopt(self, event: Event, r: Reservation) -> None:
+        """Track a response the server started, held as ``r``, from its ``started`` event."""
+        endpoint = self.protocol.endpoint
+        request = self.protocol.successor(event.get("response") or {})
+        meter = endpoint.meter(request)  # type: ignore[misc]
+        settlement = StreamSettlement(r, meter, _limited(self.guard, endpoint, r.spec))
+        lane = self.lanes.setdefault(event.get(self.protocol.lane), deque())
+        lane.appendleft(_Call(settlement, started=True))
+        meter.feed(SimpleNamespace(**event))
+
+    def open_calls(self) -> list[StreamSettlement]:
+        """Every call not yet settled, which the socket closing ends: forgotten here."""
+        calls = [call.settlement for queue in self.lanes.values() for call in queue]
+        self.lanes.clear()
+        return calls
+
+    def settle_open(self) -> None:
+        """Settle every call still open: the socket closed, dropped, or was freed unclosed
+        (``weakref.finalize``)."""
+        for settlement in self.open_calls():
+            settlement.finish(*_closed_status(settlement))
+
+
+class _Dropped(Exception):
+    """A refused request the SDK tried to send again: not sent."""
+
+
+def _error_text(event: Event) -> str:
+    error = event.get("error")
+    if isinstance(error, Mapping):
+        return f"{error.get('code') or error.get('type') or 'error'}: {error.get('message', '')}"
+    return str(error)[:500]
+
+
+def _closed_status(settlement: StreamSettlement) -> tuple[Any, str]:
+    # Answered in part: billed for what arrived. Not answered at all: given back.
+    return ("cancelled" if settlement.meter.received else "error"), "the socket closed"
+
+
+def _closed_errors() -> tuple[type[BaseException], ...]:
+    from websockets.exceptions import ConnectionClosed
+
+    return (ConnectionClosed,)
+
+
+class MeteredSocket:
+    """A ``websockets`` client connection whose calls are held and settled (see above);
+    anything else passes to the connection itself."""
+
+    def __init__(self, ws: Any, calls: SocketCalls) -> None:
+        self._ws = ws
+        self._calls = calls
+        weakref.finalize(self, calls.settle_open)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ws, name)
+
+    def send(self, message: Any, *args: Any, **kwargs: Any) -> None:
+        calls = self._calls
+        try:
+            event = calls.request(message)
+        except _Dropped:
+            return
+        if event is None:
+            self._ws.send(message, *args, **kwargs)
+            return
+        if (ref := calls.unknown_context(event)) is not None:
+            calls.fetch(ref)
+        try:
+            r = calls.guard.reserve(calls.spec(event))
+        except KavachError:
+            calls.refuse(message)
+            raise
+        sent = calls.held(event, r, message)
+        try:
+            self._ws.send(sent, *args, **kwargs)
+        except BaseException as exc:
+            calls.unsent(event).finish("error", f"{type(exc).__name__}: {exc}"[:500])
+            raise
+
+    def recv(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            message = self._ws.recv(*args, **kwargs)
+        except _closed_errors():
+            self._settle_open()
+            raise
+        answer = self._calls.answer(message)
+        if answer is not None:
+            self._apply(answer)
+        return message
+
+    def _apply(self, answer: _Answer) -> None:
+        settlement = answer.settlement
+        if answer.kind == "done":
+            assert settlement is not None
+            settlement.finish()
+        elif answer.kind == "error":
+            assert settlement is not None
+            settlement.finish("error", answer.detail)
+        elif answer.kind == "cut":
+            assert settlement is not None
+            settlement.finish("cut", "output passed the reservation")
+            self.close()
+            raise settlement.cut_error()
+        else:
+            calls = self._calls
+            try:
+                r = calls.guard.reserve(calls.successor(answer.detail))
+            except KavachError:
+                self.close()  # the provider goes on only while the socket is open
+                raise
+            calls.adopt(answer.detail, r)
+
+    def _settle_open(self) -> None:
+        self._calls.settle_open()
+
+    def close(self, *args: Any, **kwargs: Any) -> Any:
+        self._settle_open()
+        return self._ws.close(*args, **kwargs)
+
+
+class AsyncMeteredSocket:
+    """``MeteredSocket`` for the ``websockets`` asyncio client."""
+
+    def __init__(self, ws: Any, calls: SocketCalls) -> None:
+        self._ws = ws
+        self._calls = calls
+        weakref.finalize(self, calls.settle_open)
+        # An in-process ledger does no I/O: its sync methods spare a coroutine a call.
+        self._in_process = getattr(calls.guard.ledger, "in_process", False)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ws, name)
+
+    async def _reserve(self, spec: CallSpec) -> Reservation:
+        guard = self._calls.guard
+        return guard.reserve(spec) if self._in_process else await guard.areserve(spec)
+
+    async def send(self, message: Any, *args: Any, **kwargs: Any) -> None:
+        calls = self._calls
+        try:
+            event = calls.request(message)
+        except _Dropped:
+            return
+        if event is None:
+            await self._ws.send(message, *args, **kwargs)
+            return
+        if (ref := calls.unknown_context(event)) is not None:
+            await calls.afetch(ref)
+        try:
+            r = await self._reserve(calls.spec(event))
+        except KavachError:
+            calls.refuse(message)
+            raise
+        sent = calls.held(event, r, message)
+        try:
+            await self._ws.send(sent, *args, **kwargs)
+        except BaseException as exc:
+            await calls.unsent(event).afinish("error", f"{type(exc).__name__}: {exc}"[:500])
+            raise
+
+    async def recv(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            message = await self._ws.recv(*args, **kwargs)
+        except _closed_errors():
+            await self._settle_open()
+            raise
+        answer = self._calls.answer(message)
+        if answer is not None:
+            await self._apply(answer)
+        return message
+
+    async def _apply(self, answer: _Answer) -> None:
+        settlement = answer.settlement
+        if answer.kind == "done":
+            assert settlement is not None
+            await settlement.afinish()
+        elif answer.kind == "error":
+            assert settlement is not None
+            await settlement.afinish("error", answer.detail)
+        elif answer.kind == "cut":
+            assert settlement is not None
+            await settlement.afinish("cut", "output passed the reservation")
+            await self.close()
+            raise settlement.cut_error()
+        else:
+            calls = self._calls
+            try:
+                r = await self._reserve(calls.successor(answer.detail))
+            except KavachError:
+                await self.close()
+                raise
+            calls.adopt(answer.detail, r)
+
+    async def _settle_open(self) -> None:
+        for settlement in self._calls.open_calls():
+            await settlement.afinish(*_closed_status(settlement))
+
+    async def close(self, *args: Any, **kwargs: Any) -> Any:
+        await self._settle_open()
+        return await self._ws.close(*args, **kwargs)
+
+
+def guard_socket(
+    client: Any,
+    owner: Any,
+    guard: AgentKavach,
+    protocol: SocketProtocol,
+    *,
+    is_async: bool,
+) -> None:
+    """Meter the calls of every socket ``owner.connect()`` opens (OpenAI's Stainless
+    connection managers, which open it in ``_connect_ws``: on entering, and again on each
+    reconnect). A stopped agent opens none."""
+    original = owner.connect
+    operation = protocol.endpoint.operation
+
+    def connect(*args: Any, **kwargs: Any) -> Any:
+        guard.check_stopped(CallSpec(provider=protocol.provider, model="", operation=operation))
+        manager = original(*args, **kwargs)
+        open_ws = getattr(manager, "_connect_ws", None)
+        if open_ws is None or not guard.enabled:
+            return manager
+        refused: deque[str | bytes] = deque(maxlen=32)  # per manager: its send queue's
+        if is_async:
+
+            async def aconnect_ws(*a: Any, **kw: Any) -> Any:
+                calls = SocketCalls(guard, protocol, client, refused)
+                return AsyncMeteredSocket(await open_ws(*a, **kw), calls)
+
+            manager._connect_ws = aconnect_ws
+        else:
+
+            def connect_ws(*a: Any, **kw: Any) -> Any:
+                return MeteredSocket(
+                    open_ws(*a, **kw), SocketCalls(guard, protocol, client, refused)
+                )
+
+            manager._connect_ws = connect_ws
+        return manager
+
+    patch(client, owner, "connect", functools.wraps(original)(connect))
