@@ -631,6 +631,7 @@ class AgentKavach:
                 raise
         if spec.context_tokens:
             input_tokens += spec.context_tokens
+            media += spec.context_media_tokens
         fingerprint = None
         if self.guardrail_config.detect_loops:
             if content is not None and spec.tools is None:  # a plain chat call, no tools

@@ -69,3 +69,6 @@ class CallSpec:
     """Tokens of context the provider keeps and adds to this request's input (an OpenAI
     ``previous_response_id`` or ``conversation`` the guard saw answered): held on top of the
     input counted from the request itself."""
+    context_media_tokens: int = 0
+    """Of ``context_tokens``, those that are audio, images or video (a Realtime session's
+    speech): held at the dearest of the input and media rates, as media in a request is."""
