@@ -1,7 +1,9 @@
-"""Metering of a provider's WebSocket session: OpenAI's Responses over ``responses.connect()``.
+"""Metering of a provider's WebSocket session: OpenAI's Responses over ``responses.connect()``
+and Realtime sessions (``realtime.connect()``, ``kavach_integrations._openai_realtime``).
 
 Over a socket a call is an event the client sends (``response.create``) and its answer the
-events that come back, ending in the response's usage. The guard sits on the socket the SDK
+events that come back, ending in the response's usage. What the request holds may depend on
+the session too (a Realtime conversation): a ``SocketState`` sees every event to tell. The guard sits on the socket the SDK
 opens (a ``websockets`` connection), so every way the SDK sends and receives passes it:
 
 =================================  ===========================================================
@@ -11,8 +13,7 @@ its events received                metered as a stream's (``StreamSettlement``):
                                    response's final event, cut (the socket closed,
                                    ``BudgetExceededError`` raised by ``recv``) when its output
                                    passes what was held
-an ``error`` event                 the request it answers is released (or settled for what
-                                   it consumed)
+an ``error`` event                 a request whose response has not started is released
 a response the server starts       held when it starts (a steered response's successor); when
 itself                             the budget cannot pay for it, the socket is closed
 the socket closed or dropped       calls still open are settled for what they consumed
@@ -33,12 +34,20 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from kavach.errors import KavachError
 from kavach.spec import CallSpec
 from kavach.stream import StreamSettlement
-from kavach_integrations._provider import Endpoint, _limited, _lookup_failed, _prepare, patch
+from kavach_integrations._provider import (
+    Endpoint,
+    Unmetered,
+    _admit_unmetered,
+    _limited,
+    _lookup_failed,
+    _prepare,
+    patch,
+)
 
 if TYPE_CHECKING:
     from kavach.client import AgentKavach
@@ -49,21 +58,59 @@ logger = logging.getLogger("kavach")
 Event = dict[str, Any]
 
 
+class SocketState(Protocol):
+    """What one socket's calls depend on beyond the request event itself: a Realtime
+    session's settings and conversation. Sees every event, sent and received, in order."""
+
+    def sent(self, event: Event) -> None: ...
+
+    def received(self, event: Event) -> None: ...
+
+    def request(self, event: Event) -> Event:
+        """The request (as ``SocketProtocol.endpoint`` reads it) a request event makes."""
+        ...
+
+    def successor(self, response: Mapping[str, Any]) -> Event:
+        """The request a response the server started itself amounts to, read from the
+        response its ``started`` event carries."""
+        ...
+
+
+class RequestsAsSent:
+    """A socket whose request events carry the whole request (Responses): no state."""
+
+    def __init__(self, successor: Callable[[Mapping[str, Any]], Event]) -> None:
+        self._successor = successor
+
+    def sent(self, event: Event) -> None:
+        pass
+
+    def received(self, event: Event) -> None:
+        pass
+
+    def request(self, event: Event) -> Event:
+        return event
+
+    def successor(self, response: Mapping[str, Any]) -> Event:
+        return self._successor(response)
+
+
 @dataclass(frozen=True, slots=True)
 class SocketProtocol:
     """How a provider's socket carries calls: the event types that start and end one."""
 
     provider: str
     endpoint: Endpoint
-    """Reads a request event (its fields are the HTTP request's) and meters its answer."""
+    """Reads a request (``SocketState.request``) and meters its answer; its ``limit`` sets
+    the max output tokens of the request event sent."""
     request: str
     started: str
     finished: tuple[str, ...]
     error: str
-    successor: Callable[[Mapping[str, Any]], Event]
-    """The request a response the server started itself amounts to, read from the response
-    its ``started`` event carries."""
-    lane: str = "stream_id"
+    state: Callable[[Mapping[str, Any]], SocketState]
+    """A socket's state, from the keyword arguments ``connect()`` was called with."""
+    lane: str | None = "stream_id"
+    """The event field naming the lane a request and its answer are on, if any."""
 
 
 class _Call:
@@ -90,7 +137,7 @@ class _Answer:
 class SocketCalls:
     """The calls of one socket, in the order the provider answers them, lane by lane."""
 
-    __slots__ = ("client", "guard", "lanes", "protocol", "refused")
+    __slots__ = ("client", "guard", "lanes", "protocol", "refused", "state")
 
     def __init__(
         self,
@@ -98,9 +145,11 @@ class SocketCalls:
         protocol: SocketProtocol,
         client: Any,
         refused: deque[str | bytes],
+        state: SocketState,
     ) -> None:
         self.guard = guard
         self.protocol = protocol
+        self.state = state
         self.client = client  # looks up stored context a request continues
         self.lanes: dict[Any, deque[_Call]] = {}
         self.refused = refused
@@ -117,16 +166,23 @@ class SocketCalls:
             event = json.loads(message)
         except ValueError:
             return None
-        if type(event) is not dict or event.get("type") != self.protocol.request:
+        if type(event) is not dict:
+            return None
+        self.state.sent(event)
+        if event.get("type") != self.protocol.request:
             return None
         return event
 
-    def spec(self, event: Event) -> CallSpec:
-        return self.protocol.endpoint.read(event)
+    def body(self, event: Event) -> Event:
+        """The request a request event makes, as the endpoint reads it."""
+        return self.state.request(event)
 
-    def unknown_context(self, event: Event) -> Any:
+    def spec(self, body: Event) -> CallSpec:
+        return self.protocol.endpoint.read(body)
+
+    def unknown_context(self, body: Event) -> Any:
         context = self.protocol.endpoint.context
-        return None if context is None else context.unknown(event)
+        return None if context is None else context.unknown(body)
 
     def fetch(self, ref: Any) -> None:
         context = self.protocol.endpoint.context
@@ -144,18 +200,22 @@ class SocketCalls:
         except Exception as exc:
             _lookup_failed(ref, exc)
 
-    def held(self, event: Event, r: Reservation, message: str | bytes) -> str | bytes:
+    def _lane(self, event: Mapping[str, Any]) -> Any:
+        lane = self.protocol.lane
+        return None if lane is None else event.get(lane)
+
+    def held(self, event: Event, body: Event, r: Reservation, message: str | bytes) -> str | bytes:
         """Track the held request ``event``; the message to send (strict mode's limit set)."""
         endpoint = self.protocol.endpoint
         sent = _prepare(self.guard, endpoint, event, r, streamed=False)
-        meter = endpoint.meter(event)  # type: ignore[misc]  # a socket endpoint has one
+        meter = endpoint.meter(body)  # type: ignore[misc]  # a socket endpoint has one
         settlement = StreamSettlement(r, meter, _limited(self.guard, endpoint, r.spec))
-        self.lanes.setdefault(event.get(self.protocol.lane), deque()).append(_Call(settlement))
+        self.lanes.setdefault(self._lane(event), deque()).append(_Call(settlement))
         return message if sent is event else json.dumps(sent)
 
     def unsent(self, event: Event) -> StreamSettlement:
         """The settlement of ``event``, whose message could not be sent: to release."""
-        return self.lanes[event.get(self.protocol.lane)].pop().settlement
+        return self.lanes[self._lane(event)].pop().settlement
 
     def refuse(self, message: str | bytes) -> None:
         self.refused.append(message)
@@ -168,12 +228,16 @@ class SocketCalls:
             return None
         if type(event) is not dict:
             return None
+        self.state.received(event)
         protocol = self.protocol
         kind = event.get("type")
-        queue = self.lanes.get(event.get(protocol.lane))
+        queue = self.lanes.get(self._lane(event))
         call = queue[0] if queue else None
         if kind == protocol.error:
-            if call is None or queue is None:
+            # An error before the request's response started refused it: nothing billed. One
+            # after may concern another event (Realtime); a response that stops unfinished
+            # is settled for what it consumed when the socket closes.
+            if call is None or queue is None or call.started:
                 return None
             queue.popleft()
             return _Answer("error", call.settlement, _error_text(event))
@@ -195,16 +259,16 @@ class SocketCalls:
             return _Answer("done", settlement)
         return None
 
-    def successor(self, event: Event) -> CallSpec:
-        return self.spec(self.protocol.successor(event.get("response") or {}))
+    def successor(self, event: Event) -> Event:
+        """The request a response the server started amounts to, from its ``started`` event."""
+        return self.state.successor(event.get("response") or {})
 
-    def adopt(self, event: Event, r: Reservation) -> None:
+    def adopt(self, event: Event, body: Event, r: Reservation) -> None:
         """Track a response the server started, held as ``r``, from its ``started`` event."""
         endpoint = self.protocol.endpoint
-        request = self.protocol.successor(event.get("response") or {})
-        meter = endpoint.meter(request)  # type: ignore[misc]
+        meter = endpoint.meter(body)  # type: ignore[misc]
         settlement = StreamSettlement(r, meter, _limited(self.guard, endpoint, r.spec))
-        lane = self.lanes.setdefault(event.get(self.protocol.lane), deque())
+        lane = self.lanes.setdefault(self._lane(event), deque())
         lane.appendleft(_Call(settlement, started=True))
         meter.feed(SimpleNamespace(**event))
 
@@ -264,14 +328,15 @@ class MeteredSocket:
         if event is None:
             self._ws.send(message, *args, **kwargs)
             return
-        if (ref := calls.unknown_context(event)) is not None:
+        body = calls.body(event)
+        if (ref := calls.unknown_context(body)) is not None:
             calls.fetch(ref)
         try:
-            r = calls.guard.reserve(calls.spec(event))
+            r = calls.guard.reserve(calls.spec(body))
         except KavachError:
             calls.refuse(message)
             raise
-        sent = calls.held(event, r, message)
+        sent = calls.held(event, body, r, message)
         try:
             self._ws.send(sent, *args, **kwargs)
         except BaseException as exc:
@@ -304,12 +369,13 @@ class MeteredSocket:
             raise settlement.cut_error()
         else:
             calls = self._calls
+            body = calls.successor(answer.detail)
             try:
-                r = calls.guard.reserve(calls.successor(answer.detail))
+                r = calls.guard.reserve(calls.spec(body))
             except KavachError:
                 self.close()  # the provider goes on only while the socket is open
                 raise
-            calls.adopt(answer.detail, r)
+            calls.adopt(answer.detail, body, r)
 
     def _settle_open(self) -> None:
         self._calls.settle_open()
@@ -345,14 +411,15 @@ class AsyncMeteredSocket:
         if event is None:
             await self._ws.send(message, *args, **kwargs)
             return
-        if (ref := calls.unknown_context(event)) is not None:
+        body = calls.body(event)
+        if (ref := calls.unknown_context(body)) is not None:
             await calls.afetch(ref)
         try:
-            r = await self._reserve(calls.spec(event))
+            r = await self._reserve(calls.spec(body))
         except KavachError:
             calls.refuse(message)
             raise
-        sent = calls.held(event, r, message)
+        sent = calls.held(event, body, r, message)
         try:
             await self._ws.send(sent, *args, **kwargs)
         except BaseException as exc:
@@ -385,12 +452,13 @@ class AsyncMeteredSocket:
             raise settlement.cut_error()
         else:
             calls = self._calls
+            body = calls.successor(answer.detail)
             try:
-                r = await self._reserve(calls.successor(answer.detail))
+                r = await self._reserve(calls.spec(body))
             except KavachError:
                 await self.close()
                 raise
-            calls.adopt(answer.detail, r)
+            calls.adopt(answer.detail, body, r)
 
     async def _settle_open(self) -> None:
         for settlement in self._calls.open_calls():
@@ -418,23 +486,27 @@ def guard_socket(
     def connect(*args: Any, **kwargs: Any) -> Any:
         guard.check_stopped(CallSpec(provider=protocol.provider, model="", operation=operation))
         manager = original(*args, **kwargs)
+        if not guard.enabled:
+            return manager
         open_ws = getattr(manager, "_connect_ws", None)
-        if open_ws is None or not guard.enabled:
+        if open_ws is None:  # an SDK that opens its socket elsewhere: stopped, not counted
+            _admit_unmetered(guard, Unmetered(protocol.provider, operation), kwargs)
             return manager
         refused: deque[str | bytes] = deque(maxlen=32)  # per manager: its send queue's
+
+        def calls() -> SocketCalls:  # a socket's own (a reconnect opens a new one)
+            return SocketCalls(guard, protocol, client, refused, protocol.state(kwargs))
+
         if is_async:
 
             async def aconnect_ws(*a: Any, **kw: Any) -> Any:
-                calls = SocketCalls(guard, protocol, client, refused)
-                return AsyncMeteredSocket(await open_ws(*a, **kw), calls)
+                return AsyncMeteredSocket(await open_ws(*a, **kw), calls())
 
             manager._connect_ws = aconnect_ws
         else:
 
             def connect_ws(*a: Any, **kw: Any) -> Any:
-                return MeteredSocket(
-                    open_ws(*a, **kw), SocketCalls(guard, protocol, client, refused)
-                )
+                return MeteredSocket(open_ws(*a, **kw), calls())
 
             manager._connect_ws = connect_ws
         return manager

@@ -8,11 +8,13 @@ parse, stream), ``responses`` (create, stream, parse, compact), ``completions``,
 reports its usage only when retrieved later: it is settled at its worst case (its input and
 max output tokens, which strict mode sets) when created, as is a background stream closed
 before it completed.
-Responses over a WebSocket (``responses.connect()``) are held and settled one
-``response.create`` at a time, as streams (``kavach_integrations._sockets``).
+Responses over a WebSocket (``responses.connect()``) and Realtime sessions over one
+(``realtime.connect()``) are held and settled one response at a time, as streams
+(``kavach_integrations._sockets``, ``_openai_realtime``).
 Paid endpoints without a token-usage price (DALL·E images, image edits and variations,
-audio, videos, batches, fine-tuning, Assistants runs) and Realtime sessions stop with the
-agent but are not counted: see ``AgentKavach.admit_unmetered``.
+audio, videos, batches, fine-tuning, Assistants runs) and Realtime sessions the guard does
+not see (WebRTC and SIP calls, browser client secrets, the deprecated ``beta.realtime``) stop with the agent but are not
+counted: see ``AgentKavach.admit_unmetered``.
 Usage maps to ``kavach.usage.Usage`` as OpenAI reports it: ``prompt_tokens`` include
 ``cached_tokens`` (reads) and ``cache_write_tokens``, ``completion_tokens`` include
 reasoning and audio tokens.
@@ -29,6 +31,7 @@ from kavach.spec import CallSpec
 from kavach.stream import Outcome
 from kavach.tokens import estimate_input_tokens
 from kavach.usage import Usage
+from kavach_integrations._openai_realtime import REALTIME
 from kavach_integrations._provider import (
     ASSUMED_SEARCHES,
     READERS,
@@ -47,7 +50,7 @@ from kavach_integrations._provider import (
     set_max_tokens,
     tool_signature,
 )
-from kavach_integrations._sockets import SocketProtocol, guard_socket
+from kavach_integrations._sockets import RequestsAsSent, SocketProtocol, guard_socket
 
 try:
     import openai
@@ -780,14 +783,14 @@ RESPONSES_SOCKET = SocketProtocol(
     started="response.created",
     finished=("response.completed", "response.incomplete", "response.failed"),
     error="error",
-    successor=_successor,
+    state=lambda connect_kwargs: RequestsAsSent(_successor),
 )
 _RESPONSE_SOCKETS = (("responses",), ("beta", "responses"))
 
-# Realtime sessions bypass ``request`` too, and their usage arrives as socket events the
-# guard does not read (the server starts responses itself as the user speaks). Opening one
-# stops with the agent, and its cost is not counted.
-_REALTIME_SOCKETS = (("realtime",), ("beta", "realtime"))
+# Realtime sessions over a WebSocket: every response held and settled
+# (kavach_integrations._openai_realtime). Sessions the guard does not see (WebRTC, SIP) are
+# opened through the ``_REALTIME`` routes above, and the deprecated ``beta.realtime`` opens
+# its socket where the guard cannot reach it: stopped with the agent, not counted.
 
 
 def _owner(client: Any, path: tuple[str, ...]) -> Any:
@@ -803,6 +806,7 @@ def instrument(client: Any, guard: AgentKavach) -> None:
     for path in _RESPONSE_SOCKETS:
         if (owner := _owner(client, path)) is not None and hasattr(owner, "connect"):
             guard_socket(client, owner, guard, RESPONSES_SOCKET, is_async=is_async)
-    for path in _REALTIME_SOCKETS:
-        if (owner := _owner(client, path)) is not None:
-            guard_unmetered_method(client, owner, "connect", guard, _REALTIME)
+    if (owner := _owner(client, ("realtime",))) is not None and hasattr(owner, "connect"):
+        guard_socket(client, owner, guard, REALTIME, is_async=is_async)
+    if (owner := _owner(client, ("beta", "realtime"))) is not None:
+        guard_unmetered_method(client, owner, "connect", guard, _REALTIME)

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -111,3 +113,71 @@ def guarded_gemini(server: StandIn, guard: AgentKavach) -> Any:
 def spent(guard: AgentKavach) -> int:
     """What the guard's first budget has spent, in nano-dollars."""
     return guard.status()[0].spent
+
+
+# -- a loopback WebSocket provider (Responses over responses.connect(), Realtime) ---------
+
+Script = Callable[[dict[str, Any]], list[dict[str, Any]]]
+
+
+class SocketServer:
+    """A loopback provider WebSocket: each message received is answered by the events
+    ``script`` returns for it (none unless a test sets one), ``greeting`` on connecting."""
+
+    def __init__(self) -> None:
+        from websockets.sync.server import serve
+
+        self.received: list[dict[str, Any]] = []
+        self.script: Script = lambda message: []
+        self.greeting: list[dict[str, Any]] = []
+        self.drop_after: int | None = None  # close the socket mid-answer after this many events
+        self._server = serve(self._handle, "127.0.0.1", 0, max_size=None)
+        self.port = self._server.socket.getsockname()[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def _handle(self, ws: Any) -> None:
+        for event in self.greeting:
+            ws.send(json.dumps(event))
+        for message in ws:
+            request = json.loads(message)
+            self.received.append(request)
+            for n, event in enumerate(self.script(request)):
+                if self.drop_after is not None and n == self.drop_after:
+                    ws.close()
+                    return
+                ws.send(json.dumps(event))
+
+    def of_type(self, kind: str) -> list[dict[str, Any]]:
+        return [r for r in self.received if r.get("type") == kind]
+
+    @property
+    def creates(self) -> list[dict[str, Any]]:
+        return self.of_type("response.create")
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._thread.join(5)
+
+
+def events_until(connection: Any, kind: str, count: int = 1) -> list[Any]:
+    """Events a socket connection received until the ``count``-th of type ``kind``."""
+    seen = []
+    for event in connection:
+        seen.append(event)
+        if event.type == kind:
+            count -= 1
+            if count == 0:
+                return seen
+    raise AssertionError(f"the socket closed before {kind}")
+
+
+@pytest.fixture
+def sockets() -> Iterator[SocketServer]:
+    server = SocketServer()
+    yield server
+    server.close()

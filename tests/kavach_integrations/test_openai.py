@@ -1151,17 +1151,18 @@ def test_paid_jobs_and_sessions_of_newer_sdks_stop_with_the_agent(
 def test_websocket_and_realtime_sessions_stop_with_the_agent(
     make_guard: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # Responses over responses.connect() (metered: test_responses_socket.py) and Realtime
-    # sessions bypass the HTTP request the guard sits on: a stopped agent could open them.
+    # Responses over responses.connect() and Realtime sessions bypass the HTTP request the
+    # guard sits on: a stopped agent could open them. Over a WebSocket their calls are
+    # metered (test_responses_socket.py, test_realtime.py); a browser's session is not.
     guard = make_guard(budget=Budget.daily(1))
     mock = MockOpenAI({"value": "ek_1", "expires_at": 0})
     c = mock.client(guard)
     with caplog.at_level(logging.WARNING, logger="kavach"):
         c.responses.connect()  # a connection manager: nothing is sent until it is entered
-        assert not caplog.records  # its calls are metered
         c.realtime.connect(model="gpt-realtime")
+        assert not caplog.records
+        c.realtime.client_secrets.create(session={"type": "realtime", "model": "gpt-realtime"})
     assert any("cannot meter" in r.getMessage() for r in caplog.records)
-    c.realtime.client_secrets.create(session={"type": "realtime", "model": "gpt-realtime"})
     assert len(mock.bodies) == 1
 
     guard.kill("stop")

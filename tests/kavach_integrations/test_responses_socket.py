@@ -6,9 +6,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import itertools
-import json
-import threading
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -17,10 +14,10 @@ from kavach import AgentKavach, Budget
 from kavach.errors import AgentKilledError, BudgetExceededError
 
 openai = pytest.importorskip("openai")
-ws_server = pytest.importorskip("websockets.sync.server")
+pytest.importorskip("websockets")
 from websockets.exceptions import ConnectionClosed  # noqa: E402
 
-from tests.kavach_integrations.conftest import Events, spent  # noqa: E402
+from tests.kavach_integrations.conftest import Events, SocketServer, events_until, spent  # noqa: E402
 
 # openai's SDK opens its socket with websockets' connect() outside a context manager, which
 # websockets 17.1 and later deprecate: the SDK's own warning, raised without the guard too.
@@ -33,7 +30,6 @@ INPUT, OUTPUT = 100, 3
 COST = INPUT * 2_500 + OUTPUT * 10_000
 
 _ids = itertools.count(1)
-Script = Callable[[dict[str, Any]], list[dict[str, Any]]]
 
 
 def answer(
@@ -72,42 +68,9 @@ def answer(
     return events
 
 
-class SocketServer:
-    """A loopback Responses WebSocket: each ``response.create`` is answered by ``script``."""
-
-    def __init__(self) -> None:
-        self.received: list[dict[str, Any]] = []
-        self.script: Script = answer
-        self.drop_after: int | None = None  # close the socket mid-answer after this many events
-        self._server = ws_server.serve(self._handle, "127.0.0.1", 0)
-        self.port = self._server.socket.getsockname()[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-
-    def _handle(self, ws: Any) -> None:
-        for message in ws:
-            request = json.loads(message)
-            self.received.append(request)
-            for n, event in enumerate(self.script(request)):
-                if self.drop_after is not None and n == self.drop_after:
-                    ws.close()
-                    return
-                ws.send(json.dumps(event))
-
-    @property
-    def creates(self) -> list[dict[str, Any]]:
-        return [r for r in self.received if r.get("type") == "response.create"]
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._thread.join(5)
-
-
-@pytest.fixture
-def sockets() -> Iterator[SocketServer]:
-    server = SocketServer()
-    yield server
-    server.close()
+@pytest.fixture(autouse=True)
+def _answering(sockets: SocketServer) -> None:
+    sockets.script = answer
 
 
 def client(server: SocketServer, guard: AgentKavach) -> Any:
@@ -121,15 +84,7 @@ def aclient(server: SocketServer, guard: AgentKavach) -> Any:
 
 
 def until_done(connection: Any, responses: int = 1) -> list[Any]:
-    """Events received until ``responses`` responses completed."""
-    seen = []
-    for event in connection:
-        seen.append(event)
-        if event.type == "response.completed":
-            responses -= 1
-            if responses == 0:
-                return seen
-    raise AssertionError("the socket closed before the responses completed")
+    return events_until(connection, "response.completed", responses)
 
 
 def test_each_response_is_held_before_it_is_sent_and_settled_at_its_usage(

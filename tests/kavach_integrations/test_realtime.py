@@ -1,0 +1,280 @@
+"""Realtime sessions (``realtime.connect()``): the real OpenAI SDK against a loopback
+``websockets`` server that answers as the Realtime API does, speech included."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+import logging
+from typing import Any
+
+import pytest
+
+from kavach import AgentKavach, Budget
+from kavach.errors import AgentKilledError, BudgetExceededError
+
+openai = pytest.importorskip("openai")
+pytest.importorskip("websockets")
+
+from tests.kavach_integrations.conftest import Events, SocketServer, events_until, spent  # noqa: E402
+
+# openai's SDK opens its socket with websockets' connect() outside a context manager, which
+# websockets 17.1 and later deprecate: the SDK's own warning, raised without the guard too.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:connect\\(\\) must be used as a context manager:DeprecationWarning"
+)
+
+MODEL = "gpt-realtime"
+# gpt-realtime, nano-dollars a token: text in 4,000, audio in 32,000, text out 16,000, audio
+# out 64,000 ($4, $32, $16 and $64 per million).
+USAGE = {
+    "input_tokens": 200,
+    "output_tokens": 300,
+    "total_tokens": 500,
+    "input_token_details": {"text_tokens": 120, "audio_tokens": 80, "cached_tokens": 0},
+    "output_token_details": {"text_tokens": 50, "audio_tokens": 250},
+}
+COST = 120 * 4_000 + 80 * 32_000 + 50 * 16_000 + 250 * 64_000
+
+_ids = itertools.count(1)
+SECOND = 48_000  # bytes of 24 kHz 16-bit speech
+
+
+def speech(seconds: float) -> str:
+    return base64.b64encode(b"\0" * int(seconds * SECOND)).decode()
+
+
+def response(usage: dict[str, Any] = USAGE, *, audio_deltas: int = 3) -> list[dict[str, Any]]:
+    """A response as the server sends it: created, speech (0.1 s a delta), done with usage."""
+    rid = f"resp_{next(_ids)}"
+    events: list[dict[str, Any]] = [
+        {
+            "type": "response.created",
+            "event_id": "e",
+            "response": {"id": rid, "object": "realtime.response", "status": "in_progress"},
+        }
+    ]
+    for _ in range(audio_deltas):
+        events.append(
+            {
+                "type": "response.output_audio.delta",
+                "event_id": "e",
+                "response_id": rid,
+                "item_id": "item_1",
+                "output_index": 0,
+                "content_index": 0,
+                "delta": speech(0.1),
+            }
+        )
+    done = {
+        "id": rid,
+        "object": "realtime.response",
+        "status": "completed",
+        "output": [],
+        "usage": usage,
+    }
+    events.append({"type": "response.done", "event_id": "e", "response": done})
+    return events
+
+
+def server(message: dict[str, Any]) -> list[dict[str, Any]]:
+    """Answers ``response.create``; with voice activity detection, a committed turn too."""
+    if message["type"] in ("response.create", "input_audio_buffer.commit"):
+        return response()
+    return []
+
+
+@pytest.fixture(autouse=True)
+def _answering(sockets: SocketServer) -> None:
+    sockets.script = server
+    session = {"type": "realtime", "model": MODEL, "output_modalities": ["audio"]}
+    sockets.greeting = [{"type": "session.created", "event_id": "e", "session": session}]
+
+
+def client(sockets: SocketServer, guard: AgentKavach) -> Any:
+    return guard.wrap(openai.OpenAI(base_url=sockets.base_url, api_key="sk-t", max_retries=0))
+
+
+def until_done(connection: Any, responses: int = 1) -> list[Any]:
+    return events_until(connection, "response.done", responses)
+
+
+def test_each_response_is_held_and_settled_at_its_usage_speech_at_audio_rates(
+    make_guard: Any, events: Events, sockets: SocketServer
+) -> None:
+    guard = make_guard(budget=Budget.daily(1))
+    with client(sockets, guard).realtime.connect(model=MODEL) as connection:
+        for _ in range(2):
+            connection.response.create(response={"max_output_tokens": 400})
+            assert guard.status()[0].reserved > 0  # held before it runs
+            until_done(connection)
+    assert len(sockets.creates) == 2
+    assert [(e.status, e.operation, e.cost_nanos) for e in events.calls] == [
+        ("ok", "realtime", COST)
+    ] * 2
+    assert events.calls[0].usage.output_audio_tokens == 250
+    assert spent(guard) == 2 * COST
+    assert guard.status()[0].reserved == 0
+
+
+def test_a_response_the_server_starts_as_the_user_speaks_is_held_and_settled(
+    make_guard: Any, events: Events, sockets: SocketServer
+) -> None:
+    # Voice activity detection: the server answers a committed turn without response.create.
+    guard = make_guard(budget=Budget.daily(1))
+    with client(sockets, guard).realtime.connect(model=MODEL) as connection:
+        connection.input_audio_buffer.append(audio=speech(1))
+        connection.input_audio_buffer.commit()
+        until_done(connection)
+    assert sockets.creates == []
+    assert [(e.status, e.cost_nanos) for e in events.calls] == [("ok", COST)]
+    assert spent(guard) == COST
+
+
+def test_the_conversation_so_far_is_held_as_input_of_the_next_response(
+    make_guard: Any, events: Events, sockets: SocketServer
+) -> None:
+    # The first response leaves 10,000 tokens of speech in the conversation ($0.32 at the
+    # audio input rate): every later response takes it all as input again.
+    long = {
+        "input_tokens": 10_000,
+        "output_tokens": 100,
+        "input_token_details": {"audio_tokens": 10_000},
+        "output_token_details": {"audio_tokens": 100},
+    }
+    sockets.script = lambda message: response(long) if message["type"] == "response.create" else []
+    guard = make_guard(budget=Budget.daily(0.40))
+    with client(sockets, guard).realtime.connect(model=MODEL) as connection:
+        connection.response.create(response={"max_output_tokens": 100})
+        until_done(connection)
+        assert spent(guard) == 10_000 * 32_000 + 100 * 64_000  # $0.3264 of $0.40
+        with pytest.raises(BudgetExceededError):
+            connection.response.create(response={"max_output_tokens": 100})
+    assert len(sockets.creates) == 1
+    assert [e.status for e in events.calls] == ["ok", "refused"]
+
+
+def test_speech_sent_since_the_last_response_is_held(
+    make_guard: Any, events: Events, sockets: SocketServer
+) -> None:
+    # 30 s of speech: 600 tokens at 20 a second, $0.0192 at the audio input rate.
+    guard = make_guard(budget=Budget.daily(0.015))
+    with client(sockets, guard).realtime.connect(model=MODEL) as connection:
+        for _ in range(60):
+            connection.input_audio_buffer.append(audio=speech(0.5))
+        with pytest.raises(BudgetExceededError):
+            connection.response.create(response={"max_output_tokens": 50})
+        connection.input_audio_buffer.clear()
+    assert sockets.creates == []
+    assert [e.status for e in events.calls] == ["refused"]
+
+
+def test_speech_given_with_an_out_of_band_response_is_held(
+    make_guard: Any, events: Events, sockets: SocketServer
+) -> None:
+    # 10 s of speech: 200 tokens, $0.0064, and 50 tokens of speech out, $0.0032.
+    guard = make_guard(budget=Budget.daily(0.008))
+    said = {"type": "input_audio", "audio": speech(10)}
+    with client(sockets, guard).realtime.connect(model=MODEL) as connection:
+        with pytest.raises(BudgetExceededError):
+            connection.response.create(
+                response={
+                    "conversation": "none",
+                    "max_output_tokens": 50,
+                    "input": [{"type": "message", "role": "user", "content": [said]}],
+                }
+            )
+    assert sockets.creates == []
+    assert [e.status for e in events.calls] == ["refused"]
+
+
+def test_strict_mode_sends_the_max_output_tokens_the_budget_can_pay(
+    make_guard: Any, sockets: SocketServer
+) -> None:
+    guard = make_guard(budget=Budget.daily(0.01), mode="strict")
+    with client(sockets, guard).realtime.connect(model=MODEL) as connection:
+        connection.response.create(response={"instructions": "Be brief."})
+        until_done(connection)
+    (sent,) = sockets.creates
+    # $0.01 pays for about 156 tokens of speech out at $64 per million.
+    assert 0 < sent["response"]["max_output_tokens"] < 160
+    assert sent["response"]["instructions"] == "Be brief."
+
+
+def test_speech_past_the_hold_is_cut_and_the_socket_closed(
+    make_guard: Any, events: Events, sockets: SocketServer
+) -> None:
+    # Held for 10 tokens (cut past 36: speech is counted at an assumed rate); the server
+    # speaks for 5 s, 100 tokens.
+    sockets.script = lambda message: response(audio_deltas=50)
+    guard = make_guard(budget=Budget.daily(1))
+    seen = []
+    with client(sockets, guard).realtime.connect(model=MODEL) as connection:
+        connection.response.create(response={"max_output_tokens": 10})
+        with pytest.raises(BudgetExceededError, match="cut after 38 output tokens"):
+            for event in connection:
+                seen.append(event)
+    assert sum(e.type == "response.output_audio.delta" for e in seen) == 18
+    (call,) = events.calls
+    assert call.status == "cut"
+    assert call.usage.output_audio_tokens == 38
+    assert guard.status()[0].reserved == 0
+    assert spent(guard) == call.cost_nanos >= 38 * 64_000  # the speech, and any input
+
+
+def test_a_stopped_agent_starts_no_response(
+    make_guard: Any, events: Events, sockets: SocketServer
+) -> None:
+    guard = make_guard(budget=Budget.daily(1))
+    c = client(sockets, guard)
+    with c.realtime.connect(model=MODEL) as connection:
+        assert connection.recv().type == "session.created"
+        guard.kill("stop")
+        with pytest.raises(AgentKilledError):
+            connection.response.create()
+        # A response the server starts itself closes the socket.
+        connection.input_audio_buffer.commit()
+        with pytest.raises(AgentKilledError):
+            until_done(connection)
+    with pytest.raises(AgentKilledError):
+        c.realtime.connect(model=MODEL)
+    assert sockets.creates == []
+    assert spent(guard) == 0
+
+
+def test_an_sdk_that_opens_its_socket_out_of_reach_is_stopped_and_not_counted(
+    make_guard: Any, sockets: SocketServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # openai's deprecated beta.realtime opens its socket inside __enter__, where the guard
+    # cannot meter it: it says so, and a stopped agent cannot open one.
+    guard = make_guard(budget=Budget.daily(1))
+    c = client(sockets, guard)
+    with caplog.at_level(logging.WARNING, logger="kavach"):
+        c.beta.realtime.connect(model=MODEL)
+    assert any("cannot meter" in r.getMessage() for r in caplog.records)
+    guard.kill("stop")
+    with pytest.raises(AgentKilledError):
+        c.beta.realtime.connect(model=MODEL)
+
+
+def test_async_sessions_are_held_and_settled(
+    make_guard: Any, events: Events, sockets: SocketServer
+) -> None:
+    guard = make_guard(budget=Budget.daily(1))
+
+    async def session() -> None:
+        c = guard.wrap(openai.AsyncOpenAI(base_url=sockets.base_url, api_key="sk-t"))
+        async with c.realtime.connect(model=MODEL) as connection:
+            await connection.input_audio_buffer.append(audio=speech(1))
+            await connection.input_audio_buffer.commit()  # answered by the server itself
+            await connection.response.create()
+            done = 0
+            async for event in connection:
+                done += event.type == "response.done"
+                if done == 2:
+                    break
+
+    asyncio.run(session())
+    assert [(e.status, e.cost_nanos) for e in events.calls] == [("ok", COST)] * 2
+    assert guard.status()[0].reserved == 0
