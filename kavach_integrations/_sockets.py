@@ -249,7 +249,11 @@ class SocketCalls:
             return None  # nothing of ours, or not running yet (queued): nothing billed
         settlement = call.settlement
         meter = settlement.meter
-        meter.feed(SimpleNamespace(**event))
+        try:
+            meter.feed(SimpleNamespace(**event))
+        except Exception:  # the call stays held, and is settled when the socket closes
+            logger.exception("kavach: could not read a %s event", protocol.provider)
+            return None
         limit = settlement.limit
         if limit is not None and meter.output_tokens > limit:
             queue.popleft()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import itertools
+import logging
 from typing import Any
 
 import pytest
@@ -181,6 +182,24 @@ def test_a_response_the_server_starts_itself_is_held_and_settled(
         until_done(connection, responses=2)
     assert [(e.status, e.cost_nanos) for e in events.calls] == [("ok", COST)] * 2
     assert spent(guard) == 2 * COST
+
+
+def test_an_unreadable_answer_leaves_the_call_held_until_the_socket_closes(
+    make_guard: Any, events: Events, sockets: SocketServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A completed event without its response: the caller still gets it, and the call,
+    # whose usage is unknown, is settled for what it consumed when the socket closes.
+    guard = make_guard(budget=Budget.daily(1))
+    sockets.script = lambda request: [*answer(request)[:-1], {"type": "response.completed"}]
+    with client(sockets, guard).responses.connect() as connection:
+        connection.response.create(model="gpt-4o", input="hi", max_output_tokens=50)
+        with caplog.at_level(logging.ERROR, logger="kavach"):
+            until_done(connection)
+        assert "could not read" in caplog.text
+        assert guard.status()[0].reserved > 0
+    (call,) = events.calls
+    assert (call.status, call.usage.output_tokens) == ("cancelled", OUTPUT)
+    assert guard.status()[0].reserved == 0 and spent(guard) == call.cost_nanos > 0
 
 
 def test_a_request_queued_before_it_starts_is_one_call(
