@@ -49,7 +49,7 @@ fi
 if [ ! -f "$VENV_OPENAI3/.installed" ] || [ pyproject.toml -nt "$VENV_OPENAI3/.installed" ] \
   || [ scripts/test.sh -nt "$VENV_OPENAI3/.installed" ]; then
   "$VENV_OPENAI3/bin/python" -m pip install --quiet --upgrade pip
-  "$VENV_OPENAI3/bin/python" -m pip install --quiet -e '.[openai,anthropic]' 'openai>=3' \
+  "$VENV_OPENAI3/bin/python" -m pip install --quiet -e '.[openai,anthropic,redis]' 'openai>=3' \
     pytest pytest-timeout pytest-asyncio hypothesis anyio websockets
   touch "$VENV_OPENAI3/.installed"
 fi

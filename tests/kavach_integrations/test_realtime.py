@@ -17,6 +17,7 @@ from kavach.errors import AgentKilledError, BudgetExceededError
 openai = pytest.importorskip("openai")
 pytest.importorskip("websockets")
 
+from tests.kavach.ledger.conftest import make_ledger, prefix, redis_url  # noqa: E402, F401
 from tests.kavach_integrations.conftest import Events, SocketServer, events_until, spent  # noqa: E402
 
 # openai's SDK opens its socket with websockets' connect() outside a context manager, which
@@ -278,3 +279,29 @@ def test_async_sessions_are_held_and_settled(
     asyncio.run(session())
     assert [(e.status, e.cost_nanos) for e in events.calls] == [("ok", COST)] * 2
     assert guard.status()[0].reserved == 0
+
+
+def test_async_sessions_on_a_shared_redis_ledger_are_held_and_settled(
+    make_guard: Any,
+    events: Events,
+    sockets: SocketServer,
+    make_ledger: Any,  # noqa: F811  # the Redis ledger tests' fixture, imported above
+) -> None:
+    # A ledger that does I/O: the socket awaits its holds and settlements, on the loop.
+    ledger = make_ledger()
+    guard = make_guard(budget=Budget.daily(1), ledger=ledger)
+    other = make_guard(agent_name="test-agent", budget=Budget.daily(1), ledger=ledger)
+
+    async def session() -> None:
+        c = guard.wrap(openai.AsyncOpenAI(base_url=sockets.base_url, api_key="sk-t"))
+        async with c.realtime.connect(model=MODEL) as connection:
+            await connection.response.create(response={"max_output_tokens": 400})
+            assert other.status()[0].reserved > 0  # another worker sees the hold
+            async for event in connection:
+                if event.type == "response.done":
+                    break
+        await ledger.aclose()  # its pool on this loop
+
+    asyncio.run(session())
+    assert [(e.status, e.cost_nanos) for e in events.calls] == [("ok", COST)]
+    assert spent(other) == COST and other.status()[0].reserved == 0
