@@ -34,7 +34,11 @@ _ids = itertools.count(1)
 
 
 def answer(
-    request: dict[str, Any], *, output: int = OUTPUT, successor: bool = False
+    request: dict[str, Any],
+    *,
+    output: int = OUTPUT,
+    successor: bool = False,
+    input_tokens: int = INPUT,
 ) -> list[dict[str, Any]]:
     """The events the API sends for one response: created, text deltas, completed."""
     lane = {"stream_id": request["stream_id"]} if "stream_id" in request else {}
@@ -56,9 +60,9 @@ def answer(
             }
         )
     usage = {
-        "input_tokens": INPUT,
+        "input_tokens": input_tokens,
         "output_tokens": output,
-        "total_tokens": INPUT + output,
+        "total_tokens": input_tokens + output,
         "input_tokens_details": {"cached_tokens": 0},
         "output_tokens_details": {"reasoning_tokens": 0},
     }
@@ -103,6 +107,24 @@ def test_each_response_is_held_before_it_is_sent_and_settled_at_its_usage(
         ("ok", COST, OUTPUT)
     ] * 3
     assert spent(guard) == 3 * COST
+
+
+def test_a_request_that_continues_a_response_is_held_for_the_turns_before_it(
+    make_guard: Any, events: Events, sockets: SocketServer
+) -> None:
+    # The first response leaves 100,003 tokens in its conversation ($0.25 as input): a
+    # request continuing it (previous_response_id) is billed for them all again.
+    guard = make_guard(budget=Budget.daily(0.40))
+    sockets.script = lambda request: answer(request, input_tokens=100_000)
+    with client(sockets, guard).responses.connect() as connection:
+        connection.response.create(model="gpt-4o", input="read this", max_output_tokens=50)
+        first = until_done(connection)[-1].response.id
+        with pytest.raises(BudgetExceededError):
+            connection.response.create(
+                model="gpt-4o", input="and now?", previous_response_id=first, store=False
+            )
+    assert len(sockets.creates) == 1
+    assert [e.status for e in events.calls] == ["ok", "refused"]
 
 
 def test_a_request_the_budget_cannot_pay_is_refused_and_never_sent(
