@@ -2,9 +2,10 @@
 and Realtime sessions (``realtime.connect()``, ``kavach_integrations._openai_realtime``).
 
 Over a socket a call is an event the client sends (``response.create``) and its answer the
-events that come back, ending in the response's usage. What the request holds may depend on
-the session too (a Realtime conversation): a ``SocketState`` sees every event to tell. The guard sits on the socket the SDK
-opens (a ``websockets`` connection), so every way the SDK sends and receives passes it:
+events that come back, ending in the response's usage. What a request holds may depend on
+the session too (a Realtime conversation): a ``SocketState`` sees every event to tell. The
+guard sits on the socket the SDK opens (a ``websockets`` connection), so every way the SDK
+sends and receives passes it:
 
 =================================  ===========================================================
 a request event sent               held first (refused: raised, and never sent); strict mode
@@ -14,12 +15,14 @@ its events received                metered as a stream's (``StreamSettlement``):
                                    ``BudgetExceededError`` raised by ``recv``) when its output
                                    passes what was held
 an ``error`` event                 a request whose response has not started is released
-a response the server starts       held when it starts (a steered response's successor); when
-itself                             the budget cannot pay for it, the socket is closed
+a response the server starts       held when it starts (a steered response's successor, a
+itself                             Realtime reply to speech); when the budget cannot pay for
+                                   it, the socket is closed
 the socket closed or dropped       calls still open are settled for what they consumed
 =================================  ===========================================================
 
-The provider answers requests in order on each lane (``stream_id``; one lane by default).
+The provider answers requests in order on each lane (Responses' ``stream_id``; one lane by
+default, and for Realtime).
 ``SocketCalls`` does the reading and bookkeeping and no I/O; ``MeteredSocket`` and
 ``AsyncMeteredSocket`` are the thin shells that send, receive and settle.
 """

@@ -18,7 +18,12 @@ openai = pytest.importorskip("openai")
 pytest.importorskip("websockets")
 
 from tests.kavach.ledger.conftest import make_ledger, prefix, redis_url  # noqa: E402, F401
-from tests.kavach_integrations.conftest import Events, SocketServer, events_until, spent  # noqa: E402
+from tests.kavach_integrations.conftest import (  # noqa: E402
+    Events,
+    SocketServer,
+    events_until,
+    spent,
+)
 
 # openai's SDK opens its socket with websockets' connect() outside a context manager, which
 # websockets 17.1 and later deprecate: the SDK's own warning, raised without the guard too.
