@@ -264,6 +264,28 @@ def test_an_sdk_that_opens_its_socket_out_of_reach_is_stopped_and_not_counted(
         c.beta.realtime.connect(model=MODEL)
 
 
+def test_an_sdk_whose_manager_opens_the_socket_elsewhere_is_stopped_and_not_counted(
+    make_guard: Any,
+    sockets: SocketServer,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The guard reaches the socket through the connection manager's _connect_ws; an SDK
+    # release without it must not leave sessions silently unmetered.
+    from openai.resources.realtime.realtime import RealtimeConnectionManager
+
+    monkeypatch.delattr(RealtimeConnectionManager, "_connect_ws")
+    guard = make_guard(budget=Budget.daily(1))
+    c = client(sockets, guard)
+    with caplog.at_level(logging.WARNING, logger="kavach"):
+        manager = c.realtime.connect(model=MODEL)
+    assert isinstance(manager, RealtimeConnectionManager)
+    assert any("cannot meter" in r.getMessage() for r in caplog.records)
+    guard.kill("stop")
+    with pytest.raises(AgentKilledError):
+        c.realtime.connect(model=MODEL)
+
+
 def test_async_sessions_are_held_and_settled(
     make_guard: Any, events: Events, sockets: SocketServer
 ) -> None:
