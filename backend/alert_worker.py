@@ -106,6 +106,10 @@ class AlertWorker:
         self._hub: Any = None
         self._client: httpx.AsyncClient | None = None
         self._sends: set[asyncio.Task[None]] = set()
+        self._stopping = False
+
+    stop_timeout = 10.0
+    """How long ``stop`` waits for a round in progress before cancelling it."""
 
     def queue_depth(self) -> int:
         return len(self._pending)
@@ -117,17 +121,25 @@ class AlertWorker:
 
     async def start(self, app: Any) -> None:
         self._hub = app.state.hub
+        self._stopping = False
         self._wake = asyncio.Event()
         self._client = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=5.0))
         self._task = asyncio.create_task(self._run(), name="agentkavach-alerts")
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            # Let a round in progress finish its queries. Cancelled mid-query, it leaves the
+            # database driver's thread (aiosqlite) to answer an event loop that has closed.
+            self._stopping = True
+            if self._wake is not None:
+                self._wake.set()
+            done, _ = await asyncio.wait({self._task}, timeout=self.stop_timeout)
+            if not done:
+                self._task.cancel()
+                try:
+                    await self._task
+                except asyncio.CancelledError:
+                    pass
             self._task = None
         if self._sends:
             await asyncio.wait(self._sends, timeout=5.0)
@@ -137,7 +149,7 @@ class AlertWorker:
     async def _run(self) -> None:
         assert self._wake is not None
         interval = self.ops.settings.alert_interval
-        while True:
+        while not self._stopping:
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=interval)
             except asyncio.TimeoutError:
@@ -160,8 +172,12 @@ class AlertWorker:
                 )
                 self._pending.update(r["org"] for r in rows)
             self._wake.clear()
+            if self._stopping:
+                return
             orgs, self._pending = self._pending, set()
             for org_id in orgs:
+                if self._stopping:  # the next process's first round evaluates every budget
+                    break
                 try:
                     await self.evaluate(org_id)
                 except Exception:  # noqa: BLE001 - alerts fail open; the next ingest retries
