@@ -57,15 +57,15 @@ def _audio_tokens(audio: Any, bytes_per_second: int) -> int:
 
 
 def _format_rate(value: Any) -> int | None:
-    """Bytes a second of an audio format: ``{"type": "audio/pcmu"}`` or ``"g711_ulaw"``."""
-    kind = field(value, "type") if isinstance(value, Mapping) else value
+    """Bytes a second of an audio format (``{"type": "audio/pcmu"}``), if it names one."""
+    kind = field(value, "type")
     if not isinstance(kind, str):
         return None
-    return (
-        _BYTES_PER_SECOND["g711"]
-        if kind.endswith(("pcmu", "pcma", "ulaw", "alaw"))
-        else (_BYTES_PER_SECOND["pcm"])
-    )
+    return _BYTES_PER_SECOND["g711" if kind in ("audio/pcmu", "audio/pcma") else "pcm"]
+
+
+# What a session sets (``session.update``) and a response may override (``response.create``).
+_SETTINGS = ("instructions", "tools", "max_output_tokens", "output_modalities")
 
 
 def _max_output(value: Any) -> int | None:
@@ -99,37 +99,23 @@ class RealtimeConversation:
             return
         if isinstance(session.get("model"), str):
             self.model = session["model"]
-        for name in ("instructions", "tools"):
+        for name in _SETTINGS:
             if name in session:
                 self.settings[name] = session[name]
-        for name in ("max_output_tokens", "max_response_output_tokens"):
-            if name in session:
-                self.settings["max_output_tokens"] = session[name]
-        for name in ("output_modalities", "modalities"):
-            if name in session:
-                self.settings["modalities"] = session[name]
         audio = session.get("audio")
-        formats = (
-            (field(field(audio, "input"), "format"), field(field(audio, "output"), "format"))
-            if isinstance(audio, Mapping)
-            else (session.get("input_audio_format"), session.get("output_audio_format"))
-        )
-        self.in_rate = _format_rate(formats[0]) or self.in_rate
-        self.out_rate = _format_rate(formats[1]) or self.out_rate
+        self.in_rate = _format_rate(field(field(audio, "input"), "format")) or self.in_rate
+        self.out_rate = _format_rate(field(field(audio, "output"), "format")) or self.out_rate
 
     def sent(self, event: Event) -> None:
         kind = event.get("type")
         if kind == "input_audio_buffer.append":
             self.added_media += _audio_tokens(event.get("audio"), self.in_rate)
         elif kind == "conversation.item.create":
-            self._item(event.get("item"))
+            text, media = self._item_tokens(event.get("item"))
+            self.added_text += text
+            self.added_media += media
         elif kind == "session.update":
             self._session(event.get("session"))
-
-    def _item(self, item: Any) -> None:
-        text, media = self._item_tokens(item)
-        self.added_text += text
-        self.added_media += media
 
     def _item_tokens(self, item: Any) -> tuple[int, int]:
         """Text and speech tokens of a conversation item (a message, a function's output)."""
@@ -163,16 +149,10 @@ class RealtimeConversation:
 
     def successor(self, response: Mapping[str, Any]) -> Event:
         settings = dict(self.settings)
-        for name in ("instructions", "tools"):
+        for name in _SETTINGS:
             if response.get(name) is not None:
                 settings[name] = response[name]
-        for name in ("max_output_tokens", "max_response_output_tokens"):
-            if response.get(name) is not None:
-                settings["max_output_tokens"] = response[name]
-        for name in ("output_modalities", "modalities"):
-            if response.get(name) is not None:
-                settings["modalities"] = response[name]
-        modalities = settings.get("modalities")
+        modalities = settings.get("output_modalities")
         # Items given with the response (out of band, ``conversation: "none"``) are its input
         # too; the conversation is held all the same (over, never under).
         text = media = 0
@@ -234,12 +214,7 @@ def _outcome(response: Any) -> Outcome:
     )
 
 
-_AUDIO_DELTAS = ("response.output_audio.delta", "response.audio.delta")
-_TEXT_DELTAS = (
-    "response.output_text.delta",
-    "response.text.delta",
-    "response.function_call_arguments.delta",
-)
+_TEXT_DELTAS = ("response.output_text.delta", "response.function_call_arguments.delta")
 
 
 class RealtimeMeter(TokenCounter):
@@ -262,7 +237,7 @@ class RealtimeMeter(TokenCounter):
     def feed(self, event: Any) -> bool:
         self.received = True
         kind = event.type
-        if kind in _AUDIO_DELTAS:
+        if kind == "response.output_audio.delta":
             delta = event.delta
             if isinstance(delta, str):
                 self.audio_bytes += len(delta) * 3 // 4
@@ -291,16 +266,12 @@ class RealtimeMeter(TokenCounter):
         return Outcome(usage=usage, response_model=self.model_name)
 
 
-def _limit(name: str) -> Any:
+def _limit(event: Body, tokens: int) -> Body:
     """Strict mode: the ``response.create`` event with its response's max output tokens."""
-
-    def limit(event: Body, tokens: int) -> Body:
-        response = dict(event.get("response") or {})
-        current = response.get(name)
-        response[name] = min(current, tokens) if type(current) is int else tokens
-        return {**event, "response": response}
-
-    return limit
+    response = dict(event.get("response") or {})
+    current = response.get("max_output_tokens")
+    response["max_output_tokens"] = min(current, tokens) if type(current) is int else tokens
+    return {**event, "response": response}
 
 
 REALTIME = SocketProtocol(
@@ -309,7 +280,7 @@ REALTIME = SocketProtocol(
         operation="realtime",
         read=_read,
         outcome=_outcome,
-        limit=_limit("max_output_tokens"),
+        limit=_limit,
         meter=RealtimeMeter,
     ),
     request="response.create",
