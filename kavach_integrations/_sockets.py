@@ -299,7 +299,7 @@ class _Dropped(Exception):
 def _error_text(event: Event) -> str:
     error = event.get("error")
     if isinstance(error, Mapping):
-        return f"{error.get('code') or error.get('type') or 'error'}: {error.get('message', '')}"
+        error = f"{error.get('code') or error.get('type') or 'error'}: {error.get('message', '')}"
     return str(error)[:500]
 
 
@@ -354,7 +354,7 @@ class MeteredSocket:
         try:
             message = self._ws.recv(*args, **kwargs)
         except _closed_errors():
-            self._settle_open()
+            self._calls.settle_open()
             raise
         answer = self._calls.answer(message)
         if answer is not None:
@@ -384,11 +384,8 @@ class MeteredSocket:
                 raise
             calls.adopt(answer.detail, body, r)
 
-    def _settle_open(self) -> None:
-        self._calls.settle_open()
-
     def close(self, *args: Any, **kwargs: Any) -> Any:
-        self._settle_open()
+        self._calls.settle_open()
         return self._ws.close(*args, **kwargs)
 
 
@@ -491,14 +488,14 @@ def guard_socket(
     operation = protocol.endpoint.operation
 
     def connect(*args: Any, **kwargs: Any) -> Any:
-        guard.check_stopped(CallSpec(provider=protocol.provider, model="", operation=operation))
-        manager = original(*args, **kwargs)
+        manager = original(*args, **kwargs)  # builds the manager: nothing is sent yet
         if not guard.enabled:
             return manager
         open_ws = getattr(manager, "_connect_ws", None)
         if open_ws is None:  # an SDK that opens its socket elsewhere: stopped, not counted
             _admit_unmetered(guard, Unmetered(protocol.provider, operation), kwargs)
             return manager
+        guard.check_stopped(CallSpec(provider=protocol.provider, model="", operation=operation))
         refused: deque[str | bytes] = deque(maxlen=32)  # per manager: its send queue's
 
         def calls() -> SocketCalls:  # a socket's own (a reconnect opens a new one)
