@@ -135,9 +135,8 @@ class StoredContext:
     ``unknown`` names the stored item a request refers to that this process has not seen
     answered (None: nothing to look up; logged as ``str(ref)``); ``fetch`` / ``afetch`` read
     it through the wrapped client before the call is reserved, and remember its size for
-    ``read``. A lookup that
-    fails is logged and the request held for its own input, as before: the provider refuses
-    a request whose stored item cannot be read."""
+    ``read``. A lookup that fails is logged and the request held for its own input, as
+    before: the provider refuses a request whose stored item cannot be read."""
 
     unknown: Callable[[Mapping[str, Any]], Any]
     fetch: Callable[[Any, Any], object]

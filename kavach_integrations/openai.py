@@ -13,8 +13,8 @@ Responses over a WebSocket (``responses.connect()``) and Realtime sessions over 
 (``kavach_integrations._sockets``, ``_openai_realtime``).
 Paid endpoints without a token-usage price (DALL·E images, image edits and variations,
 audio, videos, batches, fine-tuning, Assistants runs) and Realtime sessions the guard does
-not see (WebRTC and SIP calls, browser client secrets, the deprecated ``beta.realtime``) stop with the agent but are not
-counted: see ``AgentKavach.admit_unmetered``.
+not see (WebRTC and SIP calls, browser client secrets, the deprecated ``beta.realtime``)
+stop with the agent but are not counted: see ``AgentKavach.admit_unmetered``.
 Usage maps to ``kavach.usage.Usage`` as OpenAI reports it: ``prompt_tokens`` include
 ``cached_tokens`` (reads) and ``cache_write_tokens``, ``completion_tokens`` include
 reasoning and audio tokens.
@@ -787,11 +787,6 @@ RESPONSES_SOCKET = SocketProtocol(
 )
 _RESPONSE_SOCKETS = (("responses",), ("beta", "responses"))
 
-# Realtime sessions over a WebSocket: every response held and settled
-# (kavach_integrations._openai_realtime). Sessions the guard does not see (WebRTC, SIP) are
-# opened through the ``_REALTIME`` routes above, and the deprecated ``beta.realtime`` opens
-# its socket where the guard cannot reach it: stopped with the agent, not counted.
-
 
 def _owner(client: Any, path: tuple[str, ...]) -> Any:
     owner = client
@@ -806,6 +801,10 @@ def instrument(client: Any, guard: AgentKavach) -> None:
     for path in _RESPONSE_SOCKETS:
         if (owner := _owner(client, path)) is not None and hasattr(owner, "connect"):
             guard_socket(client, owner, guard, RESPONSES_SOCKET, is_async=is_async)
+    # Realtime sessions over a WebSocket: every response held and settled
+    # (kavach_integrations._openai_realtime). Sessions the guard does not see (WebRTC, SIP)
+    # are opened through the ``_REALTIME`` routes, and the deprecated ``beta.realtime``
+    # opens its socket where the guard cannot reach it: stopped with the agent, not counted.
     if (owner := _owner(client, ("realtime",))) is not None and hasattr(owner, "connect"):
         guard_socket(client, owner, guard, REALTIME, is_async=is_async)
     if (owner := _owner(client, ("beta", "realtime"))) is not None:
