@@ -119,6 +119,12 @@ def spent(guard: AgentKavach) -> int:
 
 Script = Callable[[dict[str, Any]], list[dict[str, Any]]]
 
+# openai's SDK opens its socket with websockets' connect() outside a context manager, which
+# websockets 17.1 and later deprecate: the SDK's own warning, raised without the guard too.
+SDK_SOCKET_WARNING = pytest.mark.filterwarnings(
+    "ignore:connect\\(\\) must be used as a context manager:DeprecationWarning"
+)
+
 
 class SocketServer:
     """A loopback provider WebSocket: each message received is answered by the events

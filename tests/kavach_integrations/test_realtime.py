@@ -19,17 +19,14 @@ pytest.importorskip("websockets")
 
 from tests.kavach.ledger.conftest import make_ledger, prefix, redis_url  # noqa: E402, F401
 from tests.kavach_integrations.conftest import (  # noqa: E402
+    SDK_SOCKET_WARNING,
     Events,
     SocketServer,
     events_until,
     spent,
 )
 
-# openai's SDK opens its socket with websockets' connect() outside a context manager, which
-# websockets 17.1 and later deprecate: the SDK's own warning, raised without the guard too.
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:connect\\(\\) must be used as a context manager:DeprecationWarning"
-)
+pytestmark = SDK_SOCKET_WARNING
 
 MODEL = "gpt-realtime"
 # gpt-realtime, nano-dollars a token: text in 4,000, audio in 32,000, text out 16,000, audio

@@ -19,17 +19,14 @@ pytest.importorskip("websockets")
 from websockets.exceptions import ConnectionClosed  # noqa: E402
 
 from tests.kavach_integrations.conftest import (  # noqa: E402
+    SDK_SOCKET_WARNING,
     Events,
     SocketServer,
     events_until,
     spent,
 )
 
-# openai's SDK opens its socket with websockets' connect() outside a context manager, which
-# websockets 17.1 and later deprecate: the SDK's own warning, raised without the guard too.
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:connect\\(\\) must be used as a context manager:DeprecationWarning"
-)
+pytestmark = SDK_SOCKET_WARNING
 
 INPUT, OUTPUT = 100, 3
 # gpt-4o: $2.50 per million input tokens, $10 per million output tokens, in nano-dollars.
@@ -84,13 +81,11 @@ def _answering(sockets: SocketServer) -> None:
 
 
 def client(server: SocketServer, guard: AgentKavach) -> Any:
-    base = f"http://127.0.0.1:{server.port}/v1"
-    return guard.wrap(openai.OpenAI(base_url=base, api_key="sk-t", max_retries=0))
+    return guard.wrap(openai.OpenAI(base_url=server.base_url, api_key="sk-t", max_retries=0))
 
 
 def aclient(server: SocketServer, guard: AgentKavach) -> Any:
-    base = f"http://127.0.0.1:{server.port}/v1"
-    return guard.wrap(openai.AsyncOpenAI(base_url=base, api_key="sk-t", max_retries=0))
+    return guard.wrap(openai.AsyncOpenAI(base_url=server.base_url, api_key="sk-t", max_retries=0))
 
 
 def until_done(connection: Any, responses: int = 1) -> list[Any]:
