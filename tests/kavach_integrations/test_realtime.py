@@ -192,6 +192,69 @@ def test_speech_given_with_an_out_of_band_response_is_held(
     assert [e.status for e in events.calls] == ["refused"]
 
 
+def test_a_text_only_response_holds_its_output_at_the_text_rate(
+    make_guard: Any, events: Events, sockets: SocketServer
+) -> None:
+    # 1,000 tokens out: $0.064 as speech, $0.016 as text. $0.03 pays for the text only.
+    text = {"input_tokens": 10, "output_tokens": 10}
+    sockets.script = lambda message: response(text, audio_deltas=0)
+    guard = make_guard(budget=Budget.daily(0.03))
+    with client(sockets, guard).realtime.connect(model=MODEL) as connection:
+        with pytest.raises(BudgetExceededError):
+            connection.response.create(response={"max_output_tokens": 1_000})
+        connection.response.create(
+            response={"max_output_tokens": 1_000, "output_modalities": ["text"]}
+        )
+        until_done(connection)
+        # The session's setting counts as the response's.
+        connection.session.update(session={"type": "realtime", "output_modalities": ["text"]})
+        connection.response.create(response={"max_output_tokens": 1_000})
+        until_done(connection)
+    assert len(sockets.creates) == 2
+    assert [(e.status, e.cost_nanos) for e in events.calls] == [
+        ("refused", 0),
+        ("ok", 10 * 4_000 + 10 * 16_000),
+        ("ok", 10 * 4_000 + 10 * 16_000),
+    ]
+
+
+def test_g711_speech_is_held_and_cut_at_its_own_byte_rate(
+    make_guard: Any, events: Events, sockets: SocketServer
+) -> None:
+    # G.711 is 8,000 bytes a second, PCM 48,000: the same bytes are six times the speech.
+    # 240,000 bytes are 5 s of PCM (100 tokens, $0.0032) but 30 s of G.711 (600, $0.0192).
+    g711 = {"type": "audio/pcmu"}
+    chunk = base64.b64encode(b"\0" * 24_000).decode()
+    guard = make_guard(budget=Budget.daily(0.015))
+    with client(sockets, guard).realtime.connect(model=MODEL) as connection:
+        for _ in range(10):
+            connection.input_audio_buffer.append(audio=chunk)
+        connection.input_audio_buffer.clear()
+        connection.session.update(
+            session={"type": "realtime", "audio": {"input": {"format": g711}}}
+        )
+        for _ in range(10):
+            connection.input_audio_buffer.append(audio=chunk)
+        with pytest.raises(BudgetExceededError):
+            connection.response.create(response={"max_output_tokens": 50})
+    assert [e.status for e in events.calls] == ["refused"]
+
+    # Speech out: 4,800 bytes a delta are 0.1 s of PCM but 0.6 s of G.711, 12 tokens, so a
+    # response held for 10 tokens (cut past 36) passes 3 deltas rather than 18.
+    sockets.script = lambda message: response(audio_deltas=50)
+    guard = make_guard(budget=Budget.daily(1))
+    seen = []
+    with client(sockets, guard).realtime.connect(model=MODEL) as connection:
+        connection.session.update(
+            session={"type": "realtime", "audio": {"output": {"format": g711}}}
+        )
+        connection.response.create(response={"max_output_tokens": 10})
+        with pytest.raises(BudgetExceededError, match="cut after 48 output tokens"):
+            for event in connection:
+                seen.append(event)
+    assert sum(e.type == "response.output_audio.delta" for e in seen) == 3
+
+
 def test_strict_mode_sends_the_max_output_tokens_the_budget_can_pay(
     make_guard: Any, sockets: SocketServer
 ) -> None:
