@@ -128,18 +128,10 @@ class AlertWorker:
 
     async def stop(self) -> None:
         if self._task is not None:
-            # Let a round in progress finish its queries. Cancelled mid-query, it leaves the
-            # database driver's thread (aiosqlite) to answer an event loop that has closed.
-            self._stopping = True
+            self._stopping = True  # the round in progress finishes its queries
             if self._wake is not None:
                 self._wake.set()
-            done, _ = await asyncio.wait({self._task}, timeout=self.stop_timeout)
-            if not done:
-                self._task.cancel()
-                try:
-                    await self._task
-                except asyncio.CancelledError:
-                    pass
+            await db.finish_or_cancel(self._task, self.stop_timeout)
             self._task = None
         if self._sends:
             await asyncio.wait(self._sends, timeout=5.0)

@@ -7,6 +7,7 @@ points every table (and Piccolo's migration bookkeeping) at the chosen engine.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import os
@@ -26,6 +27,7 @@ __all__ = [
     "transaction",
     "read_transaction",
     "is_sqlite",
+    "finish_or_cancel",
 ]
 
 _current: Engine[Any] | None = None
@@ -102,3 +104,17 @@ async def migrate(engine: Engine[Any], *, quiet: bool = True) -> None:
         result = await run_forwards(app_name="backend")
     if not result.success:
         raise RuntimeError(f"migrations failed: {result.message}\n{sink.getvalue()}")
+
+
+async def finish_or_cancel(task: asyncio.Task[None], timeout: float) -> None:
+    """Wait up to ``timeout`` seconds for a background ``task`` told to stop, then cancel it.
+
+    A task cancelled mid-query leaves the database driver's thread (aiosqlite) to answer an
+    event loop that the server closes next: an unhandled exception in that thread, once a
+    segfault. So the task is asked first (it stops after the query in flight) and cancelled
+    only when it does not finish in time."""
+    done, _ = await asyncio.wait({task}, timeout=timeout)
+    if not done:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -3,6 +3,7 @@ days, and nothing else: rollups, newer events and other organizations' rows stay
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import json
 from collections.abc import AsyncIterator, Iterator
@@ -153,3 +154,99 @@ async def test_self_hosted_keeps_events_unless_told(engine: None) -> None:
     assert len(await _keys(org_id)) == 2
     assert (await prune(OpsSettings(retention_days=30), now=NOW)).events == 1
     assert len(await _keys(org_id)) == 1
+
+
+@pytest.mark.anyio
+async def test_a_pass_told_to_stop_ends_after_the_batch_in_progress(engine: None) -> None:
+    # The server shutting down: the pass stops between batches, and the next deletes the rest.
+    free = await _org("free")
+    await _ingest(free, *(event(started_at=_ago(8 + i)) for i in range(5)))
+    asked: list[int] = []
+
+    def stopping() -> bool:
+        asked.append(1)
+        return len(asked) > 1  # after the first batch
+
+    first = await prune(BILLING, now=NOW, stopping=stopping)
+    assert (first.events, len(await _keys(free))) == (2, 3)  # one batch of 2
+    rest = await prune(BILLING, now=NOW)
+    assert (rest.events, await _keys(free)) == (3, set())
+
+
+def test_stopping_the_job_lets_a_pass_in_progress_finish_its_batch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # As the alert worker's (test_alert_worker_stop.py): cancelled mid-query, a pass left
+    # aiosqlite's thread to answer the event loop the server closes next.
+    from backend import retention
+
+    finished: list[str] = []
+
+    async def main() -> None:
+        entered, answered = asyncio.Event(), asyncio.Event()
+
+        async def prune(settings: OpsSettings, stopping: Any) -> retention.Pruned:
+            entered.set()
+            await answered.wait()  # a batch in flight
+            finished.append("batch")
+            assert stopping()  # the pass is told to end here
+            return retention.Pruned(0, 0, 0)
+
+        monkeypatch.setattr(retention, "prune", prune)
+        job = retention.RetentionJob(OpsSettings(retention_interval=0.01))
+        job.start()
+        await asyncio.wait_for(entered.wait(), 5)
+        stopping = asyncio.create_task(job.stop())
+        await asyncio.sleep(0.05)
+        assert not stopping.done()  # waiting for the batch, not cancelling it
+        answered.set()
+        await asyncio.wait_for(stopping, 5)
+
+    asyncio.run(main())
+    assert finished == ["batch"]
+
+
+def test_stopping_the_job_cancels_a_pass_that_does_not_finish_in_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from backend import retention
+
+    cancelled: list[bool] = []
+
+    async def main() -> None:
+        entered = asyncio.Event()
+
+        async def prune(settings: OpsSettings, stopping: Any) -> retention.Pruned:
+            entered.set()
+            try:
+                await asyncio.Event().wait()  # a query that never answers
+            except asyncio.CancelledError:
+                cancelled.append(True)
+                raise
+            raise AssertionError("unreachable")
+
+        monkeypatch.setattr(retention, "prune", prune)
+        job = retention.RetentionJob(OpsSettings(retention_interval=0.01))
+        job.stop_timeout = 0.2
+        job.start()
+        await asyncio.wait_for(entered.wait(), 5)
+        await asyncio.wait_for(job.stop(), 5)
+
+    asyncio.run(main())
+    assert cancelled == [True]
+
+
+def test_stopping_an_idle_job_returns_at_once() -> None:
+    from backend import retention
+
+    async def main() -> float:
+        job = retention.RetentionJob(OpsSettings(retention_interval=3600))
+        job.start()
+        await asyncio.sleep(0)
+        job.stop_timeout = 30
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await job.stop()
+        return loop.time() - started
+
+    assert asyncio.run(main()) < 5  # woken, not waiting out the 30 s timeout or the hour
