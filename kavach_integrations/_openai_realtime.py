@@ -20,8 +20,16 @@ The hold is the worst case of the next response, from the events the session has
   itself runs to the session's.
 
 Output is metered as it streams (speech by its bytes), so a response that runs past its hold
-is cut. Transcribing the user's speech (``input_audio_transcription``) is billed apart, by its
-own model, and is not counted.
+is cut.
+
+Transcribing the user's speech (the session's ``audio.input.transcription``) is billed apart,
+by its own model, for each turn of speech the input buffer commits. Each is held when the
+server says the buffer was committed (``input_audio_buffer.committed``, by the client or by
+voice activity detection), for the speech appended since the last commit and a transcript of
+up to ``TRANSCRIPT_TOKENS_PER_AUDIO_TOKEN`` tokens for each of its audio tokens, and settled at
+the usage its ``conversation.item.input_audio_transcription.completed`` reports; a failed one
+is given back. A model priced by the minute rather than by the token (``whisper-1``) is not
+counted, and said not to be.
 """
 
 from __future__ import annotations
@@ -35,7 +43,7 @@ from kavach.stream import Outcome
 from kavach.tokens import count_text_tokens
 from kavach.usage import Usage
 from kavach_integrations._provider import Body, Endpoint, TokenCounter, field, tool_signature
-from kavach_integrations._sockets import Event, SocketProtocol
+from kavach_integrations._sockets import Aside, Event, SocketProtocol
 
 PROVIDER = "openai"
 
@@ -46,6 +54,10 @@ and $200 per million tokens) work out at 10 a second in and 20 out. Input is hel
 for the speech of the current turn only: the usage of each response replaces the estimate."""
 
 _BYTES_PER_SECOND = {"pcm": 48_000, "g711": 8_000}  # 24 kHz 16-bit PCM; 8 kHz G.711
+
+TRANSCRIPT_TOKENS_PER_AUDIO_TOKEN = 0.5
+"""The most transcript a transcription of speech is held for: 10 tokens a second at
+``AUDIO_TOKENS_PER_SECOND``, about twice what the fastest speakers say."""
 
 
 def _audio_tokens(audio: Any, bytes_per_second: int) -> int:
@@ -78,12 +90,14 @@ class RealtimeConversation:
     __slots__ = (
         "added_media",
         "added_text",
+        "buffered",
         "context",
         "context_media",
         "in_rate",
         "model",
         "out_rate",
         "settings",
+        "transcription",
     )
 
     def __init__(self, connect_kwargs: Mapping[str, Any]) -> None:
@@ -93,6 +107,8 @@ class RealtimeConversation:
         self.context = self.context_media = 0  # as the last response left the conversation
         self.added_text = self.added_media = 0  # since
         self.in_rate = self.out_rate = _BYTES_PER_SECOND["pcm"]
+        self.buffered = 0  # speech tokens in the input buffer, not yet committed
+        self.transcription: Mapping[str, Any] | None = None  # the session's setting
 
     def _session(self, session: Any) -> None:
         if not isinstance(session, Mapping):
@@ -103,13 +119,21 @@ class RealtimeConversation:
             if name in session:
                 self.settings[name] = session[name]
         audio = session.get("audio")
-        self.in_rate = _format_rate(field(field(audio, "input"), "format")) or self.in_rate
+        audio_in = field(audio, "input")
+        if isinstance(audio_in, Mapping) and "transcription" in audio_in:  # None turns it off
+            transcription = audio_in["transcription"]
+            self.transcription = transcription if isinstance(transcription, Mapping) else None
+        self.in_rate = _format_rate(field(audio_in, "format")) or self.in_rate
         self.out_rate = _format_rate(field(field(audio, "output"), "format")) or self.out_rate
 
     def sent(self, event: Event) -> None:
         kind = event.get("type")
         if kind == "input_audio_buffer.append":
-            self.added_media += _audio_tokens(event.get("audio"), self.in_rate)
+            tokens = _audio_tokens(event.get("audio"), self.in_rate)
+            self.added_media += tokens
+            self.buffered += tokens
+        elif kind == "input_audio_buffer.clear":
+            self.buffered = 0
         elif kind == "conversation.item.create":
             text, media = self._item_tokens(event.get("item"))
             self.added_text += text
@@ -143,6 +167,26 @@ class RealtimeConversation:
                 self.added_text = self.added_media = 0
         elif kind in ("session.created", "session.updated"):
             self._session(event.get("session"))
+        elif kind == "input_audio_buffer.cleared":
+            self.buffered = 0
+
+    def aside(self, event: Event) -> Event | None:
+        """A transcription of the speech ``input_audio_buffer.committed`` says was committed,
+        when the session transcribes it."""
+        if event.get("type") != "input_audio_buffer.committed":
+            return None
+        speech, self.buffered = self.buffered, 0
+        transcription = self.transcription
+        model = field(transcription, "model")
+        if not isinstance(model, str) or not model:
+            return None
+        prompt = field(transcription, "prompt")
+        return {
+            "model": model,
+            "item_id": event.get("item_id"),
+            "prompt": prompt if isinstance(prompt, str) else None,
+            "audio_tokens": speech,
+        }
 
     def request(self, event: Event) -> Event:
         return self.successor(event.get("response") or {})
@@ -266,6 +310,90 @@ class RealtimeMeter(TokenCounter):
         return Outcome(usage=usage, response_model=self.model_name)
 
 
+def _transcript_bound(speech: int) -> int:
+    return int(speech * TRANSCRIPT_TOKENS_PER_AUDIO_TOKEN) + 16
+
+
+def _read_transcription(body: Mapping[str, Any]) -> CallSpec:
+    speech = body.get("audio_tokens", 0)
+    return CallSpec(
+        provider=PROVIDER,
+        model=str(body.get("model") or ""),
+        operation="transcription",
+        prompt=body.get("prompt"),
+        max_output_tokens=_transcript_bound(speech),
+        text_output=True,
+        fixed_output=True,  # nothing in the request can limit it
+        context_tokens=speech,
+        context_media_tokens=speech,
+    )
+
+
+def transcription_usage(usage: Any) -> Usage:
+    """A transcription's usage by the token (``{"type": "tokens", ...}``)."""
+    return Usage(
+        input_tokens=field(usage, "input_tokens", 0),
+        output_tokens=field(usage, "output_tokens", 0),
+        input_audio_tokens=field(field(usage, "input_token_details"), "audio_tokens", 0),
+    )
+
+
+def _transcription_outcome(event: Any) -> Outcome:
+    """A finished transcription (its ``completed`` event)."""
+    return Outcome(usage=transcription_usage(field(event, "usage")))
+
+
+def _reports_tokens(event: Any) -> bool:
+    usage = field(event, "usage")
+    return field(usage, "type", "tokens") == "tokens" and field(usage, "input_tokens") is not None
+
+
+class TranscriptionMeter(TokenCounter):
+    """One transcription of committed speech, ended by the event that reports its usage."""
+
+    __slots__ = ("final", "model_name", "speech")
+    exact = True  # nothing is cut: the transcript streams beside the responses
+
+    def __init__(self, body: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.model_name = body.get("model")
+        self.speech: int = body.get("audio_tokens", 0)
+        self.final: Any = None
+        # The server transcribes what it committed whether or not the socket stays open: a
+        # transcription the socket closes on is billed at what was held.
+        self.received = True
+
+    def feed(self, event: Any) -> bool:
+        self.final = event
+        self.complete = True
+        return False
+
+    def outcome(self, estimated_input_tokens: int) -> Outcome:
+        if self.final is not None and _reports_tokens(self.final):
+            outcome = _transcription_outcome(self.final)
+            return dataclasses.replace(outcome, response_model=self.model_name)
+        # Unfinished when the socket closed, or its usage unreadable: what was held.
+        usage = Usage(
+            input_tokens=estimated_input_tokens,
+            input_audio_tokens=min(self.speech, estimated_input_tokens),
+            output_tokens=_transcript_bound(self.speech),
+        )
+        return Outcome(usage=usage, response_model=self.model_name)
+
+
+TRANSCRIPTION = Aside(
+    endpoint=Endpoint(
+        operation="transcription",
+        read=_read_transcription,
+        outcome=_transcription_outcome,
+        meter=TranscriptionMeter,
+    ),
+    key="item_id",
+    finished=("conversation.item.input_audio_transcription.completed",),
+    failed=("conversation.item.input_audio_transcription.failed",),
+)
+
+
 def _limit(event: Body, tokens: int) -> Body:
     """Strict mode: the ``response.create`` event with its response's max output tokens."""
     response = dict(event.get("response") or {})
@@ -289,4 +417,5 @@ REALTIME = SocketProtocol(
     error="error",
     state=RealtimeConversation,
     lane=None,
+    aside=TRANSCRIPTION,
 )

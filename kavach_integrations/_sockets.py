@@ -18,6 +18,10 @@ an ``error`` event                 a request whose response has not started is r
 a response the server starts       held when it starts (a steered response's successor, a
 itself                             Realtime reply to speech); when the budget cannot pay for
                                    it, the socket is closed
+a call the server makes beside     (``SocketProtocol.aside``: Realtime's transcription of
+the responses                      each turn of speech) held as the event that starts it
+                                   arrives, settled at the usage of the one that ends it,
+                                   released if it fails; refused, the socket is closed
 the socket closed or dropped       calls still open are settled for what they consumed
 =================================  ===========================================================
 
@@ -39,7 +43,7 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Protocol
 
-from kavach.errors import KavachError
+from kavach.errors import KavachError, UnknownModelPriceError
 from kavach.spec import CallSpec
 from kavach.stream import StreamSettlement
 from kavach_integrations._provider import (
@@ -78,6 +82,11 @@ class SocketState(Protocol):
         response its ``started`` event carries."""
         ...
 
+    def aside(self, event: Event) -> Event | None:
+        """The request (as ``Aside.endpoint`` reads it) of a call the server starts beside
+        the responses on receiving ``event``, if it starts one. Called after ``received``."""
+        ...
+
 
 class RequestsAsSent:
     """A socket whose request events carry the whole request (Responses): no state."""
@@ -97,6 +106,22 @@ class RequestsAsSent:
     def successor(self, response: Mapping[str, Any]) -> Event:
         return self._successor(response)
 
+    def aside(self, event: Event) -> Event | None:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Aside:
+    """Calls the server makes beside the responses, each named by an event field (Realtime:
+    transcribing each turn of the user's speech, by its item). They start on an event the
+    ``SocketState`` recognises (``SocketState.aside``), and end on one of ``finished``
+    (settled at the usage the meter reads from it) or ``failed`` (given back)."""
+
+    endpoint: Endpoint
+    key: str
+    finished: tuple[str, ...]
+    failed: tuple[str, ...]
+
 
 @dataclass(frozen=True, slots=True)
 class SocketProtocol:
@@ -114,6 +139,7 @@ class SocketProtocol:
     """A socket's state, from the keyword arguments ``connect()`` was called with."""
     lane: str | None = "stream_id"
     """The event field naming the lane a request and its answer are on, if any."""
+    aside: Aside | None = None
 
 
 class _Call:
@@ -127,7 +153,8 @@ class _Call:
 
 
 class _Answer:
-    """What one received event does to the calls: ``kind`` is done, error, cut or started."""
+    """What one received event does to the calls: ``kind`` is done, error, cut, started (a
+    response the server started) or aside (a call the server started beside them)."""
 
     __slots__ = ("detail", "kind", "settlement")
 
@@ -140,7 +167,7 @@ class _Answer:
 class SocketCalls:
     """The calls of one socket, in the order the provider answers them, lane by lane."""
 
-    __slots__ = ("client", "guard", "lanes", "protocol", "refused", "state")
+    __slots__ = ("asides", "client", "guard", "lanes", "protocol", "refused", "state")
 
     def __init__(
         self,
@@ -155,6 +182,7 @@ class SocketCalls:
         self.state = state
         self.client = client  # looks up stored context a request continues
         self.lanes: dict[Any, deque[_Call]] = {}
+        self.asides: dict[Any, StreamSettlement] = {}
         self.refused = refused
         """Request messages refused: the SDK queues a message whose send raised and sends
         it again after a reconnect; a refused request must never go out."""
@@ -234,6 +262,8 @@ class SocketCalls:
         self.state.received(event)
         protocol = self.protocol
         kind = event.get("type")
+        if protocol.aside is not None and (aside := self._aside(event, kind)) is not None:
+            return aside
         queue = self.lanes.get(self._lane(event))
         call = queue[0] if queue else None
         if kind == protocol.error:
@@ -266,6 +296,43 @@ class SocketCalls:
             return _Answer("done", settlement)
         return None
 
+    def _aside(self, event: Event, kind: Any) -> _Answer | None:
+        aside = self.protocol.aside
+        assert aside is not None
+        if kind in aside.finished or kind in aside.failed:
+            settlement = self.asides.pop(event.get(aside.key), None)
+            if settlement is None:
+                return None
+            if kind in aside.failed:  # nothing billed
+                settlement.meter.received = False
+                return _Answer("error", settlement, _error_text(event))
+            try:
+                settlement.meter.feed(SimpleNamespace(**event))
+            except Exception:  # settled at what was held
+                logger.exception("kavach: could not read a %s event", self.protocol.provider)
+            return _Answer("done", settlement)
+        body = self.state.aside(event)
+        return None if body is None else _Answer("aside", None, body)
+
+    def aside_spec(self, body: Event) -> CallSpec | None:
+        """The call a server's aside ``body`` is, or None when its model has no price by the
+        token: let through, stopped with the agent and said not to be counted."""
+        aside = self.protocol.aside
+        assert aside is not None
+        spec = aside.endpoint.read(body)
+        try:
+            self.guard.pricing.resolve(spec.provider, spec.model)
+        except UnknownModelPriceError:
+            _admit_unmetered(self.guard, Unmetered(spec.provider, spec.operation), body)
+            return None
+        return spec
+
+    def adopt_aside(self, body: Event, r: Reservation) -> None:
+        aside = self.protocol.aside
+        assert aside is not None
+        meter = aside.endpoint.meter(body)  # type: ignore[misc]  # an aside endpoint has one
+        self.asides[body.get(aside.key)] = StreamSettlement(r, meter, limited=False)
+
     def successor(self, event: Event) -> Event:
         """The request a response the server started amounts to, from its ``started`` event."""
         return self.state.successor(event.get("response") or {})
@@ -282,7 +349,9 @@ class SocketCalls:
     def open_calls(self) -> list[StreamSettlement]:
         """Every call not yet settled, which the socket closing ends: forgotten here."""
         calls = [call.settlement for queue in self.lanes.values() for call in queue]
+        calls += self.asides.values()
         self.lanes.clear()
+        self.asides.clear()
         return calls
 
     def settle_open(self) -> None:
@@ -374,6 +443,17 @@ class MeteredSocket:
             settlement.finish("cut", "output passed the reservation")
             self.close()
             raise settlement.cut_error()
+        elif answer.kind == "aside":
+            calls = self._calls
+            try:
+                spec = calls.aside_spec(answer.detail)
+                if spec is None:
+                    return
+                r = calls.guard.reserve(spec)
+            except KavachError:
+                self.close()
+                raise
+            calls.adopt_aside(answer.detail, r)
         else:
             calls = self._calls
             body = calls.successor(answer.detail)
@@ -454,6 +534,17 @@ class AsyncMeteredSocket:
             await settlement.afinish("cut", "output passed the reservation")
             await self.close()
             raise settlement.cut_error()
+        elif answer.kind == "aside":
+            calls = self._calls
+            try:
+                spec = calls.aside_spec(answer.detail)
+                if spec is None:
+                    return
+                r = await self._reserve(spec)
+            except KavachError:
+                await self.close()
+                raise
+            calls.adopt_aside(answer.detail, r)
         else:
             calls = self._calls
             body = calls.successor(answer.detail)

@@ -392,3 +392,175 @@ def test_async_sessions_on_a_shared_redis_ledger_are_held_and_settled(
     asyncio.run(session())
     assert [(e.status, e.cost_nanos) for e in events.calls] == [("ok", COST)]
     assert spent(other) == COST and other.status()[0].reserved == 0
+
+
+# -- transcription of the user's speech ------------------------------------------------------
+
+TRANSCRIBE = "gpt-4o-transcribe"  # $6 per million audio tokens in, $10 per million out
+TRANSCRIBED = {
+    "type": "tokens",
+    "input_tokens": 20,
+    "output_tokens": 8,
+    "total_tokens": 28,
+    "input_token_details": {"audio_tokens": 20, "text_tokens": 0},
+}
+TRANSCRIPTION_COST = 20 * 6_000 + 8 * 10_000
+
+
+def transcribing(model: str | None = TRANSCRIBE) -> dict[str, Any]:
+    """A session.update that turns transcription on (or off, with None)."""
+    setting = None if model is None else {"model": model, "language": "en"}
+    return {"type": "realtime", "audio": {"input": {"transcription": setting}}}
+
+
+def committed(item_id: str, outcome: str = "completed") -> list[dict[str, Any]]:
+    """A committed turn: its item, then its transcription's end."""
+    ended: dict[str, Any] = {
+        "type": f"conversation.item.input_audio_transcription.{outcome}",
+        "event_id": "e",
+        "item_id": item_id,
+        "content_index": 0,
+    }
+    if outcome == "completed":
+        ended |= {"transcript": "What is the weather like?", "usage": TRANSCRIBED}
+    else:
+        ended["error"] = {"type": "transcription_error", "message": "audio unreadable"}
+    return [
+        {"type": "input_audio_buffer.committed", "event_id": "e", "item_id": item_id},
+        ended,
+    ]
+
+
+def test_each_turn_of_speech_transcribed_is_held_and_settled_at_the_transcription_model(
+    make_guard: Any, events: Events, sockets: SocketServer
+) -> None:
+    turns = itertools.count(1)
+    sockets.script = lambda message: (
+        committed(f"item_{next(turns)}") + response()
+        if message["type"] == "input_audio_buffer.commit"
+        else []
+    )
+    guard = make_guard(budget=Budget.daily(1))
+    with client(sockets, guard).realtime.connect(model=MODEL) as connection:
+        connection.session.update(session=transcribing())
+        for _ in range(2):
+            connection.input_audio_buffer.append(audio=speech(1))
+            connection.input_audio_buffer.commit()
+            seen = events_until(connection, "input_audio_buffer.committed")
+            assert seen[-1].type == "input_audio_buffer.committed"
+            assert guard.status()[0].reserved > 0  # held while the server transcribes
+            until_done(connection)
+    calls = [(e.operation, e.model, e.status, e.cost_nanos) for e in events.calls]
+    assert (
+        calls
+        == [
+            ("transcription", TRANSCRIBE, "ok", TRANSCRIPTION_COST),
+            ("realtime", MODEL, "ok", COST),
+        ]
+        * 2
+    )
+    assert events.calls[0].usage.input_audio_tokens == 20
+    assert spent(guard) == 2 * (TRANSCRIPTION_COST + COST)
+    assert guard.status()[0].reserved == 0
+
+
+def test_a_transcription_the_budget_cannot_pay_for_closes_the_socket(
+    make_guard: Any, events: Events, sockets: SocketServer
+) -> None:
+    # 60 s of speech: 1,200 audio tokens ($0.0072) and a transcript of up to 616 ($0.00616).
+    sockets.script = lambda message: (
+        committed("item_1") if message["type"] == "input_audio_buffer.commit" else []
+    )
+    guard = make_guard(budget=Budget.daily(0.01))
+    with client(sockets, guard).realtime.connect(model=MODEL) as connection:
+        connection.session.update(session=transcribing())
+        for _ in range(60):
+            connection.input_audio_buffer.append(audio=speech(1))
+        connection.input_audio_buffer.commit()
+        with pytest.raises(BudgetExceededError):
+            events_until(connection, "conversation.item.input_audio_transcription.completed")
+    assert [(e.operation, e.status) for e in events.calls] == [("transcription", "refused")]
+    assert spent(guard) == 0
+
+
+def test_a_failed_transcription_is_given_back_and_one_the_socket_closes_on_is_billed(
+    make_guard: Any, events: Events, sockets: SocketServer
+) -> None:
+    outcomes = iter(["failed", "unanswered"])
+
+    def script(message: dict[str, Any]) -> list[dict[str, Any]]:
+        if message["type"] != "input_audio_buffer.commit":
+            return []
+        outcome = next(outcomes)
+        return committed("item_x", outcome) if outcome == "failed" else committed("item_y")[:1]
+
+    sockets.script = script
+    guard = make_guard(budget=Budget.daily(1))
+    with client(sockets, guard).realtime.connect(model=MODEL) as connection:
+        connection.session.update(session=transcribing())
+        connection.input_audio_buffer.append(audio=speech(1))
+        connection.input_audio_buffer.commit()
+        events_until(connection, "conversation.item.input_audio_transcription.failed")
+        assert guard.status()[0].reserved == 0
+        connection.input_audio_buffer.append(audio=speech(1))
+        connection.input_audio_buffer.commit()
+        events_until(connection, "input_audio_buffer.committed")
+    # The socket closed while the server transcribed the second turn: billed at its hold,
+    # 20 audio tokens in and a transcript of up to 26 out.
+    assert [(e.status, e.cost_nanos) for e in events.calls] == [
+        ("error", 0),
+        ("cancelled", 20 * 6_000 + 26 * 10_000),
+    ]
+    assert guard.status()[0].reserved == 0
+
+
+def test_speech_is_not_held_for_transcription_the_session_does_not_ask_for(
+    make_guard: Any,
+    events: Events,
+    sockets: SocketServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Off (the default, or turned off again), nothing is held; whisper-1, priced by the
+    # minute, is let through and said not to be counted.
+    sockets.script = lambda message: (
+        committed("item_1")[:1] if message["type"] == "input_audio_buffer.commit" else []
+    )
+    guard = make_guard(budget=Budget.daily(1))
+    with caplog.at_level(logging.WARNING, logger="kavach"):
+        with client(sockets, guard).realtime.connect(model=MODEL) as connection:
+            for setting in (transcribing(None), transcribing("whisper-1")):
+                connection.session.update(session=setting)
+                connection.input_audio_buffer.append(audio=speech(1))
+                connection.input_audio_buffer.commit()
+                events_until(connection, "input_audio_buffer.committed")
+                assert guard.status()[0].reserved == 0
+    assert events.calls == []
+    warned = [r.getMessage() for r in caplog.records if "cannot meter" in r.getMessage()]
+    assert len(warned) == 1 and "transcription" in warned[0]
+
+
+def test_async_sessions_hold_and_settle_transcriptions(
+    make_guard: Any, events: Events, sockets: SocketServer
+) -> None:
+    sockets.script = lambda message: (
+        committed("item_1") if message["type"] == "input_audio_buffer.commit" else []
+    )
+    guard = make_guard(budget=Budget.daily(1))
+
+    async def session() -> None:
+        c = guard.wrap(openai.AsyncOpenAI(base_url=sockets.base_url, api_key="sk-t"))
+        async with c.realtime.connect(model=MODEL) as connection:
+            await connection.session.update(session=transcribing())
+            await connection.input_audio_buffer.append(audio=speech(1))
+            await connection.input_audio_buffer.commit()
+            async for event in connection:
+                if event.type == "input_audio_buffer.committed":
+                    assert guard.status()[0].reserved > 0
+                if event.type == "conversation.item.input_audio_transcription.completed":
+                    break
+
+    asyncio.run(session())
+    assert [(e.operation, e.cost_nanos) for e in events.calls] == [
+        ("transcription", TRANSCRIPTION_COST)
+    ]
+    assert guard.status()[0].reserved == 0
