@@ -57,7 +57,7 @@ _BYTES_PER_SECOND = {"pcm": 48_000, "g711": 8_000}  # 24 kHz 16-bit PCM; 8 kHz G
 
 TRANSCRIPT_TOKENS_PER_AUDIO_TOKEN = 0.5
 """The most transcript a transcription of speech is held for: 10 tokens a second at
-``AUDIO_TOKENS_PER_SECOND``, about twice what the fastest speakers say."""
+``AUDIO_TOKENS_PER_SECOND``, more than the fastest speakers say (about 7)."""
 
 
 def _audio_tokens(audio: Any, bytes_per_second: int) -> int:
