@@ -18,6 +18,7 @@ from typing import Literal
 
 __all__ = [
     "ProviderKind",
+    "audio_seconds",
     "audio_tokens",
     "base64_size",
     "decode_base64_prefix",
@@ -245,3 +246,97 @@ def document_tokens(kind: ProviderKind, model: str, pages: int) -> int:
     if kind == "google":
         return pages * (560 if model.startswith("gemini-3") else 258)
     return pages * _PDF_PAGE_TOKENS
+
+
+# -- audio length ---------------------------------------------------------------------------
+
+
+def audio_seconds(data: bytes) -> float | None:
+    """The length of a WAV, FLAC, MP3 or Ogg (Opus, Vorbis) file from its headers (an MP3's
+    Xing, Info or VBRI frame count, else its first frame's bit rate), or None when the
+    format is another or its headers do not tell."""
+    try:
+        if data[:4] == b"RIFF" and data[8:12] == b"WAVE":
+            return _wav_seconds(data)
+        if data[:4] == b"fLaC":
+            return _flac_seconds(data)
+        if data[:4] == b"OggS":
+            return _ogg_seconds(data)
+        return _mp3_seconds(data)
+    except (struct.error, IndexError, ZeroDivisionError):
+        return None
+
+
+def _wav_seconds(data: bytes) -> float | None:
+    at, byte_rate = 12, 0
+    while at + 8 <= len(data):
+        chunk, size = data[at : at + 4], struct.unpack_from("<I", data, at + 4)[0]
+        if chunk == b"fmt ":
+            byte_rate = struct.unpack_from("<I", data, at + 16)[0]
+        elif chunk == b"data":
+            # A recording still being written says 0 or 0xFFFFFFFF: the bytes present count.
+            present = len(data) - at - 8
+            size = present if size in (0, 0xFFFFFFFF) or size > present else size
+            return size / byte_rate if byte_rate else None
+        at += 8 + size + (size & 1)
+    return None
+
+
+def _flac_seconds(data: bytes) -> float | None:
+    if data[4] & 0x7F != 0:  # STREAMINFO comes first
+        return None
+    info = data[8:42]
+    rate = (info[10] << 12) | (info[11] << 4) | (info[12] >> 4)
+    samples = ((info[13] & 0x0F) << 32) | struct.unpack_from(">I", info, 14)[0]
+    return samples / rate if rate and samples else None
+
+
+def _ogg_seconds(data: bytes) -> float | None:
+    # The last page's granule position is the stream's length in samples.
+    last = data.rfind(b"OggS\x00")
+    granule: int = struct.unpack_from("<q", data, last + 6)[0]
+    start = 27 + data[26]  # the first page's packet, after its segment table
+    if data[start : start + 8] == b"OpusHead":
+        rate = 48_000  # Opus counts its granules at 48 kHz whatever it was recorded at
+    elif data[start : start + 7] == b"\x01vorbis":
+        rate = struct.unpack_from("<I", data, start + 12)[0]
+    else:
+        return None
+    return granule / rate if granule > 0 and rate else None
+
+
+_MP3_BITRATES = {  # kbit/s by bitrate index: MPEG-1 layer III, MPEG-2 and 2.5 layer III
+    1: (0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320),
+    2: (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
+}
+_MP3_RATES = {3: (44_100, 48_000, 32_000), 2: (22_050, 24_000, 16_000), 0: (11_025, 12_000, 8_000)}
+
+
+def _mp3_seconds(data: bytes) -> float | None:
+    start = 0
+    if data[:3] == b"ID3":  # a tag before the audio: its size is four 7-bit bytes
+        size = (data[6] << 21) | (data[7] << 14) | (data[8] << 7) | data[9]
+        start = 10 + size + (10 if data[5] & 0x10 else 0)
+    # The first frame header within the next few bytes (some files pad after the tag).
+    for at in range(start, min(start + 4096, len(data) - 4)):
+        b1, b2, b3 = data[at + 1], data[at + 2], data[at + 3]
+        version, layer = (b1 >> 3) & 3, (b1 >> 1) & 3
+        if data[at] == 0xFF and b1 & 0xE0 == 0xE0 and version != 1 and layer == 1:
+            if (b2 >> 4) not in (0, 15) and (b2 >> 2) & 3 != 3:
+                break
+    else:
+        return None
+    mpeg1 = version == 3
+    rate = _MP3_RATES[version][(b2 >> 2) & 3]
+    samples_per_frame = 1152 if mpeg1 else 576
+    mono = (b3 >> 6) == 3
+    side = (17 if mono else 32) if mpeg1 else (9 if mono else 17)
+    xing = at + 4 + side
+    if data[xing : xing + 4] in (b"Xing", b"Info") and data[xing + 7] & 1:
+        frames: int = struct.unpack_from(">I", data, xing + 8)[0]
+        return frames * samples_per_frame / rate
+    if data[at + 36 : at + 40] == b"VBRI":
+        vbri: int = struct.unpack_from(">I", data, at + 36 + 14)[0]
+        return vbri * samples_per_frame / rate
+    bitrate = _MP3_BITRATES[1 if mpeg1 else 2][b2 >> 4] * 1000
+    return (len(data) - at) * 8 / bitrate

@@ -46,3 +46,80 @@ def test_pdf_pages() -> None:
     assert _media.pdf_pages(pages) == 4
     assert _media.pdf_pages(pages + tree) == 12
     assert _media.pdf_pages(b"%PDF-1.7 compressed" + b"\x00" * 50_000) == 3
+
+
+# -- audio length from headers --------------------------------------------------------------
+
+
+def _wav(seconds: float, rate: int = 24_000, channels: int = 1) -> bytes:
+    import io
+    import wave
+
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(b"\0\0" * channels * int(rate * seconds))
+    return out.getvalue()
+
+
+def _mp3_frame_header(kbps_index: int = 9, mono: bool = False) -> bytes:
+    # MPEG-1 layer III, no CRC; 44.1 kHz; bit rate index 9 is 128 kbit/s.
+    return bytes([0xFF, 0xFB, (kbps_index << 4) | (0 << 2), 0xC0 if mono else 0x00])
+
+
+def test_wav_length_is_its_data_over_its_byte_rate() -> None:
+    assert _media.audio_seconds(_wav(3)) == 3.0
+    assert _media.audio_seconds(_wav(2, rate=44_100, channels=2)) == 2.0
+    # Recorded as a stream: the data chunk's size unset; the bytes present count.
+    live = bytearray(_wav(1.5))
+    live[40:44] = struct.pack("<I", 0xFFFFFFFF)
+    assert _media.audio_seconds(bytes(live)) == 1.5
+
+
+def test_flac_length_is_its_streaminfo_samples_over_its_rate() -> None:
+    rate, samples = 16_000, 16_000 * 42
+    info = bytearray(34)
+    info[10] = rate >> 12
+    info[11] = (rate >> 4) & 0xFF
+    info[12] = (rate & 0x0F) << 4
+    info[13] = (samples >> 32) & 0x0F
+    info[14:18] = struct.pack(">I", samples & 0xFFFFFFFF)
+    flac = b"fLaC" + bytes([0x80, 0, 0, 34]) + bytes(info)
+    assert _media.audio_seconds(flac) == 42.0
+
+
+def test_mp3_length_from_its_vbr_header_else_its_bit_rate() -> None:
+    frame = _mp3_frame_header() + b"\0" * 413  # 417 bytes a frame at 128 kbit/s, 44.1 kHz
+    cbr = frame * 1000
+    assert abs(_media.audio_seconds(cbr) - len(cbr) * 8 / 128_000) < 1e-9  # about 26 s
+    # A Xing header (after 32 bytes of stereo side information) counts its frames: 500 frames
+    # of 1,152 samples, whatever the bit rate of the first frame says.
+    xing = (
+        _mp3_frame_header() + b"\0" * 32 + b"Xing" + struct.pack(">I", 1) + struct.pack(">I", 500)
+    )
+    assert _media.audio_seconds(xing + b"\0" * 10_000) == 500 * 1152 / 44_100
+    # An ID3 tag before the first frame is skipped (its size: four 7-bit bytes).
+    tag = b"ID3\x04\x00\x00" + bytes([0, 0, 1, 0]) + b"\0" * 128
+    assert _media.audio_seconds(tag + xing) == 500 * 1152 / 44_100
+
+
+def test_ogg_length_is_its_last_granule_over_its_rate() -> None:
+    def page(granule: int, packet: bytes) -> bytes:
+        # Version, type, granule, serial, sequence, CRC, one segment of the packet's length.
+        header = b"OggS\x00\x02" + struct.pack("<q", granule) + b"\0" * 12
+        return header + bytes([1, len(packet)]) + packet
+
+    opus = page(0, b"OpusHead\x01\x01" + b"\0" * 9) + page(48_000 * 7, b"\0" * 50)
+    assert _media.audio_seconds(opus) == 7.0
+    vorbis_id = b"\x01vorbis" + struct.pack("<IBI", 0, 1, 22_050) + b"\0" * 13
+    vorbis = page(0, vorbis_id) + page(22_050 * 3, b"\0" * 50)
+    assert _media.audio_seconds(vorbis) == 3.0
+
+
+def test_audio_whose_headers_do_not_tell_has_no_length() -> None:
+    assert _media.audio_seconds(b"\x1aE\xdf\xa3" + b"\0" * 100) is None  # WebM
+    assert _media.audio_seconds(b"\0\0\0\x20ftypM4A " + b"\0" * 100) is None  # M4A
+    assert _media.audio_seconds(b"") is None
+    assert _media.audio_seconds(b"RIFF\0\0\0\0WAVE") is None  # truncated
