@@ -26,7 +26,8 @@ Transcribing the user's speech (the session's ``audio.input.transcription``) is 
 by its own model, for each turn of speech the input buffer commits. Each is held when the
 server says the buffer was committed (``input_audio_buffer.committed``, by the client or by
 voice activity detection), for the speech appended since the last commit and a transcript of
-up to ``TRANSCRIPT_TOKENS_PER_AUDIO_TOKEN`` tokens for each of its audio tokens, and settled at
+up to ``TRANSCRIPT_TOKENS_PER_AUDIO_TOKEN`` tokens for each of its audio tokens
+(``kavach_integrations._openai_audio``), and settled at
 the usage its ``conversation.item.input_audio_transcription.completed`` reports; a failed one
 is given back. A model priced by the minute rather than by the token (``whisper-1``) is not
 counted, and said not to be.
@@ -42,22 +43,19 @@ from kavach.spec import CallSpec
 from kavach.stream import Outcome
 from kavach.tokens import count_text_tokens
 from kavach.usage import Usage
+from kavach_integrations._openai_audio import (
+    AUDIO_TOKENS_PER_SECOND,
+    reports_tokens,
+    transcript_bound,
+    transcription_spec,
+    transcription_usage,
+)
 from kavach_integrations._provider import Body, Endpoint, TokenCounter, field, tool_signature
 from kavach_integrations._sockets import Aside, Event, SocketProtocol
 
 PROVIDER = "openai"
 
-AUDIO_TOKENS_PER_SECOND = 20
-"""Audio tokens a second of speech makes. OpenAI does not publish the rate; its prices per
-minute (when the Realtime API launched, $0.06 a minute of input and $0.24 of output at $100
-and $200 per million tokens) work out at 10 a second in and 20 out. Input is held at 20 too,
-for the speech of the current turn only: the usage of each response replaces the estimate."""
-
 _BYTES_PER_SECOND = {"pcm": 48_000, "g711": 8_000}  # 24 kHz 16-bit PCM; 8 kHz G.711
-
-TRANSCRIPT_TOKENS_PER_AUDIO_TOKEN = 0.5
-"""The most transcript a transcription of speech is held for: 10 tokens a second at
-``AUDIO_TOKENS_PER_SECOND``, more than the fastest speakers say (about 7)."""
 
 
 def _audio_tokens(audio: Any, bytes_per_second: int) -> int:
@@ -310,42 +308,13 @@ class RealtimeMeter(TokenCounter):
         return Outcome(usage=usage, response_model=self.model_name)
 
 
-def _transcript_bound(speech: int) -> int:
-    return int(speech * TRANSCRIPT_TOKENS_PER_AUDIO_TOKEN) + 16
-
-
 def _read_transcription(body: Mapping[str, Any]) -> CallSpec:
-    speech = body.get("audio_tokens", 0)
-    return CallSpec(
-        provider=PROVIDER,
-        model=str(body.get("model") or ""),
-        operation="transcription",
-        prompt=body.get("prompt"),
-        max_output_tokens=_transcript_bound(speech),
-        text_output=True,
-        fixed_output=True,  # nothing in the request can limit it
-        context_tokens=speech,
-        context_media_tokens=speech,
-    )
-
-
-def transcription_usage(usage: Any) -> Usage:
-    """A transcription's usage by the token (``{"type": "tokens", ...}``)."""
-    return Usage(
-        input_tokens=field(usage, "input_tokens", 0),
-        output_tokens=field(usage, "output_tokens", 0),
-        input_audio_tokens=field(field(usage, "input_token_details"), "audio_tokens", 0),
-    )
+    return transcription_spec(body.get("model"), body.get("prompt"), body.get("audio_tokens", 0))
 
 
 def _transcription_outcome(event: Any) -> Outcome:
     """A finished transcription (its ``completed`` event)."""
     return Outcome(usage=transcription_usage(field(event, "usage")))
-
-
-def _reports_tokens(event: Any) -> bool:
-    usage = field(event, "usage")
-    return field(usage, "type", "tokens") == "tokens" and field(usage, "input_tokens") is not None
 
 
 class TranscriptionMeter(TokenCounter):
@@ -369,14 +338,14 @@ class TranscriptionMeter(TokenCounter):
         return False
 
     def outcome(self, estimated_input_tokens: int) -> Outcome:
-        if self.final is not None and _reports_tokens(self.final):
+        if self.final is not None and reports_tokens(field(self.final, "usage")):
             outcome = _transcription_outcome(self.final)
             return dataclasses.replace(outcome, response_model=self.model_name)
         # Unfinished when the socket closed, or its usage unreadable: what was held.
         usage = Usage(
             input_tokens=estimated_input_tokens,
             input_audio_tokens=min(self.speech, estimated_input_tokens),
-            output_tokens=_transcript_bound(self.speech),
+            output_tokens=transcript_bound(self.speech),
         )
         return Outcome(usage=usage, response_model=self.model_name)
 

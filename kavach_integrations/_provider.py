@@ -157,11 +157,13 @@ class Unmetered:
 @dataclass(frozen=True, slots=True)
 class PerRequest:
     """A paid API metered for some requests and not others: ``choose`` reads a request's
-    JSON body and returns how to guard it. OpenAI's Images API bills the GPT image models by
-    tokens (an ``Endpoint``) and DALL·E per image (``Unmetered``). Routes are cached per path,
-    so the choice is made on every call, after the cache."""
+    JSON body (and uploaded files) and returns how to guard it. OpenAI's Images API bills the
+    GPT image models by tokens (an ``Endpoint``) and DALL·E per image (``Unmetered``); its
+    transcriptions are held for the length of the speech uploaded. Routes are cached per
+    path, so the choice is made on every call, after the cache."""
 
-    choose: Callable[[Mapping[str, Any]], Endpoint | Unmetered]
+    choose: Callable[[Mapping[str, Any], Any], Endpoint | Unmetered]
+    """Called with the JSON body and the files of a multipart request (None for others)."""
     unmetered: Unmetered
     """For a request without a JSON body, which ``choose`` cannot read."""
 
@@ -826,7 +828,7 @@ def guard_request_method(
             return endpoint  # type: ignore[return-value]
         if type(endpoint) is PerRequest:  # after the Endpoint test: chat calls never get here
             if isinstance(body, Mapping):
-                return endpoint.choose(body)
+                return endpoint.choose(body, options.files)
             return endpoint.unmetered
         return endpoint  # type: ignore[return-value]
 

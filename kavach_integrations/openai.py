@@ -11,8 +11,10 @@ before it completed.
 Responses over a WebSocket (``responses.connect()``) and Realtime sessions over one
 (``realtime.connect()``) are held and settled one response at a time, as streams
 (``kavach_integrations._sockets``, ``_openai_realtime``).
+``audio.transcriptions`` with a model billed by the token (``gpt-4o-transcribe``) is held
+for the length of the speech uploaded (``kavach_integrations._openai_audio``).
 Paid endpoints without a token-usage price (DALL·E images, image edits and variations,
-audio, videos, batches, fine-tuning, Assistants runs) and Realtime sessions the guard does
+speech, ``whisper-1``, videos, batches, fine-tuning, Assistants runs) and Realtime sessions the guard does
 not see (WebRTC and SIP calls, browser client secrets, the deprecated ``beta.realtime``)
 stop with the agent but are not counted: see ``AgentKavach.admit_unmetered``.
 Usage maps to ``kavach.usage.Usage`` as OpenAI reports it: ``prompt_tokens`` include
@@ -31,6 +33,8 @@ from kavach.spec import CallSpec
 from kavach.stream import Outcome
 from kavach.tokens import estimate_input_tokens
 from kavach.usage import Usage
+from kavach_integrations._openai_audio import UNMETERED as TRANSCRIPTION_UNMETERED
+from kavach_integrations._openai_audio import choose_transcription
 from kavach_integrations._openai_realtime import REALTIME
 from kavach_integrations._provider import (
     ASSUMED_SEARCHES,
@@ -683,7 +687,7 @@ IMAGE_GENERATION = Endpoint(
 )
 
 
-def _choose_image_generation(body: Mapping[str, Any]) -> Endpoint | Unmetered:
+def _choose_image_generation(body: Mapping[str, Any], files: Any) -> Endpoint | Unmetered:
     model = body.get("model")
     if isinstance(model, str) and _is_token_priced(model):
         return IMAGE_GENERATION
@@ -701,6 +705,8 @@ _ROUTES: dict[str, Endpoint | Unmetered | PerRequest] = {
     "/embeddings": EMBEDDINGS,
     "/completions": COMPLETIONS,
     "/images/generations": PerRequest(_choose_image_generation, _IMAGE_GENERATION),
+    # gpt-4o-transcribe and its kin, held for the speech uploaded (whisper-1: unmetered).
+    "/audio/transcriptions": PerRequest(choose_transcription, TRANSCRIPTION_UNMETERED),
     # Paid, but priced per image, second or job rather than by reported token usage:
     # they stop with the agent, and their cost is not counted (a warning says so). Image
     # edits with a GPT image model bill tokens too, but their input images come as a
@@ -710,7 +716,6 @@ _ROUTES: dict[str, Endpoint | Unmetered | PerRequest] = {
     "/images/edits": Unmetered(PROVIDER, "image_edit"),
     "/images/variations": Unmetered(PROVIDER, "image_variation"),
     "/audio/speech": Unmetered(PROVIDER, "speech"),
-    "/audio/transcriptions": Unmetered(PROVIDER, "transcription"),
     "/audio/translations": Unmetered(PROVIDER, "translation"),
     "/videos": Unmetered(PROVIDER, "video_generation"),
     "/videos/edits": Unmetered(PROVIDER, "video_generation"),

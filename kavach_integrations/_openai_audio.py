@@ -1,0 +1,199 @@
+"""OpenAI speech to text billed by the token (``gpt-4o-transcribe``, ``gpt-4o-mini-transcribe``
+and their versions): what a transcription is held for and how its usage reads, for both
+``audio.transcriptions.create`` (over HTTP, here) and the transcription of a Realtime
+session's speech (``kavach_integrations._openai_realtime``).
+
+A transcription is billed for its speech at the model's audio input rate, any prompt at its
+text rate, and the transcript at its output rate. It is held for:
+
+- the speech, at ``AUDIO_TOKENS_PER_SECOND``. Over HTTP the length comes from the uploaded
+  file's headers (WAV, FLAC, MP3, Ogg; ``kavach._media.audio_seconds``). Other formats (M4A,
+  WebM) are held as if at ``UNREAD_AUDIO_BYTES_PER_SECOND``, the low end of the bit rates
+  speech is recorded at, so that they are over-held, not under;
+- a transcript of up to ``TRANSCRIPT_TOKENS_PER_AUDIO_TOKEN`` tokens for each of its audio
+  tokens; nothing in the request can limit it.
+
+It is settled at the usage the response reports (``{"type": "tokens", ...}``). A response
+without usage (``response_format="text"``, ``"srt"``, ``"vtt"``) is settled at the speech as
+held and its transcript's tokens. Models billed by the minute (``whisper-1``) and a file the
+guard cannot read without consuming it (a stream that cannot seek) are let through, stopped
+with the agent and said not to be counted.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from kavach import _media
+from kavach.spec import CallSpec
+from kavach.stream import Outcome
+from kavach.tokens import count_text_tokens
+from kavach.usage import Usage
+from kavach_integrations._provider import Endpoint, TokenCounter, Unmetered, field
+
+PROVIDER = "openai"
+
+AUDIO_TOKENS_PER_SECOND = 20
+"""Audio tokens a second of speech makes. OpenAI does not publish the rate; its prices per
+minute (when the Realtime API launched, $0.06 a minute of input and $0.24 of output at $100
+and $200 per million tokens) work out at 10 a second in and 20 out, and the transcription
+models' ($0.006 a minute at $6 per million) at about 17. Speech is held at 20: the usage
+each response reports replaces the estimate."""
+
+TRANSCRIPT_TOKENS_PER_AUDIO_TOKEN = 0.5
+"""The most transcript a transcription of speech is held for: 10 tokens a second at
+``AUDIO_TOKENS_PER_SECOND``, more than the fastest speakers say (about 7)."""
+
+UNREAD_AUDIO_BYTES_PER_SECOND = 1_000
+"""A file whose length its headers do not tell (M4A, WebM) is held as if recorded at 8
+kbit/s, the low end of what speech is recorded at (Opus voice, 8 kbit/s and up, a browser's
+MediaRecorder far more; AAC, 64 and up): for more speech than it holds, rarely less."""
+
+UNMETERED = Unmetered(PROVIDER, "transcription")
+
+
+def transcript_bound(speech: int) -> int:
+    """The most transcript ``speech`` audio tokens are held for."""
+    return int(speech * TRANSCRIPT_TOKENS_PER_AUDIO_TOKEN) + 16
+
+
+def transcription_spec(model: Any, prompt: Any, speech: int) -> CallSpec:
+    """A transcription of ``speech`` audio tokens by ``model``."""
+    return CallSpec(
+        provider=PROVIDER,
+        model=str(model or ""),
+        operation="transcription",
+        prompt=prompt if isinstance(prompt, str) else None,
+        max_output_tokens=transcript_bound(speech),
+        text_output=True,
+        fixed_output=True,  # nothing in the request can limit it
+        context_tokens=speech,
+        context_media_tokens=speech,
+    )
+
+
+def reports_tokens(usage: Any) -> bool:
+    return field(usage, "type", "tokens") == "tokens" and field(usage, "input_tokens") is not None
+
+
+def transcription_usage(usage: Any) -> Usage:
+    """A transcription's usage by the token (``{"type": "tokens", ...}``)."""
+    return Usage(
+        input_tokens=field(usage, "input_tokens", 0),
+        output_tokens=field(usage, "output_tokens", 0),
+        input_audio_tokens=field(field(usage, "input_token_details"), "audio_tokens", 0),
+    )
+
+
+# -- audio.transcriptions.create ------------------------------------------------------------
+
+
+def is_token_priced(model: Any) -> bool:
+    # gpt-4o-transcribe, gpt-4o-mini-transcribe, their dated and diarize versions; whisper-1
+    # is billed by the minute.
+    return isinstance(model, str) and "transcribe" in model
+
+
+def _upload(files: Any) -> Any:
+    """The ``file`` part of a multipart request's files, as the SDK hands them to httpx."""
+    entries = files.items() if isinstance(files, Mapping) else files or ()
+    for name, value in entries:
+        if name == "file":
+            return value[1] if isinstance(value, tuple) else value
+    return None
+
+
+def _read(content: Any) -> bytes | None:
+    """The bytes of an upload, leaving a file object where it was; None when they cannot be
+    read without consuming them (a stream that cannot seek)."""
+    if isinstance(content, bytes | bytearray | memoryview):
+        return bytes(content)
+    seekable = getattr(content, "seekable", None)
+    if not callable(seekable) or not seekable():
+        return None
+    at = content.tell()
+    try:
+        data = content.read()
+    finally:
+        content.seek(at)
+    return data if isinstance(data, bytes) else None
+
+
+def upload_speech(files: Any) -> int | None:
+    """Audio tokens of the speech a transcription request uploads, or None if unreadable."""
+    data = _read(_upload(files))
+    if data is None:
+        return None
+    seconds = _media.audio_seconds(data)
+    if seconds is None:
+        seconds = len(data) / UNREAD_AUDIO_BYTES_PER_SECOND
+    return math.ceil(seconds * AUDIO_TOKENS_PER_SECOND) + 1
+
+
+class TranscriptMeter(TokenCounter):
+    """A streamed transcription (``stream=True``): its text deltas, then the usage its
+    ``transcript.text.done`` reports."""
+
+    __slots__ = ("speech",)
+
+    def __init__(self, speech: int) -> None:
+        super().__init__()
+        self.speech = speech
+
+    def feed(self, event: Any) -> bool:
+        self.received = True
+        kind = field(event, "type")
+        if kind == "transcript.text.delta":
+            self.count(field(event, "delta"))
+        elif kind == "transcript.text.done":
+            usage = field(event, "usage")
+            if reports_tokens(usage):
+                self.usage = transcription_usage(usage)
+            self.complete = True
+        return False
+
+    def outcome(self, estimated_input_tokens: int) -> Outcome:
+        if self.usage is not None:
+            return Outcome(usage=self.usage)
+        usage = Usage(
+            input_tokens=estimated_input_tokens,
+            input_audio_tokens=min(self.speech, estimated_input_tokens),
+            output_tokens=self.output_tokens,
+        )
+        return Outcome(usage=usage)
+
+
+def transcription_endpoint(speech: int) -> Endpoint:
+    """How to guard one transcription request whose upload is ``speech`` audio tokens."""
+
+    def read(body: Mapping[str, Any]) -> CallSpec:
+        return transcription_spec(body.get("model"), body.get("prompt"), speech)
+
+    def outcome(response: Any) -> Outcome:
+        usage = field(response, "usage")
+        if reports_tokens(usage):
+            return Outcome(usage=transcription_usage(usage))
+        # No usage (a text, SRT or VTT answer): the speech as held, and the transcript.
+        text = response if isinstance(response, str) else field(response, "text", "")
+        transcript = count_text_tokens("gpt-4o", text) if isinstance(text, str) else 0
+        # input_tokens 0: the endpoint fills in the input as held (the prompt's too).
+        return Outcome(usage=Usage(input_audio_tokens=speech, output_tokens=transcript))
+
+    return Endpoint(
+        operation="transcription",
+        read=read,
+        outcome=outcome,
+        meter=lambda body: TranscriptMeter(speech),
+        estimate_unreported_input=True,
+    )
+
+
+def choose_transcription(body: Mapping[str, Any], files: Any) -> Endpoint | Unmetered:
+    """``audio.transcriptions.create``: metered for a model billed by the token whose upload
+    the guard can read."""
+    if not is_token_priced(body.get("model")):
+        return UNMETERED
+    speech = upload_speech(files)
+    return UNMETERED if speech is None else transcription_endpoint(speech)
