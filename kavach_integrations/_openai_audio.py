@@ -110,14 +110,17 @@ def _read(content: Any) -> bytes | None:
     read without consuming them (a stream that cannot seek)."""
     if isinstance(content, bytes | bytearray | memoryview):
         return bytes(content)
-    seekable = getattr(content, "seekable", None)
-    if not callable(seekable) or not seekable():
-        return None
-    at = content.tell()
     try:
-        data = content.read()
-    finally:
-        content.seek(at)
+        seekable = getattr(content, "seekable", None)
+        if not callable(seekable) or not seekable():
+            return None
+        at = content.tell()
+        try:
+            data = content.read()
+        finally:
+            content.seek(at)
+    except (OSError, ValueError):  # closed, or not a file after all: the SDK will say so
+        return None
     return data if isinstance(data, bytes) else None
 
 

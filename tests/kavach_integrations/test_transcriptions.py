@@ -179,6 +179,8 @@ def test_a_file_object_is_measured_and_left_where_it_stood(
     upload.seek(0)
     assert _openai_audio.upload_speech([("file", upload)]) == 601
     assert upload.tell() == 0
+    upload.close()  # one that cannot be read is not measured; the SDK reports it
+    assert _openai_audio.upload_speech([("file", upload)]) is None
 
 
 def test_what_the_guard_cannot_hold_goes_through_is_stopped_and_said_not_counted(
