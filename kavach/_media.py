@@ -252,9 +252,9 @@ def document_tokens(kind: ProviderKind, model: str, pages: int) -> int:
 
 
 def audio_seconds(data: bytes) -> float | None:
-    """The length of a WAV, FLAC, MP3 or Ogg (Opus, Vorbis) file from its headers (an MP3's
-    Xing, Info or VBRI frame count, else its first frame's bit rate), or None when the
-    format is another or its headers do not tell."""
+    """The length of a WAV, FLAC, MP3, Ogg (Opus, Vorbis) or MP4 (M4A) file from its headers
+    (an MP3's Xing, Info or VBRI frame count, else its first frame's bit rate; an MP4's movie
+    header, wherever it is), or None when the format is another or its headers do not tell."""
     try:
         if data[:4] == b"RIFF" and data[8:12] == b"WAVE":
             return _wav_seconds(data)
@@ -262,6 +262,8 @@ def audio_seconds(data: bytes) -> float | None:
             return _flac_seconds(data)
         if data[:4] == b"OggS":
             return _ogg_seconds(data)
+        if data[4:8] == b"ftyp":
+            return _mp4_seconds(data)
         return _mp3_seconds(data)
     except (struct.error, IndexError, ZeroDivisionError):
         return None
@@ -303,6 +305,40 @@ def _ogg_seconds(data: bytes) -> float | None:
     else:
         return None
     return granule / rate if granule > 0 and rate else None
+
+
+def _boxes(data: bytes, start: int, end: int) -> dict[bytes, tuple[int, int]]:
+    """The MP4 boxes between ``start`` and ``end``: each type's first, as (body, end)."""
+    found: dict[bytes, tuple[int, int]] = {}
+    at = start
+    while at + 8 <= end:
+        size, kind = struct.unpack_from(">I4s", data, at)
+        body = at + 8
+        if size == 1:  # a 64-bit size follows
+            size = struct.unpack_from(">Q", data, body)[0]
+            body += 8
+        elif size == 0:  # to the end
+            size = end - at
+        if size < body - at:
+            break
+        found.setdefault(kind, (body, at + size))
+        at += size
+    return found
+
+
+def _mp4_seconds(data: bytes) -> float | None:
+    moov = _boxes(data, 0, len(data)).get(b"moov")
+    if moov is None:
+        return None
+    mvhd = _boxes(data, *moov).get(b"mvhd")
+    if mvhd is None:
+        return None
+    at = mvhd[0]
+    if data[at] == 1:  # version 1: 64-bit times
+        scale, duration = struct.unpack_from(">IQ", data, at + 20)
+    else:
+        scale, duration = struct.unpack_from(">II", data, at + 12)
+    return duration / scale if scale and duration else None
 
 
 _MP3_BITRATES = {  # kbit/s by bitrate index: MPEG-1 layer III, MPEG-2 and 2.5 layer III

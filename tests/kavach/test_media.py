@@ -120,6 +120,20 @@ def test_ogg_length_is_its_last_granule_over_its_rate() -> None:
 
 def test_audio_whose_headers_do_not_tell_has_no_length() -> None:
     assert _media.audio_seconds(b"\x1aE\xdf\xa3" + b"\0" * 100) is None  # WebM
-    assert _media.audio_seconds(b"\0\0\0\x20ftypM4A " + b"\0" * 100) is None  # M4A
+    assert _media.audio_seconds(b"\0\0\0\x10ftypM4A \0\0\0\0") is None  # M4A, no moov
     assert _media.audio_seconds(b"") is None
     assert _media.audio_seconds(b"RIFF\0\0\0\0WAVE") is None  # truncated
+
+
+def test_mp4_length_is_its_movie_header_duration_wherever_the_movie_box_is() -> None:
+    def box(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", 8 + len(body)) + kind + body
+
+    ftyp = box(b"ftyp", b"M4A \0\0\0\0")
+    mvhd0 = box(b"mvhd", b"\0\0\0\0" + struct.pack(">IIII", 0, 0, 44_100, 44_100 * 95))
+    mvhd1 = box(b"mvhd", b"\x01\0\0\0" + struct.pack(">QQIQ", 0, 0, 1_000, 12_500))
+    mdat = box(b"mdat", b"\0" * 5_000)
+    # The movie box after the media, as a recorder writes it, and before, as a streamer does.
+    assert _media.audio_seconds(ftyp + mdat + box(b"moov", mvhd0)) == 95.0
+    assert _media.audio_seconds(ftyp + box(b"moov", box(b"trak", b"") + mvhd1) + mdat) == 12.5
+    assert _media.audio_seconds(ftyp + mdat) is None  # cut off before its movie box

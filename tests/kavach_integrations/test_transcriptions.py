@@ -112,11 +112,11 @@ def test_a_transcription_is_held_for_its_speech_and_settled_at_its_usage(
 def test_a_file_whose_headers_do_not_tell_its_length_is_held_at_a_low_bit_rate(
     make_guard: Any, events: Events, client: Connect
 ) -> None:
-    # 50,000 bytes of M4A held as if at 8 kbit/s: 50 s, 1,001 audio tokens and up to 516 out.
+    # 50,000 bytes of WebM held as if at 8 kbit/s: 50 s, 1,001 audio tokens and up to 516 out.
     guard = make_guard(budget=Budget.daily(1))
     c, server = client(guard)
-    m4a = b"\0\0\0\x20ftypM4A " + b"\0" * 49_988
-    c.audio.transcriptions.create(model=MODEL, file=("call.m4a", m4a))
+    webm = b"\x1aE\xdf\xa3" + b"\0" * 49_996
+    c.audio.transcriptions.create(model=MODEL, file=("call.webm", webm))
     assert server.held == [1_001 * 6_000 + 516 * 10_000]
     assert [(e.status, e.cost_nanos) for e in events.calls] == [("ok", COST)]
 
