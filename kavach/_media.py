@@ -252,9 +252,10 @@ def document_tokens(kind: ProviderKind, model: str, pages: int) -> int:
 
 
 def audio_seconds(data: bytes) -> float | None:
-    """The length of a WAV, FLAC, MP3, Ogg (Opus, Vorbis) or MP4 (M4A) file from its headers
-    (an MP3's Xing, Info or VBRI frame count, else its first frame's bit rate; an MP4's movie
-    header, wherever it is), or None when the format is another or its headers do not tell."""
+    """The length of a WAV, FLAC, MP3, Ogg (Opus, Vorbis), MP4 (M4A) or WebM file from its
+    headers (an MP3's Xing, Info or VBRI frame count, else its first frame's bit rate; an
+    MP4's movie header, wherever it is; a WebM's duration, else its last block and a second
+    more), or None when the format is another or its headers do not tell."""
     try:
         if data[:4] == b"RIFF" and data[8:12] == b"WAVE":
             return _wav_seconds(data)
@@ -264,6 +265,8 @@ def audio_seconds(data: bytes) -> float | None:
             return _ogg_seconds(data)
         if data[4:8] == b"ftyp":
             return _mp4_seconds(data)
+        if data[:4] == _EBML:
+            return _webm_seconds(data)
         return _mp3_seconds(data)
     except (struct.error, IndexError, ZeroDivisionError):
         return None
@@ -339,6 +342,107 @@ def _mp4_seconds(data: bytes) -> float | None:
     else:
         scale, duration = struct.unpack_from(">II", data, at + 12)
     return duration / scale if scale and duration else None
+
+
+_EBML = b"\x1a\x45\xdf\xa3"
+_WEBM_CLUSTER_ID = b"\x1f\x43\xb6\x75"
+_WEBM_SEGMENT, _WEBM_INFO, _WEBM_CLUSTER = 0x18538067, 0x1549A966, 0x1F43B675
+_WEBM_SCALE, _WEBM_DURATION, _WEBM_TIMECODE = 0x2AD7B1, 0x4489, 0xE7
+_WEBM_SIMPLE_BLOCK, _WEBM_BLOCK_GROUP, _WEBM_BLOCK = 0xA3, 0xA0, 0xA1
+
+
+def _vint(data: bytes, at: int, marker: bool = False) -> tuple[int | None, int]:
+    """A Matroska variable-size integer at ``at`` (an element's ID with ``marker``, else its
+    size: None when unknown) and where what follows it starts."""
+    first = data[at]
+    length = 9 - first.bit_length()
+    if not 1 <= length <= 8:
+        raise IndexError("not a variable-size integer")
+    value = int.from_bytes(data[at : at + length], "big")
+    if marker:
+        return value, at + length
+    value &= (1 << (7 * length)) - 1
+    return (None if value == (1 << (7 * length)) - 1 else value), at + length
+
+
+def _webm_seconds(data: bytes) -> float | None:
+    # The EBML header, then the segment, whose first children (before the clusters) include
+    # its Info: TimecodeScale and, in a file written to disk, Duration.
+    _, at = _vint(data, 0, marker=True)
+    size, at = _vint(data, at)
+    if size is None:
+        return None
+    segment, at = _vint(data, at + size, marker=True)
+    if segment != _WEBM_SEGMENT:
+        return None
+    _, at = _vint(data, at)
+    scale, duration = 1_000_000, None  # nanoseconds a tick, unless Info says otherwise
+    while at < len(data):
+        element, body = _vint(data, at, marker=True)
+        size, body = _vint(data, body)
+        if element == _WEBM_CLUSTER or size is None:
+            break
+        if element == _WEBM_INFO:
+            scale, duration = _webm_info(data, body, body + size)
+            break
+        at = body + size
+    if duration:
+        return duration * scale / 1e9
+    # No duration (a browser's MediaRecorder writes none): the latest cluster's timecode plus
+    # its last block's; or, if its blocks cannot be read, the most a block can come after it
+    # (a signed 16-bit count of ticks).
+    latest, blocks = None, 0
+    at = data.find(_WEBM_CLUSTER_ID)
+    while at != -1:
+        _, body = _vint(data, at + 4)
+        if data[body] == _WEBM_TIMECODE:
+            size, value = _vint(data, body + 1)
+            if size is not None and 1 <= size <= 8:
+                timecode = int.from_bytes(data[value : value + size], "big")
+                if latest is None or timecode >= latest:
+                    latest, blocks = timecode, value + size
+        at = data.find(_WEBM_CLUSTER_ID, at + 4)
+    if latest is None:
+        return None
+    try:
+        after, margin = _last_block(data, blocks), 1.0  # a block lasts well under a second
+    except (IndexError, struct.error):
+        after, margin = 32_767, 0.0
+    return (latest + after) * scale / 1e9 + margin
+
+
+def _last_block(data: bytes, at: int, end: int | None = None) -> int:
+    """The latest timecode, relative to its cluster, of the blocks from ``at`` to ``end``."""
+    latest = 0
+    end = len(data) if end is None else end
+    while at < end:
+        element, body = _vint(data, at, marker=True)
+        size, body = _vint(data, body)
+        if size is None or element == _WEBM_CLUSTER:
+            raise IndexError("not a cluster's last blocks")
+        if element == _WEBM_BLOCK_GROUP:  # a block with more to say (the last one, often)
+            latest = max(latest, _last_block(data, body, min(body + size, end)))
+        elif element in (_WEBM_SIMPLE_BLOCK, _WEBM_BLOCK):
+            _, timecode = _vint(data, body)  # after the track number
+            latest = max(latest, struct.unpack_from(">h", data, timecode)[0])
+        at = body + size
+    return latest
+
+
+def _webm_info(data: bytes, at: int, end: int) -> tuple[int, float | None]:
+    """A WebM segment's Info: its ticks' length in nanoseconds, and its duration in ticks."""
+    scale, duration = 1_000_000, None
+    while at < min(end, len(data)):
+        element, at = _vint(data, at, marker=True)
+        size, at = _vint(data, at)
+        if size is None:
+            break
+        if element == _WEBM_SCALE:
+            scale = int.from_bytes(data[at : at + size], "big") or scale
+        elif element == _WEBM_DURATION and size in (4, 8):
+            duration = float(struct.unpack(">f" if size == 4 else ">d", data[at : at + size])[0])
+        at += size
+    return scale, duration
 
 
 _MP3_BITRATES = {  # kbit/s by bitrate index: MPEG-1 layer III, MPEG-2 and 2.5 layer III

@@ -7,9 +7,11 @@ A transcription is billed for its speech at the model's audio input rate, any pr
 text rate, and the transcript at its output rate. It is held for:
 
 - the speech, at ``AUDIO_TOKENS_PER_SECOND``. Over HTTP the length comes from the uploaded
-  file's headers (WAV, FLAC, MP3, Ogg, M4A; ``kavach._media.audio_seconds``). Others (WebM)
-  are held as if at ``UNREAD_AUDIO_BYTES_PER_SECOND``, the low end of the bit rates speech
-  is recorded at, so that they are over-held, not under;
+  file's headers (WAV, FLAC, MP3, Ogg, M4A, WebM; ``kavach._media.audio_seconds``); a WebM
+  without a duration (a browser's recording) is held to its last block and a second more.
+  Files whose headers do not tell are held as if at
+  ``UNREAD_AUDIO_BYTES_PER_SECOND``, the low end of the bit rates speech is recorded at, so
+  that they are over-held, not under;
 - a transcript of up to ``TRANSCRIPT_TOKENS_PER_AUDIO_TOKEN`` tokens for each of its audio
   tokens; nothing in the request can limit it.
 
@@ -47,9 +49,9 @@ TRANSCRIPT_TOKENS_PER_AUDIO_TOKEN = 0.5
 ``AUDIO_TOKENS_PER_SECOND``, more than the fastest speakers say (about 7)."""
 
 UNREAD_AUDIO_BYTES_PER_SECOND = 1_000
-"""A file whose length its headers do not tell (WebM) is held as if recorded at 8
-kbit/s, the low end of what speech is recorded at (Opus voice, 8 kbit/s and up, a browser's
-MediaRecorder far more; AAC, 64 and up): for more speech than it holds, rarely less."""
+"""A file whose length its headers do not tell (another format, or one cut short) is held
+as if recorded at 8 kbit/s, the low end of what speech is recorded at (Opus voice, 8 kbit/s
+and up; AAC, 64 and up): for more speech than it holds, rarely less."""
 
 UNMETERED = Unmetered(PROVIDER, "transcription")
 

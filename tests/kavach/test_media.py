@@ -137,3 +137,41 @@ def test_mp4_length_is_its_movie_header_duration_wherever_the_movie_box_is() -> 
     assert _media.audio_seconds(ftyp + mdat + box(b"moov", mvhd0)) == 95.0
     assert _media.audio_seconds(ftyp + box(b"moov", box(b"trak", b"") + mvhd1) + mdat) == 12.5
     assert _media.audio_seconds(ftyp + mdat) is None  # cut off before its movie box
+
+
+def _element(element_id: bytes, body: bytes) -> bytes:
+    assert len(body) < 127
+    return element_id + bytes([0x80 | len(body)]) + body
+
+
+def test_webm_length_is_its_duration_else_bounded_by_its_last_cluster() -> None:
+    header = _element(b"\x1a\x45\xdf\xa3", _element(b"\x42\x82", b"webm"))
+    unknown_size = b"\x01\xff\xff\xff\xff\xff\xff\xff"
+    segment = b"\x18\x53\x80\x67" + unknown_size
+    scale = _element(b"\x2a\xd7\xb1", (1_000_000).to_bytes(3, "big"))  # 1 ms a tick
+    duration = _element(b"\x44\x89", struct.pack(">d", 42_000.0))
+    cluster = b"\x1f\x43\xb6\x75" + unknown_size
+
+    def block(at: int) -> bytes:  # track 1, ``at`` ticks into its cluster, a keyframe
+        return _element(b"\xa3", b"\x81" + struct.pack(">h", at) + b"\x80" + b"\0" * 60)
+
+    # Blocks every 20 ms; the last cluster's last one in a group (with its padding).
+    last = _element(b"\xa0", _element(b"\xa1", b"\x81" + struct.pack(">h", 480) + b"\0" * 9))
+
+    def clusters(*timecodes: int) -> bytes:
+        return b"".join(
+            cluster + _element(b"\xe7", t.to_bytes(2, "big")) + block(0) + block(20)
+            for t in timecodes
+        )
+
+    info = _element(b"\x15\x49\xa9\x66", scale + duration)
+    # Written to disk: Info's duration (its first match, in the seek head, is not Info).
+    seek_head = _element(b"\x11\x4d\x9b\x74", _element(b"\x53\xab", b"\x15\x49\xa9\x66"))
+    assert _media.audio_seconds(header + segment + seek_head + info + clusters(0, 5_000)) == 42.0
+    # A browser's MediaRecorder writes no duration: the latest cluster and its last block,
+    # and a second for that block's own length.
+    live = header + segment + _element(b"\x15\x49\xa9\x66", scale) + clusters(0, 5_000, 10_000)
+    assert _media.audio_seconds(live + block(40) + last) == 10.48 + 1.0
+    # Blocks it cannot read: the most a block can come after its cluster (32.767 s).
+    assert _media.audio_seconds(live + b"\x00\x00") == 42.767
+    assert _media.audio_seconds(header + segment) is None  # cut off before any cluster

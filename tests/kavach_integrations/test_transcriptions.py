@@ -112,11 +112,12 @@ def test_a_transcription_is_held_for_its_speech_and_settled_at_its_usage(
 def test_a_file_whose_headers_do_not_tell_its_length_is_held_at_a_low_bit_rate(
     make_guard: Any, events: Events, client: Connect
 ) -> None:
-    # 50,000 bytes of WebM held as if at 8 kbit/s: 50 s, 1,001 audio tokens and up to 516 out.
+    # 50,000 bytes of audio of no format read, held as if at 8 kbit/s: 50 s, 1,001 audio
+    # tokens and up to 516 out.
     guard = make_guard(budget=Budget.daily(1))
     c, server = client(guard)
-    webm = b"\x1aE\xdf\xa3" + b"\0" * 49_996
-    c.audio.transcriptions.create(model=MODEL, file=("call.webm", webm))
+    unread = b"#!AMR\n" + b"\0" * 49_994
+    c.audio.transcriptions.create(model=MODEL, file=("call.amr", unread))
     assert server.held == [1_001 * 6_000 + 516 * 10_000]
     assert [(e.status, e.cost_nanos) for e in events.calls] == [("ok", COST)]
 
