@@ -314,30 +314,30 @@ class SocketCalls:
         body = self.state.aside(event)
         return None if body is None else _Answer("aside", None, body)
 
-    def aside_spec(self, body: Event) -> CallSpec | None:
-        """The call a server's aside ``body`` is, or None when its model has no price by the
-        token: let through, stopped with the agent and said not to be counted."""
-        aside = self.protocol.aside
-        assert aside is not None
-        spec = aside.endpoint.read(body)
-        try:
-            self.guard.pricing.resolve(spec.provider, spec.model)
-        except UnknownModelPriceError:
-            _admit_unmetered(self.guard, Unmetered(spec.provider, spec.operation), body)
-            return None
-        return spec
+    def server_call(self, answer: _Answer) -> tuple[CallSpec, Callable[[Reservation], None]] | None:
+        """A call the server started (``answer.kind`` started or aside): what to hold, and
+        what tracks it once held. None for an aside whose model has no price by the token:
+        let through, stopped with the agent and said not to be counted."""
+        if answer.kind == "aside":
+            aside = self.protocol.aside
+            assert aside is not None
+            body = answer.detail
+            spec = aside.endpoint.read(body)
+            try:
+                self.guard.pricing.resolve(spec.provider, spec.model)
+            except UnknownModelPriceError:
+                _admit_unmetered(self.guard, Unmetered(spec.provider, spec.operation), body)
+                return None
+            return spec, functools.partial(self._adopt_aside, aside, body)
+        event = answer.detail
+        body = self.state.successor(event.get("response") or {})
+        return self.spec(body), functools.partial(self._adopt, event, body)
 
-    def adopt_aside(self, body: Event, r: Reservation) -> None:
-        aside = self.protocol.aside
-        assert aside is not None
+    def _adopt_aside(self, aside: Aside, body: Event, r: Reservation) -> None:
         meter = aside.endpoint.meter(body)  # type: ignore[misc]  # an aside endpoint has one
         self.asides[body.get(aside.key)] = StreamSettlement(r, meter, limited=False)
 
-    def successor(self, event: Event) -> Event:
-        """The request a response the server started amounts to, from its ``started`` event."""
-        return self.state.successor(event.get("response") or {})
-
-    def adopt(self, event: Event, body: Event, r: Reservation) -> None:
+    def _adopt(self, event: Event, body: Event, r: Reservation) -> None:
         """Track a response the server started, held as ``r``, from its ``started`` event."""
         endpoint = self.protocol.endpoint
         meter = endpoint.meter(body)  # type: ignore[misc]
@@ -443,26 +443,17 @@ class MeteredSocket:
             settlement.finish("cut", "output passed the reservation")
             self.close()
             raise settlement.cut_error()
-        elif answer.kind == "aside":
+        else:  # a call the server started
             calls = self._calls
             try:
-                spec = calls.aside_spec(answer.detail)
-                if spec is None:
+                if (started := calls.server_call(answer)) is None:
                     return
+                spec, track = started
                 r = calls.guard.reserve(spec)
-            except KavachError:
-                self.close()
-                raise
-            calls.adopt_aside(answer.detail, r)
-        else:
-            calls = self._calls
-            body = calls.successor(answer.detail)
-            try:
-                r = calls.guard.reserve(calls.spec(body))
             except KavachError:
                 self.close()  # the provider goes on only while the socket is open
                 raise
-            calls.adopt(answer.detail, body, r)
+            track(r)
 
     def close(self, *args: Any, **kwargs: Any) -> Any:
         self._calls.settle_open()
@@ -534,26 +525,17 @@ class AsyncMeteredSocket:
             await settlement.afinish("cut", "output passed the reservation")
             await self.close()
             raise settlement.cut_error()
-        elif answer.kind == "aside":
+        else:  # a call the server started
             calls = self._calls
             try:
-                spec = calls.aside_spec(answer.detail)
-                if spec is None:
+                if (started := calls.server_call(answer)) is None:
                     return
+                spec, track = started
                 r = await self._reserve(spec)
             except KavachError:
                 await self.close()
                 raise
-            calls.adopt_aside(answer.detail, r)
-        else:
-            calls = self._calls
-            body = calls.successor(answer.detail)
-            try:
-                r = await self._reserve(calls.spec(body))
-            except KavachError:
-                await self.close()
-                raise
-            calls.adopt(answer.detail, body, r)
+            track(r)
 
     async def _settle_open(self) -> None:
         for settlement in self._calls.open_calls():
