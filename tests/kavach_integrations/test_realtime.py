@@ -7,6 +7,7 @@ import asyncio
 import base64
 import itertools
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -431,15 +432,16 @@ def committed(item_id: str, outcome: str = "completed") -> list[dict[str, Any]]:
     ]
 
 
+def on_commit(answer: Callable[[], list[dict[str, Any]]]) -> Callable[[dict[str, Any]], Any]:
+    """A server script that answers each committed turn of speech with ``answer()``."""
+    return lambda message: answer() if message["type"] == "input_audio_buffer.commit" else []
+
+
 def test_each_turn_of_speech_transcribed_is_held_and_settled_at_the_transcription_model(
     make_guard: Any, events: Events, sockets: SocketServer
 ) -> None:
     turns = itertools.count(1)
-    sockets.script = lambda message: (
-        committed(f"item_{next(turns)}") + response()
-        if message["type"] == "input_audio_buffer.commit"
-        else []
-    )
+    sockets.script = on_commit(lambda: committed(f"item_{next(turns)}") + response())
     guard = make_guard(budget=Budget.daily(1))
     with client(sockets, guard).realtime.connect(model=MODEL) as connection:
         connection.session.update(session=transcribing())
@@ -468,9 +470,7 @@ def test_a_transcription_the_budget_cannot_pay_for_closes_the_socket(
     make_guard: Any, events: Events, sockets: SocketServer
 ) -> None:
     # 60 s of speech: 1,200 audio tokens ($0.0072) and a transcript of up to 616 ($0.00616).
-    sockets.script = lambda message: (
-        committed("item_1") if message["type"] == "input_audio_buffer.commit" else []
-    )
+    sockets.script = on_commit(lambda: committed("item_1"))
     guard = make_guard(budget=Budget.daily(0.01))
     with client(sockets, guard).realtime.connect(model=MODEL) as connection:
         connection.session.update(session=transcribing())
@@ -486,15 +486,10 @@ def test_a_transcription_the_budget_cannot_pay_for_closes_the_socket(
 def test_a_failed_transcription_is_given_back_and_one_the_socket_closes_on_is_billed(
     make_guard: Any, events: Events, sockets: SocketServer
 ) -> None:
-    outcomes = iter(["failed", "unanswered"])
-
-    def script(message: dict[str, Any]) -> list[dict[str, Any]]:
-        if message["type"] != "input_audio_buffer.commit":
-            return []
-        outcome = next(outcomes)
-        return committed("item_x", outcome) if outcome == "failed" else committed("item_y")[:1]
-
-    sockets.script = script
+    # The first turn's transcription fails; the second's is still running when the socket
+    # closes.
+    turns = iter([committed("item_x", "failed"), committed("item_y")[:1]])
+    sockets.script = on_commit(lambda: next(turns))
     guard = make_guard(budget=Budget.daily(1))
     with client(sockets, guard).realtime.connect(model=MODEL) as connection:
         connection.session.update(session=transcribing())
@@ -522,9 +517,7 @@ def test_speech_is_not_held_for_transcription_the_session_does_not_ask_for(
 ) -> None:
     # Off (the default, or turned off again), nothing is held; whisper-1, priced by the
     # minute, is let through and said not to be counted.
-    sockets.script = lambda message: (
-        committed("item_1")[:1] if message["type"] == "input_audio_buffer.commit" else []
-    )
+    sockets.script = on_commit(lambda: committed("item_1")[:1])
     guard = make_guard(budget=Budget.daily(1))
     with caplog.at_level(logging.WARNING, logger="kavach"):
         with client(sockets, guard).realtime.connect(model=MODEL) as connection:
@@ -542,9 +535,7 @@ def test_speech_is_not_held_for_transcription_the_session_does_not_ask_for(
 def test_async_sessions_hold_and_settle_transcriptions(
     make_guard: Any, events: Events, sockets: SocketServer
 ) -> None:
-    sockets.script = lambda message: (
-        committed("item_1") if message["type"] == "input_audio_buffer.commit" else []
-    )
+    sockets.script = on_commit(lambda: committed("item_1"))
     guard = make_guard(budget=Budget.daily(1))
 
     async def session() -> None:
