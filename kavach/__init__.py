@@ -21,6 +21,7 @@ from kavach.errors import (
     RuntimeLimitError,
     TokenLimitError,
     UnknownModelPriceError,
+    UnmeteredCallError,
     VelocityError,
 )
 from kavach.events import CallEvent, GuardObserver, GuardrailTrip, NullObserver, ThresholdCrossing
@@ -61,6 +62,7 @@ __all__ = [
     "ThresholdCrossing",
     "TokenLimitError",
     "UnknownModelPriceError",
+    "UnmeteredCallError",
     "Usage",
     "VelocityError",
     "__version__",

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 from kavach import tokens
 from kavach._money import to_dollars, to_nanos
@@ -44,6 +44,7 @@ from kavach.errors import (
     KavachConfigError,
     KavachError,
     LedgerUnavailableError,
+    UnmeteredCallError,
 )
 from kavach.events import (
     CallEvent,
@@ -160,6 +161,10 @@ class AgentKavach:
         max_tokens_per_run, max_calls_per_run, max_runtime_seconds, max_cost_per_call,
         detect_loops, loop_threshold, max_spend_per_minute: guardrails, see ``GuardrailConfig``.
         kill_on_guardrail: a guardrail trip also stops the agent (default ``True``).
+        unmetered: what to do with a paid call the guard cannot meter (DALL·E images,
+            ``whisper-1``, batches, ...; see ``admit_unmetered``): ``"allow"`` (the default)
+            lets it through uncounted, with a warning the first time; ``"refuse"`` raises
+            ``UnmeteredCallError`` before it is sent, for a budget nothing can get around.
         prices: extra or overriding model prices; ``unknown_model_price`` lets models with no
             known price through at that worst-case price (otherwise they are refused).
         ledger: where spend lives: a ``Ledger``, a Redis URL (``"redis://localhost:6379/0"``,
@@ -206,6 +211,7 @@ class AgentKavach:
         max_spend_per_minute: float | None = None,
         velocity_window_seconds: float = 60.0,
         kill_on_guardrail: bool = True,
+        unmetered: Literal["allow", "refuse"] = "allow",
         prices: Mapping[str, ModelPrice] | None = None,
         unknown_model_price: ModelPrice | None = None,
         ledger: Ledger | str | None = None,
@@ -248,6 +254,8 @@ class AgentKavach:
             )
         if mode not in ("reserve", "strict"):
             raise KavachConfigError(f"mode must be 'reserve' or 'strict', got {mode!r}")
+        if unmetered not in ("allow", "refuse"):
+            raise KavachConfigError(f"unmetered must be 'allow' or 'refuse', got {unmetered!r}")
         if default_max_output_tokens < 1 or min_output_tokens < 1:
             raise KavachConfigError("default_max_output_tokens and min_output_tokens must be >= 1")
         if budget is None:
@@ -270,6 +278,7 @@ class AgentKavach:
         self.default_max_output_tokens = default_max_output_tokens
         self.min_output_tokens = min_output_tokens
         self.kill_on_guardrail = kill_on_guardrail
+        self.unmetered = unmetered
         self.save_prompts = save_prompts
         self.enabled = enabled and not _env_disabled()
         self.guardrail_config = GuardrailConfig(
@@ -686,27 +695,95 @@ class AgentKavach:
             raise
         return Reservation(self, spec, plan, None, price, run_id, fingerprint, now, wall, variant)
 
-    def admit_unmetered(self, spec: CallSpec) -> None:
-        """Let a billable call the guard cannot meter through, unless the agent is stopped.
+    def admit_unmetered(
+        self, spec: CallSpec, request: object = None, *, refusable: bool = True
+    ) -> None:
+        """Let a billable call the guard cannot meter through, or raise why it may not go.
 
         Wrapped clients call this for paid endpoints without a usage-based price (DALL·E
-        images, video generation, audio, batches, fine-tuning, ...): they still stop with the agent
-        (``AgentKilledError``, reported like any refusal), and the first such call of each
-        kind logs a warning that its cost is not counted against this guard's budgets.
+        images, video generation, audio, batches, fine-tuning, ...). Such a call costs
+        nothing against dollar budgets (its cost is unknown) but is a call like any other:
+        it stops with the agent (``AgentKilledError``); it counts toward
+        ``max_calls_per_run`` and budgets in calls; the runtime limit holds; and ``request``
+        (what the call sends), repeated ``loop_threshold`` times in a run, is a loop. Each
+        refusal is reported like any other. With ``unmetered="refuse"`` the call is refused
+        (``UnmeteredCallError``); else the first call of each kind logs a warning that its
+        cost is not counted.
+
+        ``refusable=False``: a call the provider started itself (a Realtime session's
+        transcription of a turn), which can only be stopped with the agent: it is not
+        counted or refused, only warned about.
         """
         if not self.enabled:
             return
         self.check_stopped(spec)
+        if refusable:
+            run_id = spec.run_id or _current_run.get() or self._session_run
+            fingerprint = None
+            if self.guardrail_config.detect_loops and request is not None:
+                fingerprint = hash((spec.operation, spec.model, _content_hash(request)))
+            try:
+                self.guardrails.check(run_id, fingerprint)
+            except GuardrailError as exc:
+                self._guardrail_tripped(spec, run_id, self._clock(), exc)
+                raise
+            try:
+                if self.unmetered == "refuse":
+                    raise UnmeteredCallError(
+                        self.agent_name, spec.provider, spec.operation, spec.model
+                    )
+                self._count_unmetered(spec, run_id)
+            except KavachError as exc:
+                self.guardrails.forget_request(run_id, fingerprint)
+                if isinstance(exc, GuardrailError):  # max_calls_per_run
+                    self._guardrail_tripped(spec, run_id, self._clock(), exc)
+                else:
+                    self._refused(spec, run_id, self._clock(), exc)
+                raise
         kind = (spec.provider, spec.operation)
         if kind not in self._unmetered_seen:
             self._unmetered_seen.add(kind)
             logger.warning(
                 "kavach: agent %r made a %s %s call, which the guard cannot meter: it stops "
-                "with the agent, but its cost is not counted against the agent's budgets",
+                "with the agent and counts as a call, but its cost is not counted against "
+                "the agent's budgets (unmetered='refuse' refuses such calls)",
                 self.agent_name,
                 spec.provider,
                 spec.operation,
             )
+
+    def _count_unmetered(self, spec: CallSpec, run_id: str) -> None:
+        """Count an unmetered call on the ledger lines that count calls (a budget in calls,
+        ``max_calls_per_run``): held and settled at one call, or refused when one is full."""
+        now = self._clock()
+        slots = tuple(s for s in self._slots(run_id, now) if s.info.unit == "calls")
+        if not slots:
+            return
+        plan = plan_call(
+            slots=slots,
+            guardrails=self.guardrail_config,
+            price=_FREE,
+            input_tokens=0,
+            requested_max_output=0,
+            mode="reserve",
+            default_max_output=0,
+            min_output=0,
+        )
+        try:
+            held = self.ledger.reserve(plan.lines, 0, 0)
+        except KavachError:  # the ledger refused the request itself
+            raise
+        except Exception as exc:
+            raise _ledger_unavailable(exc) from exc
+        if not isinstance(held, Hold):
+            raise refusal_error(plan, held, run_id, self.mode)
+        amounts = (1,) * len(plan.lines)
+        try:
+            after = self.ledger.settle(held, amounts)
+        except Exception:  # the call goes ahead: count it here, as a settled call would
+            logger.exception("kavach: could not count an unmetered call on the ledger")
+            return
+        self._check_thresholds(plan, amounts, after)
 
     def check_stopped(self, spec: CallSpec) -> None:
         """Raise ``AgentKilledError`` (reported as a refusal of ``spec``) while the agent is
@@ -780,11 +857,7 @@ class AgentKavach:
         return r
 
     def _ledger_down(self, r: Reservation, exc: Exception) -> LedgerUnavailableError:
-        error = LedgerUnavailableError(
-            f"the ledger could not be reached ({type(exc).__name__}: {exc}); the call was refused "
-            "so no budget can be broken. Fix the ledger connection, or choose fail-open "
-            "explicitly on the ledger"
-        )
+        error = _ledger_unavailable(exc)
         self._not_held(r)
         self._refused(r.spec, r.run_id, r.started_at, error)
         return error
@@ -1176,7 +1249,17 @@ def _fingerprint(spec: CallSpec, content: int | None = None) -> int:
     )
 
 
+def _ledger_unavailable(exc: Exception) -> LedgerUnavailableError:
+    return LedgerUnavailableError(
+        f"the ledger could not be reached ({type(exc).__name__}: {exc}); the call was refused "
+        "so no budget can be broken. Fix the ledger connection, or choose fail-open "
+        "explicitly on the ledger"
+    )
+
+
 _PLAIN = frozenset((str, int, float, bool, type(None)))
+_FREE = ModelPrice(input_per_mtok=0, output_per_mtok=0).compile()
+"""The price an unmetered call is planned at: it holds nothing but a call."""
 
 
 def _content_hash(value: object) -> int:

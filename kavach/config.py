@@ -47,6 +47,7 @@ The file, in full (money in dollars; every key is optional except ``agents``)::
         max_spend_per_minute: 2.0
         velocity_window_seconds: 60
         kill_on_guardrail: true
+        unmetered: allow              # or refuse: paid calls the guard cannot meter
         unknown_model_price: {input_per_mtok: 10, output_per_mtok: 30}
         save_prompts: false
         enabled: true
@@ -320,6 +321,7 @@ class AgentSettings(_Model):
     max_spend_per_minute: PositiveDollars | None = None
     velocity_window_seconds: PositiveSeconds | None = None
     kill_on_guardrail: bool | None = None
+    unmetered: Literal["allow", "refuse"] | None = None
     prices: dict[str, PriceConfig] | None = None
     unknown_model_price: PriceConfig | None = None
     save_prompts: bool | None = None
@@ -363,6 +365,7 @@ _DIRECT = (
     "max_spend_per_minute",
     "velocity_window_seconds",
     "kill_on_guardrail",
+    "unmetered",
     "save_prompts",
     "enabled",
 )

@@ -13,6 +13,7 @@
     │   ├── LoopDetectedError      the same request or tool-call cycle repeated
     │   └── VelocityError          spend per minute over the limit
     ├── UnknownModelPriceError     no price for the model; enforcement fails closed
+    ├── UnmeteredCallError         a paid call the guard cannot meter, with unmetered="refuse"
     ├── LedgerUnavailableError     the ledger (e.g. Redis) cannot be reached; fails closed
     ├── KavachConfigError          bad configuration (also a ValueError)
     └── MissingDependencyError     an optional integration's extra is not installed (also an ImportError)
@@ -42,6 +43,7 @@ __all__ = [
     "RuntimeLimitError",
     "TokenLimitError",
     "UnknownModelPriceError",
+    "UnmeteredCallError",
     "VelocityError",
 ]
 
@@ -200,6 +202,24 @@ class UnknownModelPriceError(KavachError):
             f"AgentKavach(..., prices={{{model!r}: ModelPrice(input_per_mtok=1.0, "
             "output_per_mtok=4.0)}) (Pricing(overrides=...) when pricing directly), or allow "
             "unknown models with unknown_model_price=ModelPrice(...)"
+        )
+
+
+class UnmeteredCallError(KavachError):
+    """A paid call the guard cannot meter (DALL·E, ``whisper-1``, batches, ...), refused
+    because the guard was built with ``unmetered="refuse"``."""
+
+    reason = "unmetered"
+
+    def __init__(self, agent: str, provider: str, operation: str, model: str) -> None:
+        self.provider = provider
+        self.operation = operation
+        self.model = model
+        what = f"{provider} {operation}" + (f" call with model {model!r}" if model else " call")
+        super().__init__(
+            f"agent {agent!r} made a {what}, which the guard cannot meter, and was built with "
+            "unmetered='refuse', so the call was not sent. Use a model billed by the token, "
+            "or let such calls through uncounted with unmetered='allow'"
         )
 
 

@@ -171,14 +171,26 @@ class PerRequest:
 Route = Endpoint | Unmetered | PerRequest | None
 
 
-def _admit_unmetered(guard: AgentKavach, unmetered: Unmetered, body: Any) -> None:
+def _admit_unmetered(
+    guard: AgentKavach,
+    unmetered: Unmetered,
+    body: Any,
+    uploads: bool = False,
+    refusable: bool = True,
+) -> None:
+    """``AgentKavach.admit_unmetered`` for a request ``body`` (a JSON body, or a method's
+    keyword arguments). ``uploads``: the request also sends files, which the body does not
+    show, so two such requests with one body need not be the same (no loop is looked for).
+    ``refusable=False``: a call the server started."""
     model = body.get("model") if isinstance(body, Mapping) else None
     guard.admit_unmetered(
         CallSpec(
             provider=unmetered.provider,
             model=str(model or ""),
             operation=unmetered.operation,
-        )
+        ),
+        None if uploads else body,
+        refusable=refusable,
     )
 
 
@@ -846,7 +858,7 @@ def guard_request_method(
                 send = functools.partial(_resend, original, cast_to, options, stream, stream_cls)
                 return aguarded_call(guard, endpoint, body, send, stream, attach, answered, client)
             if isinstance(endpoint, Unmetered):
-                _admit_unmetered(guard, endpoint, body)
+                _admit_unmetered(guard, endpoint, body, options.files is not None)
             return original(cast_to, options, stream=stream, stream_cls=stream_cls)  # type: ignore[no-any-return]
 
         patch(client, client, "request", arequest)
@@ -864,7 +876,7 @@ def guard_request_method(
                 send = functools.partial(_resend, original, cast_to, options, stream, stream_cls)
                 return guarded_call(guard, endpoint, body, send, stream, attach, answered, client)
             if isinstance(endpoint, Unmetered):
-                _admit_unmetered(guard, endpoint, body)
+                _admit_unmetered(guard, endpoint, body, options.files is not None)
             return original(cast_to, options, stream=stream, stream_cls=stream_cls)
 
         patch(client, client, "request", request)

@@ -326,7 +326,9 @@ class SocketCalls:
             try:
                 self.guard.pricing.resolve(spec.provider, spec.model)
             except UnknownModelPriceError:
-                _admit_unmetered(self.guard, Unmetered(spec.provider, spec.operation), body)
+                _admit_unmetered(
+                    self.guard, Unmetered(spec.provider, spec.operation), body, refusable=False
+                )
                 return None
             return spec, functools.partial(self._adopt_aside, aside, body)
         event = answer.detail

@@ -1,10 +1,12 @@
-"""Paid endpoints the guard cannot meter: they stop with the agent, and say they are not counted.
+"""Paid endpoints the guard cannot meter: they stop with the agent, count as calls, and say
+their cost is not counted (or are refused outright with ``unmetered="refuse"``).
 
 DALL·E images, image edits, video generation, audio, batches, fine-tuning, Mistral agents and
 OCR and the like are billed per image, second, page or job, not by the token usage the guard prices. Through a
 wrapped client they go through unchanged while the agent runs (the first call of each kind
 logs a warning that its cost is not counted), and are refused, before any request, once the
-agent is stopped.
+agent is stopped, once a run has made its ``max_calls_per_run`` or a budget in calls is
+spent, or when the same request repeats ``loop_threshold`` times in a run.
 """
 
 from __future__ import annotations
@@ -22,8 +24,19 @@ from mistralai.client import Mistral
 from mistralai.client import errors as mistral_errors
 from openai.types import ImagesResponse
 
-from kavach import AgentKavach, AgentKilledError, Budget
+from kavach import (
+    AgentKavach,
+    AgentKilledError,
+    Budget,
+    CallLimitError,
+    KavachConfigError,
+    LedgerUnavailableError,
+    LoopDetectedError,
+    UnmeteredCallError,
+)
 from kavach._devtools.standin import StandIn
+from kavach.config import guards_from_yaml
+from kavach.ledger.memory import MemoryLedger
 
 from .conftest import Events, guarded_gemini
 
@@ -315,3 +328,152 @@ async def test_google_file_search_indexing_stops_with_the_agent(
         )
     assert server.requests == []
     assert [e.operation for e in events.calls] == ["file_search_indexing"] * 2
+
+
+def _images_client(guard: AgentKavach, seen: list[httpx.Request]) -> openai.OpenAI:
+    http = httpx.Client(transport=_images_transport(seen))
+    _close.append(http.close)
+    return guard.wrap(openai.OpenAI(api_key="k", base_url="http://mock/v1", http_client=http))
+
+
+def test_a_repeated_unmetered_request_is_a_loop(make_guard: Any, events: Events) -> None:
+    # A runaway agent asking DALL·E for the same picture at 3 a.m. costs real money even
+    # though the guard cannot price it: the loop detector stops it like a chat loop.
+    guard = make_guard(budget=Budget.daily(1), detect_loops=True, loop_threshold=3)
+    seen: list[httpx.Request] = []
+    client = _images_client(guard, seen)
+
+    client.images.generate(model="dall-e-3", prompt="a lighthouse")
+    client.images.generate(model="dall-e-3", prompt="a harbour")  # another request: not a repeat
+    client.images.generate(model="dall-e-3", prompt="a lighthouse")
+    with pytest.raises(LoopDetectedError, match="same request 3 times"):
+        client.images.generate(model="dall-e-3", prompt="a lighthouse")
+
+    assert len(seen) == 3
+    refused = events.calls[-1]
+    assert (refused.status, refused.refusal_reason) == ("refused", "loop_detected")
+    assert refused.operation == "image_generation"
+    with pytest.raises(AgentKilledError):  # kill_on_guardrail: the agent is stopped
+        client.images.generate(model="dall-e-3", prompt="a new picture")
+    assert len(seen) == 3
+
+
+def test_uploads_with_one_body_are_not_taken_for_a_loop(make_guard: Any) -> None:
+    # An image edit sends its picture as a file the JSON body does not show: three edits
+    # with one prompt are three different requests.
+    guard = make_guard(budget=Budget.daily(1), detect_loops=True, loop_threshold=2)
+    seen: list[httpx.Request] = []
+    client = _images_client(guard, seen)
+    for picture in (b"\x89PNG one", b"\x89PNG two", b"\x89PNG three"):
+        client.images.edit(
+            model="dall-e-2", image=("p.png", io.BytesIO(picture), "image/png"), prompt="add a moon"
+        )
+    assert len(seen) == 3
+
+
+def test_unmetered_calls_count_toward_max_calls_per_run(make_guard: Any, events: Events) -> None:
+    guard = make_guard(budget=Budget.daily(1), max_calls_per_run=2, kill_on_guardrail=False)
+    seen: list[httpx.Request] = []
+    client = _images_client(guard, seen)
+
+    with guard.run("batch-1"):
+        client.images.generate(model="dall-e-3", prompt="one")
+        client.images.generate(model="dall-e-3", prompt="two")
+        with pytest.raises(CallLimitError, match="max_calls_per_run=2"):
+            client.images.generate(model="dall-e-3", prompt="three")
+    assert len(seen) == 2
+    assert events.calls[-1].refusal_reason == "max_calls_per_run"
+    assert events.calls[-1].run_id == "batch-1"
+
+    with guard.run("batch-2"):  # a new run starts counting again
+        client.images.generate(model="dall-e-3", prompt="three")
+    assert len(seen) == 3
+
+
+def test_a_call_limit_trip_by_unmetered_calls_stops_the_agent(make_guard: Any) -> None:
+    guard = make_guard(budget=Budget.daily(1), max_calls_per_run=1)  # kill_on_guardrail
+    seen: list[httpx.Request] = []
+    client = _images_client(guard, seen)
+    with guard.run("r"):
+        client.images.generate(model="dall-e-3", prompt="one")
+        with pytest.raises(CallLimitError):
+            client.images.generate(model="dall-e-3", prompt="two")
+    assert guard.killed
+    with guard.run("another"), pytest.raises(AgentKilledError, match="max_calls_per_run"):
+        client.images.generate(model="dall-e-3", prompt="two")
+    assert len(seen) == 1
+
+
+def test_unmetered_calls_fail_closed_when_the_ledger_is_down(
+    make_guard: Any, events: Events
+) -> None:
+    class Down(MemoryLedger):
+        def reserve(self, *args: Any, **kwargs: Any) -> Any:
+            raise ConnectionError("connection refused")
+
+    guard = make_guard(budget=Budget.daily(1), max_calls_per_run=5, ledger=Down())
+    seen: list[httpx.Request] = []
+    client = _images_client(guard, seen)
+    with pytest.raises(LedgerUnavailableError, match="ConnectionError: connection refused"):
+        client.images.generate(model="dall-e-3", prompt="one")
+    assert seen == []
+    assert events.calls[-1].refusal_reason == "ledger_unavailable"
+
+
+def test_unmetered_calls_spend_a_budget_in_calls(make_guard: Any) -> None:
+    guard = make_guard(budget=[Budget.daily(1), Budget.daily(calls=2)])
+    seen: list[httpx.Request] = []
+    client = _images_client(guard, seen)
+    client.images.generate(model="dall-e-3", prompt="one")
+    assert guard.spent == 0  # no dollars made up
+    client.images.generate(model="dall-e-3", prompt="two")  # the calls budget reaches 100%
+    with pytest.raises(AgentKilledError, match="budget reached 100%"):
+        client.images.generate(model="dall-e-3", prompt="three")
+    assert len(seen) == 2
+
+
+def test_refuse_mode_refuses_unmetered_calls_before_any_request(
+    make_guard: Any, events: Events, caplog: pytest.LogCaptureFixture
+) -> None:
+    guard = make_guard(budget=Budget.daily(1), unmetered="refuse")
+    seen: list[httpx.Request] = []
+    client = _images_client(guard, seen)
+    with caplog.at_level(logging.WARNING, logger="kavach"):
+        with pytest.raises(UnmeteredCallError, match="unmetered='allow'") as caught:
+            client.images.generate(model="dall-e-3", prompt="a lighthouse")
+    assert seen == []
+    assert (caught.value.operation, caught.value.model) == ("image_generation", "dall-e-3")
+    refused = events.calls[-1]
+    assert (refused.status, refused.refusal_reason) == ("refused", "unmetered")
+    assert warnings_about(caplog, "image_generation") == []  # refused, not let through
+    assert not guard.killed  # a refusal, not a stop: metered calls go on
+
+
+@pytest.mark.anyio
+async def test_refuse_mode_refuses_async_unmetered_calls(make_guard: Any) -> None:
+    guard = make_guard(budget=Budget.daily(1), unmetered="refuse")
+    seen: list[httpx.Request] = []
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, content=b"ID3audio", headers={"content-type": "audio/mpeg"})
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(handle))
+    client = guard.wrap(
+        openai.AsyncOpenAI(api_key="k", base_url="http://mock/v1", http_client=http)
+    )
+    with pytest.raises(UnmeteredCallError, match="speech"):
+        await client.audio.speech.create(model="tts-1", voice="alloy", input="Hello")
+    assert seen == []
+    await http.aclose()
+
+
+def test_unmetered_setting_from_the_config_file(tmp_path: Any) -> None:
+    path = tmp_path / "kavach.yaml"
+    path.write_text("defaults: {unmetered: refuse}\nagents: {bot: {budget: {daily: 5}}}\n")
+    assert guards_from_yaml(path)["bot"].unmetered == "refuse"
+    path.write_text("agents: {bot: {budget: {daily: 5}, unmetered: never}}\n")
+    with pytest.raises(KavachConfigError, match="unmetered"):
+        guards_from_yaml(path)
+    with pytest.raises(KavachConfigError, match="'allow' or 'refuse'"):
+        AgentKavach("bot", unmetered="never")  # type: ignore[arg-type]
