@@ -18,6 +18,8 @@ from typing import Literal
 
 __all__ = [
     "ProviderKind",
+    "UNREAD_AUDIO_BYTES_PER_SECOND",
+    "audio_length",
     "audio_seconds",
     "audio_tokens",
     "base64_size",
@@ -140,9 +142,12 @@ def pdf_pages(data: bytes) -> int:
 
 _UNKNOWN_IMAGE = (1024, 1024)
 _PDF_PAGE_TOKENS = 3000  # text (Anthropic: 1,500-3,000 a page) plus the page image
-# Length is inferred from size, so low bit rates are assumed (more seconds).
-_PCM_BYTES_PER_SECOND = 16_000  # 8 kHz, 16-bit mono
-_COMPRESSED_BYTES_PER_SECOND = 4_000  # 32 kbit/s
+# Where a length must be inferred from a size, low bit rates are assumed (more seconds).
+_PCM_RATE = 8_000  # raw 16-bit mono PCM whose MIME type names no rate: 8 kHz, the lowest
+UNREAD_AUDIO_BYTES_PER_SECOND = 1_000
+"""Audio whose length its headers do not tell (another format, or one cut short) is taken
+to be recorded at 8 kbit/s, the low end of what speech is recorded at (Opus voice, 8 kbit/s
+and up; AAC, 64 and up): for more seconds than it has, rarely fewer."""
 _VIDEO_BYTES_PER_SECOND = 62_500  # 500 kbit/s
 
 # OpenAI vision costs (base, per 512px tile) and patch multipliers, from OpenAI's
@@ -228,12 +233,41 @@ def _patches(w: int, h: int) -> int:
     return min(math.ceil(w * r / 32) * math.ceil(h * r / 32), 1536)
 
 
-def audio_tokens(kind: ProviderKind, size: int, mime: str) -> int:
-    """Tokens for ``size`` bytes of audio: OpenAI ~1 token per 100 ms, Gemini 32 a second."""
-    pcm = any(tag in mime for tag in ("wav", "pcm", "l16"))
-    seconds = size / (_PCM_BYTES_PER_SECOND if pcm else _COMPRESSED_BYTES_PER_SECOND)
+def audio_tokens(kind: ProviderKind, data: str | bytes, mime: str) -> int:
+    """Tokens for audio ``data`` (raw or base64) of type ``mime`` (a MIME type, or a format
+    name such as ``wav``): OpenAI ~1 token per 100 ms, Gemini 32 a second, for the length
+    ``audio_length`` finds."""
     per_second = 10 if kind == "openai" else 32
-    return math.ceil(seconds * per_second) + 1
+    return math.ceil(audio_length(data, mime) * per_second) + 1
+
+
+def audio_length(data: str | bytes, mime: str) -> float:
+    """Seconds of audio ``data`` (raw or base64): read from its headers where its format
+    has them (``audio_seconds``); raw PCM (``audio/pcm``, ``audio/L16``) at the ``rate=`` its
+    MIME type names, else at 8 kHz; anything else as if at 8 kbit/s. A conversation sends
+    the same audio again on every turn: lengths are kept by content, so it is decoded once."""
+    key = (hash(data), len(data), mime)  # a str or bytes caches its hash: O(1) after once
+    seconds = _AUDIO_LENGTHS.get(key)
+    if seconds is None:
+        seconds = _audio_length(data, mime.lower())
+        if len(_AUDIO_LENGTHS) >= _AUDIO_LENGTHS_KEPT:
+            _AUDIO_LENGTHS.clear()
+        _AUDIO_LENGTHS[key] = seconds
+    return seconds
+
+
+_AUDIO_LENGTHS: dict[tuple[int, int, str], float] = {}
+_AUDIO_LENGTHS_KEPT = 1024
+
+
+def _audio_length(data: str | bytes, mime: str) -> float:
+    size = base64_size(data)
+    if ("pcm" in mime or "l16" in mime) and "wav" not in mime:  # no header to read
+        rate = re.search(r"rate=(\d+)", mime)
+        return size / (2 * (int(rate.group(1)) if rate and int(rate.group(1)) else _PCM_RATE))
+    raw = data if isinstance(data, bytes) else decode_base64_prefix(data, 1 << 62)
+    seconds = audio_seconds(raw) if raw else None
+    return seconds if seconds is not None else size / UNREAD_AUDIO_BYTES_PER_SECOND
 
 
 def video_tokens(size: int) -> int:

@@ -568,9 +568,7 @@ def _add_part(tally: _Tally, part: Any) -> None:
     elif kind == "input_audio":
         audio = _as_mapping(d.get("input_audio")) or {}
         data = audio.get("data") or ""
-        tally.media += _media.audio_tokens(
-            tally.kind, _media.base64_size(data), str(audio.get("format"))
-        )
+        tally.media += _media.audio_tokens(tally.kind, data, str(audio.get("format")))
     elif kind in ("file", "input_file"):
         spec = _as_mapping(d.get("file")) or d
         _add_data_url(tally, spec.get("file_data"), default_mime="application/pdf")
@@ -639,7 +637,7 @@ def _add_blob(tally: _Tally, mime: str, data: str | bytes) -> None:
         size = _media.image_size(_media.decode_base64_prefix(data))
         tally.media += _media.image_tokens(tally.kind, tally.model, size, None)
     elif mime.startswith("audio/"):
-        tally.media += _media.audio_tokens(tally.kind, _media.base64_size(data), mime)
+        tally.media += _media.audio_tokens(tally.kind, data, mime)
     elif mime.startswith("video/"):
         tally.media += _media.video_tokens(_media.base64_size(data))
     elif mime.startswith("text/"):

@@ -10,8 +10,8 @@ text rate, and the transcript at its output rate. It is held for:
   file's headers (WAV, FLAC, MP3, Ogg, M4A, WebM; ``kavach._media.audio_seconds``); a WebM
   without a duration (a browser's recording) is held to its last block and a second more.
   Files whose headers do not tell are held as if at
-  ``UNREAD_AUDIO_BYTES_PER_SECOND``, the low end of the bit rates speech is recorded at, so
-  that they are over-held, not under;
+  ``kavach._media.UNREAD_AUDIO_BYTES_PER_SECOND``, the low end of the bit rates speech is
+  recorded at, so that they are over-held, not under;
 - a transcript of up to ``TRANSCRIPT_TOKENS_PER_AUDIO_TOKEN`` tokens for each of its audio
   tokens; nothing in the request can limit it.
 
@@ -47,11 +47,6 @@ each response reports replaces the estimate."""
 TRANSCRIPT_TOKENS_PER_AUDIO_TOKEN = 0.5
 """The most transcript a transcription of speech is held for: 10 tokens a second at
 ``AUDIO_TOKENS_PER_SECOND``, more than the fastest speakers say (about 7)."""
-
-UNREAD_AUDIO_BYTES_PER_SECOND = 1_000
-"""A file whose length its headers do not tell (another format, or one cut short) is held
-as if recorded at 8 kbit/s, the low end of what speech is recorded at (Opus voice, 8 kbit/s
-and up; AAC, 64 and up): for more speech than it holds, rarely less."""
 
 UNMETERED = Unmetered(PROVIDER, "transcription")
 
@@ -131,10 +126,7 @@ def upload_speech(files: Any) -> int | None:
     data = _read(_upload(files))
     if data is None:
         return None
-    seconds = _media.audio_seconds(data)
-    if seconds is None:
-        seconds = len(data) / UNREAD_AUDIO_BYTES_PER_SECOND
-    return math.ceil(seconds * AUDIO_TOKENS_PER_SECOND) + 1
+    return math.ceil(_media.audio_length(data, "") * AUDIO_TOKENS_PER_SECOND) + 1
 
 
 class TranscriptMeter(TokenCounter):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import struct
 
+import pytest
+
 from kavach import _media
 
 
@@ -123,6 +125,51 @@ def test_audio_whose_headers_do_not_tell_has_no_length() -> None:
     assert _media.audio_seconds(b"\0\0\0\x10ftypM4A \0\0\0\0") is None  # M4A, no moov
     assert _media.audio_seconds(b"") is None
     assert _media.audio_seconds(b"RIFF\0\0\0\0WAVE") is None  # truncated
+
+
+def _ogg_opus(seconds: int, payload: int = 50) -> bytes:
+    def page(granule: int, packet: bytes) -> bytes:
+        header = b"OggS\x00\x02" + struct.pack("<q", granule) + b"\0" * 12
+        return header + bytes([1, len(packet)]) + packet
+
+    return page(0, b"OpusHead\x01\x01" + b"\0" * 9) + page(48_000 * seconds, b"\0" * payload)
+
+
+def test_audio_tokens_come_from_the_length_its_headers_tell() -> None:
+    # 3 s of 24 kHz WAV is 144 KB: read as 8 kHz from its size, it was held as 9 s.
+    wav = base64.b64encode(_wav(3)).decode()
+    assert _media.audio_tokens("openai", wav, "wav") == 31  # 10 a second, + 1
+    assert _media.audio_tokens("google", _wav(3), "audio/wav") == 97  # raw bytes: 32 a second
+    # 10 s of voice in Opus at a low bit rate is a few hundred bytes: read as 32 kbit/s from
+    # its size, it was held as a tenth of a second, a hold far below the bill.
+    opus = base64.b64encode(_ogg_opus(10)).decode()
+    assert _media.audio_tokens("openai", opus, "audio/ogg") == 101
+
+
+def test_audio_without_headers_is_read_long() -> None:
+    pcm = b"\0\1" * 16_000  # 32,000 bytes of 16-bit samples
+    assert _media.audio_length(pcm, "audio/pcm;rate=16000") == 1.0
+    assert _media.audio_length(pcm, "audio/L16") == 2.0  # no rate: 8 kHz, the lowest
+    # Headers that do not tell: as if at 8 kbit/s, the low end for speech (more seconds).
+    assert _media.audio_length(b"\x1aE\xdf\xa3" + b"\0" * 1_996, "audio/webm") == 2.0
+    assert _media.audio_length("not base64 at all!", "mp3") == 13 / 1_000
+
+
+def test_audio_sent_again_each_turn_is_read_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    reads: list[int] = []
+    real = _media.audio_seconds
+
+    def counted(data: bytes) -> float | None:
+        reads.append(len(data))
+        return real(data)
+
+    monkeypatch.setattr(_media, "audio_seconds", counted)
+    speech = base64.b64encode(_wav(2, rate=16_000)).decode()
+    for _ in range(5):  # the same recording in the history of five calls
+        assert _media.audio_tokens("openai", speech, "wav") == 21
+    assert len(reads) == 1
+    assert _media.audio_tokens("openai", base64.b64encode(_wav(1)).decode(), "wav") == 11
+    assert len(reads) == 2
 
 
 def test_mp4_length_is_its_movie_header_duration_wherever_the_movie_box_is() -> None:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import base64
 import doctest
+import io
 import os
 import struct
 import subprocess
 import sys
 import textwrap
 import threading
+import wave
 import zlib
 from pathlib import Path
 from typing import Any
@@ -613,6 +615,31 @@ def test_the_estimate_says_how_many_of_its_tokens_are_media() -> None:
     )
     text = [{"role": "user", "content": "hello"}]
     assert tokens.estimate_with_content_hash("openai", "gpt-4o", messages=text)[2] == 0
+
+
+def test_audio_in_a_message_is_held_for_its_length() -> None:
+    def wav(seconds: int, rate: int) -> bytes:
+        out = io.BytesIO()
+        with wave.open(out, "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(rate)
+            w.writeframes(b"\0\0" * rate * seconds)
+        return out.getvalue()
+
+    # 3 s at 24 kHz: 30 tokens at OpenAI's 10 a second (+1), not the 9 s its size suggests.
+    data = base64.b64encode(wav(3, 24_000)).decode()
+    audio = {"type": "input_audio", "input_audio": {"data": data, "format": "wav"}}
+    chat = [{"role": "user", "content": [audio, {"type": "text", "text": "Transcribe."}]}]
+    assert (
+        tokens.estimate_with_content_hash("openai", "gpt-4o-audio-preview", messages=chat)[2] == 31
+    )
+    # Gemini: 32 tokens a second, raw bytes in inline_data.
+    blob = {"inline_data": {"mime_type": "audio/wav", "data": wav(4, 16_000)}}
+    gemini = [{"role": "user", "parts": [blob]}]
+    assert (
+        tokens.estimate_with_content_hash("google", "gemini-2.5-flash", messages=gemini)[2] == 129
+    )
 
 
 def test_audio_and_pdf_are_counted() -> None:
