@@ -745,11 +745,12 @@ class AgentKavach:
             self._unmetered_seen.add(kind)
             logger.warning(
                 "kavach: agent %r made a %s %s call, which the guard cannot meter: it stops "
-                "with the agent and counts as a call, but its cost is not counted against "
-                "the agent's budgets (unmetered='refuse' refuses such calls)",
+                "with the agent%s, but its cost is not counted against the agent's budgets%s",
                 self.agent_name,
                 spec.provider,
                 spec.operation,
+                " and counts as a call" if refusable else "",
+                " (unmetered='refuse' refuses such calls)" if refusable else "",
             )
 
     def _count_unmetered(self, spec: CallSpec, run_id: str) -> None:

@@ -530,6 +530,7 @@ def test_speech_is_not_held_for_transcription_the_session_does_not_ask_for(
     assert events.calls == []
     warned = [r.getMessage() for r in caplog.records if "cannot meter" in r.getMessage()]
     assert len(warned) == 1 and "transcription" in warned[0]
+    assert "counts as a call" not in warned[0]  # the server started it: nothing to refuse
 
 
 def test_async_sessions_hold_and_settle_transcriptions(

@@ -89,6 +89,7 @@ def test_openai_image_generation_goes_through_and_warns_once(
     assert [r.url.path for r in seen] == ["/v1/images/generations"] * 2
     [warning] = warnings_about(caplog, "image_generation")  # once, not per call
     assert "'test-agent'" in warning and "not counted" in warning
+    assert "counts as a call" in warning and "unmetered='refuse'" in warning
     assert guard.spent == 0  # honest: nothing is made up for a call that cannot be priced
 
 
