@@ -67,6 +67,8 @@ class IngestUsage(msgspec.Struct, forbid_unknown_fields=False, gc=False):
     input_video_tokens: Count = 0
     web_searches: Count = 0
     file_searches: Count = 0
+    input_characters: Count = 0
+    audio_seconds: Count = 0
 
 
 class IngestEvent(msgspec.Struct, forbid_unknown_fields=False, gc=False):
@@ -380,6 +382,8 @@ def _details(event: IngestEvent, sdk: IngestSdk | None) -> str:
             "input_video_tokens": usage.input_video_tokens,
             "web_searches": usage.web_searches,
             "file_searches": usage.file_searches,
+            "input_characters": usage.input_characters,
+            "audio_seconds": usage.audio_seconds,
             "price_tier": event.price_tier,
             "response_model": event.response_model,
             "finish_reasons": event.finish_reasons,

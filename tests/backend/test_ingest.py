@@ -131,6 +131,7 @@ def test_too_many_events_is_413(account: Account) -> None:
         ({"agent": ""}, "agent"),
         ({"id": "x" * 65}, "id"),
         ({"usage": {"input_tokens": -5}}, "input_tokens"),
+        ({"usage": {"audio_seconds": -1}}, "audio_seconds"),
         ({"duration_ms": "slow"}, "duration_ms"),
     ],
 )
@@ -445,3 +446,72 @@ def test_a_calls_price_tier_and_searches_reach_its_run_timeline(
     # Two searches at $10/1k and priority tokens: what the guard charged is what is stored.
     assert tiered["cost_nanos"] - standard["cost_nanos"] > 20_000_000
     assert sum(e["cost_nanos"] for e in events) == guard.status()[0].spent
+
+
+def test_speech_and_whisper_calls_a_guard_reports_show_what_they_were_billed_for(
+    server: LiveServer, account: Account, tmp_path: Path
+) -> None:
+    # Through the SDK's reporter: tts-1 priced by the character, whisper-1 by the second.
+    guard = AgentKavach("voice-bot", Budget.daily(10))
+    api = BackendAPI(BackendConfig(api_key=account.new_key(), endpoint=server.url))
+    reporter = Reporter(api, spool_root=tmp_path / "spool", flush_interval=0.01)
+    guard.add_observer(reporter)
+    run = f"run-{uuid.uuid4().hex[:6]}"
+    speech = CallSpec(
+        provider="openai",
+        model="tts-1",
+        operation="speech",
+        input_tokens=0,
+        max_output_tokens=0,
+        fixed_output=True,
+        input_characters=972,
+        run_id=run,
+    )
+    whisper = dataclasses.replace(
+        speech, model="whisper-1", operation="transcription", input_characters=0, audio_seconds=30
+    )
+    try:
+        with guard.reserve(speech) as r:
+            r.commit(Usage(input_characters=972))
+        with guard.reserve(whisper) as r:
+            r.commit(Usage(audio_seconds=30))
+        assert reporter.flush(timeout=30)
+    finally:
+        reporter.close()
+    [stored_run] = account.client.get("/v1/agents/voice-bot/runs").json()
+    spoken, heard = account.client.get(f"/v1/runs/{stored_run['id']}/events").json()
+    assert spoken["details"]["input_characters"] == 972
+    assert spoken["cost_nanos"] == 972 * 15_000  # $15 per million characters
+    assert heard["details"]["audio_seconds"] == 30
+    assert heard["cost_nanos"] == 30 * 100_000  # $0.006 a minute
+    assert spoken["cost_nanos"] + heard["cost_nanos"] == guard.status()[0].spent
+
+
+def test_characters_and_seconds_of_audio_billed_reach_the_run_timeline(account: Account) -> None:
+    # tts-1 is billed per character of input and whisper-1 per second of audio, not per
+    # token: the timeline says what each was billed for. An event from an SDK that does not
+    # send these counts (a chat call) shows zero.
+    speech = event(
+        run_id="audio",
+        model="tts-1",
+        operation="speech",
+        usage={"input_tokens": 0, "output_tokens": 0, "input_characters": 1234},
+    )
+    transcription = event(
+        run_id="audio",
+        model="whisper-1",
+        operation="transcription",
+        usage={"input_tokens": 0, "output_tokens": 0, "audio_seconds": 37},
+    )
+    chat = event(run_id="audio")
+    with account.sdk() as sdk:
+        response = sdk.post("/v1/ingest", json=batch(speech, transcription, chat))
+    assert response.status_code == 202, response.text
+    [run] = account.client.get("/v1/agents/research-bot/runs").json()
+    events = account.client.get(f"/v1/runs/{run['id']}/events").json()
+    details = {e["model"]: e["details"] for e in events}
+    assert details["tts-1"]["input_characters"] == 1234
+    assert details["tts-1"]["audio_seconds"] == 0
+    assert details["whisper-1"]["audio_seconds"] == 37
+    assert details["whisper-1"]["input_characters"] == 0
+    assert (details["gpt-4o"]["input_characters"], details["gpt-4o"]["audio_seconds"]) == (0, 0)

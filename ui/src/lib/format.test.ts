@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { fmtAgo, fmtLimit, fmtMs, fmtUsd, parseUsd } from './format';
+import { fmtAgo, fmtLimit, fmtMs, fmtSeconds, fmtUsd, parseUsd } from './format';
 
 describe('fmtUsd', () => {
   it('shows dollars and cents', () => {
@@ -32,6 +32,8 @@ describe('other formats', () => {
     expect(fmtMs(321.4)).toBe('321 ms');
     expect(fmtMs(0.34)).toBe('0.3 ms');
     expect(fmtMs(2500)).toBe('2.50 s');
+    expect(fmtSeconds(37)).toBe('37 s');
+    expect(fmtSeconds(3600)).toBe('3,600 s');
     expect(fmtLimit('tokens', 100000)).toBe('100,000 tokens');
     expect(fmtLimit('usd', 5_000_000_000)).toBe('$5.00');
     const now = Date.parse('2026-11-28T12:00:00Z');

@@ -27,6 +27,11 @@ export function fmtCount(n: number): string {
   return n.toLocaleString('en-US');
 }
 
+/** Whole seconds as a length of audio billed by the second: "37 s", "3,600 s". */
+export function fmtSeconds(s: number): string {
+  return `${fmtCount(s)} s`;
+}
+
 export function fmtMs(ms: number): string {
   if (ms < 10) return `${ms.toFixed(1)} ms`;
   if (ms < 1000) return `${Math.round(ms)} ms`;

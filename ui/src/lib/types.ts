@@ -96,6 +96,10 @@ export interface CallDetails {
   price_tier?: string | null;
   web_searches?: number;
   file_searches?: number;
+  /** Characters of input billed by the character (tts-1 speech). */
+  input_characters?: number;
+  /** Seconds of audio billed by the second (whisper-1 transcriptions and translations). */
+  audio_seconds?: number;
   [key: string]: unknown;
 }
 

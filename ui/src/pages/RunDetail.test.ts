@@ -39,9 +39,29 @@ function call(n: number) {
     usage: { input_tokens: 10, output_tokens: 5, cache_read_tokens: 0, cache_write_tokens: 0, reasoning_tokens: 0 },
     prompt: null,
     // The run's last call was a priority-tier call that searched the web three times.
-    details: n === TOTAL - 1 ? { price_tier: 'priority', web_searches: 3, file_searches: 0 } : {},
+    details:
+      n === TOTAL - 1
+        ? { price_tier: 'priority', web_searches: 3, file_searches: 0, input_characters: 0, audio_seconds: 0 }
+        : {},
+    ...billedByTheUnit[TOTAL - 1 - n],
   };
 }
+
+// The two calls before it were billed per character of text and per second of audio.
+const billedByTheUnit: Record<number, object> = {
+  1: {
+    operation: 'speech',
+    model: 'tts-1',
+    usage: { input_tokens: 0, output_tokens: 0, cache_read_tokens: 0, cache_write_tokens: 0, reasoning_tokens: 0 },
+    details: { input_characters: 1234, audio_seconds: 0, web_searches: 0 },
+  },
+  2: {
+    operation: 'transcription',
+    model: 'whisper-1',
+    usage: { input_tokens: 0, output_tokens: 0, cache_read_tokens: 0, cache_write_tokens: 0, reasoning_tokens: 0 },
+    details: { input_characters: 0, audio_seconds: 37, web_searches: 0 },
+  },
+};
 
 function backend() {
   const urls: string[] = [];
@@ -101,5 +121,22 @@ describe('Run detail page', () => {
     expect(within(last).queryByText('File searches')).toBeNull();
     expect(within(items[0]).queryByText('Price tier')).toBeNull();
     expect(within(items[0]).queryByText('Web searches')).toBeNull();
+  });
+
+  it('shows the characters and seconds of audio a call was billed for, only where there were some', async () => {
+    backend();
+    render(RunDetail, { props: { params: { id: '9' } } });
+    expect(await screen.findByText('Showing the latest 200 of 450 calls.', { exact: false })).toBeTruthy();
+    const timeline = screen.getByRole('list', { name: 'Calls in this run, in order' });
+    const [transcription, speech, chat] = within(timeline).getAllByRole('listitem').slice(-3);
+    expect(speech.textContent).toContain('#449 speech');
+    expect(within(speech).getByText('Characters billed').nextElementSibling?.textContent).toBe('1,234');
+    expect(within(speech).queryByText('Audio billed')).toBeNull();
+    expect(transcription.textContent).toContain('#448 transcription');
+    expect(within(transcription).getByText('Audio billed').nextElementSibling?.textContent).toBe('37 s');
+    expect(within(transcription).queryByText('Characters billed')).toBeNull();
+    // A chat call reports both as zero: neither is shown.
+    expect(within(chat).queryByText('Characters billed')).toBeNull();
+    expect(within(chat).queryByText('Audio billed')).toBeNull();
   });
 });
