@@ -643,8 +643,8 @@ class AgentKavach:
             media += spec.context_media_tokens
         fingerprint = None
         if self.guardrail_config.detect_loops:
-            if content is not None and spec.tools is None:  # a plain chat call, no tools
-                fingerprint = hash((spec.model, content, None))
+            if content is not None and spec.tools is None and spec.request_key is None:
+                fingerprint = hash((spec.model, content, None))  # a plain chat call, no tools
             else:
                 fingerprint = _fingerprint(spec, content)
         try:
@@ -682,6 +682,8 @@ class AgentKavach:
                 choices=spec.choices,
                 fixed_output=spec.fixed_output,
                 searches=spec.max_searches,
+                characters=spec.input_characters,
+                audio_seconds=spec.audio_seconds,
             )
             if self.guardrails.records_spend:  # the velocity limit counts it in flight
                 self.guardrails.admit_spend(plan.worst_case(plan.max_units))
@@ -1237,8 +1239,9 @@ def _fingerprint(spec: CallSpec, content: int | None = None) -> int:
     they are plain chat messages; the history is then not hashed a second time.
     """
     messages, prompt, system, tools = spec.messages, spec.prompt, spec.system, spec.tools
+    beside = (spec.context_tokens, spec.request_key)  # context and content not in messages
     if content is not None and prompt is None and system is None:
-        return hash((spec.model, content, None if tools is None else _content_hash(tools)))
+        return hash((spec.model, content, None if tools is None else _content_hash(tools), beside))
     return hash(
         (
             spec.model,
@@ -1246,6 +1249,7 @@ def _fingerprint(spec: CallSpec, content: int | None = None) -> int:
             None if prompt is None else _content_hash(prompt),
             None if system is None else _content_hash(system),
             None if tools is None else _content_hash(tools),
+            beside,
         )
     )
 

@@ -198,6 +198,8 @@ def plan_call(
     choices: int = 1,
     fixed_output: bool = False,
     searches: int = 0,
+    characters: int = 0,
+    audio_seconds: int = 0,
 ) -> Plan:
     """Plan the ledger lines for one call; raises CostPerCallError before touching a ledger.
 
@@ -210,12 +212,15 @@ def plan_call(
     strict mode, which sends ``units // choices`` as the per-choice limit. A ``fixed_output``
     call has no limit to send, so it is held for all of its output in strict mode too.
     ``searches`` a server-side search tool may make are held at the dearest search price,
-    with the input (they are billed whatever the output)."""
+    with the input (they are billed whatever the output). Input billed by the
+    ``characters`` and ``audio_seconds`` (speech, whisper-1) is held at its unit prices."""
     input_cost, per_token = price.reservation_rates(
         input_tokens, cache_writes, media_tokens, text_output
     )
     if searches:
         input_cost += searches * max(price.web_search, price.file_search)
+    if characters or audio_seconds:
+        input_cost += price.unit_cost(characters, audio_seconds)
     max_units = requested_max_output if requested_max_output is not None else default_max_output
     min_units = max_units if mode == "reserve" or fixed_output else min(min_output, max_units)
     if choices != 1:

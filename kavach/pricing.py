@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 __all__ = ["CompiledPrice", "ModelPrice", "Pricing"]
 
 _TOKENS_PER_MTOK = 1_000_000
+_PER = {"_1k": "thousand searches", "_mchar": "million characters", "_hour": "hour of audio"}
 _NANOS_PER_DOLLAR = Decimal(1_000_000_000)
 _UTC = timezone.utc
 
@@ -80,6 +81,12 @@ class ModelPrice:
     and OpenAI); unset, searches are not charged."""
     file_search_per_1k: float | None = None
     """Dollars per thousand OpenAI ``file_search`` calls."""
+    input_per_mchar: float | None = None
+    """Dollars per million characters of input, for a model billed by the character
+    (OpenAI's ``tts-1``: $15)."""
+    audio_per_hour: float | None = None
+    """Dollars per hour of audio given to a model billed by the length of its input audio
+    (OpenAI's ``whisper-1``: $0.36)."""
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -92,7 +99,7 @@ class ModelPrice:
                 or not math.isfinite(value)
                 or value < 0
             ):
-                per = "thousand searches" if f.name.endswith("_1k") else "million tokens"
+                per = _PER.get(f.name[f.name.rfind("_") :], "million tokens")
                 raise KavachConfigError(
                     f"ModelPrice.{f.name} must be a finite, non-negative number of dollars "
                     f"per {per}, got {value!r}"
@@ -127,6 +134,8 @@ class ModelPrice:
             "input_video_mtok": self.input_video_per_mtok,
             "web_searches_kcount": self.web_search_per_1k,
             "storage_searches_kcount": self.file_search_per_1k,
+            "input_mchars": self.input_per_mchar,
+            "input_audio_hours": self.audio_per_hour,
         }
         return _compile(
             {key: Decimal(str(value)) for key, value in prices.items() if value is not None}
@@ -169,6 +178,12 @@ class CompiledPrice:
     ``web_searches_kcount``), charged on top of the tokens."""
     file_search: int = 0
     """Nano-dollars per file search (OpenAI's ``file_search``: ``storage_searches_kcount``)."""
+    input_character: int = 0
+    """Nano-dollars per million characters of input (genai-prices' ``input_mchars``), for
+    models billed by the character."""
+    audio_second: int = 0
+    """Nano-dollars per million seconds of input audio (genai-prices' ``input_audio_hours``
+    or ``audio_hours``), for models billed by the length of their input audio."""
     media_input: int = dataclass_field(init=False, compare=False, repr=False)
     text_output: int = dataclass_field(init=False, compare=False, repr=False)
     worst_output: int = dataclass_field(init=False, compare=False, repr=False)
@@ -214,6 +229,8 @@ class CompiledPrice:
             or usage.input_video_tokens
             or usage.web_searches
             or usage.file_searches
+            or usage.input_characters
+            or usage.audio_seconds
         ):  # plain input and output, as most calls are
             total = max(usage.input_tokens, 0) * p.input + max(usage.output_tokens, 0) * p.output
             return -(-total // _TOKENS_PER_MTOK)
@@ -260,7 +277,19 @@ class CompiledPrice:
             + image_out * p.output_image
             + (max(usage.web_searches, 0) * p.web_search) * _TOKENS_PER_MTOK
             + (max(usage.file_searches, 0) * p.file_search) * _TOKENS_PER_MTOK
+            + max(usage.input_characters, 0) * p.input_character
+            + max(usage.audio_seconds, 0) * p.audio_second
         )
+        return -(-total // _TOKENS_PER_MTOK)
+
+    def unit_cost(self, characters: int, audio_seconds: int) -> int:
+        """Nano-dollars, rounded up, for input billed by the character and by the second.
+
+        >>> ModelPrice(input_per_mtok=0, output_per_mtok=0, audio_per_hour=0.36).compile(
+        ...     ).unit_cost(0, 60)  # $0.006 a minute
+        6000000
+        """
+        total = characters * self.input_character + audio_seconds * self.audio_second
         return -(-total // _TOKENS_PER_MTOK)
 
     def reservation_rates(
@@ -383,6 +412,12 @@ def _compile(prices: Mapping[str, _PriceValue], units: _Units = _USER_UNITS) -> 
         )
         if prices.get(key) is not None
     }
+    if prices.get("input_mchars") is not None:
+        searches["input_character"] = _nanos_per_mtok(_price_at(prices["input_mchars"], 0))
+    audio = prices.get("input_audio_hours", prices.get("audio_hours"))
+    if audio is not None:  # per hour, kept per million seconds as tokens are per million
+        per_hour = Decimal(_price_at(audio, 0)) * _NANOS_PER_DOLLAR * _TOKENS_PER_MTOK / 3600
+        searches["audio_second"] = int(per_hour.to_integral_value(rounding=ROUND_CEILING))
     tiers = tuple((start, _price_of(rates_at(start + 1), (), searches)) for start in starts)
     return _price_of(rates_at(0), tiers, searches)
 
@@ -397,9 +432,12 @@ def _price_of(
     tiers: tuple[tuple[int, CompiledPrice], ...] = (),
     searches: Mapping[str, int] | None = None,
 ) -> CompiledPrice:
+    extras = searches or {}
     return CompiledPrice(
-        web_search=(searches or {}).get("web_search", 0),
-        file_search=(searches or {}).get("file_search", 0),
+        web_search=extras.get("web_search", 0),
+        file_search=extras.get("file_search", 0),
+        input_character=extras.get("input_character", 0),
+        audio_second=extras.get("audio_second", 0),
         input=rates["input"],
         output=rates["output"],
         cache_read=rates["cache_read"],
@@ -569,12 +607,17 @@ def _from_genai_prices(
         # A tier genai-prices does not list for the model is priced at the standard rates.
         record = info.get_prices(moment, dict(variant) if variant else None)
         prices = {key: value for key, value in vars(record).items() if value is not None}
-        if prices.get("input_mtok") is None and prices.get("output_mtok") is None:
+        if not any(prices.get(key) is not None for key in _PRICED_KEYS):
             detail = f"genai-prices prices {info.id!r} only per {', '.join(sorted(prices))}"
             return (None, *_FOREVER, detail)
         window = _window(info, moment, bool(variant))
         return (_compile(prices, _genai_token_units()), *window, "")
     return (None, *_FOREVER, f"genai-prices {genai_prices.__version__} does not list it")
+
+
+_PRICED_KEYS = ("input_mtok", "output_mtok", "input_mchars", "input_audio_hours", "audio_hours")
+"""What genai-prices may price a model by for the guard to price it: tokens, characters of
+input (OpenAI's tts-1), hours of input audio (whisper-1)."""
 
 
 def _window(

@@ -72,3 +72,14 @@ class CallSpec:
     context_media_tokens: int = 0
     """Of ``context_tokens``, those that are audio, images or video (a Realtime session's
     speech): held at the dearest of the input and media rates, as media in a request is."""
+    request_key: object = None
+    """What else tells this request apart from another with the same messages, prompt and
+    tools, for loop detection (hashable): the content of the audio a transcription uploads,
+    the turn of speech a Realtime transcription is of. The context a request continues
+    (``context_tokens``) tells requests apart too."""
+    input_characters: int = 0
+    """Characters of input billed by the character (OpenAI ``tts-1`` speech): held at the
+    model's price per character."""
+    audio_seconds: int = 0
+    """Seconds of input audio billed by the second (OpenAI ``whisper-1``): held at the
+    model's price per second of audio."""

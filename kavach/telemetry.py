@@ -83,6 +83,8 @@ class Attr:
     PRICE_TIER = "kavach.price.tier"
     WEB_SEARCHES = "kavach.usage.web_searches"
     FILE_SEARCHES = "kavach.usage.file_searches"
+    INPUT_CHARACTERS = "kavach.usage.input_characters"
+    AUDIO_SECONDS = "kavach.usage.audio_seconds"
 
 
 class Metric:
@@ -268,6 +270,10 @@ class KavachTelemetry(NullObserver):
             attrs[Attr.WEB_SEARCHES] = usage.web_searches
         if usage.file_searches:
             attrs[Attr.FILE_SEARCHES] = usage.file_searches
+        if usage.input_characters:
+            attrs[Attr.INPUT_CHARACTERS] = usage.input_characters
+        if usage.audio_seconds:
+            attrs[Attr.AUDIO_SECONDS] = usage.audio_seconds
         if event.price_tier is not None:
             attrs[Attr.PRICE_TIER] = event.price_tier
         if event.refusal_reason:

@@ -62,6 +62,12 @@ class Usage:
     ``web_search`` in the Responses API), billed per search on top of the tokens."""
     file_searches: int = 0
     """OpenAI ``file_search`` tool calls, billed per call on top of the tokens."""
+    input_characters: int = 0
+    """Characters of input text, for models billed by the character rather than the token
+    (OpenAI's ``tts-1`` and ``tts-1-hd`` speech)."""
+    audio_seconds: int = 0
+    """Seconds of audio, for models billed by the length of the audio they are given rather
+    than by the token (OpenAI's ``whisper-1``)."""
     price_variant: PriceVariant | None = field(default=None, compare=False)
     """The price variant the provider says it served the call at (OpenAI's response
     ``service_tier``, Anthropic's ``usage.speed``): ``()`` for the standard price. ``None``
@@ -98,6 +104,8 @@ class Usage:
             input_video_tokens=self.input_video_tokens + other.input_video_tokens,
             web_searches=self.web_searches + other.web_searches,
             file_searches=self.file_searches + other.file_searches,
+            input_characters=self.input_characters + other.input_characters,
+            audio_seconds=self.audio_seconds + other.audio_seconds,
             price_variant=(
                 self.price_variant if other.price_variant is None else other.price_variant
             ),

@@ -1,9 +1,10 @@
-"""OpenAI speech to text billed by the token (``gpt-4o-transcribe``, ``gpt-4o-mini-transcribe``
-and their versions): what a transcription is held for and how its usage reads, for both
-``audio.transcriptions.create`` (over HTTP, here) and the transcription of a Realtime
-session's speech (``kavach_integrations._openai_realtime``).
+"""OpenAI speech APIs: what a transcription, a translation or speech is held for and how its
+usage reads, for ``audio.transcriptions.create``, ``audio.translations.create`` and
+``audio.speech.create`` (over HTTP, here) and the transcription of a Realtime session's
+speech (``kavach_integrations._openai_realtime``).
 
-A transcription is billed for its speech at the model's audio input rate, any prompt at its
+Speech to text billed by the token (``gpt-4o-transcribe``, ``gpt-4o-mini-transcribe`` and
+their versions) is billed for its speech at the model's audio input rate, any prompt at its
 text rate, and the transcript at its output rate. It is held for:
 
 - the speech, at ``AUDIO_TOKENS_PER_SECOND``. Over HTTP the length comes from the uploaded
@@ -17,9 +18,16 @@ text rate, and the transcript at its output rate. It is held for:
 
 It is settled at the usage the response reports (``{"type": "tokens", ...}``). A response
 without usage (``response_format="text"``, ``"srt"``, ``"vtt"``) is settled at the speech as
-held and its transcript's tokens. Models billed by the minute (``whisper-1``) and a file the
-guard cannot read without consuming it (a stream that cannot seek) are let through, stopped
-with the agent and said not to be counted.
+held and its transcript's tokens.
+
+``whisper-1`` (transcriptions and translations) is billed by the second of audio given, at
+genai-prices' price per hour: held for the length read from the file's headers, rounded up,
+and settled at the ``duration`` a ``verbose_json`` answer reports (rounded to the nearest
+second, as billed), else as held. ``tts-1`` and ``tts-1-hd`` speech is billed by the
+character of its input: held and settled at exactly that. ``gpt-4o-mini-tts``, billed by
+tokens it does not report unless streamed as events, and a file the guard cannot read
+without consuming it (a stream that cannot seek) are let through, stopped with the agent
+and said not to be counted.
 """
 
 from __future__ import annotations
@@ -56,8 +64,9 @@ def transcript_bound(speech: int) -> int:
     return int(speech * TRANSCRIPT_TOKENS_PER_AUDIO_TOKEN) + 16
 
 
-def transcription_spec(model: Any, prompt: Any, speech: int) -> CallSpec:
-    """A transcription of ``speech`` audio tokens by ``model``."""
+def transcription_spec(model: Any, prompt: Any, speech: int, key: object = None) -> CallSpec:
+    """A transcription of ``speech`` audio tokens by ``model``; ``key`` tells its audio apart
+    from another's of the same length (loop detection)."""
     return CallSpec(
         provider=PROVIDER,
         model=str(model or ""),
@@ -68,6 +77,7 @@ def transcription_spec(model: Any, prompt: Any, speech: int) -> CallSpec:
         fixed_output=True,  # nothing in the request can limit it
         context_tokens=speech,
         context_media_tokens=speech,
+        request_key=key,
     )
 
 
@@ -124,8 +134,11 @@ def _read(content: Any) -> bytes | None:
 def upload_speech(files: Any) -> int | None:
     """Audio tokens of the speech a transcription request uploads, or None if unreadable."""
     data = _read(_upload(files))
-    if data is None:
-        return None
+    return None if data is None else speech_tokens(data)
+
+
+def speech_tokens(data: bytes) -> int:
+    """Audio tokens of the speech in an audio file."""
     return math.ceil(_media.audio_length(data, "") * AUDIO_TOKENS_PER_SECOND) + 1
 
 
@@ -162,11 +175,12 @@ class TranscriptMeter(TokenCounter):
         return Outcome(usage=usage)
 
 
-def transcription_endpoint(speech: int) -> Endpoint:
-    """How to guard one transcription request whose upload is ``speech`` audio tokens."""
+def transcription_endpoint(speech: int, key: object = None) -> Endpoint:
+    """How to guard one transcription request whose upload is ``speech`` audio tokens (and
+    whose content is ``key``)."""
 
     def read(body: Mapping[str, Any]) -> CallSpec:
-        return transcription_spec(body.get("model"), body.get("prompt"), speech)
+        return transcription_spec(body.get("model"), body.get("prompt"), speech, key)
 
     def outcome(response: Any) -> Outcome:
         usage = field(response, "usage")
@@ -188,9 +202,127 @@ def transcription_endpoint(speech: int) -> Endpoint:
 
 
 def choose_transcription(body: Mapping[str, Any], files: Any) -> Endpoint | Unmetered:
-    """``audio.transcriptions.create``: metered for a model billed by the token whose upload
-    the guard can read."""
-    if not is_token_priced(body.get("model")):
-        return UNMETERED
-    speech = upload_speech(files)
-    return UNMETERED if speech is None else transcription_endpoint(speech)
+    """``audio.transcriptions.create``: metered for a model billed by the token or by the
+    second whose upload the guard can read."""
+    model = body.get("model")
+    if is_token_priced(model):
+        data = _read(_upload(files))
+        if data is None:
+            return UNMETERED
+        return transcription_endpoint(speech_tokens(data), hash(data))
+    return _by_the_second(body, files, "transcription") or UNMETERED
+
+
+def choose_translation(body: Mapping[str, Any], files: Any) -> Endpoint | Unmetered:
+    """``audio.translations.create`` (``whisper-1``): metered when the guard can read the
+    upload."""
+    return _by_the_second(body, files, "translation") or TRANSLATION_UNMETERED
+
+
+TRANSLATION_UNMETERED = Unmetered(PROVIDER, "translation")
+
+
+# -- billed by the second: whisper-1 ----------------------------------------------------------
+
+
+def is_priced_by_the_second(model: Any) -> bool:
+    return isinstance(model, str) and model.startswith("whisper")
+
+
+def _by_the_second(body: Mapping[str, Any], files: Any, operation: str) -> Endpoint | None:
+    if not is_priced_by_the_second(body.get("model")):
+        return None
+    data = _read(_upload(files))
+    if data is None:
+        return None
+    return seconds_endpoint(operation, math.ceil(_media.audio_length(data, "")), hash(data))
+
+
+def seconds_spec(
+    model: Any, prompt: Any, operation: str, seconds: int, key: object = None
+) -> CallSpec:
+    """A request billed for ``seconds`` of audio (whose content is ``key``) by ``model``."""
+    return CallSpec(
+        provider=PROVIDER,
+        model=str(model or ""),
+        operation=operation,
+        prompt=prompt if isinstance(prompt, str) else None,
+        input_tokens=0,  # billed by the second, not the token
+        max_output_tokens=0,
+        text_output=True,
+        fixed_output=True,
+        audio_seconds=seconds,
+        request_key=key,
+    )
+
+
+def billed_seconds(answer: Any) -> int | None:
+    """The seconds an answer says it was billed for: its usage by duration
+    (``{"type": "duration", "seconds": 9.4}``), else a ``verbose_json`` answer's ``duration``,
+    to the nearest second as billed; None when it says neither."""
+    usage = field(answer, "usage")
+    seconds = field(usage, "seconds") if field(usage, "type") == "duration" else None
+    if seconds is None and not isinstance(answer, str):
+        seconds = field(answer, "duration")
+    if isinstance(seconds, int | float) and not isinstance(seconds, bool) and seconds > 0:
+        return max(1, math.floor(seconds + 0.5))
+    return None
+
+
+def seconds_endpoint(operation: str, seconds: int, key: object = None) -> Endpoint:
+    """How to guard a request billed for ``seconds`` of audio uploaded (whose content is
+    ``key``): held for them, settled at the seconds the answer reports, else as held."""
+
+    def read(body: Mapping[str, Any]) -> CallSpec:
+        return seconds_spec(body.get("model"), body.get("prompt"), operation, seconds, key)
+
+    def outcome(response: Any) -> Outcome:
+        billed = billed_seconds(response)
+        return Outcome(usage=Usage(audio_seconds=seconds if billed is None else billed))
+
+    return Endpoint(operation=operation, read=read, outcome=outcome)
+
+
+# -- billed by the character: tts-1 -----------------------------------------------------------
+
+
+SPEECH_UNMETERED = Unmetered(PROVIDER, "speech")
+
+
+def is_priced_by_the_character(model: Any) -> bool:
+    # tts-1, tts-1-hd and their dated versions; gpt-4o-mini-tts is billed by the token.
+    return isinstance(model, str) and model.startswith("tts-1")
+
+
+def choose_speech(body: Mapping[str, Any], files: Any) -> Endpoint | Unmetered:
+    """``audio.speech.create``: metered for a model billed by the character."""
+    text = body.get("input")
+    if not is_priced_by_the_character(body.get("model")) or not isinstance(text, str):
+        return SPEECH_UNMETERED
+    return characters_endpoint(len(text))
+
+
+def characters_endpoint(characters: int) -> Endpoint:
+    """How to guard a request billed for ``characters`` of input: held and settled at them
+    (the answer is the audio, and reports nothing)."""
+
+    def read(body: Mapping[str, Any]) -> CallSpec:
+        text = body.get("input")
+        return CallSpec(
+            provider=PROVIDER,
+            model=str(body.get("model") or ""),
+            operation="speech",
+            prompt=text if isinstance(text, str) else None,
+            input_tokens=0,  # billed by the character, not the token
+            max_output_tokens=0,
+            text_output=True,
+            fixed_output=True,
+            input_characters=characters,
+        )
+
+    return Endpoint(
+        operation="speech",
+        read=read,
+        outcome=lambda response: Outcome(usage=Usage(input_characters=characters)),
+        reads_response=False,
+    )

@@ -29,8 +29,8 @@ voice activity detection), for the speech appended since the last commit and a t
 up to ``TRANSCRIPT_TOKENS_PER_AUDIO_TOKEN`` tokens for each of its audio tokens
 (``kavach_integrations._openai_audio``), and settled at
 the usage its ``conversation.item.input_audio_transcription.completed`` reports; a failed one
-is given back. A model priced by the minute rather than by the token (``whisper-1``) is not
-counted, and said not to be.
+is given back. A model billed by the second of speech (``whisper-1``) is held for the
+seconds committed and settled at the seconds its usage reports.
 """
 
 from __future__ import annotations
@@ -45,7 +45,10 @@ from kavach.tokens import count_text_tokens
 from kavach.usage import Usage
 from kavach_integrations._openai_audio import (
     AUDIO_TOKENS_PER_SECOND,
+    billed_seconds,
+    is_priced_by_the_second,
     reports_tokens,
+    seconds_spec,
     transcript_bound,
     transcription_spec,
     transcription_usage,
@@ -96,6 +99,7 @@ class RealtimeConversation:
         "out_rate",
         "settings",
         "transcription",
+        "turns",
     )
 
     def __init__(self, connect_kwargs: Mapping[str, Any]) -> None:
@@ -107,6 +111,10 @@ class RealtimeConversation:
         self.in_rate = self.out_rate = _BYTES_PER_SECOND["pcm"]
         self.buffered = 0  # speech tokens in the input buffer, not yet committed
         self.transcription: Mapping[str, Any] | None = None  # the session's setting
+        self.turns = 0
+        """Items the conversation has gained (speech committed, items created, responses
+        done): a response asked for at another count is another request, for loop
+        detection, however alike its settings."""
 
     def _session(self, session: Any) -> None:
         if not isinstance(session, Mapping):
@@ -133,6 +141,7 @@ class RealtimeConversation:
         elif kind == "input_audio_buffer.clear":
             self.buffered = 0
         elif kind == "conversation.item.create":
+            self.turns += 1
             text, media = self._item_tokens(event.get("item"))
             self.added_text += text
             self.added_media += media
@@ -154,6 +163,8 @@ class RealtimeConversation:
 
     def received(self, event: Event) -> None:
         kind = event.get("type")
+        if kind in ("response.done", "input_audio_buffer.committed"):
+            self.turns += 1
         if kind == "response.done":
             usage = field(event.get("response"), "usage")
             if usage is not None:
@@ -211,6 +222,7 @@ class RealtimeConversation:
             "context_tokens": self.context + self.added_text + self.added_media + text + media,
             "context_media_tokens": self.context_media + self.added_media + media,
             "out_rate": self.out_rate,
+            "turn": self.turns,
         }
 
 
@@ -227,6 +239,7 @@ def _read(body: Mapping[str, Any]) -> CallSpec:
         text_output=bool(body.get("text_only")),
         context_tokens=body.get("context_tokens", 0),
         context_media_tokens=body.get("context_media_tokens", 0),
+        request_key=body.get("turn"),
     )
 
 
@@ -309,11 +322,23 @@ class RealtimeMeter(TokenCounter):
 
 
 def _read_transcription(body: Mapping[str, Any]) -> CallSpec:
-    return transcription_spec(body.get("model"), body.get("prompt"), body.get("audio_tokens", 0))
+    model, prompt, speech = body.get("model"), body.get("prompt"), body.get("audio_tokens", 0)
+    key = body.get("item_id")  # the turn of speech: each is new
+    if is_priced_by_the_second(model):  # whisper-1
+        return seconds_spec(model, prompt, "transcription", _seconds(speech), key)
+    return transcription_spec(model, prompt, speech, key)
+
+
+def _seconds(speech: int) -> int:
+    """Seconds of speech that made ``speech`` audio tokens, rounded up."""
+    return -(-speech // AUDIO_TOKENS_PER_SECOND)
 
 
 def _transcription_outcome(event: Any) -> Outcome:
     """A finished transcription (its ``completed`` event)."""
+    seconds = billed_seconds(event)
+    if seconds is not None:  # billed by the second (whisper-1)
+        return Outcome(usage=Usage(audio_seconds=seconds))
     return Outcome(usage=transcription_usage(field(event, "usage")))
 
 
@@ -338,10 +363,16 @@ class TranscriptionMeter(TokenCounter):
         return False
 
     def outcome(self, estimated_input_tokens: int) -> Outcome:
-        if self.final is not None and reports_tokens(field(self.final, "usage")):
-            outcome = _transcription_outcome(self.final)
+        final = self.final
+        if final is not None and (
+            reports_tokens(field(final, "usage")) or billed_seconds(final) is not None
+        ):
+            outcome = _transcription_outcome(final)
             return dataclasses.replace(outcome, response_model=self.model_name)
         # Unfinished when the socket closed, or its usage unreadable: what was held.
+        if is_priced_by_the_second(self.model_name):
+            usage = Usage(audio_seconds=_seconds(self.speech))
+            return Outcome(usage=usage, response_model=self.model_name)
         usage = Usage(
             input_tokens=estimated_input_tokens,
             input_audio_tokens=min(self.speech, estimated_input_tokens),

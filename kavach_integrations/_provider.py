@@ -126,6 +126,10 @@ class Endpoint:
     context: StoredContext | None = None
     """Context the provider keeps and adds to a request's input, which ``read`` holds only
     when this process knows it: how to look up what it does not (the one part that does I/O)."""
+    reads_response: bool = True
+    """False when ``outcome`` needs nothing from the answer (speech billed by the character:
+    the answer is audio, and reports nothing): a raw response is then not parsed, so a body
+    the caller streams (``with_streaming_response``) is left for the caller to read."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -406,7 +410,7 @@ def _outcome(
     raw = _RAW_TYPES.get(type(response))
     if raw is None:
         raw = _is_raw(response)
-    if raw:
+    if raw and endpoint.reads_response:
         try:
             response = response.parse()
         except Exception:
@@ -605,7 +609,7 @@ async def aguarded_call(
     raw = _RAW_TYPES.get(type(response))
     if raw is None:
         raw = _is_raw(response)
-    if not raw:
+    if not raw or not endpoint.reads_response:
         outcome = _read_outcome(endpoint, response, r)
     else:
         try:

@@ -12,11 +12,13 @@ Responses over a WebSocket (``responses.connect()``) and Realtime sessions over 
 (``realtime.connect()``) are held and settled one response at a time, as streams
 (``kavach_integrations._sockets``, ``_openai_realtime``).
 ``audio.transcriptions`` with a model billed by the token (``gpt-4o-transcribe``) is held
-for the length of the speech uploaded (``kavach_integrations._openai_audio``).
-Paid endpoints without a token-usage price (DALL·E images, image edits and variations,
-speech, ``whisper-1``, videos, batches, fine-tuning, Assistants runs) and Realtime sessions the guard does
-not see (WebRTC and SIP calls, browser client secrets, the deprecated ``beta.realtime``)
-stop with the agent but are not counted: see ``AgentKavach.admit_unmetered``.
+for the length of the speech uploaded; ``whisper-1`` transcriptions and translations by the
+second of it, and ``tts-1`` speech by the character (``kavach_integrations._openai_audio``).
+Paid endpoints without a usage price (DALL·E images, image edits and variations,
+``gpt-4o-mini-tts`` speech, videos, batches, fine-tuning, Assistants runs) and Realtime
+sessions the guard does not see (WebRTC and SIP calls, browser client secrets, the
+deprecated ``beta.realtime``) stop with the agent but are not counted: see
+``AgentKavach.admit_unmetered``.
 Usage maps to ``kavach.usage.Usage`` as OpenAI reports it: ``prompt_tokens`` include
 ``cached_tokens`` (reads) and ``cache_write_tokens``, ``completion_tokens`` include
 reasoning and audio tokens.
@@ -33,8 +35,14 @@ from kavach.spec import CallSpec
 from kavach.stream import Outcome
 from kavach.tokens import estimate_input_tokens
 from kavach.usage import Usage
+from kavach_integrations._openai_audio import (
+    SPEECH_UNMETERED,
+    TRANSLATION_UNMETERED,
+    choose_speech,
+    choose_transcription,
+    choose_translation,
+)
 from kavach_integrations._openai_audio import UNMETERED as TRANSCRIPTION_UNMETERED
-from kavach_integrations._openai_audio import choose_transcription
 from kavach_integrations._openai_realtime import REALTIME
 from kavach_integrations._provider import (
     ASSUMED_SEARCHES,
@@ -705,7 +713,7 @@ _ROUTES: dict[str, Endpoint | Unmetered | PerRequest] = {
     "/embeddings": EMBEDDINGS,
     "/completions": COMPLETIONS,
     "/images/generations": PerRequest(_choose_image_generation, _IMAGE_GENERATION),
-    # gpt-4o-transcribe and its kin, held for the speech uploaded (whisper-1: unmetered).
+    # gpt-4o-transcribe and its kin, held for the speech uploaded; whisper-1 by the second.
     "/audio/transcriptions": PerRequest(choose_transcription, TRANSCRIPTION_UNMETERED),
     # Paid, but priced per image, second or job rather than by reported token usage:
     # they stop with the agent, and their cost is not counted (a warning says so). Image
@@ -715,8 +723,9 @@ _ROUTES: dict[str, Endpoint | Unmetered | PerRequest] = {
     # the budget, so edits stay unmetered, and said to be. Variations are DALL·E 2 only.
     "/images/edits": Unmetered(PROVIDER, "image_edit"),
     "/images/variations": Unmetered(PROVIDER, "image_variation"),
-    "/audio/speech": Unmetered(PROVIDER, "speech"),
-    "/audio/translations": Unmetered(PROVIDER, "translation"),
+    # tts-1 by the character; gpt-4o-mini-tts, billed by tokens it does not report: unmetered.
+    "/audio/speech": PerRequest(choose_speech, SPEECH_UNMETERED),
+    "/audio/translations": PerRequest(choose_translation, TRANSLATION_UNMETERED),
     "/videos": Unmetered(PROVIDER, "video_generation"),
     "/videos/edits": Unmetered(PROVIDER, "video_generation"),
     "/videos/extensions": Unmetered(PROVIDER, "video_generation"),

@@ -58,4 +58,5 @@ fi
   tests/kavach_integrations/test_search_fees.py tests/kavach_integrations/test_stored_context.py \
   tests/kavach_integrations/test_responses_socket.py tests/kavach_integrations/test_realtime.py \
   tests/kavach_integrations/test_transcriptions.py \
+  tests/kavach_integrations/test_speech.py \
   -q -p no:cacheprovider -rs -k "not gemini"  # Gemini: no google-genai here; stage one runs them

@@ -38,6 +38,8 @@ def event_json(event: CallEvent) -> dict[str, Any]:
             "input_video_tokens": u.input_video_tokens,
             "web_searches": u.web_searches,
             "file_searches": u.file_searches,
+            "input_characters": u.input_characters,
+            "audio_seconds": u.audio_seconds,
         },
         "price_tier": event.price_tier,
         "prompt": event.prompt,

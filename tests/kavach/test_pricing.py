@@ -270,6 +270,22 @@ def test_user_search_prices() -> None:
         ModelPrice(input_per_mtok=1.0, output_per_mtok=1.0, web_search_per_1k=-1)
 
 
+def test_speech_and_whisper_are_priced_by_the_character_and_the_second() -> None:
+    # genai-prices prices tts-1 per million characters and whisper-1 per hour of audio.
+    pricing = Pricing()
+    assert pricing.cost("openai", "tts-1-hd", Usage(input_characters=1_000)) == 30_000_000
+    assert pricing.cost("openai", "tts-1", Usage(input_characters=1_000)) == 15_000_000  # $0.015
+    assert pricing.cost("openai", "whisper-1", Usage(audio_seconds=60)) == 6_000_000  # $0.006
+    assert pricing.resolve("openai", "whisper-1").unit_cost(0, 1) == 100_000
+    # A price of one's own, and one that rounds: never below the bill.
+    mine = ModelPrice(input_per_mtok=0, output_per_mtok=0, input_per_mchar=16, audio_per_hour=1)
+    assert mine.compile().cost(Usage(input_characters=3, audio_seconds=1)) == 48_000 + 277_778
+    with pytest.raises(KavachConfigError, match="per hour of audio"):
+        ModelPrice(input_per_mtok=0, output_per_mtok=0, audio_per_hour=-0.36)
+    with pytest.raises(KavachConfigError, match="per million characters"):
+        ModelPrice(input_per_mtok=0, output_per_mtok=0, input_per_mchar=math.inf)
+
+
 def test_model_price_rejects_bad_rates() -> None:
     with pytest.raises(KavachConfigError, match="input_per_mtok"):
         ModelPrice(input_per_mtok=-1.0, output_per_mtok=1.0)

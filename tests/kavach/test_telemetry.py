@@ -142,10 +142,19 @@ def test_the_price_tier_and_search_counts_are_on_the_span_when_they_apply(otel: 
         r.commit(Usage(input_tokens=100, output_tokens=10, web_searches=2, file_searches=1))
     with guard.reserve(dataclasses.replace(priority, price_variant=())) as r:
         r.commit(Usage(input_tokens=100, output_tokens=10))
-    tiered, standard = (dict(span.attributes or {}) for span in otel.finished())
+    speech = CallSpec(
+        provider="openai", model="tts-1", input_tokens=0, max_output_tokens=0, fixed_output=True
+    )
+    with guard.reserve(dataclasses.replace(speech, input_characters=40)) as r:
+        r.commit(Usage(input_characters=40))
+    with guard.reserve(dataclasses.replace(speech, model="whisper-1", audio_seconds=9)) as r:
+        r.commit(Usage(audio_seconds=9))
+    tiered, standard, spoken, heard = (dict(span.attributes or {}) for span in otel.finished())
     assert tiered[Attr.PRICE_TIER] == "priority"
     assert tiered[Attr.WEB_SEARCHES] == 2 and tiered[Attr.FILE_SEARCHES] == 1
     assert not {Attr.PRICE_TIER, Attr.WEB_SEARCHES, Attr.FILE_SEARCHES} & standard.keys()
+    assert spoken[Attr.INPUT_CHARACTERS] == 40 and heard[Attr.AUDIO_SECONDS] == 9
+    assert Attr.AUDIO_SECONDS not in spoken and Attr.INPUT_CHARACTERS not in standard
 
 
 def test_a_refused_call_is_an_error_span_with_the_reason(otel: Otel) -> None:

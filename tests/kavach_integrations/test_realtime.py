@@ -515,13 +515,13 @@ def test_speech_is_not_held_for_transcription_the_session_does_not_ask_for(
     sockets: SocketServer,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    # Off (the default, or turned off again), nothing is held; whisper-1, priced by the
-    # minute, is let through and said not to be counted.
+    # Off (the default, or turned off again), nothing is held; a model with no price the
+    # guard knows is let through and said not to be counted.
     sockets.script = on_commit(lambda: committed("item_1")[:1])
     guard = make_guard(budget=Budget.daily(1))
     with caplog.at_level(logging.WARNING, logger="kavach"):
         with client(sockets, guard).realtime.connect(model=MODEL) as connection:
-            for setting in (transcribing(None), transcribing("whisper-1")):
+            for setting in (transcribing(None), transcribing("acme-asr-1")):
                 connection.session.update(session=setting)
                 connection.input_audio_buffer.append(audio=speech(1))
                 connection.input_audio_buffer.commit()
@@ -531,6 +531,30 @@ def test_speech_is_not_held_for_transcription_the_session_does_not_ask_for(
     warned = [r.getMessage() for r in caplog.records if "cannot meter" in r.getMessage()]
     assert len(warned) == 1 and "transcription" in warned[0]
     assert "counts as a call" not in warned[0]  # the server started it: nothing to refuse
+
+
+def test_whisper_transcriptions_are_held_and_settled_by_the_second(
+    make_guard: Any, events: Events, sockets: SocketServer
+) -> None:
+    # whisper-1 is billed $0.006 a minute of speech: 100,000 nano-dollars a second.
+    def turn() -> list[dict[str, Any]]:
+        ended = committed("item_w")
+        ended[1]["usage"] = {"type": "duration", "seconds": 2.4}  # as whisper-1 reports it
+        return ended
+
+    sockets.script = on_commit(turn)
+    guard = make_guard(budget=Budget.daily(1))
+    with client(sockets, guard).realtime.connect(model=MODEL) as connection:
+        connection.session.update(session=transcribing("whisper-1"))
+        connection.input_audio_buffer.append(audio=speech(2.5))
+        connection.input_audio_buffer.commit()
+        events_until(connection, "input_audio_buffer.committed")
+        assert guard.status()[0].reserved == 3 * 100_000  # 2.5 s, held to the second above
+        events_until(connection, "conversation.item.input_audio_transcription.completed")
+    [event] = events.calls
+    assert (event.operation, event.model, event.status) == ("transcription", "whisper-1", "ok")
+    assert event.usage.audio_seconds == 2 and event.cost_nanos == 2 * 100_000
+    assert spent(guard) == 200_000 and guard.status()[0].reserved == 0
 
 
 def test_async_sessions_hold_and_settle_transcriptions(
@@ -556,3 +580,30 @@ def test_async_sessions_hold_and_settle_transcriptions(
         ("transcription", TRANSCRIPTION_COST)
     ]
     assert guard.status()[0].reserved == 0
+
+
+def test_a_long_conversation_is_not_taken_for_a_loop(
+    make_guard: Any, events: Events, sockets: SocketServer
+) -> None:
+    # Every turn of a voice conversation sends the same settings and new speech: the
+    # conversation grows, so no two responses (or transcriptions) are the same request.
+    turns = itertools.count(1)
+
+    def script(message: dict[str, Any]) -> list[dict[str, Any]]:
+        if message["type"] == "input_audio_buffer.commit":
+            return committed(f"item_{next(turns)}") + response()
+        return response() if message["type"] == "response.create" else []
+
+    sockets.script = script
+    guard = make_guard(budget=Budget.daily(5), detect_loops=True, loop_threshold=3)
+    with client(sockets, guard).realtime.connect(model=MODEL) as connection:
+        connection.session.update(session=transcribing())
+        for _ in range(6):  # voice activity detection: the server answers each turn
+            connection.input_audio_buffer.append(audio=speech(1))
+            connection.input_audio_buffer.commit()
+            until_done(connection)
+        for _ in range(6):  # and the client asks for responses itself
+            connection.response.create(response={"max_output_tokens": 400})
+            until_done(connection)
+    assert [e.status for e in events.calls] == ["ok"] * 18
+    assert not guard.killed

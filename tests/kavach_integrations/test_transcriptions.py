@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import warnings
 import wave
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -15,7 +16,7 @@ import openai
 import pytest
 
 from kavach import AgentKavach, AgentKilledError, Budget
-from kavach.errors import BudgetExceededError
+from kavach.errors import BudgetExceededError, LoopDetectedError
 from kavach_integrations import _openai_audio
 
 from .conftest import Events, spent
@@ -54,6 +55,8 @@ class Server:
         self.guard = guard
         self.uploads: list[bytes] = []
         self.held: list[int] = []  # what the guard held while each request was on its way
+        self.whisper: dict[str, Any] | None = {"type": "duration", "seconds": 1}
+        """The usage whisper-1's JSON answers report (None: none)."""
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         body = request.read()
@@ -68,6 +71,13 @@ class Server:
             return httpx.Response(200, text=sse, headers={"content-type": "text/event-stream"})
         if b'name="response_format"\r\n\r\ntext' in body:
             return httpx.Response(200, text=TEXT, headers={"content-type": "text/plain"})
+        if b'name="model"\r\n\r\nwhisper-1' in body:
+            answer: dict[str, Any] = {"text": TEXT}
+            if b'name="response_format"\r\n\r\nverbose_json' in body:
+                answer |= {"task": "transcribe", "language": "english", "duration": 12.2}
+            if self.whisper is not None:
+                answer["usage"] = self.whisper
+            return httpx.Response(200, json=answer)
         return httpx.Response(200, json={"text": TEXT, "usage": USAGE})
 
 
@@ -187,7 +197,7 @@ def test_a_file_object_is_measured_and_left_where_it_stood(
 def test_what_the_guard_cannot_hold_goes_through_is_stopped_and_said_not_counted(
     make_guard: Any, events: Events, client: Connect, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # whisper-1 is billed by the minute; a stream that cannot seek cannot be read first.
+    # A stream that cannot seek cannot be read first.
     class Pipe(io.RawIOBase):
         def __init__(self, data: bytes) -> None:
             self._data = io.BytesIO(data)
@@ -202,8 +212,8 @@ def test_what_the_guard_cannot_hold_goes_through_is_stopped_and_said_not_counted
     guard = make_guard(budget=Budget.daily(1))
     c, server = client(guard)
     with caplog.at_level(logging.WARNING, logger="kavach"):
-        c.audio.transcriptions.create(model="whisper-1", file=("call.wav", wav(5)))
         c.audio.transcriptions.create(model=MODEL, file=Pipe(wav(5)))
+        c.audio.transcriptions.create(model="whisper-1", file=Pipe(wav(5)))
     assert len(server.uploads) == 2 and server.held == [0, 0]
     assert events.calls == []
     assert any(
@@ -212,8 +222,76 @@ def test_what_the_guard_cannot_hold_goes_through_is_stopped_and_said_not_counted
     )
     guard.kill("stop")
     with pytest.raises(AgentKilledError):
-        c.audio.transcriptions.create(model="whisper-1", file=("call.wav", wav(5)))
+        c.audio.transcriptions.create(model=MODEL, file=Pipe(wav(5)))
     assert len(server.uploads) == 2
+
+
+def test_different_recordings_are_not_a_loop_and_the_same_one_again_is(
+    make_guard: Any, client: Connect
+) -> None:
+    # Transcriptions with one model and no prompt differ only in the audio they upload.
+    guard = make_guard(budget=Budget.daily(1), detect_loops=True, loop_threshold=3)
+    c, server = client(guard)
+    for seconds in (1, 2, 3, 4):
+        c.audio.transcriptions.create(model=MODEL, file=("call.wav", wav(seconds)))
+    c.audio.transcriptions.create(model=MODEL, file=("call.wav", wav(1)))
+    with pytest.raises(LoopDetectedError):
+        c.audio.transcriptions.create(model=MODEL, file=("call.wav", wav(1)))
+    assert len(server.uploads) == 5
+
+
+# -- whisper-1: billed by the second ($0.006 a minute: 100,000 nano-dollars a second) ---------
+
+SECOND = 100_000
+
+
+def test_whisper_is_held_for_the_seconds_uploaded_and_settled_at_those_it_reports(
+    make_guard: Any, events: Events, client: Connect
+) -> None:
+    guard = make_guard(budget=Budget.daily(1))
+    c, server = client(guard)
+    server.whisper = {"type": "duration", "seconds": 29.6}  # as the API reports whisper-1's
+    result = c.audio.transcriptions.create(model="whisper-1", file=("call.wav", wav(29.55)))
+    assert result.text == TEXT
+    assert server.held == [30 * SECOND]  # 29.55 s, held to the second above
+    [event] = events.calls
+    assert (event.operation, event.model, event.status) == ("transcription", "whisper-1", "ok")
+    assert event.usage.audio_seconds == 30 and event.cost_nanos == 30 * SECOND
+    assert event.usage.input_tokens == 0  # seconds, not tokens
+    assert spent(guard) == 30 * SECOND and guard.status()[0].reserved == 0
+
+
+def test_whisper_without_usage_is_settled_at_its_duration_else_as_held(
+    make_guard: Any, events: Events, client: Connect
+) -> None:
+    guard = make_guard(budget=Budget.daily(1))
+    c, server = client(guard)
+    server.whisper = None  # an answer with no usage: verbose_json's duration, or nothing
+    c.audio.transcriptions.create(
+        model="whisper-1", file=("a.wav", wav(12)), response_format="verbose_json"
+    )
+    with warnings.catch_warnings():  # openai 3.x marks translations deprecated
+        warnings.simplefilter("ignore", DeprecationWarning)
+        c.audio.translations.create(
+            model="whisper-1", file=("b.wav", wav(8.2)), response_format="text"
+        )
+    assert [(e.operation, e.usage.audio_seconds, e.cost_nanos) for e in events.calls] == [
+        ("transcription", 12, 12 * SECOND),  # the duration it reports
+        ("translation", 9, 9 * SECOND),  # a text answer: as held
+    ]
+    assert spent(guard) == 21 * SECOND
+
+
+def test_whisper_the_budget_cannot_pay_for_is_refused_before_it_is_sent(
+    make_guard: Any, events: Events, client: Connect
+) -> None:
+    guard = make_guard(budget=Budget.daily(0.05))  # $0.05: 500 s of whisper-1
+    c, server = client(guard)
+    with pytest.raises(BudgetExceededError), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # openai 3.x: translations
+        c.audio.translations.create(model="whisper-1", file=("long.wav", wav(600)))
+    assert server.uploads == []
+    assert events.calls[-1].status == "refused" and events.calls[-1].operation == "translation"
 
 
 @pytest.mark.anyio

@@ -127,12 +127,12 @@ async def test_async_openai_audio_stops_with_the_agent(make_guard: Any) -> None:
     client = guard.wrap(
         openai.AsyncOpenAI(api_key="k", base_url="http://mock/v1", http_client=http)
     )
-    speech = await client.audio.speech.create(model="tts-1", voice="alloy", input="Hello")
+    speech = await client.audio.speech.create(model="gpt-4o-mini-tts", voice="alloy", input="Hello")
     assert speech.content == b"ID3audio"
 
     guard.kill("stop")
     with pytest.raises(AgentKilledError):
-        await client.audio.speech.create(model="tts-1", voice="alloy", input="Hello")
+        await client.audio.speech.create(model="gpt-4o-mini-tts", voice="alloy", input="Hello")
     assert len(seen) == 1
     await http.aclose()
 
@@ -464,7 +464,7 @@ async def test_refuse_mode_refuses_async_unmetered_calls(make_guard: Any) -> Non
         openai.AsyncOpenAI(api_key="k", base_url="http://mock/v1", http_client=http)
     )
     with pytest.raises(UnmeteredCallError, match="speech"):
-        await client.audio.speech.create(model="tts-1", voice="alloy", input="Hello")
+        await client.audio.speech.create(model="gpt-4o-mini-tts", voice="alloy", input="Hello")
     assert seen == []
     await http.aclose()
 
