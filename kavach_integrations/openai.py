@@ -296,7 +296,13 @@ def read_response(body: Mapping[str, Any]) -> CallSpec:
         price_variant=price_variant("service_tier", body.get("service_tier")),
         max_searches=_max_searches(body),
         context_tokens=_stored_context(body),
+        # "continue" after one response is not the same request as after another.
+        request_key=_continued(body) if _continues(body) else None,
     )
+
+
+def _continues(body: Mapping[str, Any]) -> bool:
+    return body.get("previous_response_id") is not None or body.get("conversation") is not None
 
 
 # What each response this process saw answered left in its conversation (input and visible

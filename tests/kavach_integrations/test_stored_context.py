@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from kavach import Budget, BudgetExceededError
+from kavach import Budget, BudgetExceededError, LoopDetectedError
 from kavach._devtools.standin import Reply, StandIn
 from kavach_integrations import openai as adapter
 
@@ -219,3 +219,25 @@ async def test_a_call_cancelled_while_its_context_is_looked_up_holds_nothing(
     await raw.close()
     assert not [w for w in caught if "never awaited" in str(w.message)]
     assert guard.ledger.open_holds == 0 and guard.status()[0].spent == 0
+
+
+def test_the_same_words_continuing_different_turns_are_not_a_loop(
+    server: StandIn, make_guard: Any
+) -> None:
+    # "continue", six times, each after the response before: six turns of one conversation.
+    guard = make_guard(budget=Budget.daily(1), detect_loops=True, loop_threshold=3)
+    client = guarded_openai(server, guard)
+    previous = None
+    for _ in range(6):
+        kwargs: dict[str, Any] = {} if previous is None else {"previous_response_id": previous}
+        answer = client.responses.create(
+            model="gpt-4o", input=[{"role": "user", "content": "continue"}], **kwargs
+        )
+        previous = answer.id
+    assert len(server.requests) == 6
+    # The same turn asked for again and again is a loop.
+    for _ in range(2):
+        client.responses.create(model="gpt-4o", input="continue", previous_response_id=previous)
+    with pytest.raises(LoopDetectedError):
+        client.responses.create(model="gpt-4o", input="continue", previous_response_id=previous)
+    assert len(server.requests) == 8
