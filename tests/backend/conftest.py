@@ -143,7 +143,7 @@ class Account:
         )
 
 
-def _auth_post(client: httpx.Client, path: str, body: dict[str, Any]) -> httpx.Response:
+def auth_post(client: httpx.Client, path: str, body: dict[str, Any]) -> httpx.Response:
     """A sign-up or sign-in of the fixtures, waiting out the per-address auth rate limit
     (every test signs in from 127.0.0.1, and the tests of that limit use it up on purpose)."""
     for _ in range(10):
@@ -158,14 +158,14 @@ def register(base_url: str, org: str | None = None) -> Account:
     email = f"u{uuid.uuid4().hex[:10]}@example.com"
     password = "correct horse battery staple"
     with httpx.Client(base_url=base_url, timeout=30) as anon:
-        response = _auth_post(
+        response = auth_post(
             anon,
             "/v1/auth/register",
             {"email": email, "password": password, "organization": org or email},
         )
         assert response.status_code == 201, response.text
         org_id = response.json()["organization"]["id"]
-        login = _auth_post(anon, "/v1/auth/login", {"email": email, "password": password})
+        login = auth_post(anon, "/v1/auth/login", {"email": email, "password": password})
         assert login.status_code == 200, login.text
         token = login.json()["access_token"]
     client = httpx.Client(
