@@ -131,10 +131,10 @@ def _read(content: Any) -> bytes | None:
     return data if isinstance(data, bytes) else None
 
 
-def upload_speech(files: Any) -> int | None:
-    """Audio tokens of the speech a transcription request uploads, or None if unreadable."""
-    data = _read(_upload(files))
-    return None if data is None else speech_tokens(data)
+def uploaded(files: Any) -> bytes | None:
+    """The audio file a transcription or translation request uploads, or None when it
+    cannot be read without consuming it."""
+    return _read(_upload(files))
 
 
 def speech_tokens(data: bytes) -> int:
@@ -206,7 +206,7 @@ def choose_transcription(body: Mapping[str, Any], files: Any) -> Endpoint | Unme
     second whose upload the guard can read."""
     model = body.get("model")
     if is_token_priced(model):
-        data = _read(_upload(files))
+        data = uploaded(files)
         if data is None:
             return UNMETERED
         return transcription_endpoint(speech_tokens(data), hash(data))
@@ -232,25 +232,34 @@ def is_priced_by_the_second(model: Any) -> bool:
 def _by_the_second(body: Mapping[str, Any], files: Any, operation: str) -> Endpoint | None:
     if not is_priced_by_the_second(body.get("model")):
         return None
-    data = _read(_upload(files))
+    data = uploaded(files)
     if data is None:
         return None
     return seconds_endpoint(operation, math.ceil(_media.audio_length(data, "")), hash(data))
 
 
-def seconds_spec(
-    model: Any, prompt: Any, operation: str, seconds: int, key: object = None
+def unit_spec(
+    model: Any,
+    prompt: Any,
+    operation: str,
+    *,
+    characters: int = 0,
+    seconds: int = 0,
+    key: object = None,
 ) -> CallSpec:
-    """A request billed for ``seconds`` of audio (whose content is ``key``) by ``model``."""
+    """A request ``model`` bills by the unit, not the token: ``characters`` of input text
+    (tts-1) or ``seconds`` of audio (whisper-1, whose content is ``key``). Held at exactly
+    that, with no output to limit."""
     return CallSpec(
         provider=PROVIDER,
         model=str(model or ""),
         operation=operation,
         prompt=prompt if isinstance(prompt, str) else None,
-        input_tokens=0,  # billed by the second, not the token
+        input_tokens=0,
         max_output_tokens=0,
         text_output=True,
         fixed_output=True,
+        input_characters=characters,
         audio_seconds=seconds,
         request_key=key,
     )
@@ -274,7 +283,7 @@ def seconds_endpoint(operation: str, seconds: int, key: object = None) -> Endpoi
     ``key``): held for them, settled at the seconds the answer reports, else as held."""
 
     def read(body: Mapping[str, Any]) -> CallSpec:
-        return seconds_spec(body.get("model"), body.get("prompt"), operation, seconds, key)
+        return unit_spec(body.get("model"), body.get("prompt"), operation, seconds=seconds, key=key)
 
     def outcome(response: Any) -> Outcome:
         billed = billed_seconds(response)
@@ -307,18 +316,7 @@ def characters_endpoint(characters: int) -> Endpoint:
     (the answer is the audio, and reports nothing)."""
 
     def read(body: Mapping[str, Any]) -> CallSpec:
-        text = body.get("input")
-        return CallSpec(
-            provider=PROVIDER,
-            model=str(body.get("model") or ""),
-            operation="speech",
-            prompt=text if isinstance(text, str) else None,
-            input_tokens=0,  # billed by the character, not the token
-            max_output_tokens=0,
-            text_output=True,
-            fixed_output=True,
-            input_characters=characters,
-        )
+        return unit_spec(body.get("model"), body.get("input"), "speech", characters=characters)
 
     return Endpoint(
         operation="speech",

@@ -48,10 +48,10 @@ from kavach_integrations._openai_audio import (
     billed_seconds,
     is_priced_by_the_second,
     reports_tokens,
-    seconds_spec,
     transcript_bound,
     transcription_spec,
     transcription_usage,
+    unit_spec,
 )
 from kavach_integrations._provider import Body, Endpoint, TokenCounter, field, tool_signature
 from kavach_integrations._sockets import Aside, Event, SocketProtocol
@@ -325,7 +325,7 @@ def _read_transcription(body: Mapping[str, Any]) -> CallSpec:
     model, prompt, speech = body.get("model"), body.get("prompt"), body.get("audio_tokens", 0)
     key = body.get("item_id")  # the turn of speech: each is new
     if is_priced_by_the_second(model):  # whisper-1
-        return seconds_spec(model, prompt, "transcription", _seconds(speech), key)
+        return unit_spec(model, prompt, "transcription", seconds=_seconds(speech), key=key)
     return transcription_spec(model, prompt, speech, key)
 
 

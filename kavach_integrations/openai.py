@@ -285,6 +285,7 @@ def read_response(body: Mapping[str, Any]) -> CallSpec:
     source = body.get("input")
     if isinstance(source, str):  # billed as one user message, with the chat overhead
         source = [{"role": "user", "content": source}]
+    continued = _continued(body)
     return CallSpec(
         provider=PROVIDER,
         model=str(body.get("model", "")),
@@ -297,12 +298,8 @@ def read_response(body: Mapping[str, Any]) -> CallSpec:
         max_searches=_max_searches(body),
         context_tokens=_stored_context(body),
         # "continue" after one response is not the same request as after another.
-        request_key=_continued(body) if _continues(body) else None,
+        request_key=continued if any(continued) else None,
     )
-
-
-def _continues(body: Mapping[str, Any]) -> bool:
-    return body.get("previous_response_id") is not None or body.get("conversation") is not None
 
 
 # What each response this process saw answered left in its conversation (input and visible
