@@ -8,6 +8,7 @@ import gzip
 import json
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -411,15 +412,37 @@ def test_one_id_for_two_different_events_in_a_batch_is_400(account: Account) -> 
         assert (same.json()["accepted"], same.json()["duplicates"]) == (1, 1)
 
 
+def reported_run(
+    server: LiveServer,
+    account: Account,
+    tmp_path: Path,
+    agent: str,
+    calls: list[tuple[CallSpec, Usage]],
+) -> tuple[AgentKavach, list[dict[str, Any]]]:
+    """Make ``calls`` (each held, then settled at its usage) in one run through a guard of
+    ``agent`` that reports to the backend with a key of ``account``, as a guard with a
+    backend key does: the guard, and the run's events as the backend stores them."""
+    guard = AgentKavach(agent, Budget.daily(10))
+    api = BackendAPI(BackendConfig(api_key=account.new_key(), endpoint=server.url))
+    reporter = Reporter(api, spool_root=tmp_path / "spool", flush_interval=0.01)
+    guard.add_observer(reporter)
+    try:
+        for spec, usage in calls:
+            with guard.reserve(spec) as r:
+                r.commit(usage)
+        assert reporter.flush(timeout=30)
+    finally:
+        reporter.close()
+    [stored_run] = account.client.get(f"/v1/agents/{agent}/runs").json()
+    events: list[dict[str, Any]] = account.client.get(f"/v1/runs/{stored_run['id']}/events").json()
+    return guard, events
+
+
 def test_a_calls_price_tier_and_searches_reach_its_run_timeline(
     server: LiveServer, account: Account, tmp_path: Path
 ) -> None:
     # A priority-tier call that searched the web twice, then a standard call, as a guard
     # with a backend key reports them: the timeline says why the first cost more.
-    guard = AgentKavach("search-bot", Budget.daily(10))
-    api = BackendAPI(BackendConfig(api_key=account.new_key(), endpoint=server.url))
-    reporter = Reporter(api, spool_root=tmp_path / "spool", flush_interval=0.01)
-    guard.add_observer(reporter)
     run = f"run-{uuid.uuid4().hex[:6]}"
     priority = CallSpec(
         provider="openai",
@@ -429,16 +452,19 @@ def test_a_calls_price_tier_and_searches_reach_its_run_timeline(
         run_id=run,
         price_variant=(("service_tier", "priority"),),
     )
-    try:
-        with guard.reserve(priority) as r:
-            r.commit(Usage(input_tokens=500, output_tokens=50, web_searches=2))
-        with guard.reserve(dataclasses.replace(priority, price_variant=())) as r:
-            r.commit(Usage(input_tokens=500, output_tokens=50))
-        assert reporter.flush(timeout=30)
-    finally:
-        reporter.close()
-    [stored_run] = account.client.get("/v1/agents/search-bot/runs").json()
-    events = account.client.get(f"/v1/runs/{stored_run['id']}/events").json()
+    guard, events = reported_run(
+        server,
+        account,
+        tmp_path,
+        "search-bot",
+        [
+            (priority, Usage(input_tokens=500, output_tokens=50, web_searches=2)),
+            (
+                dataclasses.replace(priority, price_variant=()),
+                Usage(input_tokens=500, output_tokens=50),
+            ),
+        ],
+    )
     tiered, standard = events
     assert tiered["details"]["price_tier"] == "priority"
     assert tiered["details"]["web_searches"] == 2 and tiered["details"]["file_searches"] == 0
@@ -452,10 +478,6 @@ def test_speech_and_whisper_calls_a_guard_reports_show_what_they_were_billed_for
     server: LiveServer, account: Account, tmp_path: Path
 ) -> None:
     # Through the SDK's reporter: tts-1 priced by the character, whisper-1 by the second.
-    guard = AgentKavach("voice-bot", Budget.daily(10))
-    api = BackendAPI(BackendConfig(api_key=account.new_key(), endpoint=server.url))
-    reporter = Reporter(api, spool_root=tmp_path / "spool", flush_interval=0.01)
-    guard.add_observer(reporter)
     run = f"run-{uuid.uuid4().hex[:6]}"
     speech = CallSpec(
         provider="openai",
@@ -470,16 +492,13 @@ def test_speech_and_whisper_calls_a_guard_reports_show_what_they_were_billed_for
     whisper = dataclasses.replace(
         speech, model="whisper-1", operation="transcription", input_characters=0, audio_seconds=30
     )
-    try:
-        with guard.reserve(speech) as r:
-            r.commit(Usage(input_characters=972))
-        with guard.reserve(whisper) as r:
-            r.commit(Usage(audio_seconds=30))
-        assert reporter.flush(timeout=30)
-    finally:
-        reporter.close()
-    [stored_run] = account.client.get("/v1/agents/voice-bot/runs").json()
-    spoken, heard = account.client.get(f"/v1/runs/{stored_run['id']}/events").json()
+    guard, (spoken, heard) = reported_run(
+        server,
+        account,
+        tmp_path,
+        "voice-bot",
+        [(speech, Usage(input_characters=972)), (whisper, Usage(audio_seconds=30))],
+    )
     assert spoken["details"]["input_characters"] == 972
     assert spoken["cost_nanos"] == 972 * 15_000  # $15 per million characters
     assert heard["details"]["audio_seconds"] == 30

@@ -96,6 +96,47 @@ def guarded_openai(server: StandIn, guard: AgentKavach) -> Any:
     return guard.wrap(opened(client))
 
 
+def sdk_httpx() -> Any:
+    """The HTTP library the installed openai SDK is built on: httpx2 for openai 3.x, else
+    httpx (its requests and responses are that library's types)."""
+    import openai
+
+    if int(openai.__version__.split(".")[0]) >= 3:
+        import httpx2
+
+        return httpx2
+    import httpx
+
+    return httpx
+
+
+def mocked_openai(guard: AgentKavach, answer: Callable[[Any], Any]) -> Any:
+    """A guarded OpenAI client whose requests ``answer`` answers, over a mock transport of
+    the SDK's own HTTP library; closed when the test ends."""
+    import openai
+
+    httpx = sdk_httpx()
+    http = httpx.Client(transport=httpx.MockTransport(answer))
+    raw = openai.OpenAI(api_key="k", base_url="http://mock/v1", http_client=http, max_retries=0)
+    return guard.wrap(opened(raw))
+
+
+def amocked_openai(guard: AgentKavach, answer: Callable[[Any], Any]) -> tuple[Any, Any]:
+    """``mocked_openai`` for an async client, whose request bodies are read before
+    ``answer`` sees them: the client, and its HTTP client to ``aclose``."""
+    import openai
+
+    httpx = sdk_httpx()
+
+    async def handle(request: Any) -> Any:
+        await request.aread()
+        return answer(request)
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(handle))
+    raw = openai.AsyncOpenAI(api_key="k", base_url="http://mock/v1", http_client=http)
+    return guard.wrap(raw), http
+
+
 def guarded_anthropic(server: StandIn, guard: AgentKavach) -> Any:
     import anthropic
 

@@ -6,21 +6,17 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-import openai
 import pytest
 
 from kavach import AgentKavach, Budget
 from kavach.errors import BudgetExceededError
 
-from .conftest import Events, spent
+from .conftest import Events, amocked_openai, mocked_openai, sdk_httpx, spent
 
-if int(openai.__version__.split(".")[0]) >= 3:
-    import httpx2 as httpx
-else:
-    import httpx  # type: ignore[no-redef]
+httpx = sdk_httpx()
 
 AUDIO = b"ID3" + bytes(range(256)) * 400  # 100 KB of "MP3"
 TEXT = "The quarterly report is ready. Revenue grew four percent over the last quarter. " * 12
@@ -45,19 +41,14 @@ Connect = Callable[[AgentKavach], tuple[Any, Server]]
 
 
 @pytest.fixture
-def client() -> Iterator[Connect]:
-    opened: list[Any] = []
+def client() -> Connect:
+    """A guarded client on a mock server, and the server; closed after the test."""
 
     def connect(guard: AgentKavach) -> tuple[Any, Server]:
         server = Server(guard)
-        http = httpx.Client(transport=httpx.MockTransport(server))
-        opened.append(http)
-        raw = openai.OpenAI(api_key="k", base_url="http://mock/v1", http_client=http, max_retries=0)
-        return guard.wrap(raw), server
+        return mocked_openai(guard, server), server
 
-    yield connect
-    for http in opened:
-        http.close()
+    return connect
 
 
 def test_speech_is_held_and_settled_at_its_characters(
@@ -135,13 +126,7 @@ def test_token_billed_speech_is_let_through_and_said_not_counted(
 async def test_async_speech_is_held_and_settled(make_guard: Any, events: Events) -> None:
     guard = make_guard(budget=Budget.daily(1))
     server = Server(guard)
-
-    async def handle(request: httpx.Request) -> httpx.Response:
-        await request.aread()
-        return server(request)
-
-    http = httpx.AsyncClient(transport=httpx.MockTransport(handle))
-    c = guard.wrap(openai.AsyncOpenAI(api_key="k", base_url="http://mock/v1", http_client=http))
+    c, http = amocked_openai(guard, server)
     speech = await c.audio.speech.create(model="tts-1", voice="alloy", input=TEXT)
     assert speech.content == AUDIO
     async with c.audio.speech.with_streaming_response.create(

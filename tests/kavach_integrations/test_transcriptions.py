@@ -9,22 +9,18 @@ import json
 import logging
 import warnings
 import wave
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-import openai
 import pytest
 
 from kavach import AgentKavach, AgentKilledError, Budget
 from kavach.errors import BudgetExceededError, LoopDetectedError
 from kavach_integrations import _openai_audio
 
-from .conftest import Events, spent
+from .conftest import Events, amocked_openai, mocked_openai, sdk_httpx, spent
 
-if int(openai.__version__.split(".")[0]) >= 3:
-    import httpx2 as httpx
-else:
-    import httpx  # type: ignore[no-redef]
+httpx = sdk_httpx()
 
 MODEL = "gpt-4o-transcribe"  # $6 per million audio tokens in, $2.50 text in, $10 out
 USAGE = {
@@ -85,20 +81,14 @@ Connect = Callable[[AgentKavach], tuple[Any, Server]]
 
 
 @pytest.fixture
-def client() -> Iterator[Connect]:
+def client() -> Connect:
     """A guarded client on a mock server, and the server; closed after the test."""
-    opened: list[Any] = []
 
     def connect(guard: AgentKavach) -> tuple[Any, Server]:
         server = Server(guard)
-        http = httpx.Client(transport=httpx.MockTransport(server))
-        opened.append(http)
-        raw = openai.OpenAI(api_key="k", base_url="http://mock/v1", http_client=http, max_retries=0)
-        return guard.wrap(raw), server
+        return mocked_openai(guard, server), server
 
-    yield connect
-    for http in opened:
-        http.close()
+    return connect
 
 
 def test_a_transcription_is_held_for_its_speech_and_settled_at_its_usage(
@@ -188,10 +178,10 @@ def test_a_file_object_is_measured_and_left_where_it_stood(
     assert server.held == [601 * 6_000 + 316 * 10_000]
     # httpx rewinds what it sends; a reader that does not is given the file where it was.
     upload.seek(0)
-    assert _openai_audio.upload_speech([("file", upload)]) == 601
+    assert _openai_audio.uploaded([("file", upload)]) == audio
     assert upload.tell() == 0
     upload.close()  # one that cannot be read is not measured; the SDK reports it
-    assert _openai_audio.upload_speech([("file", upload)]) is None
+    assert _openai_audio.uploaded([("file", upload)]) is None
 
 
 def test_what_the_guard_cannot_hold_goes_through_is_stopped_and_said_not_counted(
@@ -298,13 +288,7 @@ def test_whisper_the_budget_cannot_pay_for_is_refused_before_it_is_sent(
 async def test_async_transcriptions_are_held_and_settled(make_guard: Any, events: Events) -> None:
     guard = make_guard(budget=Budget.daily(1))
     server = Server(guard)
-
-    async def handle(request: httpx.Request) -> httpx.Response:
-        await request.aread()
-        return server(request)
-
-    http = httpx.AsyncClient(transport=httpx.MockTransport(handle))
-    c = guard.wrap(openai.AsyncOpenAI(api_key="k", base_url="http://mock/v1", http_client=http))
+    c, http = amocked_openai(guard, server)
     await c.audio.transcriptions.create(model=MODEL, file=("call.wav", wav(30)))
     await http.aclose()
     assert server.held == [601 * 6_000 + 316 * 10_000]

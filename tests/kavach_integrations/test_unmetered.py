@@ -38,7 +38,7 @@ from kavach._devtools.standin import StandIn
 from kavach.config import guards_from_yaml
 from kavach.ledger.memory import MemoryLedger
 
-from .conftest import Events, guarded_gemini
+from .conftest import Events, amocked_openai, guarded_gemini
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:Inheritance class AiohttpClientSession:DeprecationWarning"
@@ -70,6 +70,14 @@ def _images_transport(seen: list[httpx.Request]) -> httpx.MockTransport:
         return httpx.Response(200, json={"created": 0, "data": [{"url": "https://img/1.png"}]})
 
     return httpx.MockTransport(handle)
+
+
+def _audio_answer(seen: list[httpx.Request]) -> Callable[[httpx.Request], httpx.Response]:
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, content=b"ID3audio", headers={"content-type": "audio/mpeg"})
+
+    return answer
 
 
 def test_openai_image_generation_goes_through_and_warns_once(
@@ -118,15 +126,7 @@ def test_openai_image_generation_stops_with_the_agent(make_guard: Any, events: E
 async def test_async_openai_audio_stops_with_the_agent(make_guard: Any) -> None:
     guard = make_guard(budget=Budget.daily(1))
     seen: list[httpx.Request] = []
-
-    async def handle(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        return httpx.Response(200, content=b"ID3audio", headers={"content-type": "audio/mpeg"})
-
-    http = httpx.AsyncClient(transport=httpx.MockTransport(handle))
-    client = guard.wrap(
-        openai.AsyncOpenAI(api_key="k", base_url="http://mock/v1", http_client=http)
-    )
+    client, http = amocked_openai(guard, _audio_answer(seen))
     speech = await client.audio.speech.create(model="gpt-4o-mini-tts", voice="alloy", input="Hello")
     assert speech.content == b"ID3audio"
 
@@ -454,15 +454,7 @@ def test_refuse_mode_refuses_unmetered_calls_before_any_request(
 async def test_refuse_mode_refuses_async_unmetered_calls(make_guard: Any) -> None:
     guard = make_guard(budget=Budget.daily(1), unmetered="refuse")
     seen: list[httpx.Request] = []
-
-    async def handle(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        return httpx.Response(200, content=b"ID3audio", headers={"content-type": "audio/mpeg"})
-
-    http = httpx.AsyncClient(transport=httpx.MockTransport(handle))
-    client = guard.wrap(
-        openai.AsyncOpenAI(api_key="k", base_url="http://mock/v1", http_client=http)
-    )
+    client, http = amocked_openai(guard, _audio_answer(seen))
     with pytest.raises(UnmeteredCallError, match="speech"):
         await client.audio.speech.create(model="gpt-4o-mini-tts", voice="alloy", input="Hello")
     assert seen == []
