@@ -714,34 +714,85 @@ class AgentKavach:
 
         ``refusable=False``: a call the provider started itself (a Realtime session's
         transcription of a turn), which can only be stopped with the agent: it is not
-        counted or refused, only warned about.
+        counted or refused, only warned about (with ``unmetered="refuse"``, the Realtime
+        wrapper refuses the ``session.update`` that turns such calls on instead).
         """
         if not self.enabled:
             return
-        self.check_stopped(spec)
-        if refusable:
-            run_id = spec.run_id or _current_run.get() or self._session_run
-            fingerprint = None
-            if self.guardrail_config.detect_loops and request is not None:
-                fingerprint = hash((spec.operation, spec.model, _content_hash(request)))
+        count = self._unmetered_count(spec, request, refusable)
+        if count is not None and count.plan is not None:
             try:
-                self.guardrails.check(run_id, fingerprint)
-            except GuardrailError as exc:
-                self._guardrail_tripped(spec, run_id, self._clock(), exc)
-                raise
-            try:
-                if self.unmetered == "refuse":
-                    raise UnmeteredCallError(
-                        self.agent_name, spec.provider, spec.operation, spec.model
-                    )
-                self._count_unmetered(spec, run_id)
+                self._count_unmetered(count.plan, count.run_id)
             except KavachError as exc:
-                self.guardrails.forget_request(run_id, fingerprint)
-                if isinstance(exc, GuardrailError):  # max_calls_per_run
-                    self._guardrail_tripped(spec, run_id, self._clock(), exc)
-                else:
-                    self._refused(spec, run_id, self._clock(), exc)
+                self._unmetered_refused(spec, count, exc)
                 raise
+        self._warn_unmetered(spec, refusable)
+
+    async def aadmit_unmetered(
+        self, spec: CallSpec, request: object = None, *, refusable: bool = True
+    ) -> None:
+        """``admit_unmetered`` for async code: the call is counted on a ledger that does
+        I/O (Redis) without blocking the event loop."""
+        if not self.enabled:
+            return
+        count = self._unmetered_count(spec, request, refusable)
+        if count is not None and count.plan is not None:
+            try:
+                if getattr(self.ledger, "in_process", False):  # no I/O: no coroutine
+                    self._count_unmetered(count.plan, count.run_id)
+                else:
+                    await self._acount_unmetered(count.plan, count.run_id)
+            except KavachError as exc:
+                self._unmetered_refused(spec, count, exc)
+                raise
+        self._warn_unmetered(spec, refusable)
+
+    def _unmetered_count(
+        self, spec: CallSpec, request: object, refusable: bool
+    ) -> _UnmeteredCount | None:
+        """Check an unmetered call (stopped agent, guardrails, ``unmetered="refuse"``) and
+        plan counting it: None for a call that is not counted (``refusable=False``)."""
+        self.check_stopped(spec)
+        if not refusable:
+            return None
+        run_id = spec.run_id or _current_run.get() or self._session_run
+        fingerprint = None
+        if self.guardrail_config.detect_loops and request is not None:
+            fingerprint = hash((spec.operation, spec.model, _content_hash(request)))
+        try:
+            self.guardrails.check(run_id, fingerprint)
+        except GuardrailError as exc:
+            self._guardrail_tripped(spec, run_id, self._clock(), exc)
+            raise
+        count = _UnmeteredCount(run_id, fingerprint, None)
+        try:
+            if self.unmetered == "refuse":
+                raise UnmeteredCallError(self.agent_name, spec.provider, spec.operation, spec.model)
+            slots = tuple(s for s in self._slots(run_id, self._clock()) if s.info.unit == "calls")
+            if slots:
+                count.plan = plan_call(
+                    slots=slots,
+                    guardrails=self.guardrail_config,
+                    price=_FREE,
+                    input_tokens=0,
+                    requested_max_output=0,
+                    mode="reserve",
+                    default_max_output=0,
+                    min_output=0,
+                )
+        except KavachError as exc:
+            self._unmetered_refused(spec, count, exc)
+            raise
+        return count
+
+    def _unmetered_refused(self, spec: CallSpec, count: _UnmeteredCount, exc: KavachError) -> None:
+        self.guardrails.forget_request(count.run_id, count.fingerprint)
+        if isinstance(exc, GuardrailError):  # max_calls_per_run
+            self._guardrail_tripped(spec, count.run_id, self._clock(), exc)
+        else:
+            self._refused(spec, count.run_id, self._clock(), exc)
+
+    def _warn_unmetered(self, spec: CallSpec, refusable: bool) -> None:
         kind = (spec.provider, spec.operation)
         if kind not in self._unmetered_seen:
             self._unmetered_seen.add(kind)
@@ -755,23 +806,9 @@ class AgentKavach:
                 " (unmetered='refuse' refuses such calls)" if refusable else "",
             )
 
-    def _count_unmetered(self, spec: CallSpec, run_id: str) -> None:
+    def _count_unmetered(self, plan: Plan, run_id: str) -> None:
         """Count an unmetered call on the ledger lines that count calls (a budget in calls,
         ``max_calls_per_run``): held and settled at one call, or refused when one is full."""
-        now = self._clock()
-        slots = tuple(s for s in self._slots(run_id, now) if s.info.unit == "calls")
-        if not slots:
-            return
-        plan = plan_call(
-            slots=slots,
-            guardrails=self.guardrail_config,
-            price=_FREE,
-            input_tokens=0,
-            requested_max_output=0,
-            mode="reserve",
-            default_max_output=0,
-            min_output=0,
-        )
         try:
             held = self.ledger.reserve(plan.lines, 0, 0)
         except KavachError:  # the ledger refused the request itself
@@ -784,6 +821,24 @@ class AgentKavach:
         try:
             after = self.ledger.settle(held, amounts)
         except Exception:  # the call goes ahead: count it here, as a settled call would
+            logger.exception("kavach: could not count an unmetered call on the ledger")
+            return
+        self._check_thresholds(plan, amounts, after)
+
+    async def _acount_unmetered(self, plan: Plan, run_id: str) -> None:
+        """``_count_unmetered``, awaiting the ledger."""
+        try:
+            held = await self.ledger.areserve(plan.lines, 0, 0)
+        except KavachError:
+            raise
+        except Exception as exc:
+            raise _ledger_unavailable(exc) from exc
+        if not isinstance(held, Hold):
+            raise refusal_error(plan, held, run_id, self.mode)
+        amounts = (1,) * len(plan.lines)
+        try:
+            after = await self.ledger.asettle(held, amounts)
+        except Exception:
             logger.exception("kavach: could not count an unmetered call on the ledger")
             return
         self._check_thresholds(plan, amounts, after)
@@ -1265,6 +1320,16 @@ def _ledger_unavailable(exc: Exception) -> LedgerUnavailableError:
 _PLAIN = frozenset((str, int, float, bool, type(None)))
 _FREE = ModelPrice(input_per_mtok=0, output_per_mtok=0).compile()
 """The price an unmetered call is planned at: it holds nothing but a call."""
+
+
+@dataclass(slots=True)
+class _UnmeteredCount:
+    """An unmetered call checked and about to be counted (``admit_unmetered``)."""
+
+    run_id: str
+    fingerprint: int | None
+    plan: Plan | None
+    """The ledger lines that count calls, one call each; None when no budget counts them."""
 
 
 def _content_hash(value: object) -> int:

@@ -186,15 +186,34 @@ def _admit_unmetered(
     keyword arguments). ``uploads``: the request also sends files, which the body does not
     show, so two such requests with one body need not be the same (no loop is looked for).
     ``refusable=False``: a call the server started."""
-    model = body.get("model") if isinstance(body, Mapping) else None
     guard.admit_unmetered(
-        CallSpec(
-            provider=unmetered.provider,
-            model=str(model or ""),
-            operation=unmetered.operation,
-        ),
-        None if uploads else body,
-        refusable=refusable,
+        _unmetered_spec(unmetered, body), None if uploads else body, refusable=refusable
+    )
+
+
+async def _aadmit_unmetered(
+    guard: AgentKavach, unmetered: Unmetered, body: Any, uploads: bool = False
+) -> None:
+    """``_admit_unmetered`` for async clients: counted without blocking the event loop."""
+    await guard.aadmit_unmetered(_unmetered_spec(unmetered, body), None if uploads else body)
+
+
+async def _aunmetered_call(
+    guard: AgentKavach,
+    unmetered: Unmetered,
+    body: Any,
+    uploads: bool,
+    send: Callable[[], Awaitable[R]],
+) -> R:
+    """Admit an async client's unmetered request, then make it with ``send``."""
+    await _aadmit_unmetered(guard, unmetered, body, uploads)
+    return await send()
+
+
+def _unmetered_spec(unmetered: Unmetered, body: Any) -> CallSpec:
+    model = body.get("model") if isinstance(body, Mapping) else None
+    return CallSpec(
+        provider=unmetered.provider, model=str(model or ""), operation=unmetered.operation
     )
 
 
@@ -862,7 +881,11 @@ def guard_request_method(
                 send = functools.partial(_resend, original, cast_to, options, stream, stream_cls)
                 return aguarded_call(guard, endpoint, body, send, stream, attach, answered, client)
             if isinstance(endpoint, Unmetered):
-                _admit_unmetered(guard, endpoint, body, options.files is not None)
+                send_as_is = functools.partial(
+                    original, cast_to, options, stream=stream, stream_cls=stream_cls
+                )
+                uploads = options.files is not None
+                return _aunmetered_call(guard, endpoint, body, uploads, send_as_is)
             return original(cast_to, options, stream=stream, stream_cls=stream_cls)  # type: ignore[no-any-return]
 
         patch(client, client, "request", arequest)
@@ -966,7 +989,7 @@ def guard_unmetered_method(
     if asyncio.iscoroutinefunction(original):
 
         async def amethod(*args: Any, **kwargs: Any) -> Any:
-            _admit_unmetered(guard, unmetered, kwargs)
+            await _aadmit_unmetered(guard, unmetered, kwargs)
             return await original(*args, **kwargs)
 
         patch(client, owner, name, functools.wraps(original)(amethod))

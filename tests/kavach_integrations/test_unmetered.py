@@ -421,6 +421,69 @@ def test_unmetered_calls_fail_closed_when_the_ledger_is_down(
     assert events.calls[-1].refusal_reason == "ledger_unavailable"
 
 
+class _NetworkLedger(MemoryLedger):
+    """A ledger that does I/O, as Redis does: in async code, its blocking methods would
+    stall the event loop (every other task waits a round trip), so they must not be used."""
+
+    in_process = False
+    blocking: list[str]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocking = []
+        self.down = False
+
+    def reserve(self, *args: Any, **kwargs: Any) -> Any:
+        self.blocking.append("reserve")
+        return super().reserve(*args, **kwargs)
+
+    def settle(self, *args: Any, **kwargs: Any) -> Any:
+        self.blocking.append("settle")
+        return super().settle(*args, **kwargs)
+
+    async def areserve(self, *args: Any, **kwargs: Any) -> Any:
+        if self.down:
+            raise ConnectionError("connection refused")
+        return MemoryLedger.reserve(self, *args, **kwargs)
+
+    async def asettle(self, *args: Any, **kwargs: Any) -> Any:
+        return MemoryLedger.settle(self, *args, **kwargs)
+
+
+@pytest.mark.anyio
+async def test_async_clients_count_unmetered_calls_without_blocking_the_event_loop(
+    make_guard: Any,
+) -> None:
+    ledger = _NetworkLedger()
+    guard = make_guard(budget=[Budget.daily(1), Budget.daily(calls=2)], ledger=ledger)
+    seen: list[Any] = []
+    client, http = amocked_openai(guard, _audio_answer(seen))
+    speech = {"model": "gpt-4o-mini-tts", "voice": "alloy"}
+    await client.audio.speech.create(input="one", **speech)
+    await client.audio.speech.create(input="two", **speech)  # the calls budget reaches 100%
+    with pytest.raises(AgentKilledError, match="budget reached 100%"):
+        await client.audio.speech.create(input="three", **speech)
+    assert len(seen) == 2
+    assert ledger.blocking == []  # counted with areserve/asettle, awaited
+    await http.aclose()
+
+
+@pytest.mark.anyio
+async def test_async_unmetered_calls_fail_closed_when_the_ledger_is_down(
+    make_guard: Any, events: Events
+) -> None:
+    ledger = _NetworkLedger()
+    ledger.down = True
+    guard = make_guard(budget=Budget.daily(1), max_calls_per_run=5, ledger=ledger)
+    seen: list[Any] = []
+    client, http = amocked_openai(guard, _audio_answer(seen))
+    with pytest.raises(LedgerUnavailableError, match="ConnectionError: connection refused"):
+        await client.audio.speech.create(model="gpt-4o-mini-tts", voice="alloy", input="Hi")
+    assert seen == []
+    assert events.calls[-1].refusal_reason == "ledger_unavailable"
+    await http.aclose()
+
+
 def test_unmetered_calls_spend_a_budget_in_calls(make_guard: Any) -> None:
     guard = make_guard(budget=[Budget.daily(1), Budget.daily(calls=2)])
     seen: list[httpx.Request] = []

@@ -272,6 +272,39 @@ async def test_strict_guard_under_500_concurrent_tasks_spends_at_most_the_limit(
     assert status.spent <= status.limit and status.reserved == 0
 
 
+@pytest.mark.anyio
+async def test_unmetered_calls_of_two_async_workers_share_a_budget_in_calls(
+    make_ledger: Any,
+) -> None:
+    # Two workers' async clients making calls the guard cannot price (DALL·E, video): each
+    # counts as a call on Redis, awaited, and together they make no more than the budget.
+    from kavach import AgentKilledError, CallSpec
+
+    workers = [
+        AgentKavach("bot", Budget.daily(calls=10), prices=PRICES, ledger=make_ledger())
+        for _ in range(2)
+    ]
+    admitted = 0
+
+    async def call(i: int) -> None:
+        nonlocal admitted
+        worker = workers[i % 2]
+        image = CallSpec(provider="openai", model="dall-e-3", operation="image_generation")
+        try:
+            await worker.aadmit_unmetered(image, {"prompt": f"picture {i}"})
+        except (BudgetExceededError, AgentKilledError):
+            return
+        admitted += 1
+
+    await asyncio.gather(*(call(i) for i in range(100)))
+    for worker in workers:
+        await worker.ledger.aclose()  # type: ignore[attr-defined]
+    status = workers[0].status()[0]
+    print(f"\nadmitted {admitted} of 100 unmetered calls on a budget of 10 calls")
+    assert admitted == 10
+    assert (status.spent, status.reserved) == (10, 0)
+
+
 def test_reserve_reclaims_an_expired_hold_and_reports_it(
     redis_url: str, prefix: str, make_ledger: Any
 ) -> None:
