@@ -30,7 +30,9 @@ up to ``TRANSCRIPT_TOKENS_PER_AUDIO_TOKEN`` tokens for each of its audio tokens
 (``kavach_integrations._openai_audio``), and settled at
 the usage its ``conversation.item.input_audio_transcription.completed`` reports; a failed one
 is given back. A model billed by the second of speech (``whisper-1``) is held for the
-seconds committed and settled at the seconds its usage reports.
+seconds committed and settled at the seconds its usage reports. A model the guard has no
+price for is let through, stopped with the agent and said not to be counted; with
+``unmetered="refuse"``, the ``session.update`` that turns it on is refused before it is sent.
 """
 
 from __future__ import annotations
@@ -381,6 +383,16 @@ class TranscriptionMeter(TokenCounter):
         return Outcome(usage=usage, response_model=self.model_name)
 
 
+def _transcription_asked(event: Event) -> str | None:
+    """The transcription model a ``session.update`` turns on, if it turns one on."""
+    if event.get("type") != "session.update":
+        return None
+    model = field(
+        field(field(field(event.get("session"), "audio"), "input"), "transcription"), "model"
+    )
+    return model if isinstance(model, str) and model else None
+
+
 TRANSCRIPTION = Aside(
     endpoint=Endpoint(
         operation="transcription",
@@ -391,6 +403,7 @@ TRANSCRIPTION = Aside(
     key="item_id",
     finished=("conversation.item.input_audio_transcription.completed",),
     failed=("conversation.item.input_audio_transcription.failed",),
+    asked=_transcription_asked,
 )
 
 

@@ -121,6 +121,11 @@ class Aside:
     key: str
     finished: tuple[str, ...]
     failed: tuple[str, ...]
+    asked: Callable[[Event], str | None] | None = None
+    """The model of the calls a sent event asks the server to start (a Realtime
+    ``session.update`` turning transcription on), if it asks for any: with
+    ``unmetered="refuse"``, an event asking for calls the guard cannot price is refused
+    before it is sent, since the calls themselves, started by the server, cannot be."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,10 +204,30 @@ class SocketCalls:
             return None
         if type(event) is not dict:
             return None
+        aside = self.protocol.aside
+        if aside is not None and aside.asked is not None and self.guard.unmetered == "refuse":
+            self._refuse_unpriced(aside, aside.asked(event), message)
         self.state.sent(event)
         if event.get("type") != self.protocol.request:
             return None
         return event
+
+    def _refuse_unpriced(self, aside: Aside, model: str | None, message: str | bytes) -> None:
+        """Refuse ``message``, which asks the server to start calls of ``model`` that the
+        guard cannot price (``unmetered="refuse"``): raised before it is sent."""
+        if model is None or not self.guard.enabled:
+            return
+        provider = self.protocol.provider
+        try:
+            self.guard.pricing.resolve(provider, model)
+        except UnknownModelPriceError:
+            try:
+                _admit_unmetered(
+                    self.guard, Unmetered(provider, aside.endpoint.operation), {"model": model}
+                )
+            except KavachError:
+                self.refuse(message)
+                raise
 
     def body(self, event: Event) -> Event:
         """The request a request event makes, as the endpoint reads it."""

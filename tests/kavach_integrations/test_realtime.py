@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from kavach import AgentKavach, Budget
+from kavach import AgentKavach, Budget, UnmeteredCallError
 from kavach.errors import AgentKilledError, BudgetExceededError
 
 openai = pytest.importorskip("openai")
@@ -531,6 +531,51 @@ def test_speech_is_not_held_for_transcription_the_session_does_not_ask_for(
     warned = [r.getMessage() for r in caplog.records if "cannot meter" in r.getMessage()]
     assert len(warned) == 1 and "transcription" in warned[0]
     assert "counts as a call" not in warned[0]  # the server started it: nothing to refuse
+
+
+def test_refuse_mode_refuses_turning_on_transcription_the_guard_cannot_price(
+    make_guard: Any, events: Events, sockets: SocketServer
+) -> None:
+    # The server starts each transcription itself, so none can be refused one by one: the
+    # session.update asking for them is, before it leaves. A priced model is let through.
+    sockets.script = on_commit(lambda: committed("item_1"))
+    guard = make_guard(budget=Budget.daily(1), unmetered="refuse")
+    with client(sockets, guard).realtime.connect(model=MODEL) as connection:
+        with pytest.raises(UnmeteredCallError, match="transcription"):
+            connection.session.update(session=transcribing("acme-asr-1"))
+        connection.session.update(session={"type": "realtime", "instructions": "Be brief."})
+        connection.session.update(session=transcribing())
+        connection.input_audio_buffer.append(audio=speech(1))
+        connection.input_audio_buffer.commit()
+        events_until(connection, "conversation.item.input_audio_transcription.completed")
+    updates = sockets.of_type("session.update")
+    assert [u["session"].get("audio") for u in updates] == [None, transcribing()["audio"]]
+    assert [(e.operation, e.status, e.refusal_reason) for e in events.calls] == [
+        ("transcription", "refused", "unmetered"),
+        ("transcription", "ok", None),
+    ]
+
+
+def test_async_refuse_mode_refuses_turning_on_transcription_the_guard_cannot_price(
+    make_guard: Any, sockets: SocketServer
+) -> None:
+    sockets.script = lambda m: [
+        {"type": "session.updated", "event_id": "e", "session": m["session"]}
+    ]
+    guard = make_guard(budget=Budget.daily(1), unmetered="refuse")
+
+    async def session() -> None:
+        c = guard.wrap(openai.AsyncOpenAI(base_url=sockets.base_url, api_key="sk-t"))
+        async with c.realtime.connect(model=MODEL) as connection:
+            with pytest.raises(UnmeteredCallError):
+                await connection.session.update(session=transcribing("acme-asr-1"))
+            await connection.session.update(session={"type": "realtime"})
+            async for event in connection:
+                if event.type == "session.updated":
+                    break
+
+    asyncio.run(session())
+    assert [u["session"] for u in sockets.of_type("session.update")] == [{"type": "realtime"}]
 
 
 def test_whisper_transcriptions_are_held_and_settled_by_the_second(
