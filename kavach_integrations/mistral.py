@@ -253,6 +253,7 @@ _UNMETERED = {
     # Runs a judge model, embeds, processes documents ("billed again" on reprocess), opens a
     # realtime audio session or runs a workflow's agents: billed, but not by a usage the
     # request or response carries.
+    # (mistralai 3.7 and earlier: 3.8 removed both judging methods)
     ("beta", "observability", "judges"): (("judge_conversation",), "judging"),
     ("beta", "observability", "datasets", "records"): (("judge",), "judging"),
     ("beta", "context", "search_indexes"): (

@@ -500,6 +500,8 @@ FREE = {
     },
     "beta.observability.datasets.records": {"bulk_delete"},
     "beta.observability.evaluations": {"create_pipeline"},
+    # defines an LLM-judge scorer (mistralai 3.8); evaluation runs are billed when they run
+    "beta.observability.evaluations.scorers": {"create"},
     "beta.observability.evaluations.runs": {"compute_statistics", "search", "search_all"},
     "beta.observability.evaluations.records": {"search"},
     "beta.observability.logs": {"search"},
@@ -584,6 +586,6 @@ def test_every_method_that_posts_is_guarded_unmetered_or_declared_free(
     guard.kill("stop")  # the newly unmetered ones stop with the agent, before any request
     with pytest.raises(AgentKilledError):
         c.workflows.execute_workflow(workflow_identifier="w")
-    with pytest.raises(AgentKilledError):
-        c.beta.observability.judges.judge_conversation(judge_id="j", messages=[])
+    with pytest.raises(AgentKilledError):  # processing a document again is billed again
+        c.beta.libraries.documents.reprocess(library_id="l", document_id="d")
     assert server.requests == []
