@@ -457,6 +457,9 @@ def _as_json(value: Any) -> Any:
 
 
 def _decision_outcome(response: Any) -> Outcome:
+    # Thinking is reported apart from the output: google-genai's own Interactions tests give
+    # total_tokens = total_input_tokens + total_output_tokens + total_thought_tokens. Both
+    # are billed at the output rate, so output is their sum (each counted once).
     usage = field(response, "usage")
     thoughts = field(usage, "total_thought_tokens", 0)
     return Outcome(
