@@ -720,11 +720,11 @@ class AgentKavach:
         if not self.enabled:
             return
         count = self._unmetered_count(spec, request, refusable)
-        if count is not None and count.plan is not None:
+        if count is not None:
             try:
                 self._count_unmetered(count.plan, count.run_id)
             except KavachError as exc:
-                self._unmetered_refused(spec, count, exc)
+                self._unmetered_refused(spec, count.run_id, count.fingerprint, exc)
                 raise
         self._warn_unmetered(spec, refusable)
 
@@ -736,14 +736,11 @@ class AgentKavach:
         if not self.enabled:
             return
         count = self._unmetered_count(spec, request, refusable)
-        if count is not None and count.plan is not None:
+        if count is not None:
             try:
-                if getattr(self.ledger, "in_process", False):  # no I/O: no coroutine
-                    self._count_unmetered(count.plan, count.run_id)
-                else:
-                    await self._acount_unmetered(count.plan, count.run_id)
+                await self._acount_unmetered(count.plan, count.run_id)
             except KavachError as exc:
-                self._unmetered_refused(spec, count, exc)
+                self._unmetered_refused(spec, count.run_id, count.fingerprint, exc)
                 raise
         self._warn_unmetered(spec, refusable)
 
@@ -751,7 +748,8 @@ class AgentKavach:
         self, spec: CallSpec, request: object, refusable: bool
     ) -> _UnmeteredCount | None:
         """Check an unmetered call (stopped agent, guardrails, ``unmetered="refuse"``) and
-        plan counting it: None for a call that is not counted (``refusable=False``)."""
+        plan counting it: None when nothing counts it (``refusable=False``, or no budget in
+        calls and no ``max_calls_per_run``)."""
         self.check_stopped(spec)
         if not refusable:
             return None
@@ -764,33 +762,35 @@ class AgentKavach:
         except GuardrailError as exc:
             self._guardrail_tripped(spec, run_id, self._clock(), exc)
             raise
-        count = _UnmeteredCount(run_id, fingerprint, None)
         try:
             if self.unmetered == "refuse":
                 raise UnmeteredCallError(self.agent_name, spec.provider, spec.operation, spec.model)
             slots = tuple(s for s in self._slots(run_id, self._clock()) if s.info.unit == "calls")
-            if slots:
-                count.plan = plan_call(
-                    slots=slots,
-                    guardrails=self.guardrail_config,
-                    price=_FREE,
-                    input_tokens=0,
-                    requested_max_output=0,
-                    mode="reserve",
-                    default_max_output=0,
-                    min_output=0,
-                )
+            if not slots:
+                return None
+            plan = plan_call(
+                slots=slots,
+                guardrails=self.guardrail_config,
+                price=_FREE,
+                input_tokens=0,
+                requested_max_output=0,
+                mode="reserve",
+                default_max_output=0,
+                min_output=0,
+            )
         except KavachError as exc:
-            self._unmetered_refused(spec, count, exc)
+            self._unmetered_refused(spec, run_id, fingerprint, exc)
             raise
-        return count
+        return _UnmeteredCount(run_id, fingerprint, plan)
 
-    def _unmetered_refused(self, spec: CallSpec, count: _UnmeteredCount, exc: KavachError) -> None:
-        self.guardrails.forget_request(count.run_id, count.fingerprint)
+    def _unmetered_refused(
+        self, spec: CallSpec, run_id: str, fingerprint: int | None, exc: KavachError
+    ) -> None:
+        self.guardrails.forget_request(run_id, fingerprint)
         if isinstance(exc, GuardrailError):  # max_calls_per_run
-            self._guardrail_tripped(spec, count.run_id, self._clock(), exc)
+            self._guardrail_tripped(spec, run_id, self._clock(), exc)
         else:
-            self._refused(spec, count.run_id, self._clock(), exc)
+            self._refused(spec, run_id, self._clock(), exc)
 
     def _warn_unmetered(self, spec: CallSpec, refusable: bool) -> None:
         kind = (spec.provider, spec.operation)
@@ -1322,14 +1322,14 @@ _FREE = ModelPrice(input_per_mtok=0, output_per_mtok=0).compile()
 """The price an unmetered call is planned at: it holds nothing but a call."""
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class _UnmeteredCount:
     """An unmetered call checked and about to be counted (``admit_unmetered``)."""
 
     run_id: str
     fingerprint: int | None
-    plan: Plan | None
-    """The ledger lines that count calls, one call each; None when no budget counts them."""
+    plan: Plan
+    """The ledger lines that count calls, one call each."""
 
 
 def _content_hash(value: object) -> int:
