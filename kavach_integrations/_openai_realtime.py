@@ -188,8 +188,8 @@ class RealtimeConversation:
             return None
         speech, self.buffered = self.buffered, 0
         transcription = self.transcription
-        model = field(transcription, "model")
-        if not isinstance(model, str) or not model:
+        model = _transcription_model(transcription)
+        if model is None:
             return None
         prompt = field(transcription, "prompt")
         return {
@@ -383,14 +383,18 @@ class TranscriptionMeter(TokenCounter):
         return Outcome(usage=usage, response_model=self.model_name)
 
 
+def _transcription_model(setting: Any) -> str | None:
+    """The model a session's transcription setting names (None: it transcribes nothing)."""
+    model = field(setting, "model")
+    return model if isinstance(model, str) and model else None
+
+
 def _transcription_asked(event: Event) -> str | None:
     """The transcription model a ``session.update`` turns on, if it turns one on."""
     if event.get("type") != "session.update":
         return None
-    model = field(
-        field(field(field(event.get("session"), "audio"), "input"), "transcription"), "model"
-    )
-    return model if isinstance(model, str) and model else None
+    audio_in = field(field(event.get("session"), "audio"), "input")
+    return _transcription_model(field(audio_in, "transcription"))
 
 
 TRANSCRIPTION = Aside(

@@ -218,16 +218,23 @@ class SocketCalls:
         if model is None or not self.guard.enabled:
             return
         provider = self.protocol.provider
+        if self._priced(provider, model):
+            return
+        try:
+            _admit_unmetered(
+                self.guard, Unmetered(provider, aside.endpoint.operation), {"model": model}
+            )
+        except KavachError:
+            self.refuse(message)
+            raise
+
+    def _priced(self, provider: str, model: str) -> bool:
+        """Whether the guard has a price for ``model`` (else its calls are unmetered)."""
         try:
             self.guard.pricing.resolve(provider, model)
         except UnknownModelPriceError:
-            try:
-                _admit_unmetered(
-                    self.guard, Unmetered(provider, aside.endpoint.operation), {"model": model}
-                )
-            except KavachError:
-                self.refuse(message)
-                raise
+            return False
+        return True
 
     def body(self, event: Event) -> Event:
         """The request a request event makes, as the endpoint reads it."""
@@ -348,9 +355,7 @@ class SocketCalls:
             assert aside is not None
             body = answer.detail
             spec = aside.endpoint.read(body)
-            try:
-                self.guard.pricing.resolve(spec.provider, spec.model)
-            except UnknownModelPriceError:
+            if not self._priced(spec.provider, spec.model):
                 _admit_unmetered(
                     self.guard, Unmetered(spec.provider, spec.operation), body, refusable=False
                 )
