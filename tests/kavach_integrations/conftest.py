@@ -3,7 +3,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -119,6 +119,20 @@ def mocked_openai(guard: AgentKavach, answer: Callable[[Any], Any]) -> Any:
     http = httpx.Client(transport=httpx.MockTransport(answer))
     raw = openai.OpenAI(api_key="k", base_url="http://mock/v1", http_client=http, max_retries=0)
     return guard.wrap(opened(raw))
+
+
+S = TypeVar("S", bound=Callable[[Any], Any])
+
+
+def mocked_server(server: Callable[[AgentKavach], S]) -> Callable[[AgentKavach], tuple[Any, S]]:
+    """For a guard: a new mock server ``server(guard)`` and a guarded OpenAI client whose
+    requests it answers (``mocked_openai``), as a test module's ``client`` fixture gives."""
+
+    def connect(guard: AgentKavach) -> tuple[Any, S]:
+        answer = server(guard)
+        return mocked_openai(guard, answer), answer
+
+    return connect
 
 
 def amocked_openai(guard: AgentKavach, answer: Callable[[Any], Any]) -> tuple[Any, Any]:

@@ -14,7 +14,7 @@ import pytest
 from kavach import AgentKavach, Budget
 from kavach.errors import BudgetExceededError
 
-from .conftest import Events, amocked_openai, mocked_openai, sdk_httpx, spent
+from .conftest import Events, amocked_openai, mocked_server, sdk_httpx, spent
 
 httpx = sdk_httpx()
 
@@ -43,12 +43,7 @@ Connect = Callable[[AgentKavach], tuple[Any, Server]]
 @pytest.fixture
 def client() -> Connect:
     """A guarded client on a mock server, and the server; closed after the test."""
-
-    def connect(guard: AgentKavach) -> tuple[Any, Server]:
-        server = Server(guard)
-        return mocked_openai(guard, server), server
-
-    return connect
+    return mocked_server(Server)
 
 
 def test_speech_is_held_and_settled_at_its_characters(

@@ -18,7 +18,7 @@ from kavach import AgentKavach, AgentKilledError, Budget
 from kavach.errors import BudgetExceededError, LoopDetectedError
 from kavach_integrations import _openai_audio
 
-from .conftest import Events, amocked_openai, mocked_openai, sdk_httpx, spent
+from .conftest import Events, amocked_openai, mocked_server, sdk_httpx, spent
 
 httpx = sdk_httpx()
 
@@ -83,12 +83,7 @@ Connect = Callable[[AgentKavach], tuple[Any, Server]]
 @pytest.fixture
 def client() -> Connect:
     """A guarded client on a mock server, and the server; closed after the test."""
-
-    def connect(guard: AgentKavach) -> tuple[Any, Server]:
-        server = Server(guard)
-        return mocked_openai(guard, server), server
-
-    return connect
+    return mocked_server(Server)
 
 
 def test_a_transcription_is_held_for_its_speech_and_settled_at_its_usage(
