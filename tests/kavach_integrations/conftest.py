@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib
 import json
 import threading
 from collections.abc import Callable, Iterator
@@ -96,18 +97,17 @@ def guarded_openai(server: StandIn, guard: AgentKavach) -> Any:
     return guard.wrap(opened(client))
 
 
-def sdk_httpx() -> Any:
-    """The HTTP library the installed openai SDK is built on: httpx2 for openai 3.x, else
-    httpx (its requests and responses are that library's types)."""
-    import openai
-
-    if int(openai.__version__.split(".")[0]) >= 3:
-        import httpx2
-
-        return httpx2
-    import httpx
-
-    return httpx
+def sdk_httpx(sdk: Any = None) -> Any:
+    """The HTTP library an SDK (``openai`` unless given) is built on, whose types its
+    ``http_client``, requests and responses are: httpx2 for openai 3.x and anthropic 1.x
+    and later, httpx before."""
+    if sdk is None:
+        import openai as sdk
+    for base in sdk.DefaultHttpxClient.__mro__[1:]:
+        package = base.__module__.split(".")[0]
+        if package in ("httpx", "httpx2"):
+            return importlib.import_module(package)
+    raise AssertionError(f"{sdk.__name__} is built on neither httpx nor httpx2")
 
 
 def mocked_openai(guard: AgentKavach, answer: Callable[[Any], Any]) -> Any:

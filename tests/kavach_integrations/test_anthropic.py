@@ -1,4 +1,5 @@
-"""The real anthropic SDK (2.x, on httpx2), guarded, against the loopback stand-in."""
+"""The real anthropic SDK, guarded, against the loopback stand-in: 1.x and later on httpx2
+(stage one), 0.x on httpx (the older-SDK stage of scripts/test.sh)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import anthropic
-import httpx2
 import pydantic
 import pytest
 from anthropic.types import Message
@@ -17,7 +17,9 @@ from anthropic.types import Message
 from kavach import AgentKavach, AgentKilledError, Budget, BudgetExceededError, KavachError, Usage
 from kavach._devtools.standin import Reply, StandIn, ToolCall
 
-from .conftest import Events
+from .conftest import Events, sdk_httpx
+
+httpx = sdk_httpx(anthropic)  # the mock transports must be of the SDK's own HTTP library
 
 MSGS = [{"role": "user", "content": "Say hello"}]
 MODEL = "claude-sonnet-4-0"
@@ -286,7 +288,7 @@ def _sse(event: dict[str, Any]) -> str:
     return f"event: {event['type']}\ndata: {json.dumps(event)}\n\n"
 
 
-def _web_search_stream(request: httpx2.Request) -> httpx2.Response:
+def _web_search_stream(request: Any) -> Any:
     """A stream whose message_delta restates input usage, as server tools (web search) make
     it: cumulative counts, with one of them null (not restated)."""
     start_usage = {
@@ -323,14 +325,14 @@ def _web_search_stream(request: httpx2.Request) -> httpx2.Response:
         {"type": "message_stop"},
     ]
     body = "".join(_sse(e) for e in events).encode()
-    return httpx2.Response(200, headers={"content-type": "text/event-stream"}, content=body)
+    return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=body)
 
 
 def test_stream_settles_the_cumulative_usage_of_message_delta(
     make_guard: Any, events: Events
 ) -> None:
     guard = make_guard(budget=Budget.daily(1))
-    http = httpx2.Client(transport=httpx2.MockTransport(_web_search_stream))
+    http = httpx.Client(transport=httpx.MockTransport(_web_search_stream))
     c = guard.wrap(anthropic.Anthropic(api_key="k", max_retries=0, http_client=http))
     _open.append(c)
     with c.messages.stream(model=MODEL, max_tokens=500, messages=MSGS) as stream:
@@ -354,9 +356,9 @@ def test_stream_settles_the_cumulative_usage_of_message_delta(
     assert guard.status()[0].spent == event.cost_nanos and guard.ledger.open_holds == 0
 
 
-def _message(request: httpx2.Request) -> httpx2.Response:
+def _message(request: Any) -> Any:
     usage = {"input_tokens": 1000, "output_tokens": 100}
-    return httpx2.Response(
+    return httpx.Response(
         200,
         json={
             "id": "msg_1",
@@ -371,7 +373,7 @@ def _message(request: httpx2.Request) -> httpx2.Response:
     )
 
 
-async def _amessage(request: httpx2.Request) -> httpx2.Response:
+async def _amessage(request: Any) -> Any:
     return _message(request)
 
 
@@ -388,7 +390,7 @@ async def test_async_vertex_and_bedrock_clients_are_charged(
             project_id="p",
             access_token="t",
             max_retries=0,
-            http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(_amessage)),
+            http_client=httpx.AsyncClient(transport=httpx.MockTransport(_amessage)),
         )
     )
     message = await vertex.messages.create(
@@ -400,7 +402,7 @@ async def test_async_vertex_and_bedrock_clients_are_charged(
             aws_region="us-east-1",
             api_key="bedrock-key",  # a bearer token: no SigV4, which needs botocore
             max_retries=0,
-            http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(_amessage)),
+            http_client=httpx.AsyncClient(transport=httpx.MockTransport(_amessage)),
         )
     )
     await bedrock.messages.create(
@@ -422,7 +424,7 @@ def test_bedrock_model_ids_are_priced_not_refused(make_guard: Any, events: Event
             aws_region="us-east-1",
             api_key="bedrock-key",  # a bearer token: no SigV4, which needs botocore
             max_retries=0,
-            http_client=httpx2.Client(transport=httpx2.MockTransport(_message)),
+            http_client=httpx.Client(transport=httpx.MockTransport(_message)),
         )
     )
     _open.append(c)
@@ -462,13 +464,13 @@ def test_managed_agent_runs_stop_with_the_agent(make_guard: Any) -> None:
     # Events sent to a Managed Agents session, or a deployment run, set Claude to work (and
     # bill) at Anthropic: a stopped agent could still start them.
     guard = make_guard(budget=Budget.daily(1))
-    seen: list[httpx2.Request] = []
+    seen: list[Any] = []
 
-    def handle(request: httpx2.Request) -> httpx2.Response:
+    def handle(request: Any) -> Any:
         seen.append(request)
-        return httpx2.Response(200, json={"data": []})
+        return httpx.Response(200, json={"data": []})
 
-    http = httpx2.Client(transport=httpx2.MockTransport(handle))
+    http = httpx.Client(transport=httpx.MockTransport(handle))
     c = guard.wrap(anthropic.Anthropic(api_key="k", max_retries=0, http_client=http))
     _open.append(c)
     message = {"type": "user.message", "content": [{"type": "text", "text": "Go"}]}

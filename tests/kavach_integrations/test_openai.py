@@ -1035,9 +1035,17 @@ COMPACTED = {
 }
 
 
+def _needs_responses(method: str) -> None:
+    """Skip, with the reason, under an openai SDK that predates ``responses.<method>``
+    (1.x, in the older-SDK stage); stage one (2.x) and the openai 3.x stage run the test."""
+    if not hasattr(openai.resources.responses.Responses, method):
+        pytest.skip(f"openai {openai.__version__} has no responses.{method}")
+
+
 def test_responses_compact_is_reserved_settled_and_stops_with_the_agent(
     make_guard: Any, events: Events
 ) -> None:
+    _needs_responses("compact")
     guard = make_guard(budget=Budget.daily(1))
     mock = MockOpenAI(COMPACTED)
     c = mock.client(guard)
@@ -1154,6 +1162,7 @@ def test_websocket_and_realtime_sessions_stop_with_the_agent(
     # Responses over responses.connect() and Realtime sessions bypass the HTTP request the
     # guard sits on: a stopped agent could open them. Over a WebSocket their calls are
     # metered (test_responses_socket.py, test_realtime.py); a browser's session is not.
+    _needs_responses("connect")
     guard = make_guard(budget=Budget.daily(1))
     mock = MockOpenAI({"value": "ek_1", "expires_at": 0})
     c = mock.client(guard)
