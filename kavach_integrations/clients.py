@@ -63,7 +63,10 @@ def _build(provider: str, llm_key: str | None, base_url: str | None) -> tuple[An
             options = types.HttpOptions(base_url=base_url) if base_url else None
             client = genai.Client(api_key=llm_key, http_options=options)
             return client, client.aio
-        from mistralai.client import Mistral
+        try:
+            from mistralai.client import Mistral
+        except ImportError:  # mistralai 1.x: the client is at the package's top level
+            from mistralai import Mistral  # type: ignore[attr-defined,no-redef,unused-ignore]
 
         mistral_client = Mistral(
             api_key=llm_key or os.environ.get("MISTRAL_API_KEY"),

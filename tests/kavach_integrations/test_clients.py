@@ -114,6 +114,7 @@ def test_configuration_errors_and_no_secret_in_repr() -> None:
 
 
 def test_missing_sdk_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "mistralai", None)  # not installed, whatever its version
     monkeypatch.setitem(sys.modules, "mistralai.client", None)
     guard = AgentKavach(provider="mistral", llm_key="k")
     with pytest.raises(MissingDependencyError, match=r"agentkavach\[mistral\]"):
