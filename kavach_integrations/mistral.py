@@ -249,7 +249,8 @@ _UNMETERED = {
     ("audio", "transcriptions"): (("complete", "stream"), "transcription"),
     ("audio", "speech"): (("complete",), "speech"),
     ("batch", "jobs"): (("create",), "batch"),
-    ("fine_tuning", "jobs"): (("create",), "fine_tuning"),
+    # (mistralai 1.x: later SDKs have no fine_tuning; start runs a job created unstarted)
+    ("fine_tuning", "jobs"): (("create", "start"), "fine_tuning"),
     # Runs a judge model, embeds, processes documents ("billed again" on reprocess), opens a
     # realtime audio session or runs a workflow's agents: billed, but not by a usage the
     # request or response carries.

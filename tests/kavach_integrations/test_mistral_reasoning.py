@@ -8,7 +8,11 @@ from typing import Any
 
 import httpx2
 import pytest
-from mistralai.client import Mistral
+
+try:  # mistralai 2.0 and later
+    from mistralai.client import Mistral
+except ImportError:  # mistralai 1.x
+    from mistralai import Mistral
 
 from kavach import AgentKavach, Budget, BudgetExceededError
 
