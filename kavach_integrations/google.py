@@ -138,13 +138,19 @@ def _candidates(config: Any) -> int:
 def _declaration(function: Callable[..., Any]) -> Any:
     """A Python function given as a tool, as the SDK declares it in the request (name,
     docstring and the parameters' JSON schema, all billed input), once per function."""
+    declare: Callable[..., Any] = genai.types.FunctionDeclaration.from_callable_with_api_option
+    # google-genai 2.x on declares by JSON schema; 1.x has no such option and declares its way
+    options = {"use_json_schema": True} if _takes_json_schema(declare) else {}
     try:
-        declaration = genai.types.FunctionDeclaration.from_callable_with_api_option(
-            callable=function, use_json_schema=True
-        )
+        declaration = declare(callable=function, **options)
     except Exception:  # the SDK refuses it too, when it sends the request
         return {"name": function.__name__, "description": inspect.getdoc(function) or ""}
     return {"function_declarations": [declaration.model_dump(mode="json", exclude_none=True)]}
+
+
+@functools.cache
+def _takes_json_schema(declare: Callable[..., Any]) -> bool:
+    return "use_json_schema" in inspect.signature(declare).parameters
 
 
 def _tool(tool: Any) -> Any:

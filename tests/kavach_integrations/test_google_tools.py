@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
 from typing import Any
 
@@ -60,6 +61,15 @@ def test_a_function_tool_is_counted_as_the_declaration_the_sdk_sends(
     assert [e.status for e in events.calls] == ["refused"]
 
 
+# How the SDK declares a function tool it is given: by JSON schema from google-genai 2.x on.
+_AS_THE_SDK_DECLARES = (
+    {"use_json_schema": True}
+    if "use_json_schema"
+    in inspect.signature(types.FunctionDeclaration.from_callable_with_api_option).parameters
+    else {}
+)
+
+
 def test_a_function_tool_and_its_declaration_hold_the_same(
     server: StandIn, make_guard: Any, events: Events
 ) -> None:
@@ -68,7 +78,7 @@ def test_a_function_tool_and_its_declaration_hold_the_same(
     declared = types.Tool(
         function_declarations=[
             types.FunctionDeclaration.from_callable_with_api_option(
-                callable=search_the_archive, use_json_schema=True
+                callable=search_the_archive, **_AS_THE_SDK_DECLARES
             )
         ]
     )
