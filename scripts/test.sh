@@ -61,12 +61,13 @@ fi
   tests/kavach_integrations/test_speech.py \
   -q -p no:cacheprovider -rs -k "not gemini"  # Gemini: no google-genai here; stage one runs them
 
-# Third stage: the oldest SDK majors the extras admit, on httpx: openai 1.x and anthropic 0.x
-# (anthropic 1.0 moved to httpx2 and dropped the temperature parameter, which
-# llama-index-llms-anthropic always sends, so LlamaIndex users of Anthropic are on 0.x). The
-# LlamaIndex Anthropic round trip, skipped in stage one, must run here
-# (AGENTKAVACH_TEST_OLDER_SDKS makes its skip a failure). These SDKs warn that the models the
-# tests name are deprecated; that warning is not the guard's.
+# Third stage: the oldest SDK majors the extras admit: openai 1.x and anthropic 0.x (on httpx;
+# anthropic 1.0 moved to httpx2 and dropped the temperature parameter, which
+# llama-index-llms-anthropic always sends, so LlamaIndex users of Anthropic are on 0.x),
+# google-genai 1.x and mistralai 1.x. The LlamaIndex Anthropic round trip, skipped in stage
+# one, must run here (AGENTKAVACH_TEST_OLDER_SDKS makes its skip a failure); tests of what
+# these SDKs lack skip with the version. Their warnings that the models the tests name are
+# deprecated, and google-genai 1.x's about its own experimental parts, are not the guard's.
 VENV_OLDER=${VENV_OLDER:-.venv-older-sdks}
 if [ ! -x "$VENV_OLDER/bin/python" ]; then
   "$PYTHON" -m venv "$VENV_OLDER"
@@ -74,14 +75,19 @@ fi
 if [ ! -f "$VENV_OLDER/.installed" ] || [ pyproject.toml -nt "$VENV_OLDER/.installed" ] \
   || [ scripts/test.sh -nt "$VENV_OLDER/.installed" ]; then
   "$VENV_OLDER/bin/python" -m pip install --quiet --upgrade pip
-  "$VENV_OLDER/bin/python" -m pip install --quiet -e '.[openai,anthropic,llamaindex]' \
-    'openai<2' 'anthropic<1' llama-index-llms-openai llama-index-llms-anthropic \
+  "$VENV_OLDER/bin/python" -m pip install --quiet -e '.[openai,anthropic,google,mistral,llamaindex]' \
+    'openai<2' 'anthropic<1' 'google-genai<2' 'mistralai<2' \
+    llama-index-llms-openai llama-index-llms-anthropic \
     pytest pytest-timeout pytest-asyncio hypothesis anyio websockets
   touch "$VENV_OLDER/.installed"
 fi
+T=tests/kavach_integrations
 AGENTKAVACH_TEST_OLDER_SDKS=1 "$VENV_OLDER/bin/python" -m pytest \
-  tests/kavach_integrations/test_openai.py tests/kavach_integrations/test_anthropic.py \
-  tests/kavach_integrations/test_llamaindex.py tests/kavach_integrations/test_price_tiers.py \
-  tests/kavach_integrations/test_search_fees.py tests/kavach_integrations/test_stored_context.py \
-  tests/kavach_integrations/test_raw_responses.py \
-  -q -p no:cacheprovider -rs -k "not gemini" -W "ignore:The model:DeprecationWarning"
+  $T/test_openai.py $T/test_anthropic.py $T/test_google.py $T/test_google_wrap.py \
+  $T/test_google_tools.py $T/test_google_continuation.py $T/test_mistral.py \
+  $T/test_mistral_reasoning.py $T/test_clients.py $T/test_llamaindex.py $T/test_price_tiers.py \
+  $T/test_search_fees.py $T/test_stored_context.py $T/test_raw_responses.py \
+  $T/test_usage_mapping.py \
+  -q -p no:cacheprovider -rs -W "ignore:The model:DeprecationWarning" \
+  -W "ignore:Async interactions client:UserWarning" \
+  -W "ignore:Interactions usage is experimental:UserWarning"
