@@ -180,6 +180,7 @@ def usage_from_metadata(usage_metadata: Mapping[str, Any]) -> Usage:
     inp = usage_metadata.get("input_token_details") or {}
     out = usage_metadata.get("output_token_details") or {}
     five_minute = int(inp.get("ephemeral_5m_input_tokens") or 0)
+    one_hour = int(inp.get("ephemeral_1h_input_tokens") or 0)
     # langchain-openai names an answer's priority or flex tier by its token details, and
     # prefixes the cache and reasoning counts with it ("priority_cache_read").
     tier = next((t for t in _TIERS if t in inp or t in out), None)
@@ -188,8 +189,11 @@ def usage_from_metadata(usage_metadata: Mapping[str, Any]) -> Usage:
         input_tokens=int(usage_metadata.get("input_tokens") or 0),
         output_tokens=int(usage_metadata.get("output_tokens") or 0),
         cache_read_tokens=int(inp.get(f"{pre}cache_read") or 0),
-        cache_write_tokens=int(inp.get(f"{pre}cache_creation") or 0) + five_minute,
-        cache_write_1h_tokens=int(inp.get("ephemeral_1h_input_tokens") or 0),
+        # langchain-anthropic gives Anthropic's cache writes by lifetime too. Since 1.x it then
+        # zeroes "cache_creation"; before, that key kept the total, the same tokens again.
+        cache_write_tokens=five_minute
+        + max(0, int(inp.get(f"{pre}cache_creation") or 0) - five_minute - one_hour),
+        cache_write_1h_tokens=one_hour,
         reasoning_tokens=int(out.get(f"{pre}reasoning") or 0),
         input_audio_tokens=int(inp.get("audio") or 0),
         output_audio_tokens=int(out.get("audio") or 0),

@@ -226,6 +226,30 @@ def test_usage_from_metadata_maps_anthropic_cache_lifetimes() -> None:
     )
 
 
+def test_usage_from_metadata_counts_cache_writes_once_with_langchain_anthropic_0_3() -> None:
+    # langchain-anthropic 0.3 keeps the writes' total in "cache_creation" beside the same
+    # writes by lifetime (1.x zeroes it): they were counted twice, 700 writes for 350.
+    usage = usage_from_metadata(
+        {
+            "input_tokens": 800,
+            "output_tokens": 40,
+            "input_token_details": {
+                "cache_read": 100,
+                "cache_creation": 350,
+                "ephemeral_5m_input_tokens": 200,
+                "ephemeral_1h_input_tokens": 150,
+            },
+        }
+    )
+    assert (usage.cache_write_tokens, usage.cache_write_1h_tokens) == (200, 150)
+    assert usage.uncached_input_tokens == 800 - 100 - 350
+    # Without lifetimes (langchain-openai, older Anthropic answers): the total, 5-minute.
+    plain = usage_from_metadata(
+        {"input_tokens": 80, "output_tokens": 4, "input_token_details": {"cache_creation": 30}}
+    )
+    assert (plain.cache_write_tokens, plain.cache_write_1h_tokens) == (30, 0)
+
+
 # -- refusal on every path ---------------------------------------------------------------
 
 
