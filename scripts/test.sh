@@ -64,7 +64,8 @@ fi
 # Third stage: the oldest SDK majors the extras admit: openai 1.x and anthropic 0.x (on httpx;
 # anthropic 1.0 moved to httpx2 and dropped the temperature parameter, which
 # llama-index-llms-anthropic always sends, so LlamaIndex users of Anthropic are on 0.x),
-# google-genai 1.x and mistralai 1.x. The LlamaIndex Anthropic round trip, skipped in stage
+# google-genai 1.x, mistralai 1.x and LangChain 0.3 (langchain-core, -openai, -anthropic;
+# langgraph 0.x). The LlamaIndex Anthropic round trip, skipped in stage
 # one, must run here (AGENTKAVACH_TEST_OLDER_SDKS makes its skip a failure); tests of what
 # these SDKs lack skip with the version. Their warnings that the models the tests name are
 # deprecated, and google-genai 1.x's about its own experimental parts, are not the guard's.
@@ -75,8 +76,10 @@ fi
 if [ ! -f "$VENV_OLDER/.installed" ] || [ pyproject.toml -nt "$VENV_OLDER/.installed" ] \
   || [ scripts/test.sh -nt "$VENV_OLDER/.installed" ]; then
   "$VENV_OLDER/bin/python" -m pip install --quiet --upgrade pip
-  "$VENV_OLDER/bin/python" -m pip install --quiet -e '.[openai,anthropic,google,mistral,llamaindex]' \
-    'openai<2' 'anthropic<1' 'google-genai<2' 'mistralai<2' \
+  "$VENV_OLDER/bin/python" -m pip install --quiet \
+    -e '.[openai,anthropic,google,mistral,llamaindex,langchain]' \
+    'openai<2' 'anthropic<1' 'google-genai<2' 'mistralai<2' 'langchain-core<1' \
+    'langchain-openai<1' 'langchain-anthropic<1' 'langgraph<1' \
     llama-index-llms-openai llama-index-llms-anthropic \
     pytest pytest-timeout pytest-asyncio hypothesis anyio websockets
   touch "$VENV_OLDER/.installed"
@@ -87,7 +90,7 @@ AGENTKAVACH_TEST_OLDER_SDKS=1 "$VENV_OLDER/bin/python" -m pytest \
   $T/test_google_tools.py $T/test_google_continuation.py $T/test_mistral.py \
   $T/test_mistral_reasoning.py $T/test_clients.py $T/test_llamaindex.py $T/test_price_tiers.py \
   $T/test_search_fees.py $T/test_stored_context.py $T/test_raw_responses.py \
-  $T/test_usage_mapping.py \
+  $T/test_usage_mapping.py $T/test_langchain.py $T/test_examples.py \
   -q -p no:cacheprovider -rs -W "ignore:The model:DeprecationWarning" \
   -W "ignore:Async interactions client:UserWarning" \
   -W "ignore:Interactions usage is experimental:UserWarning"
