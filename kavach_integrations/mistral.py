@@ -261,6 +261,7 @@ _UNMETERED = {
         ("search", "ingest_documents", "generate_index_summary"),
         "search_index",
     ),
+    ("beta", "rag", "managed_indexes"): (("search", "ingest_documents"), "search_index"),  # 2.x
     ("beta", "libraries", "documents"): (("upload", "reprocess"), "document_processing"),
     ("audio", "sessions"): (("create",), "realtime_session"),
     ("realtime", "sessions"): (("create",), "realtime_session"),

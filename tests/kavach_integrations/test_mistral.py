@@ -508,7 +508,7 @@ FREE = {
         "import_from_spans",
     },
     "beta.observability.datasets.records": {"bulk_delete"},
-    "beta.observability.evaluations": {"create_pipeline"},
+    "beta.observability.evaluations": {"create_pipeline", "create_pipeline_config"},  # 2.x
     # defines an LLM-judge scorer (mistralai 3.8); evaluation runs are billed when they run
     "beta.observability.evaluations.scorers": {"create"},
     "beta.observability.evaluations.runs": {"compute_statistics", "search", "search_all"},
@@ -531,6 +531,7 @@ FREE = {
         "deactivate_for_consumer",
     },
     "beta.context.search_indexes": {"create", "grep", "navigate", "read"},
+    "beta.rag.managed_indexes": {"create"},  # mistralai 2.x: search_indexes before 3.0
     "beta.triggers": {"create"},
     "beta.webhooks": {"create"},
     "audio.voices": {"create"},
@@ -592,14 +593,25 @@ def test_every_method_that_posts_is_guarded_unmetered_or_declared_free(
     assert posting > 50  # the walk found the SDK's resources (1.x has 62, 3.x over 100)
     assert unguarded == []
 
-    guard.kill("stop")  # the newly unmetered ones stop with the agent, before any request
     if hasattr(c, "responses"):
         assert "create" in vars(c.responses) and "create_async" in vars(c.responses)
+
+    guard.kill("stop")  # the newly unmetered ones of this SDK stop with the agent, unsent
+    unmetered: dict[str, Any] = {
+        "workflows": lambda: c.workflows.execute_workflow(workflow_identifier="w"),
+        # processing a document again is billed again
+        "beta.libraries.documents": lambda: c.beta.libraries.documents.reprocess(
+            library_id="l", document_id="d"
+        ),
+        "beta.rag.managed_indexes": lambda: c.beta.rag.managed_indexes.search(  # 2.x
+            index_name="i", retriever={"type": "keyword", "query": "q"}
+        ),
+        # 1.x: starting a fine-tuning job created unstarted runs the training
+        "fine_tuning.jobs": lambda: c.fine_tuning.jobs.start(job_id="j"),
+    }
+    present = {path for path, _ in _resources(c)} & unmetered.keys()
+    assert present
+    for path in present:
         with pytest.raises(AgentKilledError):
-            c.workflows.execute_workflow(workflow_identifier="w")
-        with pytest.raises(AgentKilledError):  # processing a document again is billed again
-            c.beta.libraries.documents.reprocess(library_id="l", document_id="d")
-    else:  # mistralai 1.x: starting a fine-tuning job created unstarted runs the training
-        with pytest.raises(AgentKilledError):
-            c.fine_tuning.jobs.start(job_id="j")
+            unmetered[path]()
     assert server.requests == []
