@@ -62,7 +62,7 @@ T=tests/kavach_integrations
   $T/test_responses_socket.py $T/test_realtime.py $T/test_transcriptions.py $T/test_speech.py \
   $T/test_google.py $T/test_google_wrap.py $T/test_google_tools.py \
   $T/test_google_continuation.py $T/test_mistral.py $T/test_mistral_reasoning.py \
-  $T/test_clients.py \
+  $T/test_clients.py $T/test_unmetered.py \
   -q -p no:cacheprovider -rs -W "ignore:The model:DeprecationWarning"
 
 # Third stage: the oldest SDK majors the extras admit: openai 1.x and anthropic 0.x (on httpx;
