@@ -38,6 +38,23 @@ fi
 
 "$VENV/bin/python" -m pytest "$@"
 
+# A venv of its own for a stage: made once, installed again when pyproject.toml or this
+# script is newer than its last install. Arguments: the venv, then what to pip install.
+stage_venv() {
+  local venv=$1
+  shift
+  if [ ! -x "$venv/bin/python" ]; then
+    "$PYTHON" -m venv "$venv"
+  fi
+  if [ ! -f "$venv/.installed" ] || [ pyproject.toml -nt "$venv/.installed" ] \
+    || [ scripts/test.sh -nt "$venv/.installed" ]; then
+    "$venv/bin/python" -m pip install --quiet --upgrade pip
+    "$venv/bin/python" -m pip install --quiet "$@" \
+      pytest pytest-timeout pytest-asyncio hypothesis anyio websockets
+    touch "$venv/.installed"
+  fi
+}
+
 # Second stage: openai 3.x, and the middle majors of the other SDKs (anthropic 1.x,
 # google-genai 2.x, mistralai 2.x). langchain-openai pins openai<3, so the venv above has
 # openai 2.x (on httpx); openai 3.x is built on httpx2 (and httpcore2, which closes streams
@@ -45,17 +62,8 @@ fi
 # run there. Tests of what these SDKs lack skip with the version; their warnings that the
 # models the tests name are deprecated are not the guard's.
 VENV_OPENAI3=${VENV_OPENAI3:-.venv-openai3}
-if [ ! -x "$VENV_OPENAI3/bin/python" ]; then
-  "$PYTHON" -m venv "$VENV_OPENAI3"
-fi
-if [ ! -f "$VENV_OPENAI3/.installed" ] || [ pyproject.toml -nt "$VENV_OPENAI3/.installed" ] \
-  || [ scripts/test.sh -nt "$VENV_OPENAI3/.installed" ]; then
-  "$VENV_OPENAI3/bin/python" -m pip install --quiet --upgrade pip
-  "$VENV_OPENAI3/bin/python" -m pip install --quiet -e '.[openai,anthropic,google,mistral,redis]' \
-    'openai>=3' 'anthropic>=1,<2' 'google-genai>=2,<3' 'mistralai>=2,<3' \
-    pytest pytest-timeout pytest-asyncio hypothesis anyio websockets
-  touch "$VENV_OPENAI3/.installed"
-fi
+stage_venv "$VENV_OPENAI3" -e '.[openai,anthropic,google,mistral,redis]' \
+  'openai>=3' 'anthropic>=1,<2' 'google-genai>=2,<3' 'mistralai>=2,<3'
 T=tests/kavach_integrations
 "$VENV_OPENAI3/bin/python" -m pytest $T/test_openai.py $T/test_anthropic.py \
   $T/test_price_tiers.py $T/test_search_fees.py $T/test_stored_context.py \
@@ -74,20 +82,10 @@ T=tests/kavach_integrations
 # these SDKs lack skip with the version. Their warnings that the models the tests name are
 # deprecated, and google-genai 1.x's about its own experimental parts, are not the guard's.
 VENV_OLDER=${VENV_OLDER:-.venv-older-sdks}
-if [ ! -x "$VENV_OLDER/bin/python" ]; then
-  "$PYTHON" -m venv "$VENV_OLDER"
-fi
-if [ ! -f "$VENV_OLDER/.installed" ] || [ pyproject.toml -nt "$VENV_OLDER/.installed" ] \
-  || [ scripts/test.sh -nt "$VENV_OLDER/.installed" ]; then
-  "$VENV_OLDER/bin/python" -m pip install --quiet --upgrade pip
-  "$VENV_OLDER/bin/python" -m pip install --quiet \
-    -e '.[openai,anthropic,google,mistral,llamaindex,langchain]' \
-    'openai<2' 'anthropic<1' 'google-genai<2' 'mistralai<2' 'langchain-core<1' \
-    'langchain-openai<1' 'langchain-anthropic<1' 'langgraph<1' \
-    llama-index-llms-openai llama-index-llms-anthropic \
-    pytest pytest-timeout pytest-asyncio hypothesis anyio websockets
-  touch "$VENV_OLDER/.installed"
-fi
+stage_venv "$VENV_OLDER" -e '.[openai,anthropic,google,mistral,llamaindex,langchain]' \
+  'openai<2' 'anthropic<1' 'google-genai<2' 'mistralai<2' 'langchain-core<1' \
+  'langchain-openai<1' 'langchain-anthropic<1' 'langgraph<1' \
+  llama-index-llms-openai llama-index-llms-anthropic
 AGENTKAVACH_TEST_OLDER_SDKS=1 "$VENV_OLDER/bin/python" -m pytest \
   $T/test_openai.py $T/test_anthropic.py $T/test_google.py $T/test_google_wrap.py \
   $T/test_google_tools.py $T/test_google_continuation.py $T/test_mistral.py \
