@@ -91,7 +91,7 @@ AGENTKAVACH_TEST_OLDER_SDKS=1 "$VENV_OLDER/bin/python" -m pytest \
   $T/test_google_tools.py $T/test_google_continuation.py $T/test_mistral.py \
   $T/test_mistral_reasoning.py $T/test_clients.py $T/test_llamaindex.py $T/test_price_tiers.py \
   $T/test_search_fees.py $T/test_stored_context.py $T/test_raw_responses.py \
-  $T/test_usage_mapping.py $T/test_langchain.py $T/test_examples.py \
+  $T/test_usage_mapping.py $T/test_langchain.py $T/test_examples.py $T/test_unmetered.py \
   -q -p no:cacheprovider -rs -W "ignore:The model:DeprecationWarning" \
   -W "ignore:Async interactions client:UserWarning" \
   -W "ignore:Interactions usage is experimental:UserWarning"

@@ -21,8 +21,13 @@ import openai
 import pytest
 from google import genai
 from google.genai import errors as genai_errors
-from mistralai.client import Mistral
-from mistralai.client import errors as mistral_errors
+
+try:  # mistralai 2.0 and later
+    from mistralai.client import Mistral
+    from mistralai.client import errors as mistral_errors
+except ImportError:  # mistralai 1.x (the older-SDK stage of scripts/test.sh)
+    from mistralai import Mistral
+    from mistralai import models as mistral_errors
 from openai.types import ImagesResponse
 
 from kavach import (
