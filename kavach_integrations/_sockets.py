@@ -588,7 +588,8 @@ def guard_socket(
 ) -> None:
     """Meter the calls of every socket ``owner.connect()`` opens (OpenAI's Stainless
     connection managers, which open it in ``_connect_ws``: on entering, and again on each
-    reconnect). A stopped agent opens none."""
+    reconnect; before openai 2.0, in ``__enter__`` itself, see ``_EnteringManager``). A
+    stopped agent opens none."""
     original = owner.connect
     operation = protocol.endpoint.operation
 
@@ -596,9 +597,10 @@ def guard_socket(
         manager = original(*args, **kwargs)  # builds the manager: nothing is sent yet
         if not guard.enabled:
             return manager
+        unmetered = Unmetered(protocol.provider, operation)
         open_ws = getattr(manager, "_connect_ws", None)
-        if open_ws is None:  # an SDK that opens its socket elsewhere: stopped, not counted
-            _admit_unmetered(guard, Unmetered(protocol.provider, operation), kwargs)
+        if open_ws is None and not hasattr(manager, "__aenter__" if is_async else "__enter__"):
+            _admit_unmetered(guard, unmetered, kwargs)  # opens its socket elsewhere
             return manager
         guard.check_stopped(CallSpec(provider=protocol.provider, model="", operation=operation))
         refused: deque[str | bytes] = deque(maxlen=32)  # per manager: its send queue's
@@ -606,7 +608,10 @@ def guard_socket(
         def calls() -> SocketCalls:  # a socket's own (a reconnect opens a new one)
             return SocketCalls(guard, protocol, client, refused, protocol.state(kwargs))
 
-        if is_async:
+        if open_ws is None:
+            manager.__class__ = _entering_manager(manager.__class__, is_async)
+            manager._kavach_meter = _EnteringManager(calls, guard, unmetered, kwargs)
+        elif is_async:
 
             async def aconnect_ws(*a: Any, **kw: Any) -> Any:
                 return AsyncMeteredSocket(await open_ws(*a, **kw), calls())
@@ -621,3 +626,54 @@ def guard_socket(
         return manager
 
     patch(client, owner, "connect", functools.wraps(original)(connect))
+
+
+@dataclass
+class _EnteringManager:
+    """What a connection manager that opens its socket as it is entered (openai before 2.0,
+    whose ``realtime.connect()`` has no ``_connect_ws``) needs to meter it: the socket is the
+    entered connection's ``_connection``, which is swapped for a metered one before anything
+    is sent. A connection without one is let through, stopped with the agent and said not to
+    be counted."""
+
+    calls: Callable[[], SocketCalls]
+    guard: AgentKavach
+    unmetered: Unmetered
+    connect_kwargs: Any
+
+    def meter(self, connection: Any, is_async: bool) -> Any:
+        ws = getattr(connection, "_connection", None)
+        if ws is None:
+            try:
+                _admit_unmetered(self.guard, self.unmetered, self.connect_kwargs)
+            except KavachError:
+                connection.close()  # refused (unmetered="refuse"): the socket is open
+                raise
+        else:
+            socket = AsyncMeteredSocket if is_async else MeteredSocket
+            connection._connection = socket(ws, self.calls())
+        return connection
+
+
+@functools.cache
+def _entering_manager(cls: Any, is_async: bool) -> type:
+    """A subclass of connection manager ``cls`` whose ``__enter__`` (``__aenter__``, and the
+    ``enter`` alias) meters the socket it opens; the manager stays an instance of ``cls``."""
+    namespace: dict[str, Any]
+    if is_async:
+
+        async def __aenter__(self: Any) -> Any:  # noqa: N807 - the protocol's name
+            return self._kavach_meter.meter(await cls.__aenter__(self), True)
+
+        namespace = {"__aenter__": __aenter__}
+        if hasattr(cls, "enter"):
+            namespace["enter"] = __aenter__
+    else:
+
+        def __enter__(self: Any) -> Any:  # noqa: N807 - the protocol's name
+            return self._kavach_meter.meter(cls.__enter__(self), False)
+
+        namespace = {"__enter__": __enter__}
+        if hasattr(cls, "enter"):
+            namespace["enter"] = __enter__
+    return type(cls.__name__, (cls,), {**namespace, "__module__": cls.__module__})

@@ -201,6 +201,12 @@ class SocketServer:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
+    @property
+    def websocket_base_url(self) -> str:
+        """For the client's ``websocket_base_url``: before 2.0, openai makes ``wss://`` of
+        any base URL."""
+        return f"ws://127.0.0.1:{self.port}/v1"
+
     def _handle(self, ws: Any) -> None:
         for event in self.greeting:
             ws.send(json.dumps(event))

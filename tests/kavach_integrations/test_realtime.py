@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from kavach import AgentKavach, Budget, UnmeteredCallError
+from kavach import AgentKavach, Budget, CallLimitError, UnmeteredCallError
 from kavach.errors import AgentKilledError, BudgetExceededError
 
 openai = pytest.importorskip("openai")
@@ -97,7 +97,22 @@ def _answering(sockets: SocketServer) -> None:
 
 
 def client(sockets: SocketServer, guard: AgentKavach) -> Any:
-    return guard.wrap(openai.OpenAI(base_url=sockets.base_url, api_key="sk-t", max_retries=0))
+    return guard.wrap(
+        openai.OpenAI(
+            base_url=sockets.base_url,
+            websocket_base_url=sockets.websocket_base_url,
+            api_key="sk-t",
+            max_retries=0,
+        )
+    )
+
+
+def aclient(sockets: SocketServer, guard: AgentKavach) -> Any:
+    return guard.wrap(
+        openai.AsyncOpenAI(
+            base_url=sockets.base_url, websocket_base_url=sockets.websocket_base_url, api_key="sk-t"
+        )
+    )
 
 
 def until_done(connection: Any, responses: int = 1) -> list[Any]:
@@ -331,11 +346,13 @@ def test_an_sdk_whose_manager_opens_the_socket_elsewhere_is_stopped_and_not_coun
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # The guard reaches the socket through the connection manager's _connect_ws; an SDK
-    # release without it must not leave sessions silently unmetered.
+    # The guard reaches the socket through the connection manager's _connect_ws (openai 2.0
+    # and later) or as it is entered (before); an SDK release with neither must not leave
+    # sessions silently unmetered.
     from openai.resources.realtime.realtime import RealtimeConnectionManager
 
-    monkeypatch.delattr(RealtimeConnectionManager, "_connect_ws")
+    monkeypatch.delattr(RealtimeConnectionManager, "_connect_ws", raising=False)
+    monkeypatch.delattr(RealtimeConnectionManager, "__enter__")
     guard = make_guard(budget=Budget.daily(1))
     c = client(sockets, guard)
     with caplog.at_level(logging.WARNING, logger="kavach"):
@@ -347,13 +364,50 @@ def test_an_sdk_whose_manager_opens_the_socket_elsewhere_is_stopped_and_not_coun
         c.realtime.connect(model=MODEL)
 
 
+def test_a_session_entered_without_a_socket_the_guard_can_reach_is_said_not_counted(
+    make_guard: Any,
+    sockets: SocketServer,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Before openai 2.0 the manager opens the socket as it is entered and the guard meters
+    # the connection's _connection; a connection without one is let through, said not
+    # counted, counted as a call, and closed when it may not go.
+    from openai.resources.realtime.realtime import RealtimeConnectionManager
+
+    closed: list[bool] = []
+
+    class Connection:
+        def close(self) -> None:
+            closed.append(True)
+
+    monkeypatch.delattr(RealtimeConnectionManager, "_connect_ws", raising=False)
+    monkeypatch.setattr(RealtimeConnectionManager, "__enter__", lambda self: Connection())
+    guard = make_guard(budget=Budget.daily(1), max_calls_per_run=1)
+    c = client(sockets, guard)
+    with caplog.at_level(logging.WARNING, logger="kavach"):
+        manager = c.realtime.connect(model=MODEL)
+        assert not caplog.records  # nothing opened yet
+        assert isinstance(manager.__enter__(), Connection)
+    assert any("cannot meter" in r.getMessage() for r in caplog.records)
+    assert not closed
+    with pytest.raises(CallLimitError):  # the first counted as a call
+        c.realtime.connect(model=MODEL).__enter__()
+    assert closed == [True]
+
+    refusing = make_guard(budget=Budget.daily(1), unmetered="refuse")
+    with pytest.raises(UnmeteredCallError):
+        client(sockets, refusing).realtime.connect(model=MODEL).__enter__()
+    assert closed == [True, True]
+
+
 def test_async_sessions_are_held_and_settled(
     make_guard: Any, events: Events, sockets: SocketServer
 ) -> None:
     guard = make_guard(budget=Budget.daily(1))
 
     async def session() -> None:
-        c = guard.wrap(openai.AsyncOpenAI(base_url=sockets.base_url, api_key="sk-t"))
+        c = aclient(sockets, guard)
         async with c.realtime.connect(model=MODEL) as connection:
             await connection.input_audio_buffer.append(audio=speech(1))
             await connection.input_audio_buffer.commit()  # answered by the server itself
@@ -381,7 +435,7 @@ def test_async_sessions_on_a_shared_redis_ledger_are_held_and_settled(
     other = make_guard(agent_name="test-agent", budget=Budget.daily(1), ledger=ledger)
 
     async def session() -> None:
-        c = guard.wrap(openai.AsyncOpenAI(base_url=sockets.base_url, api_key="sk-t"))
+        c = aclient(sockets, guard)
         async with c.realtime.connect(model=MODEL) as connection:
             await connection.response.create(response={"max_output_tokens": 400})
             assert other.status()[0].reserved > 0  # another worker sees the hold
@@ -565,7 +619,7 @@ def test_async_refuse_mode_refuses_turning_on_transcription_the_guard_cannot_pri
     guard = make_guard(budget=Budget.daily(1), unmetered="refuse")
 
     async def session() -> None:
-        c = guard.wrap(openai.AsyncOpenAI(base_url=sockets.base_url, api_key="sk-t"))
+        c = aclient(sockets, guard)
         async with c.realtime.connect(model=MODEL) as connection:
             with pytest.raises(UnmeteredCallError):
                 await connection.session.update(session=transcribing("acme-asr-1"))
@@ -609,7 +663,7 @@ def test_async_sessions_hold_and_settle_transcriptions(
     guard = make_guard(budget=Budget.daily(1))
 
     async def session() -> None:
-        c = guard.wrap(openai.AsyncOpenAI(base_url=sockets.base_url, api_key="sk-t"))
+        c = aclient(sockets, guard)
         async with c.realtime.connect(model=MODEL) as connection:
             await connection.session.update(session=transcribing())
             await connection.input_audio_buffer.append(audio=speech(1))
