@@ -82,7 +82,7 @@ T=tests/kavach_integrations
 # these SDKs lack skip with the version. Their warnings that the models the tests name are
 # deprecated, and google-genai 1.x's about its own experimental parts, are not the guard's.
 VENV_OLDER=${VENV_OLDER:-.venv-older-sdks}
-stage_venv "$VENV_OLDER" -e '.[openai,anthropic,google,mistral,llamaindex,langchain]' \
+stage_venv "$VENV_OLDER" -e '.[openai,anthropic,google,mistral,llamaindex,langchain,redis]' \
   'openai<2' 'anthropic<1' 'google-genai<2' 'mistralai<2' 'langchain-core<1' \
   'langchain-openai<1' 'langchain-anthropic<1' 'langgraph<1' \
   llama-index-llms-openai llama-index-llms-anthropic
@@ -92,6 +92,7 @@ AGENTKAVACH_TEST_OLDER_SDKS=1 "$VENV_OLDER/bin/python" -m pytest \
   $T/test_mistral_reasoning.py $T/test_clients.py $T/test_llamaindex.py $T/test_price_tiers.py \
   $T/test_search_fees.py $T/test_stored_context.py $T/test_raw_responses.py \
   $T/test_usage_mapping.py $T/test_langchain.py $T/test_examples.py $T/test_unmetered.py \
+  $T/test_realtime.py $T/test_speech.py $T/test_transcriptions.py \
   -q -p no:cacheprovider -rs -W "ignore:The model:DeprecationWarning" \
   -W "ignore:Async interactions client:UserWarning" \
   -W "ignore:Interactions usage is experimental:UserWarning"

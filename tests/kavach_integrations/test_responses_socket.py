@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import importlib
 import itertools
 import logging
 from typing import Any
@@ -26,7 +27,13 @@ from tests.kavach_integrations.conftest import (  # noqa: E402
     spent,
 )
 
-pytestmark = SDK_SOCKET_WARNING
+pytestmark = [
+    SDK_SOCKET_WARNING,
+    pytest.mark.skipif(
+        not hasattr(importlib.import_module("openai.resources.responses").Responses, "connect"),
+        reason=f"openai {openai.__version__} has no responses.connect",
+    ),
+]
 
 INPUT, OUTPUT = 100, 3
 # gpt-4o: $2.50 per million input tokens, $10 per million output tokens, in nano-dollars.
