@@ -641,18 +641,15 @@ class _EnteringManager:
     unmetered: Unmetered
     connect_kwargs: Any
 
-    def meter(self, connection: Any, is_async: bool) -> Any:
+    def meter(self, connection: Any, is_async: bool) -> None:
+        """Meter an entered ``connection``; raises (the caller closes it) when the agent may
+        not make the call."""
         ws = getattr(connection, "_connection", None)
         if ws is None:
-            try:
-                _admit_unmetered(self.guard, self.unmetered, self.connect_kwargs)
-            except KavachError:
-                connection.close()  # refused (unmetered="refuse"): the socket is open
-                raise
+            _admit_unmetered(self.guard, self.unmetered, self.connect_kwargs)
         else:
             socket = AsyncMeteredSocket if is_async else MeteredSocket
             connection._connection = socket(ws, self.calls())
-        return connection
 
 
 @functools.cache
@@ -663,7 +660,13 @@ def _entering_manager(cls: Any, is_async: bool) -> type:
     if is_async:
 
         async def __aenter__(self: Any) -> Any:  # noqa: N807 - the protocol's name
-            return self._kavach_meter.meter(await cls.__aenter__(self), True)
+            connection = await cls.__aenter__(self)
+            try:
+                self._kavach_meter.meter(connection, True)
+            except KavachError:
+                await connection.close()  # refused: the socket is open
+                raise
+            return connection
 
         namespace = {"__aenter__": __aenter__}
         if hasattr(cls, "enter"):
@@ -671,7 +674,13 @@ def _entering_manager(cls: Any, is_async: bool) -> type:
     else:
 
         def __enter__(self: Any) -> Any:  # noqa: N807 - the protocol's name
-            return self._kavach_meter.meter(cls.__enter__(self), False)
+            connection = cls.__enter__(self)
+            try:
+                self._kavach_meter.meter(connection, False)
+            except KavachError:
+                connection.close()  # refused: the socket is open
+                raise
+            return connection
 
         namespace = {"__enter__": __enter__}
         if hasattr(cls, "enter"):

@@ -401,6 +401,33 @@ def test_a_session_entered_without_a_socket_the_guard_can_reach_is_said_not_coun
     assert closed == [True, True]
 
 
+def test_an_async_session_entered_without_a_socket_the_guard_can_reach_is_closed_if_refused(
+    make_guard: Any, sockets: SocketServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from openai.resources.realtime.realtime import AsyncRealtimeConnectionManager
+
+    closed: list[bool] = []
+
+    class Connection:
+        async def close(self) -> None:
+            closed.append(True)
+
+    async def enter(self: Any) -> Connection:
+        return Connection()
+
+    monkeypatch.delattr(AsyncRealtimeConnectionManager, "_connect_ws", raising=False)
+    monkeypatch.setattr(AsyncRealtimeConnectionManager, "__aenter__", enter)
+    refusing = make_guard(budget=Budget.daily(1), unmetered="refuse")
+
+    async def session() -> None:
+        async with aclient(sockets, refusing).realtime.connect(model=MODEL):
+            pass
+
+    with pytest.raises(UnmeteredCallError):
+        asyncio.run(session())
+    assert closed == [True]
+
+
 def test_async_sessions_are_held_and_settled(
     make_guard: Any, events: Events, sockets: SocketServer
 ) -> None:
