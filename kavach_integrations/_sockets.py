@@ -656,10 +656,10 @@ class _EnteringManager:
 def _entering_manager(cls: Any, is_async: bool) -> type:
     """A subclass of connection manager ``cls`` whose ``__enter__`` (``__aenter__``, and the
     ``enter`` alias) meters the socket it opens; the manager stays an instance of ``cls``."""
-    namespace: dict[str, Any]
+    enter: Callable[[Any], Any]
     if is_async:
 
-        async def __aenter__(self: Any) -> Any:  # noqa: N807 - the protocol's name
+        async def enter(self: Any) -> Any:
             connection = await cls.__aenter__(self)
             try:
                 self._kavach_meter.meter(connection, True)
@@ -668,12 +668,9 @@ def _entering_manager(cls: Any, is_async: bool) -> type:
                 raise
             return connection
 
-        namespace = {"__aenter__": __aenter__}
-        if hasattr(cls, "enter"):
-            namespace["enter"] = __aenter__
     else:
 
-        def __enter__(self: Any) -> Any:  # noqa: N807 - the protocol's name
+        def enter(self: Any) -> Any:
             connection = cls.__enter__(self)
             try:
                 self._kavach_meter.meter(connection, False)
@@ -682,7 +679,7 @@ def _entering_manager(cls: Any, is_async: bool) -> type:
                 raise
             return connection
 
-        namespace = {"__enter__": __enter__}
-        if hasattr(cls, "enter"):
-            namespace["enter"] = __enter__
-    return type(cls.__name__, (cls,), {**namespace, "__module__": cls.__module__})
+    namespace = {"__aenter__" if is_async else "__enter__": enter, "__module__": cls.__module__}
+    if hasattr(cls, "enter"):
+        namespace["enter"] = enter
+    return type(cls.__name__, (cls,), namespace)
