@@ -30,6 +30,16 @@ def server(_server: StandIn) -> Iterator[StandIn]:
     _server.reset()
 
 
+def openai_lacks_responses(method: str) -> str | None:
+    """Why a test of ``responses.<method>`` cannot run on the installed openai SDK (1.x, in the
+    older-SDK stage, predates some), or None; stage one (2.x) and the openai 3.x stage run it."""
+    import openai.resources.responses
+
+    if hasattr(openai.resources.responses.Responses, method):
+        return None
+    return f"openai {openai.__version__} has no responses.{method}"
+
+
 class Events(NullObserver):
     """Every settled or refused call, in order."""
 

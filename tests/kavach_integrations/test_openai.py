@@ -29,7 +29,7 @@ from kavach import (
 from kavach._devtools.standin import RecordedRequest, Reply, StandIn, ToolCall
 from kavach_integrations._provider import unwrap
 
-from .conftest import Events
+from .conftest import Events, openai_lacks_responses
 
 MSGS = [{"role": "user", "content": "Say hello"}]
 
@@ -1036,10 +1036,8 @@ COMPACTED = {
 
 
 def _needs_responses(method: str) -> None:
-    """Skip, with the reason, under an openai SDK that predates ``responses.<method>``
-    (1.x, in the older-SDK stage); stage one (2.x) and the openai 3.x stage run the test."""
-    if not hasattr(openai.resources.responses.Responses, method):
-        pytest.skip(f"openai {openai.__version__} has no responses.{method}")
+    if (reason := openai_lacks_responses(method)) is not None:
+        pytest.skip(reason)
 
 
 def test_responses_compact_is_reserved_settled_and_stops_with_the_agent(

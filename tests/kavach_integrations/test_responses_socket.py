@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import importlib
 import itertools
 import logging
 from typing import Any
@@ -24,15 +23,14 @@ from tests.kavach_integrations.conftest import (  # noqa: E402
     Events,
     SocketServer,
     events_until,
+    openai_lacks_responses,
     spent,
 )
 
+_NO_CONNECT = openai_lacks_responses("connect")
 pytestmark = [
     SDK_SOCKET_WARNING,
-    pytest.mark.skipif(
-        not hasattr(importlib.import_module("openai.resources.responses").Responses, "connect"),
-        reason=f"openai {openai.__version__} has no responses.connect",
-    ),
+    pytest.mark.skipif(_NO_CONNECT is not None, reason=_NO_CONNECT or ""),
 ]
 
 INPUT, OUTPUT = 100, 3
