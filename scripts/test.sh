@@ -36,8 +36,6 @@ if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) || true
 fi
 
-"$VENV/bin/python" -m pytest "$@"
-
 # A venv of its own for a stage: made once, installed again when pyproject.toml or this
 # script is newer than its last install. Arguments: the venv, then what to pip install.
 stage_venv() {
@@ -62,16 +60,18 @@ stage_venv() {
 # run there. Tests of what these SDKs lack skip with the version; their warnings that the
 # models the tests name are deprecated are not the guard's.
 VENV_OPENAI3=${VENV_OPENAI3:-.venv-openai3}
-stage_venv "$VENV_OPENAI3" -e '.[openai,anthropic,google,mistral,redis]' \
-  'openai>=3' 'anthropic>=1,<2' 'google-genai>=2,<3' 'mistralai>=2,<3'
 T=tests/kavach_integrations
-"$VENV_OPENAI3/bin/python" -m pytest $T/test_openai.py $T/test_anthropic.py \
-  $T/test_price_tiers.py $T/test_search_fees.py $T/test_stored_context.py \
-  $T/test_responses_socket.py $T/test_realtime.py $T/test_transcriptions.py $T/test_speech.py \
-  $T/test_google.py $T/test_google_wrap.py $T/test_google_tools.py \
-  $T/test_google_continuation.py $T/test_mistral.py $T/test_mistral_reasoning.py \
-  $T/test_clients.py $T/test_unmetered.py \
-  -q -p no:cacheprovider -rs -W "ignore:The model:DeprecationWarning"
+stage_two() {
+  stage_venv "$VENV_OPENAI3" -e '.[openai,anthropic,google,mistral,redis]' \
+    'openai>=3' 'anthropic>=1,<2' 'google-genai>=2,<3' 'mistralai>=2,<3'
+  "$VENV_OPENAI3/bin/python" -m pytest $T/test_openai.py $T/test_anthropic.py \
+    $T/test_price_tiers.py $T/test_search_fees.py $T/test_stored_context.py \
+    $T/test_responses_socket.py $T/test_realtime.py $T/test_transcriptions.py $T/test_speech.py \
+    $T/test_google.py $T/test_google_wrap.py $T/test_google_tools.py \
+    $T/test_google_continuation.py $T/test_mistral.py $T/test_mistral_reasoning.py \
+    $T/test_clients.py $T/test_unmetered.py \
+    -q -p no:cacheprovider -rs -W "ignore:The model:DeprecationWarning"
+}
 
 # Third stage: the oldest SDK majors the extras admit: openai 1.x and anthropic 0.x (on httpx;
 # anthropic 1.0 moved to httpx2 and dropped the temperature parameter, which
@@ -82,17 +82,52 @@ T=tests/kavach_integrations
 # these SDKs lack skip with the version. Their warnings that the models the tests name are
 # deprecated, and google-genai 1.x's about its own experimental parts, are not the guard's.
 VENV_OLDER=${VENV_OLDER:-.venv-older-sdks}
-stage_venv "$VENV_OLDER" -e '.[openai,anthropic,google,mistral,llamaindex,langchain,redis]' \
-  'openai<2' 'anthropic<1' 'google-genai<2' 'mistralai<2' 'langchain-core<1' \
-  'langchain-openai<1' 'langchain-anthropic<1' 'langgraph<1' \
-  llama-index-llms-openai llama-index-llms-anthropic
-AGENTKAVACH_TEST_OLDER_SDKS=1 "$VENV_OLDER/bin/python" -m pytest \
-  $T/test_openai.py $T/test_anthropic.py $T/test_google.py $T/test_google_wrap.py \
-  $T/test_google_tools.py $T/test_google_continuation.py $T/test_mistral.py \
-  $T/test_mistral_reasoning.py $T/test_clients.py $T/test_llamaindex.py $T/test_price_tiers.py \
-  $T/test_search_fees.py $T/test_stored_context.py $T/test_raw_responses.py \
-  $T/test_usage_mapping.py $T/test_langchain.py $T/test_examples.py $T/test_unmetered.py \
-  $T/test_realtime.py $T/test_speech.py $T/test_transcriptions.py \
-  -q -p no:cacheprovider -rs -W "ignore:The model:DeprecationWarning" \
-  -W "ignore:Async interactions client:UserWarning" \
-  -W "ignore:Interactions usage is experimental:UserWarning"
+stage_three() {
+  stage_venv "$VENV_OLDER" -e '.[openai,anthropic,google,mistral,llamaindex,langchain,redis]' \
+    'openai<2' 'anthropic<1' 'google-genai<2' 'mistralai<2' 'langchain-core<1' \
+    'langchain-openai<1' 'langchain-anthropic<1' 'langgraph<1' \
+    llama-index-llms-openai llama-index-llms-anthropic
+  AGENTKAVACH_TEST_OLDER_SDKS=1 "$VENV_OLDER/bin/python" -m pytest \
+    $T/test_openai.py $T/test_anthropic.py $T/test_google.py $T/test_google_wrap.py \
+    $T/test_google_tools.py $T/test_google_continuation.py $T/test_mistral.py \
+    $T/test_mistral_reasoning.py $T/test_clients.py $T/test_llamaindex.py $T/test_price_tiers.py \
+    $T/test_search_fees.py $T/test_stored_context.py $T/test_raw_responses.py \
+    $T/test_usage_mapping.py $T/test_langchain.py $T/test_examples.py $T/test_unmetered.py \
+    $T/test_realtime.py $T/test_speech.py $T/test_transcriptions.py \
+    -q -p no:cacheprovider -rs -W "ignore:The model:DeprecationWarning" \
+    -W "ignore:Async interactions client:UserWarning" \
+    -W "ignore:Interactions usage is experimental:UserWarning"
+}
+
+# Stages two and three run in the background, one after the other, while stage one runs: stage
+# one keeps about one core busy, and on a machine of two cores this saves their whole time.
+# Each runs in a subshell of its own, so a failed install stops that stage. Their output is
+# printed after stage one's, and the script fails if any stage failed. They run in a process
+# group of their own (set -m), which the script stops if it is stopped or ends first.
+LOGS=$(mktemp -d)
+set -m
+(
+  status=0
+  (stage_two) &
+  wait $! || status=$?
+  (stage_three) &
+  wait $! || status=$?
+  exit "$status"
+) </dev/null >"$LOGS/later" 2>&1 &
+LATER=$!
+set +m
+trap 'kill -- -"$LATER" 2>/dev/null || true; rm -rf "$LOGS"' EXIT
+trap 'exit 130' INT TERM
+
+echo "Stage one: the whole suite (stages two and three run beside it; their output follows it)"
+status=0
+"$VENV/bin/python" -m pytest "$@" || status=$?
+echo
+echo "Stages two and three: the provider tests on openai 3.x, then on the oldest SDK majors"
+later=0
+wait "$LATER" || later=$?
+cat "$LOGS/later"
+if [ "$status" = 0 ]; then
+  status=$later
+fi
+exit "$status"
