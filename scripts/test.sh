@@ -109,9 +109,9 @@ set -m
 (
   status=0
   (stage_two) &
-  wait $! || status=$?
+  wait $! || { status=$?; echo "stage two (openai 3.x) failed: exit status $status"; }
   (stage_three) &
-  wait $! || status=$?
+  wait $! || { status=$?; echo "stage three (the oldest SDK majors) failed: exit status $status"; }
   exit "$status"
 ) </dev/null >"$LOGS/later" 2>&1 &
 LATER=$!
