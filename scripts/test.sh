@@ -101,7 +101,9 @@ stage_three() {
 
 # Stages two and three run in the background, one after the other, while stage one runs: stage
 # one keeps about one core busy, and on a machine of two cores this saves their whole time.
-# Each runs in a subshell of its own, so a failed install stops that stage. Their output is
+# Each runs in a subshell of its own, started with & and then waited for, so that set -e holds
+# inside it and a failed install stops that stage (bash ignores set -e in a command run on the
+# left of ||, so `(stage_two) || status=$?` would go on to the tests). Their output is
 # printed after stage one's, and the script fails if any stage failed. They run in a process
 # group of their own (set -m), which the script stops if it is stopped or ends first.
 LOGS=$(mktemp -d)
