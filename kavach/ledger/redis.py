@@ -374,9 +374,14 @@ class RedisLedger:
         batcher = self._async.get(loop)
         # In-flight batches can still hand a cancelled reserve's hold back (a new
         # background release), and a release is itself a batch: wait until neither is left.
-        while mine := [t for t in self._background if t.get_loop() is loop] + (
-            list(batcher._tasks) if batcher is not None else []
-        ):
+        # Only unfinished tasks: a finished one leaves its set in a done callback that has
+        # not run yet, and on Python 3.12+ gathering finished tasks returns without letting
+        # it run, so waiting for the sets to empty would spin forever.
+        while mine := [
+            t
+            for t in [*self._background, *(batcher._tasks if batcher is not None else ())]
+            if t.get_loop() is loop and not t.done()
+        ]:
             await asyncio.gather(*mine, return_exceptions=True)
         if self._unsettled:
             try:
@@ -1011,8 +1016,10 @@ class _Batcher:
                 self._conns.append(conn)
 
     async def aclose(self) -> None:
-        while self._tasks:  # let in-flight batches finish and hand their connections back
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Let in-flight batches finish and hand their connections back (unfinished ones
+        # only: see RedisLedger.aclose).
+        while pending := [t for t in self._tasks if not t.done()]:
+            await asyncio.gather(*pending, return_exceptions=True)
         pool = self.client.connection_pool
         conns, self._conns = self._conns, []
         for conn in conns:
