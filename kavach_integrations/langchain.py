@@ -35,8 +35,10 @@ Calls LangChain never ends are settled too. LangChain sends no ``on_llm_error`` 
 task awaiting a model is cancelled (``asyncio.wait_for``, a LangGraph branch cancelled by a
 failing sibling), and stops at the first handler that raises, so another handler's error in
 the start or end event hides it from this one. Such a call is settled when its parent run
-(chain, tool, retriever, graph node) ends, or, for an async call, when the task that made it
-ends: released if the error came out of a start event (nothing was sent), billed at the most
+(chain, tool, retriever, graph node) ends, or, for an async call, when the coroutine that made
+it (LangChain's ``agenerate``) or the task that made it ends (since Python 3.12,
+``asyncio.wait_for``, like ``asyncio.timeout()``, cancels the call and resumes the same task,
+which goes on): released if the error came out of a start event (nothing was sent), billed at the most
 it could cost if it came out of an end event (answered, the answer unseen), otherwise at the
 input estimate plus what streamed (``status="cancelled"`` for a cancellation), as
 ``kavach.stream`` bills a dropped stream. A sync ``generate()`` whose prompt fails settles
@@ -46,8 +48,10 @@ handlers for two guards (agent and team budgets) hold together or not at all.
 
 Not covered: a sync model call made on its own (no chain around it, no running event loop)
 whose start or end event another handler aborts keeps its hold (nothing tells the handler
-the call is over), as does an async one left by ``asyncio.timeout()`` (it cancels and
-resumes the same task) until that task ends. Run such calls in a chain or a task.
+the call is over). So does, until its parent run or its task ends, an async text LLM's call
+cancelled on a task that goes on (its start event comes from a task of its own), or a chat
+model's whose task awaits it through an awaitable that does not show what it awaits (not a
+coroutine, generator, async generator or asyncio future). Run such calls in a chain or a task.
 
 The handler uses the guard's sync API: with the in-memory ledger that does no I/O. A Redis
 ledger makes a short blocking round trip on the event loop for async LangChain calls.
@@ -56,6 +60,8 @@ ledger makes a short blocking round trip on the event loop for async LangChain c
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import inspect
 import json
 import logging
@@ -64,6 +70,7 @@ import threading
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from types import AsyncGeneratorType, CoroutineType, FrameType, GeneratorType
 from typing import Any, Literal
 from uuid import UUID
 
@@ -156,6 +163,13 @@ class _Call:
     batch: _Batch | None = None
     output_tokens: int = 0
     cut: bool = False
+    owner: weakref.ref[Any] | None = None
+    """The coroutine of LangChain's that made an async call (``agenerate``), once found:
+    when it is gone, so is the call (see ``KavachHandler._bind_owner``)."""
+    owner_frame: FrameType | None = None
+    owner_line: int | None = None
+    """Its frame, and the line it was on when it sent the start event: a coroutine that ended
+    on that line ended with an error out of the start event, so the call was never sent."""
 
 
 # A call LangChain never ends: was its request sent, and was it answered?
@@ -442,6 +456,54 @@ class KavachHandler(BaseCallbackHandler):
                 self._watched.add(task)
         if task is not None and watch:
             task.add_done_callback(self._task_done)
+        if task is not None and (frame := _owner_frame()) is not None:
+            call.owner_frame, call.owner_line = frame, frame.f_lineno
+            task.get_loop().call_soon(self._bind_owner, run_id, call)
+
+    def _bind_owner(self, run_id: UUID, call: _Call) -> None:
+        """Watch the coroutine that made an async call, from the first moment its task
+        waits (the handler runs inside it, and a running task's coroutines cannot be seen).
+
+        A cancelled ``ainvoke`` never gets ``on_llm_error``, and since Python 3.12 neither
+        ``asyncio.wait_for`` nor ``asyncio.timeout`` ends the task it cancels: the task goes
+        on, so its end cannot be what settles the call. The coroutine that made the call
+        (``agenerate``) ends with it, though, so the call is settled when that coroutine is
+        gone, as when its task ends."""
+        task, frame = call.task, call.owner_frame
+        if task is None or frame is None or task.done() or self._calls.get(run_id) is not call:
+            return  # ended already, or the task's end settles it
+        found = _awaiting(task, frame)
+        if found is _UNSEEN:
+            return  # an await the chain cannot be followed through: left to the task's end
+        if found is None:  # not on its task any more: it ended without ending the call
+            self._owner_gone(run_id, call)
+            return
+        loop = task.get_loop()
+        handler = weakref.ref(self)
+
+        def gone(_: object) -> None:
+            # Called wherever the coroutine is freed, maybe with a lock held: settle later.
+            if (live := handler()) is not None:
+                with contextlib.suppress(RuntimeError):  # the loop is closed: the task ended
+                    loop.call_soon_threadsafe(live._owner_gone, run_id, call)
+
+        call.owner = weakref.ref(found, gone)
+
+    def _owner_gone(self, run_id: UUID, call: _Call) -> None:
+        if call.task is not None and call.task.done():
+            return  # the task's end settles it, and knows the error that ended it
+        with self._lock:
+            if self._calls.get(run_id) is not call:
+                return
+            self._pop(run_id)
+        frame = call.owner_frame
+        # Ended on the line that sent the start event: another handler raised out of it.
+        unsent = frame is not None and frame.f_lineno == call.owner_line
+        call.owner_frame = None
+        if unsent:
+            _give_up(call, "unsent", "error", "another handler refused it before it was sent")
+        else:  # a cancellation, as errors of the request itself come as on_llm_error
+            _give_up(call, "unknown", "cancelled", "the coroutine that made it ended first")
 
     def _start_failed(self, run_id: UUID, batch_key: tuple[object, UUID | None]) -> None:
         with self._lock:
@@ -617,11 +679,70 @@ def _finished(call: _Call, task: asyncio.Task[Any] | None, thread: threading.Thr
     return call.thread is thread or not call.thread.is_alive()
 
 
+# The coroutines of LangChain's that make model calls and end only when the calls they made
+# are over (answered, failed or cancelled): a call made by one is over once it is gone.
+_OWNERS = {
+    ("langchain_core.language_models.chat_models", "agenerate"),
+    ("langchain_core.language_models.llms", "agenerate"),
+}
+_UNSEEN = object()
+_future_iter: type | None = None
+
+
+def _owner_frame() -> FrameType | None:
+    """The frame of LangChain's ``agenerate`` that is calling the handler, if that is what
+    is: the first frame above the handler and LangChain's callback manager."""
+    frame = sys._getframe(2)
+    while frame is not None and (
+        frame.f_globals.get("__name__") == __name__
+        or str(frame.f_globals.get("__name__")).startswith("langchain_core.callbacks")
+    ):
+        frame = frame.f_back  # type: ignore[assignment]
+    if frame is None or (frame.f_globals.get("__name__"), frame.f_code.co_name) not in _OWNERS:
+        return None
+    return frame if frame.f_code.co_flags & inspect.CO_COROUTINE else None
+
+
+def _awaiting(task: asyncio.Task[Any], frame: FrameType) -> Any:
+    """The coroutine of ``frame`` if ``task`` (waiting, not running) is awaiting it; None
+    when the task's chain of awaits, followed to its end, does not hold it; ``_UNSEEN`` when
+    the chain passes through an awaitable it cannot be followed through."""
+    global _future_iter
+    if _future_iter is None:
+        _future_iter = type(task.get_loop().create_future().__await__())
+    awaited: Any = task.get_coro()
+    for _ in range(1000):
+        if isinstance(awaited, CoroutineType):
+            if awaited.cr_frame is frame:
+                return awaited
+            awaited = awaited.cr_await
+        elif isinstance(awaited, GeneratorType):  # a generator-based coroutine, a bare yield
+            awaited = awaited.gi_yieldfrom
+        elif type(awaited).__name__ in ("async_generator_asend", "async_generator_athrow"):
+            # An async generator's step: it does not show its generator but refers to it.
+            agen = [a for a in gc.get_referents(awaited) if isinstance(a, AsyncGeneratorType)]
+            if len(agen) != 1:
+                return _UNSEEN
+            awaited = agen[0].ag_await
+        elif awaited is None or isinstance(awaited, (asyncio.Future, _future_iter)):
+            return None  # the end of the chain: a future (a task, a gather) or nothing
+        else:
+            return _UNSEEN
+    return _UNSEEN
+
+
 def _current_task() -> asyncio.Task[Any] | None:
+    """The task making the call, None outside one. A task that only delivers this event
+    (a text LLM's ``agenerate`` sends each prompt's start event in a task of its own, which
+    ends before the call is made) is not it, and is not watched."""
     try:
-        return asyncio.current_task()
+        task = asyncio.current_task()
     except RuntimeError:  # no event loop running in this thread
         return None
+    frame = getattr(task.get_coro(), "cr_frame", None) if task is not None else None
+    if frame is not None and frame.f_globals.get("__name__") == _CALLBACK_MANAGER:
+        return None
+    return task
 
 
 def _called_from_coroutine() -> bool:

@@ -703,6 +703,9 @@ async def test_timed_out_ainvoke_settles_and_the_budget_stays_usable(
     for _ in range(2):
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(model.ainvoke("hello"), timeout=0.2)
+    # Settled on the event loop once the task waits again (since Python 3.12 wait_for runs
+    # the call on this task, which goes on: its end cannot be what settles the call).
+    await asyncio.sleep(0)
     assert handler.open_calls == 0
     assert handler.guard.ledger.open_holds == 0
     # Sent, maybe billed: the input estimate, as a stream cancelled before its first chunk.
@@ -711,6 +714,62 @@ async def test_timed_out_ainvoke_settles_and_the_budget_stays_usable(
     await model.ainvoke("hello")
     assert recorder.calls[-1].status == "ok"
     assert handler.guard.ledger.open_holds == 0
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("inside", ["coroutine", "async generator"])
+async def test_an_ainvoke_left_by_asyncio_timeout_settles_while_its_task_goes_on(
+    inside: str, server: StandIn, recorder: Recorder
+) -> None:
+    import asyncio
+
+    # asyncio.timeout() cancels the call and resumes the same task, which goes on (an agent's
+    # loop): the hold must not wait for that task to end.
+    handler = KavachHandler(guard(recorder, budget=Budget.daily(0.00013)))
+    model = openai_model(server, handler)
+    server.script(Reply(delay=1.0), Reply(delay=1.0))
+
+    async def ask() -> None:
+        async with asyncio.timeout(0.2):
+            await model.ainvoke("hello")
+
+    async def steps() -> Any:  # the call made inside an async generator's step
+        await ask()
+        yield
+
+    for _ in range(2):
+        with pytest.raises(TimeoutError):
+            if inside == "coroutine":
+                await ask()
+            else:
+                async for _ in steps():
+                    pass
+        await asyncio.sleep(0)
+        assert handler.open_calls == 0
+        assert handler.guard.ledger.open_holds == 0
+    assert [e.status for e in recorder.calls] == ["cancelled"] * 2
+    assert (await model.ainvoke("hello")).content  # the budget is whole again
+
+
+@pytest.mark.anyio
+async def test_an_async_text_llm_call_settles_at_its_answer(recorder: Recorder) -> None:
+    import asyncio
+
+    from langchain_core.language_models.fake import FakeListLLM
+
+    from kavach import ModelPrice
+
+    # A text LLM's agenerate sends each start event from a task of its own, which ends at
+    # once: that task's end is not the call's.
+    price = ModelPrice(input_per_mtok=1.0, output_per_mtok=1.0)
+    handler = KavachHandler(guard(recorder, unknown_model_price=price))
+    llm = FakeListLLM(responses=["a fairly long answer of several words"], callbacks=[handler])
+    assert await llm.ainvoke("question") == "a fairly long answer of several words"
+    await asyncio.sleep(0)
+    (event,) = recorder.calls
+    assert (event.status, event.error) == ("ok", None)
+    assert event.usage.output_tokens > 0
+    assert handler.open_calls == 0
 
 
 @pytest.mark.anyio
@@ -841,6 +900,24 @@ async def test_another_handler_refusing_an_ainvoke_releases_our_hold_when_its_ta
     await asyncio.sleep(0)
     assert server.requests == []
     assert handler.guard.spent == 0
+    assert handler.open_calls == 0
+    assert handler.guard.ledger.open_holds == 0
+
+
+@pytest.mark.anyio
+async def test_another_handler_refusing_an_ainvoke_releases_our_hold_while_the_task_goes_on(
+    server: StandIn, recorder: Recorder
+) -> None:
+    import asyncio
+
+    handler = KavachHandler(guard(recorder))
+    model = openai_model(server, handler)
+    model.callbacks = [handler, Policy()]
+    with pytest.raises(ValueError, match="policy"):
+        await model.ainvoke("hi")  # on this task, which goes on
+    await asyncio.sleep(0)
+    assert server.requests == []
+    assert handler.guard.spent == 0  # released, never sent: not billed
     assert handler.open_calls == 0
     assert handler.guard.ledger.open_holds == 0
 
