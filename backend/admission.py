@@ -116,7 +116,7 @@ class Admission:
         if shape is None:
             return None
         count = len(shape.events)
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         if self.ops.billing_enabled:
             plan = await billing.plan_for(self.ops, org_id)
             # Ingest checks the plan again where concurrent batches take turns.
@@ -211,7 +211,7 @@ class Admission:
         plan = exc.plan
         upgrade = f"upgrade the plan at {self.ops.public_url.rstrip('/')}/billing"
         if exc.limit == "events":
-            now = datetime.datetime.now(datetime.timezone.utc)
+            now = datetime.datetime.now(datetime.UTC)
             return too_many(
                 "plan_events",
                 f"plan limit: the {plan.title} plan includes {plan.events_per_month:,} "

@@ -82,7 +82,7 @@ def _resets_at(period: str, today: datetime.date) -> datetime.datetime | None:
         end = start + datetime.timedelta(days=7)
     else:
         end = (start + datetime.timedelta(days=32)).replace(day=1)
-    return datetime.datetime.combine(end, datetime.time(), datetime.timezone.utc)
+    return datetime.datetime.combine(end, datetime.time(), datetime.UTC)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -144,7 +144,7 @@ class AlertWorker:
         while not self._stopping:
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=interval)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 rows = await Budget.select(Budget.org).distinct()
                 self._pending.update(r["org"] for r in rows)
                 # Incidents whose budget is gone, and resolves waiting for a retry.
@@ -305,7 +305,7 @@ class AlertWorker:
     async def _claim(self, org_id: int, key: str, status: str = "claimed") -> bool:
         """True for the one replica that may send: it inserted the row, or took over a
         delivery that failed in a retryable way long enough ago."""
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         retry_before = now - datetime.timedelta(seconds=self.ops.settings.alert_retry_seconds)
         rows = await AlertDelivery.raw(
             "INSERT INTO alert_deliveries (org, dedup_key, status, created_at) "
@@ -520,7 +520,7 @@ class AlertWorker:
                 "WHERE org = {} AND dedup_key = {}",
                 status,
                 None if error is None else redact(error, secrets)[:2000],
-                datetime.datetime.now(datetime.timezone.utc),
+                datetime.datetime.now(datetime.UTC),
                 org_id,
                 key[:400],
             )

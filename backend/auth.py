@@ -149,7 +149,7 @@ async def end_session(request: Request[Any, Any, Any]) -> None:
         claims = read_token(settings.secret_key, token) if token else None
         if claims is None:
             continue
-        expires = datetime.datetime.fromtimestamp(claims.expires_at, datetime.timezone.utc)
+        expires = datetime.datetime.fromtimestamp(claims.expires_at, datetime.UTC)
         await RevokedSession.raw(
             "INSERT INTO revoked_sessions (jti, expires_at) VALUES ({}, {}) "
             "ON CONFLICT (jti) DO NOTHING",
@@ -185,9 +185,9 @@ async def _resolve_key(request: Request[Any, Any, Any]) -> KeyPrincipal | None:
     now = time.monotonic()
     if now - _last_used_written.get(digest, -_LAST_USED_EVERY) >= _LAST_USED_EVERY:
         _last_used_written[digest] = now
-        await ApiKey.update(
-            {ApiKey.last_used_at: datetime.datetime.now(datetime.timezone.utc)}
-        ).where(ApiKey.id == row["id"])
+        await ApiKey.update({ApiKey.last_used_at: datetime.datetime.now(datetime.UTC)}).where(
+            ApiKey.id == row["id"]
+        )
     return KeyPrincipal(key_id=row["id"], org_id=row["org"])
 
 

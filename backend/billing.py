@@ -134,7 +134,7 @@ def _period_end(sub: dict[str, Any]) -> datetime.datetime | None:
         end = items[0].get("current_period_end") if items else None
     if not isinstance(end, int):
         return None
-    return datetime.datetime.fromtimestamp(end, datetime.timezone.utc)
+    return datetime.datetime.fromtimestamp(end, datetime.UTC)
 
 
 async def _ensure_row(org_id: int) -> None:
@@ -169,8 +169,8 @@ async def _org_of(obj: dict[str, Any]) -> int | None:
 def _event_time(event: dict[str, Any]) -> datetime.datetime:
     created = event.get("created")
     if isinstance(created, int) and not isinstance(created, bool):
-        return datetime.datetime.fromtimestamp(created, datetime.timezone.utc)
-    return datetime.datetime.now(datetime.timezone.utc)  # Stripe always sends it; be safe
+        return datetime.datetime.fromtimestamp(created, datetime.UTC)
+    return datetime.datetime.now(datetime.UTC)  # Stripe always sends it; be safe
 
 
 async def _update_if_newer(
@@ -207,7 +207,7 @@ async def apply_event(settings: OpsSettings, event: dict[str, Any]) -> str:
             "ON CONFLICT (event_id) DO NOTHING RETURNING id",
             event_id,
             kind[:100],
-            datetime.datetime.now(datetime.timezone.utc),
+            datetime.datetime.now(datetime.UTC),
         )
         if not fresh:
             return "duplicate"

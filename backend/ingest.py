@@ -149,8 +149,8 @@ def decode_batch(
 
 # Events are stored by their UTC start: one outside these bounds is a broken clock or a
 # value whose conversion to UTC fails (0001-01-01T00:30+01:00).
-_EARLIEST = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
-_LATEST = datetime.datetime(2200, 1, 1, tzinfo=datetime.timezone.utc)
+_EARLIEST = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+_LATEST = datetime.datetime(2200, 1, 1, tzinfo=datetime.UTC)
 # An event that starts later than this after the server's clock comes from a host whose
 # clock is wrong: filed in a later day or month, it would count as this month's spend on
 # the overview, head the event list and outlive the plan's retention. A day leaves room
@@ -195,7 +195,7 @@ def _check_events(batch: IngestBatch, body: bytes) -> None:
         )
     checked: set[str] = set()
     first_of: dict[str, int] = {}
-    latest = min(_LATEST, datetime.datetime.now(datetime.timezone.utc) + _AHEAD)
+    latest = min(_LATEST, datetime.datetime.now(datetime.UTC) + _AHEAD)
     for i, e in enumerate(batch.events):
         first = first_of.setdefault(e.id, i)
         if first != i and batch.events[first] != e:
@@ -209,7 +209,7 @@ def _check_events(batch: IngestBatch, body: bytes) -> None:
                 raise BatchError(f"invalid batch: {problem} - at `$.events[{i}].agent`")
             checked.add(e.agent)
         try:
-            started: datetime.datetime | None = e.started_at.astimezone(datetime.timezone.utc)
+            started: datetime.datetime | None = e.started_at.astimezone(datetime.UTC)
         except OverflowError:
             started = None
         if started is None or not _EARLIEST <= started < _LATEST:
@@ -645,7 +645,7 @@ async def store_batch(org_id: int, batch: IngestBatch, plan: Plan | None = None)
 
 
 async def _store_batch(org_id: int, batch: IngestBatch, plan: Plan | None) -> StoredBatch:
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     unique: dict[str, IngestEvent] = {}
     for event in batch.events:
         unique.setdefault(event.id, event)
@@ -680,7 +680,7 @@ async def _store_batch(org_id: int, batch: IngestBatch, plan: Plan | None) -> St
                     e.status,
                     e.refusal_reason,
                     e.error,
-                    e.started_at.astimezone(datetime.timezone.utc),
+                    e.started_at.astimezone(datetime.UTC),
                     e.duration_ms,
                     e.cost_nanos,
                     e.reserved_nanos,
@@ -703,7 +703,7 @@ async def _store_batch(org_id: int, batch: IngestBatch, plan: Plan | None) -> St
             if e.id not in inserted:
                 continue
             agent_id = agent_ids[e.agent]
-            started = e.started_at.astimezone(datetime.timezone.utc)
+            started = e.started_at.astimezone(datetime.UTC)
             delta = (
                 e.cost_nanos,
                 1 if counts_as_call(e) else 0,

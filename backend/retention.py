@@ -68,7 +68,7 @@ async def prune(
 
     ``stopping``: asked before each batch; once it answers true, the pass ends there (the
     server is shutting down) and the next pass deletes the rest."""
-    now = now or datetime.datetime.now(datetime.timezone.utc)
+    now = now or datetime.datetime.now(datetime.UTC)
     events = 0
     for org in await Organization.select(Organization.id):
         plan = await billing.plan_for(settings, org["id"])
@@ -146,7 +146,7 @@ class RetentionJob:
         while not self._stopping:
             try:  # only stop() sets it
                 await asyncio.wait_for(self._wake.wait(), timeout=self.settings.retention_interval)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             if self._stopping:
                 return

@@ -11,7 +11,7 @@ __all__ = ["period_starts", "agent_spend", "utc_now"]
 
 
 def utc_now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
+    return datetime.datetime.now(datetime.UTC)
 
 
 def period_starts(today: datetime.date) -> dict[str, tuple[str, datetime.date | None]]:

@@ -161,7 +161,7 @@ class Window:
 
 
 async def measure(backend: ServedBackend, size: int, senders: int, seconds: float) -> Window:
-    now = datetime.datetime.now(datetime.timezone.utc).isoformat()
+    now = datetime.datetime.now(datetime.UTC).isoformat()
     workers = []
     for index in range(senders):
         template = batch_template(index, size, now)

@@ -174,6 +174,6 @@ async def served_backend(
         process.terminate()
         try:
             await asyncio.wait_for(process.wait(), timeout=30)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             process.kill()
             await process.wait()

@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 from enum import Enum
 from functools import lru_cache
@@ -36,7 +36,7 @@ class Period(str, Enum):
 @lru_cache(maxsize=64)
 def _zone(name: str | None) -> timezone | ZoneInfo:
     if name is None or name.upper() == "UTC":
-        return timezone.utc
+        return UTC
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError) as exc:
@@ -234,7 +234,7 @@ class Budget:
             nxt = midnight.replace(year=y, month=m, day=1)
         # Re-attach the zone so a DST change between now and the reset is respected.
         nxt = nxt.replace(tzinfo=None).replace(tzinfo=_zone(self.tz))
-        return period_id, nxt.astimezone(timezone.utc)
+        return period_id, nxt.astimezone(UTC)
 
     def key(self, agent: str, now: datetime, run_id: str = "") -> tuple[str, datetime | None]:
         """The ledger key for this budget now, and when it resets.

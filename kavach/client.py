@@ -20,7 +20,7 @@ from bisect import bisect_right
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 from kavach import tokens
@@ -312,7 +312,7 @@ class AgentKavach:
 
             instrument(self, telemetry if isinstance(telemetry, _Config) else _Config())
         self._session_run = f"{agent_name}-{uuid.uuid4().hex[:12]}"
-        self._clock = clock or functools.partial(datetime.now, timezone.utc)
+        self._clock = clock or functools.partial(datetime.now, UTC)
         # Without a clock of the user's, calls read time.time(): a datetime is made only when
         # an event, a refusal or a new period needs one.
         self._custom_clock = clock
@@ -1280,7 +1280,7 @@ def wrap(client: _C, guard: AgentKavach) -> _C:
 
 
 def _utc(wall: float) -> datetime:
-    return datetime.fromtimestamp(wall, timezone.utc)
+    return datetime.fromtimestamp(wall, UTC)
 
 
 def _listens_to_calls(observer: GuardObserver) -> bool:

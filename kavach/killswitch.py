@@ -6,7 +6,7 @@ import inspect
 import logging
 import threading
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from kavach.errors import AgentKilledError
@@ -52,7 +52,7 @@ class KillSwitch:
         if until is None:
             return False
         if now is None:
-            now = datetime.now(timezone.utc)
+            now = datetime.now(UTC)
         if now < until:
             return False
         with self._lock:
@@ -125,4 +125,4 @@ class KillSwitch:
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)

@@ -35,7 +35,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from dataclasses import field as dataclass_field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_CEILING, Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -50,7 +50,7 @@ __all__ = ["CompiledPrice", "ModelPrice", "Pricing"]
 _TOKENS_PER_MTOK = 1_000_000
 _PER = {"_1k": "thousand searches", "_mchar": "million characters", "_hour": "hour of audio"}
 _NANOS_PER_DOLLAR = Decimal(1_000_000_000)
-_UTC = timezone.utc
+_UTC = UTC
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -97,7 +97,7 @@ class Reservation:
     def started_at(self) -> datetime:
         """When the call started (UTC)."""
         if self._started_at is None:
-            self._started_at = datetime.fromtimestamp(self.wall or 0.0, timezone.utc)
+            self._started_at = datetime.fromtimestamp(self.wall or 0.0, UTC)
         return self._started_at
 
     @property

@@ -37,7 +37,7 @@ async def forwards() -> MigrationManager:
             await engine.run_ddl(statement)
         # A date of our own making, not input. PostgreSQL types a bare literal in a SELECT
         # list as text; SQLite stores dates as ISO text and has no DATE '...' syntax.
-        month = datetime.datetime.now(datetime.timezone.utc).date().replace(day=1)
+        month = datetime.datetime.now(datetime.UTC).date().replace(day=1)
         literal = f"'{month.isoformat()}'"
         if engine.engine_type == "postgres":
             literal = f"DATE {literal}"

@@ -55,7 +55,7 @@ async def get_plan(
         return {"billing": "disabled", "plan": "self-hosted", "limits": None, "message": _DISABLED}
     plan = await billing.plan_for(ops, user.org_id)
     row = await Subscription.select().where(Subscription.org == user.org_id).first()
-    today = datetime.datetime.now(datetime.timezone.utc).date()
+    today = datetime.datetime.now(datetime.UTC).date()
     total, _ = await billing.known_agents(user.org_id, [])
     return {
         "billing": "enabled",

@@ -231,7 +231,7 @@ async def control_stream(
             while True:
                 try:
                     message = await asyncio.wait_for(queue.get(), timeout=keepalive)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     if not await key_is_active(key.key_id):
                         return
                     yield ServerSentEventMessage(comment="keepalive", data=None)
@@ -272,7 +272,7 @@ async def control_poll(
         while (remaining := deadline - loop.time()) > 0:
             try:
                 message = await asyncio.wait_for(queue.get(), timeout=remaining)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 break
             if _revokes(message, key):
                 raise NotAuthorizedException("invalid or revoked API key")
@@ -433,7 +433,7 @@ async def update_budget(
     changes: dict[Any, Any] = {
         Budget.kind: kind,
         Budget.period: data.period or row["period"],
-        Budget.updated_at: datetime.datetime.now(datetime.timezone.utc),
+        Budget.updated_at: datetime.datetime.now(datetime.UTC),
     }
     if data.limit is not None or data.limit_usd is not None:
         changes[Budget.limit_value] = _limit(kind, data.limit, data.limit_usd)

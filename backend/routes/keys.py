@@ -92,7 +92,7 @@ async def revoke_key(
     require_admin(user)
     row = await _own_key(user, key_id)
     if row["revoked_at"] is None:
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         await ApiKey.update({ApiKey.revoked_at: now}).where(ApiKey.id == key_id)
         row["revoked_at"] = now
         await _revoked(request, user.org_id, key_id)
@@ -109,7 +109,7 @@ async def rotate_key(
     async with db.transaction():
         # Only the rotation that revokes the key issues its replacement: a double click
         # or two admins at once would otherwise leave several working keys.
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         revoked = (
             await ApiKey.update({ApiKey.revoked_at: now})
             .where((ApiKey.id == key_id) & ApiKey.revoked_at.is_null())

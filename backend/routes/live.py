@@ -102,7 +102,7 @@ async def live(
                     yield ServerSentEventMessage(comment="keepalive", data=None)
                 try:
                     await asyncio.wait_for(queue.get(), timeout=POLL_SECONDS)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     idle += POLL_SECONDS
 
     return ServerSentEvent(messages(), headers={"Cache-Control": "no-store"})

@@ -29,9 +29,9 @@ def _money(nanos: int) -> dict[str, Any]:
 
 def _as_datetime(value: Any) -> datetime.datetime:
     if isinstance(value, datetime.datetime):
-        return value if value.tzinfo else value.replace(tzinfo=datetime.timezone.utc)
+        return value if value.tzinfo else value.replace(tzinfo=datetime.UTC)
     parsed = datetime.datetime.fromisoformat(str(value))
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.timezone.utc)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.UTC)
 
 
 def _as_date(value: Any) -> datetime.date:
@@ -270,7 +270,7 @@ async def overview(user: NamedDependency[UserPrincipal]) -> dict[str, Any]:
     now = utc_now()
     today = now.date()
     month_start = today.replace(day=1)
-    month_begin = datetime.datetime.combine(month_start, datetime.time(), datetime.timezone.utc)
+    month_begin = datetime.datetime.combine(month_start, datetime.time(), datetime.UTC)
     org = user.org_id
     async with db.read_transaction():
         totals = (

@@ -67,7 +67,7 @@ import time
 import weakref
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
 import httpx
@@ -328,7 +328,7 @@ class AlertDispatcher(NullObserver):
 
     def on_kill(self, agent: str, reason: str) -> None:
         if any(r.kills for r in self._notify_rules):
-            self._submit(("kill", agent, reason, datetime.now(timezone.utc)))
+            self._submit(("kill", agent, reason, datetime.now(UTC)))
 
     def on_resume(self, agent: str) -> None:
         if self._watch_resume:
@@ -447,7 +447,7 @@ class AlertDispatcher(NullObserver):
         if alert.kind == "threshold":
             key = f"kavach:alert:{alert.agent}|{alert.budget_key}|{alert.threshold:g}|{channel}"
             if alert.resets_at is not None:
-                left = (alert.resets_at - datetime.now(timezone.utc)).total_seconds()
+                left = (alert.resets_at - datetime.now(UTC)).total_seconds()
                 return key, max(cooldown, left + 60.0)
             return key, cooldown if alert.period == "per_run" else max(cooldown, _TOTAL_PERIOD_TTL)
         if alert.kind == "guardrail":
@@ -473,7 +473,7 @@ class AlertDispatcher(NullObserver):
             return
         incident = _Incident(alert)
         if alert.kind == "threshold" and alert.resets_at is not None:
-            delay = (alert.resets_at - datetime.now(timezone.utc)).total_seconds()
+            delay = (alert.resets_at - datetime.now(UTC)).total_seconds()
             incident.timer = asyncio.get_running_loop().call_later(
                 max(0.0, delay), self._resolve, name, alert.incident_key, "a new period started"
             )
@@ -501,7 +501,7 @@ class AlertDispatcher(NullObserver):
         if incident.timer is not None:
             incident.timer.cancel()
         channel = self.config.channels[name]
-        resolve = resolving(incident.alert, datetime.now(timezone.utc), why)
+        resolve = resolving(incident.alert, datetime.now(UTC), why)
         self._deliver_in_order(channel, resolve)
 
     # -- delivery ------------------------------------------------------------------------
@@ -546,7 +546,7 @@ class AlertDispatcher(NullObserver):
                 await asyncio.wait_for(self._send(channel, alert), timeout=channel.timeout)
             except DeliveryError as exc:
                 error = exc
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 error = DeliveryError(f"no answer within {channel.timeout:g}s", retryable=True)
             except httpx.TransportError as exc:
                 error = DeliveryError(f"{type(exc).__name__}: {exc}", retryable=True)

@@ -200,7 +200,7 @@ def event(**overrides: Any) -> dict[str, Any]:
         "status": "ok",
         "refusal_reason": None,
         "error": None,
-        "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        "started_at": datetime.datetime.now(datetime.UTC).isoformat(),
         "duration_ms": 12.5,
         "cost_nanos": 1234,
         "reserved_nanos": 5000,

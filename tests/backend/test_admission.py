@@ -22,7 +22,7 @@ BILLING = OpsSettings(
     stripe_price_pro="p1",
     stripe_price_max="p2",
 )
-NOW = datetime.datetime.now(datetime.timezone.utc)
+NOW = datetime.datetime.now(datetime.UTC)
 
 
 @pytest.fixture

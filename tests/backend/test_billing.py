@@ -378,7 +378,7 @@ def _backdated(count: int, days: int = 40) -> list[dict[str, Any]]:
     """Events that claim to have started ``days`` ago: always in an earlier month."""
     import datetime
 
-    started = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=days)
+    started = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=days)
     return [
         {
             "id": uuid.uuid4().hex,

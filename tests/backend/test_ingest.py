@@ -383,7 +383,7 @@ def test_started_at_far_ahead_of_the_servers_clock_is_400(account: Account) -> N
     # A host whose clock runs a year ahead filed its spend into a later month: the
     # overview counted it as this month's, /v1/events listed it first for a year and the
     # plan's retention never deleted it.
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ahead = (now + datetime.timedelta(days=400)).isoformat()
     with account.sdk() as sdk:
         response = sdk.post("/v1/ingest", json=batch(event(), event(started_at=ahead)))

@@ -169,7 +169,7 @@ def test_a_new_period_resolves_the_incident_of_the_last_one(
     dedup_key = trigger["dedup_key"]
 
     # Tomorrow, for both replicas: the spend above is yesterday's.
-    tomorrow = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=1)
+    tomorrow = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=1)
     workers = replicas.workers()
     try:
         for worker in workers:

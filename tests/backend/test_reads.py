@@ -11,7 +11,7 @@ from tests.backend.conftest import Account, LiveServer, batch, event
 
 
 def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
+    return datetime.datetime.now(datetime.UTC)
 
 
 def _at(moment: datetime.datetime) -> str:
@@ -238,7 +238,7 @@ def test_run_detail_counts_the_whole_run_and_pages_from_its_newest_call(
 ) -> None:
     # More calls than one page of the timeline: the totals are the run's, not the page's,
     # and the end of a runaway loop is what a newest-first page shows.
-    start = datetime.datetime(2025, 1, 1, tzinfo=datetime.timezone.utc)
+    start = datetime.datetime(2025, 1, 1, tzinfo=datetime.UTC)
     calls = [
         event(
             run_id="loop",

@@ -29,7 +29,7 @@ from backend.tables import (
 from tests.backend.conftest import batch, event
 from tests.backend.ops_helpers import fresh_postgres
 
-NOW = datetime.datetime(2026, 11, 28, 12, 0, tzinfo=datetime.timezone.utc)
+NOW = datetime.datetime(2026, 11, 28, 12, 0, tzinfo=datetime.UTC)
 BILLING = OpsSettings(
     stripe_secret_key="sk_test_x",
     stripe_webhook_secret="whsec_x",

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -69,4 +69,4 @@ def make_guard() -> Callable[..., AgentKavach]:
 
 @pytest.fixture
 def clock() -> Clock:
-    return Clock(datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc))
+    return Clock(datetime(2026, 11, 28, 12, 0, tzinfo=UTC))

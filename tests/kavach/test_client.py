@@ -6,7 +6,7 @@ import asyncio
 import dataclasses
 import threading
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import anyio
 import anyio.lowlevel
@@ -562,7 +562,7 @@ def test_status_of_two_daily_budgets_on_one_key_shows_the_reset_that_is_enforced
     )
     guard.reserve(spec()).commit(Usage(1000, 1000))
     (daily,) = guard.status()
-    assert daily.resets_at == datetime(2026, 11, 28, 18, 30, tzinfo=timezone.utc)
+    assert daily.resets_at == datetime(2026, 11, 28, 18, 30, tzinfo=UTC)
     assert (daily.spent, daily.limit) == (CALL_COST, Budget.daily(1).limit)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from kavach import BudgetExceededError
 
@@ -48,7 +48,7 @@ def _refusal(period: str, resets_at: datetime | None, reserved: int) -> str:
 
 
 def test_a_budget_refusal_gives_the_numbers_and_advice_that_fits_the_budget() -> None:
-    daily = _refusal("daily", datetime(2026, 12, 7, tzinfo=timezone.utc), 5_000_000)
+    daily = _refusal("daily", datetime(2026, 12, 7, tzinfo=UTC), 5_000_000)
     assert daily == (
         "research-bot budget exceeded: spent $0.04 + $0.005 held by calls in flight of $0.05 "
         "(daily); this call needs up to $0.015, $0.01 over. It resets at 2026-12-07 00:00 UTC; "

@@ -6,7 +6,7 @@ import math
 import subprocess
 import sys
 from collections.abc import Iterator
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta, timezone
 from decimal import Decimal
 
 import genai_prices
@@ -22,7 +22,7 @@ from kavach.errors import KavachConfigError, KavachError, UnknownModelPriceError
 from kavach.pricing import CompiledPrice, ModelPrice, Pricing
 from kavach.usage import Usage
 
-UTC = timezone.utc
+UTC = UTC
 AT = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 GP_PROVIDER = {
     "openai": "openai",

@@ -12,7 +12,7 @@ import re
 import textwrap
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -203,7 +203,7 @@ def crossing(period_id: str, threshold: float, resets_at: datetime | None) -> Th
         spent=int(threshold * 10**9),
         limit=10**9,
         resets_at=resets_at,
-        at=datetime.now(timezone.utc),
+        at=datetime.now(UTC),
     )
 
 
@@ -216,7 +216,7 @@ def test_pagerduty_resolves_when_a_new_period_starts(recorder: HttpRecorder) -> 
         ]
     )
     dispatcher = AlertDispatcher(config)
-    later = datetime.now(timezone.utc) + timedelta(days=1)
+    later = datetime.now(UTC) + timedelta(days=1)
     # Yesterday's incident is resolved by the first crossing of today's period ...
     dispatcher.on_threshold(crossing("2026-11-27", 0.9, later))
     assert len(recorder.wait_for("/pd", 1)) == 1
@@ -229,7 +229,7 @@ def test_pagerduty_resolves_when_a_new_period_starts(recorder: HttpRecorder) -> 
         ("trigger", "2026-11-28"),
     ]
     # ... and today's by the period's reset time, with no further crossing.
-    soon = datetime.now(timezone.utc) + timedelta(seconds=0.3)
+    soon = datetime.now(UTC) + timedelta(seconds=0.3)
     dispatcher.on_threshold(crossing("2026-11-29", 0.9, soon))
     events = [r.json() for r in recorder.wait_for("/pd", 6, timeout=5)]
     resolved = [e["dedup_key"].rsplit(":", 1)[1] for e in events if e["event_action"] == "resolve"]
@@ -447,7 +447,7 @@ def test_readme_snippet_matches_the_documented_one() -> None:
 
 def test_pagerduty_resolves_yesterdays_incident_on_a_real_guard(recorder: HttpRecorder) -> None:
     # Days in the (real) future, so the reset timer cannot be what resolves the incident.
-    day1 = (datetime.now(timezone.utc) + timedelta(days=2)).replace(hour=23, minute=0)
+    day1 = (datetime.now(UTC) + timedelta(days=2)).replace(hour=23, minute=0)
     day2 = day1 + timedelta(hours=2)
     now = [day1]
     guard = alert_guard(
@@ -508,9 +508,7 @@ def test_slack_escapes_control_characters() -> None:
     from kavach.alerts.secret import Secret
     from kavach.events import GuardrailTrip
 
-    trip = GuardrailTrip(
-        "bot", "r1", "loop_detected", "tool <rm -rf> & co", datetime.now(timezone.utc)
-    )
+    trip = GuardrailTrip("bot", "r1", "loop_detected", "tool <rm -rf> & co", datetime.now(UTC))
     payload = SlackChannel(Secret("https://hooks.slack.com/x")).payload(from_trip(trip, None))
     assert_block_kit(payload)
     assert "tool &lt;rm -rf&gt; &amp; co" in payload["blocks"][1]["text"]["text"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -320,9 +320,7 @@ def test_tokens_in_a_webhook_query_stay_out_of_httpx_logs(
     dispatcher = AlertDispatcher(config, transport=httpx.MockTransport(handler))
     with caplog.at_level(logging.INFO, logger="httpx"):
         dispatcher.on_guardrail(
-            GuardrailTrip(
-                "bot", "run", "loop_detected", "same request 5 times", datetime.now(timezone.utc)
-            )
+            GuardrailTrip("bot", "run", "loop_detected", "same request 5 times", datetime.now(UTC))
         )
         assert dispatcher.close(5)
     assert len(seen) == 3 and all(any(t in u for u in seen) for t in tokens)

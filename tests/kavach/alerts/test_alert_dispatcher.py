@@ -10,7 +10,7 @@ import textwrap
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -301,9 +301,7 @@ def test_a_full_queue_drops_and_counts_but_never_blocks_or_raises(
 
     def trip() -> None:
         guard.alerts.on_guardrail(  # type: ignore[union-attr]
-            GuardrailTrip(
-                "bot", "run", "loop_detected", "same request 5 times", datetime.now(timezone.utc)
-            )
+            GuardrailTrip("bot", "run", "loop_detected", "same request 5 times", datetime.now(UTC))
         )
 
     with caplog.at_level(logging.WARNING, logger="kavach.alerts"):

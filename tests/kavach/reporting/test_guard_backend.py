@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -131,7 +131,7 @@ def test_budget_set_in_the_dashboard_is_enforced(backend: FakeBackend, tmp_path:
 
 
 def test_restart_is_seeded_with_the_periods_spend(backend: FakeBackend, tmp_path: Path) -> None:
-    today = datetime.now(timezone.utc).date().isoformat()
+    today = datetime.now(UTC).date().isoformat()
     backend.spend = {
         "agent": "bot",
         "daily": {"period_id": today, "cost_nanos": 700_000_000, "tokens": 5, "calls": 3},
@@ -160,7 +160,7 @@ def test_a_budget_added_in_the_dashboard_starts_from_todays_spend(
 ) -> None:
     # The agent spent $0.70 today with no daily budget of its own; then a $1 daily budget
     # is set in the dashboard. It must not hand out another full dollar.
-    today = datetime.now(timezone.utc).date().isoformat()
+    today = datetime.now(UTC).date().isoformat()
     backend.spend = {
         "agent": "bot",
         "daily": {"period_id": today, "cost_nanos": 700_000_000, "tokens": 5, "calls": 3},

@@ -10,7 +10,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -202,7 +202,7 @@ def call_event(i: int) -> CallEvent:
         model="gpt-4o",
         operation="chat",
         status="ok",
-        started_at=datetime(2026, 11, 28, 12, tzinfo=timezone.utc),
+        started_at=datetime(2026, 11, 28, 12, tzinfo=UTC),
         duration_ms=1.5,
         usage=Usage(input_tokens=i, output_tokens=1),
         cost_nanos=i,
