@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import logging
 import os
 from typing import Any
 
@@ -18,6 +19,8 @@ from piccolo.engine.postgres import PostgresEngine
 from piccolo.engine.sqlite import SQLiteEngine, TransactionType
 
 from backend.settings import DatabaseURL
+
+logger = logging.getLogger("agentkavach.backend")
 
 __all__ = [
     "engine_for",
@@ -112,9 +115,14 @@ async def finish_or_cancel(task: asyncio.Task[None], timeout: float) -> None:
     A task cancelled mid-query leaves the database driver's thread (aiosqlite) to answer an
     event loop that the server closes next: an unhandled exception in that thread, once a
     segfault. So the task is asked first (it stops after the query in flight) and cancelled
-    only when it does not finish in time."""
+    only when it does not finish in time.
+
+    An error the task ended with (a driver that fails a query cut by the cancel: asyncpg's
+    "another operation is in progress") is logged, not raised: shutting down goes on to stop
+    the rest, and the error is not left for asyncio to report at exit as never retrieved."""
     done, _ = await asyncio.wait({task}, timeout=timeout)
     if not done:
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await asyncio.wait({task})
+    if not task.cancelled() and (error := task.exception()) is not None:
+        logger.error("%s failed while stopping", task.get_name(), exc_info=error)

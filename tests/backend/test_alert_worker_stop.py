@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from types import SimpleNamespace
+
+import pytest
 
 from backend.alert_worker import AlertWorker
 
@@ -64,3 +67,36 @@ def test_a_round_that_does_not_finish_is_cancelled_after_the_stop_timeout() -> N
 
     asyncio.run(main())
     assert cancelled == [True]
+
+
+def test_a_task_that_fails_while_stopping_is_logged_and_stopping_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from backend import db
+
+    in_progress = "cannot perform operation: another operation is in progress"
+
+    async def main() -> None:
+        async def cut_query() -> None:
+            try:
+                await asyncio.sleep(60)  # a query in flight past the stop timeout
+            except asyncio.CancelledError:
+                raise RuntimeError(in_progress) from None  # as asyncpg fails a cut query
+
+        async def failed() -> None:
+            raise RuntimeError("the round failed")
+
+        slow = asyncio.create_task(cut_query(), name="agentkavach-alerts")
+        quick = asyncio.create_task(failed(), name="agentkavach-retention")
+        await asyncio.sleep(0)
+        await db.finish_or_cancel(slow, 0.05)  # raised into the shutdown, which stopped there
+        await db.finish_or_cancel(quick, 5)  # left for asyncio to report at exit
+
+    with caplog.at_level(logging.ERROR, logger="agentkavach.backend"):
+        asyncio.run(main())
+    assert [
+        (r.getMessage(), str(r.exc_info[1]) if r.exc_info else None) for r in caplog.records
+    ] == [
+        ("agentkavach-alerts failed while stopping", in_progress),
+        ("agentkavach-retention failed while stopping", "the round failed"),
+    ]
