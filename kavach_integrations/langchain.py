@@ -686,7 +686,6 @@ _OWNERS = {
     ("langchain_core.language_models.llms", "agenerate"),
 }
 _UNSEEN = object()
-_future_iter: type | None = None
 
 
 def _owner_frame() -> FrameType | None:
@@ -707,9 +706,6 @@ def _awaiting(task: asyncio.Task[Any], frame: FrameType) -> Any:
     """The coroutine of ``frame`` if ``task`` (waiting, not running) is awaiting it; None
     when the task's chain of awaits, followed to its end, does not hold it; ``_UNSEEN`` when
     the chain passes through an awaitable it cannot be followed through."""
-    global _future_iter
-    if _future_iter is None:
-        _future_iter = type(task.get_loop().create_future().__await__())
     awaited: Any = task.get_coro()
     for _ in range(1000):
         if isinstance(awaited, CoroutineType):
@@ -724,7 +720,11 @@ def _awaiting(task: asyncio.Task[Any], frame: FrameType) -> Any:
             if len(agen) != 1:
                 return _UNSEEN
             awaited = agen[0].ag_await
-        elif awaited is None or isinstance(awaited, (asyncio.Future, _future_iter)):
+        elif (
+            awaited is None
+            or isinstance(awaited, asyncio.Future)
+            or type(awaited).__name__ == "FutureIter"  # what awaiting a C future awaits
+        ):
             return None  # the end of the chain: a future (a task, a gather) or nothing
         else:
             return _UNSEEN
