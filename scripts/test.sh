@@ -146,12 +146,14 @@ LOGS=$(mktemp -d)
 set -m
 (
   status=0
-  (stage_two) &
-  wait $! || { status=$?; echo "stage two (openai 3.x) failed: exit status $status"; }
-  (stage_three) &
-  wait $! || { status=$?; echo "stage three (the oldest SDK majors) failed: exit status $status"; }
-  (stage_four) &
-  wait $! || { status=$?; echo "stage four (the newest Python) failed: exit status $status"; }
+  # A stage's function, then what it tests: run it, and keep and say its failure.
+  background_stage() {
+    ("$1") &
+    wait $! || { status=$?; echo "stage ${1#stage_} ($2) failed: exit status $status"; }
+  }
+  background_stage stage_two "openai 3.x"
+  background_stage stage_three "the oldest SDK majors"
+  background_stage stage_four "the newest Python"
   exit "$status"
 ) </dev/null >"$LOGS/later" 2>&1 &
 LATER=$!
